@@ -1,1 +1,17 @@
+//! vigil's judge: per-agent state, detectors, findings and halt decisions.
+//!
+//! **This crate does no I/O and never awaits.** It takes decoded events and returns findings, so the
+//! same engine runs in replay, in tests, in benchmarks and in production. Its only clock is event time.
 
+mod config;
+mod engine;
+mod finding;
+mod glob;
+
+pub use config::{Compiled, ConfigError, DetectConfig, HaltConfig, PolicyConfig};
+pub use engine::{Engine, Output, Snapshot, Stats};
+pub use finding::{Decision, Finding, FindingKind, Mode, Severity, finding_id};
+pub use glob::{Glob, GlobSet};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,173 @@
+//! What the engine says: findings about agents, and decisions to halt them.
+
+use serde::{Deserialize, Serialize, Serializer};
+use sha2::{Digest, Sha256};
+use vigil_schemas::timestamp::format_rfc3339_ms;
+
+/// The kinds of finding (DESIGN.md lists their meanings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// Outside the agent's declared allow-list.
+    PolicyViolation,
+    /// Over the hard actions-per-minute cap.
+    RateLimit,
+}
+
+impl FindingKind {
+    /// Every kind this version emits.
+    pub const ALL: &'static [FindingKind] = &[FindingKind::PolicyViolation, FindingKind::RateLimit];
+
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FindingKind::PolicyViolation => "policy_violation",
+            FindingKind::RateLimit => "rate_limit",
+        }
+    }
+}
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Worth a look.
+    Low,
+    /// Worth a ticket.
+    Medium,
+    /// Worth a page.
+    High,
+    /// Halt first, ask later.
+    Critical,
+}
+
+impl Severity {
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+
+    /// One step up (critical stays critical).
+    pub const fn raised(self) -> Severity {
+        match self {
+            Severity::Low => Severity::Medium,
+            Severity::Medium => Severity::High,
+            Severity::High | Severity::Critical => Severity::Critical,
+        }
+    }
+
+    /// One step down (low stays low).
+    pub const fn lowered(self) -> Severity {
+        match self {
+            Severity::Critical => Severity::High,
+            Severity::High => Severity::Medium,
+            Severity::Medium | Severity::Low => Severity::Low,
+        }
+    }
+}
+
+fn rfc3339<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_rfc3339_ms(*ms))
+}
+
+/// One judgement about one agent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    /// Deterministic: the same input gives the same id.
+    pub finding_id: String,
+    /// What was found.
+    pub kind: FindingKind,
+    /// How bad.
+    pub severity: Severity,
+    /// Who.
+    pub agent_id: String,
+    /// Event time at detection (UTC ms; RFC 3339 on the wire).
+    #[serde(serialize_with = "rfc3339")]
+    pub ts: i64,
+    /// Start of the window the evidence covers.
+    #[serde(serialize_with = "rfc3339")]
+    pub window_start: i64,
+    /// End of that window (exclusive).
+    #[serde(serialize_with = "rfc3339")]
+    pub window_end: i64,
+    /// Strength of the evidence; for hard limits, observed over limit.
+    pub score: f64,
+    /// One human sentence.
+    pub summary: String,
+    /// The numbers behind it.
+    pub evidence: serde_json::Map<String, serde_json::Value>,
+    /// A bounded sample of the events behind it.
+    pub event_ids: Vec<String>,
+}
+
+/// Derives a finding id from what identifies the incident: 32 hex characters of SHA-256.
+pub fn finding_id(kind: FindingKind, agent_id: &str, window_start: i64, key: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [kind.as_str().as_bytes(), agent_id.as_bytes(), &window_start.to_be_bytes(), key.as_bytes()] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    let digest = h.finalize();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether a decision was carried out or only recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Recorded only: what the rule would have done.
+    Shadow,
+}
+
+impl Mode {
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mode::Shadow => "shadow",
+        }
+    }
+}
+
+/// A decision about an agent, archived under `control/`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    /// Event time of the decision.
+    #[serde(serialize_with = "rfc3339")]
+    pub ts: i64,
+    /// `agent.halt`.
+    pub action: &'static str,
+    /// The agent.
+    pub agent_id: String,
+    /// Shadow (recorded only) in this version.
+    pub mode: Mode,
+    /// The rule that decided: `rule:critical_finding` or `rule:high_findings`.
+    pub actor: &'static str,
+    /// One sentence.
+    pub reason: String,
+    /// The findings behind it.
+    pub finding_ids: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finding_ids_are_stable_and_unambiguous() {
+        let a = finding_id(FindingKind::RateLimit, "agent-1", 60_000, "");
+        assert_eq!(a.len(), 32);
+        assert_eq!(a, finding_id(FindingKind::RateLimit, "agent-1", 60_000, ""));
+        assert_ne!(a, finding_id(FindingKind::RateLimit, "agent-1", 120_000, ""));
+        assert_ne!(a, finding_id(FindingKind::PolicyViolation, "agent-1", 60_000, ""));
+        // Length prefixes keep ("ab","c") and ("a","bc") apart.
+        assert_ne!(
+            finding_id(FindingKind::RateLimit, "ab", 0, "c"),
+            finding_id(FindingKind::RateLimit, "a", 0, "bc")
+        );
+    }
+}

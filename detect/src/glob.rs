@@ -1,0 +1,178 @@
+//! Globs over resource URIs, scopes, actions and agent ids.
+//!
+//! `*` matches any run of characters except `/`, `**` any run including `/`, `?` one character except
+//! `/`; everything else is literal. So `postgres://crm/*` allows every table of the `crm` database and
+//! `s3://reports/**` every key under the bucket, at any depth.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    Literal(String),
+    Star,
+    DoubleStar,
+    Any,
+}
+
+/// A compiled glob.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Glob {
+    text: String,
+    tokens: Vec<Token>,
+    /// Literal text every match starts with: a cheap first test.
+    prefix: String,
+}
+
+impl fmt::Debug for Glob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Glob({:?})", self.text)
+    }
+}
+
+impl fmt::Display for Glob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Glob {
+    /// Compiles a pattern. Every string is a valid pattern.
+    ///
+    /// ```
+    /// use vigil_detect::Glob;
+    /// let g = Glob::new("postgres://crm/*");
+    /// assert!(g.matches("postgres://crm/customers"));
+    /// assert!(!g.matches("postgres://crm/customers/pii"));
+    /// assert!(Glob::new("s3://reports/**").matches("s3://reports/2026/q1.csv"));
+    /// ```
+    pub fn new(pattern: &str) -> Glob {
+        let mut tokens = Vec::new();
+        let mut lit = String::new();
+        let mut chars = pattern.chars().peekable();
+        while let Some(c) = chars.next() {
+            let tok = match c {
+                '*' if chars.peek() == Some(&'*') => {
+                    chars.next();
+                    Token::DoubleStar
+                }
+                '*' => Token::Star,
+                '?' => Token::Any,
+                c => {
+                    lit.push(c);
+                    continue;
+                }
+            };
+            if !lit.is_empty() {
+                tokens.push(Token::Literal(std::mem::take(&mut lit)));
+            }
+            tokens.push(tok);
+        }
+        if !lit.is_empty() {
+            tokens.push(Token::Literal(lit));
+        }
+        let prefix = match tokens.first() {
+            Some(Token::Literal(l)) => l.clone(),
+            _ => String::new(),
+        };
+        Glob { text: pattern.to_owned(), tokens, prefix }
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether `text` matches the whole pattern.
+    pub fn matches(&self, text: &str) -> bool {
+        text.starts_with(&self.prefix) && match_tokens(&self.tokens, text)
+    }
+}
+
+fn match_tokens(tokens: &[Token], text: &str) -> bool {
+    let Some((first, rest)) = tokens.split_first() else {
+        return text.is_empty();
+    };
+    match first {
+        Token::Literal(l) => text.strip_prefix(l.as_str()).is_some_and(|t| match_tokens(rest, t)),
+        Token::Any => {
+            let mut chars = text.chars();
+            matches!(chars.next(), Some(c) if c != '/') && match_tokens(rest, chars.as_str())
+        }
+        Token::Star | Token::DoubleStar => {
+            let cross = matches!(first, Token::DoubleStar);
+            if rest.is_empty() {
+                return cross || !text.contains('/');
+            }
+            for (i, c) in text.char_indices() {
+                if match_tokens(rest, &text[i..]) {
+                    return true;
+                }
+                if c == '/' && !cross {
+                    return false;
+                }
+            }
+            match_tokens(rest, "")
+        }
+    }
+}
+
+/// A set of globs; matches when any member does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GlobSet(Vec<Glob>);
+
+impl GlobSet {
+    /// Compiles every pattern.
+    pub fn new<S: AsRef<str>>(patterns: &[S]) -> GlobSet {
+        GlobSet(patterns.iter().map(|p| Glob::new(p.as_ref())).collect())
+    }
+
+    /// Whether any member matches.
+    pub fn matches(&self, text: &str) -> bool {
+        self.0.iter().any(|g| g.matches(text))
+    }
+
+    /// Whether the set has no patterns.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The members.
+    pub fn iter(&self) -> impl Iterator<Item = &Glob> {
+        self.0.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_cases() {
+        for (pattern, text, want) in [
+            ("postgres://crm/*", "postgres://crm/customers", true),
+            ("postgres://crm/*", "postgres://crm/", true),
+            ("postgres://crm/*", "postgres://crm/a/b", false),
+            ("postgres://crm/*", "postgres://hr/salaries", false),
+            ("s3://b/**", "s3://b/x/y/z.csv", true),
+            ("s3://b/**", "s3://b/", true),
+            ("s3://b/**/*.csv", "s3://b/x/y/z.csv", true),
+            ("s3://b/**/*.csv", "s3://b/x/y/z.json", false),
+            ("crm:*", "crm:read", true),
+            ("crm:*", "hr:read", false),
+            ("*", "anything-without-slash", true),
+            ("*", "a/b", false),
+            ("**", "a/b", true),
+            ("data.?ead", "data.read", true),
+            ("data.?ead", "data./ead", false),
+            ("exact", "exact", true),
+            ("exact", "exactly", false),
+            ("", "", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+            ("file:///repo/**", "file:///repo/src/lib.rs", true),
+            ("https://api.ex.com/v1/*/refunds", "https://api.ex.com/v1/ch_1/refunds", true),
+        ] {
+            assert_eq!(Glob::new(pattern).matches(text), want, "{pattern:?} vs {text:?}");
+        }
+    }
+}
