@@ -1,1 +1,10 @@
+//! The `vigil` binary's library: config, the embedded pipeline, the fleet simulator and the CLI.
+//!
+//! The crates below do the work: `vigil-schemas` (the event contract), `vigil-ingest` (sources and the
+//! archive), `vigil-detect` (the judge). This crate wires them together.
 
+pub mod cli;
+pub mod config;
+pub mod pipeline;
+pub mod progress;
+pub mod simulate;

@@ -1,0 +1,467 @@
+//! Column builders for the archive's four tables: rows go in one at a time (strings copied from the
+//! borrowed input exactly once), a [`RecordBatch`] comes out.
+
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    BinaryBuilder, BooleanBuilder, Float64Builder, Int32Builder, ListBuilder, StringBuilder,
+    TimestampMillisecondBuilder, UInt64Builder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::SchemaRef;
+use vigil_detect::{Decision, Finding};
+use vigil_schemas::Event;
+use vigil_schemas::arrow::{control_schema, dead_letters_schema, events_schema, findings_schema};
+
+use super::DeadLetter;
+
+fn ts() -> TimestampMillisecondBuilder {
+    TimestampMillisecondBuilder::new().with_timezone("UTC")
+}
+
+/// Where a row came from, stamped on every archived row.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// Source name (file stem, `stdin`, or Kafka topic).
+    pub source: &'a str,
+    /// Partition (0 for files).
+    pub partition: i32,
+    /// When vigil ingested it, UTC ms.
+    pub ingested_at: i64,
+}
+
+/// A table's column builders.
+pub trait Table: Default + Send {
+    /// The table's directory under the archive root.
+    const DIR: &'static str;
+    /// The Arrow schema of its files.
+    fn schema() -> SchemaRef;
+    /// Rows buffered.
+    fn rows(&self) -> usize;
+    /// Builds the buffered rows into a batch and resets the builders.
+    fn finish(&mut self) -> RecordBatch;
+}
+
+fn batch(schema: SchemaRef, columns: Vec<ArrayRef>) -> RecordBatch {
+    // The builders are declared in schema order with schema types, so this cannot fail; a mismatch is a
+    // bug in this file that every archive test would catch.
+    RecordBatch::try_new(schema, columns).expect("column builders match the schema")
+}
+
+/// Builders for `events/`.
+#[derive(Debug)]
+pub struct EventColumns {
+    event_id: StringBuilder,
+    ts: TimestampMillisecondBuilder,
+    agent_id: StringBuilder,
+    action: StringBuilder,
+    resource: StringBuilder,
+    scope: StringBuilder,
+    outcome: StringBuilder,
+    bytes_read: UInt64Builder,
+    bytes_written: UInt64Builder,
+    records: UInt64Builder,
+    session_id: StringBuilder,
+    agent_role: StringBuilder,
+    principal: StringBuilder,
+    credential_id: StringBuilder,
+    model: StringBuilder,
+    model_provider: StringBuilder,
+    input_tokens: UInt64Builder,
+    output_tokens: UInt64Builder,
+    cost_usd: Float64Builder,
+    intent: StringBuilder,
+    trace_id: StringBuilder,
+    span_id: StringBuilder,
+    source: StringBuilder,
+    attributes: StringBuilder,
+    m_source: StringBuilder,
+    m_partition: Int32Builder,
+    m_position: UInt64Builder,
+    m_ingested_at: TimestampMillisecondBuilder,
+    rows: usize,
+}
+
+impl Default for EventColumns {
+    fn default() -> Self {
+        EventColumns {
+            event_id: StringBuilder::new(),
+            ts: ts(),
+            agent_id: StringBuilder::new(),
+            action: StringBuilder::new(),
+            resource: StringBuilder::new(),
+            scope: StringBuilder::new(),
+            outcome: StringBuilder::new(),
+            bytes_read: UInt64Builder::new(),
+            bytes_written: UInt64Builder::new(),
+            records: UInt64Builder::new(),
+            session_id: StringBuilder::new(),
+            agent_role: StringBuilder::new(),
+            principal: StringBuilder::new(),
+            credential_id: StringBuilder::new(),
+            model: StringBuilder::new(),
+            model_provider: StringBuilder::new(),
+            input_tokens: UInt64Builder::new(),
+            output_tokens: UInt64Builder::new(),
+            cost_usd: Float64Builder::new(),
+            intent: StringBuilder::new(),
+            trace_id: StringBuilder::new(),
+            span_id: StringBuilder::new(),
+            source: StringBuilder::new(),
+            attributes: StringBuilder::new(),
+            m_source: StringBuilder::new(),
+            m_partition: Int32Builder::new(),
+            m_position: UInt64Builder::new(),
+            m_ingested_at: ts(),
+            rows: 0,
+        }
+    }
+}
+
+impl EventColumns {
+    /// Appends one event.
+    pub fn push(&mut self, ev: &Event<'_>, origin: Origin<'_>, position: u64) {
+        self.event_id.append_value(&ev.event_id);
+        self.ts.append_value(ev.ts_ms);
+        self.agent_id.append_value(&ev.agent_id);
+        self.action.append_value(&ev.action);
+        self.resource.append_value(&ev.resource);
+        self.scope.append_option(ev.scope.as_deref());
+        self.outcome.append_value(ev.outcome.as_str());
+        self.bytes_read.append_option(ev.bytes_read);
+        self.bytes_written.append_option(ev.bytes_written);
+        self.records.append_option(ev.records);
+        self.session_id.append_option(ev.session_id.as_deref());
+        self.agent_role.append_option(ev.agent_role.as_deref());
+        self.principal.append_option(ev.principal.as_deref());
+        self.credential_id.append_option(ev.credential_id.as_deref());
+        self.model.append_option(ev.model.as_deref());
+        self.model_provider.append_option(ev.model_provider.as_deref());
+        self.input_tokens.append_option(ev.input_tokens);
+        self.output_tokens.append_option(ev.output_tokens);
+        self.cost_usd.append_option(ev.cost_usd);
+        self.intent.append_option(ev.intent.as_deref());
+        self.trace_id.append_option(ev.trace_id.as_deref());
+        self.span_id.append_option(ev.span_id.as_deref());
+        self.source.append_option(ev.source.as_deref());
+        self.attributes.append_option(ev.attributes.as_deref());
+        self.m_source.append_value(origin.source);
+        self.m_partition.append_value(origin.partition);
+        self.m_position.append_value(position);
+        self.m_ingested_at.append_value(origin.ingested_at);
+        self.rows += 1;
+    }
+}
+
+impl Table for EventColumns {
+    const DIR: &'static str = "events";
+    fn schema() -> SchemaRef {
+        events_schema()
+    }
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn finish(&mut self) -> RecordBatch {
+        self.rows = 0;
+        let s = self;
+        batch(
+            events_schema(),
+            vec![
+                Arc::new(s.event_id.finish()),
+                Arc::new(s.ts.finish()),
+                Arc::new(s.agent_id.finish()),
+                Arc::new(s.action.finish()),
+                Arc::new(s.resource.finish()),
+                Arc::new(s.scope.finish()),
+                Arc::new(s.outcome.finish()),
+                Arc::new(s.bytes_read.finish()),
+                Arc::new(s.bytes_written.finish()),
+                Arc::new(s.records.finish()),
+                Arc::new(s.session_id.finish()),
+                Arc::new(s.agent_role.finish()),
+                Arc::new(s.principal.finish()),
+                Arc::new(s.credential_id.finish()),
+                Arc::new(s.model.finish()),
+                Arc::new(s.model_provider.finish()),
+                Arc::new(s.input_tokens.finish()),
+                Arc::new(s.output_tokens.finish()),
+                Arc::new(s.cost_usd.finish()),
+                Arc::new(s.intent.finish()),
+                Arc::new(s.trace_id.finish()),
+                Arc::new(s.span_id.finish()),
+                Arc::new(s.source.finish()),
+                Arc::new(s.attributes.finish()),
+                Arc::new(s.m_source.finish()),
+                Arc::new(s.m_partition.finish()),
+                Arc::new(s.m_position.finish()),
+                Arc::new(s.m_ingested_at.finish()),
+            ],
+        )
+    }
+}
+
+/// Builders for `dead-letters/`.
+#[derive(Debug)]
+pub struct DeadLetterColumns {
+    reason: StringBuilder,
+    field: StringBuilder,
+    detail: StringBuilder,
+    size: UInt64Builder,
+    payload: BinaryBuilder,
+    truncated: BooleanBuilder,
+    payload_text: StringBuilder,
+    m_source: StringBuilder,
+    m_partition: Int32Builder,
+    m_position: UInt64Builder,
+    m_ingested_at: TimestampMillisecondBuilder,
+    rows: usize,
+}
+
+impl Default for DeadLetterColumns {
+    fn default() -> Self {
+        DeadLetterColumns {
+            reason: StringBuilder::new(),
+            field: StringBuilder::new(),
+            detail: StringBuilder::new(),
+            size: UInt64Builder::new(),
+            payload: BinaryBuilder::new(),
+            truncated: BooleanBuilder::new(),
+            payload_text: StringBuilder::new(),
+            m_source: StringBuilder::new(),
+            m_partition: Int32Builder::new(),
+            m_position: UInt64Builder::new(),
+            m_ingested_at: ts(),
+            rows: 0,
+        }
+    }
+}
+
+impl DeadLetterColumns {
+    /// Appends one dead letter.
+    pub fn push(&mut self, d: &DeadLetter, origin: Origin<'_>) {
+        self.reason.append_value(d.reason.code());
+        self.field.append_option(d.reason.field());
+        self.detail.append_value(d.reason.to_string());
+        self.size.append_value(d.size);
+        self.payload.append_value(&d.payload);
+        self.truncated.append_value(d.truncated);
+        self.payload_text.append_option(std::str::from_utf8(&d.payload).ok());
+        self.m_source.append_value(origin.source);
+        self.m_partition.append_value(origin.partition);
+        self.m_position.append_value(d.position);
+        self.m_ingested_at.append_value(origin.ingested_at);
+        self.rows += 1;
+    }
+}
+
+impl Table for DeadLetterColumns {
+    const DIR: &'static str = "dead-letters";
+    fn schema() -> SchemaRef {
+        dead_letters_schema()
+    }
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn finish(&mut self) -> RecordBatch {
+        self.rows = 0;
+        let s = self;
+        batch(
+            dead_letters_schema(),
+            vec![
+                Arc::new(s.reason.finish()),
+                Arc::new(s.field.finish()),
+                Arc::new(s.detail.finish()),
+                Arc::new(s.size.finish()),
+                Arc::new(s.payload.finish()),
+                Arc::new(s.truncated.finish()),
+                Arc::new(s.payload_text.finish()),
+                Arc::new(s.m_source.finish()),
+                Arc::new(s.m_partition.finish()),
+                Arc::new(s.m_position.finish()),
+                Arc::new(s.m_ingested_at.finish()),
+            ],
+        )
+    }
+}
+
+fn string_list() -> ListBuilder<StringBuilder> {
+    ListBuilder::new(StringBuilder::new()).with_field(Arc::new(arrow_schema::Field::new(
+        "item",
+        arrow_schema::DataType::Utf8,
+        false,
+    )))
+}
+
+/// Builders for `findings/`.
+#[derive(Debug)]
+pub struct FindingColumns {
+    finding_id: StringBuilder,
+    kind: StringBuilder,
+    severity: StringBuilder,
+    agent_id: StringBuilder,
+    ts: TimestampMillisecondBuilder,
+    window_start: TimestampMillisecondBuilder,
+    window_end: TimestampMillisecondBuilder,
+    score: Float64Builder,
+    summary: StringBuilder,
+    evidence: StringBuilder,
+    event_ids: ListBuilder<StringBuilder>,
+    m_source: StringBuilder,
+    m_ingested_at: TimestampMillisecondBuilder,
+    rows: usize,
+}
+
+impl Default for FindingColumns {
+    fn default() -> Self {
+        FindingColumns {
+            finding_id: StringBuilder::new(),
+            kind: StringBuilder::new(),
+            severity: StringBuilder::new(),
+            agent_id: StringBuilder::new(),
+            ts: ts(),
+            window_start: ts(),
+            window_end: ts(),
+            score: Float64Builder::new(),
+            summary: StringBuilder::new(),
+            evidence: StringBuilder::new(),
+            event_ids: string_list(),
+            m_source: StringBuilder::new(),
+            m_ingested_at: ts(),
+            rows: 0,
+        }
+    }
+}
+
+impl FindingColumns {
+    /// Appends one finding.
+    pub fn push(&mut self, f: &Finding, origin: Origin<'_>) {
+        self.finding_id.append_value(&f.finding_id);
+        self.kind.append_value(f.kind.as_str());
+        self.severity.append_value(f.severity.as_str());
+        self.agent_id.append_value(&f.agent_id);
+        self.ts.append_value(f.ts);
+        self.window_start.append_value(f.window_start);
+        self.window_end.append_value(f.window_end);
+        self.score.append_value(f.score);
+        self.summary.append_value(&f.summary);
+        self.evidence.append_value(serde_json::Value::Object(f.evidence.clone()).to_string());
+        for id in &f.event_ids {
+            self.event_ids.values().append_value(id);
+        }
+        self.event_ids.append(true);
+        self.m_source.append_value(origin.source);
+        self.m_ingested_at.append_value(origin.ingested_at);
+        self.rows += 1;
+    }
+}
+
+impl Table for FindingColumns {
+    const DIR: &'static str = "findings";
+    fn schema() -> SchemaRef {
+        findings_schema()
+    }
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn finish(&mut self) -> RecordBatch {
+        self.rows = 0;
+        let s = self;
+        batch(
+            findings_schema(),
+            vec![
+                Arc::new(s.finding_id.finish()),
+                Arc::new(s.kind.finish()),
+                Arc::new(s.severity.finish()),
+                Arc::new(s.agent_id.finish()),
+                Arc::new(s.ts.finish()),
+                Arc::new(s.window_start.finish()),
+                Arc::new(s.window_end.finish()),
+                Arc::new(s.score.finish()),
+                Arc::new(s.summary.finish()),
+                Arc::new(s.evidence.finish()),
+                Arc::new(s.event_ids.finish()),
+                Arc::new(s.m_source.finish()),
+                Arc::new(s.m_ingested_at.finish()),
+            ],
+        )
+    }
+}
+
+/// Builders for `control/`.
+#[derive(Debug)]
+pub struct ControlColumns {
+    ts: TimestampMillisecondBuilder,
+    action: StringBuilder,
+    agent_id: StringBuilder,
+    mode: StringBuilder,
+    actor: StringBuilder,
+    reason: StringBuilder,
+    finding_ids: ListBuilder<StringBuilder>,
+    m_source: StringBuilder,
+    m_ingested_at: TimestampMillisecondBuilder,
+    rows: usize,
+}
+
+impl Default for ControlColumns {
+    fn default() -> Self {
+        ControlColumns {
+            ts: ts(),
+            action: StringBuilder::new(),
+            agent_id: StringBuilder::new(),
+            mode: StringBuilder::new(),
+            actor: StringBuilder::new(),
+            reason: StringBuilder::new(),
+            finding_ids: string_list(),
+            m_source: StringBuilder::new(),
+            m_ingested_at: ts(),
+            rows: 0,
+        }
+    }
+}
+
+impl ControlColumns {
+    /// Appends one decision.
+    pub fn push(&mut self, d: &Decision, origin: Origin<'_>) {
+        self.ts.append_value(d.ts);
+        self.action.append_value(d.action);
+        self.agent_id.append_value(&d.agent_id);
+        self.mode.append_value(d.mode.as_str());
+        self.actor.append_value(d.actor);
+        self.reason.append_value(&d.reason);
+        for id in &d.finding_ids {
+            self.finding_ids.values().append_value(id);
+        }
+        self.finding_ids.append(true);
+        self.m_source.append_value(origin.source);
+        self.m_ingested_at.append_value(origin.ingested_at);
+        self.rows += 1;
+    }
+}
+
+impl Table for ControlColumns {
+    const DIR: &'static str = "control";
+    fn schema() -> SchemaRef {
+        control_schema()
+    }
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn finish(&mut self) -> RecordBatch {
+        self.rows = 0;
+        let s = self;
+        batch(
+            control_schema(),
+            vec![
+                Arc::new(s.ts.finish()),
+                Arc::new(s.action.finish()),
+                Arc::new(s.agent_id.finish()),
+                Arc::new(s.mode.finish()),
+                Arc::new(s.actor.finish()),
+                Arc::new(s.reason.finish()),
+                Arc::new(s.finding_ids.finish()),
+                Arc::new(s.m_source.finish()),
+                Arc::new(s.m_ingested_at.finish()),
+            ],
+        )
+    }
+}

@@ -1,0 +1,81 @@
+//! `[archive]` in vigil.toml.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Archive settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// Root directory of the archive (`events/`, `findings/`, `control/`, `dead-letters/` beneath it).
+    #[serde(default = "default_dir")]
+    pub dir: PathBuf,
+    /// Flush (write files and commit) once this many rows are buffered, all tables together.
+    #[serde(default = "default_flush_rows")]
+    pub flush_rows: usize,
+    /// Flush at least this often, in seconds, while input keeps arriving (so a slow stream is archived
+    /// promptly).
+    #[serde(default = "default_flush_seconds")]
+    pub flush_seconds: f64,
+    /// zstd level for Parquet pages (1–22); 3 is zstd's own default balance of speed and size.
+    #[serde(default = "default_zstd_level")]
+    pub zstd_level: i32,
+}
+
+fn default_dir() -> PathBuf {
+    PathBuf::from("vigil-archive")
+}
+/// 250k rows make files of a few tens of MB: large enough for scan speed, small enough to flush often.
+pub const fn default_flush_rows() -> usize {
+    250_000
+}
+/// Ten seconds bounds how stale the archive can be behind a trickle of events.
+pub const fn default_flush_seconds() -> f64 {
+    10.0
+}
+/// zstd's own default level.
+pub const fn default_zstd_level() -> i32 {
+    3
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            dir: default_dir(),
+            flush_rows: default_flush_rows(),
+            flush_seconds: default_flush_seconds(),
+            zstd_level: default_zstd_level(),
+        }
+    }
+}
+
+/// An archive setting out of range.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ArchiveConfigError {
+    /// `flush_rows` is zero.
+    #[error("archive.flush_rows must be at least 1")]
+    FlushRows,
+    /// `flush_seconds` is not a positive number.
+    #[error("archive.flush_seconds must be a positive number of seconds, got {0}")]
+    FlushSeconds(f64),
+    /// `zstd_level` outside 1–22.
+    #[error("archive.zstd_level must be between 1 and 22, got {0}")]
+    ZstdLevel(i32),
+}
+
+impl ArchiveConfig {
+    /// Checks every value.
+    pub fn validate(&self) -> Result<(), ArchiveConfigError> {
+        if self.flush_rows == 0 {
+            return Err(ArchiveConfigError::FlushRows);
+        }
+        if !(self.flush_seconds.is_finite() && self.flush_seconds > 0.0) {
+            return Err(ArchiveConfigError::FlushSeconds(self.flush_seconds));
+        }
+        if !(1..=22).contains(&self.zstd_level) {
+            return Err(ArchiveConfigError::ZstdLevel(self.zstd_level));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,497 @@
+//! The Parquet archive: `events/`, `findings/`, `control/` and `dead-letters/` under one root, each hive
+//! partitioned `dt=YYYY-MM-DD/hour=HH/`, zstd-compressed, timestamps in UTC milliseconds.
+//!
+//! **A file appears under its final name only complete and fsynced**: it is written as
+//! `.<name>.tmp`, closed, fsynced, renamed, and its directory fsynced. **The checkpoint moves only after
+//! every file of a flush is durable**, and file names derive from the source positions they hold
+//! (`<source>-<partition>-<first>-<last>.parquet`), so recovery can delete exactly the files of a flush
+//! that never committed and a replay rewrites instead of duplicating.
+
+mod columns;
+mod config;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, BufWriter};
+use std::path::{Path, PathBuf};
+
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
+use serde::{Deserialize, Serialize};
+use vigil_detect::{Decision, Finding};
+use vigil_schemas::Invalid;
+use vigil_schemas::timestamp::civil_hour;
+
+pub use columns::{ControlColumns, DeadLetterColumns, EventColumns, FindingColumns, Origin, Table};
+pub use config::{ArchiveConfig, ArchiveConfigError};
+
+/// The archive's tables, by directory name.
+pub const TABLES: [&str; 4] = ["events", "findings", "control", "dead-letters"];
+
+/// Where checkpoints live under the root.
+const CHECKPOINT_DIR: &str = "_vigil/checkpoints";
+
+/// Something the archive could not do. Every variant names the path involved.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// A file system operation failed.
+    #[error("archive I/O on {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Writing Parquet failed.
+    #[error("writing Parquet file {path}: {source}")]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// The writer's error.
+        source: parquet::errors::ParquetError,
+    },
+    /// The checkpoint file is unreadable.
+    #[error("checkpoint {path} is corrupt: {source}")]
+    Checkpoint {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
+    move |source| ArchiveError::Io { path: path.to_owned(), source }
+}
+
+/// A line refused by the decoder, on its way to `dead-letters/`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// Why it was refused.
+    pub reason: Invalid,
+    /// Its source position.
+    pub position: u64,
+    /// Its full size in bytes.
+    pub size: u64,
+    /// The original bytes (a prefix when `truncated`).
+    pub payload: Vec<u8>,
+    /// Whether `payload` is only a prefix (the line was over the size cap).
+    pub truncated: bool,
+}
+
+/// The committed state of one source partition, as stored next to the archive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Format version of this file.
+    pub version: u32,
+    /// Source name.
+    pub source: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Every position up to and including this one is durable in the archive.
+    pub committed_position: u64,
+    /// Wall time of the commit, UTC ms.
+    pub committed_at: i64,
+    /// Totals over the life of this source in this archive.
+    pub totals: Totals,
+    /// The detector state as of `committed_position`.
+    pub state: serde_json::Value,
+}
+
+/// Running totals kept in the checkpoint.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Events archived.
+    pub events: u64,
+    /// Dead letters archived.
+    pub dead_letters: u64,
+    /// Findings archived.
+    pub findings: u64,
+    /// Decisions archived.
+    pub decisions: u64,
+    /// Files written.
+    pub files: u64,
+    /// Bytes of Parquet written.
+    pub bytes: u64,
+}
+
+/// What one flush wrote.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FlushReport {
+    /// Files made durable.
+    pub files: Vec<PathBuf>,
+    /// Their total size.
+    pub bytes: u64,
+    /// Rows written, all tables.
+    pub rows: u64,
+    /// The position committed.
+    pub committed_position: u64,
+}
+
+/// Rows of one table, split by event hour.
+#[derive(Debug)]
+struct Partitioned<T> {
+    parts: BTreeMap<i64, T>,
+}
+
+impl<T: Table> Partitioned<T> {
+    fn new() -> Self {
+        Partitioned { parts: BTreeMap::new() }
+    }
+
+    fn at(&mut self, ts_ms: i64) -> &mut T {
+        self.parts.entry(ts_ms.div_euclid(3_600_000)).or_default()
+    }
+
+    fn rows(&self) -> usize {
+        self.parts.values().map(T::rows).sum()
+    }
+}
+
+/// What is stamped on every row: the source partition and the ingest time.
+#[derive(Debug)]
+struct Stamp {
+    source: String,
+    partition: i32,
+    ingested_at: i64,
+}
+
+impl Stamp {
+    fn origin(&self) -> Origin<'_> {
+        Origin { source: &self.source, partition: self.partition, ingested_at: self.ingested_at }
+    }
+}
+
+/// The archive writer for one source partition.
+#[derive(Debug)]
+pub struct Archive {
+    root: PathBuf,
+    stamp: Stamp,
+    flush_rows: usize,
+    props: WriterProperties,
+    events: Partitioned<EventColumns>,
+    dead: Partitioned<DeadLetterColumns>,
+    findings: Partitioned<FindingColumns>,
+    control: Partitioned<ControlColumns>,
+    first: Option<u64>,
+    last: u64,
+    committed: u64,
+    totals: Totals,
+}
+
+/// Columns whose values are mostly unique: Parquet dictionary pages would only cost space and time.
+const UNIQUE_COLUMNS: &[&str] = &[
+    "event_id",
+    "ts",
+    "trace_id",
+    "span_id",
+    "_position",
+    "_ingested_at",
+    "finding_id",
+    "payload",
+    "cost_usd",
+];
+
+impl Archive {
+    /// Opens the archive for one source partition and recovers from an interrupted run: files of a flush
+    /// that never committed, and temporary files, are removed. Returns the writer and the last checkpoint.
+    pub fn open(
+        cfg: &ArchiveConfig,
+        source: &str,
+        partition: i32,
+    ) -> Result<(Archive, Option<Checkpoint>), ArchiveError> {
+        let root = cfg.dir.clone();
+        fs::create_dir_all(root.join(CHECKPOINT_DIR)).map_err(io_err(&root))?;
+        let checkpoint = read_checkpoint(&root, source, partition)?;
+        let committed = checkpoint.as_ref().map_or(0, |c| c.committed_position);
+        remove_uncommitted(&root, source, partition, committed)?;
+        let mut props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(cfg.zstd_level).unwrap_or_default()))
+            .set_created_by(format!("vigil {}", env!("CARGO_PKG_VERSION")))
+            .set_dictionary_enabled(true);
+        for c in UNIQUE_COLUMNS {
+            props = props.set_column_dictionary_enabled(ColumnPath::from(*c), false);
+        }
+        let archive = Archive {
+            root,
+            stamp: Stamp { source: source.to_owned(), partition, ingested_at: 0 },
+            flush_rows: cfg.flush_rows,
+            props: props.build(),
+            events: Partitioned::new(),
+            dead: Partitioned::new(),
+            findings: Partitioned::new(),
+            control: Partitioned::new(),
+            first: None,
+            last: committed,
+            committed,
+            totals: checkpoint.as_ref().map(|c| c.totals).unwrap_or_default(),
+        };
+        Ok((archive, checkpoint))
+    }
+
+    /// The archive root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Every position up to this one is durable.
+    pub fn committed_position(&self) -> u64 {
+        self.committed
+    }
+
+    /// Totals including the last flush.
+    pub fn totals(&self) -> Totals {
+        self.totals
+    }
+
+    /// Sets the ingest time stamped on rows pushed from now on (UTC ms).
+    pub fn set_ingested_at(&mut self, ms: i64) {
+        self.stamp.ingested_at = ms;
+    }
+
+    /// Records that the source has been consumed up to `position` (valid, dead-lettered or blank).
+    pub fn consumed(&mut self, position: u64) {
+        if position > self.committed {
+            self.first.get_or_insert(position);
+            self.last = self.last.max(position);
+        }
+    }
+
+    /// Buffers one event.
+    pub fn push_event(&mut self, ev: &vigil_schemas::Event<'_>, position: u64) {
+        self.consumed(position);
+        let origin = self.stamp.origin();
+        self.events.at(ev.ts_ms).push(ev, origin, position);
+    }
+
+    /// Buffers one dead letter (partitioned by ingest time: it has no trustworthy event time).
+    pub fn push_dead_letter(&mut self, d: &DeadLetter) {
+        self.consumed(d.position);
+        let origin = self.stamp.origin();
+        self.dead.at(origin.ingested_at).push(d, origin);
+    }
+
+    /// Buffers one finding.
+    pub fn push_finding(&mut self, f: &Finding) {
+        let origin = self.stamp.origin();
+        self.findings.at(f.ts).push(f, origin);
+    }
+
+    /// Buffers one decision.
+    pub fn push_decision(&mut self, d: &Decision) {
+        let origin = self.stamp.origin();
+        self.control.at(d.ts).push(d, origin);
+    }
+
+    /// Rows buffered, all tables.
+    pub fn pending_rows(&self) -> usize {
+        self.events.rows() + self.dead.rows() + self.findings.rows() + self.control.rows()
+    }
+
+    /// Whether enough rows are buffered to flush on size.
+    pub fn should_flush(&self) -> bool {
+        self.pending_rows() >= self.flush_rows
+    }
+
+    /// Whether anything was consumed since the last commit.
+    pub fn has_uncommitted(&self) -> bool {
+        self.first.is_some()
+    }
+
+    /// Writes every buffered row to durable files, then commits the checkpoint with `state`.
+    pub fn flush(&mut self, state: serde_json::Value, now_ms: i64) -> Result<FlushReport, ArchiveError> {
+        let Some(first) = self.first else {
+            return Ok(FlushReport { committed_position: self.committed, ..FlushReport::default() });
+        };
+        let name = format!("{}-{}-{}-{}.parquet", self.stamp.source, self.stamp.partition, first, self.last);
+        let mut report = FlushReport::default();
+        let mut dirs = Vec::new();
+        self.totals.events += self.events.rows() as u64;
+        self.totals.dead_letters += self.dead.rows() as u64;
+        self.totals.findings += self.findings.rows() as u64;
+        self.totals.decisions += self.control.rows() as u64;
+        write_table(&self.root, &name, &self.props, &mut self.events, &mut report, &mut dirs)?;
+        write_table(&self.root, &name, &self.props, &mut self.dead, &mut report, &mut dirs)?;
+        write_table(&self.root, &name, &self.props, &mut self.findings, &mut report, &mut dirs)?;
+        write_table(&self.root, &name, &self.props, &mut self.control, &mut report, &mut dirs)?;
+        dirs.sort();
+        dirs.dedup();
+        for d in &dirs {
+            sync_dir(d)?;
+        }
+        self.totals.files += report.files.len() as u64;
+        self.totals.bytes += report.bytes;
+        let checkpoint = Checkpoint {
+            version: 1,
+            source: self.stamp.source.clone(),
+            partition: self.stamp.partition,
+            committed_position: self.last,
+            committed_at: now_ms,
+            totals: self.totals,
+            state,
+        };
+        write_checkpoint(&self.root, &checkpoint)?;
+        self.committed = self.last;
+        self.first = None;
+        report.committed_position = self.committed;
+        Ok(report)
+    }
+}
+
+fn partition_dir(root: &Path, table: &str, hour_index: i64) -> PathBuf {
+    let (y, m, d, h) = civil_hour(hour_index * 3_600_000);
+    root.join(table).join(format!("dt={y:04}-{m:02}-{d:02}")).join(format!("hour={h:02}"))
+}
+
+fn write_table<T: Table>(
+    root: &Path,
+    name: &str,
+    props: &WriterProperties,
+    table: &mut Partitioned<T>,
+    report: &mut FlushReport,
+    dirs: &mut Vec<PathBuf>,
+) -> Result<(), ArchiveError> {
+    for (hour, cols) in std::mem::take(&mut table.parts) {
+        if cols.rows() == 0 {
+            continue;
+        }
+        let mut cols = cols;
+        let batch = cols.finish();
+        let dir = partition_dir(root, T::DIR, hour);
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let path = dir.join(name);
+        let bytes = write_parquet_atomically(&path, &batch, props)?;
+        report.rows += batch.num_rows() as u64;
+        report.bytes += bytes;
+        report.files.push(path);
+        dirs.push(dir);
+    }
+    Ok(())
+}
+
+/// Writes one batch as a Parquet file: temporary name, close, fsync, rename. Returns the file size.
+pub fn write_parquet_atomically(
+    path: &Path,
+    batch: &arrow_array::RecordBatch,
+    props: &WriterProperties,
+) -> Result<u64, ArchiveError> {
+    let tmp = tmp_path(path);
+    let perr = |source| ArchiveError::Parquet { path: path.to_owned(), source };
+    let file = File::create(&tmp).map_err(io_err(&tmp))?;
+    let mut writer =
+        ArrowWriter::try_new(BufWriter::with_capacity(1 << 20, file), batch.schema(), Some(props.clone()))
+            .map_err(perr)?;
+    writer.write(batch).map_err(perr)?;
+    let file = writer
+        .into_inner()
+        .map_err(perr)?
+        .into_inner()
+        .map_err(|e| ArchiveError::Io { path: tmp.clone(), source: e.into_error() })?;
+    file.sync_all().map_err(io_err(&tmp))?;
+    let size = file.metadata().map_err(io_err(&tmp))?.len();
+    drop(file);
+    fs::rename(&tmp, path).map_err(io_err(path))?;
+    Ok(size)
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp"))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+}
+
+fn checkpoint_path(root: &Path, source: &str, partition: i32) -> PathBuf {
+    root.join(CHECKPOINT_DIR).join(format!("{source}-{partition}.json"))
+}
+
+/// Reads the checkpoint of one source partition, if there is one.
+pub fn read_checkpoint(
+    root: &Path,
+    source: &str,
+    partition: i32,
+) -> Result<Option<Checkpoint>, ArchiveError> {
+    let path = checkpoint_path(root, source, partition);
+    match fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| ArchiveError::Checkpoint { path, source }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ArchiveError::Io { path, source: e }),
+    }
+}
+
+fn write_checkpoint(root: &Path, c: &Checkpoint) -> Result<(), ArchiveError> {
+    let path = checkpoint_path(root, &c.source, c.partition);
+    let tmp = tmp_path(&path);
+    let bytes =
+        serde_json::to_vec(c).map_err(|source| ArchiveError::Checkpoint { path: path.clone(), source })?;
+    {
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        io::Write::write_all(&mut f, &bytes).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+    }
+    fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    sync_dir(path.parent().unwrap_or(root))
+}
+
+/// Parses `<source>-<partition>-<first>-<last>.parquet` (the source may itself contain `-`).
+pub fn parse_file_name(name: &str) -> Option<(&str, i32, u64, u64)> {
+    let stem = name.strip_suffix(".parquet")?;
+    let mut parts = stem.rsplitn(4, '-');
+    let last = parts.next()?.parse().ok()?;
+    let first = parts.next()?.parse().ok()?;
+    let partition = parts.next()?.parse().ok()?;
+    let source = parts.next()?;
+    Some((source, partition, first, last))
+}
+
+/// Every file (final or temporary) under the archive's tables, with the table it is in.
+pub fn archive_files(root: &Path) -> Result<Vec<PathBuf>, ArchiveError> {
+    let mut out = Vec::new();
+    for table in TABLES {
+        walk(&root.join(table), &mut out)?;
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ArchiveError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(ArchiveError::Io { path: dir.to_owned(), source: e }),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_err(dir))?;
+        let path = entry.path();
+        if entry.file_type().map_err(io_err(&path))?.is_dir() {
+            walk(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Removes this source partition's temporary files and the files of flushes past `committed`.
+fn remove_uncommitted(root: &Path, source: &str, partition: i32, committed: u64) -> Result<(), ArchiveError> {
+    let tmp_prefix = format!(".{source}-{partition}-");
+    for path in archive_files(root)? {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let orphan = if name.starts_with(&tmp_prefix) && name.ends_with(".tmp") {
+            true
+        } else {
+            matches!(parse_file_name(&name), Some((s, p, first, _)) if s == source && p == partition && first > committed)
+        };
+        if orphan {
+            fs::remove_file(&path).map_err(io_err(&path))?;
+        }
+    }
+    Ok(())
+}

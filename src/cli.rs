@@ -1,0 +1,411 @@
+//! The command line: `vigil run | validate | simulate | demo`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use vigil_ingest::source::{Chunk, LineReader, open_input};
+use vigil_schemas::timestamp::parse_rfc3339_ms;
+
+use crate::config::VigilConfig;
+use crate::pipeline::{self, RunOptions, Summary};
+use crate::progress::Progress;
+use crate::simulate::{self, SimConfig};
+
+/// vigil: the audit-log pipeline and anomaly detector for autonomous AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "vigil", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Ingest NDJSON events: validate, judge, archive to Parquet, write findings.
+    Run(RunArgs),
+    /// Check NDJSON events against the contract; print every bad line and a summary.
+    Validate {
+        /// NDJSON file (plain, .gz, .zst) or - for stdin.
+        input: PathBuf,
+        /// Largest accepted event in bytes.
+        #[arg(long, default_value_t = vigil_schemas::DEFAULT_MAX_EVENT_BYTES)]
+        max_event_bytes: usize,
+    },
+    /// Generate a realistic fleet of agents as NDJSON, with labelled incidents.
+    Simulate(SimArgs),
+    /// Simulate a fleet with incidents, run the whole pipeline on it, and show what vigil found.
+    Demo {
+        /// Where the demo writes its input, archive and findings (replaced on each run).
+        #[arg(long, default_value = "vigil-demo")]
+        dir: PathBuf,
+        /// Agents in the simulated fleet.
+        #[arg(long, default_value_t = 200)]
+        agents: usize,
+        /// Simulated span.
+        #[arg(long, default_value = "2h")]
+        duration: String,
+        /// Average fleet-wide events per second of simulated time.
+        #[arg(long, default_value_t = 40.0)]
+        rate: f64,
+        /// Seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Config file (TOML); see examples/vigil.toml.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// NDJSON input (plain, .gz, .zst), or - for stdin. Overrides [input] path.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Archive root. Overrides [archive] dir.
+    #[arg(long)]
+    archive: Option<PathBuf>,
+    /// Findings as NDJSON to a file, or - for stdout. Overrides [output] findings.
+    #[arg(long)]
+    findings: Option<PathBuf>,
+    /// Source name used in archive file names and the checkpoint. Overrides [input] source_name.
+    #[arg(long)]
+    source_name: Option<String>,
+    /// Print the run summary as JSON on stdout instead of text on stderr.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct SimArgs {
+    /// Agents in the fleet.
+    #[arg(long, default_value_t = 100)]
+    agents: usize,
+    /// Simulated span: 90s, 30m, 2h, 7d.
+    #[arg(long, default_value = "1h")]
+    duration: String,
+    /// Start of the span (RFC 3339). A fixed default keeps output reproducible.
+    #[arg(long, default_value = "2026-01-05T00:00:00Z")]
+    start: String,
+    /// Seed: same seed and parameters, same bytes.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Average fleet-wide events per second of simulated time.
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
+    /// Incidents to inject; kinds cycle through runaway_loop, data_exfiltration, scope_drift,
+    /// policy_violation, shared_credential, model_swap, denied_burst.
+    #[arg(long, default_value_t = 0)]
+    incidents: usize,
+    /// Output file, or - for stdout.
+    #[arg(long, default_value = "-")]
+    out: PathBuf,
+    /// Where to write the incident labels (NDJSON).
+    #[arg(long)]
+    labels: Option<PathBuf>,
+}
+
+/// Runs the CLI and maps the outcome to an exit code: 0 success, 1 bad input found by `validate`,
+/// 2 an error that stopped the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => cmd_run(args),
+        Command::Validate { input, max_event_bytes } => cmd_validate(&input, max_event_bytes),
+        Command::Simulate(args) => cmd_simulate(args),
+        Command::Demo { dir, agents, duration, rate, seed } => cmd_demo(&dir, agents, &duration, rate, seed),
+    };
+    match result {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("vigil: error: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn cmd_run(args: RunArgs) -> Result<ExitCode, String> {
+    let mut cfg = match &args.config {
+        Some(p) => VigilConfig::load(p).map_err(|e| e.to_string())?,
+        None => VigilConfig::default(),
+    };
+    if let Some(p) = args.input {
+        cfg.input.path = Some(p);
+    }
+    if let Some(d) = args.archive {
+        cfg.archive.dir = d;
+    }
+    if let Some(f) = args.findings {
+        cfg.output.findings = Some(f);
+    }
+    if let Some(s) = args.source_name {
+        cfg.input.source_name = Some(s);
+    }
+    cfg.validate()?;
+    let summary = pipeline::run(&cfg, &RunOptions { progress: true }).map_err(|e| e.to_string())?;
+    if args.json {
+        println!("{}", summary_json(&summary, &cfg.archive.dir));
+    } else {
+        eprint!("{}", render_summary(&summary, &cfg.archive.dir));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The run summary as one JSON object (for scripts and tests).
+pub fn summary_json(s: &Summary, archive: &Path) -> serde_json::Value {
+    let findings: BTreeMap<String, u64> =
+        s.findings.iter().map(|((k, sev), n)| (format!("{}/{}", k.as_str(), sev.as_str()), *n)).collect();
+    serde_json::json!({
+        "source": s.source,
+        "lines": s.lines,
+        "skipped": s.skipped,
+        "blank": s.blank,
+        "valid": s.valid,
+        "dead_lettered": s.dead_lettered(),
+        "dead_letters": s.dead_letters,
+        "balanced": s.balanced(),
+        "findings": findings,
+        "halted": s.halted.iter().map(|(a, r)| serde_json::json!({"agent_id": a, "rule": r})).collect::<Vec<_>>(),
+        "agents": s.agents,
+        "late": s.late,
+        "bytes": s.bytes,
+        "files": s.files,
+        "archive_bytes": s.archive_bytes,
+        "elapsed_seconds": s.elapsed.as_secs_f64(),
+        "archive": archive,
+    })
+}
+
+/// The run summary as text for a person.
+pub fn render_summary(s: &Summary, archive: &Path) -> String {
+    let mut o = String::new();
+    let secs = s.elapsed.as_secs_f64().max(1e-9);
+    let _ = writeln!(
+        o,
+        "read {} lines ({:.1} MB) in {:.2}s: {:.0} lines/s, {:.1} MB/s",
+        s.lines,
+        s.bytes as f64 / 1e6,
+        secs,
+        s.lines as f64 / secs,
+        s.bytes as f64 / 1e6 / secs
+    );
+    let _ = writeln!(
+        o,
+        "  valid {} + dead-lettered {} + blank {} + already archived {} = {} lines{}",
+        s.valid,
+        s.dead_lettered(),
+        s.blank,
+        s.skipped,
+        s.lines,
+        if s.balanced() { "" } else { "  (MISMATCH: please report)" }
+    );
+    for (reason, n) in &s.dead_letters {
+        let _ = writeln!(o, "  dead letters {reason}: {n}");
+    }
+    let total: u64 = s.findings.values().sum();
+    let _ = writeln!(o, "findings: {total} from {} agents", s.agents);
+    for ((kind, sev), n) in &s.findings {
+        let _ = writeln!(o, "  {:<18} {:<8} {n}", kind.as_str(), sev.as_str());
+    }
+    if s.late > 0 {
+        let _ = writeln!(o, "  {} events arrived too late for their rate window (archived, counted)", s.late);
+    }
+    let _ = writeln!(
+        o,
+        "archive: {} new files, {:.1} MB under {}",
+        s.files,
+        s.archive_bytes as f64 / 1e6,
+        archive.display()
+    );
+    o
+}
+
+fn cmd_validate(input: &Path, max_event_bytes: usize) -> Result<ExitCode, String> {
+    let opened = open_input(input).map_err(|e| e.to_string())?;
+    let mut reader = LineReader::new(opened.reader, max_event_bytes, 256);
+    let mut chunk = Chunk::default();
+    let (mut lines, mut valid, mut blank) = (0u64, 0u64, 0u64);
+    let mut reasons: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut seen = std::collections::HashMap::<String, u64>::new();
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    while reader.next_chunk(&mut chunk, 4 << 20).map_err(|e| format!("reading {}: {e}", input.display()))? {
+        for line in &chunk.lines {
+            lines += 1;
+            let bytes = chunk.bytes(line);
+            let result = match line.oversize {
+                Some(size) => {
+                    Err(vigil_schemas::Invalid::TooLarge { size: size as usize, limit: max_event_bytes })
+                }
+                None if bytes.iter().all(u8::is_ascii_whitespace) => {
+                    blank += 1;
+                    continue;
+                }
+                None => vigil_schemas::decode(bytes, max_event_bytes),
+            };
+            let result = result.and_then(|ev| match seen.get(ev.event_id.as_ref()) {
+                Some(&first_position) => Err(vigil_schemas::Invalid::DuplicateEventId {
+                    event_id: ev.event_id.to_string(),
+                    first_position,
+                }),
+                None => {
+                    seen.insert(ev.event_id.to_string(), line.position);
+                    Ok(())
+                }
+            });
+            match result {
+                Ok(()) => valid += 1,
+                Err(e) => {
+                    *reasons.entry(e.code()).or_default() += 1;
+                    let _ = writeln!(out, "line {}: {}: {e}", line.position, e.code());
+                }
+            }
+        }
+    }
+    let bad: u64 = reasons.values().sum();
+    let _ = writeln!(out, "{lines} lines: {valid} valid, {bad} invalid, {blank} blank");
+    for (r, n) in &reasons {
+        let _ = writeln!(out, "  {r}: {n}");
+    }
+    let _ = out.flush();
+    Ok(if bad > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn sim_config(args: &SimArgs) -> Result<SimConfig, String> {
+    if args.agents == 0 {
+        return Err("--agents must be at least 1".into());
+    }
+    if !(args.rate.is_finite() && args.rate > 0.0) {
+        return Err(format!("--rate must be a positive number of events per second, got {}", args.rate));
+    }
+    Ok(SimConfig {
+        agents: args.agents,
+        duration_ms: simulate::parse_duration_ms(&args.duration)?,
+        start_ms: parse_rfc3339_ms(&args.start).map_err(|e| format!("--start {:?}: {e}", args.start))?,
+        seed: args.seed,
+        rate: args.rate,
+        incidents: args.incidents,
+    })
+}
+
+fn create(path: &Path) -> Result<BufWriter<Box<dyn Write>>, String> {
+    let w: Box<dyn Write> = if path == Path::new("-") {
+        Box::new(std::io::stdout())
+    } else {
+        Box::new(File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?)
+    };
+    Ok(BufWriter::with_capacity(1 << 20, w))
+}
+
+/// Simulates to `out` and writes labels; returns the number of events.
+fn simulate_to(cfg: &SimConfig, out: &Path, labels: Option<&Path>) -> Result<u64, String> {
+    let mut w = create(out)?;
+    let n = std::cell::Cell::new(0u64);
+    let mut progress = Progress::new(out != Path::new("-"), "simulate", Some(cfg.duration_ms as u64));
+    let started = Instant::now();
+    let found = simulate::simulate(
+        cfg,
+        |line| {
+            n.set(n.get() + 1);
+            w.write_all(line.as_bytes())?;
+            w.write_all(b"\n")
+        },
+        |t| progress.update((t - cfg.start_ms) as u64, n.get(), started.elapsed()),
+    )
+    .map_err(|e| format!("writing {}: {e}", out.display()))?;
+    w.flush().map_err(|e| format!("writing {}: {e}", out.display()))?;
+    progress.finish();
+    if let Some(path) = labels {
+        let mut lw = create(path)?;
+        simulate::write_labels(&found, &mut lw)
+            .and_then(|_| lw.flush())
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    Ok(n.get())
+}
+
+fn cmd_simulate(args: SimArgs) -> Result<ExitCode, String> {
+    let cfg = sim_config(&args)?;
+    let n = simulate_to(&cfg, &args.out, args.labels.as_deref())?;
+    if args.out != Path::new("-") {
+        eprintln!("wrote {n} events to {}", args.out.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The config the demo runs: the simulator's role policies and sensitive resources.
+pub fn demo_config(dir: &Path) -> VigilConfig {
+    let mut cfg = VigilConfig::default();
+    cfg.input.path = Some(dir.join("fleet.ndjson"));
+    cfg.archive.dir = dir.join("archive");
+    cfg.output.findings = Some(dir.join("findings.ndjson"));
+    cfg.detect.policies = simulate::policies();
+    cfg.detect.sensitive_resources = simulate::SENSITIVE.iter().map(|s| s.to_string()).collect();
+    cfg
+}
+
+fn cmd_demo(dir: &Path, agents: usize, duration: &str, rate: f64, seed: u64) -> Result<ExitCode, String> {
+    if dir.exists() {
+        let ours = dir.join("archive").join("_vigil").exists() || dir.join("fleet.ndjson").exists();
+        let empty = fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+        if !ours && !empty {
+            return Err(format!("{} exists and is not a vigil demo folder; pass --dir", dir.display()));
+        }
+        fs::remove_dir_all(dir).map_err(|e| format!("cannot clear {}: {e}", dir.display()))?;
+    }
+    fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let sim = SimConfig {
+        agents,
+        duration_ms: simulate::parse_duration_ms(duration)?,
+        start_ms: parse_rfc3339_ms("2026-01-05T08:00:00Z").unwrap_or_default(),
+        seed,
+        rate,
+        incidents: simulate::IncidentKind::ALL.len(),
+    };
+    let started = Instant::now();
+    println!("vigil demo: simulating {agents} agents for {duration} with {} incidents...", sim.incidents);
+    let n = simulate_to(&sim, &dir.join("fleet.ndjson"), Some(&dir.join("labels.ndjson")))?;
+    println!(
+        "  {n} events in {:.1}s -> {}",
+        started.elapsed().as_secs_f64(),
+        dir.join("fleet.ndjson").display()
+    );
+    let cfg = demo_config(dir);
+    println!("running the pipeline (decode, validate, detect, archive)...");
+    let s = pipeline::run(&cfg, &RunOptions { progress: true }).map_err(|e| e.to_string())?;
+    print!("{}", render_summary(&s, &cfg.archive.dir));
+    println!("\ninjected incidents (from {}):", dir.join("labels.ndjson").display());
+    let labels = fs::read_to_string(dir.join("labels.ndjson")).unwrap_or_default();
+    for l in labels.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+        println!(
+            "  {:<18} {:<22} {}",
+            v["kind"].as_str().unwrap_or("?"),
+            v["agent_id"].as_str().unwrap_or("?"),
+            v["start"].as_str().unwrap_or("?")
+        );
+    }
+    println!("\nagents that would be halted (shadow mode: recorded in archive/control/, nothing enforced):");
+    if s.halted.is_empty() {
+        println!("  none");
+    }
+    for (agent, rule) in &s.halted {
+        println!("  {agent:<22} {rule}");
+    }
+    let archive = cfg.archive.dir.display();
+    println!(
+        "\nParquet archive: {archive}/{{events,findings,control,dead-letters}}/dt=YYYY-MM-DD/hour=HH/*.parquet"
+    );
+    println!("findings as NDJSON: {}", dir.join("findings.ndjson").display());
+    println!("\ntry it with DuckDB (pip install duckdb, or the duckdb CLI):");
+    println!("  SELECT kind, severity, agent_id, summary");
+    println!("  FROM read_parquet('{archive}/findings/**/*.parquet', hive_partitioning = true)");
+    println!("  ORDER BY ts;");
+    println!("\ndone in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,216 @@
+//! `vigil.toml`: the typed config of a vigil process. Unknown keys are refused with file, line and
+//! column; every value is checked once, here, before anything runs.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use vigil_detect::DetectConfig;
+use vigil_ingest::ArchiveConfig;
+
+/// The whole config file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VigilConfig {
+    /// Where events come from.
+    #[serde(default)]
+    pub input: InputConfig,
+    /// Where everything is kept.
+    #[serde(default)]
+    pub archive: ArchiveConfig,
+    /// How events are judged.
+    #[serde(default)]
+    pub detect: DetectConfig,
+    /// Where findings are also written as NDJSON, besides the archive.
+    #[serde(default)]
+    pub output: OutputConfig,
+}
+
+/// `[input]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    /// NDJSON file (plain, `.gz` or `.zst`) or `-` for stdin.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Name of the source in archive file names and checkpoints. Defaults to the file name without
+    /// extensions; stdin defaults to `stdin-<start time>` so two different streams never share one.
+    #[serde(default)]
+    pub source_name: Option<String>,
+    /// Largest accepted event, in bytes; larger lines are dead-lettered as `too_large`.
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: usize,
+    /// How many bytes of a refused line are kept in its dead letter.
+    #[serde(default = "default_dead_letter_payload_bytes")]
+    pub dead_letter_payload_bytes: usize,
+    /// How many recent event_ids are remembered to refuse duplicates (0 turns the check off).
+    #[serde(default = "default_dedup_window")]
+    pub dedup_window: usize,
+    /// Bytes of input decoded per batch.
+    #[serde(default = "default_batch_bytes")]
+    pub batch_bytes: usize,
+}
+
+/// The contract's cap: 1 MiB.
+const fn default_max_event_bytes() -> usize {
+    vigil_schemas::DEFAULT_MAX_EVENT_BYTES
+}
+/// 64 KiB of a bad line is plenty to see what it was.
+const fn default_dead_letter_payload_bytes() -> usize {
+    64 * 1024
+}
+/// One million ids is about 24 MiB and covers minutes of a busy fleet, where redelivery happens.
+const fn default_dedup_window() -> usize {
+    1_000_000
+}
+/// 4 MiB batches (about 10k events) amortise per-batch work and stay in cache-friendly sizes.
+const fn default_batch_bytes() -> usize {
+    4 << 20
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        InputConfig {
+            path: None,
+            source_name: None,
+            max_event_bytes: default_max_event_bytes(),
+            dead_letter_payload_bytes: default_dead_letter_payload_bytes(),
+            dedup_window: default_dedup_window(),
+            batch_bytes: default_batch_bytes(),
+        }
+    }
+}
+
+/// `[output]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Findings as NDJSON, to a file or `-` for stdout.
+    #[serde(default)]
+    pub findings: Option<PathBuf>,
+}
+
+/// A config that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown keys or wrong types.
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl VigilConfig {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<VigilConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<VigilConfig, ConfigError> {
+        let cfg: VigilConfig = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            let before = &text[..offset.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            ConfigError::Parse { path: path.to_owned(), line, column, message: e.message().trim().to_owned() }
+        })?;
+        cfg.validate().map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })?;
+        Ok(cfg)
+    }
+
+    /// Checks every value; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        self.archive.validate().map_err(|e| e.to_string())?;
+        self.detect.build().map_err(|e| e.to_string())?;
+        let i = &self.input;
+        if i.max_event_bytes == 0 {
+            return Err("input.max_event_bytes must be at least 1".into());
+        }
+        if i.batch_bytes < 4096 {
+            return Err(format!("input.batch_bytes must be at least 4096, got {}", i.batch_bytes));
+        }
+        if let Some(name) = &i.source_name
+            && (name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
+        {
+            return Err(format!(
+                "input.source_name {name:?} may only hold letters, digits, '.', '_' and '-'"
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/vigil.toml"));
+        let cfg = VigilConfig::load(path).unwrap();
+        assert!(!cfg.detect.policies.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_name_file_line_and_column() {
+        let err = VigilConfig::parse("[archive]\nflush_rows = 10\n  flush_secs = 3\n", Path::new("v.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("v.toml:3:3: unknown field `flush_secs`"), "{err}");
+        let err = VigilConfig::parse("[archive]\nflush_rows = \"many\"\n", Path::new("v.toml")).unwrap_err();
+        assert!(err.to_string().starts_with("v.toml:2:14: invalid type"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        let err = VigilConfig::parse("[archive]\nzstd_level = 40\n", Path::new("v.toml")).unwrap_err();
+        assert_eq!(err.to_string(), "v.toml: archive.zstd_level must be between 1 and 22, got 40");
+        let err = VigilConfig::parse("[input]\nsource_name = \"a/b\"\n", Path::new("v.toml")).unwrap_err();
+        assert!(err.to_string().contains("may only hold"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The documented example must describe the simulator's fleet and the defaults, or it misleads.
+    #[test]
+    fn example_config_matches_the_simulator_and_the_defaults() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/vigil.toml"));
+        let cfg = VigilConfig::load(path).unwrap();
+        assert_eq!(cfg.detect.policies, crate::simulate::policies());
+        let sensitive: Vec<String> = crate::simulate::SENSITIVE.iter().map(|s| s.to_string()).collect();
+        assert_eq!(cfg.detect.sensitive_resources, sensitive);
+        let defaults = VigilConfig::default();
+        assert_eq!(cfg.input, defaults.input);
+        assert_eq!(cfg.archive, defaults.archive);
+        assert_eq!(cfg.detect.halt, defaults.detect.halt);
+        assert_eq!(cfg.detect.rate_limit_per_minute, defaults.detect.rate_limit_per_minute);
+    }
+}

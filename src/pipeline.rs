@@ -1,0 +1,328 @@
+//! The embedded pipeline: lines from a source → decode and validate → detect → archive, committing the
+//! archive's checkpoint (with the detector state) only after its files are durable.
+//!
+//! One thread, batch at a time: a chunk of lines is read into one buffer, decoded into events that borrow
+//! from it, judged, copied once into Arrow builders, and the buffer is reused.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use vigil_detect::{Engine, FindingKind, Output, Severity, Snapshot};
+use vigil_ingest::archive::{Archive, ArchiveError, DeadLetter};
+use vigil_ingest::source::{Chunk, InputError, LineReader, open_input};
+use vigil_schemas::{Event, Invalid};
+
+use crate::config::VigilConfig;
+use crate::progress::Progress;
+
+/// What stopped a run. Bad input never does: it is dead-lettered.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// No input was configured.
+    #[error("no input: give --input PATH (or - for stdin), or [input] path in the config")]
+    NoInput,
+    /// The input could not be opened.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// Reading the input failed midway.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The input.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The archive could not be written.
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    /// The detection config is invalid.
+    #[error("detect config: {0}")]
+    Detect(#[from] vigil_detect::ConfigError),
+    /// The checkpoint's detector state does not fit this version.
+    #[error(
+        "checkpoint state in {archive} is unreadable ({source}); move the archive's _vigil/ aside to start fresh"
+    )]
+    State {
+        /// The archive root.
+        archive: PathBuf,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// Writing findings output failed.
+    #[error("writing findings to {path}: {source}")]
+    Findings {
+        /// Where.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Counts of one run, for the summary line and the tests that hold the pipeline to "nothing lost".
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Summary {
+    /// Source name used in the archive.
+    pub source: String,
+    /// Lines read in this run (skipped ones included).
+    pub lines: u64,
+    /// Lines already archived by an earlier run, skipped.
+    pub skipped: u64,
+    /// Blank lines (whitespace only): nothing to keep.
+    pub blank: u64,
+    /// Valid events archived and judged.
+    pub valid: u64,
+    /// Lines dead-lettered, by reason code.
+    pub dead_letters: BTreeMap<&'static str, u64>,
+    /// Findings by kind and severity.
+    pub findings: BTreeMap<(FindingKind, Severity), u64>,
+    /// Agents a halt decision was recorded for (shadow mode), with the rule that decided.
+    pub halted: Vec<(String, String)>,
+    /// Distinct agents seen (all runs on this checkpoint).
+    pub agents: usize,
+    /// Events judged too late for their window.
+    pub late: u64,
+    /// Decompressed input bytes read.
+    pub bytes: u64,
+    /// Parquet files written in this run.
+    pub files: u64,
+    /// Parquet bytes written in this run.
+    pub archive_bytes: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    /// Dead letters, all reasons.
+    pub fn dead_lettered(&self) -> u64 {
+        self.dead_letters.values().sum()
+    }
+
+    /// The accounting identity every run must satisfy.
+    pub fn balanced(&self) -> bool {
+        self.lines == self.skipped + self.blank + self.valid + self.dead_lettered()
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Recent event ids, to refuse duplicates: a bounded set of 64-bit hashes, oldest forgotten first.
+#[derive(Debug)]
+struct DedupWindow {
+    cap: usize,
+    seen: HashMap<u64, u64, BuildHasherDefault<IdentityHasher>>,
+    order: VecDeque<u64>,
+    hasher: BuildHasherDefault<DefaultHasher>,
+}
+
+/// The keys are already hashes; hashing them again would waste the time the window exists to save.
+#[derive(Debug, Default)]
+struct IdentityHasher(u64);
+
+impl std::hash::Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+impl DedupWindow {
+    fn new(cap: usize) -> Self {
+        DedupWindow {
+            cap,
+            seen: HashMap::with_capacity_and_hasher(cap.min(1 << 20), BuildHasherDefault::default()),
+            order: VecDeque::with_capacity(cap.min(1 << 20)),
+            hasher: BuildHasherDefault::default(),
+        }
+    }
+
+    /// Records `id` at `position`; returns the first position if it was seen already.
+    fn check(&mut self, id: &str, position: u64) -> Option<u64> {
+        if self.cap == 0 {
+            return None;
+        }
+        let h = self.hasher.hash_one(id);
+        if let Some(&first) = self.seen.get(&h) {
+            return Some(first);
+        }
+        if self.order.len() == self.cap
+            && let Some(old) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        self.seen.insert(h, position);
+        self.order.push_back(h);
+        None
+    }
+}
+
+/// Options of one run beyond the config file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Show a progress line on stderr (only drawn when stderr is a terminal).
+    pub progress: bool,
+}
+
+/// Runs the whole pipeline over the configured input until it ends.
+pub fn run(cfg: &VigilConfig, opts: &RunOptions) -> Result<Summary, PipelineError> {
+    let started = Instant::now();
+    let path = cfg.input.path.clone().ok_or(PipelineError::NoInput)?;
+    let input = open_input(&path)?;
+    let source = match (&cfg.input.source_name, path == Path::new("-")) {
+        (Some(name), _) => name.clone(),
+        (None, true) => format!("stdin-{}", now_ms()),
+        (None, false) => input.name.clone(),
+    };
+    let (mut archive, checkpoint) = Archive::open(&cfg.archive, &source, 0)?;
+    let mut engine = Engine::new(&cfg.detect)?;
+    let skip_until = archive.committed_position();
+    if let Some(c) = checkpoint {
+        let snap: Snapshot = serde_json::from_value(c.state)
+            .map_err(|source| PipelineError::State { archive: cfg.archive.dir.clone(), source })?;
+        engine.restore(snap);
+    }
+    let mut findings_out = open_findings(cfg.output.findings.as_deref())?;
+    let mut summary = Summary { source: source.clone(), ..Summary::default() };
+    let mut reader =
+        LineReader::new(input.reader, cfg.input.max_event_bytes, cfg.input.dead_letter_payload_bytes);
+    let mut progress = Progress::new(opts.progress, "ingest", input.size);
+    let mut dedup = DedupWindow::new(cfg.input.dedup_window);
+    let mut chunk = Chunk::default();
+    let mut out = Output::default();
+    let mut positions: Vec<u64> = Vec::new();
+    let flush_every = Duration::from_secs_f64(cfg.archive.flush_seconds);
+    let mut last_flush = Instant::now();
+    let base_stats = engine.stats();
+    let mut line_buf = String::new();
+    loop {
+        let more = reader
+            .next_chunk(&mut chunk, cfg.input.batch_bytes)
+            .map_err(|source| PipelineError::Read { path: path.clone(), source })?;
+        if !more {
+            break;
+        }
+        archive.set_ingested_at(now_ms());
+        let mut events: Vec<Event<'_>> = Vec::with_capacity(chunk.lines.len());
+        positions.clear();
+        for line in &chunk.lines {
+            summary.lines += 1;
+            if line.position <= skip_until {
+                summary.skipped += 1;
+                continue;
+            }
+            let bytes = chunk.bytes(line);
+            let decoded = match line.oversize {
+                Some(size) => {
+                    Err(Invalid::TooLarge { size: size as usize, limit: cfg.input.max_event_bytes })
+                }
+                None if bytes.iter().all(u8::is_ascii_whitespace) => {
+                    summary.blank += 1;
+                    archive.consumed(line.position);
+                    continue;
+                }
+                None => vigil_schemas::decode(bytes, cfg.input.max_event_bytes),
+            };
+            let decoded = decoded.and_then(|ev| match dedup.check(&ev.event_id, line.position) {
+                Some(first_position) => {
+                    Err(Invalid::DuplicateEventId { event_id: ev.event_id.to_string(), first_position })
+                }
+                None => Ok(ev),
+            });
+            match decoded {
+                Ok(ev) => {
+                    events.push(ev);
+                    positions.push(line.position);
+                }
+                Err(reason) => {
+                    *summary.dead_letters.entry(reason.code()).or_default() += 1;
+                    archive.push_dead_letter(&DeadLetter {
+                        reason,
+                        position: line.position,
+                        size: line.oversize.unwrap_or(bytes.len() as u64),
+                        payload: bytes.to_vec(),
+                        truncated: line.oversize.is_some(),
+                    });
+                }
+            }
+        }
+        summary.valid += events.len() as u64;
+        out.clear();
+        engine.process(&events, &mut out);
+        for (ev, &pos) in events.iter().zip(&positions) {
+            archive.push_event(ev, pos);
+        }
+        drop(events);
+        for f in &out.findings {
+            *summary.findings.entry((f.kind, f.severity)).or_default() += 1;
+            archive.push_finding(f);
+            if let Some((w, p)) = findings_out.as_mut() {
+                line_buf.clear();
+                line_buf.push_str(&serde_json::to_string(f).unwrap_or_default());
+                line_buf.push('\n');
+                w.write_all(line_buf.as_bytes())
+                    .map_err(|source| PipelineError::Findings { path: p.clone(), source })?;
+            }
+        }
+        for d in &out.decisions {
+            summary.halted.push((d.agent_id.clone(), d.actor.to_owned()));
+            archive.push_decision(d);
+        }
+        if archive.should_flush() || last_flush.elapsed() >= flush_every {
+            flush(&mut archive, &engine, &mut summary)?;
+            last_flush = Instant::now();
+        }
+        progress.update(
+            input.consumed.load(std::sync::atomic::Ordering::Relaxed),
+            summary.lines,
+            started.elapsed(),
+        );
+    }
+    flush(&mut archive, &engine, &mut summary)?;
+    if let Some((mut w, p)) = findings_out {
+        w.flush().map_err(|source| PipelineError::Findings { path: p, source })?;
+    }
+    progress.finish();
+    let stats = engine.stats();
+    summary.late = stats.late - base_stats.late;
+    summary.agents = engine.agents();
+    summary.bytes = reader.bytes_read();
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+fn flush(archive: &mut Archive, engine: &Engine, summary: &mut Summary) -> Result<(), PipelineError> {
+    if !archive.has_uncommitted() {
+        return Ok(());
+    }
+    // Serialising the snapshot of a well-formed engine cannot fail: every key is a string.
+    let state = serde_json::to_value(engine.snapshot()).unwrap_or_default();
+    let report = archive.flush(state, now_ms())?;
+    summary.files += report.files.len() as u64;
+    summary.archive_bytes += report.bytes;
+    Ok(())
+}
+
+type FindingsSink = Option<(Box<dyn Write>, PathBuf)>;
+
+fn open_findings(path: Option<&Path>) -> Result<FindingsSink, PipelineError> {
+    let Some(path) = path else { return Ok(None) };
+    let w: Box<dyn Write> = if path == Path::new("-") {
+        Box::new(std::io::BufWriter::new(std::io::stdout()))
+    } else {
+        let f = std::fs::File::create(path)
+            .map_err(|source| PipelineError::Findings { path: path.to_owned(), source })?;
+        Box::new(std::io::BufWriter::new(f))
+    };
+    Ok(Some((w, path.to_owned())))
+}

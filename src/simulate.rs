@@ -1,0 +1,688 @@
+//! The fleet simulator: a realistic fleet of agents as NDJSON in the event contract, with labelled
+//! incidents. Same seed and parameters, same bytes.
+//!
+//! Five roles (coding, support, sales, data, ops) each have their own actions, resources, scopes, models
+//! and volumes. Agents follow a daily rhythm (busy in working hours, quiet at night), work in sessions,
+//! move heavy-tailed byte volumes, carry their own credentials, and a share of them act for a human.
+//! Incidents are injected on chosen agents and written to a labels file.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::Write;
+
+use serde::Serialize;
+use vigil_detect::PolicyConfig;
+use vigil_schemas::timestamp::format_rfc3339_ms;
+use vigil_schemas::{Event, Outcome};
+
+/// SplitMix64: tiny, fast, and fixed forever, so a seed means the same fleet in every version.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from a seed.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x5EED_5EED_5EED_5EED)
+    }
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Uniform in 0..n.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.f64() * n as f64) as usize % n.max(1)
+    }
+    /// Exponential with the given mean.
+    pub fn exp(&mut self, mean: f64) -> f64 {
+        -mean * (1.0 - self.f64()).ln()
+    }
+    /// Log-normal: `exp(N(mu, sigma))`.
+    pub fn lognormal(&mut self, mu: f64, sigma: f64) -> f64 {
+        let (u1, u2) = (1.0 - self.f64(), self.f64());
+        let n = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+        (mu + sigma * n).exp()
+    }
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        self.f64() < p
+    }
+    /// One element of a slice.
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+    fn hex(&mut self, digits: usize) -> String {
+        let mut s = String::with_capacity(digits);
+        while s.len() < digits {
+            s.push_str(&format!("{:016x}", self.next_u64()));
+        }
+        s.truncate(digits);
+        s
+    }
+}
+
+/// A role: what its agents do and touch.
+#[derive(Debug)]
+pub struct Role {
+    /// Role name (`agent_role`).
+    pub name: &'static str,
+    /// Actions, with weights.
+    pub actions: &'static [(&'static str, u32)],
+    /// Resources its agents touch in normal work.
+    pub resources: &'static [&'static str],
+    /// Globs the role's policy allows (cover `resources`).
+    pub allow: &'static [&'static str],
+    /// Scopes, with the globs its policy allows.
+    pub scopes: &'static [&'static str],
+    /// Models: (model, provider).
+    pub models: &'static [(&'static str, &'static str)],
+    /// Median bytes read per read action.
+    pub read_median: f64,
+    /// Reasons agents of this role act.
+    pub intents: &'static [&'static str],
+    /// The emitting service.
+    pub service: &'static str,
+}
+
+/// The simulated organisation.
+pub const ROLES: &[Role] = &[
+    Role {
+        name: "coding",
+        actions: &[
+            ("file.read", 40),
+            ("file.write", 15),
+            ("tool.call", 20),
+            ("model.call", 20),
+            ("api.call", 5),
+        ],
+        resources: &[
+            "file:///repo/src/lib.rs",
+            "file:///repo/src/main.rs",
+            "file:///repo/src/api/handlers.rs",
+            "file:///repo/tests/integration.rs",
+            "file:///repo/Cargo.toml",
+            "mcp://github/create_pull_request",
+            "mcp://github/list_issues",
+            "https://api.github.com/repos/acme/app/pulls",
+            "https://ci.acme.internal/api/builds",
+        ],
+        allow: &[
+            "file:///repo/**",
+            "mcp://github/*",
+            "https://api.github.com/**",
+            "https://ci.acme.internal/**",
+        ],
+        scopes: &["repo:read", "repo:write", "ci:read"],
+        models: &[("claude-sonnet-4", "anthropic"), ("gpt-5", "openai")],
+        read_median: 8_000.0,
+        intents: &["fix failing test", "implement feature request", "refactor module", "review pull request"],
+        service: "agent-gateway",
+    },
+    Role {
+        name: "support",
+        actions: &[("data.read", 45), ("api.call", 25), ("message.send", 15), ("model.call", 15)],
+        resources: &[
+            "postgres://support/tickets",
+            "postgres://support/customers",
+            "https://api.zendesk.com/v2/tickets",
+            "https://api.zendesk.com/v2/users",
+            "mcp://slack/post_message",
+            "s3://kb-articles/faq",
+        ],
+        allow: &[
+            "postgres://support/*",
+            "https://api.zendesk.com/**",
+            "mcp://slack/*",
+            "s3://kb-articles/**",
+        ],
+        scopes: &["tickets:read", "tickets:write", "customers:read", "chat:write"],
+        models: &[("claude-haiku-4", "anthropic")],
+        read_median: 4_000.0,
+        intents: &["answer customer ticket", "summarise conversation", "escalate refund request"],
+        service: "support-bot",
+    },
+    Role {
+        name: "sales",
+        actions: &[
+            ("data.read", 35),
+            ("data.write", 15),
+            ("api.call", 25),
+            ("message.send", 15),
+            ("model.call", 10),
+        ],
+        resources: &[
+            "postgres://crm/accounts",
+            "postgres://crm/opportunities",
+            "postgres://crm/contacts",
+            "https://api.hubspot.com/crm/v3/objects/deals",
+            "mcp://gmail/send_email",
+        ],
+        allow: &["postgres://crm/*", "https://api.hubspot.com/**", "mcp://gmail/*"],
+        scopes: &["crm:read", "crm:write", "email:send"],
+        models: &[("gpt-5-mini", "openai")],
+        read_median: 6_000.0,
+        intents: &["draft follow-up email", "update deal stage", "research account"],
+        service: "sales-assistant",
+    },
+    Role {
+        name: "data",
+        actions: &[("data.read", 55), ("data.write", 15), ("tool.call", 15), ("model.call", 15)],
+        resources: &[
+            "postgres://warehouse/events",
+            "postgres://warehouse/orders",
+            "postgres://warehouse/daily_revenue",
+            "s3://analytics-exports/reports",
+            "s3://analytics-exports/tmp",
+            "mcp://jupyter/run_cell",
+        ],
+        allow: &["postgres://warehouse/*", "s3://analytics-exports/**", "mcp://jupyter/*"],
+        scopes: &["warehouse:read", "warehouse:write", "exports:write"],
+        models: &[("claude-sonnet-4", "anthropic")],
+        read_median: 400_000.0,
+        intents: &["build weekly revenue report", "answer analyst question", "refresh dashboard extract"],
+        service: "data-agent",
+    },
+    Role {
+        name: "ops",
+        actions: &[
+            ("api.call", 35),
+            ("tool.call", 25),
+            ("config.change", 5),
+            ("deploy", 5),
+            ("data.read", 30),
+        ],
+        resources: &[
+            "https://k8s.acme.internal/api/v1/namespaces/staging/pods",
+            "https://k8s.acme.internal/api/v1/namespaces/prod/pods",
+            "https://grafana.acme.internal/api/alerts",
+            "mcp://pagerduty/acknowledge",
+            "s3://ops-logs/app",
+        ],
+        allow: &[
+            "https://k8s.acme.internal/**",
+            "https://grafana.acme.internal/**",
+            "mcp://pagerduty/*",
+            "s3://ops-logs/**",
+        ],
+        scopes: &["k8s:read", "k8s:write", "alerts:write", "logs:read"],
+        models: &[("gpt-5", "openai")],
+        read_median: 20_000.0,
+        intents: &["triage alert", "restart crashed pod", "roll out release"],
+        service: "ops-agent",
+    },
+];
+
+/// Resources no role may touch: where scope drift, policy violations and exfiltration go.
+const FORBIDDEN: &[&str] = &[
+    "postgres://hr/salaries",
+    "postgres://prod/payments",
+    "s3://finance-ledger/2026",
+    "vault://secrets/prod/db-password",
+];
+const EXFIL_SINKS: &[&str] = &["https://paste.example.net/upload", "s3://external-share-91/dump"];
+
+/// Glob patterns of resources whose touch raises severity (used by the demo's config).
+pub const SENSITIVE: &[&str] = &["postgres://hr/**", "postgres://prod/**", "s3://finance-*/**", "vault://**"];
+
+/// The allow-list policies matching [`ROLES`]: one per role.
+pub fn policies() -> Vec<PolicyConfig> {
+    ROLES
+        .iter()
+        .map(|r| PolicyConfig {
+            name: format!("{}-agents", r.name),
+            agents: Vec::new(),
+            roles: vec![r.name.to_owned()],
+            actions: Vec::new(),
+            resources: r.allow.iter().map(|s| s.to_string()).collect(),
+            scopes: Vec::new(),
+        })
+        .collect()
+}
+
+/// Kinds of injected incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentKind {
+    /// The agent repeats one tool call in a tight loop.
+    RunawayLoop,
+    /// The agent reads far more than usual and ships it outside.
+    DataExfiltration,
+    /// The agent drifts into resources no agent of its role touches.
+    ScopeDrift,
+    /// The agent does what its policy forbids.
+    PolicyViolation,
+    /// The agent acts with another agent's credential.
+    SharedCredential,
+    /// The model behind the agent changes to an unknown one.
+    ModelSwap,
+    /// The agent probes and is denied, many times.
+    DeniedBurst,
+}
+
+impl IncidentKind {
+    /// All kinds, in the order incidents are assigned.
+    pub const ALL: [IncidentKind; 7] = [
+        IncidentKind::RunawayLoop,
+        IncidentKind::DataExfiltration,
+        IncidentKind::ScopeDrift,
+        IncidentKind::PolicyViolation,
+        IncidentKind::SharedCredential,
+        IncidentKind::ModelSwap,
+        IncidentKind::DeniedBurst,
+    ];
+
+    /// (events per second during the incident, duration in seconds).
+    const fn shape(self) -> (f64, f64) {
+        match self {
+            IncidentKind::RunawayLoop => (25.0, 600.0),
+            IncidentKind::DataExfiltration => (0.5, 1200.0),
+            IncidentKind::ScopeDrift => (0.05, 3600.0),
+            IncidentKind::PolicyViolation => (0.02, 600.0),
+            IncidentKind::SharedCredential => (0.1, 1800.0),
+            IncidentKind::ModelSwap => (0.2, 3600.0),
+            IncidentKind::DeniedBurst => (0.5, 300.0),
+        }
+    }
+}
+
+/// One injected incident, as written to the labels file.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Label {
+    /// The agent it happened to.
+    pub agent_id: String,
+    /// What it was.
+    pub kind: IncidentKind,
+    /// When it began (RFC 3339).
+    pub start: String,
+    /// When it ended (RFC 3339).
+    pub end: String,
+}
+
+/// Simulation parameters.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Agents in the fleet.
+    pub agents: usize,
+    /// Simulated span, in milliseconds.
+    pub duration_ms: i64,
+    /// Start of the span, UTC epoch ms.
+    pub start_ms: i64,
+    /// Seed.
+    pub seed: u64,
+    /// Average events per second, fleet-wide.
+    pub rate: f64,
+    /// Incidents to inject (kinds cycle through [`IncidentKind::ALL`]).
+    pub incidents: usize,
+}
+
+struct Agent {
+    id: String,
+    role: &'static Role,
+    habits: Vec<&'static str>,
+    credential: String,
+    principal: Option<String>,
+    model: (&'static str, &'static str),
+    rate_per_ms: f64,
+    session: u32,
+    last_ms: i64,
+}
+
+struct Incident {
+    agent: usize,
+    kind: IncidentKind,
+    start_ms: i64,
+    end_ms: i64,
+    mean_gap_ms: f64,
+    /// For shared credentials: whose credential.
+    other: usize,
+}
+
+/// Activity multiplier by hour of day (UTC): quiet nights, busy working hours.
+fn rhythm(ts_ms: i64) -> f64 {
+    let hour = (ts_ms.rem_euclid(86_400_000) as f64) / 3_600_000.0;
+    let day = (ts_ms.div_euclid(86_400_000) + 3).rem_euclid(7); // 0 = Monday (1970-01-01 was a Thursday)
+    let weekday = if day >= 5 { 0.4 } else { 1.0 };
+    let work = (-((hour - 13.0) / 3.5).powi(2)).exp();
+    weekday * (0.15 + 0.85 * work) / 0.55
+}
+
+const RHYTHM_MAX: f64 = 1.0 / 0.55;
+
+/// Generates the fleet's events in time order, calling `emit` with each encoded line (no newline);
+/// returns the labels. `progress` is told the simulated time reached, now and then.
+pub fn simulate(
+    cfg: &SimConfig,
+    mut emit: impl FnMut(&str) -> std::io::Result<()>,
+    mut progress: impl FnMut(i64),
+) -> std::io::Result<Vec<Label>> {
+    let mut rng = Rng::new(cfg.seed);
+    let weights: Vec<f64> = (0..cfg.agents).map(|_| rng.lognormal(0.0, 0.6)).collect();
+    let total: f64 = weights.iter().sum::<f64>().max(1e-9);
+    let mut agents: Vec<Agent> = (0..cfg.agents)
+        .map(|i| {
+            let role = &ROLES[i % ROLES.len()];
+            let mut habits: Vec<&'static str> =
+                role.resources.iter().copied().filter(|_| rng.chance(0.7)).collect();
+            if habits.is_empty() {
+                habits.push(role.resources[0]);
+            }
+            Agent {
+                id: format!("{}-agent-{:04}", role.name, i),
+                role,
+                habits,
+                credential: format!("key_{}", rng.hex(12)),
+                principal: rng.chance(0.3).then(|| format!("user{:03}@acme.example", rng.below(400))),
+                model: *rng.pick(role.models),
+                rate_per_ms: cfg.rate * weights[i] / total / 1000.0,
+                session: 0,
+                last_ms: cfg.start_ms,
+            }
+        })
+        .collect();
+    let end_ms = cfg.start_ms + cfg.duration_ms;
+    let mut incidents = Vec::new();
+    let mut labels = Vec::new();
+    if cfg.agents > 1 {
+        for k in 0..cfg.incidents {
+            let kind = IncidentKind::ALL[k % IncidentKind::ALL.len()];
+            let (rate, secs) = kind.shape();
+            let len = ((secs * 1000.0) as i64).min(cfg.duration_ms / 2).max(1);
+            // Incidents start after the first quarter, so a detector has seen the agent first.
+            let earliest = cfg.start_ms + cfg.duration_ms / 4;
+            let start_ms = earliest + (rng.f64() * (end_ms - len - earliest).max(1) as f64) as i64;
+            let agent = (k * 7919 + rng.below(cfg.agents)) % cfg.agents;
+            let other = (agent + 1 + rng.below(cfg.agents - 1)) % cfg.agents;
+            labels.push(Label {
+                agent_id: agents[agent].id.clone(),
+                kind,
+                start: format_rfc3339_ms(start_ms),
+                end: format_rfc3339_ms(start_ms + len),
+            });
+            incidents.push(Incident {
+                agent,
+                kind,
+                start_ms,
+                end_ms: start_ms + len,
+                mean_gap_ms: 1000.0 / rate,
+                other,
+            });
+        }
+    }
+    // The heap holds (next time, generator): generators 0..agents are agents' normal work, the rest
+    // incidents. Normal work uses thinning against the rhythm's peak.
+    let mut heap = BinaryHeap::new();
+    for (i, a) in agents.iter().enumerate() {
+        let t = cfg.start_ms + rng.exp(1.0 / (a.rate_per_ms * RHYTHM_MAX)).round() as i64;
+        heap.push(Reverse((t, i)));
+    }
+    for (j, inc) in incidents.iter().enumerate() {
+        heap.push(Reverse((inc.start_ms, cfg.agents + j)));
+    }
+    let mut seq: u64 = 0;
+    let mut line = String::with_capacity(1024);
+    let mut last_progress = cfg.start_ms;
+    while let Some(Reverse((t, g))) = heap.pop() {
+        if t >= end_ms {
+            continue;
+        }
+        if t - last_progress > 60_000 {
+            progress(t);
+            last_progress = t;
+        }
+        let (agent_idx, incident) = if g < cfg.agents {
+            let a = &agents[g];
+            let next = t + rng.exp(1.0 / (a.rate_per_ms * RHYTHM_MAX)).round().max(1.0) as i64;
+            heap.push(Reverse((next, g)));
+            if !rng.chance(rhythm(t) / RHYTHM_MAX) {
+                continue;
+            }
+            (g, None)
+        } else {
+            let inc = &incidents[g - cfg.agents];
+            let next = t + rng.exp(inc.mean_gap_ms).round().max(1.0) as i64;
+            if next < inc.end_ms {
+                heap.push(Reverse((next, g)));
+            }
+            (inc.agent, Some(g - cfg.agents))
+        };
+        seq += 1;
+        line.clear();
+        let ev =
+            make_event(&mut rng, &mut agents, agent_idx, incident.map(|j| &incidents[j]), t, cfg.seed, seq);
+        ev.write_json(&mut line);
+        emit(&line)?;
+    }
+    Ok(labels)
+}
+
+fn make_event<'a>(
+    rng: &mut Rng,
+    agents: &'a mut [Agent],
+    idx: usize,
+    incident: Option<&Incident>,
+    t: i64,
+    seed: u64,
+    seq: u64,
+) -> Event<'a> {
+    // A model swap lasts past its incident: the agent keeps the new model from then on.
+    let swapped = incident.is_some_and(|i| i.kind == IncidentKind::ModelSwap);
+    let other_credential = incident
+        .filter(|i| i.kind == IncidentKind::SharedCredential)
+        .map(|i| agents[i.other].credential.clone());
+    let a = &mut agents[idx];
+    if swapped {
+        a.model = ("unknown-model-7b", "shadow-ai");
+    }
+    if t - a.last_ms > 30 * 60_000 || rng.chance(0.002) {
+        a.session += 1;
+    }
+    a.last_ms = t;
+    let role = a.role;
+    let (mut action, mut resource, mut outcome) = {
+        let total: u32 = role.actions.iter().map(|(_, w)| w).sum();
+        let mut x = rng.below(total as usize) as u32;
+        let action = role
+            .actions
+            .iter()
+            .find(|(_, w)| {
+                if x < *w {
+                    true
+                } else {
+                    x -= w;
+                    false
+                }
+            })
+            .map_or("api.call", |(a, _)| a);
+        (action, *rng.pick(&a.habits), if rng.chance(0.01) { Outcome::Failure } else { Outcome::Success })
+    };
+    let mut bytes_read = None;
+    let mut bytes_written = None;
+    if action.ends_with(".read") || action == "api.call" {
+        bytes_read = Some(rng.lognormal(role.read_median.ln(), 1.2) as u64);
+    } else if action.ends_with(".write") {
+        bytes_written = Some(rng.lognormal((role.read_median / 4.0).ln(), 1.0) as u64);
+    }
+    if let Some(inc) = incident {
+        match inc.kind {
+            IncidentKind::RunawayLoop => {
+                action = "tool.call";
+                resource = role.resources[0];
+            }
+            IncidentKind::DataExfiltration => {
+                if rng.chance(0.5) {
+                    action = "data.read";
+                    bytes_read = Some(rng.lognormal((200e6f64).ln(), 0.5) as u64);
+                    bytes_written = None;
+                } else {
+                    action = "api.call";
+                    resource = *rng.pick(EXFIL_SINKS);
+                    bytes_written = Some(rng.lognormal((150e6f64).ln(), 0.5) as u64);
+                    bytes_read = None;
+                }
+            }
+            IncidentKind::ScopeDrift => {
+                let other =
+                    &ROLES[(ROLES.iter().position(|r| r.name == role.name).unwrap_or(0) + 1) % ROLES.len()];
+                resource = if rng.chance(0.2) { *rng.pick(FORBIDDEN) } else { *rng.pick(other.resources) };
+            }
+            IncidentKind::PolicyViolation => {
+                action = *rng.pick(&["data.delete", "config.change", "data.read"]);
+                resource = *rng.pick(FORBIDDEN);
+            }
+            IncidentKind::DeniedBurst => {
+                resource = *rng.pick(FORBIDDEN);
+                outcome = Outcome::Denied;
+                bytes_read = None;
+            }
+            IncidentKind::SharedCredential | IncidentKind::ModelSwap => {}
+        }
+    }
+    let model_call = action == "model.call";
+    let input_tokens = model_call.then(|| rng.lognormal(7.5, 0.8) as u64);
+    let output_tokens = model_call.then(|| rng.lognormal(6.0, 0.7) as u64);
+    let cost_usd =
+        input_tokens.zip(output_tokens).map(|(i, o)| ((i * 3 + o * 15) as f64 / 1e6 * 1e4).round() / 1e4);
+    let scope = rng.pick(role.scopes);
+    Event {
+        event_id: format!("evt-{seed}-{seq:010}").into(),
+        ts_ms: t,
+        agent_id: a.id.as_str().into(),
+        action: action.into(),
+        resource: resource.into(),
+        scope: Some((*scope).into()),
+        outcome,
+        bytes_read,
+        bytes_written,
+        records: bytes_read.map(|b| b / 512 + 1),
+        session_id: Some(format!("sess-{idx}-{}", a.session).into()),
+        agent_role: Some(role.name.into()),
+        principal: a.principal.as_deref().map(Into::into),
+        credential_id: Some(other_credential.unwrap_or_else(|| a.credential.clone()).into()),
+        model: Some(a.model.0.into()),
+        model_provider: Some(a.model.1.into()),
+        input_tokens,
+        output_tokens,
+        cost_usd,
+        intent: Some((*rng.pick(role.intents)).into()),
+        trace_id: Some(rng.hex(32).into()),
+        span_id: Some(rng.hex(16).into()),
+        source: Some(role.service.into()),
+        attributes: None,
+    }
+}
+
+/// Parses a duration like `90s`, `30m`, `2h`, `7d`.
+pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    let (num, unit) =
+        text.split_at(text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len()));
+    let n: f64 = num.parse().map_err(|_| format!("{text:?} is not a duration like 90s, 30m, 2h or 7d"))?;
+    let scale = match unit {
+        "ms" => 1.0,
+        "s" | "" => 1000.0,
+        "m" => 60_000.0,
+        "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
+        _ => return Err(format!("unknown unit {unit:?} in {text:?}: use s, m, h or d")),
+    };
+    let ms = n * scale;
+    if !(ms.is_finite() && ms >= 1.0) {
+        return Err(format!("duration {text:?} must be positive"));
+    }
+    Ok(ms as i64)
+}
+
+/// Writes labels as NDJSON.
+pub fn write_labels(labels: &[Label], w: &mut impl Write) -> std::io::Result<()> {
+    for l in labels {
+        serde_json::to_writer(&mut *w, l)?;
+        w.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(seed: u64) -> (Vec<u8>, Vec<Label>) {
+        let cfg = SimConfig {
+            agents: 20,
+            duration_ms: 2 * 3_600_000,
+            start_ms: 1_767_571_200_000,
+            seed,
+            rate: 5.0,
+            incidents: 7,
+        };
+        let mut out = Vec::new();
+        let labels = simulate(
+            &cfg,
+            |l| {
+                out.extend_from_slice(l.as_bytes());
+                out.push(b'\n');
+                Ok(())
+            },
+            |_| {},
+        )
+        .unwrap();
+        (out, labels)
+    }
+
+    #[test]
+    fn same_seed_same_bytes_and_every_line_is_a_valid_event() {
+        let (a, la) = run(7);
+        let (b, lb) = run(7);
+        assert_eq!(a, b);
+        assert_eq!(la, lb);
+        assert_ne!(a, run(8).0);
+        let mut last = 0;
+        let mut n = 0;
+        for line in a.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let ev = vigil_schemas::decode(line, 1 << 20).unwrap();
+            assert!(ev.ts_ms >= last, "time order");
+            last = ev.ts_ms;
+            n += 1;
+        }
+        // 5 events/s for 2 h is 36k on average; the rhythm and incidents move it, not by 2x.
+        assert!((18_000..72_000).contains(&n), "{n} events");
+        assert_eq!(la.len(), 7);
+        let kinds: std::collections::HashSet<_> = la.iter().map(|l| l.kind).collect();
+        assert_eq!(kinds.len(), 7);
+    }
+
+    #[test]
+    fn normal_work_stays_inside_the_role_policies() {
+        let cfg =
+            SimConfig { agents: 25, duration_ms: 3_600_000, start_ms: 0, seed: 1, rate: 10.0, incidents: 0 };
+        let detect = vigil_detect::DetectConfig { policies: policies(), ..Default::default() };
+        let mut engine = vigil_detect::Engine::new(&detect).unwrap();
+        let mut out = vigil_detect::Output::default();
+        simulate(
+            &cfg,
+            |l| {
+                engine.process(&[vigil_schemas::decode_str(l).unwrap()], &mut out);
+                Ok(())
+            },
+            |_| {},
+        )
+        .unwrap();
+        assert!(out.findings.is_empty(), "{:?}", out.findings.first());
+        assert!(engine.stats().events > 10_000);
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration_ms("2h"), Ok(7_200_000));
+        assert_eq!(parse_duration_ms("90s"), Ok(90_000));
+        assert_eq!(parse_duration_ms("1.5d"), Ok(129_600_000));
+        assert!(parse_duration_ms("2 weeks").is_err());
+        assert!(parse_duration_ms("0s").is_err());
+    }
+}
