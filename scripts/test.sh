@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine with only the Rust toolchain: installs what the tests need
+# (idempotently, in seconds when already there), then runs every test. CI runs exactly this (.ci/run).
+#
+#   VIGIL_CACHE   where installed tools and the cargo target dir live (default ~/.cache/vigil), kept
+#                 outside the checkout so a fresh clone reuses them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE="${VIGIL_CACHE:-$HOME/.cache/vigil}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+mkdir -p "$CACHE"
+
+# Independent Parquet readers for the archive tests: DuckDB and pyarrow, in a venv of their own.
+VENV="$CACHE/venv"
+PY_PACKAGES=(duckdb==2.0.1 pyarrow==26.0.1)
+if ! "$VENV/bin/python" -c "import duckdb, pyarrow" 2>/dev/null; then
+  echo "test.sh: installing ${PY_PACKAGES[*]} into $VENV" >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
+fi
+export VIGIL_PYTHON="$VENV/bin/python"
+
+cargo fmt --all --check
+# One profile (dev, optimised; see Cargo.toml) for everything; benches are compiled, not run.
+cargo test --workspace --no-fail-fast "$@"
+cargo build --benches --quiet

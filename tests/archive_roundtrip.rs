@@ -1,0 +1,132 @@
+//! Events → `vigil run` → Parquet → read back by DuckDB and by pyarrow: every field equal.
+
+mod common;
+
+use std::fmt::Write as _;
+
+use common::*;
+use serde_json::Value;
+
+/// Hand-written events that exercise every field, escapes, Unicode, both `ts` forms and unknown fields.
+const EXTRA: &str = r#"{"event_id":"x-1","ts":"2026-01-05T10:15:00.123+02:00","agent_id":"agent \"quoted\" ü","action":"x-custom.verb","resource":"s3://bucket/ключ/😀.csv","scope":"s3:read","outcome":"denied","bytes_read":0,"bytes_written":18446744073709551615,"records":7,"session_id":"s-1","agent_role":"data","principal":"ann@example.com","credential_id":"key_abc","model":"m-1","model_provider":"p-1","input_tokens":10,"output_tokens":20,"cost_usd":0.125,"intent":"line1\nline2\ttab","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","span_id":"00f067aa0ba902b7","source":"svc","attributes":{"k":[1,{"n":null}]},"unknown_top":true}
+{"event_id":"x-2","ts":1767607200000,"agent_id":"a2","action":"api.call","resource":"https://api.example.com/v1/charges"}
+"#;
+
+#[test]
+fn every_field_survives_the_archive_for_both_readers() {
+    let dir = scratch();
+    let input = dir.path().join("events.ndjson");
+    simulate(&input, 15, "10m", 15.0, 2, 3);
+    let mut text = std::fs::read_to_string(&input).unwrap();
+    text.push_str(EXTRA);
+    std::fs::write(&input, &text).unwrap();
+    let archive = dir.path().join("archive");
+    let summary = run_json(&input, &archive, None);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(summary["valid"], lines.len() as u64, "{summary}");
+    assert_eq!(summary["balanced"], true);
+
+    let rows = archive_py("rows", &archive, &["events", "_position"]);
+    for reader in ["duckdb", "pyarrow"] {
+        let rows = rows[reader].as_array().unwrap();
+        assert_eq!(rows.len(), lines.len(), "{reader}: row count");
+        let mut mismatches = String::new();
+        for (row, line) in rows.iter().zip(&lines) {
+            let ev = vigil_schemas::decode(line.as_bytes(), 1 << 20).unwrap();
+            let want = expected_row(&ev);
+            for (k, v) in want.as_object().unwrap() {
+                let got = if k == "attributes" {
+                    row[k].as_str().map_or(Value::Null, |s| serde_json::from_str(s).unwrap())
+                } else {
+                    row[k].clone()
+                };
+                if &got != v {
+                    let _ = writeln!(mismatches, "{reader} {} {k}: got {got} want {v}", ev.event_id);
+                }
+            }
+            assert_eq!(row["_source"], "events");
+            assert_eq!(row["dt"].to_string().trim_matches('"').len(), 10, "{reader}: hive dt column");
+        }
+        assert!(mismatches.is_empty(), "{mismatches}");
+    }
+    // Positions are the 1-based line numbers: the way back from a row to the input.
+    assert_eq!(rows["duckdb"][lines.len() - 1]["_position"], lines.len() as u64);
+}
+
+fn expected_row(ev: &vigil_schemas::Event<'_>) -> Value {
+    serde_json::json!({
+        "event_id": ev.event_id, "ts": ev.ts_ms, "agent_id": ev.agent_id, "action": ev.action,
+        "resource": ev.resource, "scope": ev.scope, "outcome": ev.outcome.as_str(),
+        "bytes_read": ev.bytes_read, "bytes_written": ev.bytes_written, "records": ev.records,
+        "session_id": ev.session_id, "agent_role": ev.agent_role, "principal": ev.principal,
+        "credential_id": ev.credential_id, "model": ev.model, "model_provider": ev.model_provider,
+        "input_tokens": ev.input_tokens, "output_tokens": ev.output_tokens, "cost_usd": ev.cost_usd,
+        "intent": ev.intent, "trace_id": ev.trace_id, "span_id": ev.span_id, "source": ev.source,
+        "attributes": ev.attributes.as_deref().map(|a| serde_json::from_str::<Value>(a).unwrap()),
+    })
+}
+
+#[test]
+fn the_extra_events_land_where_their_time_says() {
+    let dir = scratch();
+    let input = dir.path().join("extra.ndjson");
+    std::fs::write(&input, EXTRA).unwrap();
+    let archive = dir.path().join("a");
+    run_json(&input, &archive, None);
+    // 10:15+02:00 is 08:15 UTC; 1767607200000 is 2026-01-05T10:00Z.
+    assert!(archive.join("events/dt=2026-01-05/hour=08/extra-0-1-2.parquet").exists());
+    assert!(archive.join("events/dt=2026-01-05/hour=10/extra-0-1-2.parquet").exists());
+    let rows = archive_py("rows", &archive, &["events", "_position"]);
+    assert_eq!(rows["duckdb"][0]["ts"], 1_767_600_900_123u64);
+    assert_eq!(rows["duckdb"][0]["attributes"], r#"{"k":[1,{"n":null}],"unknown_top":true}"#);
+}
+
+#[test]
+fn files_are_zstd_with_dictionaries_only_where_values_repeat() {
+    let dir = scratch();
+    let input = dir.path().join("fleet.ndjson");
+    simulate(&input, 10, "5m", 10.0, 0, 1);
+    let archive = dir.path().join("a");
+    run_json(&input, &archive, None);
+    let cols = archive_py("compression", &archive, &["events"]);
+    for (name, c) in cols.as_object().unwrap() {
+        assert_eq!(c["compression"], "ZSTD", "{name}");
+    }
+    let has_dict = |c: &str| {
+        cols[c]["encodings"].as_array().unwrap().iter().any(|e| e.as_str().unwrap().contains("DICTIONARY"))
+    };
+    assert!(has_dict("agent_id") && has_dict("action") && has_dict("agent_role"));
+    assert!(!has_dict("event_id") && !has_dict("trace_id"));
+}
+
+#[test]
+fn findings_and_decisions_are_archived_and_match_the_ndjson_output() {
+    let dir = scratch();
+    let demo = dir.path().join("demo");
+    ok(vigil()
+        .args(["demo", "--agents", "40", "--duration", "1h", "--rate", "10", "--dir"])
+        .arg(&demo)
+        .output()
+        .unwrap());
+    let archive = demo.join("archive");
+    let rows = archive_py("rows", &archive, &["findings", "finding_id"]);
+    let ndjson: Vec<Value> = std::fs::read_to_string(demo.join("findings.ndjson"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!ndjson.is_empty(), "the demo's incidents produce findings");
+    let mut ids: Vec<&str> = ndjson.iter().map(|f| f["finding_id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    for reader in ["duckdb", "pyarrow"] {
+        let got: Vec<&str> =
+            rows[reader].as_array().unwrap().iter().map(|r| r["finding_id"].as_str().unwrap()).collect();
+        assert_eq!(got, ids, "{reader}");
+    }
+    let control = archive_py("rows", &archive, &["control", "ts"]);
+    for row in control["duckdb"].as_array().unwrap() {
+        assert_eq!(row["action"], "agent.halt");
+        assert_eq!(row["mode"], "shadow");
+        assert!(!row["finding_ids"].as_array().unwrap().is_empty());
+    }
+}
