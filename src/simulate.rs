@@ -247,7 +247,7 @@ pub fn policies() -> Vec<PolicyConfig> {
 }
 
 /// Kinds of injected incident.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IncidentKind {
     /// The agent repeats one tool call in a tight loop.

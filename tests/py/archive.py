@@ -66,7 +66,7 @@ def main():
         else:
             n, d = duckdb.sql(
                 f"SELECT count(*), count(DISTINCT event_id) FROM read_parquet('{pattern}', hive_partitioning = true)"
-            ).fetchone()
+            ).fetchall()[0]
             out = {"rows": n, "distinct": d}
     elif cmd == "compression":
         f = files(root, sys.argv[3])[0]

@@ -1,0 +1,180 @@
+//! A corpus of bad input: nothing crashes, nothing is lost, every reason is right.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+
+const GOOD: &str = r#"{"event_id":"ID","ts":"2026-01-05T09:00:00Z","agent_id":"a1","action":"data.read","resource":"postgres://crm/t"}"#;
+
+fn good(id: &str) -> Vec<u8> {
+    GOOD.replace("ID", id).into_bytes()
+}
+
+/// The corpus: (line bytes, expected outcome: "ok", "blank", or a dead-letter reason code).
+fn corpus() -> Vec<(Vec<u8>, &'static str)> {
+    let mut bom = b"\xEF\xBB\xBF".to_vec();
+    bom.extend(good("bom"));
+    let mut crlf = good("crlf");
+    crlf.push(b'\r');
+    let mut bad_utf8 = good("utf8");
+    bad_utf8[30] = 0xC3;
+    bad_utf8[31] = 0x28;
+    let huge = format!(r#"{{"event_id":"big","pad":"{}"}}"#, "x".repeat(10 << 20)).into_bytes();
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes();
+    let deep_obj = format!("{}1{}", r#"{"a":"#.repeat(50_000), "}".repeat(50_000)).into_bytes();
+    vec![
+        (good("first"), "ok"),
+        (GOOD.as_bytes()[..40].to_vec(), "not_json"),
+        (bad_utf8, "not_utf8"),
+        (huge, "too_large"),
+        (GOOD.replace(r#""a1""#, "12").replace("ID", "wt").into_bytes(), "wrong_type"),
+        (GOOD.replace(r#","agent_id":"a1""#, "").replace("ID", "mf").into_bytes(), "missing_field"),
+        (
+            GOOD.replace("2026-01-05T09:00:00Z", "05/01/2026").replace("ID", "ts").into_bytes(),
+            "bad_timestamp",
+        ),
+        (bom, "ok"),
+        (crlf, "ok"),
+        (b"".to_vec(), "blank"),
+        (b"   \t ".to_vec(), "blank"),
+        (deep, "not_object"),
+        (deep_obj, "missing_field"),
+        (b"null".to_vec(), "not_object"),
+        (good("first"), "duplicate_event_id"),
+        (
+            GOOD.replace("ID", "dupfield").replace(r#""action""#, r#""agent_id":"z","action""#).into_bytes(),
+            "duplicate_field",
+        ),
+        (GOOD.replace("ID", "neg").replace("}", r#","bytes_read":-1}"#).into_bytes(), "invalid_value"),
+        (good("last"), "ok"),
+    ]
+}
+
+fn write_corpus(path: &std::path::Path) -> Vec<&'static str> {
+    let mut bytes = Vec::new();
+    let mut want = Vec::new();
+    for (line, outcome) in corpus() {
+        bytes.extend(line);
+        bytes.push(b'\n');
+        want.push(outcome);
+    }
+    // The last line has no newline: it still counts.
+    bytes.pop();
+    std::fs::write(path, bytes).unwrap();
+    want
+}
+
+#[test]
+fn nothing_is_lost_and_every_reason_is_right() {
+    let dir = scratch();
+    let input = dir.path().join("bad.ndjson");
+    let want = write_corpus(&input);
+    let archive = dir.path().join("archive");
+    let summary = run_json(&input, &archive, None);
+    let count = |o: &str| want.iter().filter(|w| **w == o).count() as u64;
+    assert_eq!(summary["lines"], want.len() as u64, "{summary}");
+    assert_eq!(summary["valid"], count("ok"));
+    assert_eq!(summary["blank"], count("blank"));
+    assert_eq!(summary["balanced"], true);
+
+    // Every dead letter is in the archive, at its line, with its reason, readable by DuckDB.
+    let rows = archive_py("rows", &archive, &["dead-letters", "_position"]);
+    let got: BTreeMap<u64, String> = rows["duckdb"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["_position"].as_u64().unwrap(), r["reason"].as_str().unwrap().to_owned()))
+        .collect();
+    let expected: BTreeMap<u64, String> = want
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| !matches!(**w, "ok" | "blank"))
+        .map(|(i, w)| (i as u64 + 1, w.to_string()))
+        .collect();
+    assert_eq!(got, expected);
+    for r in rows["duckdb"].as_array().unwrap() {
+        let size = r["size"].as_u64().unwrap();
+        match r["reason"].as_str().unwrap() {
+            // The 10 MiB line keeps a 64 KiB prefix and its true size.
+            "too_large" => {
+                assert_eq!(r["payload_truncated"], true);
+                assert!(size > 10 << 20, "{size}");
+                assert_eq!(r["payload"].as_str().unwrap().len(), 2 * 65536);
+            }
+            // Not UTF-8: the bytes are kept exactly (hex here), and there is no text form.
+            "not_utf8" => {
+                assert_eq!(r["payload_text"], serde_json::Value::Null);
+                assert!(r["payload"].as_str().unwrap().contains("c328"));
+            }
+            _ => assert_eq!(r["payload"].as_str().unwrap().len() as u64, 2 * size),
+        }
+        assert!(!r["detail"].as_str().unwrap().is_empty());
+    }
+    let events = archive_py("event-counts", &archive, &[]);
+    assert_eq!(events["rows"], count("ok"));
+}
+
+#[test]
+fn validate_prints_each_bad_line_and_exits_1() {
+    let dir = scratch();
+    let input = dir.path().join("bad.ndjson");
+    let want = write_corpus(&input);
+    let out = vigil().arg("validate").arg(&input).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for (i, w) in want.iter().enumerate() {
+        if !matches!(*w, "ok" | "blank") {
+            assert!(text.contains(&format!("line {}: {w}: ", i + 1)), "line {} {w}:\n{text}", i + 1);
+        }
+    }
+    let bad = want.iter().filter(|w| !matches!(**w, "ok" | "blank")).count();
+    assert!(text.contains(&format!("{} lines: 4 valid, {bad} invalid, 2 blank", want.len())), "{text}");
+    // A clean file exits 0.
+    std::fs::write(&input, GOOD.replace("ID", "only")).unwrap();
+    assert_eq!(vigil().arg("validate").arg(&input).output().unwrap().status.code(), Some(0));
+}
+
+#[test]
+fn compressed_and_stdin_inputs_read_the_same_events() {
+    use std::io::Write;
+    let dir = scratch();
+    let plain = dir.path().join("fleet.ndjson");
+    let n = simulate(&plain, 10, "5m", 10.0, 0, 9);
+    let bytes = std::fs::read(&plain).unwrap();
+    let gz = dir.path().join("fleet2.ndjson.gz");
+    let mut enc =
+        flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), flate2::Compression::fast());
+    enc.write_all(&bytes).unwrap();
+    enc.finish().unwrap();
+    let zst = dir.path().join("fleet3.ndjson.zst");
+    std::fs::write(&zst, zstd::encode_all(&bytes[..], 3).unwrap()).unwrap();
+    for input in [&gz, &zst] {
+        let s = run_json(input, &dir.path().join("a"), None);
+        assert_eq!(s["valid"], n, "{}", input.display());
+    }
+    let mut child = vigil()
+        .args(["run", "--input", "-", "--json", "--archive"])
+        .arg(dir.path().join("b"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&bytes).unwrap();
+    let out = ok(child.wait_with_output().unwrap());
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["valid"], n);
+    assert!(s["source"].as_str().unwrap().starts_with("stdin-"));
+}
+
+#[test]
+fn config_errors_name_file_line_and_column() {
+    let dir = scratch();
+    let cfg = dir.path().join("v.toml");
+    std::fs::write(&cfg, "[archive]\nflush_rows = 5\nflush_sec = 1\n").unwrap();
+    let out = vigil().arg("run").arg("--config").arg(&cfg).args(["--input", "-"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains(&format!("{}:3:1: unknown field `flush_sec`", cfg.display())), "{err}");
+}

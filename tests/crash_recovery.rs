@@ -1,0 +1,69 @@
+//! Kill -9 in the middle of a large run, run again: every valid event in the archive exactly once, and
+//! no partial Parquet file readable under a final name. Running the same input again adds nothing.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn kill_9_mid_run_then_rerun_leaves_every_event_exactly_once() {
+    let dir = scratch();
+    let input = dir.path().join("big.ndjson");
+    // About 300k events (~140 MB): long enough to be killed mid-run several times.
+    let n = simulate(&input, 300, "3h", 80.0, 3, 11);
+    assert!(n > 200_000, "{n}");
+    let config = dir.path().join("v.toml");
+    // Small flushes, so kills land between, during and after commits.
+    std::fs::write(&config, "[archive]\nflush_rows = 15000\n").unwrap();
+    let archive = dir.path().join("archive");
+
+    // Kill at growing delays; each restart resumes from the last commit.
+    let mut kills = 0;
+    for delay_ms in [150u64, 400, 250, 700, 500, 900] {
+        let mut child = vigil()
+            .args(["run", "--json", "--input"])
+            .arg(&input)
+            .arg("--archive")
+            .arg(&archive)
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(delay_ms) {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL on Unix
+            kills += 1;
+        }
+        child.wait().unwrap();
+        // Whatever the moment, every file under a final name opens and nothing is counted twice.
+        let files = archive_py("open-all", &archive, &[]);
+        let counts = archive_py("event-counts", &archive, &[]);
+        assert_eq!(counts["rows"], counts["distinct"], "after a kill at {delay_ms} ms: {counts} {files}");
+    }
+    assert!(kills >= 3, "the run finished too fast to be killed mid-way ({kills} kills)");
+
+    let summary = run_json(&input, &archive, Some(&config));
+    assert_eq!(summary["balanced"], true, "{summary}");
+    let counts = archive_py("event-counts", &archive, &[]);
+    assert_eq!(counts["rows"], n, "{counts}");
+    assert_eq!(counts["distinct"], n, "{counts}");
+    let files = archive_py("open-all", &archive, &[]);
+    assert_eq!(files["tmp"], 0, "recovery removes temporary files: {files}");
+
+    // The same input again: everything is already archived, nothing is added.
+    let again = run_json(&input, &archive, Some(&config));
+    assert_eq!(again["skipped"], n);
+    assert_eq!(again["files"], 0);
+    assert_eq!(archive_py("event-counts", &archive, &[])["rows"], n);
+    assert_eq!(archive_py("open-all", &archive, &[])["files"], files["files"]);
+}
