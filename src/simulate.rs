@@ -659,8 +659,14 @@ mod tests {
 
     #[test]
     fn normal_work_stays_inside_the_role_policies() {
-        let cfg =
-            SimConfig { agents: 25, duration_ms: 3_600_000, start_ms: 0, seed: 1, rate: 10.0, incidents: 0 };
+        let cfg = SimConfig {
+            agents: 25,
+            duration_ms: 3_600_000,
+            start_ms: 1_767_614_400_000,
+            seed: 1,
+            rate: 10.0,
+            incidents: 0,
+        };
         let detect = vigil_detect::DetectConfig { policies: policies(), ..Default::default() };
         let mut engine = vigil_detect::Engine::new(&detect).unwrap();
         let mut out = vigil_detect::Output::default();
