@@ -1,1 +1,39 @@
-// archive tests
+use super::*;
+
+#[test]
+fn file_names_parse_back_even_when_the_source_has_dashes() {
+    assert_eq!(parse_file_name("fleet-0-1-250000.parquet"), Some(("fleet", 0, 1, 250_000)));
+    assert_eq!(parse_file_name("agent-events-eu-3-10-20.parquet"), Some(("agent-events-eu", 3, 10, 20)));
+    assert_eq!(parse_file_name(".fleet-0-1-2.parquet.tmp"), None);
+    assert_eq!(parse_file_name("notes.txt"), None);
+}
+
+#[test]
+fn recovery_removes_uncommitted_and_temporary_files_of_its_own_source_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ArchiveConfig { dir: dir.path().to_owned(), ..ArchiveConfig::default() };
+    let (mut a, cp) = Archive::open(&cfg, "src", 0).unwrap();
+    assert!(cp.is_none());
+    let line = br#"{"event_id":"e","ts":0,"agent_id":"a","action":"x","resource":"r"}"#;
+    let ev = vigil_schemas::decode(line, 1024).unwrap();
+    a.push_event(&ev, 1);
+    a.push_event(&ev, 2);
+    let report = a.flush(serde_json::json!({"k": 1}), 5).unwrap();
+    assert_eq!(report.committed_position, 2);
+    let hour = dir.path().join("events/dt=1970-01-01/hour=00");
+    assert!(hour.join("src-0-1-2.parquet").exists());
+    // A flush that never committed, a temporary file, and another source's files.
+    for name in ["src-0-3-9.parquet", ".src-0-3-9.parquet.tmp", "other-0-3-9.parquet"] {
+        std::fs::write(hour.join(name), b"partial").unwrap();
+    }
+    let (a, cp) = Archive::open(&cfg, "src", 0).unwrap();
+    let cp = cp.unwrap();
+    assert_eq!((cp.committed_position, cp.totals.events, &cp.state), (2, 2, &serde_json::json!({"k": 1})));
+    assert_eq!(a.committed_position(), 2);
+    let mut left: Vec<String> = std::fs::read_dir(&hour)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["other-0-3-9.parquet", "src-0-1-2.parquet"]);
+}
