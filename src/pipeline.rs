@@ -8,10 +8,11 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use vigil_detect::{Engine, FindingKind, Output, Severity, Snapshot};
-use vigil_ingest::archive::{Archive, ArchiveError, DeadLetter};
+use vigil_ingest::archive::{Archive, ArchiveError, DeadLetter, FlushJob, FlushReport};
 use vigil_ingest::source::{Chunk, InputError, LineReader, open_input};
 use vigil_schemas::{Event, Invalid};
 
@@ -51,6 +52,9 @@ pub enum PipelineError {
         /// Why.
         source: serde_json::Error,
     },
+    /// The archive writer thread ended without saying why (it panicked).
+    #[error("the archive writer thread stopped unexpectedly")]
+    WriterStopped,
     /// Writing findings output failed.
     #[error("writing findings to {path}: {source}")]
     Findings {
@@ -205,90 +209,117 @@ pub fn run(cfg: &VigilConfig, opts: &RunOptions) -> Result<Summary, PipelineErro
     let mut last_flush = Instant::now();
     let base_stats = engine.stats();
     let mut line_buf = String::new();
-    loop {
-        let more = reader
-            .next_chunk(&mut chunk, cfg.input.batch_bytes)
-            .map_err(|source| PipelineError::Read { path: path.clone(), source })?;
-        if !more {
-            break;
-        }
-        archive.set_ingested_at(now_ms());
-        let mut events: Vec<Event<'_>> = Vec::with_capacity(chunk.lines.len());
-        positions.clear();
-        for line in &chunk.lines {
-            summary.lines += 1;
-            if line.position <= skip_until {
-                summary.skipped += 1;
-                continue;
-            }
-            let bytes = chunk.bytes(line);
-            let decoded = match line.oversize {
-                Some(size) => {
-                    Err(Invalid::TooLarge { size: size as usize, limit: cfg.input.max_event_bytes })
+    // Parquet encoding runs on its own thread, overlapping the decoding of the next batches. One job in
+    // flight at most bounds memory; jobs are written in order, so checkpoints only move forward.
+    let writer = archive.writer();
+    std::thread::scope(|scope| -> Result<(), PipelineError> {
+        // Both channel ends live in this closure, so an early return drops the sender and the writer
+        // ends before the scope joins it.
+        let (jobs, job_rx) = mpsc::sync_channel::<FlushJob>(1);
+        let (report_tx, reports) = mpsc::channel::<Result<FlushReport, ArchiveError>>();
+        scope.spawn(move || {
+            let mut writer = writer;
+            for job in job_rx {
+                let result = writer.write(job);
+                let failed = result.is_err();
+                if report_tx.send(result).is_err() || failed {
+                    break;
                 }
-                None if bytes.iter().all(u8::is_ascii_whitespace) => {
-                    summary.blank += 1;
-                    archive.consumed(line.position);
+            }
+        });
+        let flusher = Flusher { jobs: &jobs, reports: &reports };
+        loop {
+            let more = reader
+                .next_chunk(&mut chunk, cfg.input.batch_bytes)
+                .map_err(|source| PipelineError::Read { path: path.clone(), source })?;
+            if !more {
+                break;
+            }
+            archive.set_ingested_at(now_ms());
+            let mut events: Vec<Event<'_>> = Vec::with_capacity(chunk.lines.len());
+            positions.clear();
+            for line in &chunk.lines {
+                summary.lines += 1;
+                if line.position <= skip_until {
+                    summary.skipped += 1;
                     continue;
                 }
-                None => vigil_schemas::decode(bytes, cfg.input.max_event_bytes),
-            };
-            let decoded = decoded.and_then(|ev| match dedup.check(&ev.event_id, line.position) {
-                Some(first_position) => {
-                    Err(Invalid::DuplicateEventId { event_id: ev.event_id.to_string(), first_position })
-                }
-                None => Ok(ev),
-            });
-            match decoded {
-                Ok(ev) => {
-                    events.push(ev);
-                    positions.push(line.position);
-                }
-                Err(reason) => {
-                    *summary.dead_letters.entry(reason.code()).or_default() += 1;
-                    archive.push_dead_letter(&DeadLetter {
-                        reason,
-                        position: line.position,
-                        size: line.oversize.unwrap_or(bytes.len() as u64),
-                        payload: bytes.to_vec(),
-                        truncated: line.oversize.is_some(),
-                    });
+                let bytes = chunk.bytes(line);
+                let decoded = match line.oversize {
+                    Some(size) => {
+                        Err(Invalid::TooLarge { size: size as usize, limit: cfg.input.max_event_bytes })
+                    }
+                    None if bytes.iter().all(u8::is_ascii_whitespace) => {
+                        summary.blank += 1;
+                        archive.consumed(line.position);
+                        continue;
+                    }
+                    None => vigil_schemas::decode(bytes, cfg.input.max_event_bytes),
+                };
+                let decoded = decoded.and_then(|ev| match dedup.check(&ev.event_id, line.position) {
+                    Some(first_position) => {
+                        Err(Invalid::DuplicateEventId { event_id: ev.event_id.to_string(), first_position })
+                    }
+                    None => Ok(ev),
+                });
+                match decoded {
+                    Ok(ev) => {
+                        events.push(ev);
+                        positions.push(line.position);
+                    }
+                    Err(reason) => {
+                        *summary.dead_letters.entry(reason.code()).or_default() += 1;
+                        archive.push_dead_letter(&DeadLetter {
+                            reason,
+                            position: line.position,
+                            size: line.oversize.unwrap_or(bytes.len() as u64),
+                            payload: bytes.to_vec(),
+                            truncated: line.oversize.is_some(),
+                        });
+                    }
                 }
             }
-        }
-        summary.valid += events.len() as u64;
-        out.clear();
-        engine.process(&events, &mut out);
-        for (ev, &pos) in events.iter().zip(&positions) {
-            archive.push_event(ev, pos);
-        }
-        drop(events);
-        for f in &out.findings {
-            *summary.findings.entry((f.kind, f.severity)).or_default() += 1;
-            archive.push_finding(f);
-            if let Some((w, p)) = findings_out.as_mut() {
-                line_buf.clear();
-                line_buf.push_str(&serde_json::to_string(f).unwrap_or_default());
-                line_buf.push('\n');
-                w.write_all(line_buf.as_bytes())
-                    .map_err(|source| PipelineError::Findings { path: p.clone(), source })?;
+            summary.valid += events.len() as u64;
+            out.clear();
+            engine.process(&events, &mut out);
+            for (ev, &pos) in events.iter().zip(&positions) {
+                archive.push_event(ev, pos);
             }
+            drop(events);
+            for f in &out.findings {
+                *summary.findings.entry((f.kind, f.severity)).or_default() += 1;
+                archive.push_finding(f);
+                if let Some((w, p)) = findings_out.as_mut() {
+                    line_buf.clear();
+                    line_buf.push_str(&serde_json::to_string(f).unwrap_or_default());
+                    line_buf.push('\n');
+                    w.write_all(line_buf.as_bytes())
+                        .map_err(|source| PipelineError::Findings { path: p.clone(), source })?;
+                }
+            }
+            for d in &out.decisions {
+                summary.halted.push((d.agent_id.clone(), d.actor.to_owned()));
+                archive.push_decision(d);
+            }
+            if archive.should_flush() || last_flush.elapsed() >= flush_every {
+                flusher.flush(&mut archive, &engine, &mut summary)?;
+                last_flush = Instant::now();
+            }
+            progress.update(
+                input.consumed.load(std::sync::atomic::Ordering::Relaxed),
+                summary.lines,
+                started.elapsed(),
+            );
         }
-        for d in &out.decisions {
-            summary.halted.push((d.agent_id.clone(), d.actor.to_owned()));
-            archive.push_decision(d);
+        flusher.flush(&mut archive, &engine, &mut summary)?;
+        drop(flusher);
+        drop(jobs);
+        // The writer finishes every job in flight; its reports (or its error) come back here.
+        for report in reports.iter() {
+            summary.record(report?);
         }
-        if archive.should_flush() || last_flush.elapsed() >= flush_every {
-            flush(&mut archive, &engine, &mut summary)?;
-            last_flush = Instant::now();
-        }
-        progress.update(
-            input.consumed.load(std::sync::atomic::Ordering::Relaxed),
-            summary.lines,
-            started.elapsed(),
-        );
-    }
-    flush(&mut archive, &engine, &mut summary)?;
+        Ok(())
+    })?;
     if let Some((mut w, p)) = findings_out {
         w.flush().map_err(|source| PipelineError::Findings { path: p, source })?;
     }
@@ -301,16 +332,45 @@ pub fn run(cfg: &VigilConfig, opts: &RunOptions) -> Result<Summary, PipelineErro
     Ok(summary)
 }
 
-fn flush(archive: &mut Archive, engine: &Engine, summary: &mut Summary) -> Result<(), PipelineError> {
-    if !archive.has_uncommitted() {
-        return Ok(());
+/// Hands flush jobs to the writer thread and collects what it reports.
+struct Flusher<'a> {
+    jobs: &'a SyncSender<FlushJob>,
+    reports: &'a Receiver<Result<FlushReport, ArchiveError>>,
+}
+
+impl Flusher<'_> {
+    fn flush(
+        &self,
+        archive: &mut Archive,
+        engine: &Engine,
+        summary: &mut Summary,
+    ) -> Result<(), PipelineError> {
+        while let Ok(report) = self.reports.try_recv() {
+            summary.record(report?);
+        }
+        if !archive.has_uncommitted() {
+            return Ok(());
+        }
+        // Serialising the snapshot of a well-formed engine cannot fail: every key is a string.
+        let state = serde_json::to_value(engine.snapshot()).unwrap_or_default();
+        if let Some(job) = archive.take_flush(state, now_ms())
+            && self.jobs.send(job).is_err()
+        {
+            // The writer stopped: it has sent the error that stopped it.
+            return Err(match self.reports.recv() {
+                Ok(Err(e)) => e.into(),
+                _ => PipelineError::WriterStopped,
+            });
+        }
+        Ok(())
     }
-    // Serialising the snapshot of a well-formed engine cannot fail: every key is a string.
-    let state = serde_json::to_value(engine.snapshot()).unwrap_or_default();
-    let report = archive.flush(state, now_ms())?;
-    summary.files += report.files.len() as u64;
-    summary.archive_bytes += report.bytes;
-    Ok(())
+}
+
+impl Summary {
+    fn record(&mut self, report: FlushReport) {
+        self.files += report.files.len() as u64;
+        self.archive_bytes += report.bytes;
+    }
 }
 
 type FindingsSink = Option<(Box<dyn Write>, PathBuf)>;

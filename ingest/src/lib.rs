@@ -6,4 +6,6 @@
 pub mod archive;
 pub mod source;
 
-pub use archive::{Archive, ArchiveConfig, ArchiveError, Checkpoint, DeadLetter, FlushReport};
+pub use archive::{
+    Archive, ArchiveConfig, ArchiveError, Checkpoint, DeadLetter, FlushJob, FlushReport, FlushWriter,
+};

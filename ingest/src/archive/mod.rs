@@ -17,6 +17,7 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
 
+use arrow_array::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -302,43 +303,123 @@ impl Archive {
         self.first.is_some()
     }
 
-    /// Writes every buffered row to durable files, then commits the checkpoint with `state`.
+    /// Writes every buffered row to durable files, then commits the checkpoint with `state`: the same
+    /// as [`Archive::take_flush`] followed by [`FlushWriter::write`] on this thread.
     pub fn flush(&mut self, state: serde_json::Value, now_ms: i64) -> Result<FlushReport, ArchiveError> {
-        let Some(first) = self.first else {
-            return Ok(FlushReport { committed_position: self.committed, ..FlushReport::default() });
-        };
+        match self.take_flush(state, now_ms) {
+            Some(job) => {
+                let mut writer = self.writer();
+                let report = writer.write(job)?;
+                self.totals.files = writer.files;
+                self.totals.bytes = writer.bytes;
+                Ok(report)
+            }
+            None => Ok(FlushReport { committed_position: self.committed, ..FlushReport::default() }),
+        }
+    }
+
+    /// A writer for flush jobs, to run on another thread so Parquet encoding overlaps decoding. Jobs must
+    /// be written in the order they were taken, by one writer: that keeps checkpoints monotonic.
+    pub fn writer(&self) -> FlushWriter {
+        FlushWriter {
+            root: self.root.clone(),
+            props: self.props.clone(),
+            files: self.totals.files,
+            bytes: self.totals.bytes,
+        }
+    }
+
+    /// Takes everything buffered since the last flush as a job for a [`FlushWriter`]: the finished Arrow
+    /// batches, the file name of their position range, and the checkpoint to commit after them. From
+    /// here on the positions covered count as committed for this writer's bookkeeping.
+    pub fn take_flush(&mut self, state: serde_json::Value, now_ms: i64) -> Option<FlushJob> {
+        let first = self.first.take()?;
         let name = format!("{}-{}-{}-{}.parquet", self.stamp.source, self.stamp.partition, first, self.last);
-        let mut report = FlushReport::default();
-        let mut dirs = Vec::new();
         self.totals.events += self.events.rows() as u64;
         self.totals.dead_letters += self.dead.rows() as u64;
         self.totals.findings += self.findings.rows() as u64;
         self.totals.decisions += self.control.rows() as u64;
-        write_table(&self.root, &name, &self.props, &mut self.events, &mut report, &mut dirs)?;
-        write_table(&self.root, &name, &self.props, &mut self.dead, &mut report, &mut dirs)?;
-        write_table(&self.root, &name, &self.props, &mut self.findings, &mut report, &mut dirs)?;
-        write_table(&self.root, &name, &self.props, &mut self.control, &mut report, &mut dirs)?;
+        let mut batches = Vec::new();
+        take_batches(&mut self.events, &mut batches);
+        take_batches(&mut self.dead, &mut batches);
+        take_batches(&mut self.findings, &mut batches);
+        take_batches(&mut self.control, &mut batches);
+        self.committed = self.last;
+        Some(FlushJob {
+            name,
+            batches,
+            checkpoint: Checkpoint {
+                version: 1,
+                source: self.stamp.source.clone(),
+                partition: self.stamp.partition,
+                committed_position: self.last,
+                committed_at: now_ms,
+                totals: self.totals,
+                state,
+            },
+        })
+    }
+}
+
+/// One flush, ready to write: Arrow batches by table and hour, and the checkpoint that follows them.
+#[derive(Debug)]
+pub struct FlushJob {
+    name: String,
+    batches: Vec<(&'static str, i64, RecordBatch)>,
+    checkpoint: Checkpoint,
+}
+
+impl FlushJob {
+    /// Rows in the job, all tables.
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(|(_, _, b)| b.num_rows()).sum()
+    }
+}
+
+/// Writes flush jobs: Parquet files (durable, atomically named), then the checkpoint.
+#[derive(Debug)]
+pub struct FlushWriter {
+    root: PathBuf,
+    props: WriterProperties,
+    files: u64,
+    bytes: u64,
+}
+
+impl FlushWriter {
+    /// Writes one job's files, makes them durable, then commits its checkpoint.
+    pub fn write(&mut self, job: FlushJob) -> Result<FlushReport, ArchiveError> {
+        let mut report = FlushReport::default();
+        let mut dirs = Vec::new();
+        for (table, hour, batch) in &job.batches {
+            let dir = partition_dir(&self.root, table, *hour);
+            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            let path = dir.join(&job.name);
+            report.bytes += write_parquet_atomically(&path, batch, &self.props)?;
+            report.rows += batch.num_rows() as u64;
+            report.files.push(path);
+            dirs.push(dir);
+        }
         dirs.sort();
         dirs.dedup();
         for d in &dirs {
             sync_dir(d)?;
         }
-        self.totals.files += report.files.len() as u64;
-        self.totals.bytes += report.bytes;
-        let checkpoint = Checkpoint {
-            version: 1,
-            source: self.stamp.source.clone(),
-            partition: self.stamp.partition,
-            committed_position: self.last,
-            committed_at: now_ms,
-            totals: self.totals,
-            state,
-        };
+        self.files += report.files.len() as u64;
+        self.bytes += report.bytes;
+        let mut checkpoint = job.checkpoint;
+        checkpoint.totals.files = self.files;
+        checkpoint.totals.bytes = self.bytes;
         write_checkpoint(&self.root, &checkpoint)?;
-        self.committed = self.last;
-        self.first = None;
-        report.committed_position = self.committed;
+        report.committed_position = checkpoint.committed_position;
         Ok(report)
+    }
+}
+
+fn take_batches<T: Table>(table: &mut Partitioned<T>, out: &mut Vec<(&'static str, i64, RecordBatch)>) {
+    for (hour, mut cols) in std::mem::take(&mut table.parts) {
+        if cols.rows() > 0 {
+            out.push((T::DIR, hour, cols.finish()));
+        }
     }
 }
 
@@ -347,36 +428,10 @@ fn partition_dir(root: &Path, table: &str, hour_index: i64) -> PathBuf {
     root.join(table).join(format!("dt={y:04}-{m:02}-{d:02}")).join(format!("hour={h:02}"))
 }
 
-fn write_table<T: Table>(
-    root: &Path,
-    name: &str,
-    props: &WriterProperties,
-    table: &mut Partitioned<T>,
-    report: &mut FlushReport,
-    dirs: &mut Vec<PathBuf>,
-) -> Result<(), ArchiveError> {
-    for (hour, cols) in std::mem::take(&mut table.parts) {
-        if cols.rows() == 0 {
-            continue;
-        }
-        let mut cols = cols;
-        let batch = cols.finish();
-        let dir = partition_dir(root, T::DIR, hour);
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let path = dir.join(name);
-        let bytes = write_parquet_atomically(&path, &batch, props)?;
-        report.rows += batch.num_rows() as u64;
-        report.bytes += bytes;
-        report.files.push(path);
-        dirs.push(dir);
-    }
-    Ok(())
-}
-
 /// Writes one batch as a Parquet file: temporary name, close, fsync, rename. Returns the file size.
 pub fn write_parquet_atomically(
     path: &Path,
-    batch: &arrow_array::RecordBatch,
+    batch: &RecordBatch,
     props: &WriterProperties,
 ) -> Result<u64, ArchiveError> {
     let tmp = tmp_path(path);
