@@ -312,7 +312,6 @@ pub fn run(cfg: &VigilConfig, opts: &RunOptions) -> Result<Summary, PipelineErro
             );
         }
         flusher.flush(&mut archive, &engine, &mut summary)?;
-        drop(flusher);
         drop(jobs);
         // The writer finishes every job in flight; its reports (or its error) come back here.
         for report in reports.iter() {
