@@ -81,7 +81,10 @@ fn main() {
     );
     match Command::new(&python).arg("-c").arg(&script).output() {
         Ok(out) if out.status.success() => {
-            let dsecs: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(f64::NAN);
+            let Ok(dsecs) = String::from_utf8_lossy(&out.stdout).trim().parse::<f64>() else {
+                println!("duckdb printed no time: {out:?}");
+                return;
+            };
             let duck_eps = n as f64 / dsecs;
             println!(
                 "duckdb NDJSON → Parquet: {dsecs:.2}s  {duck_eps:.0} events/s  {:.1} MB/s",
