@@ -36,6 +36,9 @@ enum Command {
         /// Largest accepted event in bytes.
         #[arg(long, default_value_t = vigil_schemas::DEFAULT_MAX_EVENT_BYTES)]
         max_event_bytes: usize,
+        /// How many recent event_ids are remembered to report duplicates (as `vigil run` does).
+        #[arg(long, default_value_t = 1_000_000)]
+        dedup_window: usize,
     },
     /// Generate a realistic fleet of agents as NDJSON, with labelled incidents.
     Simulate(SimArgs),
@@ -116,7 +119,9 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => cmd_run(args),
-        Command::Validate { input, max_event_bytes } => cmd_validate(&input, max_event_bytes),
+        Command::Validate { input, max_event_bytes, dedup_window } => {
+            cmd_validate(&input, max_event_bytes, dedup_window)
+        }
         Command::Simulate(args) => cmd_simulate(args),
         Command::Demo { dir, agents, duration, rate, seed } => cmd_demo(&dir, agents, &duration, rate, seed),
     };
@@ -225,41 +230,25 @@ pub fn render_summary(s: &Summary, archive: &Path) -> String {
     o
 }
 
-fn cmd_validate(input: &Path, max_event_bytes: usize) -> Result<ExitCode, String> {
+fn cmd_validate(input: &Path, max_event_bytes: usize, dedup_window: usize) -> Result<ExitCode, String> {
     let opened = open_input(input).map_err(|e| e.to_string())?;
     let mut reader = LineReader::new(opened.reader, max_event_bytes, 256);
     let mut chunk = Chunk::default();
     let (mut lines, mut valid, mut blank) = (0u64, 0u64, 0u64);
     let mut reasons: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let mut seen = std::collections::HashMap::<String, u64>::new();
+    let mut dedup = pipeline::DedupWindow::new(dedup_window);
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     while reader.next_chunk(&mut chunk, 4 << 20).map_err(|e| format!("reading {}: {e}", input.display()))? {
         for line in &chunk.lines {
             lines += 1;
-            let bytes = chunk.bytes(line);
-            let result = match line.oversize {
-                Some(size) => {
-                    Err(vigil_schemas::Invalid::TooLarge { size: size as usize, limit: max_event_bytes })
-                }
-                None if bytes.iter().all(u8::is_ascii_whitespace) => {
-                    blank += 1;
-                    continue;
-                }
-                None => vigil_schemas::decode(bytes, max_event_bytes),
+            let Some(result) = pipeline::classify(chunk.bytes(line), line, max_event_bytes, &mut dedup)
+            else {
+                blank += 1;
+                continue;
             };
-            let result = result.and_then(|ev| match seen.get(ev.event_id.as_ref()) {
-                Some(&first_position) => Err(vigil_schemas::Invalid::DuplicateEventId {
-                    event_id: ev.event_id.to_string(),
-                    first_position,
-                }),
-                None => {
-                    seen.insert(ev.event_id.to_string(), line.position);
-                    Ok(())
-                }
-            });
             match result {
-                Ok(()) => valid += 1,
+                Ok(_) => valid += 1,
                 Err(e) => {
                     *reasons.entry(e.code()).or_default() += 1;
                     let _ = writeln!(out, "line {}: {}: {e}", line.position, e.code());

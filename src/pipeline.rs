@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use vigil_detect::{Engine, FindingKind, Output, Severity, Snapshot};
 use vigil_ingest::archive::{Archive, ArchiveError, DeadLetter, FlushJob, FlushReport};
-use vigil_ingest::source::{Chunk, InputError, LineReader, open_input};
+use vigil_ingest::source::{Chunk, InputError, Line, LineReader, open_input};
 use vigil_schemas::{Event, Invalid};
 
 use crate::config::VigilConfig;
@@ -116,7 +116,7 @@ fn now_ms() -> i64 {
 
 /// Recent event ids, to refuse duplicates: a bounded set of 64-bit hashes, oldest forgotten first.
 #[derive(Debug)]
-struct DedupWindow {
+pub struct DedupWindow {
     cap: usize,
     seen: HashMap<u64, u64, BuildHasherDefault<IdentityHasher>>,
     order: VecDeque<u64>,
@@ -142,7 +142,8 @@ impl std::hash::Hasher for IdentityHasher {
 }
 
 impl DedupWindow {
-    fn new(cap: usize) -> Self {
+    /// A window remembering the last `cap` ids (0: remembers none, refuses no duplicate).
+    pub fn new(cap: usize) -> Self {
         DedupWindow {
             cap,
             seen: HashMap::with_capacity_and_hasher(cap.min(1 << 20), BuildHasherDefault::default()),
@@ -169,6 +170,27 @@ impl DedupWindow {
         self.order.push_back(h);
         None
     }
+}
+
+/// Judges one line against the contract: `None` for a blank line, else the event or why it is refused.
+/// `vigil run` and `vigil validate` share it, so they cannot disagree about a line.
+pub fn classify<'a>(
+    bytes: &'a [u8],
+    line: &Line,
+    max_event_bytes: usize,
+    dedup: &mut DedupWindow,
+) -> Option<Result<Event<'a>, Invalid>> {
+    let decoded = match line.oversize {
+        Some(size) => Err(Invalid::TooLarge { size: size as usize, limit: max_event_bytes }),
+        None if bytes.iter().all(u8::is_ascii_whitespace) => return None,
+        None => vigil_schemas::decode(bytes, max_event_bytes),
+    };
+    Some(decoded.and_then(|ev| match dedup.check(&ev.event_id, line.position) {
+        Some(first_position) => {
+            Err(Invalid::DuplicateEventId { event_id: ev.event_id.to_string(), first_position })
+        }
+        None => Ok(ev),
+    }))
 }
 
 /// Options of one run beyond the config file.
@@ -245,23 +267,11 @@ pub fn run(cfg: &VigilConfig, opts: &RunOptions) -> Result<Summary, PipelineErro
                     continue;
                 }
                 let bytes = chunk.bytes(line);
-                let decoded = match line.oversize {
-                    Some(size) => {
-                        Err(Invalid::TooLarge { size: size as usize, limit: cfg.input.max_event_bytes })
-                    }
-                    None if bytes.iter().all(u8::is_ascii_whitespace) => {
-                        summary.blank += 1;
-                        archive.consumed(line.position);
-                        continue;
-                    }
-                    None => vigil_schemas::decode(bytes, cfg.input.max_event_bytes),
+                let Some(decoded) = classify(bytes, line, cfg.input.max_event_bytes, &mut dedup) else {
+                    summary.blank += 1;
+                    archive.consumed(line.position);
+                    continue;
                 };
-                let decoded = decoded.and_then(|ev| match dedup.check(&ev.event_id, line.position) {
-                    Some(first_position) => {
-                        Err(Invalid::DuplicateEventId { event_id: ev.event_id.to_string(), first_position })
-                    }
-                    None => Ok(ev),
-                });
                 match decoded {
                     Ok(ev) => {
                         events.push(ev);
