@@ -23,9 +23,6 @@ pub struct DetectConfig {
     /// Resources (globs) whose touch raises a finding's severity one step: customer data, secrets, prod.
     #[serde(default)]
     pub sensitive_resources: Vec<String>,
-    /// Most event ids kept as evidence in one finding.
-    #[serde(default = "default_max_sample_events")]
-    pub max_sample_events: usize,
     /// When an agent would be halted. In this version halts are only recorded (`shadow` mode).
     #[serde(default)]
     pub halt: HaltConfig,
@@ -45,10 +42,6 @@ const fn default_rate_limit_severity() -> Severity {
 pub const fn default_cooldown_seconds() -> u64 {
     900
 }
-/// Ten ids are enough to pivot into the archive; the finding stays small.
-pub const fn default_max_sample_events() -> usize {
-    10
-}
 
 impl Default for DetectConfig {
     fn default() -> Self {
@@ -57,7 +50,6 @@ impl Default for DetectConfig {
             rate_limit_severity: default_rate_limit_severity(),
             cooldown_seconds: default_cooldown_seconds(),
             sensitive_resources: Vec::new(),
-            max_sample_events: default_max_sample_events(),
             halt: HaltConfig::default(),
             policies: Vec::new(),
         }
@@ -192,13 +184,6 @@ impl DetectConfig {
                 actions: GlobSet::new(&p.actions),
                 resources: GlobSet::new(&p.resources),
                 scopes: GlobSet::new(&p.scopes),
-            });
-        }
-        if self.max_sample_events == 0 || self.max_sample_events > 1000 {
-            return Err(ConfigError::OutOfRange {
-                key: "detect.max_sample_events",
-                value: self.max_sample_events.to_string(),
-                problem: "must be between 1 and 1000",
             });
         }
         if self.halt.window_seconds == 0 {
