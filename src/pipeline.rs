@@ -1,8 +1,9 @@
 //! The embedded pipeline: lines from a source → decode and validate → detect → archive, committing the
 //! archive's checkpoint (with the detector state) only after its files are durable.
 //!
-//! One thread, batch at a time: a chunk of lines is read into one buffer, decoded into events that borrow
-//! from it, judged, copied once into Arrow builders, and the buffer is reused.
+//! Batch at a time: a chunk of lines is read into one buffer, decoded into events that borrow from it,
+//! judged, copied once into Arrow builders, and the buffer is reused. Parquet encoding and the commit run
+//! on one writer thread, one flush job in flight, in order.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
