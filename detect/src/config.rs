@@ -202,10 +202,3 @@ impl DetectConfig {
         })
     }
 }
-
-impl Compiled {
-    /// The config this was built from.
-    pub fn config(&self) -> &DetectConfig {
-        &self.raw
-    }
-}

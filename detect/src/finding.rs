@@ -60,15 +60,6 @@ impl Severity {
             Severity::High | Severity::Critical => Severity::Critical,
         }
     }
-
-    /// One step down (low stays low).
-    pub const fn lowered(self) -> Severity {
-        match self {
-            Severity::Critical => Severity::High,
-            Severity::High => Severity::Medium,
-            Severity::Medium | Severity::Low => Severity::Low,
-        }
-    }
 }
 
 fn rfc3339<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {

@@ -234,19 +234,9 @@ impl Archive {
         Ok((archive, checkpoint))
     }
 
-    /// The archive root.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Every position up to this one is durable.
     pub fn committed_position(&self) -> u64 {
         self.committed
-    }
-
-    /// Totals including the last flush.
-    pub fn totals(&self) -> Totals {
-        self.totals
     }
 
     /// Sets the ingest time stamped on rows pushed from now on (UTC ms).
@@ -367,13 +357,6 @@ pub struct FlushJob {
     name: String,
     batches: Vec<(&'static str, i64, RecordBatch)>,
     checkpoint: Checkpoint,
-}
-
-impl FlushJob {
-    /// Rows in the job, all tables.
-    pub fn rows(&self) -> usize {
-        self.batches.iter().map(|(_, _, b)| b.num_rows()).sum()
-    }
 }
 
 /// Writes flush jobs: Parquet files (durable, atomically named), then the checkpoint.

@@ -73,20 +73,9 @@ impl<R: Read> LineReader<R> {
         }
     }
 
-    /// Starts numbering at `position` (for a stream that does not start at line 1).
-    pub fn with_first_position(mut self, position: u64) -> Self {
-        self.next_position = position;
-        self
-    }
-
     /// Bytes taken from the stream so far (after decompression).
     pub fn bytes_read(&self) -> u64 {
         self.bytes
-    }
-
-    /// Position the next line will have.
-    pub fn next_position(&self) -> u64 {
-        self.next_position
     }
 
     /// Fills `chunk` with whole lines, about `target_bytes` of them (at least one line unless the stream
