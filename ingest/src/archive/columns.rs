@@ -284,6 +284,14 @@ impl Table for DeadLetterColumns {
     }
 }
 
+/// Appends one list row of strings.
+fn push_strings(list: &mut ListBuilder<StringBuilder>, items: &[String]) {
+    for item in items {
+        list.values().append_value(item);
+    }
+    list.append(true);
+}
+
 fn string_list() -> ListBuilder<StringBuilder> {
     ListBuilder::new(StringBuilder::new()).with_field(Arc::new(arrow_schema::Field::new(
         "item",
@@ -345,10 +353,7 @@ impl FindingColumns {
         self.score.append_value(f.score);
         self.summary.append_value(&f.summary);
         self.evidence.append_value(serde_json::Value::Object(f.evidence.clone()).to_string());
-        for id in &f.event_ids {
-            self.event_ids.values().append_value(id);
-        }
-        self.event_ids.append(true);
+        push_strings(&mut self.event_ids, &f.event_ids);
         self.m_source.append_value(origin.source);
         self.m_ingested_at.append_value(origin.ingested_at);
         self.rows += 1;
@@ -428,10 +433,7 @@ impl ControlColumns {
         self.mode.append_value(d.mode.as_str());
         self.actor.append_value(d.actor);
         self.reason.append_value(&d.reason);
-        for id in &d.finding_ids {
-            self.finding_ids.values().append_value(id);
-        }
-        self.finding_ids.append(true);
+        push_strings(&mut self.finding_ids, &d.finding_ids);
         self.m_source.append_value(origin.source);
         self.m_ingested_at.append_value(origin.ingested_at);
         self.rows += 1;
