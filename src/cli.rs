@@ -13,6 +13,7 @@ use vigil_ingest::source::{Chunk, LineReader, open_input};
 use vigil_schemas::timestamp::parse_rfc3339_ms;
 
 use crate::config::VigilConfig;
+use crate::eval;
 use crate::pipeline::{self, RunOptions, Summary};
 use crate::progress::Progress;
 use crate::simulate::{self, SimConfig};
@@ -42,6 +43,9 @@ enum Command {
     },
     /// Generate a realistic fleet of agents as NDJSON, with labelled incidents.
     Simulate(SimArgs),
+    /// Run detection over a simulated fleet and score it against the simulator's labels: recall per
+    /// incident kind, precision per finding kind, false findings per 100 agent-days, time to detect.
+    Eval(EvalArgs),
     /// Simulate a fleet with incidents, run the whole pipeline on it, and show what vigil found.
     Demo {
         /// Where the demo writes its input, archive and findings (replaced on each run).
@@ -85,6 +89,29 @@ struct RunArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct EvalArgs {
+    /// Events (NDJSON, plain, .gz or .zst), as written by `vigil simulate`.
+    #[arg(long)]
+    events: PathBuf,
+    /// Labels (NDJSON), as written by `vigil simulate --labels`.
+    #[arg(long)]
+    labels: PathBuf,
+    /// Config whose [detect] section is evaluated; default: vigil's defaults with the simulator's role
+    /// policies and sensitive resources (what `vigil demo` runs).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// How long after an incident's end a finding still counts as caused by it.
+    #[arg(long, default_value = "10m")]
+    grace: String,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Also write every finding (updates folded) as NDJSON to this file, to look at the misses.
+    #[arg(long)]
+    findings: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
 struct SimArgs {
     /// Agents in the fleet.
     #[arg(long, default_value_t = 100)]
@@ -102,7 +129,7 @@ struct SimArgs {
     #[arg(long, default_value_t = 20.0)]
     rate: f64,
     /// Incidents to inject; kinds cycle through runaway_loop, data_exfiltration, scope_drift,
-    /// policy_violation, shared_credential, model_swap, denied_burst.
+    /// policy_violation, shared_credential, model_swap, denied_burst, scope_creep.
     #[arg(long, default_value_t = 0)]
     incidents: usize,
     /// Output file, or - for stdout.
@@ -123,6 +150,7 @@ pub fn main() -> ExitCode {
             cmd_validate(&input, max_event_bytes, dedup_window)
         }
         Command::Simulate(args) => cmd_simulate(args),
+        Command::Eval(args) => cmd_eval(args),
         Command::Demo { dir, agents, duration, rate, seed } => cmd_demo(&dir, agents, &duration, rate, seed),
     };
     match result {
@@ -323,6 +351,47 @@ fn cmd_simulate(args: SimArgs) -> Result<ExitCode, String> {
     let n = simulate_to(&cfg, &args.out, args.labels.as_deref())?;
     if args.out != Path::new("-") {
         eprintln!("wrote {n} events to {}", args.out.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_eval(args: EvalArgs) -> Result<ExitCode, String> {
+    let cfg = match &args.config {
+        Some(p) => VigilConfig::load(p).map_err(|e| e.to_string())?,
+        None => demo_config(Path::new(".")),
+    };
+    let grace_ms = simulate::parse_duration_ms(&args.grace)?;
+    let labels = eval::read_labels(&args.labels)?;
+    let size = fs::metadata(&args.events).map(|m| m.len()).ok();
+    let mut progress = Progress::new(true, "eval", size);
+    let started = Instant::now();
+    let detected =
+        eval::detect_file(&cfg, &args.events, |bytes, n| progress.update(bytes, n, started.elapsed()))?;
+    progress.finish();
+    if let Some(path) = &args.findings {
+        let mut w = create(path)?;
+        for f in &detected.findings {
+            serde_json::to_writer(&mut w, f)
+                .map_err(std::io::Error::from)
+                .and_then(|_| w.write_all(b"\n"))
+                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        }
+        w.flush().map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    let agent_days = detected.agents as f64 * detected.span_ms as f64 / 86_400_000.0;
+    let report = eval::score(&detected.findings, &labels, agent_days, grace_ms)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        println!(
+            "{} events from {} agents over {:.1} days ({} invalid lines), judged in {:.1}s\n",
+            detected.events,
+            detected.agents,
+            detected.span_ms as f64 / 86_400_000.0,
+            detected.invalid,
+            started.elapsed().as_secs_f64()
+        );
+        print!("{}", eval::render(&report));
     }
     Ok(ExitCode::SUCCESS)
 }

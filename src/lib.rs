@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod eval;
 pub mod pipeline;
 pub mod progress;
 pub mod simulate;

@@ -201,6 +201,32 @@ pub struct RunOptions {
     pub progress: bool,
 }
 
+/// Counts, archives and writes out one batch of findings and decisions.
+fn record(
+    out: &Output,
+    summary: &mut Summary,
+    archive: &mut Archive,
+    findings_out: &mut FindingsSink,
+    line_buf: &mut String,
+) -> Result<(), PipelineError> {
+    for f in &out.findings {
+        *summary.findings.entry((f.kind, f.severity)).or_default() += 1;
+        archive.push_finding(f);
+        if let Some((w, p)) = findings_out.as_mut() {
+            line_buf.clear();
+            line_buf.push_str(&serde_json::to_string(f).unwrap_or_default());
+            line_buf.push('\n');
+            w.write_all(line_buf.as_bytes())
+                .map_err(|source| PipelineError::Findings { path: p.clone(), source })?;
+        }
+    }
+    for d in &out.decisions {
+        summary.halted.push((d.agent_id.clone(), d.actor.to_owned()));
+        archive.push_decision(d);
+    }
+    Ok(())
+}
+
 /// Runs the whole pipeline over the configured input until it ends.
 pub fn run(cfg: &VigilConfig, opts: &RunOptions) -> Result<Summary, PipelineError> {
     let started = Instant::now();
@@ -297,21 +323,7 @@ pub fn run(cfg: &VigilConfig, opts: &RunOptions) -> Result<Summary, PipelineErro
                 archive.push_event(ev, pos);
             }
             drop(events);
-            for f in &out.findings {
-                *summary.findings.entry((f.kind, f.severity)).or_default() += 1;
-                archive.push_finding(f);
-                if let Some((w, p)) = findings_out.as_mut() {
-                    line_buf.clear();
-                    line_buf.push_str(&serde_json::to_string(f).unwrap_or_default());
-                    line_buf.push('\n');
-                    w.write_all(line_buf.as_bytes())
-                        .map_err(|source| PipelineError::Findings { path: p.clone(), source })?;
-                }
-            }
-            for d in &out.decisions {
-                summary.halted.push((d.agent_id.clone(), d.actor.to_owned()));
-                archive.push_decision(d);
-            }
+            record(&out, &mut summary, &mut archive, &mut findings_out, &mut line_buf)?;
             if archive.should_flush() || last_flush.elapsed() >= flush_every {
                 flusher.flush(&mut archive, &engine, &mut summary)?;
                 last_flush = Instant::now();
@@ -322,6 +334,10 @@ pub fn run(cfg: &VigilConfig, opts: &RunOptions) -> Result<Summary, PipelineErro
                 started.elapsed(),
             );
         }
+        // The input ended: close the windows still open, so their last minutes are judged too.
+        out.clear();
+        engine.finish(&mut out);
+        record(&out, &mut summary, &mut archive, &mut findings_out, &mut line_buf)?;
         flusher.flush(&mut archive, &engine, &mut summary)?;
         drop(jobs);
         // The writer finishes every job in flight; its reports (or its error) come back here.

@@ -10,7 +10,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::Write;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use vigil_detect::PolicyConfig;
 use vigil_schemas::timestamp::format_rfc3339_ms;
 use vigil_schemas::{Event, Outcome};
@@ -247,7 +247,7 @@ pub fn policies() -> Vec<PolicyConfig> {
 }
 
 /// Kinds of injected incident.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IncidentKind {
     /// The agent repeats one tool call in a tight loop.
@@ -264,11 +264,13 @@ pub enum IncidentKind {
     ModelSwap,
     /// The agent probes and is denied, many times.
     DeniedBurst,
+    /// Over most of a day the agent drifts, more and more often, into another role's resources.
+    ScopeCreep,
 }
 
 impl IncidentKind {
     /// All kinds, in the order incidents are assigned.
-    pub const ALL: [IncidentKind; 7] = [
+    pub const ALL: [IncidentKind; 8] = [
         IncidentKind::RunawayLoop,
         IncidentKind::DataExfiltration,
         IncidentKind::ScopeDrift,
@@ -276,7 +278,27 @@ impl IncidentKind {
         IncidentKind::SharedCredential,
         IncidentKind::ModelSwap,
         IncidentKind::DeniedBurst,
+        IncidentKind::ScopeCreep,
     ];
+
+    /// The wire name (as in the labels file).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            IncidentKind::RunawayLoop => "runaway_loop",
+            IncidentKind::DataExfiltration => "data_exfiltration",
+            IncidentKind::ScopeDrift => "scope_drift",
+            IncidentKind::PolicyViolation => "policy_violation",
+            IncidentKind::SharedCredential => "shared_credential",
+            IncidentKind::ModelSwap => "model_swap",
+            IncidentKind::DeniedBurst => "denied_burst",
+            IncidentKind::ScopeCreep => "scope_creep",
+        }
+    }
+
+    /// The kind with this wire name.
+    pub fn parse(name: &str) -> Option<IncidentKind> {
+        IncidentKind::ALL.iter().copied().find(|k| k.as_str() == name)
+    }
 
     /// (events per second during the incident, duration in seconds).
     const fn shape(self) -> (f64, f64) {
@@ -288,12 +310,13 @@ impl IncidentKind {
             IncidentKind::SharedCredential => (0.1, 1800.0),
             IncidentKind::ModelSwap => (0.2, 3600.0),
             IncidentKind::DeniedBurst => (0.5, 300.0),
+            IncidentKind::ScopeCreep => (0.02, 72_000.0),
         }
     }
 }
 
 /// One injected incident, as written to the labels file.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Label {
     /// The agent it happened to.
     pub agent_id: String,
@@ -450,6 +473,12 @@ pub fn simulate(
             if next < inc.end_ms {
                 heap.push(Reverse((next, g)));
             }
+            // A creep starts as a trickle and grows: its events are thinned by how far along it is.
+            if inc.kind == IncidentKind::ScopeCreep
+                && !rng.chance((t - inc.start_ms) as f64 / (inc.end_ms - inc.start_ms).max(1) as f64)
+            {
+                continue;
+            }
             (inc.agent, Some(g - cfg.agents))
         };
         seq += 1;
@@ -541,6 +570,12 @@ fn make_event<'a>(
                 outcome = Outcome::Denied;
                 bytes_read = None;
             }
+            IncidentKind::ScopeCreep => {
+                // Two roles over, so creep and drift do not borrow from the same neighbour.
+                let me = ROLES.iter().position(|r| r.name == role.name).unwrap_or(0);
+                let other = &ROLES[(me + 2) % ROLES.len()];
+                resource = *rng.pick(other.resources);
+            }
             IncidentKind::SharedCredential | IncidentKind::ModelSwap => {}
         }
     }
@@ -619,7 +654,7 @@ mod tests {
             start_ms: 1_767_571_200_000,
             seed,
             rate: 5.0,
-            incidents: 7,
+            incidents: 8,
         };
         let mut out = Vec::new();
         let labels = simulate(
@@ -652,9 +687,9 @@ mod tests {
         }
         // 5 events/s for 2 h is 36k on average; the rhythm and incidents move it, not by 2x.
         assert!((18_000..72_000).contains(&n), "{n} events");
-        assert_eq!(la.len(), 7);
+        assert_eq!(la.len(), 8);
         let kinds: std::collections::HashSet<_> = la.iter().map(|l| l.kind).collect();
-        assert_eq!(kinds.len(), 7);
+        assert_eq!(kinds.len(), 8);
     }
 
     #[test]

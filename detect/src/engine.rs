@@ -1,27 +1,43 @@
-//! The engine: per-agent state, the detectors run over each event, dedup of findings within a cooldown,
-//! and the shadow halt rule.
+//! The engine: per-agent state, the detectors, the folding of findings into incidents, and the shadow
+//! halt rule.
 //!
 //! Everything here is synchronous and deterministic. The only clock is event time, which arrives with the
-//! events, so a replay of the same events in the same order gives the same findings and ids.
+//! events. Two kinds of check run:
+//!
+//! * **per event, at once**: `policy_violation`, `rate_limit`, `session_limit`, `shared_credential`.
+//!   They need no baseline, so they judge every event, late ones included (a back-dated event must not
+//!   slip past the allow-list).
+//! * **per window, when the watermark closes it**: `volume_spike`, `data_spike`, `denied_burst`,
+//!   `scope_drift`, `model_change`. Events add to commutative per-window aggregates; a window closes
+//!   when the watermark (newest event time minus the lateness tolerance) passes its end, and windows
+//!   close in `(end, agent_id)` order. So the same events, in any order and any batch split within the
+//!   tolerance, close the same windows with the same contents in the same order, and give the same
+//!   findings. Events behind the watermark are counted as late and never judged by a window twice.
+//!
+//! Findings fold per agent and kind into one per cooldown period, aligned on event time, so ids do not
+//! depend on which event of an incident arrived first.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use vigil_schemas::Event;
+use vigil_schemas::{Event, Outcome};
 
-use crate::config::{Compiled, ConfigError, DetectConfig};
+use crate::config::{Compiled, ConfigError, DetectConfig, SpikeConfig};
 use crate::finding::{Decision, Finding, FindingKind, Mode, Severity, finding_id};
+use crate::keys::{KeyTable, PeerTable, push_generalised, stable_hash};
+use crate::stats::{Ewma, Fitted, score};
 
 const MINUTE_MS: i64 = 60_000;
-const KINDS: usize = 2;
-
-const fn kind_slot(kind: FindingKind) -> usize {
-    match kind {
-        FindingKind::PolicyViolation => 0,
-        FindingKind::RateLimit => 1,
-    }
-}
+/// Sample event ids kept per window for evidence (the earliest by event time, then id).
+const SAMPLES: usize = 5;
+/// Models remembered per agent.
+const MAX_MODELS: usize = 4;
+/// Sessions whose bytes are tracked per agent at once (the most recent).
+const MAX_SESSIONS: usize = 4;
+/// Open incidents remembered per agent and kind (a late event may land in the previous period).
+const OPEN_PER_KIND: usize = 2;
 
 /// What one call to [`Engine::process`] produced.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -47,41 +63,229 @@ pub struct Stats {
     pub events: u64,
     /// Findings emitted, updates included.
     pub findings: u64,
-    /// Findings folded into an open one during its cooldown.
+    /// Findings folded into an open one of the same incident.
     pub suppressed: u64,
-    /// Events too old for the rate window they belong to (counted, archived, not rate-judged).
+    /// Events behind the watermark: archived, judged by the per-event checks, not counted in windows.
     pub late: u64,
+    /// Agent windows closed and judged.
+    #[serde(default)]
+    pub windows: u64,
 }
 
-/// Count of one agent's actions in one event-time minute.
+/// Count of one agent's actions in one event-time minute, for the hard rate cap.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct MinuteCount {
     minute: i64,
-    count: u64,
+    count: u32,
     fired: bool,
 }
 
-/// A finding still inside its cooldown: later ones of the same kind fold into it.
+/// An incident still open: later findings of the same kind and key fold into it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct OpenFinding {
-    finding_id: String,
+    kind: FindingKind,
+    key: u64,
+    /// Event time of its latest finding: open incidents older than two cooldowns are forgotten.
     last_ts: i64,
     severity: Severity,
-    folded: u64,
+    folded: u32,
+}
+
+/// A key (generalised resource or scope) touched in a window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct WindowKey {
+    hash: u64,
+    count: u32,
+    /// For keys the agent did not know when they were touched: the earliest use, as evidence.
+    sample: Option<Sample>,
+}
+
+/// One use of something new: what it was and the event that did it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Sample {
+    text: String,
+    ts: i64,
+    event_id: String,
+}
+
+impl Sample {
+    fn earlier(&self, ts: i64, event_id: &str) -> bool {
+        (ts, event_id) < (self.ts, self.event_id.as_str())
+    }
+}
+
+/// A model (with provider) used in a window that the agent had not used before.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct WindowModel {
+    hash: u64,
+    provider: u64,
+    sample: Sample,
+}
+
+/// One agent's activity in one event-time window. Every field is order-independent: sums, minimums,
+/// and sets capped by a rule that does not look at arrival order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Window {
+    start: i64,
+    count: u32,
+    bytes_read: u64,
+    bytes_written: u64,
+    denied: u32,
+    keys: Vec<WindowKey>,
+    models: Vec<WindowModel>,
+    /// The earliest (ts, event_id) of the window.
+    samples: Vec<(i64, String)>,
+}
+
+impl Window {
+    fn new(start: i64) -> Window {
+        Window {
+            start,
+            count: 0,
+            bytes_read: 0,
+            bytes_written: 0,
+            denied: 0,
+            keys: Vec::new(),
+            models: Vec::new(),
+            samples: Vec::new(),
+        }
+    }
+
+    /// Counts a key; `new_text` is the key's text when the agent does not know it yet.
+    fn touch(&mut self, hash: u64, cap: usize, new_text: Option<&str>, ts: i64, event_id: &str) {
+        let slot = match self.keys.iter().position(|k| k.hash == hash) {
+            Some(i) => i,
+            None => {
+                if self.keys.len() >= cap {
+                    // Keep the smallest hashes: the same set whatever the arrival order.
+                    let (imax, max) = self
+                        .keys
+                        .iter()
+                        .enumerate()
+                        .map(|(i, k)| (i, k.hash))
+                        .max_by_key(|&(_, h)| h)
+                        .unwrap_or((0, 0));
+                    if hash > max {
+                        return;
+                    }
+                    self.keys.swap_remove(imax);
+                }
+                self.keys.push(WindowKey { hash, count: 0, sample: None });
+                self.keys.len() - 1
+            }
+        };
+        let k = &mut self.keys[slot];
+        k.count += 1;
+        if let Some(text) = new_text
+            && k.sample.as_ref().is_none_or(|s| s.earlier(ts, event_id))
+        {
+            k.sample = Some(Sample { text: text.to_owned(), ts, event_id: event_id.to_owned() });
+        }
+    }
+
+    fn sample(&mut self, ts: i64, event_id: &str) {
+        if self.samples.len() == SAMPLES {
+            match self.samples.last() {
+                Some((t, id)) if (ts, event_id) < (*t, id.as_str()) => {
+                    self.samples.pop();
+                }
+                _ => return,
+            }
+        }
+        let at = self.samples.partition_point(|(t, id)| (*t, id.as_str()) < (ts, event_id));
+        self.samples.insert(at, (ts, event_id.to_owned()));
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes_read.saturating_add(self.bytes_written)
+    }
+}
+
+/// Bytes moved in one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct SessionBytes {
+    bytes: u64,
+    /// Low 32 bits of the session id's hash.
+    hash: u32,
+    fired: bool,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 struct AgentState {
-    /// The current and previous minute.
+    /// Index into the engine's roles (0 is "no role").
+    role: u16,
+    /// Windows accounted for since the agent's first (closed ones and the empty ones between).
+    windows: u64,
+    /// Events counted in closed windows.
+    events: u64,
+    /// Start of the last closed window.
+    last_window: Option<i64>,
+    /// Actions per window.
+    count: Ewma,
+    /// Bytes per window, in units.
+    bytes: Ewma,
+    /// Denied actions per window.
+    denied: Ewma,
+    /// Mean actions per window by hour of day, when `baseline.time_of_day` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    profile: Option<Box<[f32; 24]>>,
+    /// Keys learned, with their long and short weights.
+    keys: KeyTable,
+    /// (model+provider, provider) hashes seen (low 32 bits).
+    models: Vec<(u32, u32)>,
+    /// Sessions whose bytes are being summed.
+    sessions: Vec<SessionBytes>,
+    /// The last credential checked, so a steady agent skips the fleet-wide lookup.
+    last_credential: u64,
+    /// The current and previous minute, for the hard cap.
     rate: [MinuteCount; 2],
-    open: [Option<OpenFinding>; KINDS],
-    /// Event times and ids of recent high-or-worse findings, for the halt rule.
-    recent_high: VecDeque<(i64, String)>,
+    /// Open incidents.
+    open: Vec<OpenFinding>,
+    /// Event times and ids (as bytes) of recent high-or-worse findings, for the halt rule.
+    recent_high: Vec<(i64, [u8; 16])>,
     /// A halt was recorded; no further halt decisions until a resume (a later version).
     halted: bool,
+    /// Windows not yet closed (usually one; two around a boundary within the lateness).
+    open_windows: Vec<Window>,
     /// Indices of the policies that cover this agent, for the role they were computed with.
     #[serde(skip)]
-    covered_by: Option<(Option<Box<str>>, Vec<u16>)>,
+    covered_by: Option<(Option<u16>, Box<[u16]>)>,
+}
+
+impl AgentState {
+    /// Bytes this state holds, inline and on the heap (an estimate that counts capacities).
+    fn footprint(&self) -> usize {
+        use std::mem::size_of;
+        let mut n = size_of::<AgentState>();
+        n += self.keys.keys.capacity() * size_of::<crate::keys::Learned>();
+        n += self.models.capacity() * size_of::<(u32, u32)>();
+        n += self.sessions.capacity() * size_of::<SessionBytes>();
+        n += self.open.capacity() * size_of::<OpenFinding>();
+        n += self.recent_high.capacity() * size_of::<(i64, [u8; 16])>();
+        n += self.profile.as_ref().map_or(0, |_| size_of::<[f32; 24]>());
+        n += self.open_windows.capacity() * size_of::<Window>();
+        for w in &self.open_windows {
+            n += w.keys.capacity() * size_of::<WindowKey>() + w.models.capacity() * size_of::<WindowModel>();
+            n += w.samples.iter().map(|(_, s)| s.capacity() + size_of::<(i64, String)>()).sum::<usize>();
+            n += w
+                .keys
+                .iter()
+                .filter_map(|k| k.sample.as_ref())
+                .map(|s| s.text.len() + s.event_id.len())
+                .sum::<usize>();
+        }
+        if let Some((_, idx)) = &self.covered_by {
+            n += idx.len() * 2;
+        }
+        n
+    }
+}
+
+/// Who first used a credential (the owner), and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CredentialOwner {
+    agent: u32,
+    first_ts: i64,
 }
 
 /// The detection engine. Feed it batches of events; it returns findings and decisions.
@@ -100,21 +304,53 @@ struct AgentState {
 #[derive(Debug)]
 pub struct Engine {
     cfg: Compiled,
-    agents: HashMap<Box<str>, AgentState>,
+    index: HashMap<Box<str>, u32>,
+    ids: Vec<Box<str>>,
+    agents: Vec<AgentState>,
+    roles: Vec<(Box<str>, PeerTable)>,
+    role_index: HashMap<Box<str>, u16>,
+    credentials: HashMap<u64, CredentialOwner>,
+    /// (window end, agent) of every open window.
+    closing: BinaryHeap<Reverse<(i64, u32)>>,
+    max_ts: Option<i64>,
     stats: Stats,
+    scratch: String,
+    due: Vec<(i64, u32)>,
 }
 
 /// A serialisable copy of the engine's state, taken with the source positions it reflects.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     agents: BTreeMap<String, AgentState>,
+    #[serde(default)]
+    roles: Vec<(String, PeerTable)>,
+    /// (credential hash, owner agent, first use).
+    #[serde(default)]
+    credentials: Vec<(u64, String, i64)>,
+    #[serde(default)]
+    max_ts: Option<i64>,
     stats: Stats,
 }
 
 impl Engine {
     /// Builds an engine from a config, validating it.
     pub fn new(cfg: &DetectConfig) -> Result<Engine, ConfigError> {
-        Ok(Engine { cfg: cfg.build()?, agents: HashMap::new(), stats: Stats::default() })
+        let mut engine = Engine {
+            cfg: cfg.build()?,
+            index: HashMap::new(),
+            ids: Vec::new(),
+            agents: Vec::new(),
+            roles: Vec::new(),
+            role_index: HashMap::new(),
+            credentials: HashMap::new(),
+            closing: BinaryHeap::new(),
+            max_ts: None,
+            stats: Stats::default(),
+            scratch: String::with_capacity(256),
+            due: Vec::new(),
+        };
+        engine.intern_role("");
+        Ok(engine)
     }
 
     /// Counters so far.
@@ -127,17 +363,64 @@ impl Engine {
         self.agents.len()
     }
 
+    /// Bytes of per-agent state (inline and heap, ids included), for sizing and the benchmarks.
+    pub fn state_bytes(&self) -> usize {
+        let ids: usize = self.ids.iter().map(|s| 2 * s.len() + 2 * size_of::<Box<str>>() + 8).sum();
+        ids + self.agents.iter().map(AgentState::footprint).sum::<usize>()
+    }
+
+    /// The newest event time minus the lateness tolerance: windows ending at or before it are closed.
+    pub fn watermark(&self) -> Option<i64> {
+        self.max_ts.map(|m| m.saturating_sub(self.cfg.lateness_ms))
+    }
+
     /// The state, for a checkpoint.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
-            agents: self.agents.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            agents: self.ids.iter().zip(&self.agents).map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            roles: self.roles.iter().map(|(n, p)| (n.to_string(), p.clone())).collect(),
+            credentials: self
+                .credentials
+                .iter()
+                .map(|(h, o)| (*h, self.ids[o.agent as usize].to_string(), o.first_ts))
+                .collect(),
+            max_ts: self.max_ts,
             stats: self.stats,
         }
     }
 
     /// Replaces the state with a checkpoint's.
     pub fn restore(&mut self, snapshot: Snapshot) {
-        self.agents = snapshot.agents.into_iter().map(|(k, v)| (k.into_boxed_str(), v)).collect();
+        self.index.clear();
+        self.ids.clear();
+        self.agents.clear();
+        self.closing.clear();
+        self.roles.clear();
+        self.role_index.clear();
+        for (name, peers) in snapshot.roles {
+            let i = self.intern_role(&name);
+            self.roles[usize::from(i)].1 = peers;
+        }
+        if self.roles.is_empty() {
+            self.intern_role("");
+        }
+        for (id, state) in snapshot.agents {
+            let idx = self.ids.len() as u32;
+            for w in &state.open_windows {
+                self.closing.push(Reverse((w.start + self.cfg.window_ms, idx)));
+            }
+            self.index.insert(id.clone().into_boxed_str(), idx);
+            self.ids.push(id.into_boxed_str());
+            self.agents.push(state);
+        }
+        self.credentials = snapshot
+            .credentials
+            .into_iter()
+            .filter_map(|(h, owner, first_ts)| {
+                self.index.get(owner.as_str()).map(|&agent| (h, CredentialOwner { agent, first_ts }))
+            })
+            .collect();
+        self.max_ts = snapshot.max_ts;
         self.stats = snapshot.stats;
     }
 
@@ -148,27 +431,684 @@ impl Engine {
         }
     }
 
+    /// Closes every open window, as if the watermark had passed them all: the end of a finite input.
+    /// Events for those windows that arrive afterwards are late.
+    pub fn finish(&mut self, out: &mut Output) {
+        if let Some(end) = self.closing.iter().map(|Reverse((end, _))| *end).max() {
+            let target = end.saturating_add(self.cfg.lateness_ms);
+            self.max_ts = Some(self.max_ts.map_or(target, |m| m.max(target)));
+        }
+        self.sweep(out);
+    }
+
+    fn intern_role(&mut self, name: &str) -> u16 {
+        if let Some(&i) = self.role_index.get(name) {
+            return i;
+        }
+        let i = u16::try_from(self.roles.len()).unwrap_or(u16::MAX);
+        if i == u16::MAX {
+            // More than 65k roles: the rest share the last peer group.
+            return i - 1;
+        }
+        self.roles.push((name.into(), PeerTable::default()));
+        self.role_index.insert(name.into(), i);
+        i
+    }
+
+    fn agent_index(&mut self, ev: &Event<'_>) -> u32 {
+        let idx = match self.index.get(&*ev.agent_id) {
+            Some(&i) => i,
+            None => {
+                let i = self.ids.len() as u32;
+                self.index.insert(ev.agent_id.as_ref().into(), i);
+                self.ids.push(ev.agent_id.as_ref().into());
+                self.agents.push(AgentState::default());
+                let role = self.intern_role(ev.agent_role.as_deref().unwrap_or(""));
+                self.agents[i as usize].role = role;
+                self.roles[usize::from(role)].1.agents += 1;
+                i
+            }
+        };
+        // An agent whose role changes moves peer group.
+        let role_name = ev.agent_role.as_deref().unwrap_or("");
+        let current = self.agents[idx as usize].role;
+        if *self.roles[usize::from(current)].0 != *role_name && ev.agent_role.is_some() {
+            let role = self.intern_role(role_name);
+            let old = &mut self.roles[usize::from(current)].1;
+            old.agents = old.agents.saturating_sub(1);
+            self.roles[usize::from(role)].1.agents += 1;
+            self.agents[idx as usize].role = role;
+        }
+        idx
+    }
+
     fn judge(&mut self, ev: &Event<'_>, out: &mut Output) {
         self.stats.events += 1;
-        let Engine { cfg, agents, stats } = self;
-        let agent = match agents.get_mut(&*ev.agent_id) {
-            Some(a) => a,
-            None => agents.entry(ev.agent_id.clone().into_owned().into_boxed_str()).or_default(),
+        let idx = self.agent_index(ev);
+        let mut found: [Option<(Finding, u64)>; 4] = [None, None, None, None];
+        {
+            let Engine { cfg, agents, stats, .. } = self;
+            let agent = &mut agents[idx as usize];
+            found[0] = check_policy(cfg, agent, ev);
+            found[1] = check_rate(cfg, agent, ev, stats);
+            found[2] = check_session(cfg, agent, ev);
+        }
+        let credential = self.check_credential(idx, ev);
+        for (f, key) in found.into_iter().flatten() {
+            self.emit(idx, f, key, out);
+        }
+        if let Some((owner, f, key)) = credential {
+            self.emit(owner, f, key, out);
+        }
+        let late = self.watermark().is_some_and(|w| ev.ts_ms < w);
+        if late {
+            self.stats.late += 1;
+        } else {
+            self.max_ts = Some(self.max_ts.map_or(ev.ts_ms, |m| m.max(ev.ts_ms)));
+            self.accumulate(idx, ev);
+        }
+        if let (Some(w), Some(Reverse((end, _)))) = (self.watermark(), self.closing.peek())
+            && *end <= w
+        {
+            self.sweep(out);
+        }
+    }
+
+    /// Adds an event to its agent's window.
+    fn accumulate(&mut self, idx: u32, ev: &Event<'_>) {
+        let Engine { cfg, agents, closing, scratch, .. } = self;
+        let agent = &mut agents[idx as usize];
+        let start = ev.ts_ms.div_euclid(cfg.window_ms) * cfg.window_ms;
+        let wi = match agent.open_windows.iter().position(|w| w.start == start) {
+            Some(i) => i,
+            None => {
+                agent.open_windows.push(Window::new(start));
+                closing.push(Reverse((start.saturating_add(cfg.window_ms), idx)));
+                agent.open_windows.len() - 1
+            }
         };
-        let mut found: [Option<Finding>; KINDS] = [None, None];
-        if let Some(f) = check_policy(cfg, agent, ev) {
-            found[0] = Some(f);
+        let w = &mut agent.open_windows[wi];
+        w.count += 1;
+        w.bytes_read = w.bytes_read.saturating_add(ev.bytes_read.unwrap_or(0));
+        w.bytes_written = w.bytes_written.saturating_add(ev.bytes_written.unwrap_or(0));
+        if ev.outcome == Outcome::Denied {
+            w.denied += 1;
         }
-        if let Some(f) = check_rate(cfg, agent, ev, stats) {
-            found[1] = Some(f);
+        w.sample(ev.ts_ms, &ev.event_id);
+        let scope_cfg = &cfg.raw.scope;
+        if scope_cfg.enabled {
+            scratch.clear();
+            push_generalised(scratch, &ev.resource, scope_cfg.resource_depth);
+            let h = stable_hash(&[b"r", scratch.as_bytes()]);
+            let new_text = (!agent.keys.contains(h)).then_some(ev.resource.as_ref());
+            w.touch(h, scope_cfg.max_window_keys, new_text, ev.ts_ms, &ev.event_id);
+            if let Some(scope) = ev.scope.as_deref() {
+                let h = stable_hash(&[b"s", scope.as_bytes()]);
+                let new_text = (!agent.keys.contains(h)).then_some(scope);
+                w.touch(h, scope_cfg.max_window_keys, new_text, ev.ts_ms, &ev.event_id);
+            }
         }
-        for f in found.into_iter().flatten() {
-            if let Some(f) = fold(cfg, agent, f, stats) {
-                halt_rule(cfg, agent, &f, out);
-                out.findings.push(f);
+        if let Some(model) = ev.model.as_deref() {
+            let provider = ev.model_provider.as_deref().unwrap_or("");
+            let h = stable_hash(&[model.as_bytes(), provider.as_bytes()]);
+            if !agent.models.iter().any(|m| m.0 == h as u32) {
+                let text =
+                    if provider.is_empty() { model.to_owned() } else { format!("{model} ({provider})") };
+                let sample = Sample { text, ts: ev.ts_ms, event_id: ev.event_id.to_string() };
+                if let Some(m) = w.models.iter_mut().find(|m| m.hash == h) {
+                    if m.sample.earlier(ev.ts_ms, &ev.event_id) {
+                        m.sample = sample;
+                    }
+                } else if w.models.len() < MAX_MODELS {
+                    w.models.push(WindowModel {
+                        hash: h,
+                        provider: stable_hash(&[provider.as_bytes()]),
+                        sample,
+                    });
+                }
             }
         }
     }
+
+    /// Closes every window the watermark has passed, in `(end, agent_id)` order.
+    fn sweep(&mut self, out: &mut Output) {
+        let Some(w) = self.watermark() else { return };
+        let mut due = std::mem::take(&mut self.due);
+        due.clear();
+        while let Some(&Reverse((end, idx))) = self.closing.peek() {
+            if end > w {
+                break;
+            }
+            self.closing.pop();
+            due.push((end, idx));
+        }
+        due.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| self.ids[a.1 as usize].cmp(&self.ids[b.1 as usize])));
+        for &(end, idx) in &due {
+            self.close(idx, end - self.cfg.window_ms, out);
+        }
+        self.due = due;
+    }
+
+    /// Judges one closed window, then learns from it.
+    fn close(&mut self, idx: u32, start: i64, out: &mut Output) {
+        let agent = &mut self.agents[idx as usize];
+        let Some(pos) = agent.open_windows.iter().position(|w| w.start == start) else { return };
+        let w = agent.open_windows.swap_remove(pos);
+        if agent.open_windows.is_empty() {
+            // An idle agent holds no window buffers.
+            agent.open_windows = Vec::new();
+        }
+        self.stats.windows += 1;
+        let cfg = &self.cfg;
+        let base = &cfg.raw.baseline;
+        // Windows with no events since the last closed one are observations of zero.
+        let gap = agent.last_window.map_or(0, |last| ((start - last) / cfg.window_ms - 1).max(0) as u64);
+        for e in [&mut agent.count, &mut agent.bytes, &mut agent.denied] {
+            e.update_zeros(gap, base.alpha, agent.windows);
+        }
+        agent.windows += gap + 1;
+        agent.last_window = Some(start);
+        let warm = agent.windows > base.warmup_windows && agent.events >= base.warmup_events;
+        let mut found: Vec<(Finding, u64)> = Vec::new();
+        let id = &self.ids[idx as usize];
+        let bucket = bucket(cfg, start);
+        let hour = start.rem_euclid(86_400_000) / 3_600_000;
+        let count_base = match (&agent.profile, base.time_of_day) {
+            (Some(p), true) => {
+                let m = f64::from(p[hour as usize]);
+                Ewma { mean: agent.count.mean.max(m), var: agent.count.var.max(m) }
+            }
+            _ => agent.count,
+        };
+        let unit = cfg.raw.data.unit_bytes;
+        let units = w.bytes() / unit;
+        let mut clamp_count = f64::from(w.count);
+        let mut spiked = false;
+        let mut clamp_units = units as f64;
+        let mut clamp_denied = f64::from(w.denied);
+        if warm {
+            let (clamp, f) = spike(
+                cfg,
+                &cfg.raw.volume,
+                FindingKind::VolumeSpike,
+                id,
+                &w,
+                &count_base,
+                u64::from(w.count),
+                true,
+            );
+            if let Some(t) = clamp {
+                clamp_count = t as f64;
+                spiked = true;
+            }
+            found.extend(f.map(|f| (f, bucket)));
+            let data = &cfg.raw.data;
+            let spec = SpikeConfig {
+                enabled: data.enabled,
+                p_value: data.p_value,
+                min_count: 0,
+                high_ratio: data.high_ratio,
+            };
+            let (clamp, f) = spike(
+                cfg,
+                &spec,
+                FindingKind::DataSpike,
+                id,
+                &w,
+                &agent.bytes,
+                units,
+                w.bytes() >= data.min_bytes,
+            );
+            if let Some(t) = clamp {
+                clamp_units = t as f64;
+            }
+            if let Some(mut f) = f {
+                let mean_bytes = agent.bytes.mean * unit as f64;
+                f.evidence.insert("bytes_read".into(), json!(w.bytes_read));
+                f.evidence.insert("bytes_written".into(), json!(w.bytes_written));
+                f.evidence.insert("baseline_bytes".into(), json!(mean_bytes.round()));
+                f.evidence.insert("unit_bytes".into(), json!(unit));
+                f.summary = format!(
+                    "{id} moved {} in one {}s window (read {}, written {}); its baseline is {}",
+                    human_bytes(w.bytes() as f64),
+                    cfg.raw.window_seconds,
+                    human_bytes(w.bytes_read as f64),
+                    human_bytes(w.bytes_written as f64),
+                    human_bytes(mean_bytes)
+                );
+                found.push((f, bucket));
+            }
+            let (clamp, f) = spike(
+                cfg,
+                &cfg.raw.denied,
+                FindingKind::DeniedBurst,
+                id,
+                &w,
+                &agent.denied,
+                u64::from(w.denied),
+                true,
+            );
+            if let Some(t) = clamp {
+                clamp_denied = t as f64;
+            }
+            found.extend(f.map(|f| (f, bucket)));
+            let peers = &self.roles[usize::from(agent.role)].1;
+            if let Some(f) = novelty(cfg, id, agent, peers, &w) {
+                found.push((f, bucket));
+            }
+            if let Some(f) = new_model(cfg, id, agent, &w) {
+                found.push((f, bucket));
+            }
+        }
+        // Learn: baselines from the window (a flagged window counts at its threshold, so one spike does
+        // not teach the baseline that spikes are normal), keys, models, peers.
+        // Until 1/alpha windows are seen the weight is 1/n: a running mean, so a new agent's baseline is
+        // not dragged towards the zero it started from.
+        let alpha = base.alpha.max(1.0 / agent.windows as f64);
+        agent.count.update(clamp_count, alpha);
+        agent.bytes.update(clamp_units, alpha);
+        agent.denied.update(clamp_denied, alpha);
+        if base.time_of_day {
+            let p = agent.profile.get_or_insert_with(|| Box::new([0.0; 24]));
+            let h = &mut p[hour as usize];
+            *h = (f64::from(*h) + 0.1 * (clamp_count - f64::from(*h))) as f32;
+        }
+        let scope = &cfg.raw.scope;
+        if scope.enabled {
+            let peers = &mut self.roles[usize::from(agent.role)].1;
+            for k in &w.keys {
+                if !agent.keys.contains(k.hash) {
+                    peers.add(k.hash, scope.max_peer_keys);
+                }
+            }
+            // A window flagged as a volume spike teaches the key spread only with the weight of a normal
+            // window, so a runaway loop on one key does not leave the agent's mix looking like drift.
+            let scale =
+                if spiked { (count_base.mean.max(1.0) / f64::from(w.count.max(1))).min(1.0) } else { 1.0 };
+            let counts: Vec<(u64, u32)> = w
+                .keys
+                .iter()
+                .map(|k| (k.hash, ((f64::from(k.count) * scale).round() as u32).max(1)))
+                .collect();
+            let total = ((f64::from(w.count) * scale).round() as u32).max(1);
+            let seen = agent.events as f64;
+            let n = f64::from(total);
+            let keep = |memory: u64| ((1.0 - 1.0 / memory as f64).powf(n)).min(seen / (seen + n));
+            agent.keys.learn(
+                &counts,
+                total,
+                keep(scope.long_memory_events),
+                keep(scope.short_memory_events),
+                scope.max_keys,
+            );
+            let judged_events = agent.events.saturating_sub(base.warmup_events);
+            if warm && scope.divergence > 0.0 && judged_events >= scope.divergence_min_events {
+                let d = agent.keys.divergence();
+                if d >= scope.divergence {
+                    found.push((divergence_finding(cfg, id, &w, d), bucket));
+                    // Said once: the recent spread becomes the baseline, so a shift that stays is not
+                    // reported again, and a creep that keeps going is reported each time it moves as far.
+                    agent.keys.rebase();
+                }
+            }
+        }
+        for m in &w.models {
+            if agent.models.len() >= MAX_MODELS {
+                agent.models.remove(0);
+            }
+            agent.models.push((m.hash as u32, m.provider as u32));
+        }
+        agent.events += u64::from(w.count);
+        for (f, key) in found {
+            self.emit(idx, f, key, out);
+        }
+    }
+
+    fn check_credential(&mut self, idx: u32, ev: &Event<'_>) -> Option<(u32, Finding, u64)> {
+        let identity = &self.cfg.raw.identity;
+        let credential = ev.credential_id.as_deref()?;
+        if !identity.enabled {
+            return None;
+        }
+        let h = stable_hash(&[credential.as_bytes()]);
+        let agent = &mut self.agents[idx as usize];
+        if agent.last_credential == h {
+            return None;
+        }
+        agent.last_credential = h;
+        let bucket = bucket(&self.cfg, ev.ts_ms);
+        if self.cfg.human_credentials.matches(credential) {
+            let mut evidence = Map::new();
+            evidence.insert("credential_id".into(), json!(credential));
+            evidence.insert("human_credential".into(), json!(true));
+            evidence.insert("principal".into(), json!(ev.principal));
+            let f = event_finding(
+                FindingKind::SharedCredential,
+                Severity::High,
+                ev,
+                format!(
+                    "{} acted with {credential:?}, a human's credential (matches identity.human_credentials)",
+                    ev.agent_id
+                ),
+                evidence,
+            );
+            return Some((idx, f, bucket));
+        }
+        let owner = match self.credentials.get_mut(&h) {
+            None => {
+                if self.credentials.len() < identity.max_credentials {
+                    self.credentials.insert(h, CredentialOwner { agent: idx, first_ts: ev.ts_ms });
+                }
+                return None;
+            }
+            Some(o) if o.agent == idx => {
+                o.first_ts = o.first_ts.min(ev.ts_ms);
+                return None;
+            }
+            Some(o) => o,
+        };
+        // The owner is whoever used the credential first in event time; the other one is flagged.
+        let (flagged, holder) = if ev.ts_ms < owner.first_ts {
+            let previous = owner.agent;
+            *owner = CredentialOwner { agent: idx, first_ts: ev.ts_ms };
+            (previous, idx)
+        } else {
+            (idx, owner.agent)
+        };
+        let flagged_id = self.ids[flagged as usize].to_string();
+        let holder_id = &self.ids[holder as usize];
+        let mut evidence = Map::new();
+        evidence.insert("credential_id".into(), json!(credential));
+        evidence.insert("owner_agent_id".into(), json!(holder_id));
+        evidence.insert("used_by".into(), json!(flagged_id));
+        evidence.insert("principal".into(), json!(ev.principal));
+        let mut f = event_finding(
+            FindingKind::SharedCredential,
+            Severity::High,
+            ev,
+            format!("{flagged_id} used credential {credential:?}, which belongs to {holder_id}"),
+            evidence,
+        );
+        f.agent_id = flagged_id;
+        Some((flagged, f, bucket))
+    }
+
+    /// Folds a finding into its incident and emits what is new: the finding, an update of the open one
+    /// whose severity rose, or nothing. Then runs the halt rule.
+    fn emit(&mut self, idx: u32, mut f: Finding, key: u64, out: &mut Output) {
+        f.finding_id = finding_id(f.kind, &f.agent_id, key as i64, "");
+        let agent = &mut self.agents[idx as usize];
+        if let Some(open) = agent.open.iter_mut().find(|o| o.kind == f.kind && o.key == key) {
+            open.folded += 1;
+            open.last_ts = open.last_ts.max(f.ts);
+            if f.severity <= open.severity {
+                self.stats.suppressed += 1;
+                return;
+            }
+            open.severity = f.severity;
+            f.evidence.insert("folded_findings".into(), json!(open.folded));
+        } else {
+            // Incidents more than two cooldowns old can no longer be updated: forget them.
+            let horizon = f.ts.saturating_sub(2 * self.cfg.cooldown_ms);
+            agent.open.retain(|o| o.last_ts >= horizon);
+            if agent.open.iter().filter(|o| o.kind == f.kind).count() >= OPEN_PER_KIND
+                && let Some(i) = agent.open.iter().position(|o| o.kind == f.kind)
+            {
+                agent.open.remove(i);
+            }
+            agent.open.push(OpenFinding {
+                kind: f.kind,
+                key,
+                last_ts: f.ts,
+                severity: f.severity,
+                folded: 0,
+            });
+        }
+        self.stats.findings += 1;
+        halt_rule(&self.cfg, agent, &f, out);
+        out.findings.push(f);
+    }
+}
+
+/// A finding id (32 hex digits) as its 16 bytes, for compact state.
+fn id_bytes(id: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = id.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()).unwrap_or(0);
+    }
+    out
+}
+
+fn id_hex(id: &[u8; 16]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The incident key of a finding at `ts`: the start of its cooldown period.
+fn bucket(cfg: &Compiled, ts: i64) -> u64 {
+    let period = cfg.cooldown_ms.max(1);
+    ts.div_euclid(period).wrapping_mul(period) as u64
+}
+
+/// A finding about one event.
+fn event_finding(
+    kind: FindingKind,
+    severity: Severity,
+    ev: &Event<'_>,
+    summary: String,
+    evidence: Map<String, Value>,
+) -> Finding {
+    Finding {
+        finding_id: String::new(),
+        kind,
+        severity,
+        agent_id: ev.agent_id.to_string(),
+        ts: ev.ts_ms,
+        window_start: ev.ts_ms,
+        window_end: ev.ts_ms + 1,
+        score: 1.0,
+        summary,
+        evidence,
+        event_ids: vec![ev.event_id.to_string()],
+    }
+}
+
+fn window_finding(cfg: &Compiled, kind: FindingKind, severity: Severity, agent: &str, w: &Window) -> Finding {
+    Finding {
+        finding_id: String::new(),
+        kind,
+        severity,
+        agent_id: agent.to_owned(),
+        ts: w.start + cfg.window_ms,
+        window_start: w.start,
+        window_end: w.start + cfg.window_ms,
+        score: 0.0,
+        summary: String::new(),
+        evidence: Map::new(),
+        event_ids: w.samples.iter().map(|(_, e)| e.clone()).collect(),
+    }
+}
+
+/// A count far in the tail of the agent's baseline. Returns the count the baseline should learn instead
+/// of the observed one when the window is surprising (its threshold, so one burst does not teach the
+/// baseline that bursts are normal, reported or not), and the finding when the window is also big enough
+/// to report (`reportable`, and at least the detector's minimum count).
+#[allow(clippy::too_many_arguments)]
+fn spike(
+    cfg: &Compiled,
+    spec: &SpikeConfig,
+    kind: FindingKind,
+    agent: &str,
+    w: &Window,
+    base: &Ewma,
+    observed: u64,
+    reportable: bool,
+) -> (Option<u64>, Option<Finding>) {
+    if !spec.enabled || observed == 0 {
+        return (None, None);
+    }
+    let fitted = Fitted::new(base, cfg.raw.baseline.overdispersion);
+    let p = fitted.tail(observed);
+    if p >= spec.p_value {
+        return (None, None);
+    }
+    let surprising = fitted.threshold(spec.p_value);
+    if !reportable || observed < spec.min_count {
+        return (Some(surprising), None);
+    }
+    let threshold = surprising.max(spec.min_count);
+    let ratio = observed as f64 / fitted.mean;
+    let severity = if ratio >= spec.high_ratio { Severity::High } else { Severity::Medium };
+    let mut f = window_finding(cfg, kind, severity, agent, w);
+    f.score = score(p);
+    let what = match kind {
+        FindingKind::DeniedBurst => "denied actions",
+        FindingKind::DataSpike => "units",
+        _ => "actions",
+    };
+    f.summary = format!(
+        "{agent} made {observed} {what} in one {}s window; its baseline is {} (p = {p:.1e})",
+        cfg.raw.window_seconds,
+        two_digits(fitted.mean)
+    );
+    let e = &mut f.evidence;
+    e.insert("observed".into(), json!(observed));
+    e.insert("baseline_mean".into(), json!(round3(fitted.mean)));
+    e.insert("baseline_variance".into(), json!(round3(fitted.var)));
+    e.insert("model".into(), json!(fitted.model.as_str()));
+    e.insert("threshold".into(), json!(threshold));
+    e.insert("p_value".into(), json!(p));
+    e.insert("ratio".into(), json!(round3(ratio)));
+    (Some(surprising), Some(f))
+}
+
+/// A number with two significant digits, for summaries: 0.05, 2.4, 310.
+fn two_digits(x: f64) -> String {
+    if x >= 10.0 {
+        format!("{x:.0}")
+    } else if x >= 1.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn human_bytes(b: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = b;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < UNITS.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 { format!("{v:.0} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+/// Keys new to the agent and rare among its peers.
+fn novelty(
+    cfg: &Compiled,
+    agent_id: &str,
+    agent: &AgentState,
+    peers: &PeerTable,
+    w: &Window,
+) -> Option<Finding> {
+    let scope = &cfg.raw.scope;
+    if !scope.enabled {
+        return None;
+    }
+    let mut new: Vec<(&WindowKey, f64)> = w
+        .keys
+        .iter()
+        .filter(|k| !agent.keys.contains(k.hash))
+        .map(|k| (k, peers.rarity(k.hash, scope.min_peers)))
+        .filter(|(_, r)| *r >= scope.min_rarity)
+        .collect();
+    if new.is_empty() {
+        return None;
+    }
+    new.sort_by(|a, b| {
+        let ka = a.0.sample.as_ref().map(|s| (s.ts, s.event_id.as_str()));
+        let kb = b.0.sample.as_ref().map(|s| (s.ts, s.event_id.as_str()));
+        ka.cmp(&kb).then(a.0.hash.cmp(&b.0.hash))
+    });
+    let sensitive =
+        new.iter().any(|(k, _)| k.sample.as_ref().is_some_and(|s| cfg.sensitive.matches(&s.text)));
+    let base = if new.len() >= scope.high_new_keys { Severity::High } else { Severity::Medium };
+    let severity = if sensitive { base.raised() } else { base };
+    let mut f = window_finding(cfg, FindingKind::ScopeDrift, severity, agent_id, w);
+    let weight: f64 = new.iter().map(|(_, r)| r).sum();
+    f.score = round3(weight);
+    let names: Vec<&str> =
+        new.iter().map(|(k, _)| k.sample.as_ref().map_or("(forgotten key)", |s| s.text.as_str())).collect();
+    let peers_n = peers.agents.saturating_sub(1);
+    f.summary = format!(
+        "{agent_id} touched {} new to it and rare among its {peers_n} peers: {}",
+        if new.len() == 1 { "1 thing".to_owned() } else { format!("{} things", new.len()) },
+        names.iter().take(3).map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
+    );
+    let items: Vec<Value> = new
+        .iter()
+        .map(|(k, r)| {
+            json!({
+                "value": k.sample.as_ref().map(|s| s.text.as_str()),
+                "count": k.count,
+                "peer_rarity": round3(*r),
+                "first_event_id": k.sample.as_ref().map(|s| s.event_id.as_str()),
+            })
+        })
+        .collect();
+    f.event_ids =
+        new.iter().filter_map(|(k, _)| k.sample.as_ref().map(|s| s.event_id.clone())).take(SAMPLES).collect();
+    let e = &mut f.evidence;
+    e.insert("new".into(), Value::Array(items));
+    e.insert("known_keys".into(), json!(agent.keys.keys.len()));
+    e.insert("peers".into(), json!(peers_n));
+    e.insert("min_rarity".into(), json!(scope.min_rarity));
+    e.insert("sensitive".into(), json!(sensitive));
+    Some(f)
+}
+
+fn divergence_finding(cfg: &Compiled, agent_id: &str, w: &Window, d: f64) -> Finding {
+    let scope = &cfg.raw.scope;
+    let mut f = window_finding(cfg, FindingKind::ScopeDrift, Severity::Medium, agent_id, w);
+    f.score = round3(d);
+    f.summary = format!(
+        "{agent_id}'s recent work has moved away from what it usually touches (divergence {d:.2} >= {:.2})",
+        scope.divergence
+    );
+    let e = &mut f.evidence;
+    e.insert("divergence".into(), json!(round3(d)));
+    e.insert("threshold".into(), json!(scope.divergence));
+    e.insert("short_memory_events".into(), json!(scope.short_memory_events));
+    e.insert("long_memory_events".into(), json!(scope.long_memory_events));
+    f
+}
+
+fn new_model(cfg: &Compiled, agent_id: &str, agent: &AgentState, w: &Window) -> Option<Finding> {
+    let mut fresh: Vec<&WindowModel> =
+        w.models.iter().filter(|m| !agent.models.iter().any(|k| k.0 == m.hash as u32)).collect();
+    if fresh.is_empty() || agent.models.is_empty() {
+        return None;
+    }
+    fresh.sort_by(|a, b| (a.sample.ts, &a.sample.event_id).cmp(&(b.sample.ts, &b.sample.event_id)));
+    let new_provider = fresh.iter().any(|m| !agent.models.iter().any(|k| k.1 == m.provider as u32));
+    let severity = if new_provider { Severity::High } else { Severity::Medium };
+    let mut f = window_finding(cfg, FindingKind::ModelChange, severity, agent_id, w);
+    f.score = 1.0;
+    let names: Vec<&str> = fresh.iter().map(|m| m.sample.text.as_str()).collect();
+    f.summary = format!(
+        "{agent_id} is now backed by {}{}",
+        names.join(", "),
+        if new_provider { ", from a provider it never used" } else { "" }
+    );
+    f.event_ids = fresh.iter().map(|m| m.sample.event_id.clone()).collect();
+    f.evidence.insert("new_models".into(), json!(names));
+    f.evidence.insert("new_provider".into(), json!(new_provider));
+    f.evidence.insert("known_models".into(), json!(agent.models.len()));
+    Some(f)
 }
 
 /// Raises a finding's severity when it touches a sensitive resource.
@@ -178,7 +1118,9 @@ fn severity_for(cfg: &Compiled, base: Severity, resource: &str) -> Severity {
 
 fn covering_policies<'s>(cfg: &Compiled, agent: &'s mut AgentState, ev: &Event<'_>) -> &'s [u16] {
     let role = ev.agent_role.as_deref();
-    let stale = agent.covered_by.as_ref().is_none_or(|(r, _)| r.as_deref() != role);
+    // The engine interned the role before the checks ran: its index identifies it.
+    let role_key = role.map(|_| agent.role);
+    let stale = agent.covered_by.as_ref().is_none_or(|(r, _)| *r != role_key);
     if stale {
         let idx = cfg
             .policies
@@ -189,12 +1131,12 @@ fn covering_policies<'s>(cfg: &Compiled, agent: &'s mut AgentState, ev: &Event<'
             })
             .map(|(i, _)| i as u16)
             .collect();
-        agent.covered_by = Some((role.map(Box::from), idx));
+        agent.covered_by = Some((role_key, idx));
     }
-    agent.covered_by.as_ref().map_or(&[], |(_, idx)| idx.as_slice())
+    agent.covered_by.as_ref().map_or(&[], |(_, idx)| idx)
 }
 
-fn check_policy(cfg: &Compiled, agent: &mut AgentState, ev: &Event<'_>) -> Option<Finding> {
+fn check_policy(cfg: &Compiled, agent: &mut AgentState, ev: &Event<'_>) -> Option<(Finding, u64)> {
     let covering = covering_policies(cfg, agent, ev);
     if covering.is_empty() {
         return None;
@@ -227,7 +1169,7 @@ fn check_policy(cfg: &Compiled, agent: &mut AgentState, ev: &Event<'_>) -> Optio
         _ => ev.resource.as_ref(),
     };
     // A denied action was stopped by the gateway already: still worth knowing, less urgent.
-    let base = if ev.outcome == vigil_schemas::Outcome::Denied { Severity::Medium } else { Severity::High };
+    let base = if ev.outcome == Outcome::Denied { Severity::Medium } else { Severity::High };
     let severity = severity_for(cfg, base, &ev.resource);
     let mut evidence = Map::new();
     evidence.insert("dimension".into(), json!(failed));
@@ -237,29 +1179,24 @@ fn check_policy(cfg: &Compiled, agent: &mut AgentState, ev: &Event<'_>) -> Optio
     evidence.insert("scope".into(), json!(scope));
     evidence.insert("outcome".into(), json!(ev.outcome.as_str()));
     evidence.insert("policies".into(), Value::Array(names));
-    let window_start = ev.ts_ms;
-    Some(Finding {
-        finding_id: finding_id(FindingKind::PolicyViolation, &ev.agent_id, window_start, &ev.event_id),
-        kind: FindingKind::PolicyViolation,
-        severity,
-        agent_id: ev.agent_id.to_string(),
-        ts: ev.ts_ms,
-        window_start,
-        window_end: ev.ts_ms + 1,
-        score: 1.0,
-        summary: format!(
-            "{} used {failed} {value:?} that no policy covering it allows ({} {} {})",
-            ev.agent_id,
-            ev.action,
-            ev.resource,
-            ev.outcome.as_str()
-        ),
-        evidence,
-        event_ids: vec![ev.event_id.to_string()],
-    })
+    let summary = format!(
+        "{} used {failed} {value:?} that no policy covering it allows ({} {} {})",
+        ev.agent_id,
+        ev.action,
+        ev.resource,
+        ev.outcome.as_str()
+    );
+    let key = bucket(cfg, ev.ts_ms);
+    let f = event_finding(FindingKind::PolicyViolation, severity, ev, summary, evidence);
+    Some((f, key))
 }
 
-fn check_rate(cfg: &Compiled, agent: &mut AgentState, ev: &Event<'_>, stats: &mut Stats) -> Option<Finding> {
+fn check_rate(
+    cfg: &Compiled,
+    agent: &mut AgentState,
+    ev: &Event<'_>,
+    stats: &mut Stats,
+) -> Option<(Finding, u64)> {
     let cap = cfg.raw.rate_limit_per_minute;
     if cap == 0 {
         return None;
@@ -278,11 +1215,13 @@ fn check_rate(cfg: &Compiled, agent: &mut AgentState, ev: &Event<'_>, stats: &mu
         }
         prev
     } else {
-        stats.late += 1;
+        // Older than the previous minute: the hard cap's two counters cannot place it. Counted with the
+        // late events by the watermark when it is behind it too.
+        let _ = stats;
         return None;
     };
-    slot.count += 1;
-    if slot.count <= cap || slot.fired {
+    slot.count = slot.count.saturating_add(1);
+    if u64::from(slot.count) <= cap || slot.fired {
         return None;
     }
     slot.fired = true;
@@ -290,49 +1229,63 @@ fn check_rate(cfg: &Compiled, agent: &mut AgentState, ev: &Event<'_>, stats: &mu
     let mut evidence = Map::new();
     evidence.insert("limit_per_minute".into(), json!(cap));
     evidence.insert("observed".into(), json!(slot.count));
-    Some(Finding {
-        finding_id: finding_id(FindingKind::RateLimit, &ev.agent_id, window_start, ""),
-        kind: FindingKind::RateLimit,
-        severity: cfg.raw.rate_limit_severity,
-        agent_id: ev.agent_id.to_string(),
-        ts: ev.ts_ms,
-        window_start,
-        window_end: window_start + MINUTE_MS,
-        score: slot.count as f64 / cap as f64,
-        summary: format!("{} exceeded its hard cap of {cap} actions per minute", ev.agent_id),
+    let key = bucket(cfg, window_start);
+    let mut f = event_finding(
+        FindingKind::RateLimit,
+        cfg.raw.rate_limit_severity,
+        ev,
+        format!("{} exceeded its hard cap of {cap} actions per minute", ev.agent_id),
         evidence,
-        event_ids: vec![ev.event_id.to_string()],
-    })
+    );
+    f.window_start = window_start;
+    f.window_end = window_start + MINUTE_MS;
+    f.score = slot.count as f64 / cap as f64;
+    Some((f, key))
 }
 
-/// Folds a finding into the open one of its kind when inside the cooldown. Returns what to emit: the new
-/// finding, an update of the open one whose severity rose, or nothing.
-fn fold(cfg: &Compiled, agent: &mut AgentState, f: Finding, stats: &mut Stats) -> Option<Finding> {
-    let slot = &mut agent.open[kind_slot(f.kind)];
-    if let Some(open) = slot.as_mut()
-        && (f.ts - open.last_ts).abs() <= cfg.cooldown_ms
-    {
-        open.last_ts = open.last_ts.max(f.ts);
-        open.folded += 1;
-        if f.severity <= open.severity {
-            stats.suppressed += 1;
-            return None;
-        }
-        open.severity = f.severity;
-        let mut update = f;
-        update.finding_id = open.finding_id.clone();
-        update.evidence.insert("folded_findings".into(), json!(open.folded));
-        stats.findings += 1;
-        return Some(update);
+fn check_session(cfg: &Compiled, agent: &mut AgentState, ev: &Event<'_>) -> Option<(Finding, u64)> {
+    let cap = cfg.raw.session_max_bytes;
+    let session = ev.session_id.as_deref()?;
+    let bytes = ev.bytes_read.unwrap_or(0).saturating_add(ev.bytes_written.unwrap_or(0));
+    if cap == 0 || bytes == 0 {
+        return None;
     }
-    *slot = Some(OpenFinding {
-        finding_id: f.finding_id.clone(),
-        last_ts: f.ts,
-        severity: f.severity,
-        folded: 0,
-    });
-    stats.findings += 1;
-    Some(f)
+    let h = stable_hash(&[session.as_bytes()]) as u32;
+    let i = match agent.sessions.iter().position(|s| s.hash == h) {
+        Some(i) => i,
+        None => {
+            if agent.sessions.len() >= MAX_SESSIONS {
+                agent.sessions.remove(0);
+            }
+            agent.sessions.push(SessionBytes { hash: h, bytes: 0, fired: false });
+            agent.sessions.len() - 1
+        }
+    };
+    let s = &mut agent.sessions[i];
+    s.bytes = s.bytes.saturating_add(bytes);
+    if s.bytes <= cap || s.fired {
+        return None;
+    }
+    s.fired = true;
+    let mut evidence = Map::new();
+    evidence.insert("session_id".into(), json!(session));
+    evidence.insert("limit_bytes".into(), json!(cap));
+    evidence.insert("observed_bytes".into(), json!(s.bytes));
+    let observed = s.bytes;
+    let mut f = event_finding(
+        FindingKind::SessionLimit,
+        Severity::High,
+        ev,
+        format!(
+            "{} moved {} in session {session:?}, over the cap of {}",
+            ev.agent_id,
+            human_bytes(observed as f64),
+            human_bytes(cap as f64)
+        ),
+        evidence,
+    );
+    f.score = observed as f64 / cap as f64;
+    Some((f, u64::from(h)))
 }
 
 fn halt_rule(cfg: &Compiled, agent: &mut AgentState, f: &Finding, out: &mut Output) {
@@ -348,19 +1301,21 @@ fn halt_rule(cfg: &Compiled, agent: &mut AgentState, f: &Finding, out: &mut Outp
         )
     } else {
         let horizon = f.ts - cfg.halt_window_ms;
-        agent.recent_high.retain(|(ts, id)| *ts > horizon && *id != f.finding_id);
-        agent.recent_high.push_back((f.ts, f.finding_id.clone()));
+        let id = id_bytes(&f.finding_id);
+        agent.recent_high.retain(|(ts, old)| *ts > horizon && *old != id);
+        agent.recent_high.push((f.ts, id));
         let needed = rule.high_findings as usize;
         while agent.recent_high.len() > needed.max(1) {
-            agent.recent_high.pop_front();
+            agent.recent_high.remove(0);
         }
+        agent.recent_high.shrink_to(needed.max(1));
         if needed == 0 || agent.recent_high.len() < needed {
             return;
         }
         (
             "rule:high_findings",
             format!("{needed} findings of severity high or above within {}s", rule.window_seconds),
-            agent.recent_high.iter().map(|(_, id)| id.clone()).collect(),
+            agent.recent_high.iter().map(|(_, id)| id_hex(id)).collect(),
         )
     };
     agent.halted = true;

@@ -10,20 +10,56 @@ use vigil_schemas::timestamp::format_rfc3339_ms;
 pub enum FindingKind {
     /// Outside the agent's declared allow-list.
     PolicyViolation,
+    /// Resources or scopes new to the agent and rare among its peers, or a shift in what it touches.
+    ScopeDrift,
+    /// Actions per window far above the agent's baseline.
+    VolumeSpike,
+    /// Bytes per window far above the agent's baseline.
+    DataSpike,
     /// Over the hard actions-per-minute cap.
     RateLimit,
+    /// Over the hard bytes-per-session cap.
+    SessionLimit,
+    /// A credential used by more than one agent, or a human's credential used by an agent.
+    SharedCredential,
+    /// A new model or provider behind the agent.
+    ModelChange,
+    /// Many denied actions in a window: probing.
+    DeniedBurst,
 }
 
 impl FindingKind {
     /// Every kind this version emits.
-    pub const ALL: &'static [FindingKind] = &[FindingKind::PolicyViolation, FindingKind::RateLimit];
+    pub const ALL: &'static [FindingKind] = &[
+        FindingKind::PolicyViolation,
+        FindingKind::ScopeDrift,
+        FindingKind::VolumeSpike,
+        FindingKind::DataSpike,
+        FindingKind::RateLimit,
+        FindingKind::SessionLimit,
+        FindingKind::SharedCredential,
+        FindingKind::ModelChange,
+        FindingKind::DeniedBurst,
+    ];
 
     /// The wire name.
     pub const fn as_str(self) -> &'static str {
         match self {
             FindingKind::PolicyViolation => "policy_violation",
+            FindingKind::ScopeDrift => "scope_drift",
+            FindingKind::VolumeSpike => "volume_spike",
+            FindingKind::DataSpike => "data_spike",
             FindingKind::RateLimit => "rate_limit",
+            FindingKind::SessionLimit => "session_limit",
+            FindingKind::SharedCredential => "shared_credential",
+            FindingKind::ModelChange => "model_change",
+            FindingKind::DeniedBurst => "denied_burst",
         }
+    }
+
+    /// The kind with this wire name.
+    pub fn parse(name: &str) -> Option<FindingKind> {
+        FindingKind::ALL.iter().copied().find(|k| k.as_str() == name)
     }
 }
 

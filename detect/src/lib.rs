@@ -7,11 +7,18 @@ mod config;
 mod engine;
 mod finding;
 mod glob;
+mod keys;
+mod stats;
 
-pub use config::{Compiled, ConfigError, DetectConfig, HaltConfig, PolicyConfig};
+pub use config::{
+    BaselineConfig, Compiled, ConfigError, DataConfig, DetectConfig, HaltConfig, IdentityConfig,
+    PolicyConfig, ScopeConfig, SpikeConfig,
+};
 pub use engine::{Engine, Output, Snapshot, Stats};
 pub use finding::{Decision, Finding, FindingKind, Mode, Severity, finding_id};
 pub use glob::{Glob, GlobSet};
+pub use keys::{generalise, stable_hash};
+pub use stats::{Ewma, Fitted, Model};
 
 #[cfg(test)]
 mod tests;

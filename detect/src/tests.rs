@@ -1,5 +1,7 @@
 //! Detector behaviour, pinned through one helper: a config and NDJSON in, findings and decisions out.
 
+use std::collections::BTreeMap;
+
 use crate::{DetectConfig, Engine, Output};
 
 /// Runs `ndjson` through an engine built from `config_toml` and compares a one-line-per-item rendering
@@ -14,6 +16,7 @@ fn check(config_toml: &str, ndjson: &str, expect: &str) {
         .collect();
     let mut out = Output::default();
     engine.process(&events, &mut out);
+    engine.finish(&mut out);
     let got = render(&out);
     assert_eq!(got.trim(), expect.trim(), "\n--- got ---\n{got}");
 }
@@ -232,7 +235,7 @@ fn bad_configs_are_refused_with_the_reason() {
 }
 
 #[test]
-fn late_events_are_counted_not_rate_judged() {
+fn events_behind_the_watermark_are_late_but_still_policy_checked() {
     let cfg: DetectConfig = toml::from_str("rate_limit_per_minute = 1").unwrap();
     let mut engine = Engine::new(&cfg).unwrap();
     let lines = [
@@ -245,6 +248,544 @@ fn late_events_are_counted_not_rate_judged() {
         lines.iter().map(|l| vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap()).collect();
     let mut out = Output::default();
     engine.process(&events, &mut out);
-    assert_eq!(engine.stats().late, 2);
+    // The watermark is 180 s - 30 s of lateness: the three older events are late.
+    assert_eq!(engine.stats().late, 3);
     assert!(out.findings.is_empty(), "{:?}", out.findings);
+}
+
+/// Detectors with baselines: a short warm-up so fixtures stay small, and peers from two agents up.
+const BASELINE: &str = r#"
+rate_limit_per_minute = 0
+[baseline]
+warmup_windows = 10
+warmup_events = 20
+[scope]
+min_peers = 2
+"#;
+
+/// `per_minute` events a minute for `minutes` minutes from `from_min`, spread evenly in each minute,
+/// cycling over `resources`. Ids are `{agent}-{minute}-{i}`.
+fn steady(
+    agent: &str,
+    from_min: i64,
+    minutes: i64,
+    per_minute: i64,
+    resources: &[&str],
+    extra: &str,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in from_min..from_min + minutes {
+        for i in 0..per_minute {
+            let ts = m * 60_000 + i * (60_000 / per_minute.max(1));
+            let r = resources[(m * per_minute + i) as usize % resources.len()];
+            out.push(ev(&format!("{agent}-{m}-{i}"), ts, agent, "data.read", r, extra));
+        }
+    }
+    out
+}
+
+fn merged(mut parts: Vec<Vec<String>>) -> String {
+    let mut all: Vec<(i64, String)> = parts
+        .drain(..)
+        .flatten()
+        .map(|l| (vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap().ts_ms, l))
+        .collect();
+    all.sort();
+    all.into_iter().map(|(_, l)| l).collect::<Vec<_>>().join("\n")
+}
+
+const TICKETS: &[&str] = &["postgres://support/tickets", "postgres://support/users"];
+
+#[test]
+fn a_runaway_loop_is_a_volume_spike_in_its_first_window() {
+    let role = r#","agent_role":"support""#;
+    let input = merged(vec![
+        steady("s1", 0, 30, 3, TICKETS, role),
+        // Minute 30: 60 actions where 3 are normal.
+        (0..60)
+            .map(|i| ev(&format!("loop{i:02}"), 30 * 60_000 + i * 900, "s1", "tool.call", TICKETS[0], role))
+            .collect(),
+        steady("s1", 31, 5, 3, TICKETS, role),
+    ]);
+    check(
+        BASELINE,
+        &input,
+        "volume_spike high s1 @1860000 [loop00,loop01,loop02,loop03,loop04] s1 made 60 actions in one 60s window; its baseline is 3.0 (p = 2.7e-55)",
+    );
+}
+
+#[test]
+fn nothing_is_judged_before_warm_up() {
+    let role = r#","agent_role":"support""#;
+    let input = merged(vec![
+        steady("s1", 0, 5, 3, TICKETS, role),
+        (0..60)
+            .map(|i| ev(&format!("loop{i}"), 5 * 60_000 + i * 900, "s1", "tool.call", TICKETS[0], role))
+            .collect(),
+    ]);
+    check(BASELINE, &input, "");
+}
+
+#[test]
+fn steady_work_raises_nothing() {
+    let role = r#","agent_role":"support""#;
+    // Three agents, hours of the same work at different rates, with the odd busy minute.
+    let mut parts = vec![
+        steady("s1", 0, 240, 2, TICKETS, role),
+        steady("s2", 0, 240, 5, TICKETS, role),
+        steady("s3", 0, 240, 1, &TICKETS[..1], role),
+    ];
+    parts.push(
+        steady("s2", 100, 1, 9, TICKETS, role).into_iter().map(|l| l.replace("s2-100", "s2-busy")).collect(),
+    );
+    check(BASELINE, &merged(parts), "");
+}
+
+#[test]
+fn a_data_spike_names_the_bytes_and_the_baseline() {
+    let role = r#","agent_role":"data","bytes_read":200000"#;
+    let big = r#","agent_role":"data","bytes_read":900000000"#;
+    let input = merged(vec![
+        steady("d1", 0, 30, 4, &["postgres://warehouse/orders"], role),
+        vec![ev("exfil", 30 * 60_000 + 5, "d1", "data.read", "postgres://warehouse/orders", big)],
+        steady("d1", 31, 3, 4, &["postgres://warehouse/orders"], role),
+    ]);
+    check(
+        BASELINE,
+        &input,
+        "data_spike high d1 @1860000 [exfil] d1 moved 900.0 MB in one 60s window (read 900.0 MB, written 0 B); its baseline is 786.4 KB",
+    );
+}
+
+#[test]
+fn denied_probing_is_a_burst() {
+    let role = r#","agent_role":"support""#;
+    let denied = r#","agent_role":"support","outcome":"denied""#;
+    let input = merged(vec![
+        steady("s1", 0, 30, 3, TICKETS, role),
+        (0..12)
+            .map(|i| ev(&format!("no{i:02}"), 30 * 60_000 + 100 + i, "s1", "data.read", TICKETS[0], denied))
+            .collect(),
+        // Two denials in a minute is everyday friction, not probing.
+        (0..2)
+            .map(|i| ev(&format!("meh{i}"), 40 * 60_000 + 100 + i, "s1", "data.read", TICKETS[0], denied))
+            .collect(),
+        steady("s1", 31, 12, 3, TICKETS, role),
+    ]);
+    check(
+        BASELINE,
+        &input,
+        "denied_burst high s1 @1860000 [no00,no01,no02,no03,no04] s1 made 12 denied actions in one 60s window; its baseline is 0.05 (p = 4.9e-25)",
+    );
+}
+
+#[test]
+fn scope_drift_is_new_to_the_agent_and_rare_among_its_peers() {
+    let role = r#","agent_role":"support""#;
+    let files = ["file:///kb/articles/a.md", "file:///kb/articles/b.md", "postgres://support/tickets"];
+    let mut parts: Vec<Vec<String>> =
+        (1..=4).map(|n| steady(&format!("s{n}"), 0, 30, 2, &files, role)).collect();
+    // s5 uses a resource s1 never touched: common among peers, so not drift.
+    parts.push(steady("s5", 0, 30, 2, &["postgres://support/users"], role));
+    parts.push(vec![
+        // s1: a new file in a familiar folder is the same generalised key: nothing.
+        ev("newfile", 31 * 60_000, "s1", "file.read", "file:///kb/articles/c.md", role),
+        // s2: a resource one peer uses (s5): 1 of 4 peers, rarity 0.75 < 0.8: nothing.
+        ev("peer", 31 * 60_000 + 1, "s2", "data.read", "postgres://support/users", role),
+        // s3: resources no peer uses, one of them sensitive: drift, raised.
+        ev("hr", 31 * 60_000 + 2, "s3", "data.read", "postgres://hr/salaries", role),
+        ev("crm", 31 * 60_000 + 3, "s3", "data.read", "postgres://crm/accounts", role),
+        ev("crm2", 31 * 60_000 + 4, "s3", "data.read", "postgres://crm/accounts", role),
+    ]);
+    parts.push(steady("s4", 32, 2, 2, &files, role));
+    let cfg = format!("{BASELINE}\nsensitive_resources = [\"postgres://hr/**\"]\n");
+    let cfg = cfg.replacen(
+        "rate_limit_per_minute = 0",
+        "rate_limit_per_minute = 0\nsensitive_resources = [\"postgres://hr/**\"]",
+        1,
+    );
+    let cfg = cfg.trim_end_matches("\nsensitive_resources = [\"postgres://hr/**\"]\n");
+    check(
+        cfg,
+        &merged(parts),
+        r#"scope_drift high s3 @1920000 [hr,crm] s3 touched 2 things new to it and rare among its 4 peers: "postgres://hr/salaries", "postgres://crm/accounts""#,
+    );
+}
+
+#[test]
+fn slow_creep_onto_familiar_ground_is_caught_by_divergence() {
+    // Everyone in the role uses both tables, so nothing is new or rare; but c1 moves its work from one
+    // to the other over hours, which its own history says is unusual.
+    let role = r#","agent_role":"ops""#;
+    let both = ["s3://logs/app", "s3://logs/db"];
+    let mut parts: Vec<Vec<String>> =
+        (2..=4).map(|n| steady(&format!("c{n}"), 0, 600, 1, &both, role)).collect();
+    parts.push(steady("c1", 0, 300, 4, &both[..1], role));
+    parts.push(
+        steady("c1", 299, 1, 1, &both[1..], role)
+            .into_iter()
+            .map(|l| l.replace("c1-299-0", "c1-first-db"))
+            .collect(),
+    );
+    for m in 300..600 {
+        // The share on db grows a tenth every half hour.
+        let share = ((m - 300) / 30 + 1).min(10);
+        let rs: Vec<&str> = (0..10).map(|i| if i < share { both[1] } else { both[0] }).collect();
+        parts.push(steady("c1", m, 1, 4, &rs, role));
+    }
+    let cfg: DetectConfig = toml::from_str(BASELINE).unwrap();
+    let mut engine = Engine::new(&cfg).unwrap();
+    let text = merged(parts);
+    let events: Vec<_> =
+        text.lines().map(|l| vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap()).collect();
+    let mut out = Output::default();
+    engine.process(&events, &mut out);
+    engine.finish(&mut out);
+    let drift: Vec<_> = out.findings.iter().filter(|f| f.kind == crate::FindingKind::ScopeDrift).collect();
+    assert!(!drift.is_empty(), "{}", render(&out));
+    assert!(
+        drift.iter().all(|f| f.agent_id == "c1" && f.evidence.contains_key("divergence")),
+        "{}",
+        render(&out)
+    );
+    // Caught while the creep is under way (it is complete at minute 570): with familiar keys only the
+    // spread moves, and the default threshold waits for most of it. A creep onto keys the peers do not
+    // use is caught at its first touch by novelty instead.
+    assert!(drift[0].ts < 570 * 60_000, "{}", render(&out));
+    // Reported once, then the new spread is the baseline: not a finding every cooldown period.
+    assert!(drift.len() <= 2, "{}", render(&out));
+    assert!(out.findings.iter().all(|f| f.kind == crate::FindingKind::ScopeDrift), "{}", render(&out));
+}
+
+#[test]
+fn a_new_model_or_provider_behind_an_agent_is_a_model_change() {
+    let m = |model: &str, provider: &str| {
+        format!(r#","agent_role":"coding","model":"{model}","model_provider":"{provider}""#)
+    };
+    let input = merged(vec![
+        steady("c1", 0, 20, 2, &["file:///repo/src"], &m("claude-sonnet-4", "anthropic")),
+        steady("c2", 0, 20, 2, &["file:///repo/src"], &m("claude-sonnet-4", "anthropic")),
+        vec![
+            ev(
+                "swap",
+                20 * 60_000 + 7,
+                "c1",
+                "model.call",
+                "file:///repo/src",
+                &m("unknown-7b", "shadow-ai"),
+            ),
+            ev(
+                "upgrade",
+                20 * 60_000 + 9,
+                "c2",
+                "model.call",
+                "file:///repo/src",
+                &m("claude-opus-4", "anthropic"),
+            ),
+        ],
+        steady("c1", 21, 2, 2, &["file:///repo/src"], &m("unknown-7b", "shadow-ai")),
+        steady("c2", 21, 2, 2, &["file:///repo/src"], &m("claude-opus-4", "anthropic")),
+    ]);
+    check(
+        BASELINE,
+        &input,
+        r#"
+model_change high c1 @1260000 [swap] c1 is now backed by unknown-7b (shadow-ai), from a provider it never used
+model_change medium c2 @1260000 [upgrade] c2 is now backed by claude-opus-4 (anthropic)
+"#,
+    );
+}
+
+#[test]
+fn session_caps_and_borrowed_credentials_are_judged_per_event() {
+    let cfg = r#"
+rate_limit_per_minute = 0
+session_max_bytes = 1000
+[identity]
+human_credentials = ["ghp_*"]
+"#;
+    let input = [
+        ev(
+            "a1",
+            1000,
+            "a",
+            "data.read",
+            "s3://x/y",
+            r#","credential_id":"key_a","session_id":"s1","bytes_read":600"#,
+        ),
+        ev(
+            "a2",
+            2000,
+            "a",
+            "data.read",
+            "s3://x/y",
+            r#","credential_id":"key_a","session_id":"s1","bytes_read":600"#,
+        ),
+        ev(
+            "a3",
+            3000,
+            "a",
+            "data.read",
+            "s3://x/y",
+            r#","credential_id":"key_a","session_id":"s1","bytes_read":600"#,
+        ),
+        ev(
+            "a4",
+            4000,
+            "a",
+            "data.read",
+            "s3://x/y",
+            r#","credential_id":"key_a","session_id":"s2","bytes_read":600"#,
+        ),
+        ev("b1", 5000, "b", "data.read", "s3://x/y", r#","credential_id":"key_a""#),
+        ev(
+            "c1",
+            6000,
+            "c",
+            "data.read",
+            "s3://x/y",
+            r#","credential_id":"ghp_abc","principal":"ana@example.com""#,
+        ),
+    ]
+    .join("\n");
+    check(
+        cfg,
+        &input,
+        r#"
+session_limit high a @2000 [a2] a moved 1.2 KB in session "s1", over the cap of 1.0 KB
+shared_credential high b @5000 [b1] b used credential "key_a", which belongs to a
+shared_credential high c @6000 [c1] c acted with "ghp_abc", a human's credential (matches identity.human_credentials)
+"#,
+    );
+}
+
+/// SplitMix64 for the property tests: no dependency, fixed forever.
+struct Mix(u64);
+impl Mix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// A small fleet with a bit of everything: steady work, a loop, a data spike, drift, a model swap,
+/// denied probing and a borrowed credential.
+fn busy_fleet() -> Vec<String> {
+    let mut parts = Vec::new();
+    for n in 0..6 {
+        let role = format!(
+            r#","agent_role":"support","model":"m1","model_provider":"p1","credential_id":"k{n}","bytes_read":{}"#,
+            1000 + n * 10
+        );
+        parts.push(steady(&format!("s{n}"), 0, 90, 2 + n % 3, TICKETS, &role));
+    }
+    let role = r#","agent_role":"support","model":"m1","model_provider":"p1""#;
+    parts.push(
+        (0..80)
+            .map(|i| ev(&format!("loop{i}"), 40 * 60_000 + i * 700, "s0", "tool.call", TICKETS[0], role))
+            .collect(),
+    );
+    parts.push(
+        (0..3)
+            .map(|i| {
+                ev(
+                    &format!("big{i}"),
+                    50 * 60_000 + i,
+                    "s1",
+                    "data.read",
+                    TICKETS[0],
+                    r#","agent_role":"support","bytes_read":500000000"#,
+                )
+            })
+            .collect(),
+    );
+    parts.push(
+        (0..4)
+            .map(|i| {
+                ev(
+                    &format!("drift{i}"),
+                    55 * 60_000 + i * 5000,
+                    "s2",
+                    "data.read",
+                    "postgres://hr/salaries",
+                    role,
+                )
+            })
+            .collect(),
+    );
+    parts.push(
+        (0..3)
+            .map(|i| {
+                ev(
+                    &format!("swap{i}"),
+                    60 * 60_000 + i * 5000,
+                    "s3",
+                    "model.call",
+                    TICKETS[0],
+                    r#","agent_role":"support","model":"x","model_provider":"y""#,
+                )
+            })
+            .collect(),
+    );
+    parts.push(
+        (0..15)
+            .map(|i| {
+                ev(
+                    &format!("deny{i}"),
+                    65 * 60_000 + i * 2000,
+                    "s4",
+                    "data.read",
+                    "vault://x",
+                    r#","agent_role":"support","outcome":"denied""#,
+                )
+            })
+            .collect(),
+    );
+    parts.push(
+        (0..2)
+            .map(|i| {
+                ev(
+                    &format!("borrow{i}"),
+                    70 * 60_000 + i * 2000,
+                    "s5",
+                    "data.read",
+                    TICKETS[0],
+                    r#","agent_role":"support","credential_id":"k0""#,
+                )
+            })
+            .collect(),
+    );
+    let text = merged(parts);
+    text.lines().map(str::to_owned).collect()
+}
+
+/// The findings as a set: id to (kind, agent, final severity). What a consumer keyed by finding_id sees.
+fn final_findings(out: &Output) -> BTreeMap<String, (String, String, crate::Severity)> {
+    let mut m = BTreeMap::new();
+    for f in &out.findings {
+        let e = m.entry(f.finding_id.clone()).or_insert((
+            f.kind.as_str().to_owned(),
+            f.agent_id.clone(),
+            f.severity,
+        ));
+        e.2 = e.2.max(f.severity);
+    }
+    m
+}
+
+fn run_batches(cfg: &DetectConfig, lines: &[String], splits: &[usize]) -> Output {
+    let mut engine = Engine::new(cfg).unwrap();
+    let events: Vec<_> =
+        lines.iter().map(|l| vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap()).collect();
+    let mut out = Output::default();
+    let mut at = 0;
+    for &s in splits.iter().chain(std::iter::once(&events.len())) {
+        let s = s.clamp(at, events.len());
+        engine.process(&events[at..s], &mut out);
+        at = s;
+    }
+    engine.finish(&mut out);
+    assert_eq!(engine.stats().late, 0, "the shuffle stayed within the tolerance");
+    out
+}
+
+#[test]
+fn any_order_within_the_tolerance_and_any_batch_split_gives_the_same_findings() {
+    let cfg: DetectConfig = toml::from_str(&BASELINE.replace(
+        "rate_limit_per_minute = 0",
+        "rate_limit_per_minute = 30\nsensitive_resources = [\"vault://**\"]",
+    ))
+    .unwrap();
+    let lines = busy_fleet();
+    let reference = run_batches(&cfg, &lines, &[]);
+    let want = final_findings(&reference);
+    let kinds: std::collections::BTreeSet<&str> = want.values().map(|v| v.0.as_str()).collect();
+    assert_eq!(
+        kinds.into_iter().collect::<Vec<_>>(),
+        [
+            "data_spike",
+            "denied_burst",
+            "model_change",
+            "rate_limit",
+            "scope_drift",
+            "shared_credential",
+            "volume_spike"
+        ],
+        "{}",
+        render(&reference)
+    );
+    let lateness_ms = cfg.lateness_seconds as i64 * 1000;
+    let mut rng = Mix(11);
+    for round in 0..40 {
+        // Each event is delayed by a random amount below the tolerance, then the stream is re-sorted
+        // by arrival: every event arrives before the watermark passes it.
+        let mut arrivals: Vec<(i64, u64, &String)> = lines
+            .iter()
+            .map(|l| {
+                let ts = vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap().ts_ms;
+                (ts + rng.below(lateness_ms as u64) as i64, rng.next(), l)
+            })
+            .collect();
+        arrivals.sort();
+        let shuffled: Vec<String> = arrivals.into_iter().map(|(_, _, l)| l.clone()).collect();
+        let mut splits: Vec<usize> =
+            (0..rng.below(20)).map(|_| rng.below(shuffled.len() as u64) as usize).collect();
+        splits.sort();
+        let got = run_batches(&cfg, &shuffled, &splits);
+        assert_eq!(final_findings(&got), want, "round {round}");
+    }
+}
+
+#[test]
+fn snapshots_carry_open_windows_and_baselines() {
+    let cfg: DetectConfig = toml::from_str(BASELINE).unwrap();
+    let lines = busy_fleet();
+    let whole = run_batches(&cfg, &lines, &[]);
+    for cut in [lines.len() / 3, lines.len() / 2, lines.len() - 5] {
+        let events: Vec<_> =
+            lines.iter().map(|l| vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap()).collect();
+        let mut first = Engine::new(&cfg).unwrap();
+        let mut out = Output::default();
+        first.process(&events[..cut], &mut out);
+        let snap = serde_json::to_string(&first.snapshot()).unwrap();
+        let mut second = Engine::new(&cfg).unwrap();
+        second.restore(serde_json::from_str(&snap).unwrap());
+        second.process(&events[cut..], &mut out);
+        second.finish(&mut out);
+        assert_eq!(out, whole, "cut at {cut}");
+    }
+}
+
+#[test]
+fn an_idle_agent_stays_under_a_kibibyte_whatever_it_touched() {
+    let cfg: DetectConfig = toml::from_str(BASELINE).unwrap();
+    let mut engine = Engine::new(&cfg).unwrap();
+    // One agent touches 500 distinct resources, 8 models and 10 sessions, then goes quiet.
+    let lines: Vec<String> = (0..500)
+        .map(|i| {
+            ev(
+                &format!("e{i}"),
+                i * 10_000,
+                "busy-agent-0001",
+                "data.read",
+                &format!("s3://bucket-{i}/k"),
+                &format!(r#","agent_role":"data","scope":"scope:{}","model":"m{}","session_id":"s{}","bytes_read":10"#, i % 40, i % 9, i % 10),
+            )
+        })
+        .collect();
+    let events: Vec<_> =
+        lines.iter().map(|l| vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap()).collect();
+    let mut out = Output::default();
+    engine.process(&events, &mut out);
+    engine.finish(&mut out);
+    let bytes = engine.state_bytes();
+    eprintln!("idle agent state: {bytes} bytes");
+    assert!(bytes <= 1024, "{bytes} bytes for one idle agent");
+    assert!(bytes >= 400, "{bytes}: the estimate counts the key table");
 }

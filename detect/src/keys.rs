@@ -1,0 +1,293 @@
+//! What an agent touches, learned: resources generalised to a prefix, scopes, and the per-role peer
+//! counts that say how rare a key is among agents doing the same job.
+//!
+//! Keys are stored as 64-bit hashes of their text (a fixed function, so snapshots mean the same thing in
+//! every version); the text is only kept where a finding needs it as evidence.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+/// FNV-1a, 64-bit, with a final avalanche: stable across versions and platforms, which a snapshot needs,
+/// and fast on the short strings keys are.
+pub fn stable_hash(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in *part {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        // A separator keeps ("ab","c") and ("a","bc") apart.
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
+}
+
+/// The generalised form of a resource URI: scheme and authority (lower-cased), then at most `depth`
+/// path segments, without query or fragment. One new file in a familiar folder is the same key as its
+/// neighbours. Resources that are not URIs are cut at the `depth + 1`-th `/` or `:`.
+///
+/// ```
+/// use vigil_detect::generalise;
+/// assert_eq!(generalise("file:///repo/src/api/handlers.rs", 2), "file:///repo/src");
+/// assert_eq!(generalise("HTTPS://API.example.com/v1/charges/ch_1?x=1", 2), "https://api.example.com/v1/charges");
+/// assert_eq!(generalise("postgres://crm/accounts", 2), "postgres://crm/accounts");
+/// ```
+pub fn generalise(resource: &str, depth: usize) -> String {
+    let mut out = String::with_capacity(resource.len());
+    push_generalised(&mut out, resource, depth);
+    out
+}
+
+/// [`generalise`] into a reused buffer (the hot path).
+pub fn push_generalised(out: &mut String, resource: &str, depth: usize) {
+    let end = resource.find(['?', '#']).unwrap_or(resource.len());
+    let r = &resource[..end];
+    let (head, path) = match r.find("://") {
+        Some(i) => {
+            let after = i + 3;
+            let auth_end = r[after..].find('/').map_or(r.len(), |j| after + j);
+            (&r[..auth_end], &r[auth_end..])
+        }
+        None => ("", r),
+    };
+    for c in head.chars() {
+        out.push(c.to_ascii_lowercase());
+    }
+    let mut kept = 0;
+    let mut rest = path;
+    if head.is_empty() {
+        // Not a URI: segments are separated by '/' or ':'.
+        for (i, seg) in rest.split(['/', ':']).enumerate() {
+            if i > depth {
+                break;
+            }
+            if i > 0 {
+                out.push('/');
+            }
+            out.push_str(seg);
+        }
+        return;
+    }
+    while let Some(stripped) = rest.strip_prefix('/') {
+        if kept == depth {
+            break;
+        }
+        let seg_end = stripped.find('/').unwrap_or(stripped.len());
+        let seg = &stripped[..seg_end];
+        out.push('/');
+        out.push_str(seg);
+        kept += usize::from(!seg.is_empty() || seg_end == stripped.len());
+        rest = &stripped[seg_end..];
+    }
+}
+
+/// One learned key: how much of the agent's activity went to it, over a long and a short memory.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Learned {
+    /// The low 32 bits of the key's hash: enough to tell apart the few dozen keys of one agent.
+    #[serde(rename = "h")]
+    pub hash: u32,
+    /// Share of activity over the long memory.
+    #[serde(rename = "l")]
+    pub long: f32,
+    /// Share of activity over the short memory.
+    #[serde(rename = "s")]
+    pub short: f32,
+}
+
+/// The keys an agent has used, capped: when full, the key with the least long-term weight is forgotten.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyTable {
+    /// Learned keys, unordered.
+    #[serde(rename = "k")]
+    pub keys: Vec<Learned>,
+}
+
+impl KeyTable {
+    /// Whether a key is known.
+    pub fn contains(&self, hash: u64) -> bool {
+        let hash = hash as u32;
+        self.keys.iter().any(|k| k.hash == hash)
+    }
+
+    /// Folds in one window's counts per key (`counts`, hash and count, `total` events): old weights are
+    /// multiplied by `keep_long` and `keep_short` (for a memory of M events over a block of n events,
+    /// `(1 - 1/M)^n`), and each key gains its share of the rest. Keys not yet known are added, evicting
+    /// the weakest when over `cap`.
+    pub fn learn(&mut self, counts: &[(u64, u32)], total: u32, keep_long: f64, keep_short: f64, cap: usize) {
+        if total == 0 {
+            return;
+        }
+        let n = f64::from(total);
+        for k in &mut self.keys {
+            k.long = (f64::from(k.long) * keep_long) as f32;
+            k.short = (f64::from(k.short) * keep_short) as f32;
+        }
+        for &(hash, c) in counts {
+            let hash = hash as u32;
+            let share = f64::from(c) / n;
+            let add_long = (share * (1.0 - keep_long)) as f32;
+            let add_short = (share * (1.0 - keep_short)) as f32;
+            match self.keys.iter_mut().find(|k| k.hash == hash) {
+                Some(k) => {
+                    k.long += add_long;
+                    k.short += add_short;
+                }
+                None => {
+                    if self.keys.len() >= cap.max(1) {
+                        // Forget the weakest; ties go to the larger hash, so the choice is deterministic.
+                        if let Some(i) = (0..self.keys.len()).min_by(|&a, &b| {
+                            let (x, y) = (&self.keys[a], &self.keys[b]);
+                            x.long.total_cmp(&y.long).then(y.hash.cmp(&x.hash))
+                        }) {
+                            self.keys.swap_remove(i);
+                        }
+                    }
+                    self.keys.push(Learned { hash, long: add_long, short: add_short });
+                }
+            }
+        }
+    }
+
+    /// Accepts the recent spread as the long-term one (after a shift was reported).
+    pub fn rebase(&mut self) {
+        for k in &mut self.keys {
+            k.long = k.short;
+        }
+    }
+
+    /// Jensen-Shannon divergence (natural log, so in [0, ln 2]) between the short- and long-memory
+    /// distributions over keys. Near 0 when the agent does what it always did; grows as its recent work
+    /// moves to keys it rarely used.
+    pub fn divergence(&self) -> f64 {
+        let (sl, ss) = self
+            .keys
+            .iter()
+            .fold((0.0f64, 0.0f64), |(l, s), k| (l + f64::from(k.long), s + f64::from(k.short)));
+        if sl <= 0.0 || ss <= 0.0 {
+            return 0.0;
+        }
+        let mut js = 0.0;
+        for k in &self.keys {
+            let p = f64::from(k.short) / ss;
+            let q = f64::from(k.long) / sl;
+            let m = 0.5 * (p + q);
+            if p > 0.0 {
+                js += 0.5 * p * (p / m).ln();
+            }
+            if q > 0.0 {
+                js += 0.5 * q * (q / m).ln();
+            }
+        }
+        js.max(0.0)
+    }
+}
+
+/// How many agents of one role use each key: the peer group's view.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerTable {
+    /// Agents seen in the role.
+    pub agents: u32,
+    /// Key hash to the number of the role's agents that learned it.
+    pub keys: HashMap<u64, u32>,
+}
+
+impl PeerTable {
+    /// How rare a key is among the role's agents other than the one asking: 1 when none of them uses
+    /// it, 0 when all do. With fewer than `min_peers` other agents the group says nothing and the key
+    /// counts as rare.
+    pub fn rarity(&self, hash: u64, min_peers: u32) -> f64 {
+        let others = self.agents.saturating_sub(1);
+        if others < min_peers {
+            return 1.0;
+        }
+        let users = self.keys.get(&hash).copied().unwrap_or(0);
+        1.0 - f64::from(users.min(others)) / f64::from(others)
+    }
+
+    /// Records that one more agent of the role uses `hash`, unless the table is at `cap` keys.
+    pub fn add(&mut self, hash: u64, cap: usize) {
+        if let Some(n) = self.keys.get_mut(&hash) {
+            *n += 1;
+        } else if self.keys.len() < cap {
+            self.keys.insert(hash, 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_generalise_to_a_prefix() {
+        let cases = [
+            ("file:///repo/src/lib.rs", 2, "file:///repo/src"),
+            ("file:///repo/src/lib.rs", 1, "file:///repo"),
+            ("file:///repo/Cargo.toml", 2, "file:///repo/Cargo.toml"),
+            ("s3://bucket/a/b/c.parquet", 1, "s3://bucket/a"),
+            ("s3://Bucket", 2, "s3://bucket"),
+            (
+                "https://k8s.acme.internal/api/v1/namespaces/prod/pods",
+                4,
+                "https://k8s.acme.internal/api/v1/namespaces/prod",
+            ),
+            ("https://x.example/a/b#frag", 5, "https://x.example/a/b"),
+            ("mcp://github/create_pull_request", 2, "mcp://github/create_pull_request"),
+            ("vault:secret/prod/db", 1, "vault/secret"),
+            ("", 2, ""),
+        ];
+        for (input, depth, want) in cases {
+            assert_eq!(generalise(input, depth), want, "{input} at depth {depth}");
+        }
+    }
+
+    #[test]
+    fn hashes_are_stable_and_separate_parts() {
+        // Pinned: snapshots store these numbers, so the function may never change.
+        assert_eq!(stable_hash(&[b"postgres://crm/accounts"]), stable_hash(&[b"postgres://crm/accounts"]));
+        assert_ne!(stable_hash(&[b"ab", b"c"]), stable_hash(&[b"a", b"bc"]));
+        assert_eq!(format!("{:016x}", stable_hash(&[b"r", b"postgres://crm/accounts"])), "7ed327a50e1b96f4");
+    }
+
+    fn keep(memory: f64, n: i32) -> f64 {
+        (1.0 - 1.0 / memory).powi(n)
+    }
+
+    #[test]
+    fn the_table_learns_forgets_the_weakest_and_measures_divergence() {
+        let mut t = KeyTable::default();
+        for _ in 0..200 {
+            t.learn(&[(1, 8), (2, 2)], 10, keep(1000.0, 10), keep(20.0, 10), 3);
+        }
+        assert!(t.divergence() < 1e-3, "{}", t.divergence());
+        // The agent moves its work to key 3: the short memory follows at once, the long one slowly.
+        for _ in 0..10 {
+            t.learn(&[(3, 10)], 10, keep(1000.0, 10), keep(20.0, 10), 3);
+        }
+        let d = t.divergence();
+        assert!(d > 0.3, "{d}");
+        // A fourth key evicts the one with the least long-term weight: key 3 (100 events, against key 2's
+        // 400 spread over a longer past).
+        t.learn(&[(4, 1)], 1, keep(1000.0, 1), keep(20.0, 1), 3);
+        assert_eq!(t.keys.len(), 3);
+        assert!(t.contains(1) && t.contains(2) && t.contains(4) && !t.contains(3));
+    }
+
+    #[test]
+    fn rarity_comes_from_the_peers() {
+        let mut p = PeerTable { agents: 11, ..Default::default() };
+        for _ in 0..10 {
+            p.add(7, 10);
+        }
+        p.add(8, 10);
+        assert_eq!(p.rarity(7, 5), 0.0);
+        assert!((p.rarity(8, 5) - 0.9).abs() < 1e-12);
+        assert_eq!(p.rarity(9, 5), 1.0);
+        assert_eq!(p.rarity(7, 20), 1.0, "too few peers to say");
+    }
+}

@@ -1,0 +1,312 @@
+//! `vigil eval`: runs detection over a simulated fleet and scores it against the simulator's labels.
+//!
+//! A finding is *true* when it is about a labelled agent at a time inside that agent's incident (from its
+//! start to its end plus a grace period for windows to close). An incident is *detected* when at least
+//! one true finding of a kind expected for it exists; its time to detect is from the incident's start to
+//! the event time of the first such finding. Everything else is a false finding, and false findings are
+//! reported per 100 agent-days, the unit an on-call rota thinks in.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+use vigil_detect::{Engine, Finding, FindingKind, Output, Severity};
+use vigil_ingest::source::{Chunk, LineReader, open_input};
+use vigil_schemas::timestamp::parse_rfc3339_ms;
+
+use crate::config::VigilConfig;
+use crate::pipeline::{DedupWindow, classify};
+use crate::simulate::{IncidentKind, Label};
+
+/// The finding kinds that count as catching each kind of incident: the behavioural detector meant for
+/// it, and the hard limits that also fit.
+pub fn expected_kinds(kind: IncidentKind) -> &'static [FindingKind] {
+    match kind {
+        IncidentKind::RunawayLoop => &[FindingKind::VolumeSpike, FindingKind::RateLimit],
+        IncidentKind::DataExfiltration => &[FindingKind::DataSpike, FindingKind::SessionLimit],
+        IncidentKind::ScopeDrift | IncidentKind::ScopeCreep => &[FindingKind::ScopeDrift],
+        IncidentKind::PolicyViolation => &[FindingKind::PolicyViolation],
+        IncidentKind::SharedCredential => &[FindingKind::SharedCredential],
+        IncidentKind::ModelSwap => &[FindingKind::ModelChange],
+        IncidentKind::DeniedBurst => &[FindingKind::DeniedBurst],
+    }
+}
+
+/// What detection over an events file produced.
+#[derive(Debug, Default)]
+pub struct Detected {
+    /// Every finding, updates folded (one per finding_id, at its highest severity).
+    pub findings: Vec<Finding>,
+    /// Distinct agents seen.
+    pub agents: usize,
+    /// Valid events judged.
+    pub events: u64,
+    /// Lines that were not valid events.
+    pub invalid: u64,
+    /// Event-time span, first to last (ms).
+    pub span_ms: i64,
+}
+
+/// Runs the detection engine over an NDJSON file (no archive), folding finding updates.
+pub fn detect_file(
+    cfg: &VigilConfig,
+    path: &Path,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<Detected, String> {
+    let opened = open_input(path).map_err(|e| e.to_string())?;
+    let consumed = opened.consumed.clone();
+    let mut reader = LineReader::new(opened.reader, cfg.input.max_event_bytes, 0);
+    let mut engine = Engine::new(&cfg.detect).map_err(|e| e.to_string())?;
+    let mut dedup = DedupWindow::new(cfg.input.dedup_window);
+    let mut chunk = Chunk::default();
+    let mut out = Output::default();
+    let mut by_id: HashMap<String, usize> = HashMap::new();
+    let mut d = Detected::default();
+    let (mut first, mut last) = (i64::MAX, i64::MIN);
+    let mut keep = |out: &Output, d: &mut Detected| {
+        for f in &out.findings {
+            match by_id.get(&f.finding_id) {
+                Some(&i) => {
+                    if f.severity > d.findings[i].severity {
+                        d.findings[i] = f.clone();
+                    }
+                }
+                None => {
+                    by_id.insert(f.finding_id.clone(), d.findings.len());
+                    d.findings.push(f.clone());
+                }
+            }
+        }
+    };
+    loop {
+        let more = reader
+            .next_chunk(&mut chunk, cfg.input.batch_bytes)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        if !more {
+            break;
+        }
+        let mut events = Vec::with_capacity(chunk.lines.len());
+        for line in &chunk.lines {
+            match classify(chunk.bytes(line), line, cfg.input.max_event_bytes, &mut dedup) {
+                Some(Ok(ev)) => {
+                    first = first.min(ev.ts_ms);
+                    last = last.max(ev.ts_ms);
+                    events.push(ev);
+                }
+                Some(Err(_)) => d.invalid += 1,
+                None => {}
+            }
+        }
+        d.events += events.len() as u64;
+        out.clear();
+        engine.process(&events, &mut out);
+        keep(&out, &mut d);
+        progress(consumed.load(std::sync::atomic::Ordering::Relaxed), d.events);
+    }
+    out.clear();
+    engine.finish(&mut out);
+    keep(&out, &mut d);
+    d.agents = engine.agents();
+    d.span_ms = if last >= first { last - first } else { 0 };
+    Ok(d)
+}
+
+/// Reads a labels file written by `vigil simulate --labels`.
+pub fn read_labels(path: &Path) -> Result<Vec<Label>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str::<Label>(l)
+                .map_err(|e| format!("{}:{}: not a label: {e}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Recall and timing for one kind of incident.
+#[derive(Debug, Clone, Serialize)]
+pub struct IncidentRow {
+    /// Incident kind.
+    pub kind: &'static str,
+    /// Finding kinds that count as catching it.
+    pub expected: Vec<&'static str>,
+    /// Labelled incidents.
+    pub incidents: usize,
+    /// Of those, detected.
+    pub detected: usize,
+    /// detected / incidents.
+    pub recall: f64,
+    /// Mean seconds from start to the first expected finding.
+    pub mean_seconds_to_detect: Option<f64>,
+    /// Worst seconds from start to the first expected finding.
+    pub max_seconds_to_detect: Option<f64>,
+}
+
+/// Precision of one kind of finding.
+#[derive(Debug, Clone, Serialize)]
+pub struct FindingRow {
+    /// Finding kind.
+    pub kind: &'static str,
+    /// Findings of the kind.
+    pub findings: usize,
+    /// Of those, inside a labelled incident.
+    pub true_findings: usize,
+    /// true / findings.
+    pub precision: f64,
+    /// False ones of severity high or critical.
+    pub false_high: usize,
+}
+
+/// The whole score.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Per incident kind.
+    pub incidents: Vec<IncidentRow>,
+    /// Per finding kind.
+    pub findings: Vec<FindingRow>,
+    /// Agents times days of the span.
+    pub agent_days: f64,
+    /// Findings outside every incident.
+    pub false_findings: usize,
+    /// Of those, severity high or critical.
+    pub false_high: usize,
+    /// False findings per 100 agent-days.
+    pub false_per_100_agent_days: f64,
+    /// False high-or-critical findings per 100 agent-days.
+    pub false_high_per_100_agent_days: f64,
+}
+
+/// Scores findings against labels. `grace_ms` extends each incident past its end.
+pub fn score(
+    findings: &[Finding],
+    labels: &[Label],
+    agent_days: f64,
+    grace_ms: i64,
+) -> Result<Report, String> {
+    struct Incident {
+        kind: IncidentKind,
+        start: i64,
+        end: i64,
+        first: Option<i64>,
+    }
+    let mut by_agent: HashMap<&str, Vec<Incident>> = HashMap::new();
+    for l in labels {
+        let t = |s: &str| parse_rfc3339_ms(s).map_err(|e| format!("label for {}: {s:?}: {e}", l.agent_id));
+        by_agent.entry(l.agent_id.as_str()).or_default().push(Incident {
+            kind: l.kind,
+            start: t(&l.start)?,
+            end: t(&l.end)?,
+            first: None,
+        });
+    }
+    let mut per_kind: BTreeMap<FindingKind, (usize, usize, usize)> = BTreeMap::new();
+    let (mut false_findings, mut false_high) = (0, 0);
+    for f in findings {
+        let mut matched = false;
+        for inc in by_agent.get_mut(f.agent_id.as_str()).into_iter().flatten() {
+            if f.ts >= inc.start && f.ts <= inc.end + grace_ms {
+                matched = true;
+                if expected_kinds(inc.kind).contains(&f.kind) {
+                    inc.first = Some(inc.first.map_or(f.ts, |x| x.min(f.ts)));
+                }
+            }
+        }
+        let row = per_kind.entry(f.kind).or_default();
+        row.0 += 1;
+        if matched {
+            row.1 += 1;
+        } else {
+            false_findings += 1;
+            if f.severity >= Severity::High {
+                false_high += 1;
+                row.2 += 1;
+            }
+        }
+    }
+    let incidents = IncidentKind::ALL
+        .iter()
+        .map(|&kind| {
+            let all: Vec<&Incident> = by_agent.values().flatten().filter(|i| i.kind == kind).collect();
+            let delays: Vec<f64> =
+                all.iter().filter_map(|i| i.first.map(|t| (t - i.start) as f64 / 1000.0)).collect();
+            IncidentRow {
+                kind: kind.as_str(),
+                expected: expected_kinds(kind).iter().map(|k| k.as_str()).collect(),
+                incidents: all.len(),
+                detected: delays.len(),
+                recall: if all.is_empty() { 1.0 } else { delays.len() as f64 / all.len() as f64 },
+                mean_seconds_to_detect: (!delays.is_empty())
+                    .then(|| delays.iter().sum::<f64>() / delays.len() as f64),
+                max_seconds_to_detect: delays.iter().copied().reduce(f64::max),
+            }
+        })
+        .collect();
+    let rows = per_kind
+        .into_iter()
+        .map(|(kind, (n, t, fh))| FindingRow {
+            kind: kind.as_str(),
+            findings: n,
+            true_findings: t,
+            precision: if n == 0 { 1.0 } else { t as f64 / n as f64 },
+            false_high: fh,
+        })
+        .collect();
+    let per100 = |n: usize| if agent_days > 0.0 { n as f64 * 100.0 / agent_days } else { 0.0 };
+    Ok(Report {
+        incidents,
+        findings: rows,
+        agent_days,
+        false_findings,
+        false_high,
+        false_per_100_agent_days: per100(false_findings),
+        false_high_per_100_agent_days: per100(false_high),
+    })
+}
+
+/// The report as tables for a terminal.
+pub fn render(r: &Report) -> String {
+    let mut o = String::new();
+    let secs = |s: Option<f64>| s.map_or("-".to_owned(), |s| format!("{s:.0}s"));
+    let _ = writeln!(
+        o,
+        "{:<18} {:>9} {:>8} {:>7} {:>10} {:>10}  counted as",
+        "incident", "incidents", "detected", "recall", "mean TTD", "max TTD"
+    );
+    for i in &r.incidents {
+        let _ = writeln!(
+            o,
+            "{:<18} {:>9} {:>8} {:>7.3} {:>10} {:>10}  {}",
+            i.kind,
+            i.incidents,
+            i.detected,
+            i.recall,
+            secs(i.mean_seconds_to_detect),
+            secs(i.max_seconds_to_detect),
+            i.expected.join(", ")
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\n{:<18} {:>9} {:>8} {:>9} {:>11}",
+        "finding", "findings", "true", "precision", "false high"
+    );
+    for f in &r.findings {
+        let _ = writeln!(
+            o,
+            "{:<18} {:>9} {:>8} {:>9.3} {:>11}",
+            f.kind, f.findings, f.true_findings, f.precision, f.false_high
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\n{:.0} agent-days: {} false findings ({:.2} per 100 agent-days), {} of them high or critical ({:.2} per 100 agent-days)",
+        r.agent_days,
+        r.false_findings,
+        r.false_per_100_agent_days,
+        r.false_high,
+        r.false_high_per_100_agent_days
+    );
+    o
+}
