@@ -48,7 +48,77 @@ pub struct Detected {
     pub span_ms: i64,
 }
 
-/// Runs the detection engine over an NDJSON file (no archive), folding finding updates.
+/// Detection without an archive: events in, findings kept (updates folded into one per finding_id, at
+/// its highest severity).
+#[derive(Debug)]
+pub struct Judge {
+    engine: Engine,
+    out: Output,
+    by_id: HashMap<String, usize>,
+    detected: Detected,
+    first: i64,
+    last: i64,
+}
+
+impl Judge {
+    /// A judge running `cfg`.
+    pub fn new(cfg: &vigil_detect::DetectConfig) -> Result<Judge, String> {
+        Ok(Judge {
+            engine: Engine::new(cfg).map_err(|e| e.to_string())?,
+            out: Output::default(),
+            by_id: HashMap::new(),
+            detected: Detected::default(),
+            first: i64::MAX,
+            last: i64::MIN,
+        })
+    }
+
+    /// Judges a batch.
+    pub fn push(&mut self, events: &[vigil_schemas::Event<'_>]) {
+        for ev in events {
+            self.first = self.first.min(ev.ts_ms);
+            self.last = self.last.max(ev.ts_ms);
+        }
+        self.detected.events += events.len() as u64;
+        self.out.clear();
+        self.engine.process(events, &mut self.out);
+        self.keep();
+    }
+
+    fn keep(&mut self) {
+        let d = &mut self.detected;
+        for f in &self.out.findings {
+            match self.by_id.get(&f.finding_id) {
+                Some(&i) => {
+                    if f.severity > d.findings[i].severity {
+                        d.findings[i] = f.clone();
+                    }
+                }
+                None => {
+                    self.by_id.insert(f.finding_id.clone(), d.findings.len());
+                    d.findings.push(f.clone());
+                }
+            }
+        }
+    }
+
+    /// Closes the open windows and returns everything found.
+    pub fn finish(mut self) -> Detected {
+        self.out.clear();
+        self.engine.finish(&mut self.out);
+        self.keep();
+        self.detected.agents = self.engine.agents();
+        self.detected.span_ms = if self.last >= self.first { self.last - self.first } else { 0 };
+        self.detected
+    }
+
+    /// Events judged so far.
+    pub fn events(&self) -> u64 {
+        self.detected.events
+    }
+}
+
+/// Runs detection over an NDJSON file (no archive). `progress` is told bytes read and events judged.
 pub fn detect_file(
     cfg: &VigilConfig,
     path: &Path,
@@ -57,28 +127,10 @@ pub fn detect_file(
     let opened = open_input(path).map_err(|e| e.to_string())?;
     let consumed = opened.consumed.clone();
     let mut reader = LineReader::new(opened.reader, cfg.input.max_event_bytes, 0);
-    let mut engine = Engine::new(&cfg.detect).map_err(|e| e.to_string())?;
+    let mut judge = Judge::new(&cfg.detect)?;
     let mut dedup = DedupWindow::new(cfg.input.dedup_window);
     let mut chunk = Chunk::default();
-    let mut out = Output::default();
-    let mut by_id: HashMap<String, usize> = HashMap::new();
-    let mut d = Detected::default();
-    let (mut first, mut last) = (i64::MAX, i64::MIN);
-    let mut keep = |out: &Output, d: &mut Detected| {
-        for f in &out.findings {
-            match by_id.get(&f.finding_id) {
-                Some(&i) => {
-                    if f.severity > d.findings[i].severity {
-                        d.findings[i] = f.clone();
-                    }
-                }
-                None => {
-                    by_id.insert(f.finding_id.clone(), d.findings.len());
-                    d.findings.push(f.clone());
-                }
-            }
-        }
-    };
+    let mut invalid = 0;
     loop {
         let more = reader
             .next_chunk(&mut chunk, cfg.input.batch_bytes)
@@ -89,26 +141,16 @@ pub fn detect_file(
         let mut events = Vec::with_capacity(chunk.lines.len());
         for line in &chunk.lines {
             match classify(chunk.bytes(line), line, cfg.input.max_event_bytes, &mut dedup) {
-                Some(Ok(ev)) => {
-                    first = first.min(ev.ts_ms);
-                    last = last.max(ev.ts_ms);
-                    events.push(ev);
-                }
-                Some(Err(_)) => d.invalid += 1,
+                Some(Ok(ev)) => events.push(ev),
+                Some(Err(_)) => invalid += 1,
                 None => {}
             }
         }
-        d.events += events.len() as u64;
-        out.clear();
-        engine.process(&events, &mut out);
-        keep(&out, &mut d);
-        progress(consumed.load(std::sync::atomic::Ordering::Relaxed), d.events);
+        judge.push(&events);
+        progress(consumed.load(std::sync::atomic::Ordering::Relaxed), judge.events());
     }
-    out.clear();
-    engine.finish(&mut out);
-    keep(&out, &mut d);
-    d.agents = engine.agents();
-    d.span_ms = if last >= first { last - first } else { 0 };
+    let mut d = judge.finish();
+    d.invalid = invalid;
     Ok(d)
 }
 
