@@ -13,10 +13,10 @@ use vigil_ingest::source::{Chunk, LineReader, open_input};
 use vigil_schemas::timestamp::parse_rfc3339_ms;
 
 use crate::config::VigilConfig;
-use crate::eval;
 use crate::pipeline::{self, RunOptions, Summary};
 use crate::progress::Progress;
 use crate::simulate::{self, SimConfig};
+use crate::{audit, eval};
 
 /// vigil: the audit-log pipeline and anomaly detector for autonomous AI agents.
 #[derive(Debug, Parser)]
@@ -43,6 +43,10 @@ enum Command {
     },
     /// Generate a realistic fleet of agents as NDJSON, with labelled incidents.
     Simulate(SimArgs),
+    /// Least-privilege review over the archive: per agent, allow-list entries never used (revoke
+    /// candidates), things used but not declared, shared credentials, agents with no policy, agents
+    /// acting for humans.
+    Audit(AuditArgs),
     /// Run detection over a simulated fleet and score it against the simulator's labels: recall per
     /// incident kind, precision per finding kind, false findings per 100 agent-days, time to detect.
     Eval(EvalArgs),
@@ -86,6 +90,35 @@ struct RunArgs {
     /// Print the run summary as JSON on stdout instead of text on stderr.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct AuditArgs {
+    /// Archive root (as written by `vigil run`).
+    #[arg(long)]
+    archive: PathBuf,
+    /// Config whose policies are reviewed (TOML); without one, every agent is reported as having none.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Start of the period (RFC 3339, inclusive); default: the archive's beginning.
+    #[arg(long)]
+    since: Option<String>,
+    /// End of the period (RFC 3339, exclusive); default: the archive's end.
+    #[arg(long)]
+    until: Option<String>,
+    /// Output: a table for a terminal, JSON, or CSV (one row per item).
+    #[arg(long, value_enum, default_value_t = AuditFormat::Table)]
+    format: AuditFormat,
+    /// Distinct actions, resources or scopes kept per agent (the rest are counted, not listed).
+    #[arg(long, default_value_t = 10_000)]
+    max_values: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AuditFormat {
+    Table,
+    Json,
+    Csv,
 }
 
 #[derive(Debug, clap::Args)]
@@ -151,6 +184,7 @@ pub fn main() -> ExitCode {
         }
         Command::Simulate(args) => cmd_simulate(args),
         Command::Eval(args) => cmd_eval(args),
+        Command::Audit(args) => cmd_audit(args),
         Command::Demo { dir, agents, duration, rate, seed } => cmd_demo(&dir, agents, &duration, rate, seed),
     };
     match result {
@@ -353,6 +387,33 @@ fn cmd_simulate(args: SimArgs) -> Result<ExitCode, String> {
         eprintln!("wrote {n} events to {}", args.out.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_audit(args: AuditArgs) -> Result<ExitCode, String> {
+    let cfg = match &args.config {
+        Some(p) => VigilConfig::load(p).map_err(|e| e.to_string())?,
+        None => VigilConfig::default(),
+    };
+    if !args.archive.join("events").is_dir() {
+        return Err(format!("{} has no events/ table: is it a vigil archive?", args.archive.display()));
+    }
+    let time = |flag: &str, v: &Option<String>| -> Result<Option<i64>, String> {
+        v.as_deref().map(|t| parse_rfc3339_ms(t).map_err(|e| format!("{flag} {t:?}: {e}"))).transpose()
+    };
+    let (since, until) = (time("--since", &args.since)?, time("--until", &args.until)?);
+    let (usage, scanned) = audit::collect(&args.archive, since, until, args.max_values.max(1))?;
+    let review = audit::review(&usage, scanned, &cfg.detect);
+    let text = match args.format {
+        AuditFormat::Table => audit::render(&review, &args.archive),
+        AuditFormat::Json => serde_json::to_string_pretty(&review).unwrap_or_default() + "\n",
+        AuditFormat::Csv => audit::to_csv(&review),
+    };
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        // A reader that stopped early (`| head`) is not an error.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("writing the review: {e}")),
+        _ => Ok(ExitCode::SUCCESS),
+    }
 }
 
 fn cmd_eval(args: EvalArgs) -> Result<ExitCode, String> {

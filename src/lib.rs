@@ -3,6 +3,7 @@
 //! The crates below do the work: `vigil-schemas` (the event contract), `vigil-ingest` (sources and the
 //! archive), `vigil-detect` (the judge). This crate wires them together.
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod eval;

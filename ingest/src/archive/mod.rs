@@ -9,6 +9,7 @@
 
 mod columns;
 mod config;
+mod read;
 #[cfg(test)]
 mod tests;
 
@@ -29,6 +30,7 @@ use vigil_schemas::timestamp::civil_hour;
 
 pub use columns::{ControlColumns, DeadLetterColumns, EventColumns, FindingColumns, Origin, Table};
 pub use config::{ArchiveConfig, ArchiveConfigError};
+pub use read::{scan_table, table_files};
 
 /// The archive's tables, by directory name.
 pub const TABLES: [&str; 4] = ["events", "findings", "control", "dead-letters"];
@@ -53,6 +55,14 @@ pub enum ArchiveError {
         /// The file.
         path: PathBuf,
         /// The writer's error.
+        source: parquet::errors::ParquetError,
+    },
+    /// Reading a Parquet file back failed.
+    #[error("reading Parquet file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The reader's error.
         source: parquet::errors::ParquetError,
     },
     /// The checkpoint file is unreadable.
