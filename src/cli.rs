@@ -58,8 +58,8 @@ enum Command {
         /// Agents in the simulated fleet.
         #[arg(long, default_value_t = 200)]
         agents: usize,
-        /// Simulated span.
-        #[arg(long, default_value = "2h")]
+        /// Simulated span. Six hours leave the baselines their hour of warm-up before the incidents.
+        #[arg(long, default_value = "6h")]
         duration: String,
         /// Average fleet-wide events per second of simulated time.
         #[arg(long, default_value_t = 40.0)]
@@ -481,7 +481,7 @@ fn cmd_demo(dir: &Path, agents: usize, duration: &str, rate: f64, seed: u64) -> 
     let sim = SimConfig {
         agents,
         duration_ms: simulate::parse_duration_ms(duration)?,
-        start_ms: parse_rfc3339_ms("2026-01-05T08:00:00Z").unwrap_or_default(),
+        start_ms: parse_rfc3339_ms("2026-01-05T07:00:00Z").unwrap_or_default(),
         seed,
         rate,
         incidents: simulate::IncidentKind::ALL.len(),

@@ -34,12 +34,22 @@ impl Ewma {
 
     /// Folds in `n` observations of zero (windows in which the agent did nothing) after `seen` earlier
     /// observations, each with weight `max(alpha, 1/count)` (a running mean until `1/alpha`
-    /// observations). Past a few hundred the weights are below any float's resolution, so the loop is
-    /// bounded.
+    /// observations). Once the weight is constant the `n` steps collapse to a closed form:
+    /// `mean * (1-a)^k` and `(1-a)^k * (var + mean^2 * (1 - (1-a)^k))`, so a long idle gap costs the
+    /// same as a short one.
     pub fn update_zeros(&mut self, n: u64, alpha: f64, seen: u64) {
-        for i in 0..n.min(512) {
-            self.update(0.0, alpha.max(1.0 / (seen + i + 1) as f64));
+        let mut left = n;
+        // The running-mean steps, one by one (at most 1/alpha of them, once per agent).
+        while left > 0 && 1.0 / (seen + (n - left) + 1) as f64 > alpha {
+            self.update(0.0, 1.0 / (seen + (n - left) + 1) as f64);
+            left -= 1;
         }
+        if left == 0 {
+            return;
+        }
+        let keep = (1.0 - alpha).powf(left as f64);
+        self.var = keep * (self.var + self.mean * self.mean * (1.0 - keep));
+        self.mean *= keep;
     }
 }
 
@@ -152,6 +162,22 @@ mod tests {
         assert!((e.var - 4.0).abs() < 0.5, "{e:?}");
         e.update_zeros(10_000, 0.05, 2000);
         assert!(e.mean < 1e-6);
+    }
+
+    #[test]
+    fn idle_gaps_in_closed_form_match_step_by_step() {
+        for (seen, n) in [(0, 5), (3, 40), (19, 2), (25, 1), (100, 300), (5_000, 7)] {
+            let mut a = Ewma { mean: 4.0, var: 3.0 };
+            let mut b = a;
+            a.update_zeros(n, 0.05, seen);
+            for i in 0..n {
+                b.update(0.0, 0.05f64.max(1.0 / (seen + i + 1) as f64));
+            }
+            assert!(
+                (a.mean - b.mean).abs() < 1e-9 && (a.var - b.var).abs() < 1e-9,
+                "{seen} {n}: {a:?} {b:?}"
+            );
+        }
     }
 
     #[test]
