@@ -61,6 +61,29 @@ fn kill_9_mid_run_then_rerun_leaves_every_event_exactly_once() {
     let files = archive_py("open-all", &archive, &[]);
     assert_eq!(files["tmp"], 0, "recovery removes temporary files: {files}");
 
+    // Detection state travels with each checkpoint, so the killed-and-resumed runs found what one clean
+    // run finds: the same finding ids, each at the same final severity.
+    let clean = dir.path().join("clean");
+    run_json(&input, &clean, Some(&config));
+    let findings = |root: &std::path::Path| {
+        let rows = archive_py("rows", root, &["findings", "finding_id"]);
+        let mut m = std::collections::BTreeMap::new();
+        for r in rows["duckdb"].as_array().unwrap() {
+            let sev = match r["severity"].as_str().unwrap() {
+                "low" => 0,
+                "medium" => 1,
+                "high" => 2,
+                _ => 3,
+            };
+            let e = m.entry(r["finding_id"].as_str().unwrap().to_owned()).or_insert((r["kind"].clone(), sev));
+            e.1 = e.1.max(sev);
+        }
+        m
+    };
+    let want = findings(&clean);
+    assert!(want.len() >= 3, "the fleet's incidents give findings: {want:?}");
+    assert_eq!(findings(&archive), want);
+
     // The same input again: everything is already archived, nothing is added.
     let again = run_json(&input, &archive, Some(&config));
     assert_eq!(again["skipped"], n);
