@@ -16,7 +16,8 @@ use crate::config::VigilConfig;
 use crate::pipeline::{self, RunOptions, Summary};
 use crate::progress::Progress;
 use crate::simulate::{self, SimConfig};
-use crate::{audit, eval};
+use crate::{audit, eval, kafka};
+use vigil_ingest::source::kafka::KafkaConfig;
 
 /// vigil: the audit-log pipeline and anomaly detector for autonomous AI agents.
 #[derive(Debug, Parser)]
@@ -90,6 +91,19 @@ struct RunArgs {
     /// Print the run summary as JSON on stdout instead of text on stderr.
     #[arg(long)]
     json: bool,
+    /// Consume Kafka instead of a file: bootstrap brokers (host:port,...). Overrides [kafka] brokers.
+    #[arg(long, value_name = "BROKERS")]
+    kafka: Option<String>,
+    /// Topic to consume (repeat for several). Overrides [kafka] topics.
+    #[arg(long)]
+    topic: Vec<String>,
+    /// Consumer group. Overrides [kafka] group.
+    #[arg(long)]
+    group: Option<String>,
+    /// With Kafka: stop after no message has arrived for this long (e.g. 30s), committing everything.
+    /// Without it vigil consumes until interrupted.
+    #[arg(long)]
+    idle_exit: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -213,8 +227,31 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode, String> {
     if let Some(s) = args.source_name {
         cfg.input.source_name = Some(s);
     }
+    if let Some(brokers) = &args.kafka {
+        let k = cfg.kafka.get_or_insert_with(|| KafkaConfig::new(brokers, Vec::new()));
+        k.brokers = brokers.clone();
+    }
+    if let Some(k) = cfg.kafka.as_mut() {
+        if !args.topic.is_empty() {
+            k.topics = args.topic.clone();
+        }
+        if let Some(g) = &args.group {
+            k.group = g.clone();
+        }
+    } else if !args.topic.is_empty() || args.group.is_some() {
+        return Err("--topic and --group need --kafka BROKERS (or a [kafka] section in the config)".into());
+    }
     cfg.validate()?;
-    let summary = pipeline::run(&cfg, &RunOptions { progress: true }).map_err(|e| e.to_string())?;
+    let summary = if cfg.kafka.is_some() {
+        let idle_exit = args.idle_exit.as_deref().map(simulate::parse_duration_ms).transpose()?;
+        let opts = kafka::KafkaRunOptions {
+            idle_exit: idle_exit.map(|ms| std::time::Duration::from_millis(ms as u64)),
+        };
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        kafka::run(&cfg, &opts, &stop).map_err(|e| e.to_string())?.0
+    } else {
+        pipeline::run(&cfg, &RunOptions { progress: true }).map_err(|e| e.to_string())?
+    };
     if args.json {
         println!("{}", summary_json(&summary, &cfg.archive.dir));
     } else {

@@ -23,6 +23,9 @@ pub struct VigilConfig {
     /// Where findings are also written as NDJSON, besides the archive.
     #[serde(default)]
     pub output: OutputConfig,
+    /// Consume Kafka topics as a consumer group instead of reading [input].
+    #[serde(default)]
+    pub kafka: Option<vigil_ingest::source::kafka::KafkaConfig>,
 }
 
 /// `[input]`.
@@ -146,6 +149,9 @@ impl VigilConfig {
     /// Checks every value; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
         self.archive.validate().map_err(|e| e.to_string())?;
+        if let Some(k) = &self.kafka {
+            k.validate()?;
+        }
         self.detect.build().map_err(|e| e.to_string())?;
         let i = &self.input;
         if i.max_event_bytes == 0 {

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod eval;
+pub mod kafka;
 pub mod pipeline;
 pub mod progress;
 pub mod simulate;

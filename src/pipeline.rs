@@ -56,6 +56,9 @@ pub enum PipelineError {
     /// The archive writer thread ended without saying why (it panicked).
     #[error("the archive writer thread stopped unexpectedly")]
     WriterStopped,
+    /// Kafka refused something the pipeline cannot do without (offsets stay where they were).
+    #[error("kafka: {0}")]
+    Kafka(String),
     /// Writing findings output failed.
     #[error("writing findings to {path}: {source}")]
     Findings {
@@ -111,7 +114,8 @@ impl Summary {
     }
 }
 
-fn now_ms() -> i64 {
+/// Wall time, UTC ms.
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 

@@ -169,6 +169,10 @@ struct Stamp {
     source: String,
     partition: i32,
     ingested_at: i64,
+    /// Subtracted from positions when they are written (`_position`, file names): 0 for files, whose
+    /// positions are line numbers, 1 for Kafka, whose positions are offset + 1 so that 0 can mean
+    /// "nothing committed" while the archive shows real offsets.
+    base: u64,
 }
 
 impl Stamp {
@@ -215,11 +219,31 @@ impl Archive {
         source: &str,
         partition: i32,
     ) -> Result<(Archive, Option<Checkpoint>), ArchiveError> {
+        Archive::open_based(cfg, source, partition, 0)
+    }
+
+    /// [`Archive::open`] for a Kafka topic partition: positions are `offset + 1` (so the checkpoint's
+    /// committed position is the next offset to read, what Kafka commits), and the archive shows offsets
+    /// (`_position`, file names `<topic>-<partition>-<first offset>-<last offset>.parquet`).
+    pub fn open_kafka(
+        cfg: &ArchiveConfig,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(Archive, Option<Checkpoint>), ArchiveError> {
+        Archive::open_based(cfg, topic, partition, 1)
+    }
+
+    fn open_based(
+        cfg: &ArchiveConfig,
+        source: &str,
+        partition: i32,
+        base: u64,
+    ) -> Result<(Archive, Option<Checkpoint>), ArchiveError> {
         let root = cfg.dir.clone();
         fs::create_dir_all(root.join(CHECKPOINT_DIR)).map_err(io_err(&root))?;
         let checkpoint = read_checkpoint(&root, source, partition)?;
         let committed = checkpoint.as_ref().map_or(0, |c| c.committed_position);
-        remove_uncommitted(&root, source, partition, committed)?;
+        remove_uncommitted(&root, source, partition, committed, base)?;
         let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(cfg.zstd_level).unwrap_or_default()))
             .set_created_by(format!("vigil {}", env!("CARGO_PKG_VERSION")))
@@ -229,7 +253,7 @@ impl Archive {
         }
         let archive = Archive {
             root,
-            stamp: Stamp { source: source.to_owned(), partition, ingested_at: 0 },
+            stamp: Stamp { source: source.to_owned(), partition, ingested_at: 0, base },
             flush_rows: cfg.flush_rows,
             props: props.build(),
             events: Partitioned::new(),
@@ -266,14 +290,15 @@ impl Archive {
     pub fn push_event(&mut self, ev: &vigil_schemas::Event<'_>, position: u64) {
         self.consumed(position);
         let origin = self.stamp.origin();
-        self.events.at(ev.ts_ms).push(ev, origin, position);
+        self.events.at(ev.ts_ms).push(ev, origin, position - self.stamp.base);
     }
 
     /// Buffers one dead letter (partitioned by ingest time: it has no trustworthy event time).
     pub fn push_dead_letter(&mut self, d: &DeadLetter) {
         self.consumed(d.position);
         let origin = self.stamp.origin();
-        self.dead.at(origin.ingested_at).push(d, origin);
+        let shown = DeadLetter { position: d.position - self.stamp.base, ..d.clone() };
+        self.dead.at(origin.ingested_at).push(&shown, origin);
     }
 
     /// Buffers one finding.
@@ -334,7 +359,14 @@ impl Archive {
     /// here on the positions covered count as committed for this writer's bookkeeping.
     pub fn take_flush(&mut self, state: serde_json::Value, now_ms: i64) -> Option<FlushJob> {
         let first = self.first.take()?;
-        let name = format!("{}-{}-{}-{}.parquet", self.stamp.source, self.stamp.partition, first, self.last);
+        let base = self.stamp.base;
+        let name = format!(
+            "{}-{}-{}-{}.parquet",
+            self.stamp.source,
+            self.stamp.partition,
+            first - base,
+            self.last - base
+        );
         self.totals.events += self.events.rows() as u64;
         self.totals.dead_letters += self.dead.rows() as u64;
         self.totals.findings += self.findings.rows() as u64;
@@ -528,14 +560,20 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ArchiveError> {
 }
 
 /// Removes this source partition's temporary files and the files of flushes past `committed`.
-fn remove_uncommitted(root: &Path, source: &str, partition: i32, committed: u64) -> Result<(), ArchiveError> {
+fn remove_uncommitted(
+    root: &Path,
+    source: &str,
+    partition: i32,
+    committed: u64,
+    base: u64,
+) -> Result<(), ArchiveError> {
     let tmp_prefix = format!(".{source}-{partition}-");
     for path in archive_files(root)? {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let orphan = if name.starts_with(&tmp_prefix) && name.ends_with(".tmp") {
             true
         } else {
-            matches!(parse_file_name(&name), Some((s, p, first, _)) if s == source && p == partition && first > committed)
+            matches!(parse_file_name(&name), Some((s, p, first, _)) if s == source && p == partition && first + base > committed)
         };
         if orphan {
             fs::remove_file(&path).map_err(io_err(&path))?;

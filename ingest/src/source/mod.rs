@@ -1,5 +1,6 @@
-//! Where events come from. This version reads NDJSON from a file or stdin, plain, gzip or zstd.
+//! Where events come from: NDJSON from a file or stdin (plain, gzip or zstd), and Kafka topics.
 
+pub mod kafka;
 mod lines;
 mod open;
 

@@ -1,0 +1,331 @@
+//! Kafka: the typed `[kafka]` config and the librdkafka clients built from it. The consume loop itself
+//! lives with the pipeline (it wires detection and the archive together); this module knows Kafka.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use std::future::Future;
+use std::task::{Context, Poll, Wake};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{ProducerContext, ThreadedProducer};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
+use serde::{Deserialize, Serialize};
+
+/// `[kafka]`: where events come from when vigil runs as a consumer group.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port[,host:port…]`.
+    pub brokers: String,
+    /// Topics to consume (events keyed by agent_id, one JSON object per message).
+    pub topics: Vec<String>,
+    /// Consumer group: instances in one group split the partitions.
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// Where bad records go; `{topic}` is replaced by the source topic.
+    #[serde(default = "default_dlq_topic")]
+    pub dlq_topic: String,
+    /// Every finding is also produced here as JSON keyed by agent_id; empty turns it off.
+    #[serde(default = "default_findings_topic")]
+    pub findings_topic: String,
+    /// Every halt decision is also produced here as JSON keyed by agent_id; empty turns it off.
+    #[serde(default = "default_control_topic")]
+    pub control_topic: String,
+    /// Most messages taken per poll batch.
+    #[serde(default = "default_batch_messages")]
+    pub batch_messages: usize,
+    /// How long a poll waits for the batch to fill, in milliseconds.
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
+    /// How long to wait for the producer to acknowledge dead letters and findings before a commit, ms.
+    #[serde(default = "default_ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
+    /// How often librdkafka reports statistics (consumer lag per partition), in milliseconds.
+    #[serde(default = "default_statistics_ms")]
+    pub statistics_ms: u64,
+    /// Create the dead-letter, findings and control topics at start when they are missing (with the
+    /// partition count of the first source topic), so a fresh cluster works without an admin step.
+    #[serde(default = "default_true")]
+    pub create_topics: bool,
+    /// Passed to librdkafka as is, for consumer and producer: `security.protocol`, `sasl.*`, `ssl.*`…
+    /// Defaults vigil sets (`auto.offset.reset = earliest`, no auto-commit) can be overridden here,
+    /// except `enable.auto.commit`: offsets move only after the archive is durable.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+const fn default_true() -> bool {
+    true
+}
+fn default_group() -> String {
+    "vigil".into()
+}
+fn default_dlq_topic() -> String {
+    "{topic}.dlq".into()
+}
+fn default_findings_topic() -> String {
+    "vigil.findings".into()
+}
+fn default_control_topic() -> String {
+    "vigil.control".into()
+}
+const fn default_batch_messages() -> usize {
+    10_000
+}
+const fn default_poll_ms() -> u64 {
+    100
+}
+const fn default_ack_timeout_ms() -> u64 {
+    30_000
+}
+const fn default_statistics_ms() -> u64 {
+    5_000
+}
+
+impl KafkaConfig {
+    /// A config with defaults for everything but the brokers and topics.
+    pub fn new(brokers: &str, topics: Vec<String>) -> KafkaConfig {
+        KafkaConfig {
+            brokers: brokers.to_owned(),
+            topics,
+            group: default_group(),
+            dlq_topic: default_dlq_topic(),
+            findings_topic: default_findings_topic(),
+            control_topic: default_control_topic(),
+            batch_messages: default_batch_messages(),
+            poll_ms: default_poll_ms(),
+            ack_timeout_ms: default_ack_timeout_ms(),
+            statistics_ms: default_statistics_ms(),
+            create_topics: true,
+            options: BTreeMap::new(),
+        }
+    }
+
+    /// Checks values; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.brokers.trim().is_empty() {
+            return Err("kafka.brokers is empty".into());
+        }
+        if self.topics.is_empty() || self.topics.iter().any(|t| t.is_empty()) {
+            return Err("kafka.topics must name at least one topic".into());
+        }
+        if self.group.is_empty() {
+            return Err("kafka.group is empty".into());
+        }
+        if self.batch_messages == 0 {
+            return Err("kafka.batch_messages must be at least 1".into());
+        }
+        if self.options.get("enable.auto.commit").is_some_and(|v| v != "false") {
+            return Err("kafka.options.enable.auto.commit: vigil commits offsets itself, after the archive \
+                        is durable; auto-commit would lose events on a crash"
+                .into());
+        }
+        Ok(())
+    }
+
+    /// The dead-letter topic for a source topic.
+    pub fn dlq_for(&self, topic: &str) -> String {
+        self.dlq_topic.replace("{topic}", topic)
+    }
+
+    fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.options {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// The consumer's librdkafka settings.
+    pub fn consumer_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("group.id", &self.group)
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("statistics.interval.ms", self.statistics_ms.to_string());
+        for (k, v) in &self.options {
+            c.set(k, v);
+        }
+        // Never auto-commit, whatever the options say (validate refuses it; this is the belt).
+        c.set("enable.auto.commit", "false").set("enable.auto.offset.store", "false");
+        c
+    }
+
+    /// The topics vigil produces to, for the source topics.
+    pub fn output_topics(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.topics.iter().map(|t| self.dlq_for(t)).collect();
+        out.extend(
+            [self.findings_topic.clone(), self.control_topic.clone()].into_iter().filter(|t| !t.is_empty()),
+        );
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Creates the output topics that do not exist yet, with as many partitions as the first source
+    /// topic (so findings keyed by agent spread like the events). Existing topics are left alone.
+    pub fn ensure_output_topics(&self, timeout: std::time::Duration) -> Result<(), String> {
+        let admin: AdminClient<DefaultClientContext> =
+            self.client().create().map_err(|e| format!("creating an admin client: {e}"))?;
+        let meta = admin
+            .inner()
+            .fetch_metadata(None, timeout)
+            .map_err(|e| format!("reading the cluster's topics: {e}"))?;
+        let existing: std::collections::HashSet<&str> = meta.topics().iter().map(|t| t.name()).collect();
+        let partitions = meta
+            .topics()
+            .iter()
+            .find(|t| Some(t.name()) == self.topics.first().map(String::as_str))
+            .map_or(1, |t| t.partitions().len().max(1) as i32);
+        let names: Vec<String> =
+            self.output_topics().into_iter().filter(|t| !existing.contains(t.as_str())).collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        let new: Vec<NewTopic<'_>> =
+            names.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(-1))).collect();
+        let opts = AdminOptions::new().request_timeout(Some(timeout));
+        let results =
+            block_on(admin.create_topics(&new, &opts)).map_err(|e| format!("creating {names:?}: {e}"))?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => return Err(format!("creating topic {name}: {code}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// A producer for dead letters, findings and decisions: idempotent, acknowledged by all replicas,
+    /// counting every delivery that failed so a commit can refuse to move past it.
+    pub fn producer(&self) -> Result<ThreadedProducer<AckContext>, KafkaError> {
+        let mut c = self.client();
+        c.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "20");
+        c.create_with_context(AckContext::default())
+    }
+}
+
+/// Runs a future to completion on this thread (the admin client's futures are resolved by its own
+/// background thread; nothing else here is async).
+fn block_on<F: Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let mut f = std::pin::pin!(f);
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        match f.as_mut().poll(&mut cx) {
+            Poll::Ready(v) => return v,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
+/// Counts producer deliveries that failed, with the last error.
+#[derive(Debug, Default, Clone)]
+pub struct AckContext {
+    failed: Arc<AtomicU64>,
+    last_error: Arc<Mutex<Option<String>>>,
+}
+
+impl AckContext {
+    /// Deliveries failed so far, and the last error.
+    pub fn failures(&self) -> (u64, Option<String>) {
+        (self.failed.load(Ordering::SeqCst), self.last_error.lock().ok().and_then(|e| e.clone()))
+    }
+}
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, m)) = result {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            if let Ok(mut last) = self.last_error.lock() {
+                *last = Some(format!("producing to {}: {e}", rdkafka::Message::topic(m)));
+            }
+        }
+    }
+}
+
+/// Consumer lag per (topic, partition), from librdkafka's statistics: how far behind the log end the
+/// consumer is, in messages. Shared with whoever reports it (the metrics endpoint).
+#[derive(Debug, Default, Clone)]
+pub struct Lag(Arc<Mutex<BTreeMap<(String, i32), i64>>>);
+
+impl Lag {
+    /// The latest lag of every partition the consumer fetches.
+    pub fn snapshot(&self) -> BTreeMap<(String, i32), i64> {
+        self.0.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Records one statistics report.
+    pub fn record(&self, stats: &Statistics) {
+        let Ok(mut m) = self.0.lock() else { return };
+        for (topic, t) in &stats.topics {
+            for (&p, part) in &t.partitions {
+                // -1 is the internal "unassigned" partition and lags the consumer does not know.
+                if p >= 0 && part.consumer_lag >= 0 {
+                    m.insert((topic.clone(), p), part.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+/// A client context that keeps statistics as [`Lag`].
+#[derive(Debug, Clone, Default)]
+pub struct LagContext {
+    /// Where lag is kept.
+    pub lag: Lag,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        self.lag.record(&statistics);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_refusals() {
+        let cfg: KafkaConfig =
+            toml::from_str("brokers = \"127.0.0.1:9092\"\ntopics = [\"agent-events\"]\n").unwrap();
+        assert_eq!(cfg, KafkaConfig::new("127.0.0.1:9092", vec!["agent-events".into()]));
+        assert_eq!(cfg.dlq_for("agent-events"), "agent-events.dlq");
+        cfg.validate().unwrap();
+        let c = cfg.consumer_config();
+        assert_eq!(c.get("auto.offset.reset"), Some("earliest"));
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+
+        let mut bad = cfg.clone();
+        bad.options.insert("enable.auto.commit".into(), "true".into());
+        assert!(bad.validate().unwrap_err().contains("auto-commit would lose events"));
+        let mut tls = cfg.clone();
+        tls.options.insert("security.protocol".into(), "SASL_SSL".into());
+        assert_eq!(tls.consumer_config().get("security.protocol"), Some("SASL_SSL"));
+        let e = toml::from_str::<KafkaConfig>("brokers = \"x\"\ntopics = []\nbrokerz = 1\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field `brokerz`"), "{e}");
+        assert!(KafkaConfig::new("x", vec![]).validate().is_err());
+    }
+}

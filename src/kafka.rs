@@ -1,0 +1,419 @@
+//! The Kafka pipeline: a consumer group member that judges and archives the partitions it is assigned.
+//!
+//! Per assigned partition there is one archive writer (files `<topic>-<partition>-<first>-<last>.parquet`,
+//! checkpoint `_vigil/checkpoints/<topic>-<partition>.json`) and one detection engine, restored from that
+//! checkpoint. Producers key events by agent_id, so one partition owns an agent and its state.
+//!
+//! Delivery: a partition's offset is committed only after (1) every dead letter, finding and decision
+//! produced for it is acknowledged, and (2) its archive files and checkpoint are durable. A crash replays
+//! from the committed offset; the archive recovery removes files past its checkpoint, and messages at or
+//! below the checkpoint are skipped, so the archive holds each record exactly once. On a revoke the
+//! partition is flushed and committed inside the rebalance callback, before another member can take it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use vigil_detect::{DetectConfig, Engine, Output, Snapshot};
+use vigil_ingest::archive::{Archive, ArchiveConfig, DeadLetter};
+use vigil_ingest::source::Line;
+use vigil_ingest::source::kafka::{AckContext, KafkaConfig, Lag};
+
+use crate::config::VigilConfig;
+use crate::pipeline::{DedupWindow, PipelineError, Summary, classify, now_ms};
+
+/// Options of one Kafka run beyond the config file.
+#[derive(Debug, Clone, Default)]
+pub struct KafkaRunOptions {
+    /// Stop once no message has arrived for this long (batch jobs and tests); `None` runs until `stop`.
+    pub idle_exit: Option<Duration>,
+}
+
+/// One assigned partition: its archive writer and its detection engine.
+struct PartState {
+    archive: Archive,
+    engine: Engine,
+    dedup: DedupWindow,
+    last_flush: Instant,
+}
+
+/// What the consumer thread and the rebalance callback share.
+struct Shared {
+    archive: ArchiveConfig,
+    detect: DetectConfig,
+    kafka: KafkaConfig,
+    dedup_window: usize,
+    max_event_bytes: usize,
+    producer: ThreadedProducer<AckContext>,
+    parts: Mutex<HashMap<(String, i32), PartState>>,
+    /// The first error met inside a rebalance callback (which cannot return one).
+    failed: Mutex<Option<String>>,
+    summary: Mutex<Summary>,
+    lag: Lag,
+}
+
+impl Shared {
+    fn parts(&self) -> MutexGuard<'_, HashMap<(String, i32), PartState>> {
+        self.parts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fail(&self, msg: String) {
+        let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        f.get_or_insert(msg);
+    }
+
+    fn open(&self, topic: &str, partition: i32) -> Result<PartState, PipelineError> {
+        let (archive, checkpoint) = Archive::open_kafka(&self.archive, topic, partition)?;
+        let mut engine = Engine::new(&self.detect)?;
+        if let Some(c) = checkpoint {
+            let snap: Snapshot = serde_json::from_value(c.state)
+                .map_err(|source| PipelineError::State { archive: self.archive.dir.clone(), source })?;
+            engine.restore(snap);
+        }
+        Ok(PartState {
+            archive,
+            engine,
+            dedup: DedupWindow::new(self.dedup_window),
+            last_flush: Instant::now(),
+        })
+    }
+
+    /// Makes one partition durable and commits its offset: acknowledgements first, then the archive's
+    /// files and checkpoint, then Kafka. Returns the files and bytes written.
+    fn flush(
+        &self,
+        consumer: &BaseConsumer<Ctx>,
+        topic: &str,
+        partition: i32,
+        st: &mut PartState,
+        mode: CommitMode,
+    ) -> Result<(u64, u64), PipelineError> {
+        st.last_flush = Instant::now();
+        if !st.archive.has_uncommitted() {
+            return Ok((0, 0));
+        }
+        self.producer.flush(Duration::from_millis(self.kafka.ack_timeout_ms)).map_err(|e| {
+            PipelineError::Kafka(format!("waiting for dead letters and findings to be acknowledged: {e}"))
+        })?;
+        if let (n, Some(e)) = self.producer.context().failures()
+            && n > 0
+        {
+            return Err(PipelineError::Kafka(format!("{n} records could not be produced, the last: {e}")));
+        }
+        let state = serde_json::to_value(st.engine.snapshot()).unwrap_or_default();
+        let report = st.archive.flush(state, now_ms())?;
+        // The archive's committed position is offset + 1 of the last durable record: the next offset to
+        // read, which is what Kafka commits.
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(report.committed_position as i64))
+            .map_err(|e| PipelineError::Kafka(e.to_string()))?;
+        consumer
+            .commit(&tpl, mode)
+            .map_err(|e| PipelineError::Kafka(format!("committing {topic}/{partition}: {e}")))?;
+        Ok((report.files.len() as u64, report.bytes))
+    }
+
+    fn count_flush(&self, written: (u64, u64)) {
+        let mut s = self.summary.lock().unwrap_or_else(|p| p.into_inner());
+        s.files += written.0;
+        s.archive_bytes += written.1;
+    }
+}
+
+/// The consumer's context: hands rebalances to the shared state.
+struct Ctx {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for Ctx {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.shared.lag.record(&statistics);
+    }
+}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut parts = self.shared.parts();
+            for e in tpl.elements() {
+                let key = (e.topic().to_owned(), e.partition());
+                if let Some(mut st) = parts.remove(&key) {
+                    match self.shared.flush(consumer, &key.0, key.1, &mut st, CommitMode::Sync) {
+                        Ok(w) => self.shared.count_flush(w),
+                        Err(err) => {
+                            self.shared.fail(format!("flushing {}/{} on revoke: {err}", key.0, key.1))
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let mut parts = self.shared.parts();
+                for e in tpl.elements() {
+                    let key = (e.topic().to_owned(), e.partition());
+                    if parts.contains_key(&key) {
+                        continue;
+                    }
+                    match self.shared.open(&key.0, key.1) {
+                        Ok(st) => {
+                            parts.insert(key, st);
+                        }
+                        Err(err) => self.shared.fail(format!("opening {}/{}: {err}", key.0, key.1)),
+                    }
+                }
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => self.shared.fail(format!("rebalance failed: {e}")),
+        }
+    }
+}
+
+/// Consumes until `stop` is set (or the input stays idle for `idle_exit`), then flushes and commits
+/// every partition it still owns.
+pub fn run(
+    cfg: &VigilConfig,
+    opts: &KafkaRunOptions,
+    stop: &AtomicBool,
+) -> Result<(Summary, Lag), PipelineError> {
+    let kafka = cfg.kafka.clone().ok_or(PipelineError::NoInput)?;
+    let started = Instant::now();
+    if kafka.create_topics {
+        kafka.ensure_output_topics(Duration::from_secs(30)).map_err(PipelineError::Kafka)?;
+    }
+    let producer =
+        kafka.producer().map_err(|e| PipelineError::Kafka(format!("creating the producer: {e}")))?;
+    let shared = Arc::new(Shared {
+        archive: cfg.archive.clone(),
+        detect: cfg.detect.clone(),
+        kafka: kafka.clone(),
+        dedup_window: cfg.input.dedup_window,
+        max_event_bytes: cfg.input.max_event_bytes,
+        producer,
+        parts: Mutex::new(HashMap::new()),
+        failed: Mutex::new(None),
+        summary: Mutex::new(Summary { source: kafka.topics.join(","), ..Summary::default() }),
+        lag: Lag::default(),
+    });
+    let consumer: BaseConsumer<Ctx> = kafka
+        .consumer_config()
+        .create_with_context(Ctx { shared: shared.clone() })
+        .map_err(|e| PipelineError::Kafka(format!("creating the consumer: {e}")))?;
+    let topics: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|e| PipelineError::Kafka(format!("subscribing to {topics:?}: {e}")))?;
+    let flush_every = Duration::from_secs_f64(cfg.archive.flush_seconds);
+    let poll = Duration::from_millis(kafka.poll_ms);
+    let mut last_message = Instant::now();
+    let mut out = Output::default();
+    let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(kafka.batch_messages);
+    let result = loop {
+        if let Some(e) = shared.failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            break Err(PipelineError::Kafka(e));
+        }
+        if stop.load(Ordering::Relaxed) || opts.idle_exit.is_some_and(|d| last_message.elapsed() >= d) {
+            break Ok(());
+        }
+        batch.clear();
+        let deadline = Instant::now() + poll;
+        while batch.len() < kafka.batch_messages {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match consumer.poll(left) {
+                Some(Ok(m)) => batch.push(m),
+                Some(Err(e)) => {
+                    // Transport errors are retried by librdkafka; they are reported, not fatal.
+                    eprintln!("vigil: kafka: {e}");
+                    break;
+                }
+                None => break,
+            }
+            if left.is_zero() {
+                break;
+            }
+        }
+        if !batch.is_empty() {
+            last_message = Instant::now();
+        }
+        if let Err(e) = process(&shared, &consumer, &batch, &mut out, flush_every) {
+            break Err(e);
+        }
+    };
+    drop(batch);
+    // Whatever ended the loop, what was judged is made durable and committed.
+    let mut parts = shared.parts();
+    let mut keys: Vec<(String, i32)> = parts.keys().cloned().collect();
+    keys.sort();
+    let mut closing = Ok(());
+    for key in keys {
+        if let Some(st) = parts.get_mut(&key) {
+            match shared.flush(&consumer, &key.0, key.1, st, CommitMode::Sync) {
+                Ok(w) => shared.count_flush(w),
+                Err(e) => closing = Err(e),
+            }
+        }
+    }
+    drop(parts);
+    result?;
+    closing?;
+    let mut summary = shared.summary.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    summary.elapsed = started.elapsed();
+    summary.agents = shared.parts().values().map(|p| p.engine.agents()).sum();
+    Ok((summary, shared.lag.clone()))
+}
+
+/// Judges and archives one batch, partition by partition in arrival order; flushes partitions that are
+/// due.
+fn process(
+    shared: &Shared,
+    consumer: &BaseConsumer<Ctx>,
+    batch: &[BorrowedMessage<'_>],
+    out: &mut Output,
+    flush_every: Duration,
+) -> Result<(), PipelineError> {
+    let mut parts = shared.parts();
+    let now = now_ms();
+    let mut by_part: BTreeMap<(&str, i32), Vec<&BorrowedMessage<'_>>> = BTreeMap::new();
+    for m in batch {
+        by_part.entry((m.topic(), m.partition())).or_default().push(m);
+    }
+    let mut summary = shared.summary.lock().unwrap_or_else(|p| p.into_inner());
+    for ((topic, partition), msgs) in by_part {
+        // A partition revoked while this batch was being polled belongs to another member now; it
+        // re-reads these from the committed offset.
+        let Some(st) = parts.get_mut(&(topic.to_owned(), partition)) else { continue };
+        st.archive.set_ingested_at(now);
+        let committed = st.archive.committed_position();
+        let max = shared.max_event_bytes;
+        let mut events = Vec::with_capacity(msgs.len());
+        let mut positions = Vec::with_capacity(msgs.len());
+        for m in &msgs {
+            let position = m.offset() as u64 + 1;
+            summary.lines += 1;
+            if position <= committed {
+                summary.skipped += 1;
+                continue;
+            }
+            let payload = m.payload().unwrap_or_default();
+            let line = Line {
+                start: 0,
+                end: payload.len(),
+                position,
+                oversize: (payload.len() > max).then_some(payload.len() as u64),
+            };
+            let kept = &payload[..payload.len().min(max)];
+            match classify(kept, &line, max, &mut st.dedup) {
+                None => {
+                    summary.blank += 1;
+                    st.archive.consumed(position);
+                }
+                Some(Ok(ev)) => {
+                    events.push(ev);
+                    positions.push(position);
+                }
+                Some(Err(reason)) => {
+                    *summary.dead_letters.entry(reason.code()).or_default() += 1;
+                    let dlq = shared.kafka.dlq_for(topic);
+                    let offset = m.offset().to_string();
+                    let part = partition.to_string();
+                    let detail = reason.to_string();
+                    let headers = OwnedHeaders::new()
+                        .insert(Header { key: "vigil.reason", value: Some(reason.code()) })
+                        .insert(Header { key: "vigil.stage", value: Some("decode") })
+                        .insert(Header { key: "vigil.detail", value: Some(&detail) })
+                        .insert(Header { key: "vigil.topic", value: Some(topic) })
+                        .insert(Header { key: "vigil.partition", value: Some(&part) })
+                        .insert(Header { key: "vigil.offset", value: Some(&offset) });
+                    let mut record = BaseRecord::to(&dlq).payload(payload).headers(headers);
+                    if let Some(k) = m.key() {
+                        record = record.key(k);
+                    }
+                    send(&shared.producer, record)?;
+                    st.archive.push_dead_letter(&DeadLetter {
+                        reason,
+                        position,
+                        size: payload.len() as u64,
+                        payload: kept.to_vec(),
+                        truncated: line.oversize.is_some(),
+                    });
+                }
+            }
+        }
+        summary.valid += events.len() as u64;
+        out.clear();
+        let late_before = st.engine.stats().late;
+        st.engine.process(&events, out);
+        summary.late += st.engine.stats().late - late_before;
+        for (ev, &pos) in events.iter().zip(&positions) {
+            st.archive.push_event(ev, pos);
+        }
+        for f in &out.findings {
+            *summary.findings.entry((f.kind, f.severity)).or_default() += 1;
+            st.archive.push_finding(f);
+            if !shared.kafka.findings_topic.is_empty() {
+                let body = serde_json::to_vec(f).unwrap_or_default();
+                send(
+                    &shared.producer,
+                    BaseRecord::to(&shared.kafka.findings_topic).key(&f.agent_id).payload(&body),
+                )?;
+            }
+        }
+        for d in &out.decisions {
+            summary.halted.push((d.agent_id.clone(), d.actor.to_owned()));
+            st.archive.push_decision(d);
+            if !shared.kafka.control_topic.is_empty() {
+                let body = serde_json::to_vec(d).unwrap_or_default();
+                send(
+                    &shared.producer,
+                    BaseRecord::to(&shared.kafka.control_topic).key(&d.agent_id).payload(&body),
+                )?;
+            }
+        }
+        if st.archive.should_flush() || st.last_flush.elapsed() >= flush_every {
+            let (files, bytes) = shared.flush(consumer, topic, partition, st, CommitMode::Async)?;
+            summary.files += files;
+            summary.archive_bytes += bytes;
+        }
+    }
+    // Partitions with nothing new are still flushed on time, so a quiet partition's tail is committed.
+    for ((topic, partition), st) in parts.iter_mut() {
+        if st.archive.has_uncommitted() && st.last_flush.elapsed() >= flush_every {
+            let (files, bytes) = shared.flush(consumer, topic, *partition, st, CommitMode::Async)?;
+            summary.files += files;
+            summary.archive_bytes += bytes;
+        }
+    }
+    Ok(())
+}
+
+/// Produces one record, waiting while the producer's queue is full.
+fn send<K, P>(
+    producer: &ThreadedProducer<AckContext>,
+    mut record: BaseRecord<'_, K, P>,
+) -> Result<(), PipelineError>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                r,
+            )) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err((e, _)) => return Err(PipelineError::Kafka(format!("producing: {e}"))),
+        }
+    }
+}
