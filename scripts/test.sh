@@ -11,15 +11,25 @@ CACHE="${VIGIL_CACHE:-$HOME/.cache/vigil}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 mkdir -p "$CACHE"
 
-# Independent Parquet readers for the archive tests: DuckDB and pyarrow, in a venv of their own.
+# Independent Parquet readers for the archive tests (DuckDB, pyarrow) and an independent Kafka client
+# (confluent-kafka), in a venv of their own.
 VENV="$CACHE/venv"
-PY_PACKAGES=(duckdb==2.0.1 pyarrow==26.0.1)
-if ! "$VENV/bin/python" -c "import duckdb, pyarrow" 2>/dev/null; then
+PY_PACKAGES=(duckdb==2.0.1 pyarrow==26.0.1 confluent-kafka==2.16.1)
+if ! "$VENV/bin/python" -c "import duckdb, pyarrow, confluent_kafka" 2>/dev/null; then
   echo "test.sh: installing ${PY_PACKAGES[*]} into $VENV" >&2
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
 fi
 export VIGIL_PYTHON="$VENV/bin/python"
+
+# A real Kafka-protocol broker for the Kafka tests: tansu, built once (about 10 minutes) into the cache.
+TANSU="$CACHE/tools/bin/tansu"
+if ! "$TANSU" --version 2>/dev/null | grep -q "0.6.0"; then
+  echo "test.sh: installing tansu 0.6.0 into $CACHE/tools (once; about 10 minutes)" >&2
+  env -u CARGO_TARGET_DIR cargo install tansu@0.6.0 --locked --features dynostore \
+    --root "$CACHE/tools" --quiet
+fi
+export VIGIL_TANSU="$TANSU"
 
 cargo fmt --all --check
 # One profile (dev, optimised; see Cargo.toml) for everything; benches are compiled, not run.

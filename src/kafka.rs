@@ -11,7 +11,7 @@
 //! partition is flushed and committed inside the rebalance callback, before another member can take it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,8 @@ use crate::pipeline::{DedupWindow, PipelineError, Summary, classify, now_ms};
 /// Options of one Kafka run beyond the config file.
 #[derive(Debug, Clone, Default)]
 pub struct KafkaRunOptions {
-    /// Stop once no message has arrived for this long (batch jobs and tests); `None` runs until `stop`.
+    /// Stop once no message has arrived for this long while partitions are assigned (batch jobs and
+    /// tests); `None` runs until `stop`.
     pub idle_exit: Option<Duration>,
 }
 
@@ -40,6 +41,9 @@ struct PartState {
     engine: Engine,
     dedup: DedupWindow,
     last_flush: Instant,
+    /// The rebalance epoch it was assigned in: messages polled before that belong to an earlier
+    /// ownership of the partition, whose position was committed without them.
+    assigned_at: u64,
 }
 
 /// What the consumer thread and the rebalance callback share.
@@ -51,6 +55,8 @@ struct Shared {
     max_event_bytes: usize,
     producer: ThreadedProducer<AckContext>,
     parts: Mutex<HashMap<(String, i32), PartState>>,
+    /// Bumped on every assignment and revocation; each polled message is tagged with it.
+    epoch: AtomicU64,
     /// The first error met inside a rebalance callback (which cannot return one).
     failed: Mutex<Option<String>>,
     summary: Mutex<Summary>,
@@ -80,6 +86,7 @@ impl Shared {
             engine,
             dedup: DedupWindow::new(self.dedup_window),
             last_flush: Instant::now(),
+            assigned_at: self.epoch.load(Ordering::SeqCst),
         })
     }
 
@@ -139,6 +146,7 @@ impl ClientContext for Ctx {
 impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
+            self.shared.epoch.fetch_add(1, Ordering::SeqCst);
             let mut parts = self.shared.parts();
             for e in tpl.elements() {
                 let key = (e.topic().to_owned(), e.partition());
@@ -157,6 +165,7 @@ impl ConsumerContext for Ctx {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
+                self.shared.epoch.fetch_add(1, Ordering::SeqCst);
                 let mut parts = self.shared.parts();
                 for e in tpl.elements() {
                     let key = (e.topic().to_owned(), e.partition());
@@ -199,6 +208,7 @@ pub fn run(
         max_event_bytes: cfg.input.max_event_bytes,
         producer,
         parts: Mutex::new(HashMap::new()),
+        epoch: AtomicU64::new(0),
         failed: Mutex::new(None),
         summary: Mutex::new(Summary { source: kafka.topics.join(","), ..Summary::default() }),
         lag: Lag::default(),
@@ -215,7 +225,7 @@ pub fn run(
     let poll = Duration::from_millis(kafka.poll_ms);
     let mut last_message = Instant::now();
     let mut out = Output::default();
-    let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(kafka.batch_messages);
+    let mut batch: Vec<(BorrowedMessage<'_>, u64)> = Vec::with_capacity(kafka.batch_messages);
     let result = loop {
         if let Some(e) = shared.failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
             break Err(PipelineError::Kafka(e));
@@ -228,7 +238,8 @@ pub fn run(
         while batch.len() < kafka.batch_messages {
             let left = deadline.saturating_duration_since(Instant::now());
             match consumer.poll(left) {
-                Some(Ok(m)) => batch.push(m),
+                // Tagged after poll returns: a rebalance inside this poll happened before this message.
+                Some(Ok(m)) => batch.push((m, shared.epoch.load(Ordering::SeqCst))),
                 Some(Err(e)) => {
                     // Transport errors are retried by librdkafka; they are reported, not fatal.
                     eprintln!("vigil: kafka: {e}");
@@ -240,7 +251,9 @@ pub fn run(
                 break;
             }
         }
-        if !batch.is_empty() {
+        // Idle means assigned and nothing arriving: while the group is still forming (a crashed member's
+        // session has to expire first), the clock does not run.
+        if !batch.is_empty() || shared.parts().is_empty() {
             last_message = Instant::now();
         }
         if let Err(e) = process(&shared, &consumer, &batch, &mut out, flush_every) {
@@ -275,15 +288,15 @@ pub fn run(
 fn process(
     shared: &Shared,
     consumer: &BaseConsumer<Ctx>,
-    batch: &[BorrowedMessage<'_>],
+    batch: &[(BorrowedMessage<'_>, u64)],
     out: &mut Output,
     flush_every: Duration,
 ) -> Result<(), PipelineError> {
     let mut parts = shared.parts();
     let now = now_ms();
-    let mut by_part: BTreeMap<(&str, i32), Vec<&BorrowedMessage<'_>>> = BTreeMap::new();
-    for m in batch {
-        by_part.entry((m.topic(), m.partition())).or_default().push(m);
+    let mut by_part: BTreeMap<(&str, i32), Vec<(&BorrowedMessage<'_>, u64)>> = BTreeMap::new();
+    for (m, epoch) in batch {
+        by_part.entry((m.topic(), m.partition())).or_default().push((m, *epoch));
     }
     let mut summary = shared.summary.lock().unwrap_or_else(|p| p.into_inner());
     for ((topic, partition), msgs) in by_part {
@@ -295,7 +308,12 @@ fn process(
         let max = shared.max_event_bytes;
         let mut events = Vec::with_capacity(msgs.len());
         let mut positions = Vec::with_capacity(msgs.len());
-        for m in &msgs {
+        for &(m, epoch) in &msgs {
+            if epoch < st.assigned_at {
+                // Polled under an earlier ownership of this partition, which committed without it; the
+                // current one fetches it again from the committed offset.
+                continue;
+            }
             let position = m.offset() as u64 + 1;
             summary.lines += 1;
             if position <= committed {

@@ -79,3 +79,94 @@ pub fn simulate(path: &Path, agents: usize, duration: &str, rate: f64, incidents
     drop(out);
     std::fs::read_to_string(path).expect("simulated file").lines().count() as u64
 }
+
+/// A real Kafka-protocol broker (tansu, in memory) on a free loopback port, stopped when dropped.
+/// `scripts/test.sh` installs tansu into ~/.cache/vigil/tools; a missing broker fails the test.
+pub struct Broker {
+    child: std::process::Child,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+}
+
+impl Broker {
+    /// Starts a broker and waits until it accepts connections.
+    pub fn start() -> Broker {
+        let bin = std::env::var_os("VIGIL_TANSU").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/vigil/tools/bin/tansu")
+        });
+        assert!(
+            bin.exists(),
+            "no Kafka broker at {}: run scripts/test.sh, which installs tansu",
+            bin.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{addr}");
+        let log =
+            std::fs::File::create(std::env::temp_dir().join(format!("vigil-tansu-{port}.log"))).unwrap();
+        let child = Command::new(bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("tansu starts");
+        let broker = Broker { child, addr };
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(&broker.addr).is_err() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(20),
+                "tansu did not listen on {}",
+                broker.addr
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        broker
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `tests/py/kafka_tool.py CMD ARGS...` (confluent-kafka, an independent client) and parses its JSON.
+pub fn kafka_tool(args: &[&str]) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/kafka_tool.py");
+    let out = Command::new(python()).arg(script).args(args).output().expect("python runs");
+    assert!(out.status.success(), "kafka_tool {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("kafka_tool prints JSON")
+}
+
+/// `vigil run --kafka` over `topic` into `archive`, until idle for `idle`; returns the summary.
+pub fn run_kafka(
+    broker: &Broker,
+    topic: &str,
+    group: &str,
+    archive: &Path,
+    config: Option<&Path>,
+    idle: &str,
+) -> serde_json::Value {
+    let mut cmd = vigil();
+    cmd.args([
+        "run",
+        "--json",
+        "--kafka",
+        &broker.addr,
+        "--topic",
+        topic,
+        "--group",
+        group,
+        "--idle-exit",
+        idle,
+    ])
+    .arg("--archive")
+    .arg(archive);
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let out = ok(cmd.output().expect("vigil runs"));
+    serde_json::from_slice(&out.stdout).expect("summary is JSON")
+}
