@@ -182,3 +182,94 @@ fn kill_9_while_consuming_loses_nothing_and_duplicates_nothing() {
     let dead = archive_py("rows", &archive, &["dead-letters", "_position"]);
     assert_eq!(dead["duckdb"].as_array().unwrap().len(), bad.len());
 }
+
+/// The example config (the simulator's role policies) with small flushes and a short session timeout,
+/// so crashed members are replaced within seconds.
+fn member_config(dir: &Path) -> std::path::PathBuf {
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/vigil.toml")).unwrap();
+    let text = example
+        .replace("flush_rows = 250000", "flush_rows = 5000")
+        .replace("flush_seconds = 10.0", "flush_seconds = 1.0")
+        + "\n[kafka]\nbrokers = \"-\"\ntopics = [\"events\"]\n[kafka.options]\n\"session.timeout.ms\" = \"6000\"\n";
+    let path = dir.join("member.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Finding ids with their final severity, as archived.
+fn archived_findings(archive: &Path) -> BTreeMap<String, String> {
+    let rows = archive_py("rows", archive, &["findings", "finding_id"]);
+    let rank = |s: &str| ["low", "medium", "high", "critical"].iter().position(|x| *x == s).unwrap();
+    let mut m: BTreeMap<String, String> = BTreeMap::new();
+    for r in rows["duckdb"].as_array().unwrap() {
+        let (id, sev) =
+            (r["finding_id"].as_str().unwrap().to_owned(), r["severity"].as_str().unwrap().to_owned());
+        let keep = m.get(&id).is_none_or(|old| rank(old) < rank(&sev));
+        if keep {
+            m.insert(id, sev);
+        }
+    }
+    m
+}
+
+#[test]
+fn two_members_split_the_partitions_and_survive_one_dying_mid_stream() {
+    let broker = Broker::start();
+    let dir = scratch();
+    let (path, n, bad) = input(dir.path(), 150, "3h", 25.0, 8);
+    kafka_tool(&["create", &broker.addr, "events", "4"]);
+    kafka_tool(&["produce", &broker.addr, "events", path.to_str().unwrap()]);
+    let config = member_config(dir.path());
+    let archive = dir.path().join("archive");
+    let member = |idle: &str| {
+        vigil()
+            .args([
+                "run",
+                "--json",
+                "--kafka",
+                &broker.addr,
+                "--topic",
+                "events",
+                "--group",
+                "pair",
+                "--idle-exit",
+                idle,
+            ])
+            .arg("--archive")
+            .arg(&archive)
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // A starts alone, B joins (a rebalance mid-stream), then A dies (another one, once its session
+    // expires): B ends up with every partition, resuming each from A's last commit and A's detector state.
+    let mut a = member("30s");
+    std::thread::sleep(Duration::from_millis(1500));
+    let b = member("12s");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(a.try_wait().unwrap().is_none(), "A was still consuming when B joined");
+    a.kill().unwrap();
+    a.wait().unwrap();
+    let out = b.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let total = n + bad.len() as u64;
+    let b_lines = summary["lines"].as_u64().unwrap();
+    assert!(b_lines > 0 && b_lines < total, "B read {b_lines} of {total}: the partitions were shared");
+
+    let counts = archive_py("event-counts", &archive, &[]);
+    assert_eq!((counts["rows"].as_u64(), counts["distinct"].as_u64()), (Some(n), Some(n)), "{counts}");
+    let dead = archive_py("rows", &archive, &["dead-letters", "_position"]);
+    assert_eq!(dead["duckdb"].as_array().unwrap().len(), bad.len());
+
+    // Detection did not notice the moves: one member alone, from scratch, finds exactly the same.
+    let alone = dir.path().join("alone");
+    run_kafka(&broker, "events", "alone", &alone, Some(&config), "5s");
+    let want = archived_findings(&alone);
+    assert!(want.len() >= 3, "the fleet's incidents give findings: {want:?}");
+    assert_eq!(archived_findings(&archive), want);
+}
