@@ -185,6 +185,19 @@ struct SimArgs {
     /// Where to write the incident labels (NDJSON).
     #[arg(long)]
     labels: Option<PathBuf>,
+    /// Produce to Kafka instead of writing a file: bootstrap brokers (host:port,...). Messages are keyed
+    /// by agent_id, so each agent's events stay in one partition, in order.
+    #[arg(long, value_name = "BROKERS")]
+    kafka: Option<String>,
+    /// With --kafka: the topic (created with --partitions when missing).
+    #[arg(long, default_value = "agent-events")]
+    topic: String,
+    /// With --kafka: partitions of the topic when vigil creates it.
+    #[arg(long, default_value_t = 8)]
+    partitions: i32,
+    /// With --kafka: messages per second of wall time; 0 produces as fast as the broker takes them.
+    #[arg(long, default_value_t = 0.0)]
+    produce_rate: f64,
 }
 
 /// Runs the CLI and maps the outcome to an exit code: 0 success, 1 bad input found by `validate`,
@@ -419,6 +432,19 @@ fn simulate_to(cfg: &SimConfig, out: &Path, labels: Option<&Path>) -> Result<u64
 
 fn cmd_simulate(args: SimArgs) -> Result<ExitCode, String> {
     let cfg = sim_config(&args)?;
+    if let Some(brokers) = &args.kafka {
+        let n = kafka::produce_simulated(
+            &cfg,
+            brokers,
+            &args.topic,
+            args.partitions,
+            args.produce_rate,
+            args.labels.as_deref(),
+        )
+        .map_err(|e| e.to_string())?;
+        eprintln!("produced {n} events to {} at {brokers}", args.topic);
+        return Ok(ExitCode::SUCCESS);
+    }
     let n = simulate_to(&cfg, &args.out, args.labels.as_deref())?;
     if args.out != Path::new("-") {
         eprintln!("wrote {n} events to {}", args.out.display());

@@ -273,3 +273,52 @@ fn two_members_split_the_partitions_and_survive_one_dying_mid_stream() {
     assert!(want.len() >= 3, "the fleet's incidents give findings: {want:?}");
     assert_eq!(archived_findings(&archive), want);
 }
+
+#[test]
+fn the_load_generator_produces_the_fleet_keyed_by_agent_at_the_asked_rate() {
+    let broker = Broker::start();
+    let dir = scratch();
+    let file = dir.path().join("fleet.ndjson");
+    let n = simulate(&file, 40, "20m", 5.0, 2, 21);
+    let started = Instant::now();
+    ok(vigil()
+        .args([
+            "simulate",
+            "--agents",
+            "40",
+            "--duration",
+            "20m",
+            "--rate",
+            "5",
+            "--incidents",
+            "2",
+            "--seed",
+            "21",
+        ])
+        .args(["--kafka", &broker.addr, "--topic", "fleet", "--partitions", "3", "--produce-rate", "4000"])
+        .output()
+        .unwrap());
+    let secs = started.elapsed().as_secs_f64();
+    assert!(secs >= n as f64 / 4000.0, "{n} events in {secs:.2}s is faster than 4000/s");
+    let got = kafka_tool(&["consume", &broker.addr, "fleet"]);
+    let recs = got["records"].as_array().unwrap();
+    assert_eq!(recs.len() as u64, n);
+    // The same events as the file, each keyed by its agent, each agent in one partition and in order.
+    let mut want: Vec<String> = std::fs::read_to_string(&file).unwrap().lines().map(str::to_owned).collect();
+    let mut have: Vec<String> = recs.iter().map(|r| r["value"].as_str().unwrap().to_owned()).collect();
+    want.sort();
+    have.sort();
+    assert!(want == have, "the topic holds other events than the file");
+    // Records come back in offset order per partition: each agent's events must be in time order there.
+    let mut seen: BTreeMap<String, (i64, String)> = BTreeMap::new();
+    for r in recs {
+        let ev: serde_json::Value = serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
+        assert_eq!(r["key"], ev["agent_id"]);
+        let (p, ts) = (r["partition"].as_i64().unwrap(), ev["ts"].as_str().unwrap().to_owned());
+        let e = seen.entry(ev["agent_id"].as_str().unwrap().to_owned()).or_insert((p, ts.clone()));
+        assert_eq!(e.0, p, "an agent's events stay in one partition");
+        assert!(e.1 <= ts, "{} out of order: {} after {}", ev["agent_id"], ts, e.1);
+        e.1 = ts;
+    }
+    assert_eq!(seen.len(), 40);
+}

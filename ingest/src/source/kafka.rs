@@ -176,35 +176,26 @@ impl KafkaConfig {
     /// Creates the output topics that do not exist yet, with as many partitions as the first source
     /// topic (so findings keyed by agent spread like the events). Existing topics are left alone.
     pub fn ensure_output_topics(&self, timeout: std::time::Duration) -> Result<(), String> {
-        let admin: AdminClient<DefaultClientContext> =
-            self.client().create().map_err(|e| format!("creating an admin client: {e}"))?;
-        let meta = admin
-            .inner()
-            .fetch_metadata(None, timeout)
-            .map_err(|e| format!("reading the cluster's topics: {e}"))?;
-        let existing: std::collections::HashSet<&str> = meta.topics().iter().map(|t| t.name()).collect();
-        let partitions = meta
-            .topics()
-            .iter()
-            .find(|t| Some(t.name()) == self.topics.first().map(String::as_str))
-            .map_or(1, |t| t.partitions().len().max(1) as i32);
-        let names: Vec<String> =
-            self.output_topics().into_iter().filter(|t| !existing.contains(t.as_str())).collect();
-        if names.is_empty() {
-            return Ok(());
-        }
-        let new: Vec<NewTopic<'_>> =
-            names.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(-1))).collect();
-        let opts = AdminOptions::new().request_timeout(Some(timeout));
-        let results =
-            block_on(admin.create_topics(&new, &opts)).map_err(|e| format!("creating {names:?}: {e}"))?;
-        for r in results {
-            match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((name, code)) => return Err(format!("creating topic {name}: {code}")),
-            }
-        }
-        Ok(())
+        let admin = self.admin()?;
+        let first = self.topics.first().map_or("", String::as_str);
+        let partitions = topic_partitions(&admin, first, timeout)?.max(1);
+        let names = self.output_topics();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        create_missing(&admin, &names, partitions, timeout)
+    }
+
+    /// Creates those of `topics` that do not exist yet, with `partitions` partitions each.
+    pub fn ensure_topics(
+        &self,
+        topics: &[&str],
+        partitions: i32,
+        timeout: std::time::Duration,
+    ) -> Result<(), String> {
+        create_missing(&self.admin()?, topics, partitions, timeout)
+    }
+
+    fn admin(&self) -> Result<AdminClient<DefaultClientContext>, String> {
+        self.client().create().map_err(|e| format!("creating an admin client: {e}"))
     }
 
     /// A producer for dead letters, findings and decisions: idempotent, acknowledged by all replicas,
@@ -214,6 +205,49 @@ impl KafkaConfig {
         c.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "20");
         c.create_with_context(AckContext::default())
     }
+}
+
+/// Partitions of a topic (0 when it does not exist).
+fn topic_partitions(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    timeout: std::time::Duration,
+) -> Result<i32, String> {
+    let meta = admin
+        .inner()
+        .fetch_metadata(None, timeout)
+        .map_err(|e| format!("reading the cluster's topics: {e}"))?;
+    Ok(meta.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len() as i32))
+}
+
+/// Creates those of `topics` the cluster does not have; a topic created meanwhile by someone else is fine.
+fn create_missing(
+    admin: &AdminClient<DefaultClientContext>,
+    topics: &[&str],
+    partitions: i32,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    let meta = admin
+        .inner()
+        .fetch_metadata(None, timeout)
+        .map_err(|e| format!("reading the cluster's topics: {e}"))?;
+    let existing: std::collections::HashSet<&str> = meta.topics().iter().map(|t| t.name()).collect();
+    let names: Vec<&str> = topics.iter().copied().filter(|t| !existing.contains(t)).collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    let new: Vec<NewTopic<'_>> =
+        names.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(-1))).collect();
+    let opts = AdminOptions::new().request_timeout(Some(timeout));
+    let results =
+        block_on(admin.create_topics(&new, &opts)).map_err(|e| format!("creating {names:?}: {e}"))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => return Err(format!("creating topic {name}: {code}")),
+        }
+    }
+    Ok(())
 }
 
 /// Runs a future to completion on this thread (the admin client's futures are resolved by its own
