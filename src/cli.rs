@@ -294,6 +294,7 @@ pub fn summary_json(s: &Summary, archive: &Path) -> serde_json::Value {
         "files": s.files,
         "archive_bytes": s.archive_bytes,
         "elapsed_seconds": s.elapsed.as_secs_f64(),
+        "lag": s.lag,
         "archive": archive,
     })
 }

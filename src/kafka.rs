@@ -27,6 +27,9 @@ use vigil_ingest::source::kafka::{AckContext, KafkaConfig, Lag};
 use crate::config::VigilConfig;
 use crate::pipeline::{DedupWindow, PipelineError, Summary, classify, now_ms};
 
+/// Tries per offset commit before the run stops with an error.
+const COMMIT_ATTEMPTS: u32 = 8;
+
 /// Options of one Kafka run beyond the config file.
 #[derive(Debug, Clone, Default)]
 pub struct KafkaRunOptions {
@@ -119,9 +122,16 @@ impl Shared {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Offset(report.committed_position as i64))
             .map_err(|e| PipelineError::Kafka(e.to_string()))?;
-        consumer
-            .commit(&tpl, mode)
-            .map_err(|e| PipelineError::Kafka(format!("committing {topic}/{partition}: {e}")))?;
+        // A commit that fails is retried: the archive is already durable, so the worst a lost commit
+        // does is make a restart skip (by the checkpoint) what Kafka redelivers.
+        let mut attempt = 0;
+        while let Err(e) = consumer.commit(&tpl, mode) {
+            attempt += 1;
+            if attempt >= COMMIT_ATTEMPTS {
+                return Err(PipelineError::Kafka(format!("committing {topic}/{partition}: {e}")));
+            }
+            std::thread::sleep(Duration::from_millis(100 << attempt.min(4)));
+        }
         Ok((report.files.len() as u64, report.bytes))
     }
 
@@ -280,6 +290,7 @@ pub fn run(
     let mut summary = shared.summary.lock().unwrap_or_else(|p| p.into_inner()).clone();
     summary.elapsed = started.elapsed();
     summary.agents = shared.parts().values().map(|p| p.engine.agents()).sum();
+    summary.lag = shared.lag.snapshot().into_iter().map(|((t, p), l)| (format!("{t}/{p}"), l)).collect();
     Ok((summary, shared.lag.clone()))
 }
 

@@ -100,6 +100,8 @@ pub struct Summary {
     pub archive_bytes: u64,
     /// Wall time.
     pub elapsed: Duration,
+    /// Kafka only: the last consumer lag librdkafka reported per `topic/partition`.
+    pub lag: BTreeMap<String, i64>,
 }
 
 impl Summary {
