@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -23,29 +23,14 @@ fn kill_9_mid_run_then_rerun_leaves_every_event_exactly_once() {
     let mut kills = 0;
     // Short delays: each restart resumes where the last commit left off, so every run has less to do.
     for delay_ms in [90u64, 150, 60, 200, 120, 80, 170, 100] {
-        let mut child = vigil()
-            .args(["run", "--json", "--input"])
+        let mut cmd = vigil();
+        cmd.args(["run", "--json", "--input"])
             .arg(&input)
             .arg("--archive")
             .arg(&archive)
             .arg("--config")
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_millis(delay_ms) {
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL on Unix
-            kills += 1;
-        }
-        child.wait().unwrap();
+            .arg(&config);
+        kills += u32::from(kill_after(cmd, Duration::from_millis(delay_ms)));
         // Whatever the moment, every file under a final name opens and nothing is counted twice.
         let files = archive_py("open-all", &archive, &[]);
         let counts = archive_py("event-counts", &archive, &[]);

@@ -125,17 +125,12 @@ fn vigil_eval_scores_files_from_vigil_simulate() {
             .output()
             .unwrap(),
     );
-    let out = common::ok(
-        common::vigil()
-            .arg("eval")
-            .arg("--events")
-            .arg(&events)
-            .arg("--labels")
-            .arg(&labels)
-            .arg("--json")
-            .output()
-            .unwrap(),
-    );
+    let eval = |extra: &[&str]| {
+        let mut cmd = common::vigil();
+        cmd.arg("eval").arg("--events").arg(&events).arg("--labels").arg(&labels).args(extra);
+        cmd.output().unwrap()
+    };
+    let out = common::ok(eval(&["--json"]));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let incidents = report["incidents"].as_array().unwrap();
     assert_eq!(incidents.len(), 8);
@@ -145,30 +140,14 @@ fn vigil_eval_scores_files_from_vigil_simulate() {
     assert!(detected >= 7, "{report:#}");
     assert!((report["agent_days"].as_f64().unwrap() - 60.0).abs() < 1.0, "{report:#}");
     // The table form names every incident kind.
-    let out = common::ok(
-        common::vigil()
-            .arg("eval")
-            .arg("--events")
-            .arg(&events)
-            .arg("--labels")
-            .arg(&labels)
-            .output()
-            .unwrap(),
-    );
+    let out = common::ok(eval(&[]));
     let text = String::from_utf8_lossy(&out.stdout);
     for kind in ["runaway_loop", "data_exfiltration", "scope_creep", "model_swap", "per 100 agent-days"] {
         assert!(text.contains(kind), "{kind} missing from:\n{text}");
     }
     // A labels file that is not one is refused with the line.
     std::fs::write(&labels, "{\"agent_id\":\"a\"}\n").unwrap();
-    let out = common::vigil()
-        .arg("eval")
-        .arg("--events")
-        .arg(&events)
-        .arg("--labels")
-        .arg(&labels)
-        .output()
-        .unwrap();
+    let out = eval(&[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("labels.ndjson:1: not a label"),

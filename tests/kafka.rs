@@ -129,36 +129,8 @@ fn kill_9_while_consuming_loses_nothing_and_duplicates_nothing() {
     let archive = dir.path().join("archive");
     let mut kills = 0;
     for delay_ms in [700u64, 400, 900, 300, 600, 500, 800] {
-        let mut child = vigil()
-            .args([
-                "run",
-                "--json",
-                "--kafka",
-                &broker.addr,
-                "--topic",
-                "events",
-                "--group",
-                "g",
-                "--idle-exit",
-                "3s",
-            ])
-            .arg("--archive")
-            .arg(&archive)
-            .arg("--config")
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_millis(delay_ms) && child.try_wait().unwrap().is_none() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
-            kills += 1;
-        }
-        child.wait().unwrap();
+        let member = kafka_member(&broker, "events", "g", &archive, Some(&config), "3s");
+        kills += u32::from(kill_after(member, Duration::from_millis(delay_ms)));
         let counts = archive_py("event-counts", &archive, &[]);
         assert_eq!(counts["rows"], counts["distinct"], "after a kill at {delay_ms} ms: {counts}");
     }
@@ -223,23 +195,7 @@ fn two_members_split_the_partitions_and_survive_one_dying_mid_stream() {
     let config = member_config(dir.path());
     let archive = dir.path().join("archive");
     let member = |idle: &str| {
-        vigil()
-            .args([
-                "run",
-                "--json",
-                "--kafka",
-                &broker.addr,
-                "--topic",
-                "events",
-                "--group",
-                "pair",
-                "--idle-exit",
-                idle,
-            ])
-            .arg("--archive")
-            .arg(&archive)
-            .arg("--config")
-            .arg(&config)
+        kafka_member(&broker, "events", "pair", &archive, Some(&config), idle)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -140,15 +140,15 @@ pub fn kafka_tool(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("kafka_tool prints JSON")
 }
 
-/// `vigil run --kafka` over `topic` into `archive`, until idle for `idle`; returns the summary.
-pub fn run_kafka(
+/// The command `vigil run --json --kafka` over `topic` into `archive`, until idle for `idle`.
+pub fn kafka_member(
     broker: &Broker,
     topic: &str,
     group: &str,
     archive: &Path,
     config: Option<&Path>,
     idle: &str,
-) -> serde_json::Value {
+) -> Command {
     let mut cmd = vigil();
     cmd.args([
         "run",
@@ -167,6 +167,38 @@ pub fn run_kafka(
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
     }
-    let out = ok(cmd.output().expect("vigil runs"));
+    cmd
+}
+
+/// Runs a [`kafka_member`] to its end; returns the summary.
+pub fn run_kafka(
+    broker: &Broker,
+    topic: &str,
+    group: &str,
+    archive: &Path,
+    config: Option<&Path>,
+    idle: &str,
+) -> serde_json::Value {
+    let out = ok(kafka_member(broker, topic, group, archive, config, idle).output().expect("vigil runs"));
     serde_json::from_slice(&out.stdout).expect("summary is JSON")
+}
+
+/// Spawns `cmd` (output discarded) and SIGKILLs it after `delay` unless it ended first; returns whether
+/// it was killed.
+pub fn kill_after(mut cmd: Command, delay: std::time::Duration) -> bool {
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("vigil starts");
+    let started = std::time::Instant::now();
+    while started.elapsed() < delay && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let killed = child.try_wait().unwrap().is_none();
+    if killed {
+        child.kill().unwrap(); // SIGKILL on Unix
+    }
+    child.wait().unwrap();
+    killed
 }
