@@ -27,6 +27,9 @@ use vigil_ingest::source::kafka::{AckContext, KafkaConfig, Lag};
 use crate::config::VigilConfig;
 use crate::pipeline::{DedupWindow, PipelineError, Summary, classify, now_ms};
 
+/// With an idle exit: how long past it a member may wait for its first partition before giving up.
+const UNASSIGNED_LIMIT: Duration = Duration::from_secs(90);
+
 /// Tries per offset commit before the run stops with an error.
 const COMMIT_ATTEMPTS: u32 = 8;
 
@@ -148,8 +151,8 @@ struct Ctx {
 }
 
 impl ClientContext for Ctx {
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        self.shared.lag.record(&statistics);
+    fn stats_raw(&self, statistics: &[u8]) {
+        self.shared.lag.record_json(statistics);
     }
 }
 
@@ -234,6 +237,7 @@ pub fn run(
     let flush_every = Duration::from_secs_f64(cfg.archive.flush_seconds);
     let poll = Duration::from_millis(kafka.poll_ms);
     let mut last_message = Instant::now();
+    let mut last_assigned = Instant::now();
     let mut out = Output::default();
     let mut batch: Vec<(BorrowedMessage<'_>, u64)> = Vec::with_capacity(kafka.batch_messages);
     let result = loop {
@@ -242,6 +246,16 @@ pub fn run(
         }
         if stop.load(Ordering::Relaxed) || opts.idle_exit.is_some_and(|d| last_message.elapsed() >= d) {
             break Ok(());
+        }
+        // A batch run (idle exit) that the group never gives a partition is stuck, not idle: say so
+        // rather than wait forever.
+        if let Some(d) = opts.idle_exit
+            && last_assigned.elapsed() >= d + UNASSIGNED_LIMIT
+        {
+            break Err(PipelineError::Kafka(format!(
+                "no partition was assigned for {}s: is the consumer group stuck?",
+                last_assigned.elapsed().as_secs()
+            )));
         }
         batch.clear();
         let deadline = Instant::now() + poll;
@@ -263,7 +277,11 @@ pub fn run(
         }
         // Idle means assigned and nothing arriving: while the group is still forming (a crashed member's
         // session has to expire first), the clock does not run.
-        if !batch.is_empty() || shared.parts().is_empty() {
+        let unassigned = shared.parts().is_empty();
+        if !unassigned {
+            last_assigned = Instant::now();
+        }
+        if !batch.is_empty() || unassigned {
             last_message = Instant::now();
         }
         if let Err(e) = process(&shared, &consumer, &batch, &mut out, flush_every) {

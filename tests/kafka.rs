@@ -9,6 +9,17 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// Session timeout of the members the tests kill: short, so the group moves on quickly.
+const SESSION_MS: u64 = 6000;
+
+/// The Kafka tests run one at a time: each starts a broker and several vigil processes, and two
+/// machines' worth of them at once on two cores would turn timing into the thing under test.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Writes `good` simulated events plus some bad lines to a file; returns (total lines, bad lines).
 fn input(
     dir: &Path,
@@ -35,6 +46,7 @@ fn input(
 
 #[test]
 fn a_topic_lands_in_the_archive_exactly_once_and_bad_records_in_the_dlq() {
+    let _serial = serial();
     let broker = Broker::start();
     let dir = scratch();
     let (path, n, bad) = input(dir.path(), 60, "30m", 20.0, 3);
@@ -111,6 +123,7 @@ fn a_topic_lands_in_the_archive_exactly_once_and_bad_records_in_the_dlq() {
 
 #[test]
 fn kill_9_while_consuming_loses_nothing_and_duplicates_nothing() {
+    let _serial = serial();
     let broker = Broker::start();
     let dir = scratch();
     let (path, n, bad) = input(dir.path(), 200, "2h", 45.0, 5);
@@ -119,20 +132,26 @@ fn kill_9_while_consuming_loses_nothing_and_duplicates_nothing() {
     kafka_tool(&["produce", &broker.addr, "events", path.to_str().unwrap()]);
     let config = dir.path().join("v.toml");
     // Small flushes, so kills land between, during and after commits.
-    // A killed member's session expires after 6 s, so the restarted one is assigned quickly.
+    // A killed member's session expires quickly, so the restarted one is assigned quickly.
     std::fs::write(
         &config,
-        "[archive]\nflush_rows = 8000\n[kafka]\nbrokers = \"-\"\ntopics = [\"events\"]\n\
-         [kafka.options]\n\"session.timeout.ms\" = \"6000\"\n",
+        format!(
+            "[archive]\nflush_rows = 8000\n[kafka]\nbrokers = \"-\"\ntopics = [\"events\"]\n\
+             [kafka.options]\n\"session.timeout.ms\" = \"{SESSION_MS}\"\n"
+        ),
     )
     .unwrap();
     let archive = dir.path().join("archive");
     let mut kills = 0;
-    for delay_ms in [700u64, 400, 900, 300, 600, 500, 800] {
+    // Each member is killed while it consumes, then the next one starts once the killed one's session
+    // has expired, so it joins a group whose membership has settled (tansu's coordinator can lose track
+    // of a member that dies in the middle of joining).
+    for delay_ms in [1800u64, 2600, 1500, 2200, 3000, 2000, 2400] {
         let member = kafka_member(&broker, "events", "g", &archive, Some(&config), "3s");
         kills += u32::from(kill_after(member, Duration::from_millis(delay_ms)));
         let counts = archive_py("event-counts", &archive, &[]);
         assert_eq!(counts["rows"], counts["distinct"], "after a kill at {delay_ms} ms: {counts}");
+        std::thread::sleep(Duration::from_millis(SESSION_MS + 500));
     }
     assert!(kills >= 5, "vigil finished too fast to be killed mid-way ({kills} kills)");
     // Killed members hold their partitions until their sessions expire (6 s): wait longer than that.
@@ -187,6 +206,7 @@ fn archived_findings(archive: &Path) -> BTreeMap<String, String> {
 
 #[test]
 fn two_members_split_the_partitions_and_survive_one_dying_mid_stream() {
+    let _serial = serial();
     let broker = Broker::start();
     let dir = scratch();
     let (path, n, bad) = input(dir.path(), 150, "3h", 25.0, 8);
@@ -232,6 +252,7 @@ fn two_members_split_the_partitions_and_survive_one_dying_mid_stream() {
 
 #[test]
 fn the_load_generator_produces_the_fleet_keyed_by_agent_at_the_asked_rate() {
+    let _serial = serial();
     let broker = Broker::start();
     let dir = scratch();
     let file = dir.path().join("fleet.ndjson");

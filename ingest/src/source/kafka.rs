@@ -16,7 +16,6 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{ProducerContext, ThreadedProducer};
-use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use serde::{Deserialize, Serialize};
 
@@ -310,14 +309,25 @@ impl Lag {
         self.0.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
-    /// Records one statistics report.
-    pub fn record(&self, stats: &Statistics) {
+    /// Records one statistics report (librdkafka's JSON). Only `topics.*.partitions.*.consumer_lag` is
+    /// read, so a broker whose reports lack other fields (rdkafka's typed `Statistics` then fails to
+    /// parse, as with tansu) still gives lag.
+    pub fn record_json(&self, json: &[u8]) {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else { return };
+        let Some(topics) = v.get("topics").and_then(|t| t.as_object()) else { return };
         let Ok(mut m) = self.0.lock() else { return };
-        for (topic, t) in &stats.topics {
-            for (&p, part) in &t.partitions {
-                // -1 is the internal "unassigned" partition and lags the consumer does not know.
-                if p >= 0 && part.consumer_lag >= 0 {
-                    m.insert((topic.clone(), p), part.consumer_lag);
+        for (topic, t) in topics {
+            let Some(parts) = t.get("partitions").and_then(|p| p.as_object()) else { continue };
+            for (p, part) in parts {
+                let (Ok(p), Some(lag)) =
+                    (p.parse::<i32>(), part.get("consumer_lag").and_then(|l| l.as_i64()))
+                else {
+                    continue;
+                };
+                // -1 is the internal "unassigned" partition, and a lag of -1 is one the consumer does
+                // not know yet.
+                if p >= 0 && lag >= 0 {
+                    m.insert((topic.clone(), p), lag);
                 }
             }
         }
@@ -332,8 +342,8 @@ pub struct LagContext {
 }
 
 impl ClientContext for LagContext {
-    fn stats(&self, statistics: Statistics) {
-        self.lag.record(&statistics);
+    fn stats_raw(&self, statistics: &[u8]) {
+        self.lag.record_json(statistics);
     }
 }
 
@@ -358,6 +368,10 @@ mod tests {
         let mut tls = cfg.clone();
         tls.options.insert("security.protocol".into(), "SASL_SSL".into());
         assert_eq!(tls.consumer_config().get("security.protocol"), Some("SASL_SSL"));
+        let lag = Lag::default();
+        lag.record_json(br#"{"topics":{"t":{"partitions":{"0":{"consumer_lag":7},"1":{"consumer_lag":-1},"-1":{"consumer_lag":0}}}}}"#);
+        lag.record_json(b"not json");
+        assert_eq!(lag.snapshot().into_iter().collect::<Vec<_>>(), [(("t".to_owned(), 0), 7)]);
         let e = toml::from_str::<KafkaConfig>("brokers = \"x\"\ntopics = []\nbrokerz = 1\n").unwrap_err();
         assert!(e.to_string().contains("unknown field `brokerz`"), "{e}");
         assert!(KafkaConfig::new("x", vec![]).validate().is_err());
