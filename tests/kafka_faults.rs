@@ -50,6 +50,8 @@ fn failing_commits_and_a_broker_outage_lose_nothing() {
     cfg.archive.flush_seconds = 0.5;
     let mut k = KafkaConfig::new(&bootstrap, vec!["events".into()]);
     k.group = "faults".into();
+    // Frequent statistics, so the last report comes after the consumer caught up (during the idle wait).
+    k.statistics_ms = 500;
     k.options.insert("session.timeout.ms".into(), "6000".into());
     cfg.kafka = Some(k);
 

@@ -309,9 +309,11 @@ impl Lag {
         self.0.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
-    /// Records one statistics report (librdkafka's JSON). Only `topics.*.partitions.*.consumer_lag` is
-    /// read, so a broker whose reports lack other fields (rdkafka's typed `Statistics` then fails to
-    /// parse, as with tansu) still gives lag.
+    /// Records one statistics report (librdkafka's JSON). Lag is the log end (`hi_offset`) minus the
+    /// next offset handed to vigil (`app_offset`): how far reading is behind, whether or not the commit
+    /// has caught up (librdkafka's own `consumer_lag` counts from the committed offset). Only those
+    /// fields are read, so a broker whose reports lack others (rdkafka's typed `Statistics` then fails
+    /// to parse, as with tansu) still gives lag.
     pub fn record_json(&self, json: &[u8]) {
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else { return };
         let Some(topics) = v.get("topics").and_then(|t| t.as_object()) else { return };
@@ -319,15 +321,12 @@ impl Lag {
         for (topic, t) in topics {
             let Some(parts) = t.get("partitions").and_then(|p| p.as_object()) else { continue };
             for (p, part) in parts {
-                let (Ok(p), Some(lag)) =
-                    (p.parse::<i32>(), part.get("consumer_lag").and_then(|l| l.as_i64()))
-                else {
-                    continue;
-                };
-                // -1 is the internal "unassigned" partition, and a lag of -1 is one the consumer does
-                // not know yet.
-                if p >= 0 && lag >= 0 {
-                    m.insert((topic.clone(), p), lag);
+                let field = |k: &str| part.get(k).and_then(|x| x.as_i64()).unwrap_or(-1);
+                let (hi, app) = (field("hi_offset"), field("app_offset"));
+                // -1 is the internal "unassigned" partition; negative offsets are ones not known yet.
+                let (Ok(p), true) = (p.parse::<i32>(), hi >= 0 && app >= 0) else { continue };
+                if p >= 0 {
+                    m.insert((topic.clone(), p), (hi - app).max(0));
                 }
             }
         }
@@ -369,7 +368,9 @@ mod tests {
         tls.options.insert("security.protocol".into(), "SASL_SSL".into());
         assert_eq!(tls.consumer_config().get("security.protocol"), Some("SASL_SSL"));
         let lag = Lag::default();
-        lag.record_json(br#"{"topics":{"t":{"partitions":{"0":{"consumer_lag":7},"1":{"consumer_lag":-1},"-1":{"consumer_lag":0}}}}}"#);
+        lag.record_json(
+            br#"{"topics":{"t":{"partitions":{"0":{"hi_offset":10,"app_offset":3},"1":{"hi_offset":5,"app_offset":-1001},"-1":{"hi_offset":-1001,"app_offset":-1001}}}}}"#,
+        );
         lag.record_json(b"not json");
         assert_eq!(lag.snapshot().into_iter().collect::<Vec<_>>(), [(("t".to_owned(), 0), 7)]);
         let e = toml::from_str::<KafkaConfig>("brokers = \"x\"\ntopics = []\nbrokerz = 1\n").unwrap_err();
