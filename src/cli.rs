@@ -260,7 +260,13 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode, String> {
         let opts = kafka::KafkaRunOptions {
             idle_exit: idle_exit.map(|ms| std::time::Duration::from_millis(ms as u64)),
         };
-        let stop = std::sync::atomic::AtomicBool::new(false);
+        // Ctrl-C or SIGTERM (a deploy, a scale-down) ends the run cleanly: what was judged is archived
+        // and committed before the process exits.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(signal, stop.clone())
+                .map_err(|e| format!("installing a signal handler: {e}"))?;
+        }
         kafka::run(&cfg, &opts, &stop).map_err(|e| e.to_string())?.0
     } else {
         pipeline::run(&cfg, &RunOptions { progress: true }).map_err(|e| e.to_string())?

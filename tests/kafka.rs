@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -320,4 +321,46 @@ fn the_load_generator_produces_the_fleet_keyed_by_agent_at_the_asked_rate() {
         e.1 = ts;
     }
     assert_eq!(seen.len(), 40);
+}
+
+#[test]
+fn sigterm_stops_a_member_cleanly_with_everything_committed() {
+    let _serial = serial();
+    let broker = Broker::start();
+    let dir = scratch();
+    let (path, n, bad) = input(dir.path(), 30, "30m", 10.0, 4);
+    kafka_tool(&["create", &broker.addr, "events", "2"]);
+    kafka_tool(&["produce", &broker.addr, "events", path.to_str().unwrap()]);
+    let archive = dir.path().join("archive");
+    // No idle exit: the member runs until it is told to stop. Flushes every 10 s by default, so what
+    // it consumed is not all committed yet when the signal comes.
+    let mut cmd = vigil();
+    cmd.args(["run", "--json", "--kafka", &broker.addr, "--topic", "events", "--group", "term"])
+        .arg("--archive")
+        .arg(&archive)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let child = cmd.spawn().unwrap();
+    let total = n + bad.len() as u64;
+    let started = Instant::now();
+    loop {
+        let lag = kafka_tool(&["committed", &broker.addr, "term", "events"]);
+        let done: i64 = lag.as_object().unwrap().values().map(|v| v.as_i64().unwrap().max(0)).sum();
+        // Consumed and partly committed; wait a moment more so the tail is read but not yet committed.
+        if done > 0 || started.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    ok(Command::new("kill").args(["-TERM", &child.id().to_string()]).output().unwrap());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "exit {:?}", out.status);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["lines"], total, "{summary}");
+    let committed = kafka_tool(&["committed", &broker.addr, "term", "events"]);
+    let sum: u64 = committed.as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(sum, total, "{committed}");
+    let counts = archive_py("event-counts", &archive, &[]);
+    assert_eq!(counts["rows"].as_u64(), Some(n), "{counts}");
 }
