@@ -19,13 +19,13 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use vigil_detect::{DetectConfig, Engine, Output, Snapshot};
+use vigil_detect::{DetectConfig, Engine, Output};
 use vigil_ingest::archive::{Archive, ArchiveConfig, DeadLetter};
 use vigil_ingest::source::Line;
 use vigil_ingest::source::kafka::{AckContext, KafkaConfig, Lag};
 
 use crate::config::VigilConfig;
-use crate::pipeline::{DedupWindow, PipelineError, Summary, classify, now_ms};
+use crate::pipeline::{DedupWindow, PipelineError, Summary, classify, engine_state, now_ms, restored_engine};
 
 /// With an idle exit: how long past it a member may wait for its first partition before giving up.
 const UNASSIGNED_LIMIT: Duration = Duration::from_secs(90);
@@ -81,12 +81,7 @@ impl Shared {
 
     fn open(&self, topic: &str, partition: i32) -> Result<PartState, PipelineError> {
         let (archive, checkpoint) = Archive::open_kafka(&self.archive, topic, partition)?;
-        let mut engine = Engine::new(&self.detect)?;
-        if let Some(c) = checkpoint {
-            let snap: Snapshot = serde_json::from_value(c.state)
-                .map_err(|source| PipelineError::State { archive: self.archive.dir.clone(), source })?;
-            engine.restore(snap);
-        }
+        let engine = restored_engine(&self.detect, checkpoint, &self.archive.dir)?;
         Ok(PartState {
             archive,
             engine,
@@ -118,8 +113,7 @@ impl Shared {
         {
             return Err(PipelineError::Kafka(format!("{n} records could not be produced, the last: {e}")));
         }
-        let state = serde_json::to_value(st.engine.snapshot()).unwrap_or_default();
-        let report = st.archive.flush(state, now_ms())?;
+        let report = st.archive.flush(engine_state(&st.engine), now_ms())?;
         // The archive's committed position is offset + 1 of the last durable record: the next offset to
         // read, which is what Kafka commits.
         let mut tpl = TopicPartitionList::new();

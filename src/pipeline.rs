@@ -207,6 +207,28 @@ pub struct RunOptions {
     pub progress: bool,
 }
 
+/// An engine for `detect`, restored from a checkpoint's state when there is one. Both pipelines (file
+/// and Kafka partition) start this way.
+pub(crate) fn restored_engine(
+    detect: &vigil_detect::DetectConfig,
+    checkpoint: Option<vigil_ingest::archive::Checkpoint>,
+    archive: &Path,
+) -> Result<Engine, PipelineError> {
+    let mut engine = Engine::new(detect)?;
+    if let Some(c) = checkpoint {
+        let snap: Snapshot = serde_json::from_value(c.state)
+            .map_err(|source| PipelineError::State { archive: archive.to_owned(), source })?;
+        engine.restore(snap);
+    }
+    Ok(engine)
+}
+
+/// The engine's state as a checkpoint stores it. Serialising the snapshot of a well-formed engine cannot
+/// fail: every key is a string.
+pub(crate) fn engine_state(engine: &Engine) -> serde_json::Value {
+    serde_json::to_value(engine.snapshot()).unwrap_or_default()
+}
+
 /// Counts, archives and writes out one batch of findings and decisions.
 fn record(
     out: &Output,
@@ -244,13 +266,8 @@ pub fn run(cfg: &VigilConfig, opts: &RunOptions) -> Result<Summary, PipelineErro
         (None, false) => input.name.clone(),
     };
     let (mut archive, checkpoint) = Archive::open(&cfg.archive, &source, 0)?;
-    let mut engine = Engine::new(&cfg.detect)?;
+    let mut engine = restored_engine(&cfg.detect, checkpoint, &cfg.archive.dir)?;
     let skip_until = archive.committed_position();
-    if let Some(c) = checkpoint {
-        let snap: Snapshot = serde_json::from_value(c.state)
-            .map_err(|source| PipelineError::State { archive: cfg.archive.dir.clone(), source })?;
-        engine.restore(snap);
-    }
     let mut findings_out = open_findings(cfg.output.findings.as_deref())?;
     let mut summary = Summary { source: source.clone(), ..Summary::default() };
     let mut reader =
@@ -383,9 +400,7 @@ impl Flusher<'_> {
         if !archive.has_uncommitted() {
             return Ok(());
         }
-        // Serialising the snapshot of a well-formed engine cannot fail: every key is a string.
-        let state = serde_json::to_value(engine.snapshot()).unwrap_or_default();
-        if let Some(job) = archive.take_flush(state, now_ms())
+        if let Some(job) = archive.take_flush(engine_state(engine), now_ms())
             && self.jobs.send(job).is_err()
         {
             // The writer stopped: it has sent the error that stopped it.

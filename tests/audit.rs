@@ -56,7 +56,7 @@ fn the_review_lists_unused_undeclared_shared_unowned_and_human_backed() {
     let archive = dir.path().join("archive");
     common::run_json(&input, &archive, Some(&config));
 
-    let audit = |format: &str| {
+    let audit_args = |extra: &[&str]| {
         let out = common::ok(
             common::vigil()
                 .arg("audit")
@@ -64,12 +64,13 @@ fn the_review_lists_unused_undeclared_shared_unowned_and_human_backed() {
                 .arg(&archive)
                 .arg("--config")
                 .arg(&config)
-                .args(["--since", "2026-03-01T00:00:00Z", "--format", format])
+                .args(extra)
                 .output()
                 .unwrap(),
         );
         String::from_utf8(out.stdout).unwrap()
     };
+    let audit = |format: &str| audit_args(&["--since", "2026-03-01T00:00:00Z", "--format", format]);
     let review: serde_json::Value = serde_json::from_str(&audit("json")).unwrap();
     assert_eq!(review["scanned"]["events"], 3, "{review:#}");
     assert_eq!(review["agents"], 3);
@@ -122,18 +123,7 @@ fn the_review_lists_unused_undeclared_shared_unowned_and_human_backed() {
     assert!(table.contains("1 agents without a policy"), "{table}");
 
     // The whole archive when no period is given: the February event makes zendesk used by s1.
-    let out = common::ok(
-        common::vigil()
-            .arg("audit")
-            .arg("--archive")
-            .arg(&archive)
-            .arg("--config")
-            .arg(&config)
-            .args(["--format", "json"])
-            .output()
-            .unwrap(),
-    );
-    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let all: serde_json::Value = serde_json::from_str(&audit_args(&["--format", "json"])).unwrap();
     assert_eq!(all["scanned"]["events"], 4);
     assert_eq!(all["unused_allowed"], 3);
 }

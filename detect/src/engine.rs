@@ -560,10 +560,10 @@ impl Engine {
         let idx = self.agent_index(ev);
         let mut found: [Option<(Finding, u64)>; 4] = [None, None, None, None];
         {
-            let Engine { cfg, agents, stats, .. } = self;
+            let Engine { cfg, agents, .. } = self;
             let agent = &mut agents[idx as usize];
             found[0] = check_policy(cfg, agent, ev);
-            found[1] = check_rate(cfg, agent, ev, stats);
+            found[1] = check_rate(cfg, agent, ev);
             found[2] = check_session(cfg, agent, ev);
         }
         let credential = self.check_credential(idx, ev);
@@ -1285,12 +1285,7 @@ fn check_policy(cfg: &Compiled, agent: &mut AgentState, ev: &Event<'_>) -> Optio
     Some((f, key))
 }
 
-fn check_rate(
-    cfg: &Compiled,
-    agent: &mut AgentState,
-    ev: &Event<'_>,
-    stats: &mut Stats,
-) -> Option<(Finding, u64)> {
+fn check_rate(cfg: &Compiled, agent: &mut AgentState, ev: &Event<'_>) -> Option<(Finding, u64)> {
     let cap = cfg.raw.rate_limit_per_minute;
     if cap == 0 {
         return None;
@@ -1311,7 +1306,6 @@ fn check_rate(
     } else {
         // Older than the previous minute: the hard cap's two counters cannot place it. Counted with the
         // late events by the watermark when it is behind it too.
-        let _ = stats;
         return None;
     };
     slot.count = slot.count.saturating_add(1);

@@ -16,17 +16,19 @@ pub fn scratch() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("vigil-test-").tempdir().expect("temp dir")
 }
 
-/// The Python with duckdb and pyarrow. A missing one fails the test: it is never a skip.
-pub fn python() -> PathBuf {
-    let p = std::env::var_os("VIGIL_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/vigil/venv/bin/python")
+/// A tool `scripts/test.sh` installs: `$env` when set, else `rel` under ~/.cache/vigil. A missing one
+/// fails the test: it is never a skip.
+fn installed(env: &str, rel: &str, what: &str) -> PathBuf {
+    let p = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/vigil").join(rel)
     });
-    assert!(
-        p.exists(),
-        "no Python with duckdb and pyarrow at {}: run scripts/test.sh, which installs them",
-        p.display()
-    );
+    assert!(p.exists(), "no {what} at {}: run scripts/test.sh, which installs it", p.display());
     p
+}
+
+/// The Python with duckdb, pyarrow and confluent-kafka.
+pub fn python() -> PathBuf {
+    installed("VIGIL_PYTHON", "venv/bin/python", "Python with duckdb, pyarrow and confluent-kafka")
 }
 
 /// Runs `tests/py/archive.py CMD ROOT ARGS...` and parses its JSON answer.
@@ -91,14 +93,7 @@ pub struct Broker {
 impl Broker {
     /// Starts a broker and waits until it accepts connections.
     pub fn start() -> Broker {
-        let bin = std::env::var_os("VIGIL_TANSU").map(PathBuf::from).unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/vigil/tools/bin/tansu")
-        });
-        assert!(
-            bin.exists(),
-            "no Kafka broker at {}: run scripts/test.sh, which installs tansu",
-            bin.display()
-        );
+        let bin = installed("VIGIL_TANSU", "tools/bin/tansu", "Kafka broker (tansu)");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
         let url = format!("tcp://{addr}");

@@ -237,8 +237,8 @@ impl Default for DeadLetterColumns {
 }
 
 impl DeadLetterColumns {
-    /// Appends one dead letter.
-    pub fn push(&mut self, d: &DeadLetter, origin: Origin<'_>) {
+    /// Appends one dead letter, at `position` as the archive shows it.
+    pub fn push(&mut self, d: &DeadLetter, origin: Origin<'_>, position: u64) {
         self.reason.append_value(d.reason.code());
         self.field.append_option(d.reason.field());
         self.detail.append_value(d.reason.to_string());
@@ -248,7 +248,7 @@ impl DeadLetterColumns {
         self.payload_text.append_option(std::str::from_utf8(&d.payload).ok());
         self.m_source.append_value(origin.source);
         self.m_partition.append_value(origin.partition);
-        self.m_position.append_value(d.position);
+        self.m_position.append_value(position);
         self.m_ingested_at.append_value(origin.ingested_at);
         self.rows += 1;
     }

@@ -297,8 +297,7 @@ impl Archive {
     pub fn push_dead_letter(&mut self, d: &DeadLetter) {
         self.consumed(d.position);
         let origin = self.stamp.origin();
-        let shown = DeadLetter { position: d.position - self.stamp.base, ..d.clone() };
-        self.dead.at(origin.ingested_at).push(&shown, origin);
+        self.dead.at(origin.ingested_at).push(d, origin, d.position - self.stamp.base);
     }
 
     /// Buffers one finding.
