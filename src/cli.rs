@@ -1,4 +1,4 @@
-//! The command line: `vigil run | validate | simulate | demo`.
+//! The command line: `vigil run | serve | validate | simulate | audit | eval | demo`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -16,7 +16,7 @@ use crate::config::VigilConfig;
 use crate::pipeline::{self, RunOptions, Summary};
 use crate::progress::Progress;
 use crate::simulate::{self, SimConfig};
-use crate::{audit, eval, kafka};
+use crate::{audit, eval, kafka, serve};
 use vigil_ingest::source::kafka::KafkaConfig;
 
 /// vigil: the audit-log pipeline and anomaly detector for autonomous AI agents.
@@ -31,6 +31,10 @@ pub struct Cli {
 enum Command {
     /// Ingest NDJSON events: validate, judge, archive to Parquet, write findings.
     Run(RunArgs),
+    /// Take events over HTTP: POST /v1/events (NDJSON or a JSON array, gzip or zstd). Without Kafka they
+    /// are judged and archived here and each request is answered once durable; with --kafka they are
+    /// produced to the topic and answered once acknowledged. Runs until SIGINT/SIGTERM.
+    Serve(ServeArgs),
     /// Check NDJSON events against the contract; print every bad line and a summary.
     Validate {
         /// NDJSON file (plain, .gz, .zst) or - for stdin.
@@ -104,6 +108,28 @@ struct RunArgs {
     /// Without it vigil consumes until interrupted.
     #[arg(long)]
     idle_exit: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Config file (TOML); see examples/vigil.toml ([http], [archive], [detect], [kafka]).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on (port 0 picks a free one). Overrides [http] listen.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Archive root (without Kafka). Overrides [archive] dir.
+    #[arg(long)]
+    archive: Option<PathBuf>,
+    /// Produce to Kafka instead of the embedded pipeline: bootstrap brokers. Overrides [kafka] brokers.
+    #[arg(long, value_name = "BROKERS")]
+    kafka: Option<String>,
+    /// With Kafka: the topic events are produced to. Overrides [kafka] topics.
+    #[arg(long)]
+    topic: Option<String>,
+    /// Print the summary at exit as JSON on stdout instead of text on stderr.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -206,6 +232,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => cmd_run(args),
+        Command::Serve(args) => cmd_serve(args),
         Command::Validate { input, max_event_bytes, dedup_window } => {
             cmd_validate(&input, max_event_bytes, dedup_window)
         }
@@ -260,17 +287,62 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode, String> {
         let opts = kafka::KafkaRunOptions {
             idle_exit: idle_exit.map(|ms| std::time::Duration::from_millis(ms as u64)),
         };
-        // Ctrl-C or SIGTERM (a deploy, a scale-down) ends the run cleanly: what was judged is archived
-        // and committed before the process exits.
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            signal_hook::flag::register(signal, stop.clone())
-                .map_err(|e| format!("installing a signal handler: {e}"))?;
-        }
+        let stop = stop_on_signals()?;
         kafka::run(&cfg, &opts, &stop).map_err(|e| e.to_string())?.0
     } else {
         pipeline::run(&cfg, &RunOptions { progress: true }).map_err(|e| e.to_string())?
     };
+    if args.json {
+        println!("{}", summary_json(&summary, &cfg.archive.dir));
+    } else {
+        eprint!("{}", render_summary(&summary, &cfg.archive.dir));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A flag set by Ctrl-C or SIGTERM (a deploy, a scale-down): long-running commands then stop cleanly,
+/// archiving and committing what they took before the process exits.
+fn stop_on_signals() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>, String> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|e| format!("installing a signal handler: {e}"))?;
+    }
+    Ok(stop)
+}
+
+fn cmd_serve(args: ServeArgs) -> Result<ExitCode, String> {
+    let mut cfg = match &args.config {
+        Some(p) => VigilConfig::load(p).map_err(|e| e.to_string())?,
+        None => VigilConfig::default(),
+    };
+    if let Some(l) = args.listen {
+        cfg.http.listen = l;
+    }
+    if let Some(d) = args.archive {
+        cfg.archive.dir = d;
+    }
+    if let Some(brokers) = &args.kafka {
+        let k = cfg.kafka.get_or_insert_with(|| KafkaConfig::new(brokers, Vec::new()));
+        k.brokers = brokers.clone();
+    }
+    match (cfg.kafka.as_mut(), args.topic) {
+        (Some(k), Some(t)) => k.topics = vec![t],
+        (None, Some(_)) => {
+            return Err("--topic needs --kafka BROKERS (or a [kafka] section in the config)".into());
+        }
+        _ => {}
+    }
+    cfg.validate()?;
+    let stop = stop_on_signals()?;
+    let mode = match &cfg.kafka {
+        Some(k) => format!("producing to kafka topic {} at {}", k.topics[0], k.brokers),
+        None => format!("archiving to {}", cfg.archive.dir.display()),
+    };
+    let summary = serve::run(&cfg, &stop, |addr| {
+        eprintln!("vigil: serving POST http://{addr}/v1/events, {mode}; Ctrl-C stops");
+    })
+    .map_err(|e| e.to_string())?;
     if args.json {
         println!("{}", summary_json(&summary, &cfg.archive.dir));
     } else {

@@ -26,6 +26,136 @@ pub struct VigilConfig {
     /// Consume Kafka topics as a consumer group instead of reading [input].
     #[serde(default)]
     pub kafka: Option<vigil_ingest::source::kafka::KafkaConfig>,
+    /// `vigil serve`: events over HTTP.
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+/// `[http]`: the `POST /v1/events` endpoint of `vigil serve`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on. Loopback by default: put a TLS-terminating proxy in front to expose it.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Largest request body as sent (compressed or not), in bytes; larger ones get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Largest request body once decompressed, in bytes; a body that inflates past it gets 413.
+    #[serde(default = "default_max_decoded_bytes")]
+    pub max_decoded_bytes: usize,
+    /// Requests handled at once; one more gets 429 before its body is read. Bounds memory at about
+    /// `max_inflight_requests * max_decoded_bytes`.
+    #[serde(default = "default_max_inflight_requests")]
+    pub max_inflight_requests: usize,
+    /// Without Kafka: request batches waiting for the pipeline thread; when full, requests get 429.
+    #[serde(default = "default_queue_batches")]
+    pub queue_batches: usize,
+    /// The `Retry-After` a saturated server answers with, in seconds.
+    #[serde(default = "default_retry_after_seconds")]
+    pub retry_after_seconds: u64,
+    /// Without Kafka, a request is answered once its events are durable in the archive; while any
+    /// request waits, the archive is flushed at least this often (milliseconds). Lower answers sooner
+    /// and writes more, smaller files.
+    #[serde(default = "default_ack_flush_ms")]
+    pub ack_flush_ms: u64,
+    /// Time allowed to receive a request's headers and body, in seconds; a slower client gets 408.
+    #[serde(default = "default_request_timeout_seconds")]
+    pub request_timeout_seconds: u64,
+    /// Per-item errors listed in a response; the rest are counted.
+    #[serde(default = "default_max_errors_listed")]
+    pub max_errors_listed: usize,
+    /// Threads serving connections.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// On SIGINT/SIGTERM, how long requests in flight are given to finish, in seconds.
+    #[serde(default = "default_drain_seconds")]
+    pub drain_seconds: u64,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+/// 8 MiB: thousands of events per request, and a gateway batching each second stays well inside.
+const fn default_max_body_bytes() -> usize {
+    8 << 20
+}
+/// 64 MiB: room for an 8× gzip ratio on a full body.
+const fn default_max_decoded_bytes() -> usize {
+    64 << 20
+}
+const fn default_max_inflight_requests() -> usize {
+    64
+}
+const fn default_queue_batches() -> usize {
+    16
+}
+const fn default_retry_after_seconds() -> u64 {
+    1
+}
+/// Half a second: a gateway sees its events durable quickly; a busy server flushes on size long before.
+const fn default_ack_flush_ms() -> u64 {
+    500
+}
+const fn default_request_timeout_seconds() -> u64 {
+    30
+}
+const fn default_max_errors_listed() -> usize {
+    100
+}
+const fn default_workers() -> usize {
+    2
+}
+const fn default_drain_seconds() -> u64 {
+    30
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: default_listen(),
+            max_body_bytes: default_max_body_bytes(),
+            max_decoded_bytes: default_max_decoded_bytes(),
+            max_inflight_requests: default_max_inflight_requests(),
+            queue_batches: default_queue_batches(),
+            retry_after_seconds: default_retry_after_seconds(),
+            ack_flush_ms: default_ack_flush_ms(),
+            request_timeout_seconds: default_request_timeout_seconds(),
+            max_errors_listed: default_max_errors_listed(),
+            workers: default_workers(),
+            drain_seconds: default_drain_seconds(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Checks every value; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!("http.listen must be an address like 127.0.0.1:8080, got {:?}", self.listen));
+        }
+        for (key, v) in [
+            ("max_body_bytes", self.max_body_bytes),
+            ("max_decoded_bytes", self.max_decoded_bytes),
+            ("max_inflight_requests", self.max_inflight_requests),
+            ("queue_batches", self.queue_batches),
+            ("workers", self.workers),
+        ] {
+            if v == 0 {
+                return Err(format!("http.{key} must be at least 1"));
+            }
+        }
+        if self.max_decoded_bytes < self.max_body_bytes {
+            return Err(format!(
+                "http.max_decoded_bytes ({}) must be at least http.max_body_bytes ({})",
+                self.max_decoded_bytes, self.max_body_bytes
+            ));
+        }
+        if self.ack_flush_ms == 0 || self.request_timeout_seconds == 0 {
+            return Err("http.ack_flush_ms and http.request_timeout_seconds must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 /// `[input]`.
@@ -149,6 +279,7 @@ impl VigilConfig {
     /// Checks every value; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
         self.archive.validate().map_err(|e| e.to_string())?;
+        self.http.validate()?;
         if let Some(k) = &self.kafka {
             k.validate()?;
         }
@@ -216,6 +347,7 @@ mod example_tests {
         let defaults = VigilConfig::default();
         assert_eq!(cfg.input, defaults.input);
         assert_eq!(cfg.archive, defaults.archive);
+        assert_eq!(cfg.http, defaults.http);
         assert_eq!(cfg.detect.halt, defaults.detect.halt);
         assert_eq!(cfg.detect.rate_limit_per_minute, defaults.detect.rate_limit_per_minute);
     }

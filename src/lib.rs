@@ -10,4 +10,5 @@ pub mod eval;
 pub mod kafka;
 pub mod pipeline;
 pub mod progress;
+pub mod serve;
 pub mod simulate;

@@ -281,7 +281,9 @@ impl Archive {
     /// Records that the source has been consumed up to `position` (valid, dead-lettered or blank).
     pub fn consumed(&mut self, position: u64) {
         if position > self.committed {
-            self.first.get_or_insert(position);
+            // Dead letters are pushed as they are found, events after their batch is judged: positions
+            // can come out of order within a batch, and the file name must still cover the whole range.
+            self.first = Some(self.first.map_or(position, |f| f.min(position)));
             self.last = self.last.max(position);
         }
     }

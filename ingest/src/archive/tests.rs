@@ -37,3 +37,24 @@ fn recovery_removes_uncommitted_and_temporary_files_of_its_own_source_only() {
     left.sort();
     assert_eq!(left, ["other-0-3-9.parquet", "src-0-1-2.parquet"]);
 }
+
+#[test]
+fn a_file_name_covers_positions_pushed_out_of_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ArchiveConfig { dir: dir.path().to_owned(), ..ArchiveConfig::default() };
+    let (mut a, _) = Archive::open(&cfg, "src", 0).unwrap();
+    let line = br#"{"event_id":"e","ts":0,"agent_id":"a","action":"x","resource":"r"}"#;
+    let ev = vigil_schemas::decode(line, 1024).unwrap();
+    // As the pipelines do: a bad line is dead-lettered while its batch is read, the events come after.
+    a.push_dead_letter(&DeadLetter {
+        reason: vigil_schemas::Invalid::NotJson { detail: "x".into() },
+        position: 3,
+        size: 1,
+        payload: b"x".to_vec(),
+        truncated: false,
+    });
+    a.push_event(&ev, 1);
+    a.push_event(&ev, 2);
+    a.flush(serde_json::Value::Null, 5).unwrap();
+    assert!(dir.path().join("events/dt=1970-01-01/hour=00/src-0-1-3.parquet").exists());
+}

@@ -200,9 +200,15 @@ impl KafkaConfig {
     /// A producer for dead letters, findings and decisions: idempotent, acknowledged by all replicas,
     /// counting every delivery that failed so a commit can refuse to move past it.
     pub fn producer(&self) -> Result<ThreadedProducer<AckContext>, KafkaError> {
+        self.producer_config().create_with_context(AckContext::default())
+    }
+
+    /// The producer's librdkafka settings: `[kafka.options]`, then idempotence and acknowledgement by
+    /// all replicas, which the options cannot weaken.
+    pub fn producer_config(&self) -> ClientConfig {
         let mut c = self.client();
         c.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "20");
-        c.create_with_context(AckContext::default())
+        c
     }
 }
 

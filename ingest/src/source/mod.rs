@@ -1,5 +1,7 @@
-//! Where events come from: NDJSON from a file or stdin (plain, gzip or zstd), and Kafka topics.
+//! Where events come from: NDJSON from a file or stdin (plain, gzip or zstd), Kafka topics, and the
+//! bodies of HTTP requests.
 
+pub mod http;
 pub mod kafka;
 mod lines;
 mod open;

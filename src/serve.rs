@@ -1,0 +1,714 @@
+//! `vigil serve`: events over HTTP, `POST /v1/events`.
+//!
+//! A body is NDJSON or a JSON array (gzip or zstd accepted), capped as sent and once decompressed. Each
+//! item is checked against the event contract; the answer lists the refused ones by line (or array
+//! index) with the reason, and the good ones go on:
+//! - **embedded** (no `[kafka]`): to one pipeline thread that owns the detection engine and the archive
+//!   (source `http`, positions numbered across requests). A request is answered once its events are
+//!   durable, so a 200 means archived. Refused items are dead-lettered in the archive too.
+//! - **Kafka**: produced to the first `[kafka]` topic keyed by agent_id, refused items to its dead-letter
+//!   topic; a request is answered once the broker acknowledged every record.
+//!
+//! Nothing buffers without bound: at most `max_inflight_requests` requests are read at once (one more
+//! gets 429 before its body is read), the pipeline's queue holds `queue_batches` requests (full: 429),
+//! and a full producer queue answers 429 for the items it could not take. 429s carry `Retry-After`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rdkafka::ClientContext;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use tokio::sync::{Semaphore, oneshot};
+use vigil_detect::Output;
+use vigil_ingest::archive::{Archive, DeadLetter};
+use vigil_ingest::source::Line;
+use vigil_ingest::source::http::{BodyError, Framing, decode_body, framing_for, split};
+use vigil_ingest::source::kafka::KafkaConfig;
+use vigil_schemas::Invalid;
+
+use crate::config::{HttpConfig, VigilConfig};
+use crate::pipeline::{DedupWindow, PipelineError, Summary, classify, engine_state, now_ms, restored_engine};
+
+/// Source name of HTTP events in the archive (file names and checkpoint).
+pub const HTTP_SOURCE: &str = "http";
+
+/// What stopped `vigil serve`.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The async runtime could not start.
+    #[error("starting the HTTP runtime: {0}")]
+    Runtime(std::io::Error),
+    /// The embedded pipeline failed (the archive could not be written…).
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    /// Kafka refused something the server cannot do without.
+    #[error("kafka: {0}")]
+    Kafka(String),
+}
+
+/// What became of one item of a request.
+#[derive(Debug, Clone, PartialEq)]
+enum Verdict {
+    /// Taken: durable in the archive, or acknowledged by the broker.
+    Accepted,
+    /// An empty line: nothing to keep.
+    Blank,
+    /// Refused by the contract (the client's to fix); dead-lettered.
+    Rejected { code: &'static str, detail: String },
+    /// Not taken for a reason on this side (saturated, broker error); safe to send again.
+    Failed { code: &'static str, detail: String },
+}
+
+/// Where the pipeline thread answers a request: the verdicts once durable, or why archiving failed.
+type Answer = oneshot::Sender<Result<Vec<Verdict>, String>>;
+
+/// A request's items on their way to the embedded pipeline thread.
+struct Batch {
+    body: Vec<u8>,
+    items: Vec<Line>,
+    reply: Answer,
+}
+
+enum Msg {
+    Batch(Batch),
+    Stop,
+}
+
+/// Where accepted items go.
+enum Sink {
+    Embedded(SyncSender<Msg>),
+    Kafka(KafkaFront),
+}
+
+/// What every request handler shares.
+struct State {
+    http: HttpConfig,
+    max_event_bytes: usize,
+    dead_letter_payload_bytes: usize,
+    sink: Sink,
+    permits: Arc<Semaphore>,
+    stopping: AtomicBool,
+    /// Kafka mode's counts (the embedded pipeline keeps its own).
+    counts: Mutex<Summary>,
+}
+
+/// Runs the server until `stop` is set, then drains requests in flight, flushes and returns the counts.
+/// `ready` is called with the bound address once connections are accepted.
+pub fn run(
+    cfg: &VigilConfig,
+    stop: &AtomicBool,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<Summary, ServeError> {
+    let started = Instant::now();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.http.workers)
+        .thread_name("vigil-http")
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)?;
+    let addr = cfg.http.listen.clone();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(&addr))
+        .map_err(|source| ServeError::Bind { addr: addr.clone(), source })?;
+    let bound = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
+    let (sink, pipeline) = match &cfg.kafka {
+        Some(k) => (Sink::Kafka(KafkaFront::new(k)?), None),
+        None => {
+            // The archive is opened (and recovered) here, before the first request is taken.
+            let embedded = Embedded::open(cfg)?;
+            let (tx, rx) = mpsc::sync_channel(cfg.http.queue_batches);
+            let handle = std::thread::Builder::new()
+                .name("vigil-pipeline".into())
+                .spawn(move || embedded.run(rx))
+                .map_err(ServeError::Runtime)?;
+            (Sink::Embedded(tx), Some(handle))
+        }
+    };
+    let state = Arc::new(State {
+        http: cfg.http.clone(),
+        max_event_bytes: cfg.input.max_event_bytes,
+        dead_letter_payload_bytes: cfg.input.dead_letter_payload_bytes,
+        sink,
+        permits: Arc::new(Semaphore::new(cfg.http.max_inflight_requests)),
+        stopping: AtomicBool::new(false),
+        counts: Mutex::new(Summary { source: HTTP_SOURCE.into(), ..Summary::default() }),
+    });
+    ready(bound);
+    rt.block_on(serve(listener, state.clone(), stop));
+    // Idle keep-alive connections are dropped with the runtime.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    let mut summary = match (pipeline, &state.sink) {
+        (Some(handle), Sink::Embedded(tx)) => {
+            let _ = tx.send(Msg::Stop);
+            handle.join().map_err(|_| PipelineError::WriterStopped)??
+        }
+        (_, Sink::Kafka(front)) => {
+            front
+                .producer
+                .flush(Duration::from_secs(30))
+                .map_err(|e| ServeError::Kafka(format!("waiting for the last acknowledgements: {e}")))?;
+            state.counts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        }
+        (None, Sink::Embedded(_)) => Summary::default(),
+    };
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+/// Accepts connections until `stop`, then waits (up to `drain_seconds`) for requests in flight.
+async fn serve(listener: tokio::net::TcpListener, state: Arc<State>, stop: &AtomicBool) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let header_timeout = Duration::from_secs(state.http.request_timeout_seconds);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, remote) = match accepted {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        eprintln!("vigil: serve: accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| handle(state.clone(), req, remote));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(header_timeout)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            _ = tick.tick() => {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+        }
+    }
+    drop(listener);
+    state.stopping.store(true, Ordering::SeqCst);
+    let all = state.http.max_inflight_requests as u32;
+    let drain = Duration::from_secs(state.http.drain_seconds);
+    if tokio::time::timeout(drain, state.permits.acquire_many(all)).await.is_err() {
+        eprintln!("vigil: serve: requests still in flight after {}s; stopping anyway", drain.as_secs());
+    }
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json(status: StatusCode, body: &serde_json::Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, message: &str) -> Resp {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+/// 429 or 503 with `Retry-After`: come back later, nothing was taken.
+fn busy(status: StatusCode, retry_after: u64, message: &str) -> Resp {
+    let mut r = error(status, message);
+    r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after));
+    r
+}
+
+async fn handle(state: Arc<State>, req: Request<Incoming>, remote: SocketAddr) -> Result<Resp, Infallible> {
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::POST, "/v1/events") => ingest(&state, req, remote).await,
+        (_, "/v1/events") => {
+            let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "POST events to /v1/events");
+            r.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static("POST"));
+            r
+        }
+        (&Method::GET, "/healthz") if state.stopping.load(Ordering::Relaxed) => {
+            busy(StatusCode::SERVICE_UNAVAILABLE, state.http.retry_after_seconds, "stopping")
+        }
+        (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
+        _ => error(StatusCode::NOT_FOUND, "no such endpoint: POST /v1/events, GET /healthz"),
+    };
+    Ok(resp)
+}
+
+/// A header's value as text, if it is present and readable.
+fn header(req: &Request<Incoming>, name: hyper::header::HeaderName) -> Option<&str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn ingest(state: &State, req: Request<Incoming>, remote: SocketAddr) -> Resp {
+    let http = &state.http;
+    if state.stopping.load(Ordering::Relaxed) {
+        return busy(StatusCode::SERVICE_UNAVAILABLE, http.retry_after_seconds, "vigil is stopping");
+    }
+    let Ok(_permit) = state.permits.clone().try_acquire_owned() else {
+        return busy(
+            StatusCode::TOO_MANY_REQUESTS,
+            http.retry_after_seconds,
+            &format!("{} requests in flight already", http.max_inflight_requests),
+        );
+    };
+    let too_large = || {
+        let mut r = error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &BodyError::TooLarge { limit: http.max_body_bytes, decoded: false }.to_string(),
+        );
+        // The rest of the body is not read: the connection cannot be reused.
+        r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        r
+    };
+    if header(&req, CONTENT_LENGTH)
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > http.max_body_bytes as u64)
+    {
+        return too_large();
+    }
+    let content_type = header(&req, CONTENT_TYPE).map(str::to_owned);
+    let encoding = header(&req, CONTENT_ENCODING).map(str::to_owned);
+    let timeout = Duration::from_secs(http.request_timeout_seconds);
+    let raw =
+        match tokio::time::timeout(timeout, Limited::new(req.into_body(), http.max_body_bytes).collect())
+            .await
+        {
+            Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time"),
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
+            Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")),
+            Ok(Ok(c)) => c.to_bytes(),
+        };
+    // Decompressing, splitting and checking are CPU work: off the connection threads.
+    let max_event = state.max_event_bytes;
+    let max_decoded = http.max_decoded_bytes;
+    let framed = tokio::task::spawn_blocking(move || -> Result<(Framing, Vec<u8>, Vec<Line>), BodyError> {
+        let body = decode_body(encoding.as_deref(), &raw, max_decoded)?.into_owned();
+        let framing = framing_for(content_type.as_deref(), &body)?;
+        let items = split(framing, &body, max_event)?;
+        Ok((framing, body, items))
+    })
+    .await;
+    let (framing, body, items) = match framed {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => {
+            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            return error(status, &e.to_string());
+        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("checking the body: {e}")),
+    };
+    let verdicts = match &state.sink {
+        Sink::Embedded(tx) => {
+            let (reply, answer) = oneshot::channel();
+            match tx.try_send(Msg::Batch(Batch { body, items, reply })) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    return busy(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        http.retry_after_seconds,
+                        "the pipeline is saturated; nothing in this request was taken",
+                    );
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    return busy(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        http.retry_after_seconds,
+                        "the pipeline stopped",
+                    );
+                }
+            }
+            match answer.await {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e),
+                Err(_) => {
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the pipeline stopped before archiving this request",
+                    );
+                }
+            }
+        }
+        Sink::Kafka(front) => front.produce(state, body, items, remote).await,
+    };
+    respond(&verdicts, framing, http)
+}
+
+/// The answer to a request: counts, the first `max_errors_listed` refused items, and a status that
+/// says what to do: 200 (taken, maybe with refused items to fix), 400 (nothing valid), 429 or 503 (some
+/// items not taken on this side: send those again after `Retry-After`).
+fn respond(verdicts: &[Verdict], framing: Framing, http: &HttpConfig) -> Resp {
+    let mut counts = [0u64; 4];
+    let mut errors = Vec::new();
+    let mut failed_code = None;
+    for (i, v) in verdicts.iter().enumerate() {
+        let (slot, problem) = match v {
+            Verdict::Accepted => (0, None),
+            Verdict::Blank => (1, None),
+            Verdict::Rejected { code, detail } => (2, Some((code, detail))),
+            Verdict::Failed { code, detail } => {
+                failed_code.get_or_insert(*code);
+                (3, Some((code, detail)))
+            }
+        };
+        counts[slot] += 1;
+        if let Some((code, detail)) = problem
+            && errors.len() < http.max_errors_listed
+        {
+            let (key, at) = match framing {
+                Framing::Ndjson => ("line", i + 1),
+                Framing::Json => ("index", i),
+            };
+            errors.push(serde_json::json!({ key: at, "code": code, "error": detail }));
+        }
+    }
+    let [accepted, blank, rejected, failed] = counts;
+    let status = match failed_code {
+        Some("saturated") => StatusCode::TOO_MANY_REQUESTS,
+        Some(_) => StatusCode::SERVICE_UNAVAILABLE,
+        None if accepted == 0 && rejected > 0 => StatusCode::BAD_REQUEST,
+        None => StatusCode::OK,
+    };
+    let body = serde_json::json!({
+        "accepted": accepted,
+        "rejected": rejected,
+        "failed": failed,
+        "blank": blank,
+        "errors": errors,
+        "errors_omitted": (rejected + failed) as usize - errors.len(),
+    });
+    let mut r = json(status, &body);
+    if failed > 0 {
+        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(http.retry_after_seconds));
+    }
+    r
+}
+
+/// The item's bytes as the contract check sees them: an oversize item only by its prefix.
+fn kept<'a>(body: &'a [u8], item: &Line, max: usize) -> &'a [u8] {
+    let bytes = &body[item.start..item.end];
+    &bytes[..bytes.len().min(max)]
+}
+
+fn rejected(reason: &Invalid) -> Verdict {
+    Verdict::Rejected { code: reason.code(), detail: reason.to_string() }
+}
+
+// ---- embedded: one pipeline thread owns the engine and the archive ----
+
+/// The pipeline thread's state.
+struct Embedded {
+    archive: Archive,
+    engine: vigil_detect::Engine,
+    dedup: DedupWindow,
+    max_event_bytes: usize,
+    dead_letter_payload_bytes: usize,
+    flush_every: Duration,
+    ack_flush: Duration,
+    /// The last position handed out: items are numbered across requests and restarts.
+    position: u64,
+    summary: Summary,
+}
+
+impl Embedded {
+    fn open(cfg: &VigilConfig) -> Result<Embedded, PipelineError> {
+        let source = cfg.input.source_name.clone().unwrap_or_else(|| HTTP_SOURCE.into());
+        let (archive, checkpoint) = Archive::open(&cfg.archive, &source, 0)?;
+        let engine = restored_engine(&cfg.detect, checkpoint, &cfg.archive.dir)?;
+        Ok(Embedded {
+            position: archive.committed_position(),
+            archive,
+            engine,
+            dedup: DedupWindow::new(cfg.input.dedup_window),
+            max_event_bytes: cfg.input.max_event_bytes,
+            dead_letter_payload_bytes: cfg.input.dead_letter_payload_bytes,
+            flush_every: Duration::from_secs_f64(cfg.archive.flush_seconds),
+            ack_flush: Duration::from_millis(cfg.http.ack_flush_ms),
+            summary: Summary { source, ..Summary::default() },
+        })
+    }
+
+    /// Judges batches as they come; answers each once the flush holding it is durable.
+    fn run(mut self, rx: Receiver<Msg>) -> Result<Summary, PipelineError> {
+        let mut pending: Vec<(Answer, Vec<Verdict>)> = Vec::new();
+        let mut waiting_since: Option<Instant> = None;
+        let mut last_flush = Instant::now();
+        let mut out = Output::default();
+        let late_before = self.engine.stats().late;
+        loop {
+            let wait = match waiting_since {
+                Some(t) => self.ack_flush.saturating_sub(t.elapsed()),
+                None if self.archive.has_uncommitted() => {
+                    self.flush_every.saturating_sub(last_flush.elapsed())
+                }
+                None => Duration::from_secs(1),
+            };
+            let stop = match rx.recv_timeout(wait) {
+                Ok(Msg::Batch(b)) => {
+                    let verdicts = self.judge(&b.body, &b.items, &mut out);
+                    pending.push((b.reply, verdicts));
+                    waiting_since.get_or_insert_with(Instant::now);
+                    false
+                }
+                Err(RecvTimeoutError::Timeout) => false,
+                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => true,
+            };
+            let due = self.archive.should_flush()
+                || waiting_since.is_some_and(|t| t.elapsed() >= self.ack_flush)
+                || last_flush.elapsed() >= self.flush_every;
+            if stop || due {
+                let flushed = self.flush();
+                last_flush = Instant::now();
+                waiting_since = None;
+                let answer = flushed.as_ref().map_err(|e| format!("archiving failed: {e}"));
+                for (reply, verdicts) in pending.drain(..) {
+                    let _ = reply.send(answer.clone().map(|()| verdicts));
+                }
+                flushed?;
+            }
+            if stop {
+                break;
+            }
+        }
+        self.summary.late = self.engine.stats().late - late_before;
+        self.summary.agents = self.engine.agents();
+        Ok(self.summary)
+    }
+
+    fn flush(&mut self) -> Result<(), PipelineError> {
+        if !self.archive.has_uncommitted() {
+            return Ok(());
+        }
+        let report = self.archive.flush(engine_state(&self.engine), now_ms())?;
+        self.summary.files += report.files.len() as u64;
+        self.summary.archive_bytes += report.bytes;
+        Ok(())
+    }
+
+    /// Checks, judges and buffers one request's items; positions continue from the last one archived.
+    fn judge(&mut self, body: &[u8], items: &[Line], out: &mut Output) -> Vec<Verdict> {
+        let s = &mut self.summary;
+        self.archive.set_ingested_at(now_ms());
+        let mut verdicts = Vec::with_capacity(items.len());
+        let mut events = Vec::with_capacity(items.len());
+        let mut positions = Vec::with_capacity(items.len());
+        for item in items {
+            self.position += 1;
+            let position = self.position;
+            s.lines += 1;
+            s.bytes += (item.end - item.start) as u64;
+            let line = Line { position, ..*item };
+            let bytes = kept(body, item, self.max_event_bytes);
+            match classify(bytes, &line, self.max_event_bytes, &mut self.dedup) {
+                None => {
+                    s.blank += 1;
+                    self.archive.consumed(position);
+                    verdicts.push(Verdict::Blank);
+                }
+                Some(Ok(ev)) => {
+                    events.push(ev);
+                    positions.push(position);
+                    verdicts.push(Verdict::Accepted);
+                }
+                Some(Err(reason)) => {
+                    *s.dead_letters.entry(reason.code()).or_default() += 1;
+                    verdicts.push(rejected(&reason));
+                    let payload = &bytes[..bytes.len().min(self.dead_letter_payload_bytes)];
+                    self.archive.push_dead_letter(&DeadLetter {
+                        reason,
+                        position,
+                        size: (item.end - item.start) as u64,
+                        truncated: payload.len() < item.end - item.start,
+                        payload: payload.to_vec(),
+                    });
+                }
+            }
+        }
+        s.valid += events.len() as u64;
+        out.clear();
+        self.engine.process(&events, out);
+        for (ev, &pos) in events.iter().zip(&positions) {
+            self.archive.push_event(ev, pos);
+        }
+        for f in &out.findings {
+            *s.findings.entry((f.kind, f.severity)).or_default() += 1;
+            self.archive.push_finding(f);
+        }
+        for d in &out.decisions {
+            s.halted.push((d.agent_id.clone(), d.actor.to_owned()));
+            self.archive.push_decision(d);
+        }
+        verdicts
+    }
+}
+
+// ---- Kafka: produce, answer on acknowledgement ----
+
+/// A producer context that hands each delivery's outcome back to the request that sent the record.
+struct ReplyContext;
+
+/// Where a delivery's outcome goes.
+struct Reply(Mutex<Option<oneshot::Sender<Result<(), String>>>>);
+
+impl ClientContext for ReplyContext {}
+
+impl ProducerContext for ReplyContext {
+    type DeliveryOpaque = Box<Reply>;
+
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, reply: Box<Reply>) {
+        let outcome = result.as_ref().map(|_| ()).map_err(|(e, _)| e.to_string());
+        if let Some(tx) = reply.0.lock().ok().and_then(|mut t| t.take()) {
+            let _ = tx.send(outcome);
+        }
+    }
+}
+
+struct KafkaFront {
+    producer: ThreadedProducer<ReplyContext>,
+    topic: String,
+    dlq: String,
+}
+
+impl KafkaFront {
+    fn new(k: &KafkaConfig) -> Result<KafkaFront, ServeError> {
+        let topic =
+            k.topics.first().cloned().ok_or_else(|| ServeError::Kafka("kafka.topics is empty".into()))?;
+        let dlq = k.dlq_for(&topic);
+        if k.create_topics {
+            let timeout = Duration::from_secs(30);
+            k.ensure_topics(&[&topic], DEFAULT_PARTITIONS, timeout).map_err(ServeError::Kafka)?;
+            k.ensure_output_topics(timeout).map_err(ServeError::Kafka)?;
+        }
+        let producer = k
+            .producer_config()
+            .create_with_context(ReplyContext)
+            .map_err(|e| ServeError::Kafka(format!("creating the producer: {e}")))?;
+        Ok(KafkaFront { producer, topic, dlq })
+    }
+
+    /// Produces the valid items (keyed by agent_id) and dead-letters the refused ones; waits for every
+    /// acknowledgement. Items the full producer queue did not take come back `saturated`.
+    async fn produce(
+        &self,
+        state: &State,
+        body: Vec<u8>,
+        items: Vec<Line>,
+        remote: SocketAddr,
+    ) -> Vec<Verdict> {
+        let max = state.max_event_bytes;
+        let keep = state.dead_letter_payload_bytes;
+        let remote = remote.to_string();
+        let mut verdicts = Vec::with_capacity(items.len());
+        let mut acks = Vec::with_capacity(items.len());
+        let mut dlq_acks = Vec::new();
+        let mut dedup = DedupWindow::new(0);
+        let mut saturated = false;
+        let mut counts = Summary::default();
+        for item in &items {
+            let bytes = kept(&body, item, max);
+            let (record_to, key, payload, reason) = match classify(bytes, item, max, &mut dedup) {
+                None => {
+                    counts.blank += 1;
+                    verdicts.push(Verdict::Blank);
+                    continue;
+                }
+                Some(Ok(ev)) => (&self.topic, ev.agent_id.to_string(), bytes, None),
+                Some(Err(reason)) => {
+                    let payload = &bytes[..bytes.len().min(keep)];
+                    (&self.dlq, String::new(), payload, Some(reason))
+                }
+            };
+            if saturated {
+                verdicts
+                    .push(Verdict::Failed { code: "saturated", detail: "the producer queue is full".into() });
+                continue;
+            }
+            let (tx, rx) = oneshot::channel();
+            let opaque = Box::new(Reply(Mutex::new(Some(tx))));
+            let mut record = BaseRecord::with_opaque_to(record_to, opaque).payload(payload);
+            let item_no = item.position.to_string();
+            let detail = reason.as_ref().map(|r| r.to_string()).unwrap_or_default();
+            if let Some(r) = &reason {
+                record = record.headers(
+                    OwnedHeaders::new()
+                        .insert(Header { key: "vigil.reason", value: Some(r.code()) })
+                        .insert(Header { key: "vigil.stage", value: Some("http") })
+                        .insert(Header { key: "vigil.detail", value: Some(&detail) })
+                        .insert(Header { key: "vigil.item", value: Some(&item_no) })
+                        .insert(Header { key: "vigil.remote", value: Some(&remote) }),
+                );
+            } else {
+                record = record.key(&key);
+            }
+            match self.producer.send(record) {
+                Ok(()) => match reason {
+                    None => {
+                        acks.push((verdicts.len(), rx));
+                        verdicts.push(Verdict::Accepted);
+                    }
+                    Some(r) => {
+                        *counts.dead_letters.entry(r.code()).or_default() += 1;
+                        dlq_acks.push(rx);
+                        verdicts.push(rejected(&r));
+                    }
+                },
+                Err((e, _)) => {
+                    let queue_full = matches!(
+                        e,
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull
+                        )
+                    );
+                    saturated |= queue_full;
+                    let code = if queue_full { "saturated" } else { "produce_failed" };
+                    verdicts.push(Verdict::Failed { code, detail: e.to_string() });
+                }
+            }
+        }
+        for (i, rx) in acks {
+            match rx.await {
+                Ok(Ok(())) => counts.valid += 1,
+                Ok(Err(e)) => verdicts[i] = Verdict::Failed { code: "produce_failed", detail: e },
+                Err(_) => {
+                    verdicts[i] = Verdict::Failed {
+                        code: "produce_failed",
+                        detail: "the producer dropped the record".into(),
+                    }
+                }
+            }
+        }
+        for rx in dlq_acks {
+            if let Ok(Err(e)) = rx.await {
+                eprintln!("vigil: serve: dead letter not produced to {}: {e}", self.dlq);
+            }
+        }
+        // Items not taken (saturated, broker errors) are the client's to send again: not counted as read.
+        let mut c = state.counts.lock().unwrap_or_else(|p| p.into_inner());
+        c.lines += counts.blank + counts.valid + counts.dead_lettered();
+        c.blank += counts.blank;
+        c.valid += counts.valid;
+        for (code, n) in counts.dead_letters {
+            *c.dead_letters.entry(code).or_default() += n;
+        }
+        verdicts
+    }
+}
+
+/// Partitions of the event topic when `vigil serve` has to create it.
+const DEFAULT_PARTITIONS: i32 = 8;

@@ -1,0 +1,394 @@
+//! HTTP ingest end to end: `vigil serve` on a loopback port, requests written byte by byte over TCP
+//! (no client library between the test and the server), the archive read back with DuckDB and pyarrow,
+//! and the Kafka mode read back with confluent-kafka from a real broker (tansu).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A running `vigil serve`, killed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    /// Starts `vigil serve --listen 127.0.0.1:0 --json ARGS` and waits for the address it bound.
+    fn start(args: &[&str]) -> Server {
+        let mut child = vigil()
+            .args(["serve", "--listen", "127.0.0.1:0", "--json"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("vigil serve starts");
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_owned();
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Server { child, addr }
+    }
+
+    fn post(&self, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        request(&self.addr, "POST", "/v1/events", headers, body)
+    }
+
+    /// SIGTERM, then the summary it prints as it exits (which must be 0).
+    fn stop(mut self) -> serde_json::Value {
+        ok(Command::new("kill").args(["-TERM", &self.child.id().to_string()]).output().unwrap());
+        let started = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(started.elapsed() < Duration::from_secs(30), "vigil serve did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = self.child.wait().unwrap();
+        let mut out = String::new();
+        self.child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        assert!(status.success(), "vigil serve exited with {status}: {out}");
+        serde_json::from_str(&out).expect("summary is JSON")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: serde_json::Value,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request on its own connection (`Connection: close`), the answer read to the end.
+fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding")) {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    // A server that refuses early may close before the body is all sent; its answer still counts.
+    let _ = s.write_all(body);
+    read_reply(&mut s)
+}
+
+fn read_reply(s: &mut TcpStream) -> Reply {
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP answer: {text:?}"));
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let body = serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.to_owned()));
+    Reply { status, headers, body }
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap()
+}
+
+/// `n` simulated events as lines.
+fn events(dir: &Path, agents: usize, duration: &str) -> Vec<String> {
+    let path = dir.join("fleet.ndjson");
+    simulate(&path, agents, duration, 20.0, 0, 7);
+    std::fs::read_to_string(path).unwrap().lines().map(str::to_owned).collect()
+}
+
+fn event_id(line: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(line).unwrap()["event_id"].as_str().unwrap().to_owned()
+}
+
+/// The event_ids in the archive, read by DuckDB and by pyarrow (which must agree).
+fn archived_ids(archive: &Path) -> BTreeSet<String> {
+    let rows = archive_py("rows", archive, &["events", "event_id"]);
+    let ids = |reader: &str| -> Vec<String> {
+        rows[reader].as_array().unwrap().iter().map(|r| r["event_id"].as_str().unwrap().to_owned()).collect()
+    };
+    let (duck, arrow) = (ids("duckdb"), ids("pyarrow"));
+    assert_eq!(duck, arrow, "DuckDB and pyarrow disagree");
+    let set: BTreeSet<String> = duck.iter().cloned().collect();
+    assert_eq!(set.len(), duck.len(), "an event_id is archived twice");
+    set
+}
+
+#[test]
+fn good_and_bad_bodies_are_answered_per_item_and_archived_exactly() {
+    let dir = scratch();
+    let lines = events(dir.path(), 30, "20m");
+    assert!(lines.len() > 400, "{}", lines.len());
+    let archive = dir.path().join("archive");
+    let server = Server::start(&["--archive", archive.to_str().unwrap()]);
+    let mut accepted: BTreeSet<String> = BTreeSet::new();
+
+    // NDJSON with a blank line, a line missing fields and a line that is not JSON.
+    let mut body = lines[..100].join("\n");
+    body.push_str("\n\n{\"event_id\":\"x1\",\"ts\":1}\nnot json\n");
+    let r = server.post(&[("Content-Type", "application/x-ndjson")], body.as_bytes());
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!((r.body["accepted"].as_u64(), r.body["rejected"].as_u64()), (Some(100), Some(2)), "{r:?}");
+    assert_eq!(r.body["blank"], 1);
+    let errors = r.body["errors"].as_array().unwrap();
+    assert_eq!(errors[0]["line"], 102, "{r:?}");
+    assert_eq!(errors[0]["code"], "missing_field");
+    assert_eq!((errors[1]["line"].as_u64(), errors[1]["code"].as_str()), (Some(103), Some("not_json")));
+    accepted.extend(lines[..100].iter().map(|l| event_id(l)));
+
+    // gzip, no Content-Type (curl's default form type): NDJSON by its first byte.
+    let body = lines[100..200].join("\n");
+    let r = server.post(
+        &[("Content-Encoding", "gzip"), ("Content-Type", "application/x-www-form-urlencoded")],
+        &gzip(body.as_bytes()),
+    );
+    assert_eq!((r.status, r.body["accepted"].as_u64()), (200, Some(100)), "{r:?}");
+    accepted.extend(lines[100..200].iter().map(|l| event_id(l)));
+
+    // A JSON array with one element that is not an object: refused by its index.
+    let body = format!("[{},7]", lines[200..250].join(","));
+    let r = server.post(&[("Content-Type", "application/json")], body.as_bytes());
+    assert_eq!((r.status, r.body["accepted"].as_u64()), (200, Some(50)), "{r:?}");
+    assert_eq!(r.body["errors"][0]["index"], 50, "{r:?}");
+    assert_eq!(r.body["errors"][0]["code"], "not_object", "{r:?}");
+    accepted.extend(lines[200..250].iter().map(|l| event_id(l)));
+
+    // One event object, pretty-printed over several lines.
+    let pretty =
+        serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(&lines[250]).unwrap())
+            .unwrap();
+    let r = server.post(&[("Content-Type", "application/json")], pretty.as_bytes());
+    assert_eq!((r.status, r.body["accepted"].as_u64()), (200, Some(1)), "{r:?}");
+    accepted.insert(event_id(&lines[250]));
+
+    // A resend of events already taken: every one refused as a duplicate, so nothing valid, 400.
+    let r = server.post(&[], lines[..3].join("\n").as_bytes());
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(r.body["rejected"], 3);
+    assert_eq!(r.body["errors"][2]["code"], "duplicate_event_id", "{r:?}");
+
+    // Bodies refused whole.
+    let r = server.post(&[("Content-Type", "application/json")], b"[{\"a\":1},");
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body["error"].as_str().unwrap().contains("not a JSON array"), "{r:?}");
+    let r = server.post(&[("Content-Encoding", "br")], b"{}");
+    assert_eq!(r.status, 415, "{r:?}");
+    let r = server.post(&[("Content-Type", "text/csv")], b"a,b");
+    assert_eq!(r.status, 415, "{r:?}");
+    let r = server.post(&[("Content-Encoding", "gzip")], b"not gzip at all");
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body["error"].as_str().unwrap().contains("not valid gzip"), "{r:?}");
+    let r = request(&server.addr, "GET", "/v1/events", &[], b"");
+    assert_eq!((r.status, r.header("allow")), (405, Some("POST")), "{r:?}");
+    assert_eq!(request(&server.addr, "GET", "/nowhere", &[], b"").status, 404);
+    assert_eq!(request(&server.addr, "GET", "/healthz", &[], b"").status, 200);
+
+    // Every answer came after its events were durable: kill -9 now, and the archive already has them.
+    drop(server);
+    assert_eq!(archived_ids(&archive), accepted);
+
+    // A restart continues the numbering: new files, nothing overwritten, nothing twice.
+    let server = Server::start(&["--archive", archive.to_str().unwrap()]);
+    let r = server.post(&[], lines[251..400].join("\n").as_bytes());
+    assert_eq!((r.status, r.body["accepted"].as_u64()), (200, Some(149)), "{r:?}");
+    accepted.extend(lines[251..400].iter().map(|l| event_id(l)));
+    let summary = server.stop();
+    assert_eq!(
+        (summary["valid"].as_u64(), summary["balanced"].as_bool()),
+        (Some(149), Some(true)),
+        "{summary}"
+    );
+    assert_eq!(archived_ids(&archive), accepted);
+    // The refused items are dead-lettered too, with their reasons: 2 + 1 + 3 duplicates.
+    let dead = archive_py("rows", &archive, &["dead-letters", "_position"]);
+    let reasons: Vec<&str> =
+        dead["duckdb"].as_array().unwrap().iter().map(|r| r["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons.len(), 6, "{dead}");
+    assert_eq!(reasons.iter().filter(|r| **r == "duplicate_event_id").count(), 3, "{reasons:?}");
+}
+
+#[test]
+fn bodies_over_the_caps_get_413_and_items_over_the_event_cap_are_refused_alone() {
+    let dir = scratch();
+    let lines = events(dir.path(), 5, "5m");
+    let config = dir.path().join("vigil.toml");
+    std::fs::write(
+        &config,
+        "[input]\nmax_event_bytes = 2048\n[http]\nmax_body_bytes = 16384\nmax_decoded_bytes = 32768\n",
+    )
+    .unwrap();
+    let archive = dir.path().join("archive");
+    let server =
+        Server::start(&["--config", config.to_str().unwrap(), "--archive", archive.to_str().unwrap()]);
+
+    // Declared too large: refused before a byte of the body is read.
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    write!(s, "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n").unwrap();
+    let r = read_reply(&mut s);
+    assert_eq!(r.status, 413, "{r:?}");
+    assert!(r.body["error"].as_str().unwrap().contains("16384"), "{r:?}");
+
+    // Chunked, with no length to refuse up front: refused once the cap is passed.
+    let chunk = vec![b' '; 8192];
+    let mut chunked = Vec::new();
+    for _ in 0..3 {
+        chunked.extend(format!("{:x}\r\n", chunk.len()).as_bytes());
+        chunked.extend(&chunk);
+        chunked.extend(b"\r\n");
+    }
+    chunked.extend(b"0\r\n\r\n");
+    let r = server.post(&[("Transfer-Encoding", "chunked")], &chunked);
+    assert_eq!(r.status, 413, "{r:?}");
+
+    // A small gzip body that inflates past the decoded cap.
+    let bomb = gzip(&vec![b'\n'; 100_000]);
+    assert!(bomb.len() < 16384);
+    let r = server.post(&[("Content-Encoding", "gzip")], &bomb);
+    assert_eq!(r.status, 413, "{r:?}");
+    assert!(r.body["error"].as_str().unwrap().contains("decompressed"), "{r:?}");
+
+    // One item over the event cap among good ones: only it is refused.
+    let big = format!(
+        "{{\"event_id\":\"big\",\"ts\":\"2026-01-05T00:00:00Z\",\"agent_id\":\"a\",\"action\":\"x\",\"resource\":\"{}\"}}",
+        "r".repeat(3000)
+    );
+    let body = format!("{}\n{big}\n{}", lines[0], lines[1]);
+    let r = server.post(&[], body.as_bytes());
+    assert_eq!((r.status, r.body["accepted"].as_u64()), (200, Some(2)), "{r:?}");
+    assert_eq!(
+        (r.body["errors"][0]["line"].as_u64(), r.body["errors"][0]["code"].as_str()),
+        (Some(2), Some("too_large"))
+    );
+    let summary = server.stop();
+    assert_eq!(summary["dead_letters"]["too_large"], 1, "{summary}");
+    assert_eq!(archived_ids(&archive), [event_id(&lines[0]), event_id(&lines[1])].into_iter().collect());
+}
+
+#[test]
+fn a_saturated_server_answers_429_with_retry_after_and_loses_nothing() {
+    let dir = scratch();
+    let lines = events(dir.path(), 5, "5m");
+    let config = dir.path().join("vigil.toml");
+    std::fs::write(&config, "[http]\nmax_inflight_requests = 1\nretry_after_seconds = 3\n").unwrap();
+    let archive = dir.path().join("archive");
+    let server =
+        Server::start(&["--config", config.to_str().unwrap(), "--archive", archive.to_str().unwrap()]);
+
+    // A slow client holds the one slot: its headers are in, half its body is not.
+    let body = lines[..20].join("\n");
+    let (first, rest) = body.as_bytes().split_at(body.len() / 2);
+    let mut slow = TcpStream::connect(&server.addr).unwrap();
+    write!(
+        slow,
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    slow.write_all(first).unwrap();
+    slow.flush().unwrap();
+    // The server has the request once it answers others with 429; until then it may still be reading.
+    let started = Instant::now();
+    let busy = loop {
+        let r = server.post(&[], lines[20].as_bytes());
+        if r.status == 429 {
+            break r;
+        }
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(started.elapsed() < Duration::from_secs(10), "never saturated");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(busy.header("retry-after"), Some("3"), "{busy:?}");
+    assert!(busy.body["error"].as_str().unwrap().contains("in flight"), "{busy:?}");
+
+    // The slow client finishes and is answered; then the slot is free again.
+    slow.write_all(rest).unwrap();
+    let r = read_reply(&mut slow);
+    assert_eq!((r.status, r.body["accepted"].as_u64()), (200, Some(20)), "{r:?}");
+    let r = server.post(&[], lines[21..30].join("\n").as_bytes());
+    assert_eq!(r.status, 200, "{r:?}");
+    let summary = server.stop();
+    assert_eq!(summary["balanced"], true, "{summary}");
+    let ids = archived_ids(&archive);
+    for l in lines[..30].iter().filter(|l| *l != &lines[20]) {
+        assert!(ids.contains(&event_id(l)), "{l} is missing");
+    }
+}
+
+#[test]
+fn with_kafka_events_are_produced_keyed_by_agent_and_bad_items_go_to_the_dlq() {
+    let broker = Broker::start();
+    let dir = scratch();
+    let lines = events(dir.path(), 20, "10m");
+    let server = Server::start(&["--kafka", &broker.addr, "--topic", "web-events"]);
+    let mut body = lines[..200].join("\n");
+    body.push_str("\n{\"event_id\":\"x\"}\n");
+    let r = server.post(&[("Content-Encoding", "gzip")], &gzip(body.as_bytes()));
+    assert_eq!(
+        (r.status, r.body["accepted"].as_u64(), r.body["rejected"].as_u64()),
+        (200, Some(200), Some(1)),
+        "{r:?}"
+    );
+    let summary = server.stop();
+    assert_eq!(
+        (summary["valid"].as_u64(), summary["balanced"].as_bool()),
+        (Some(200), Some(true)),
+        "{summary}"
+    );
+
+    // Read back by an independent client: every event once, keyed by its agent_id.
+    let got = kafka_tool(&["consume", &broker.addr, "web-events"]);
+    let recs = got["records"].as_array().unwrap();
+    assert_eq!(recs.len(), 200, "{got}");
+    let mut ids = BTreeSet::new();
+    for rec in recs {
+        let ev: serde_json::Value = serde_json::from_str(rec["value"].as_str().unwrap()).unwrap();
+        assert_eq!(rec["key"], ev["agent_id"], "{rec}");
+        ids.insert(ev["event_id"].as_str().unwrap().to_owned());
+    }
+    let sent: BTreeSet<String> = lines[..200].iter().map(|l| event_id(l)).collect();
+    assert_eq!(ids, sent);
+    let dlq = kafka_tool(&["consume", &broker.addr, "web-events.dlq"]);
+    let recs = dlq["records"].as_array().unwrap();
+    assert_eq!(recs.len(), 1, "{dlq}");
+    let h = &recs[0]["headers"];
+    assert_eq!(
+        (h["vigil.reason"].as_str(), h["vigil.stage"].as_str()),
+        (Some("missing_field"), Some("http")),
+        "{dlq}"
+    );
+    assert_eq!(h["vigil.item"], "201", "{dlq}");
+    assert!(h["vigil.remote"].as_str().unwrap().starts_with("127.0.0.1:"), "{dlq}");
+    assert_eq!(recs[0]["value"], "{\"event_id\":\"x\"}");
+}
