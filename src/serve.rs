@@ -130,7 +130,7 @@ pub fn run(
         .map_err(|source| ServeError::Bind { addr: addr.clone(), source })?;
     let bound = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
     let (sink, pipeline) = match &cfg.kafka {
-        Some(k) => (Sink::Kafka(KafkaFront::new(k)?), None),
+        Some(k) => (Sink::Kafka(KafkaFront::new(k, &cfg.http)?), None),
         None => {
             // The archive is opened (and recovered) here, before the first request is taken.
             let embedded = Embedded::open(cfg)?;
@@ -317,22 +317,8 @@ async fn ingest(state: &State, req: Request<Incoming>, remote: SocketAddr) -> Re
     let verdicts = match &state.sink {
         Sink::Embedded(tx) => {
             let (reply, answer) = oneshot::channel();
-            match tx.try_send(Msg::Batch(Batch { body, items, reply })) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
-                    return busy(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        http.retry_after_seconds,
-                        "the pipeline is saturated; nothing in this request was taken",
-                    );
-                }
-                Err(TrySendError::Disconnected(_)) => {
-                    return busy(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        http.retry_after_seconds,
-                        "the pipeline stopped",
-                    );
-                }
+            if let Some(busy) = enqueue(tx, Batch { body, items, reply }, http.retry_after_seconds) {
+                return busy;
             }
             match answer.await {
                 Ok(Ok(v)) => v,
@@ -348,6 +334,21 @@ async fn ingest(state: &State, req: Request<Incoming>, remote: SocketAddr) -> Re
         Sink::Kafka(front) => front.produce(state, body, items, remote).await,
     };
     respond(&verdicts, framing, http)
+}
+
+/// Hands a batch to the pipeline thread. A full queue (the pipeline is behind) or a stopped pipeline is
+/// answered at once with `Retry-After` (the answer returned); the request never waits for room.
+fn enqueue(tx: &SyncSender<Msg>, batch: Batch, retry_after: u64) -> Option<Resp> {
+    tx.try_send(Msg::Batch(batch)).err().map(|e| match e {
+        TrySendError::Full(_) => busy(
+            StatusCode::TOO_MANY_REQUESTS,
+            retry_after,
+            "the pipeline is saturated; nothing in this request was taken",
+        ),
+        TrySendError::Disconnected(_) => {
+            busy(StatusCode::SERVICE_UNAVAILABLE, retry_after, "the pipeline stopped")
+        }
+    })
 }
 
 /// The answer to a request: counts, the first `max_errors_listed` refused items, and a status that
@@ -586,7 +587,7 @@ struct KafkaFront {
 }
 
 impl KafkaFront {
-    fn new(k: &KafkaConfig) -> Result<KafkaFront, ServeError> {
+    fn new(k: &KafkaConfig, http: &HttpConfig) -> Result<KafkaFront, ServeError> {
         let topic =
             k.topics.first().cloned().ok_or_else(|| ServeError::Kafka("kafka.topics is empty".into()))?;
         let dlq = k.dlq_for(&topic);
@@ -595,8 +596,13 @@ impl KafkaFront {
             k.ensure_topics(&[&topic], DEFAULT_PARTITIONS, timeout).map_err(ServeError::Kafka)?;
             k.ensure_output_topics(timeout).map_err(ServeError::Kafka)?;
         }
-        let producer = k
-            .producer_config()
+        let mut config = k.producer_config();
+        // A request waits for its acknowledgements: a broker that is down fails them within the request
+        // timeout (librdkafka's own default is five minutes), unless the options say otherwise.
+        if !k.options.contains_key("message.timeout.ms") {
+            config.set("message.timeout.ms", (http.request_timeout_seconds * 1000).to_string());
+        }
+        let producer = config
             .create_with_context(ReplyContext)
             .map_err(|e| ServeError::Kafka(format!("creating the producer: {e}")))?;
         Ok(KafkaFront { producer, topic, dlq })
@@ -712,3 +718,55 @@ impl KafkaFront {
 
 /// Partitions of the event topic when `vigil serve` has to create it.
 const DEFAULT_PARTITIONS: i32 = 8;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch() -> Batch {
+        Batch { body: Vec::new(), items: Vec::new(), reply: oneshot::channel().0 }
+    }
+
+    #[test]
+    fn a_full_pipeline_queue_is_429_and_a_stopped_pipeline_503() {
+        let (tx, rx) = mpsc::sync_channel(1);
+        assert!(enqueue(&tx, batch(), 2).is_none());
+        let full = enqueue(&tx, batch(), 2).unwrap();
+        assert_eq!(full.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(full.headers().get(RETRY_AFTER).unwrap(), "2");
+        drop(rx);
+        let gone = enqueue(&tx, batch(), 2).unwrap();
+        assert_eq!(gone.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    /// A response's status and JSON body.
+    fn parts(r: Resp) -> (StatusCode, serde_json::Value) {
+        let status = r.status();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let bytes = rt.block_on(r.into_body().collect()).unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[test]
+    fn statuses_say_what_to_do() {
+        let http = HttpConfig { max_errors_listed: 1, ..HttpConfig::default() };
+        let bad = || Verdict::Rejected { code: "not_json", detail: "x".into() };
+        let (status, b) =
+            parts(respond(&[Verdict::Accepted, bad(), bad(), Verdict::Blank], Framing::Ndjson, &http));
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            (b["accepted"].as_u64(), b["rejected"].as_u64(), b["blank"].as_u64()),
+            (Some(1), Some(2), Some(1))
+        );
+        assert_eq!((b["errors"][0]["line"].as_u64(), b["errors_omitted"].as_u64()), (Some(2), Some(1)));
+        let (status, b) = parts(respond(&[bad()], Framing::Json, &http));
+        assert_eq!((status, b["errors"][0]["index"].as_u64()), (StatusCode::BAD_REQUEST, Some(0)));
+        let failed = Verdict::Failed { code: "saturated", detail: "full".into() };
+        let r = respond(&[Verdict::Accepted, failed], Framing::Ndjson, &http);
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers().get(RETRY_AFTER).unwrap(), "1");
+        let down = Verdict::Failed { code: "produce_failed", detail: "down".into() };
+        assert_eq!(respond(&[down], Framing::Ndjson, &http).status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(respond(&[], Framing::Ndjson, &http).status(), StatusCode::OK);
+    }
+}

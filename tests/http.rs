@@ -392,3 +392,58 @@ fn with_kafka_events_are_produced_keyed_by_agent_and_bad_items_go_to_the_dlq() {
     assert!(h["vigil.remote"].as_str().unwrap().starts_with("127.0.0.1:"), "{dlq}");
     assert_eq!(recs[0]["value"], "{\"event_id\":\"x\"}");
 }
+
+#[test]
+fn with_kafka_a_full_producer_queue_answers_429_for_the_items_it_did_not_take() {
+    let broker = Broker::start();
+    let dir = scratch();
+    let lines = events(dir.path(), 20, "10m");
+    let config = dir.path().join("vigil.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\ntopics = [\"tight\"]\n[kafka.options]\n\"queue.buffering.max.messages\" = \"10\"\n",
+            broker.addr
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let mut left: Vec<&String> = lines[..100].iter().collect();
+    let mut saturated = 0;
+    for _round in 0..60 {
+        let r = server.post(&[], left.iter().map(|l| l.as_str()).collect::<Vec<_>>().join("\n").as_bytes());
+        let failed: BTreeSet<u64> = r.body["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                assert_eq!(e["code"], "saturated", "{r:?}");
+                e["line"].as_u64().unwrap()
+            })
+            .collect();
+        if failed.is_empty() {
+            assert_eq!((r.status, r.body["accepted"].as_u64()), (200, Some(left.len() as u64)), "{r:?}");
+            left.clear();
+            break;
+        }
+        saturated += 1;
+        assert_eq!((r.status, r.header("retry-after")), (429, Some("1")), "{r:?}");
+        assert_eq!(r.body["accepted"].as_u64().unwrap() + failed.len() as u64, left.len() as u64, "{r:?}");
+        left = left
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| failed.contains(&(*i as u64 + 1)))
+            .map(|(_, l)| *l)
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(left.is_empty(), "{} events never taken", left.len());
+    assert!(saturated > 0, "a queue of 10 never filled with 100 events");
+    server.stop();
+    // Sent again after each 429, and still every event exactly once in the topic.
+    let got = kafka_tool(&["consume", &broker.addr, "tight"]);
+    let ids: Vec<String> =
+        got["records"].as_array().unwrap().iter().map(|r| event_id(r["value"].as_str().unwrap())).collect();
+    let distinct: BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!((ids.len(), distinct), (100, lines[..100].iter().map(|l| event_id(l)).collect()));
+}
