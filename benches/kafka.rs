@@ -5,8 +5,6 @@
 //! `cargo bench --bench kafka -- [EVENTS]` (default 300,000). Needs tansu (scripts/test.sh installs it
 //! into ~/.cache/vigil/tools, or set VIGIL_TANSU).
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -16,38 +14,14 @@ use vigil::config::VigilConfig;
 use vigil::simulate::SimConfig;
 use vigil_ingest::source::kafka::KafkaConfig;
 
-struct Broker(Child);
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+#[path = "support/mod.rs"]
+mod support;
 
 fn main() {
     let events: u64 =
         std::env::args().skip(1).find_map(|a| a.replace('_', "").parse().ok()).unwrap_or(300_000);
-    let tansu = std::env::var_os("VIGIL_TANSU").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/vigil/tools/bin/tansu")
-    });
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
-    let url = format!("tcp://{addr}");
-    let _broker = Broker(
-        Command::new(&tansu)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("starting {}: {e} (run scripts/test.sh to install tansu)", tansu.display())
-            }),
-    );
-    while std::net::TcpStream::connect(&addr).is_err() {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let broker = support::Broker::start();
+    let addr = broker.addr.clone();
 
     // The fleet: sized to about `events`, produced keyed by agent over 8 partitions.
     let sim = SimConfig {

@@ -15,7 +15,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -331,7 +331,16 @@ async fn ingest(state: &State, req: Request<Incoming>, remote: SocketAddr) -> Re
                 }
             }
         }
-        Sink::Kafka(front) => front.produce(state, body, items, remote).await,
+        Sink::Kafka(front) => {
+            let Some(_reservation) = front.reserve(items.len()) else {
+                return busy(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    http.retry_after_seconds,
+                    "the producer queue is full; nothing in this request was taken",
+                );
+            };
+            front.produce(state, body, items, remote).await
+        }
     };
     respond(&verdicts, framing, http)
 }
@@ -584,6 +593,22 @@ struct KafkaFront {
     producer: ThreadedProducer<ReplyContext>,
     topic: String,
     dlq: String,
+    /// Records that requests in flight may still produce, against `budget` (librdkafka's queue size):
+    /// a request that would not fit is refused whole, before anything of it is produced.
+    reserved: AtomicUsize,
+    budget: usize,
+}
+
+/// Room in the producer queue, held by one request until its acknowledgements are in.
+struct Reservation<'a> {
+    front: &'a KafkaFront,
+    n: usize,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.front.reserved.fetch_sub(self.n, Ordering::SeqCst);
+    }
 }
 
 impl KafkaFront {
@@ -605,7 +630,18 @@ impl KafkaFront {
         let producer = config
             .create_with_context(ReplyContext)
             .map_err(|e| ServeError::Kafka(format!("creating the producer: {e}")))?;
-        Ok(KafkaFront { producer, topic, dlq })
+        // librdkafka's default queue holds 100,000 messages.
+        let budget =
+            k.options.get("queue.buffering.max.messages").and_then(|v| v.parse().ok()).unwrap_or(100_000);
+        Ok(KafkaFront { producer, topic, dlq, reserved: AtomicUsize::new(0), budget })
+    }
+
+    /// Room for `n` records, or `None` when requests in flight already hold the queue. A request alone
+    /// always gets its chance (one larger than the whole queue meets `saturated` item by item).
+    fn reserve(&self, n: usize) -> Option<Reservation<'_>> {
+        let before = self.reserved.fetch_add(n, Ordering::SeqCst);
+        let reservation = Reservation { front: self, n };
+        (before == 0 || before + n <= self.budget).then_some(reservation)
     }
 
     /// Produces the valid items (keyed by agent_id) and dead-letters the refused ones; waits for every
@@ -768,5 +804,30 @@ mod tests {
         let down = Verdict::Failed { code: "produce_failed", detail: "down".into() };
         assert_eq!(respond(&[down], Framing::Ndjson, &http).status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(respond(&[], Framing::Ndjson, &http).status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn a_request_that_would_overfill_the_producer_queue_is_refused_whole() {
+        // Creating a producer does not connect: nothing listens on port 1, and nothing is sent.
+        let producer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .create_with_context(ReplyContext)
+            .unwrap();
+        let front = KafkaFront {
+            producer,
+            topic: "t".into(),
+            dlq: "t.dlq".into(),
+            reserved: AtomicUsize::new(0),
+            budget: 100,
+        };
+        let big = front.reserve(150).expect("alone, a request always goes");
+        assert!(front.reserve(1).is_none());
+        drop(big);
+        let a = front.reserve(60).unwrap();
+        assert!(front.reserve(41).is_none());
+        let b = front.reserve(40).unwrap();
+        assert_eq!(front.reserved.load(Ordering::SeqCst), 100);
+        drop((a, b));
+        assert_eq!(front.reserved.load(Ordering::SeqCst), 0);
     }
 }

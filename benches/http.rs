@@ -1,0 +1,160 @@
+//! HTTP ingest end to end: client threads POST NDJSON bodies over keep-alive connections to `vigil
+//! serve` in this process, and every answer is awaited (so every event counted is durable in the archive,
+//! or acknowledged by the broker). Two runs: the embedded pipeline, then producing to a tansu broker.
+//!
+//! `cargo bench --bench http -- [EVENTS] [EVENTS_PER_REQUEST] [CLIENTS]` (defaults 200,000, 1,000, 4).
+//! The Kafka run needs tansu (scripts/test.sh installs it, or set VIGIL_TANSU).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use vigil::config::VigilConfig;
+use vigil::simulate::SimConfig;
+use vigil_ingest::source::kafka::KafkaConfig;
+
+#[path = "support/mod.rs"]
+mod support;
+
+fn main() {
+    let mut nums = std::env::args().skip(1).filter_map(|a| a.replace('_', "").parse::<usize>().ok());
+    let events = nums.next().unwrap_or(200_000);
+    let per_request = nums.next().unwrap_or(1_000);
+    let clients = nums.next().unwrap_or(4);
+    let sim = SimConfig {
+        agents: 1000,
+        duration_ms: (events as f64 / 60.0 * 1000.0) as i64,
+        start_ms: 1_767_614_400_000,
+        seed: 3,
+        rate: 60.0,
+        incidents: 8,
+    };
+    let mut lines = Vec::new();
+    vigil::simulate::simulate(
+        &sim,
+        |l| {
+            lines.push(l.to_owned());
+            Ok(())
+        },
+        |_| {},
+    )
+    .unwrap();
+    let bodies: Vec<Vec<u8>> = lines.chunks(per_request).map(|c| c.join("\n").into_bytes()).collect();
+    let bytes: usize = bodies.iter().map(Vec::len).sum();
+    eprintln!("{} events in {} requests of {per_request}, {clients} clients", lines.len(), bodies.len());
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = VigilConfig::default();
+    cfg.archive.dir = dir.path().join("archive");
+    cfg.http.listen = "127.0.0.1:0".into();
+    report(
+        "embedded (judged, archived, answered when durable)",
+        drive(&cfg, &bodies, clients),
+        lines.len(),
+        bytes,
+    );
+
+    let broker = support::Broker::start();
+    cfg.kafka = Some(KafkaConfig::new(&broker.addr, vec!["http-bench".into()]));
+    report("kafka (produced, answered when acknowledged)", drive(&cfg, &bodies, clients), lines.len(), bytes);
+}
+
+fn report(what: &str, (secs, retries): (f64, u64), events: usize, bytes: usize) {
+    println!(
+        "{what}: {events} events in {secs:.2}s = {:.0} events/s ({:.1} MB/s), {retries} requests answered 429",
+        events as f64 / secs,
+        bytes as f64 / 1e6 / secs
+    );
+}
+
+/// Serves `cfg` on a thread, posts every body from `clients` threads, stops the server; returns the
+/// seconds from the first request to the last answer and how many 429s were met (and retried).
+fn drive(cfg: &VigilConfig, bodies: &[Vec<u8>], clients: usize) -> (f64, u64) {
+    let stop = AtomicBool::new(false);
+    let (next, retries) = (&AtomicUsize::new(0), &AtomicU64::new(0));
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel::<SocketAddr>();
+    std::thread::scope(|s| {
+        let server = s.spawn(|| {
+            vigil::serve::run(cfg, &stop, move |a| {
+                let _ = addr_tx.send(a);
+            })
+        });
+        let addr = addr_rx.recv().expect("the server started");
+        let started = Instant::now();
+        let workers: Vec<_> = (0..clients)
+            .map(|_| {
+                s.spawn(move || {
+                    let mut conn = Conn::open(addr);
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(body) = bodies.get(i) else { break };
+                        loop {
+                            match conn.post(body) {
+                                200 => break,
+                                429 => {
+                                    retries.fetch_add(1, Ordering::Relaxed);
+                                    std::thread::sleep(Duration::from_millis(50));
+                                }
+                                other => panic!("request {i} answered {other}"),
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        let summary = server.join().unwrap().expect("serve ran");
+        let sent: usize = bodies.iter().map(|b| b.split(|c| *c == b'\n').count()).sum();
+        assert_eq!(summary.valid as usize, sent, "every event taken");
+        (secs, retries.load(Ordering::Relaxed))
+    })
+}
+
+/// A keep-alive HTTP/1.1 connection.
+struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Conn {
+    fn open(addr: SocketAddr) -> Conn {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_nodelay(true).unwrap();
+        Conn { reader: BufReader::new(s.try_clone().unwrap()), writer: s }
+    }
+
+    /// Posts one body; returns the status (the answer's body is read and dropped).
+    fn post(&mut self, body: &[u8]) -> u16 {
+        write!(
+            self.writer,
+            "POST /v1/events HTTP/1.1\r\nHost: bench\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        self.writer.write_all(body).unwrap();
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut answer = vec![0; length];
+        self.reader.read_exact(&mut answer).unwrap();
+        status
+    }
+}
