@@ -22,10 +22,12 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use vigil_detect::{DetectConfig, Engine, Output};
 use vigil_ingest::archive::{Archive, ArchiveConfig, DeadLetter};
 use vigil_ingest::source::Line;
-use vigil_ingest::source::kafka::{AckContext, KafkaConfig, Lag};
+use vigil_ingest::source::kafka::{AckContext, KafkaConfig, Lag, StateRecord};
 
 use crate::config::VigilConfig;
-use crate::pipeline::{DedupWindow, PipelineError, Summary, classify, engine_state, now_ms, restored_engine};
+use crate::pipeline::{
+    DedupWindow, PipelineError, Summary, checkpoint_of, classify, engine_state, now_ms, restored_engine,
+};
 
 /// With an idle exit: how long past it a member may wait for its first partition before giving up.
 const UNASSIGNED_LIMIT: Duration = Duration::from_secs(90);
@@ -67,6 +69,8 @@ struct Shared {
     failed: Mutex<Option<String>>,
     summary: Mutex<Summary>,
     lag: Lag,
+    /// Partitions of the state topic (0: no state topic).
+    state_partitions: i32,
 }
 
 impl Shared {
@@ -79,9 +83,28 @@ impl Shared {
         f.get_or_insert(msg);
     }
 
-    fn open(&self, topic: &str, partition: i32) -> Result<PartState, PipelineError> {
-        let (archive, checkpoint) = Archive::open_kafka(&self.archive, topic, partition)?;
-        let engine = restored_engine(&self.detect, checkpoint, &self.archive.dir)?;
+    /// Opens a newly assigned partition: its archive (recovered), and its detector state from whichever
+    /// is newer, the local checkpoint or the state topic. When the topic's is newer, another member (with
+    /// another archive root) archived the records in between, and this archive moves past them.
+    fn open(
+        &self,
+        topic: &str,
+        partition: i32,
+        remote: Option<StateRecord>,
+    ) -> Result<PartState, PipelineError> {
+        let (mut archive, checkpoint) = Archive::open_kafka(&self.archive, topic, partition)?;
+        let local = checkpoint.as_ref().map_or(0, |c| c.committed_position);
+        let engine = match remote {
+            Some(r) if r.position > local => {
+                archive.skip_to(r.position);
+                let from =
+                    format!("{} key {}", self.kafka.state_topic, self.kafka.state_key(topic, partition));
+                restored_engine(&self.detect, Some(r.state), &from)?
+            }
+            _ => {
+                restored_engine(&self.detect, checkpoint.map(|c| c.state), &checkpoint_of(&self.archive.dir))?
+            }
+        };
         Ok(PartState {
             archive,
             engine,
@@ -105,15 +128,41 @@ impl Shared {
         if !st.archive.has_uncommitted() {
             return Ok((0, 0));
         }
-        self.producer.flush(Duration::from_millis(self.kafka.ack_timeout_ms)).map_err(|e| {
-            PipelineError::Kafka(format!("waiting for dead letters and findings to be acknowledged: {e}"))
-        })?;
-        if let (n, Some(e)) = self.producer.context().failures()
-            && n > 0
-        {
-            return Err(PipelineError::Kafka(format!("{n} records could not be produced, the last: {e}")));
+        self.acknowledged("dead letters and findings")?;
+        let state = engine_state(&st.engine);
+        let now = now_ms();
+        let report = st.archive.flush(state.clone(), now)?;
+        // The state travels with the commit: produced and acknowledged before the offset moves, so the
+        // committed offset never runs ahead of the state a new owner restores.
+        if self.state_partitions > 0 {
+            let record = StateRecord {
+                version: 1,
+                group: self.kafka.group.clone(),
+                topic: topic.to_owned(),
+                partition,
+                position: report.committed_position,
+                committed_at: now,
+                state,
+            }
+            .encode();
+            if record.len() > self.kafka.state_max_bytes {
+                return Err(PipelineError::Kafka(format!(
+                    "the detector state of {topic}/{partition} is {} bytes compressed, over kafka.state_max_bytes \
+                     ({}): raise it (and the state topic's max.message.bytes) or spread agents over more partitions",
+                    record.len(),
+                    self.kafka.state_max_bytes
+                )));
+            }
+            let key = self.kafka.state_key(topic, partition);
+            send(
+                &self.producer,
+                BaseRecord::to(&self.kafka.state_topic)
+                    .partition(partition.rem_euclid(self.state_partitions))
+                    .key(&key)
+                    .payload(&record),
+            )?;
+            self.acknowledged("the detector state")?;
         }
-        let report = st.archive.flush(engine_state(&st.engine), now_ms())?;
         // The archive's committed position is offset + 1 of the last durable record: the next offset to
         // read, which is what Kafka commits.
         let mut tpl = TopicPartitionList::new();
@@ -130,6 +179,19 @@ impl Shared {
             std::thread::sleep(Duration::from_millis(100 << attempt.min(4)));
         }
         Ok((report.files.len() as u64, report.bytes))
+    }
+
+    /// Waits until everything produced so far is acknowledged; any delivery that failed is an error.
+    fn acknowledged(&self, what: &str) -> Result<(), PipelineError> {
+        self.producer
+            .flush(Duration::from_millis(self.kafka.ack_timeout_ms))
+            .map_err(|e| PipelineError::Kafka(format!("waiting for {what} to be acknowledged: {e}")))?;
+        if let (n, Some(e)) = self.producer.context().failures()
+            && n > 0
+        {
+            return Err(PipelineError::Kafka(format!("{n} records could not be produced, the last: {e}")));
+        }
+        Ok(())
     }
 
     fn count_flush(&self, written: (u64, u64)) {
@@ -174,12 +236,25 @@ impl ConsumerContext for Ctx {
             Rebalance::Assign(tpl) => {
                 self.shared.epoch.fetch_add(1, Ordering::SeqCst);
                 let mut parts = self.shared.parts();
-                for e in tpl.elements() {
-                    let key = (e.topic().to_owned(), e.partition());
-                    if parts.contains_key(&key) {
-                        continue;
-                    }
-                    match self.shared.open(&key.0, key.1) {
+                let new: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .filter(|k| !parts.contains_key(k))
+                    .collect();
+                // Their states from the state topic, read once for all of them, before any is judged.
+                let timeout = Duration::from_millis(self.shared.kafka.ack_timeout_ms);
+                let mut remote =
+                    match self.shared.kafka.read_states(&new, self.shared.state_partitions, timeout) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            self.shared.fail(format!("restoring detector state: {e}"));
+                            return;
+                        }
+                    };
+                for key in new {
+                    let state = remote.remove(&key);
+                    match self.shared.open(&key.0, key.1, state) {
                         Ok(st) => {
                             parts.insert(key, st);
                         }
@@ -205,6 +280,19 @@ pub fn run(
     if kafka.create_topics {
         kafka.ensure_output_topics(Duration::from_secs(30)).map_err(PipelineError::Kafka)?;
     }
+    let state_partitions = match (kafka.state_topic.is_empty(), kafka.create_topics) {
+        (true, _) => 0,
+        (false, true) => kafka.ensure_state_topic(Duration::from_secs(30)).map_err(PipelineError::Kafka)?,
+        (false, false) => match kafka.partitions(&kafka.state_topic, Duration::from_secs(30)) {
+            Ok(0) => {
+                return Err(PipelineError::Kafka(format!(
+                    "the state topic {} does not exist: create it (compacted), or set kafka.state_topic = \"\"",
+                    kafka.state_topic
+                )));
+            }
+            other => other.map_err(PipelineError::Kafka)?,
+        },
+    };
     let producer =
         kafka.producer().map_err(|e| PipelineError::Kafka(format!("creating the producer: {e}")))?;
     let shared = Arc::new(Shared {
@@ -219,6 +307,7 @@ pub fn run(
         failed: Mutex::new(None),
         summary: Mutex::new(Summary { source: kafka.topics.join(","), ..Summary::default() }),
         lag: Lag::default(),
+        state_partitions,
     });
     let consumer: BaseConsumer<Ctx> = kafka
         .consumer_config()

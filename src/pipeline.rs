@@ -45,11 +45,12 @@ pub enum PipelineError {
     Detect(#[from] vigil_detect::ConfigError),
     /// The checkpoint's detector state does not fit this version.
     #[error(
-        "checkpoint state in {archive} is unreadable ({source}); move the archive's _vigil/ aside to start fresh"
+        "the detector state in {from} is unreadable ({source}); move it aside (the archive's _vigil/, or \
+         the partition's key on the state topic) to start fresh"
     )]
     State {
-        /// The archive root.
-        archive: PathBuf,
+        /// Where the state came from.
+        from: String,
         /// Why.
         source: serde_json::Error,
     },
@@ -207,20 +208,26 @@ pub struct RunOptions {
     pub progress: bool,
 }
 
-/// An engine for `detect`, restored from a checkpoint's state when there is one. Both pipelines (file
-/// and Kafka partition) start this way.
+/// An engine for `detect`, restored from a saved state when there is one (a checkpoint's, or the Kafka
+/// state topic's). Every pipeline (file, Kafka partition, HTTP) starts this way; `from` names where the
+/// state came from in the error.
 pub(crate) fn restored_engine(
     detect: &vigil_detect::DetectConfig,
-    checkpoint: Option<vigil_ingest::archive::Checkpoint>,
-    archive: &Path,
+    state: Option<serde_json::Value>,
+    from: &str,
 ) -> Result<Engine, PipelineError> {
     let mut engine = Engine::new(detect)?;
-    if let Some(c) = checkpoint {
-        let snap: Snapshot = serde_json::from_value(c.state)
-            .map_err(|source| PipelineError::State { archive: archive.to_owned(), source })?;
+    if let Some(state) = state {
+        let snap: Snapshot = serde_json::from_value(state)
+            .map_err(|source| PipelineError::State { from: from.to_owned(), source })?;
         engine.restore(snap);
     }
     Ok(engine)
+}
+
+/// Names an archive's checkpoints in messages.
+pub(crate) fn checkpoint_of(archive: &Path) -> String {
+    format!("the checkpoint under {}", archive.display())
 }
 
 /// The engine's state as a checkpoint stores it. Serialising the snapshot of a well-formed engine cannot
@@ -266,7 +273,8 @@ pub fn run(cfg: &VigilConfig, opts: &RunOptions) -> Result<Summary, PipelineErro
         (None, false) => input.name.clone(),
     };
     let (mut archive, checkpoint) = Archive::open(&cfg.archive, &source, 0)?;
-    let mut engine = restored_engine(&cfg.detect, checkpoint, &cfg.archive.dir)?;
+    let mut engine =
+        restored_engine(&cfg.detect, checkpoint.map(|c| c.state), &checkpoint_of(&cfg.archive.dir))?;
     let skip_until = archive.committed_position();
     let mut findings_out = open_findings(cfg.output.findings.as_deref())?;
     let mut summary = Summary { source: source.clone(), ..Summary::default() };

@@ -37,7 +37,9 @@ use vigil_ingest::source::kafka::KafkaConfig;
 use vigil_schemas::Invalid;
 
 use crate::config::{HttpConfig, VigilConfig};
-use crate::pipeline::{DedupWindow, PipelineError, Summary, classify, engine_state, now_ms, restored_engine};
+use crate::pipeline::{
+    DedupWindow, PipelineError, Summary, checkpoint_of, classify, engine_state, now_ms, restored_engine,
+};
 
 /// Source name of HTTP events in the archive (file names and checkpoint).
 pub const HTTP_SOURCE: &str = "http";
@@ -440,7 +442,8 @@ impl Embedded {
     fn open(cfg: &VigilConfig) -> Result<Embedded, PipelineError> {
         let source = cfg.input.source_name.clone().unwrap_or_else(|| HTTP_SOURCE.into());
         let (archive, checkpoint) = Archive::open(&cfg.archive, &source, 0)?;
-        let engine = restored_engine(&cfg.detect, checkpoint, &cfg.archive.dir)?;
+        let engine =
+            restored_engine(&cfg.detect, checkpoint.map(|c| c.state), &checkpoint_of(&cfg.archive.dir))?;
         Ok(Embedded {
             position: archive.committed_position(),
             archive,

@@ -364,3 +364,83 @@ fn sigterm_stops_a_member_cleanly_with_everything_committed() {
     let counts = archive_py("event-counts", &archive, &[]);
     assert_eq!(counts["rows"].as_u64(), Some(n), "{counts}");
 }
+
+#[test]
+fn a_member_with_its_own_archive_resumes_partitions_with_their_state_from_the_state_topic() {
+    let _serial = serial();
+    let broker = Broker::start();
+    let dir = scratch();
+    let (path, n, bad) = input(dir.path(), 150, "3h", 25.0, 8);
+    kafka_tool(&["create", &broker.addr, "events", "4"]);
+    let lines: Vec<String> = std::fs::read_to_string(&path).unwrap().lines().map(str::to_owned).collect();
+    let half = lines.len() / 2;
+    let parts: Vec<std::path::PathBuf> = [&lines[..half], &lines[half..]]
+        .iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let p = dir.path().join(format!("half{i}.ndjson"));
+            std::fs::write(&p, chunk.join("\n") + "\n").unwrap();
+            p
+        })
+        .collect();
+    let with_state = member_config(dir.path());
+    let text = std::fs::read_to_string(&with_state).unwrap();
+    let without_state = dir.path().join("no-state.toml");
+    std::fs::write(
+        &without_state,
+        text.replace("topics = [\"events\"]\n", "topics = [\"events\"]\nstate_topic = \"\"\n"),
+    )
+    .unwrap();
+
+    // Machine A reads the first half into its archive and stops; machine B, with an archive of its own,
+    // reads the second half. Twice: with the state topic, and without it.
+    kafka_tool(&["produce", &broker.addr, "events", parts[0].to_str().unwrap()]);
+    let run = |group: &str, name: &str, config: &Path| {
+        run_kafka(&broker, "events", group, &dir.path().join(name), Some(config), "4s")
+    };
+    run("moving", "a", &with_state);
+    run("stuck", "a-stuck", &without_state);
+    kafka_tool(&["produce", &broker.addr, "events", parts[1].to_str().unwrap()]);
+    let b = run("moving", "b", &with_state);
+    run("stuck", "b-stuck", &without_state);
+    let second_half = (lines.len() - half) as u64;
+    assert_eq!(b["lines"], second_half, "B read only what A had not committed: {b}");
+
+    // Together the two archives hold every event once.
+    let ids = |name: &str| -> Vec<String> {
+        let rows = archive_py("rows", &dir.path().join(name), &["events", "event_id"]);
+        rows["duckdb"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["event_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mut all = ids("a");
+    all.extend(ids("b"));
+    let distinct: std::collections::BTreeSet<&String> = all.iter().collect();
+    assert_eq!((all.len() as u64, distinct.len() as u64), (n, n));
+    assert!(bad.len() > 0);
+
+    // B judged with A's baselines: the findings of A and B together are those of one member that read
+    // everything. Without the state topic B starts cold, and the findings differ.
+    let alone = run("alone", "alone", &with_state);
+    assert_eq!(alone["valid"], n);
+    let want = archived_findings(&dir.path().join("alone"));
+    let merged = |a: &str, b: &str| {
+        let mut m = archived_findings(&dir.path().join(a));
+        m.extend(archived_findings(&dir.path().join(b)));
+        m
+    };
+    assert_eq!(merged("a", "b"), want);
+    assert_ne!(merged("a-stuck", "b-stuck"), want, "the test cannot tell a cold start from a restored one");
+
+    // The state topic holds each partition's state under the group's key.
+    let states = kafka_tool(&["consume", &broker.addr, "vigil.state", "2"]);
+    let keys: std::collections::BTreeSet<&str> =
+        states["records"].as_array().unwrap().iter().map(|r| r["key"].as_str().unwrap()).collect();
+    let want_keys: std::collections::BTreeSet<String> =
+        (0..4).map(|p| format!("moving/events/{p}")).collect();
+    assert!(want_keys.iter().all(|k| keys.contains(k.as_str())), "{keys:?}");
+    assert!(!keys.iter().any(|k| k.starts_with("stuck/")), "{keys:?}");
+}

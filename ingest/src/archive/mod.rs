@@ -273,6 +273,16 @@ impl Archive {
         self.committed
     }
 
+    /// Moves the committed position forward to `position` without files: what lies before it was archived
+    /// elsewhere (another member's archive root took those records). Nothing buffered may be pending.
+    pub fn skip_to(&mut self, position: u64) {
+        debug_assert!(self.first.is_none(), "skip_to with rows pending");
+        if position > self.committed {
+            self.committed = position;
+            self.last = position;
+        }
+    }
+
     /// Sets the ingest time stamped on rows pushed from now on (UTC ms).
     pub fn set_ingested_at(&mut self, ms: i64) {
         self.stamp.ingested_at = ms;

@@ -1,7 +1,7 @@
 //! Kafka: the typed `[kafka]` config and the librdkafka clients built from it. The consume loop itself
 //! lives with the pipeline (it wires detection and the archive together); this module knows Kafka.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,14 +9,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::future::Future;
 use std::task::{Context, Poll, Wake};
 
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 /// `[kafka]`: where events come from when vigil runs as a consumer group.
@@ -39,6 +40,16 @@ pub struct KafkaConfig {
     /// Every halt decision is also produced here as JSON keyed by agent_id; empty turns it off.
     #[serde(default = "default_control_topic")]
     pub control_topic: String,
+    /// Compacted topic holding each partition's detector state (zstd JSON keyed by
+    /// `{group}/{topic}/{partition}`), produced at every commit, so a member on any machine resumes a
+    /// partition with its baselines. Empty turns it off: state then lives only in the archive checkpoint,
+    /// which members share only if they share the archive root.
+    #[serde(default = "default_state_topic")]
+    pub state_topic: String,
+    /// Largest state record in bytes, compressed (the state topic's `max.message.bytes`, the producer's
+    /// `message.max.bytes`). A partition whose state outgrows it fails its commit with a clear error.
+    #[serde(default = "default_state_max_bytes")]
+    pub state_max_bytes: usize,
     /// Most messages taken per poll batch.
     #[serde(default = "default_batch_messages")]
     pub batch_messages: usize,
@@ -77,6 +88,13 @@ fn default_findings_topic() -> String {
 fn default_control_topic() -> String {
     "vigil.control".into()
 }
+fn default_state_topic() -> String {
+    "vigil.state".into()
+}
+/// 16 MiB: tens of thousands of agents' state per partition, compressed.
+const fn default_state_max_bytes() -> usize {
+    16 << 20
+}
 const fn default_batch_messages() -> usize {
     10_000
 }
@@ -105,6 +123,8 @@ impl KafkaConfig {
             ack_timeout_ms: default_ack_timeout_ms(),
             statistics_ms: default_statistics_ms(),
             create_topics: true,
+            state_topic: default_state_topic(),
+            state_max_bytes: default_state_max_bytes(),
             options: BTreeMap::new(),
         }
     }
@@ -119,6 +139,9 @@ impl KafkaConfig {
         }
         if self.group.is_empty() {
             return Err("kafka.group is empty".into());
+        }
+        if self.state_max_bytes < 1024 {
+            return Err(format!("kafka.state_max_bytes must be at least 1024, got {}", self.state_max_bytes));
         }
         if self.batch_messages == 0 {
             return Err("kafka.batch_messages must be at least 1".into());
@@ -208,7 +231,160 @@ impl KafkaConfig {
     pub fn producer_config(&self) -> ClientConfig {
         let mut c = self.client();
         c.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "20");
+        if !self.state_topic.is_empty() {
+            c.set("message.max.bytes", self.state_max_bytes.max(1_000_000).to_string());
+        }
         c
+    }
+
+    /// Partitions of `topic` (0 when it does not exist).
+    pub fn partitions(&self, topic: &str, timeout: std::time::Duration) -> Result<i32, String> {
+        topic_partitions(&self.admin()?, topic, timeout)
+    }
+
+    /// The key of a partition's state on the state topic.
+    pub fn state_key(&self, topic: &str, partition: i32) -> String {
+        format!("{}/{}/{}", self.group, topic, partition)
+    }
+
+    /// Creates the state topic when missing (compacted, as many partitions as the first source topic, so
+    /// a source partition's state lives in state partition `partition % n`); returns its partition count.
+    pub fn ensure_state_topic(&self, timeout: std::time::Duration) -> Result<i32, String> {
+        let admin = self.admin()?;
+        let existing = topic_partitions(&admin, &self.state_topic, timeout)?;
+        if existing > 0 {
+            return Ok(existing);
+        }
+        let first = self.topics.first().map_or("", String::as_str);
+        let partitions = topic_partitions(&admin, first, timeout)?.max(1);
+        let max_bytes = self.state_max_bytes.to_string();
+        let topic = NewTopic::new(&self.state_topic, partitions, TopicReplication::Fixed(-1))
+            .set("cleanup.policy", "compact")
+            .set("max.message.bytes", &max_bytes)
+            // Compaction only cleans closed segments: short ones keep the log a restore reads small.
+            .set("segment.ms", "600000")
+            .set("min.cleanable.dirty.ratio", "0.1");
+        let opts = AdminOptions::new().request_timeout(Some(timeout));
+        let results = block_on(admin.create_topics([&topic], &opts))
+            .map_err(|e| format!("creating {}: {e}", self.state_topic))?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => return Err(format!("creating topic {name}: {code}")),
+            }
+        }
+        Ok(topic_partitions(&admin, &self.state_topic, timeout)?.max(partitions))
+    }
+
+    /// The newest state on the state topic of each `(topic, partition)` asked for (absent: none there).
+    /// Reads each state partition concerned from its beginning to its end as of now.
+    pub fn read_states(
+        &self,
+        wanted: &[(String, i32)],
+        state_partitions: i32,
+        timeout: std::time::Duration,
+    ) -> Result<HashMap<(String, i32), StateRecord>, String> {
+        let mut found = HashMap::new();
+        if wanted.is_empty() || self.state_topic.is_empty() || state_partitions <= 0 {
+            return Ok(found);
+        }
+        let keys: HashMap<String, (String, i32)> =
+            wanted.iter().map(|(t, p)| (self.state_key(t, *p), (t.clone(), *p))).collect();
+        let mut c = self.client();
+        c.set("group.id", format!("{}.state-reader", self.group))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false");
+        let consumer: BaseConsumer = c.create().map_err(|e| format!("creating the state reader: {e}"))?;
+        let mut ends: HashMap<i32, i64> = HashMap::new();
+        let mut tpl = TopicPartitionList::new();
+        for (_, p) in wanted {
+            let sp = p.rem_euclid(state_partitions);
+            if ends.contains_key(&sp) {
+                continue;
+            }
+            let (low, high) = consumer
+                .fetch_watermarks(&self.state_topic, sp, timeout)
+                .map_err(|e| format!("reading the end of {}/{sp}: {e}", self.state_topic))?;
+            if high > low {
+                ends.insert(sp, high);
+                tpl.add_partition_offset(&self.state_topic, sp, Offset::Beginning)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        if ends.is_empty() {
+            return Ok(found);
+        }
+        consumer.assign(&tpl).map_err(|e| format!("reading {}: {e}", self.state_topic))?;
+        let deadline = std::time::Instant::now() + timeout;
+        while !ends.is_empty() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "reading {} did not reach its end within {}s (state partitions left: {:?})",
+                    self.state_topic,
+                    timeout.as_secs(),
+                    ends.keys().collect::<Vec<_>>()
+                ));
+            }
+            let m = match consumer.poll(left.min(std::time::Duration::from_millis(200))) {
+                None => continue,
+                Some(Err(e)) => return Err(format!("reading {}: {e}", self.state_topic)),
+                Some(Ok(m)) => m,
+            };
+            if m.offset() + 1 >= ends.get(&m.partition()).copied().unwrap_or(0) {
+                ends.remove(&m.partition());
+            }
+            let Some(which) = m.key().and_then(|k| std::str::from_utf8(k).ok()).and_then(|k| keys.get(k))
+            else {
+                continue;
+            };
+            match m.payload() {
+                // A tombstone: the state was withdrawn.
+                None => {
+                    found.remove(which);
+                }
+                Some(bytes) => {
+                    let record = StateRecord::decode(bytes).map_err(|e| {
+                        format!("state of {}/{} at {}/{}: {e}", which.0, which.1, m.partition(), m.offset())
+                    })?;
+                    found.insert(which.clone(), record);
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// One partition's detector state as it travels on the state topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateRecord {
+    /// Format version.
+    pub version: u32,
+    /// The consumer group whose state it is.
+    pub group: String,
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// The next offset to read: everything before it is judged and archived, and this state reflects it.
+    pub position: u64,
+    /// Wall time of the commit, UTC ms.
+    pub committed_at: i64,
+    /// The detector state.
+    pub state: serde_json::Value,
+}
+
+impl StateRecord {
+    /// zstd-compressed JSON: state is repetitive text and compresses about tenfold.
+    pub fn encode(&self) -> Vec<u8> {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        zstd::encode_all(&json[..], 3).unwrap_or(json)
+    }
+
+    /// Reads a record written by [`StateRecord::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<StateRecord, String> {
+        let json = zstd::decode_all(bytes).map_err(|e| format!("not zstd: {e}"))?;
+        serde_json::from_slice(&json).map_err(|e| format!("not a state record: {e}"))
     }
 }
 
