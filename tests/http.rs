@@ -447,3 +447,31 @@ fn with_kafka_a_full_producer_queue_answers_429_for_the_items_it_did_not_take() 
     let distinct: BTreeSet<String> = ids.iter().cloned().collect();
     assert_eq!((ids.len(), distinct), (100, lines[..100].iter().map(|l| event_id(l)).collect()));
 }
+
+#[test]
+fn a_client_too_slow_to_send_its_body_gets_408_and_the_server_carries_on() {
+    let dir = scratch();
+    let lines = events(dir.path(), 5, "5m");
+    let config = dir.path().join("vigil.toml");
+    std::fs::write(&config, "[http]\nrequest_timeout_seconds = 1\n").unwrap();
+    let archive = dir.path().join("archive");
+    let server =
+        Server::start(&["--config", config.to_str().unwrap(), "--archive", archive.to_str().unwrap()]);
+    let body = lines[0].as_bytes();
+    let mut slow = TcpStream::connect(&server.addr).unwrap();
+    write!(
+        slow,
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    slow.write_all(&body[..10]).unwrap();
+    let started = Instant::now();
+    let r = read_reply(&mut slow);
+    assert_eq!(r.status, 408, "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "answered after {:?}", started.elapsed());
+    let r = server.post(&[], lines[1].as_bytes());
+    assert_eq!((r.status, r.body["accepted"].as_u64()), (200, Some(1)), "{r:?}");
+    let summary = server.stop();
+    assert_eq!((summary["valid"].as_u64(), summary["lines"].as_u64()), (Some(1), Some(1)), "{summary}");
+}

@@ -37,7 +37,8 @@ fn produce(bootstrap: &str, from: usize, to: usize) {
 #[test]
 fn failing_commits_and_a_broker_outage_lose_nothing() {
     let mock = MockCluster::new(3).unwrap();
-    for t in ["events", "events.dlq", "vigil.findings", "vigil.control"] {
+    // The mock cluster does not create topics on request: every topic vigil uses is made here.
+    for t in ["events", "events.dlq", "vigil.findings", "vigil.control", "vigil.state"] {
         mock.create_topic(t, 4, 1).unwrap();
     }
     let bootstrap = mock.bootstrap_servers();

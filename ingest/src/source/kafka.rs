@@ -291,49 +291,39 @@ impl KafkaConfig {
         let keys: HashMap<String, (String, i32)> =
             wanted.iter().map(|(t, p)| (self.state_key(t, *p), (t.clone(), *p))).collect();
         let mut c = self.client();
+        // The end of each partition is learnt from librdkafka's end-of-partition events, which also come
+        // for an empty partition: no separate watermark query that a cold client might fail.
         c.set("group.id", format!("{}.state-reader", self.group))
             .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "true");
         let consumer: BaseConsumer = c.create().map_err(|e| format!("creating the state reader: {e}"))?;
-        let mut ends: HashMap<i32, i64> = HashMap::new();
+        let mut pending: std::collections::BTreeSet<i32> =
+            wanted.iter().map(|(_, p)| p.rem_euclid(state_partitions)).collect();
         let mut tpl = TopicPartitionList::new();
-        for (_, p) in wanted {
-            let sp = p.rem_euclid(state_partitions);
-            if ends.contains_key(&sp) {
-                continue;
-            }
-            let (low, high) = consumer
-                .fetch_watermarks(&self.state_topic, sp, timeout)
-                .map_err(|e| format!("reading the end of {}/{sp}: {e}", self.state_topic))?;
-            if high > low {
-                ends.insert(sp, high);
-                tpl.add_partition_offset(&self.state_topic, sp, Offset::Beginning)
-                    .map_err(|e| e.to_string())?;
-            }
-        }
-        if ends.is_empty() {
-            return Ok(found);
+        for sp in &pending {
+            tpl.add_partition_offset(&self.state_topic, *sp, Offset::Beginning).map_err(|e| e.to_string())?;
         }
         consumer.assign(&tpl).map_err(|e| format!("reading {}: {e}", self.state_topic))?;
         let deadline = std::time::Instant::now() + timeout;
-        while !ends.is_empty() {
+        while !pending.is_empty() {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 return Err(format!(
-                    "reading {} did not reach its end within {}s (state partitions left: {:?})",
+                    "reading {} did not reach its end within {}s (state partitions left: {pending:?})",
                     self.state_topic,
                     timeout.as_secs(),
-                    ends.keys().collect::<Vec<_>>()
                 ));
             }
             let m = match consumer.poll(left.min(std::time::Duration::from_millis(200))) {
                 None => continue,
-                Some(Err(e)) => return Err(format!("reading {}: {e}", self.state_topic)),
+                Some(Err(KafkaError::PartitionEOF(sp))) => {
+                    pending.remove(&sp);
+                    continue;
+                }
+                // Transport errors are retried by librdkafka until the deadline.
+                Some(Err(_)) => continue,
                 Some(Ok(m)) => m,
             };
-            if m.offset() + 1 >= ends.get(&m.partition()).copied().unwrap_or(0) {
-                ends.remove(&m.partition());
-            }
             let Some(which) = m.key().and_then(|k| std::str::from_utf8(k).ok()).and_then(|k| keys.get(k))
             else {
                 continue;
