@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use vigil::config::VigilConfig;
-use vigil::simulate::SimConfig;
 use vigil_ingest::source::kafka::KafkaConfig;
 
 #[path = "support/mod.rs"]
@@ -22,14 +21,7 @@ fn main() {
     let events = nums.next().unwrap_or(200_000);
     let per_request = nums.next().unwrap_or(1_000);
     let clients = nums.next().unwrap_or(4);
-    let sim = SimConfig {
-        agents: 1000,
-        duration_ms: (events as f64 / 60.0 * 1000.0) as i64,
-        start_ms: 1_767_614_400_000,
-        seed: 3,
-        rate: 60.0,
-        incidents: 8,
-    };
+    let sim = support::fleet(events as u64);
     let mut lines = Vec::new();
     vigil::simulate::simulate(
         &sim,

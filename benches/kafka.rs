@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message};
 use vigil::config::VigilConfig;
-use vigil::simulate::SimConfig;
 use vigil_ingest::source::kafka::KafkaConfig;
 
 #[path = "support/mod.rs"]
@@ -24,14 +23,7 @@ fn main() {
     let addr = broker.addr.clone();
 
     // The fleet: sized to about `events`, produced keyed by agent over 8 partitions.
-    let sim = SimConfig {
-        agents: 1000,
-        duration_ms: (events as f64 / 60.0 * 1000.0) as i64,
-        start_ms: 1_767_614_400_000,
-        seed: 3,
-        rate: 60.0,
-        incidents: 8,
-    };
+    let sim = support::fleet(events);
     let t = Instant::now();
     let produced = vigil::kafka::produce_simulated(&sim, &addr, "bench", 8, 0.0, None).unwrap();
     eprintln!("produced {produced} events in {:.1}s", t.elapsed().as_secs_f64());

@@ -116,6 +116,19 @@ fn read_reply(s: &mut TcpStream) -> Reply {
     Reply { status, headers, body }
 }
 
+/// A request whose headers announce all of `body` but of which only the first `sent` bytes are sent.
+fn start_slowly(addr: &str, body: &[u8], sent: usize) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&body[..sent]).unwrap();
+    s.flush().unwrap();
+    s
+}
+
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(bytes).unwrap();
@@ -144,6 +157,18 @@ fn archived_ids(archive: &Path) -> BTreeSet<String> {
     let set: BTreeSet<String> = duck.iter().cloned().collect();
     assert_eq!(set.len(), duck.len(), "an event_id is archived twice");
     set
+}
+
+/// A scratch folder with a simulated fleet's lines, and `vigil serve` started with `config` (TOML) and an
+/// archive in the folder.
+fn serve_with(config: &str) -> (tempfile::TempDir, Vec<String>, std::path::PathBuf, Server) {
+    let dir = scratch();
+    let lines = events(dir.path(), 5, "5m");
+    let path = dir.path().join("vigil.toml");
+    std::fs::write(&path, config).unwrap();
+    let archive = dir.path().join("archive");
+    let server = Server::start(&["--config", path.to_str().unwrap(), "--archive", archive.to_str().unwrap()]);
+    (dir, lines, archive, server)
 }
 
 #[test]
@@ -241,17 +266,9 @@ fn good_and_bad_bodies_are_answered_per_item_and_archived_exactly() {
 
 #[test]
 fn bodies_over_the_caps_get_413_and_items_over_the_event_cap_are_refused_alone() {
-    let dir = scratch();
-    let lines = events(dir.path(), 5, "5m");
-    let config = dir.path().join("vigil.toml");
-    std::fs::write(
-        &config,
+    let (_dir, lines, archive, server) = serve_with(
         "[input]\nmax_event_bytes = 2048\n[http]\nmax_body_bytes = 16384\nmax_decoded_bytes = 32768\n",
-    )
-    .unwrap();
-    let archive = dir.path().join("archive");
-    let server =
-        Server::start(&["--config", config.to_str().unwrap(), "--archive", archive.to_str().unwrap()]);
+    );
 
     // Declared too large: refused before a byte of the body is read.
     let mut s = TcpStream::connect(&server.addr).unwrap();
@@ -298,26 +315,13 @@ fn bodies_over_the_caps_get_413_and_items_over_the_event_cap_are_refused_alone()
 
 #[test]
 fn a_saturated_server_answers_429_with_retry_after_and_loses_nothing() {
-    let dir = scratch();
-    let lines = events(dir.path(), 5, "5m");
-    let config = dir.path().join("vigil.toml");
-    std::fs::write(&config, "[http]\nmax_inflight_requests = 1\nretry_after_seconds = 3\n").unwrap();
-    let archive = dir.path().join("archive");
-    let server =
-        Server::start(&["--config", config.to_str().unwrap(), "--archive", archive.to_str().unwrap()]);
+    let (_dir, lines, archive, server) =
+        serve_with("[http]\nmax_inflight_requests = 1\nretry_after_seconds = 3\n");
 
     // A slow client holds the one slot: its headers are in, half its body is not.
     let body = lines[..20].join("\n");
     let (first, rest) = body.as_bytes().split_at(body.len() / 2);
-    let mut slow = TcpStream::connect(&server.addr).unwrap();
-    write!(
-        slow,
-        "POST /v1/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    slow.write_all(first).unwrap();
-    slow.flush().unwrap();
+    let mut slow = start_slowly(&server.addr, body.as_bytes(), first.len());
     // The server has the request once it answers others with 429; until then it may still be reading.
     let started = Instant::now();
     let busy = loop {
@@ -450,22 +454,8 @@ fn with_kafka_a_full_producer_queue_answers_429_for_the_items_it_did_not_take() 
 
 #[test]
 fn a_client_too_slow_to_send_its_body_gets_408_and_the_server_carries_on() {
-    let dir = scratch();
-    let lines = events(dir.path(), 5, "5m");
-    let config = dir.path().join("vigil.toml");
-    std::fs::write(&config, "[http]\nrequest_timeout_seconds = 1\n").unwrap();
-    let archive = dir.path().join("archive");
-    let server =
-        Server::start(&["--config", config.to_str().unwrap(), "--archive", archive.to_str().unwrap()]);
-    let body = lines[0].as_bytes();
-    let mut slow = TcpStream::connect(&server.addr).unwrap();
-    write!(
-        slow,
-        "POST /v1/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    slow.write_all(&body[..10]).unwrap();
+    let (_dir, lines, _, server) = serve_with("[http]\nrequest_timeout_seconds = 1\n");
+    let mut slow = start_slowly(&server.addr, lines[0].as_bytes(), 10);
     let started = Instant::now();
     let r = read_reply(&mut slow);
     assert_eq!(r.status, 408, "{r:?}");

@@ -189,6 +189,22 @@ fn member_config(dir: &Path) -> std::path::PathBuf {
     path
 }
 
+/// The lines of `path`, and `n` files beside it holding them in order, in `n` equal parts (the last takes
+/// the rest), to be produced one phase at a time.
+fn split_input(path: &Path, n: usize) -> (Vec<String>, Vec<std::path::PathBuf>) {
+    let lines: Vec<String> = std::fs::read_to_string(path).unwrap().lines().map(str::to_owned).collect();
+    let size = lines.len() / n;
+    let parts = (0..n)
+        .map(|i| {
+            let end = if i + 1 == n { lines.len() } else { (i + 1) * size };
+            let p = path.with_extension(format!("part{i}.ndjson"));
+            std::fs::write(&p, lines[i * size..end].join("\n") + "\n").unwrap();
+            p
+        })
+        .collect();
+    (lines, parts)
+}
+
 /// Finding ids with their final severity, as archived.
 fn archived_findings(archive: &Path) -> BTreeMap<String, String> {
     let rows = archive_py("rows", archive, &["findings", "finding_id"]);
@@ -214,17 +230,8 @@ fn two_members_split_the_partitions_and_survive_one_dying_mid_stream() {
     kafka_tool(&["create", &broker.addr, "events", "4"]);
     // The input in three parts: one while A is alone, one while A and B share the partitions, one after
     // A died, so each phase's owner is known whatever the machine's speed.
-    let lines: Vec<String> = std::fs::read_to_string(&path).unwrap().lines().map(str::to_owned).collect();
+    let (lines, parts) = split_input(&path, 3);
     let third = lines.len() / 3;
-    let parts: Vec<std::path::PathBuf> = [&lines[..third], &lines[third..2 * third], &lines[2 * third..]]
-        .iter()
-        .enumerate()
-        .map(|(i, chunk)| {
-            let p = dir.path().join(format!("part{i}.ndjson"));
-            std::fs::write(&p, chunk.join("\n") + "\n").unwrap();
-            p
-        })
-        .collect();
     let produce = |i: usize| kafka_tool(&["produce", &broker.addr, "events", parts[i].to_str().unwrap()]);
     let config = member_config(dir.path());
     let archive = dir.path().join("archive");
@@ -372,17 +379,8 @@ fn a_member_with_its_own_archive_resumes_partitions_with_their_state_from_the_st
     let dir = scratch();
     let (path, n, _) = input(dir.path(), 150, "3h", 25.0, 8);
     kafka_tool(&["create", &broker.addr, "events", "4"]);
-    let lines: Vec<String> = std::fs::read_to_string(&path).unwrap().lines().map(str::to_owned).collect();
+    let (lines, parts) = split_input(&path, 2);
     let half = lines.len() / 2;
-    let parts: Vec<std::path::PathBuf> = [&lines[..half], &lines[half..]]
-        .iter()
-        .enumerate()
-        .map(|(i, chunk)| {
-            let p = dir.path().join(format!("half{i}.ndjson"));
-            std::fs::write(&p, chunk.join("\n") + "\n").unwrap();
-            p
-        })
-        .collect();
     let with_state = member_config(dir.path());
     let text = std::fs::read_to_string(&with_state).unwrap();
     let without_state = dir.path().join("no-state.toml");

@@ -1,8 +1,22 @@
-//! What the benchmarks that need a broker share: tansu on a free loopback port.
+//! What the Kafka and HTTP benchmarks share: the fleet, and tansu on a free loopback port.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use vigil::simulate::SimConfig;
+
+/// The benchmarks' fleet: 1,000 agents at 60 events/s of simulated time, sized to about `events`.
+pub fn fleet(events: u64) -> SimConfig {
+    SimConfig {
+        agents: 1000,
+        duration_ms: (events as f64 / 60.0 * 1000.0) as i64,
+        start_ms: 1_767_614_400_000,
+        seed: 3,
+        rate: 60.0,
+        incidents: 8,
+    }
+}
 
 /// A tansu broker (in memory), killed when dropped.
 pub struct Broker {
