@@ -131,15 +131,23 @@ pub fn run(
         .block_on(tokio::net::TcpListener::bind(&addr))
         .map_err(|source| ServeError::Bind { addr: addr.clone(), source })?;
     let bound = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
+    // Set when the embedded pipeline stops by itself (the archive could not be written): the server
+    // then stops too, and the error is the command's, rather than answering 503 forever.
+    let pipeline_ended = Arc::new(AtomicBool::new(false));
     let (sink, pipeline) = match &cfg.kafka {
         Some(k) => (Sink::Kafka(KafkaFront::new(k, &cfg.http)?), None),
         None => {
             // The archive is opened (and recovered) here, before the first request is taken.
             let embedded = Embedded::open(cfg)?;
             let (tx, rx) = mpsc::sync_channel(cfg.http.queue_batches);
+            let ended = pipeline_ended.clone();
             let handle = std::thread::Builder::new()
                 .name("vigil-pipeline".into())
-                .spawn(move || embedded.run(rx))
+                .spawn(move || {
+                    let result = embedded.run(rx);
+                    ended.store(true, Ordering::SeqCst);
+                    result
+                })
                 .map_err(ServeError::Runtime)?;
             (Sink::Embedded(tx), Some(handle))
         }
@@ -154,7 +162,7 @@ pub fn run(
         counts: Mutex::new(Summary { source: HTTP_SOURCE.into(), ..Summary::default() }),
     });
     ready(bound);
-    rt.block_on(serve(listener, state.clone(), stop));
+    rt.block_on(serve(listener, state.clone(), &[stop, &pipeline_ended]));
     // Idle keep-alive connections are dropped with the runtime.
     rt.shutdown_timeout(Duration::from_secs(1));
     let mut summary = match (pipeline, &state.sink) {
@@ -175,8 +183,9 @@ pub fn run(
     Ok(summary)
 }
 
-/// Accepts connections until `stop`, then waits (up to `drain_seconds`) for requests in flight.
-async fn serve(listener: tokio::net::TcpListener, state: Arc<State>, stop: &AtomicBool) {
+/// Accepts connections until one of `stops` is set, then waits (up to `drain_seconds`) for requests in
+/// flight.
+async fn serve(listener: tokio::net::TcpListener, state: Arc<State>, stops: &[&AtomicBool]) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let header_timeout = Duration::from_secs(state.http.request_timeout_seconds);
     loop {
@@ -202,7 +211,7 @@ async fn serve(listener: tokio::net::TcpListener, state: Arc<State>, stop: &Atom
                 });
             }
             _ = tick.tick() => {
-                if stop.load(Ordering::Relaxed) {
+                if stops.iter().any(|s| s.load(Ordering::Relaxed)) {
                     break;
                 }
             }

@@ -465,3 +465,26 @@ fn a_client_too_slow_to_send_its_body_gets_408_and_the_server_carries_on() {
     let summary = server.stop();
     assert_eq!((summary["valid"].as_u64(), summary["lines"].as_u64()), (Some(1), Some(1)), "{summary}");
 }
+
+#[test]
+fn an_archive_that_cannot_be_written_fails_the_request_and_stops_the_server() {
+    let dir = scratch();
+    let lines = events(dir.path(), 5, "5m");
+    let archive = dir.path().join("archive");
+    let mut server = Server::start(&["--archive", archive.to_str().unwrap()]);
+    // Where the events table belongs, a file: the first flush cannot make its folders.
+    std::fs::write(archive.join("events"), b"in the way").unwrap();
+    let r = server.post(&[], lines[..5].join("\n").as_bytes());
+    assert_eq!(r.status, 500, "{r:?}");
+    assert!(r.body["error"].as_str().unwrap().contains("archiving failed"), "{r:?}");
+    // The server does not carry on answering 503: it stops, with the error.
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the server kept running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(2));
+}
