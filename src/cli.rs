@@ -45,6 +45,9 @@ enum Command {
         /// How many recent event_ids are remembered to report duplicates (as `vigil run` does).
         #[arg(long, default_value_t = 1_000_000)]
         dedup_window: usize,
+        /// Seconds an event's ts may be ahead of this host's clock (as `vigil run` does; 0: no bound).
+        #[arg(long, default_value_t = 900)]
+        max_future_seconds: u64,
     },
     /// Generate a realistic fleet of agents as NDJSON, with labelled incidents.
     Simulate(SimArgs),
@@ -233,8 +236,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => cmd_run(args),
         Command::Serve(args) => cmd_serve(args),
-        Command::Validate { input, max_event_bytes, dedup_window } => {
-            cmd_validate(&input, max_event_bytes, dedup_window)
+        Command::Validate { input, max_event_bytes, dedup_window, max_future_seconds } => {
+            cmd_validate(&input, max_event_bytes, dedup_window, max_future_seconds)
         }
         Command::Simulate(args) => cmd_simulate(args),
         Command::Eval(args) => cmd_eval(args),
@@ -421,7 +424,12 @@ pub fn render_summary(s: &Summary, archive: &Path) -> String {
     o
 }
 
-fn cmd_validate(input: &Path, max_event_bytes: usize, dedup_window: usize) -> Result<ExitCode, String> {
+fn cmd_validate(
+    input: &Path,
+    max_event_bytes: usize,
+    dedup_window: usize,
+    max_future_seconds: u64,
+) -> Result<ExitCode, String> {
     let opened = open_input(input).map_err(|e| e.to_string())?;
     let mut reader = LineReader::new(opened.reader, max_event_bytes, 256);
     let mut chunk = Chunk::default();
@@ -433,8 +441,13 @@ fn cmd_validate(input: &Path, max_event_bytes: usize, dedup_window: usize) -> Re
     while reader.next_chunk(&mut chunk, 4 << 20).map_err(|e| format!("reading {}: {e}", input.display()))? {
         for line in &chunk.lines {
             lines += 1;
-            let Some(result) = pipeline::classify(chunk.bytes(line), line, max_event_bytes, &mut dedup)
-            else {
+            let Some(result) = pipeline::classify(
+                chunk.bytes(line),
+                line,
+                max_event_bytes,
+                pipeline::Horizon::now(max_future_seconds),
+                &mut dedup,
+            ) else {
                 blank += 1;
                 continue;
             };

@@ -182,6 +182,10 @@ pub struct InputConfig {
     /// Bytes of input decoded per batch.
     #[serde(default = "default_batch_bytes")]
     pub batch_bytes: usize,
+    /// Seconds an event's `ts` may be ahead of this host's clock; later ones are dead-lettered as
+    /// `future_timestamp` (0 turns the check off, e.g. to replay a simulated future).
+    #[serde(default = "default_max_future_seconds")]
+    pub max_future_seconds: u64,
 }
 
 /// The contract's cap: 1 MiB.
@@ -195,6 +199,10 @@ const fn default_dead_letter_payload_bytes() -> usize {
 /// One million ids is about 24 MiB and covers minutes of a busy fleet, where redelivery happens.
 const fn default_dedup_window() -> usize {
     1_000_000
+}
+/// A quarter of an hour: far beyond honest clock skew, far short of blinding a day of windows.
+const fn default_max_future_seconds() -> u64 {
+    900
 }
 /// 4 MiB batches (about 10k events) amortise per-batch work and stay in cache-friendly sizes.
 const fn default_batch_bytes() -> usize {
@@ -210,6 +218,7 @@ impl Default for InputConfig {
             dead_letter_payload_bytes: default_dead_letter_payload_bytes(),
             dedup_window: default_dedup_window(),
             batch_bytes: default_batch_bytes(),
+            max_future_seconds: default_max_future_seconds(),
         }
     }
 }

@@ -140,7 +140,7 @@ pub fn detect_file(
         }
         let mut events = Vec::with_capacity(chunk.lines.len());
         for line in &chunk.lines {
-            match classify(chunk.bytes(line), line, cfg.input.max_event_bytes, &mut dedup) {
+            match classify(chunk.bytes(line), line, cfg.input.max_event_bytes, None, &mut dedup) {
                 Some(Ok(ev)) => events.push(ev),
                 Some(Err(_)) => invalid += 1,
                 None => {}

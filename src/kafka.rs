@@ -26,7 +26,8 @@ use vigil_ingest::source::kafka::{AckContext, KafkaConfig, Lag, StateRecord};
 
 use crate::config::VigilConfig;
 use crate::pipeline::{
-    DedupWindow, PipelineError, Summary, checkpoint_of, classify, engine_state, now_ms, restored_engine,
+    DedupWindow, Horizon, PipelineError, Summary, checkpoint_of, classify, engine_state, now_ms,
+    restored_engine,
 };
 
 /// With an idle exit: how long past it a member may wait for its first partition before giving up.
@@ -61,6 +62,7 @@ struct Shared {
     kafka: KafkaConfig,
     dedup_window: usize,
     max_event_bytes: usize,
+    max_future_seconds: u64,
     producer: ThreadedProducer<AckContext>,
     parts: Mutex<HashMap<(String, i32), PartState>>,
     /// Bumped on every assignment and revocation; each polled message is tagged with it.
@@ -301,6 +303,7 @@ pub fn run(
         kafka: kafka.clone(),
         dedup_window: cfg.input.dedup_window,
         max_event_bytes: cfg.input.max_event_bytes,
+        max_future_seconds: cfg.input.max_future_seconds,
         producer,
         parts: Mutex::new(HashMap::new()),
         epoch: AtomicU64::new(0),
@@ -416,6 +419,7 @@ fn process(
         // re-reads these from the committed offset.
         let Some(st) = parts.get_mut(&(topic.to_owned(), partition)) else { continue };
         st.archive.set_ingested_at(now);
+        let horizon = Horizon::now(shared.max_future_seconds);
         let committed = st.archive.committed_position();
         let max = shared.max_event_bytes;
         let mut events = Vec::with_capacity(msgs.len());
@@ -440,7 +444,7 @@ fn process(
                 oversize: (payload.len() > max).then_some(payload.len() as u64),
             };
             let kept = &payload[..payload.len().min(max)];
-            match classify(kept, &line, max, &mut st.dedup) {
+            match classify(kept, &line, max, horizon, &mut st.dedup) {
                 None => {
                     summary.blank += 1;
                     st.archive.consumed(position);

@@ -180,12 +180,34 @@ impl DedupWindow {
     }
 }
 
+/// The latest event time a pipeline accepts: its clock plus the skew allowed (`input.max_future_seconds`).
+/// One event stamped far ahead would otherwise move event time, and so the lateness cut-off, forward for
+/// every agent judged with it, and their real events would count as late: a way to blind the detectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Horizon {
+    /// The receiving clock, UTC ms.
+    pub now_ms: i64,
+    /// Seconds an event may be ahead of it.
+    pub skew_s: u64,
+}
+
+impl Horizon {
+    /// The horizon now for a skew of `skew_s` seconds; `None` when the check is off (0).
+    pub fn now(skew_s: u64) -> Option<Horizon> {
+        (skew_s > 0).then(|| Horizon { now_ms: now_ms(), skew_s })
+    }
+}
+
 /// Judges one line against the contract: `None` for a blank line, else the event or why it is refused.
-/// `vigil run` and `vigil validate` share it, so they cannot disagree about a line.
+/// Every path in (`run`, `validate`, Kafka, HTTP) shares it, so they cannot disagree about a line.
+/// `horizon` bounds `ts` from above (the receiving clock plus the allowed skew); `None` checks no bound
+/// (offline scoring of simulated fleets). A refused line does not enter the dedup window, so its
+/// corrected resend is taken.
 pub fn classify<'a>(
     bytes: &'a [u8],
     line: &Line,
     max_event_bytes: usize,
+    horizon: Option<Horizon>,
     dedup: &mut DedupWindow,
 ) -> Option<Result<Event<'a>, Invalid>> {
     let decoded = match line.oversize {
@@ -193,11 +215,21 @@ pub fn classify<'a>(
         None if bytes.iter().all(u8::is_ascii_whitespace) => return None,
         None => vigil_schemas::decode(bytes, max_event_bytes),
     };
-    Some(decoded.and_then(|ev| match dedup.check(&ev.event_id, line.position) {
-        Some(first_position) => {
-            Err(Invalid::DuplicateEventId { event_id: ev.event_id.to_string(), first_position })
+    Some(decoded.and_then(|ev| {
+        if let Some(h) = horizon
+            && ev.ts_ms > h.now_ms.saturating_add(h.skew_s as i64 * 1000)
+        {
+            return Err(Invalid::FutureTimestamp {
+                ahead_s: (ev.ts_ms - h.now_ms) / 1000,
+                limit_s: h.skew_s,
+            });
         }
-        None => Ok(ev),
+        match dedup.check(&ev.event_id, line.position) {
+            Some(first_position) => {
+                Err(Invalid::DuplicateEventId { event_id: ev.event_id.to_string(), first_position })
+            }
+            None => Ok(ev),
+        }
     }))
 }
 
@@ -316,6 +348,7 @@ pub fn run(cfg: &VigilConfig, opts: &RunOptions) -> Result<Summary, PipelineErro
                 break;
             }
             archive.set_ingested_at(now_ms());
+            let horizon = Horizon::now(cfg.input.max_future_seconds);
             let mut events: Vec<Event<'_>> = Vec::with_capacity(chunk.lines.len());
             positions.clear();
             for line in &chunk.lines {
@@ -325,7 +358,8 @@ pub fn run(cfg: &VigilConfig, opts: &RunOptions) -> Result<Summary, PipelineErro
                     continue;
                 }
                 let bytes = chunk.bytes(line);
-                let Some(decoded) = classify(bytes, line, cfg.input.max_event_bytes, &mut dedup) else {
+                let Some(decoded) = classify(bytes, line, cfg.input.max_event_bytes, horizon, &mut dedup)
+                else {
                     summary.blank += 1;
                     archive.consumed(line.position);
                     continue;

@@ -38,7 +38,8 @@ use vigil_schemas::Invalid;
 
 use crate::config::{HttpConfig, VigilConfig};
 use crate::pipeline::{
-    DedupWindow, PipelineError, Summary, checkpoint_of, classify, engine_state, now_ms, restored_engine,
+    DedupWindow, Horizon, PipelineError, Summary, checkpoint_of, classify, engine_state, now_ms,
+    restored_engine,
 };
 
 /// Source name of HTTP events in the archive (file names and checkpoint).
@@ -105,6 +106,7 @@ struct State {
     http: HttpConfig,
     max_event_bytes: usize,
     dead_letter_payload_bytes: usize,
+    max_future_seconds: u64,
     sink: Sink,
     permits: Arc<Semaphore>,
     stopping: AtomicBool,
@@ -156,6 +158,7 @@ pub fn run(
         http: cfg.http.clone(),
         max_event_bytes: cfg.input.max_event_bytes,
         dead_letter_payload_bytes: cfg.input.dead_letter_payload_bytes,
+        max_future_seconds: cfg.input.max_future_seconds,
         sink,
         permits: Arc::new(Semaphore::new(cfg.http.max_inflight_requests)),
         stopping: AtomicBool::new(false),
@@ -440,6 +443,7 @@ struct Embedded {
     dedup: DedupWindow,
     max_event_bytes: usize,
     dead_letter_payload_bytes: usize,
+    max_future_seconds: u64,
     flush_every: Duration,
     ack_flush: Duration,
     /// The last position handed out: items are numbered across requests and restarts.
@@ -460,6 +464,7 @@ impl Embedded {
             dedup: DedupWindow::new(cfg.input.dedup_window),
             max_event_bytes: cfg.input.max_event_bytes,
             dead_letter_payload_bytes: cfg.input.dead_letter_payload_bytes,
+            max_future_seconds: cfg.input.max_future_seconds,
             flush_every: Duration::from_secs_f64(cfg.archive.flush_seconds),
             ack_flush: Duration::from_millis(cfg.http.ack_flush_ms),
             summary: Summary { source, ..Summary::default() },
@@ -527,6 +532,7 @@ impl Embedded {
     fn judge(&mut self, body: &[u8], items: &[Line], out: &mut Output) -> Vec<Verdict> {
         let s = &mut self.summary;
         self.archive.set_ingested_at(now_ms());
+        let horizon = Horizon::now(self.max_future_seconds);
         let mut verdicts = Vec::with_capacity(items.len());
         let mut events = Vec::with_capacity(items.len());
         let mut positions = Vec::with_capacity(items.len());
@@ -537,7 +543,7 @@ impl Embedded {
             s.bytes += (item.end - item.start) as u64;
             let line = Line { position, ..*item };
             let bytes = kept(body, item, self.max_event_bytes);
-            match classify(bytes, &line, self.max_event_bytes, &mut self.dedup) {
+            match classify(bytes, &line, self.max_event_bytes, horizon, &mut self.dedup) {
                 None => {
                     s.blank += 1;
                     self.archive.consumed(position);
@@ -672,11 +678,12 @@ impl KafkaFront {
         let mut acks = Vec::with_capacity(items.len());
         let mut dlq_acks = Vec::new();
         let mut dedup = DedupWindow::new(0);
+        let horizon = Horizon::now(state.max_future_seconds);
         let mut saturated = false;
         let mut counts = Summary::default();
         for item in &items {
             let bytes = kept(&body, item, max);
-            let (record_to, key, payload, reason) = match classify(bytes, item, max, &mut dedup) {
+            let (record_to, key, payload, reason) = match classify(bytes, item, max, horizon, &mut dedup) {
                 None => {
                     counts.blank += 1;
                     verdicts.push(Verdict::Blank);

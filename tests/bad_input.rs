@@ -48,6 +48,12 @@ fn corpus() -> Vec<(Vec<u8>, &'static str)> {
             "duplicate_field",
         ),
         (GOOD.replace("ID", "neg").replace("}", r#","bytes_read":-1}"#).into_bytes(), "invalid_value"),
+        (
+            GOOD.replace("2026-01-05T09:00:00Z", "2999-01-01T00:00:00Z").replace("ID", "later").into_bytes(),
+            "future_timestamp",
+        ),
+        // Refused lines do not enter the dedup window: the corrected resend is taken.
+        (good("later"), "ok"),
         (good("last"), "ok"),
     ]
 }
@@ -130,7 +136,8 @@ fn validate_prints_each_bad_line_and_exits_1() {
         }
     }
     let bad = want.iter().filter(|w| !matches!(**w, "ok" | "blank")).count();
-    assert!(text.contains(&format!("{} lines: 4 valid, {bad} invalid, 2 blank", want.len())), "{text}");
+    let ok = want.iter().filter(|w| **w == "ok").count();
+    assert!(text.contains(&format!("{} lines: {ok} valid, {bad} invalid, 2 blank", want.len())), "{text}");
     // A clean file exits 0.
     std::fs::write(&input, GOOD.replace("ID", "only")).unwrap();
     assert_eq!(vigil().arg("validate").arg(&input).output().unwrap().status.code(), Some(0));
@@ -177,4 +184,34 @@ fn config_errors_name_file_line_and_column() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains(&format!("{}:3:1: unknown field `flush_sec`", cfg.display())), "{err}");
+}
+
+#[test]
+fn one_event_stamped_far_ahead_cannot_blind_the_detectors() {
+    let dir = scratch();
+    let clean = dir.path().join("clean.ndjson");
+    simulate(&clean, 60, "4h", 20.0, 8, 11);
+    // An agent's event from the year 2999, early in the stream.
+    let text = std::fs::read_to_string(&clean).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    let attack =
+        GOOD.replace("2026-01-05T09:00:00Z", "2999-01-01T00:00:00Z").replace("ID", "from-the-future");
+    lines.insert(200, &attack);
+    let attacked = dir.path().join("attacked.ndjson");
+    std::fs::write(&attacked, lines.join("\n")).unwrap();
+    let off = dir.path().join("off.toml");
+    std::fs::write(&off, "[input]\nmax_future_seconds = 0\n").unwrap();
+
+    let baseline = run_json(&clean, &dir.path().join("a"), None);
+    let guarded = run_json(&attacked, &dir.path().join("b"), None);
+    let open = run_json(&attacked, &dir.path().join("c"), Some(&off));
+    assert!(!baseline["findings"].as_object().unwrap().is_empty(), "{baseline}");
+    // Refused, and nothing else changes: the same findings as without the attack.
+    assert_eq!(guarded["dead_letters"]["future_timestamp"], 1, "{guarded}");
+    assert_eq!(guarded["findings"], baseline["findings"]);
+    assert_eq!(guarded["late"], baseline["late"]);
+    // Without the bound, every later event is "late" and left out of the windows.
+    let (valid, late) = (open["valid"].as_u64().unwrap(), open["late"].as_u64().unwrap());
+    assert!(late * 10 > valid * 9, "late {late} of {valid}: {open}");
+    assert_ne!(open["findings"], baseline["findings"]);
 }

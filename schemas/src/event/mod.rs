@@ -231,6 +231,15 @@ pub enum Invalid {
         /// The value, shortened.
         got: String,
     },
+    /// `ts` is further ahead of the receiving clock than the allowed skew: such an event would move
+    /// event time forward for every agent judged with it, so it is refused instead.
+    #[error("field `ts`: {ahead_s}s ahead of this host's clock (at most {limit_s}s of skew is accepted)")]
+    FutureTimestamp {
+        /// How far ahead, in seconds.
+        ahead_s: i64,
+        /// The configured limit, in seconds.
+        limit_s: u64,
+    },
     /// A known field appears twice in one object.
     #[error("field `{field}` appears more than once")]
     DuplicateField {
@@ -259,6 +268,7 @@ impl Invalid {
             Invalid::WrongType { .. } => "wrong_type",
             Invalid::InvalidValue { .. } => "invalid_value",
             Invalid::BadTimestamp { .. } => "bad_timestamp",
+            Invalid::FutureTimestamp { .. } => "future_timestamp",
             Invalid::DuplicateField { .. } => "duplicate_field",
             Invalid::DuplicateEventId { .. } => "duplicate_event_id",
         }
@@ -274,6 +284,7 @@ impl Invalid {
         "wrong_type",
         "invalid_value",
         "bad_timestamp",
+        "future_timestamp",
         "duplicate_field",
         "duplicate_event_id",
     ];
@@ -285,7 +296,7 @@ impl Invalid {
             | Invalid::WrongType { field, .. }
             | Invalid::InvalidValue { field, .. }
             | Invalid::DuplicateField { field } => Some(field),
-            Invalid::BadTimestamp { .. } => Some("ts"),
+            Invalid::BadTimestamp { .. } | Invalid::FutureTimestamp { .. } => Some("ts"),
             Invalid::DuplicateEventId { .. } => Some("event_id"),
             _ => None,
         }
