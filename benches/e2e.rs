@@ -75,7 +75,7 @@ fn main() {
         PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/vigil/venv/bin/python")
     });
     let script = format!(
-        "import duckdb,time\nt=time.time()\nduckdb.sql(\"COPY (SELECT * FROM read_json('{}', format='newline_delimited')) TO '{}' (FORMAT parquet, COMPRESSION zstd)\")\nprint(time.time()-t)",
+        "import duckdb,time\nduckdb.sql(\"SET enable_progress_bar = false\")\nt=time.time()\nduckdb.sql(\"COPY (SELECT * FROM read_json('{}', format='newline_delimited')) TO '{}' (FORMAT parquet, COMPRESSION zstd)\")\nprint(time.time()-t)",
         input.display(),
         dir.path().join("duck.parquet").display()
     );
