@@ -5,7 +5,9 @@
 //! checkpoint. Producers key events by agent_id, so one partition owns an agent and its state.
 //!
 //! Delivery: a partition's offset is committed only after (1) every dead letter, finding and decision
-//! produced for it is acknowledged, and (2) its archive files and checkpoint are durable. A crash replays
+//! produced for it is acknowledged, (2) its archive files and checkpoint are durable, and (3) its
+//! detector state is acknowledged on the compacted state topic (`vigil.state`), from which a member on
+//! another machine restores it. A crash replays
 //! from the committed offset; the archive recovery removes files past its checkpoint, and messages at or
 //! below the checkpoint are skipped, so the archive holds each record exactly once. On a revoke the
 //! partition is flushed and committed inside the rebalance callback, before another member can take it.
