@@ -124,6 +124,9 @@ struct ServeArgs {
     /// Archive root (without Kafka). Overrides [archive] dir.
     #[arg(long)]
     archive: Option<PathBuf>,
+    /// Findings as NDJSON to a file, or - for stdout (without Kafka). Overrides [output] findings.
+    #[arg(long)]
+    findings: Option<PathBuf>,
     /// Produce to Kafka instead of the embedded pipeline: bootstrap brokers. Overrides [kafka] brokers.
     #[arg(long, value_name = "BROKERS")]
     kafka: Option<String>,
@@ -324,6 +327,9 @@ fn cmd_serve(args: ServeArgs) -> Result<ExitCode, String> {
     }
     if let Some(d) = args.archive {
         cfg.archive.dir = d;
+    }
+    if let Some(f) = args.findings {
+        cfg.output.findings = Some(f);
     }
     if let Some(brokers) = &args.kafka {
         let k = cfg.kafka.get_or_insert_with(|| KafkaConfig::new(brokers, Vec::new()));

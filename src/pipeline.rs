@@ -269,7 +269,7 @@ pub(crate) fn engine_state(engine: &Engine) -> serde_json::Value {
 }
 
 /// Counts, archives and writes out one batch of findings and decisions.
-fn record(
+pub(crate) fn record(
     out: &Output,
     summary: &mut Summary,
     archive: &mut Archive,
@@ -462,11 +462,12 @@ impl Summary {
     }
 }
 
-type FindingsSink = Option<(Box<dyn Write>, PathBuf)>;
+/// Where findings are also written as NDJSON (`[output] findings`), with its path for messages.
+pub(crate) type FindingsSink = Option<(Box<dyn Write + Send>, PathBuf)>;
 
-fn open_findings(path: Option<&Path>) -> Result<FindingsSink, PipelineError> {
+pub(crate) fn open_findings(path: Option<&Path>) -> Result<FindingsSink, PipelineError> {
     let Some(path) = path else { return Ok(None) };
-    let w: Box<dyn Write> = if path == Path::new("-") {
+    let w: Box<dyn Write + Send> = if path == Path::new("-") {
         Box::new(std::io::BufWriter::new(std::io::stdout()))
     } else {
         let f = std::fs::File::create(path)

@@ -38,8 +38,8 @@ use vigil_schemas::Invalid;
 
 use crate::config::{HttpConfig, VigilConfig};
 use crate::pipeline::{
-    DedupWindow, Horizon, PipelineError, Summary, checkpoint_of, classify, engine_state, now_ms,
-    restored_engine,
+    DedupWindow, FindingsSink, Horizon, PipelineError, Summary, checkpoint_of, classify, engine_state,
+    now_ms, open_findings, record, restored_engine,
 };
 
 /// Source name of HTTP events in the archive (file names and checkpoint).
@@ -448,6 +448,9 @@ struct Embedded {
     ack_flush: Duration,
     /// The last position handed out: items are numbered across requests and restarts.
     position: u64,
+    /// `[output] findings`, as `vigil run` writes it.
+    findings_out: FindingsSink,
+    line_buf: String,
     summary: Summary,
 }
 
@@ -467,6 +470,8 @@ impl Embedded {
             max_future_seconds: cfg.input.max_future_seconds,
             flush_every: Duration::from_secs_f64(cfg.archive.flush_seconds),
             ack_flush: Duration::from_millis(cfg.http.ack_flush_ms),
+            findings_out: open_findings(cfg.output.findings.as_deref())?,
+            line_buf: String::new(),
             summary: Summary { source, ..Summary::default() },
         })
     }
@@ -487,12 +492,20 @@ impl Embedded {
                 None => Duration::from_secs(1),
             };
             let stop = match rx.recv_timeout(wait) {
-                Ok(Msg::Batch(b)) => {
-                    let verdicts = self.judge(&b.body, &b.items, &mut out);
-                    pending.push((b.reply, verdicts));
-                    waiting_since.get_or_insert_with(Instant::now);
-                    false
-                }
+                Ok(Msg::Batch(b)) => match self.judge(&b.body, &b.items, &mut out) {
+                    Ok(verdicts) => {
+                        pending.push((b.reply, verdicts));
+                        waiting_since.get_or_insert_with(Instant::now);
+                        false
+                    }
+                    Err(e) => {
+                        let _ = b.reply.send(Err(e.to_string()));
+                        for (reply, _) in pending.drain(..) {
+                            let _ = reply.send(Err(format!("not archived: {e}")));
+                        }
+                        return Err(e);
+                    }
+                },
                 Err(RecvTimeoutError::Timeout) => false,
                 Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => true,
             };
@@ -519,6 +532,9 @@ impl Embedded {
     }
 
     fn flush(&mut self) -> Result<(), PipelineError> {
+        if let Some((w, path)) = self.findings_out.as_mut() {
+            w.flush().map_err(|source| PipelineError::Findings { path: path.clone(), source })?;
+        }
         if !self.archive.has_uncommitted() {
             return Ok(());
         }
@@ -529,7 +545,12 @@ impl Embedded {
     }
 
     /// Checks, judges and buffers one request's items; positions continue from the last one archived.
-    fn judge(&mut self, body: &[u8], items: &[Line], out: &mut Output) -> Vec<Verdict> {
+    fn judge(
+        &mut self,
+        body: &[u8],
+        items: &[Line],
+        out: &mut Output,
+    ) -> Result<Vec<Verdict>, PipelineError> {
         let s = &mut self.summary;
         self.archive.set_ingested_at(now_ms());
         let horizon = Horizon::now(self.max_future_seconds);
@@ -574,15 +595,8 @@ impl Embedded {
         for (ev, &pos) in events.iter().zip(&positions) {
             self.archive.push_event(ev, pos);
         }
-        for f in &out.findings {
-            *s.findings.entry((f.kind, f.severity)).or_default() += 1;
-            self.archive.push_finding(f);
-        }
-        for d in &out.decisions {
-            s.halted.push((d.agent_id.clone(), d.actor.to_owned()));
-            self.archive.push_decision(d);
-        }
-        verdicts
+        record(out, s, &mut self.archive, &mut self.findings_out, &mut self.line_buf)?;
+        Ok(verdicts)
     }
 }
 

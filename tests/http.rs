@@ -488,3 +488,37 @@ fn an_archive_that_cannot_be_written_fails_the_request_and_stops_the_server() {
     };
     assert_eq!(status.code(), Some(2));
 }
+
+#[test]
+fn findings_of_http_events_are_archived_and_written_as_ndjson() {
+    let dir = scratch();
+    let archive = dir.path().join("archive");
+    let findings = dir.path().join("findings.ndjson");
+    let server =
+        Server::start(&["--archive", archive.to_str().unwrap(), "--findings", findings.to_str().unwrap()]);
+    // One agent acting 700 times in a minute: over the default cap of 600, a rate_limit finding.
+    let body: Vec<String> = (0..700)
+        .map(|i| {
+            format!(
+                r#"{{"event_id":"r{i}","ts":{},"agent_id":"looping-agent","action":"api.call","resource":"https://x/y"}}"#,
+                1_767_600_000_000i64 + i * 50
+            )
+        })
+        .collect();
+    let r = server.post(&[], body.join("\n").as_bytes());
+    assert_eq!((r.status, r.body["accepted"].as_u64()), (200, Some(700)), "{r:?}");
+    let summary = server.stop();
+    let kinds = summary["findings"].as_object().unwrap();
+    assert!(kinds.keys().any(|k| k.starts_with("rate_limit/")), "{summary}");
+    let written: Vec<serde_json::Value> = std::fs::read_to_string(&findings)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        written.iter().any(|f| f["kind"] == "rate_limit" && f["agent_id"] == "looping-agent"),
+        "{written:?}"
+    );
+    let archived = archive_py("rows", &archive, &["findings", "finding_id"]);
+    assert_eq!(archived["duckdb"].as_array().unwrap().len(), written.len());
+}
