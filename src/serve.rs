@@ -30,7 +30,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use tokio::sync::{Semaphore, oneshot};
 use vigil_detect::Output;
-use vigil_ingest::archive::{Archive, DeadLetter};
+use vigil_ingest::archive::{Archive, ArchiveError, DeadLetter, FlushJob, FlushWriter};
 use vigil_ingest::source::Line;
 use vigil_ingest::source::http::{BodyError, Framing, decode_body, framing_for, split};
 use vigil_ingest::source::kafka::KafkaConfig;
@@ -476,18 +476,49 @@ impl Embedded {
         })
     }
 
-    /// Judges batches as they come; answers each once the flush holding it is durable.
+    /// Judges batches as they come. A due flush is taken here and written by a writer thread (Parquet
+    /// encoding overlaps judging, as in `vigil run`), which answers the requests of that flush once its
+    /// files and checkpoint are durable. One flush queued at most bounds memory and keeps checkpoints in
+    /// order.
     fn run(mut self, rx: Receiver<Msg>) -> Result<Summary, PipelineError> {
+        let writer = self.archive.writer();
+        let late_before = self.engine.stats().late;
+        let (judged, written) = std::thread::scope(|scope| {
+            let (jobs, job_rx) = mpsc::sync_channel::<Durable>(1);
+            let handle = scope.spawn(move || write_durable(writer, job_rx));
+            let judged = self.judge_until_stopped(&rx, &jobs, &handle);
+            drop(jobs);
+            (judged, handle.join())
+        });
+        // The writer's own error says more than "it stopped".
+        let (files, bytes) = written.map_err(|_| PipelineError::WriterStopped)??;
+        judged?;
+        self.summary.files += files;
+        self.summary.archive_bytes += bytes;
+        self.summary.late = self.engine.stats().late - late_before;
+        self.summary.agents = self.engine.agents();
+        Ok(self.summary)
+    }
+
+    fn judge_until_stopped(
+        &mut self,
+        rx: &Receiver<Msg>,
+        jobs: &SyncSender<Durable>,
+        writer: &std::thread::ScopedJoinHandle<'_, Result<(u64, u64), ArchiveError>>,
+    ) -> Result<(), PipelineError> {
         let mut pending: Vec<(Answer, Vec<Verdict>)> = Vec::new();
         let mut waiting_since: Option<Instant> = None;
         let mut last_flush = Instant::now();
         let mut out = Output::default();
-        let late_before = self.engine.stats().late;
         loop {
+            // A writer that stopped has answered its requests with its error; stop taking new ones.
+            if writer.is_finished() {
+                return Err(refuse(pending, PipelineError::WriterStopped));
+            }
             let wait = match waiting_since {
                 Some(t) => self.ack_flush.saturating_sub(t.elapsed()),
                 None if self.archive.has_uncommitted() => {
-                    self.flush_every.saturating_sub(last_flush.elapsed())
+                    self.flush_every.saturating_sub(last_flush.elapsed()).min(Duration::from_secs(1))
                 }
                 None => Duration::from_secs(1),
             };
@@ -500,10 +531,7 @@ impl Embedded {
                     }
                     Err(e) => {
                         let _ = b.reply.send(Err(e.to_string()));
-                        for (reply, _) in pending.drain(..) {
-                            let _ = reply.send(Err(format!("not archived: {e}")));
-                        }
-                        return Err(e);
+                        return Err(refuse(pending, e));
                     }
                 },
                 Err(RecvTimeoutError::Timeout) => false,
@@ -513,35 +541,23 @@ impl Embedded {
                 || waiting_since.is_some_and(|t| t.elapsed() >= self.ack_flush)
                 || last_flush.elapsed() >= self.flush_every;
             if stop || due {
-                let flushed = self.flush();
                 last_flush = Instant::now();
                 waiting_since = None;
-                let answer = flushed.as_ref().map_err(|e| format!("archiving failed: {e}"));
-                for (reply, verdicts) in pending.drain(..) {
-                    let _ = reply.send(answer.clone().map(|()| verdicts));
+                if let Some((w, path)) = self.findings_out.as_mut()
+                    && let Err(source) = w.flush()
+                {
+                    return Err(refuse(pending, PipelineError::Findings { path: path.clone(), source }));
                 }
-                flushed?;
+                let job = self.archive.take_flush(engine_state(&self.engine), now_ms());
+                let replies = std::mem::take(&mut pending);
+                if let Err(mpsc::SendError(d)) = jobs.send(Durable { job, replies }) {
+                    return Err(refuse(d.replies, PipelineError::WriterStopped));
+                }
             }
             if stop {
-                break;
+                return Ok(());
             }
         }
-        self.summary.late = self.engine.stats().late - late_before;
-        self.summary.agents = self.engine.agents();
-        Ok(self.summary)
-    }
-
-    fn flush(&mut self) -> Result<(), PipelineError> {
-        if let Some((w, path)) = self.findings_out.as_mut() {
-            w.flush().map_err(|source| PipelineError::Findings { path: path.clone(), source })?;
-        }
-        if !self.archive.has_uncommitted() {
-            return Ok(());
-        }
-        let report = self.archive.flush(engine_state(&self.engine), now_ms())?;
-        self.summary.files += report.files.len() as u64;
-        self.summary.archive_bytes += report.bytes;
-        Ok(())
     }
 
     /// Checks, judges and buffers one request's items; positions continue from the last one archived.
@@ -598,6 +614,41 @@ impl Embedded {
         record(out, s, &mut self.archive, &mut self.findings_out, &mut self.line_buf)?;
         Ok(verdicts)
     }
+}
+
+/// Answers requests that will not be archived with why, and hands the reason on.
+fn refuse(replies: Vec<(Answer, Vec<Verdict>)>, e: PipelineError) -> PipelineError {
+    for (reply, _) in replies {
+        let _ = reply.send(Err(format!("not archived: {e}")));
+    }
+    e
+}
+
+/// A flush on its way to the writer thread, with the requests it makes durable.
+struct Durable {
+    job: Option<FlushJob>,
+    replies: Vec<(Answer, Vec<Verdict>)>,
+}
+
+/// The embedded pipeline's writer thread: writes each flush, then answers its requests (with the error,
+/// if the write failed, and stops). Returns the files and bytes written.
+fn write_durable(mut writer: FlushWriter, jobs: Receiver<Durable>) -> Result<(u64, u64), ArchiveError> {
+    let (mut files, mut bytes) = (0u64, 0u64);
+    for d in jobs {
+        let written = match d.job {
+            Some(job) => writer.write(job).map(|r| {
+                files += r.files.len() as u64;
+                bytes += r.bytes;
+            }),
+            None => Ok(()),
+        };
+        let answer = written.as_ref().map(|_| ()).map_err(|e| format!("archiving failed: {e}"));
+        for (reply, verdicts) in d.replies {
+            let _ = reply.send(answer.clone().map(|()| verdicts));
+        }
+        written?;
+    }
+    Ok((files, bytes))
 }
 
 // ---- Kafka: produce, answer on acknowledgement ----
