@@ -257,25 +257,12 @@ pub fn main() -> ExitCode {
 }
 
 fn cmd_run(args: RunArgs) -> Result<ExitCode, String> {
-    let mut cfg = match &args.config {
-        Some(p) => VigilConfig::load(p).map_err(|e| e.to_string())?,
-        None => VigilConfig::default(),
-    };
+    let mut cfg = load_with(args.config.as_deref(), args.archive, args.findings, args.kafka.as_deref())?;
     if let Some(p) = args.input {
         cfg.input.path = Some(p);
     }
-    if let Some(d) = args.archive {
-        cfg.archive.dir = d;
-    }
-    if let Some(f) = args.findings {
-        cfg.output.findings = Some(f);
-    }
     if let Some(s) = args.source_name {
         cfg.input.source_name = Some(s);
-    }
-    if let Some(brokers) = &args.kafka {
-        let k = cfg.kafka.get_or_insert_with(|| KafkaConfig::new(brokers, Vec::new()));
-        k.brokers = brokers.clone();
     }
     if let Some(k) = cfg.kafka.as_mut() {
         if !args.topic.is_empty() {
@@ -298,12 +285,42 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode, String> {
     } else {
         pipeline::run(&cfg, &RunOptions { progress: true }).map_err(|e| e.to_string())?
     };
-    if args.json {
-        println!("{}", summary_json(&summary, &cfg.archive.dir));
-    } else {
-        eprint!("{}", render_summary(&summary, &cfg.archive.dir));
-    }
+    print_summary(&summary, &cfg.archive.dir, args.json);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The config file (or the defaults) with the overrides `run` and `serve` share: archive root, findings
+/// output and Kafka brokers (which turn Kafka on).
+fn load_with(
+    config: Option<&Path>,
+    archive: Option<PathBuf>,
+    findings: Option<PathBuf>,
+    kafka: Option<&str>,
+) -> Result<VigilConfig, String> {
+    let mut cfg = match config {
+        Some(p) => VigilConfig::load(p).map_err(|e| e.to_string())?,
+        None => VigilConfig::default(),
+    };
+    if let Some(d) = archive {
+        cfg.archive.dir = d;
+    }
+    if let Some(f) = findings {
+        cfg.output.findings = Some(f);
+    }
+    if let Some(brokers) = kafka {
+        let k = cfg.kafka.get_or_insert_with(|| KafkaConfig::new(brokers, Vec::new()));
+        k.brokers = brokers.to_owned();
+    }
+    Ok(cfg)
+}
+
+/// A run's summary: JSON on stdout for scripts, or text on stderr for a person.
+fn print_summary(summary: &Summary, archive: &Path, json: bool) {
+    if json {
+        println!("{}", summary_json(summary, archive));
+    } else {
+        eprint!("{}", render_summary(summary, archive));
+    }
 }
 
 /// A flag set by Ctrl-C or SIGTERM (a deploy, a scale-down): long-running commands then stop cleanly,
@@ -318,22 +335,9 @@ fn stop_on_signals() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>, St
 }
 
 fn cmd_serve(args: ServeArgs) -> Result<ExitCode, String> {
-    let mut cfg = match &args.config {
-        Some(p) => VigilConfig::load(p).map_err(|e| e.to_string())?,
-        None => VigilConfig::default(),
-    };
+    let mut cfg = load_with(args.config.as_deref(), args.archive, args.findings, args.kafka.as_deref())?;
     if let Some(l) = args.listen {
         cfg.http.listen = l;
-    }
-    if let Some(d) = args.archive {
-        cfg.archive.dir = d;
-    }
-    if let Some(f) = args.findings {
-        cfg.output.findings = Some(f);
-    }
-    if let Some(brokers) = &args.kafka {
-        let k = cfg.kafka.get_or_insert_with(|| KafkaConfig::new(brokers, Vec::new()));
-        k.brokers = brokers.clone();
     }
     match (cfg.kafka.as_mut(), args.topic) {
         (Some(k), Some(t)) => k.topics = vec![t],
@@ -352,11 +356,7 @@ fn cmd_serve(args: ServeArgs) -> Result<ExitCode, String> {
         eprintln!("vigil: serving POST http://{addr}/v1/events, {mode}; Ctrl-C stops");
     })
     .map_err(|e| e.to_string())?;
-    if args.json {
-        println!("{}", summary_json(&summary, &cfg.archive.dir));
-    } else {
-        eprint!("{}", render_summary(&summary, &cfg.archive.dir));
-    }
+    print_summary(&summary, &cfg.archive.dir, args.json);
     Ok(ExitCode::SUCCESS)
 }
 

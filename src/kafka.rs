@@ -26,7 +26,7 @@ use vigil_ingest::archive::{Archive, ArchiveConfig, DeadLetter};
 use vigil_ingest::source::Line;
 use vigil_ingest::source::kafka::{AckContext, KafkaConfig, Lag, StateRecord};
 
-use crate::config::VigilConfig;
+use crate::config::{InputConfig, VigilConfig};
 use crate::pipeline::{
     DedupWindow, Horizon, PipelineError, Summary, checkpoint_of, classify, engine_state, now_ms,
     restored_engine,
@@ -62,9 +62,8 @@ struct Shared {
     archive: ArchiveConfig,
     detect: DetectConfig,
     kafka: KafkaConfig,
-    dedup_window: usize,
-    max_event_bytes: usize,
-    max_future_seconds: u64,
+    /// `[input]`: event cap, dedup window, timestamp skew.
+    input: InputConfig,
     producer: ThreadedProducer<AckContext>,
     parts: Mutex<HashMap<(String, i32), PartState>>,
     /// Bumped on every assignment and revocation; each polled message is tagged with it.
@@ -112,7 +111,7 @@ impl Shared {
         Ok(PartState {
             archive,
             engine,
-            dedup: DedupWindow::new(self.dedup_window),
+            dedup: DedupWindow::new(self.input.dedup_window),
             last_flush: Instant::now(),
             assigned_at: self.epoch.load(Ordering::SeqCst),
         })
@@ -135,10 +134,13 @@ impl Shared {
         self.acknowledged("dead letters and findings")?;
         let state = engine_state(&st.engine);
         let now = now_ms();
-        let report = st.archive.flush(state.clone(), now)?;
+        // The state is copied only when it also goes to the state topic.
+        let (for_archive, for_topic) =
+            if self.state_partitions > 0 { (state.clone(), Some(state)) } else { (state, None) };
+        let report = st.archive.flush(for_archive, now)?;
         // The state travels with the commit: produced and acknowledged before the offset moves, so the
         // committed offset never runs ahead of the state a new owner restores.
-        if self.state_partitions > 0 {
+        if let Some(state) = for_topic {
             let record = StateRecord {
                 version: 1,
                 group: self.kafka.group.clone(),
@@ -148,7 +150,10 @@ impl Shared {
                 committed_at: now,
                 state,
             }
-            .encode();
+            .encode()
+            .map_err(|e| {
+                PipelineError::Kafka(format!("compressing the state of {topic}/{partition}: {e}"))
+            })?;
             if record.len() > self.kafka.state_max_bytes {
                 return Err(PipelineError::Kafka(format!(
                     "the detector state of {topic}/{partition} is {} bytes compressed, over kafka.state_max_bytes \
@@ -303,9 +308,7 @@ pub fn run(
         archive: cfg.archive.clone(),
         detect: cfg.detect.clone(),
         kafka: kafka.clone(),
-        dedup_window: cfg.input.dedup_window,
-        max_event_bytes: cfg.input.max_event_bytes,
-        max_future_seconds: cfg.input.max_future_seconds,
+        input: cfg.input.clone(),
         producer,
         parts: Mutex::new(HashMap::new()),
         epoch: AtomicU64::new(0),
@@ -421,9 +424,9 @@ fn process(
         // re-reads these from the committed offset.
         let Some(st) = parts.get_mut(&(topic.to_owned(), partition)) else { continue };
         st.archive.set_ingested_at(now);
-        let horizon = Horizon::now(shared.max_future_seconds);
+        let horizon = Horizon::now(shared.input.max_future_seconds);
         let committed = st.archive.committed_position();
-        let max = shared.max_event_bytes;
+        let max = shared.input.max_event_bytes;
         let mut events = Vec::with_capacity(msgs.len());
         let mut positions = Vec::with_capacity(msgs.len());
         for &(m, epoch) in &msgs {

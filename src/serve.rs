@@ -36,7 +36,7 @@ use vigil_ingest::source::http::{BodyError, Framing, decode_body, framing_for, s
 use vigil_ingest::source::kafka::KafkaConfig;
 use vigil_schemas::Invalid;
 
-use crate::config::{HttpConfig, VigilConfig};
+use crate::config::{HttpConfig, InputConfig, VigilConfig};
 use crate::pipeline::{
     DedupWindow, FindingsSink, Horizon, PipelineError, Summary, checkpoint_of, classify, engine_state,
     now_ms, open_findings, record, restored_engine,
@@ -104,9 +104,7 @@ enum Sink {
 /// What every request handler shares.
 struct State {
     http: HttpConfig,
-    max_event_bytes: usize,
-    dead_letter_payload_bytes: usize,
-    max_future_seconds: u64,
+    input: InputConfig,
     sink: Sink,
     permits: Arc<Semaphore>,
     stopping: AtomicBool,
@@ -156,9 +154,7 @@ pub fn run(
     };
     let state = Arc::new(State {
         http: cfg.http.clone(),
-        max_event_bytes: cfg.input.max_event_bytes,
-        dead_letter_payload_bytes: cfg.input.dead_letter_payload_bytes,
-        max_future_seconds: cfg.input.max_future_seconds,
+        input: cfg.input.clone(),
         sink,
         permits: Arc::new(Semaphore::new(cfg.http.max_inflight_requests)),
         stopping: AtomicBool::new(false),
@@ -311,7 +307,7 @@ async fn ingest(state: &State, req: Request<Incoming>, remote: SocketAddr) -> Re
             Ok(Ok(c)) => c.to_bytes(),
         };
     // Decompressing, splitting and checking are CPU work: off the connection threads.
-    let max_event = state.max_event_bytes;
+    let max_event = state.input.max_event_bytes;
     let max_decoded = http.max_decoded_bytes;
     let framed = tokio::task::spawn_blocking(move || -> Result<(Framing, Vec<u8>, Vec<Line>), BodyError> {
         let body = decode_body(encoding.as_deref(), &raw, max_decoded)?.into_owned();
@@ -441,9 +437,8 @@ struct Embedded {
     archive: Archive,
     engine: vigil_detect::Engine,
     dedup: DedupWindow,
-    max_event_bytes: usize,
-    dead_letter_payload_bytes: usize,
-    max_future_seconds: u64,
+    /// `[input]`: event cap, dead-letter payload cap, timestamp skew.
+    input: InputConfig,
     flush_every: Duration,
     ack_flush: Duration,
     /// The last position handed out: items are numbered across requests and restarts.
@@ -465,9 +460,7 @@ impl Embedded {
             archive,
             engine,
             dedup: DedupWindow::new(cfg.input.dedup_window),
-            max_event_bytes: cfg.input.max_event_bytes,
-            dead_letter_payload_bytes: cfg.input.dead_letter_payload_bytes,
-            max_future_seconds: cfg.input.max_future_seconds,
+            input: cfg.input.clone(),
             flush_every: Duration::from_secs_f64(cfg.archive.flush_seconds),
             ack_flush: Duration::from_millis(cfg.http.ack_flush_ms),
             findings_out: open_findings(cfg.output.findings.as_deref())?,
@@ -569,7 +562,7 @@ impl Embedded {
     ) -> Result<Vec<Verdict>, PipelineError> {
         let s = &mut self.summary;
         self.archive.set_ingested_at(now_ms());
-        let horizon = Horizon::now(self.max_future_seconds);
+        let horizon = Horizon::now(self.input.max_future_seconds);
         let mut verdicts = Vec::with_capacity(items.len());
         let mut events = Vec::with_capacity(items.len());
         let mut positions = Vec::with_capacity(items.len());
@@ -579,8 +572,9 @@ impl Embedded {
             s.lines += 1;
             s.bytes += (item.end - item.start) as u64;
             let line = Line { position, ..*item };
-            let bytes = kept(body, item, self.max_event_bytes);
-            match classify(bytes, &line, self.max_event_bytes, horizon, &mut self.dedup) {
+            let max = self.input.max_event_bytes;
+            let bytes = kept(body, item, max);
+            match classify(bytes, &line, max, horizon, &mut self.dedup) {
                 None => {
                     s.blank += 1;
                     self.archive.consumed(position);
@@ -594,7 +588,7 @@ impl Embedded {
                 Some(Err(reason)) => {
                     *s.dead_letters.entry(reason.code()).or_default() += 1;
                     verdicts.push(rejected(&reason));
-                    let payload = &bytes[..bytes.len().min(self.dead_letter_payload_bytes)];
+                    let payload = &bytes[..bytes.len().min(self.input.dead_letter_payload_bytes)];
                     self.archive.push_dead_letter(&DeadLetter {
                         reason,
                         position,
@@ -736,14 +730,14 @@ impl KafkaFront {
         items: Vec<Line>,
         remote: SocketAddr,
     ) -> Vec<Verdict> {
-        let max = state.max_event_bytes;
-        let keep = state.dead_letter_payload_bytes;
+        let max = state.input.max_event_bytes;
+        let keep = state.input.dead_letter_payload_bytes;
         let remote = remote.to_string();
         let mut verdicts = Vec::with_capacity(items.len());
         let mut acks = Vec::with_capacity(items.len());
         let mut dlq_acks = Vec::new();
         let mut dedup = DedupWindow::new(0);
-        let horizon = Horizon::now(state.max_future_seconds);
+        let horizon = Horizon::now(state.input.max_future_seconds);
         let mut saturated = false;
         let mut counts = Summary::default();
         for item in &items {

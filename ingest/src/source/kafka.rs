@@ -366,9 +366,8 @@ pub struct StateRecord {
 
 impl StateRecord {
     /// zstd-compressed JSON: state is repetitive text and compresses about tenfold.
-    pub fn encode(&self) -> Vec<u8> {
-        let json = serde_json::to_vec(self).unwrap_or_default();
-        zstd::encode_all(&json[..], 3).unwrap_or(json)
+    pub fn encode(&self) -> std::io::Result<Vec<u8>> {
+        zstd::encode_all(&serde_json::to_vec(self)?[..], 3)
     }
 
     /// Reads a record written by [`StateRecord::encode`].
@@ -548,5 +547,22 @@ mod tests {
         let e = toml::from_str::<KafkaConfig>("brokers = \"x\"\ntopics = []\nbrokerz = 1\n").unwrap_err();
         assert!(e.to_string().contains("unknown field `brokerz`"), "{e}");
         assert!(KafkaConfig::new("x", vec![]).validate().is_err());
+    }
+
+    #[test]
+    fn state_records_round_trip_compressed() {
+        let rec = StateRecord {
+            version: 1,
+            group: "g".into(),
+            topic: "events".into(),
+            partition: 3,
+            position: 42,
+            committed_at: 7,
+            state: serde_json::json!({ "agents": vec!["agent-0001"; 200] }),
+        };
+        let bytes = rec.encode().unwrap();
+        assert!(bytes.len() < serde_json::to_vec(&rec).unwrap().len() / 4, "{} bytes", bytes.len());
+        assert_eq!(StateRecord::decode(&bytes).unwrap(), rec);
+        assert!(StateRecord::decode(b"{}").unwrap_err().contains("not zstd"));
     }
 }
