@@ -368,6 +368,7 @@ pub fn summary_json(s: &Summary, archive: &Path) -> serde_json::Value {
         "source": s.source,
         "lines": s.lines,
         "skipped": s.skipped,
+        "recovered": s.recovered,
         "blank": s.blank,
         "valid": s.valid,
         "dead_lettered": s.dead_lettered(),
@@ -409,6 +410,9 @@ pub fn render_summary(s: &Summary, archive: &Path) -> String {
         s.lines,
         if s.balanced() { "" } else { "  (MISMATCH: please report)" }
     );
+    if s.recovered > 0 {
+        let _ = writeln!(o, "  of which {} recovered from the journal of an interrupted run", s.recovered);
+    }
     for (reason, n) in &s.dead_letters {
         let _ = writeln!(o, "  dead letters {reason}: {n}");
     }

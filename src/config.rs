@@ -54,11 +54,6 @@ pub struct HttpConfig {
     /// The `Retry-After` a saturated server answers with, in seconds.
     #[serde(default = "default_retry_after_seconds")]
     pub retry_after_seconds: u64,
-    /// Without Kafka, a request is answered once its events are durable in the archive; while any
-    /// request waits, the archive is flushed at least this often (milliseconds). Lower answers sooner
-    /// and writes more, smaller files.
-    #[serde(default = "default_ack_flush_ms")]
-    pub ack_flush_ms: u64,
     /// Time allowed to receive a request's headers and body, in seconds; a slower client gets 408.
     #[serde(default = "default_request_timeout_seconds")]
     pub request_timeout_seconds: u64,
@@ -93,11 +88,6 @@ const fn default_queue_batches() -> usize {
 const fn default_retry_after_seconds() -> u64 {
     1
 }
-/// A fifth of a second: a request is answered within about that, and the archive gets at most five
-/// flushes a second. A client's throughput is about events per request / 0.2 s per request in flight.
-const fn default_ack_flush_ms() -> u64 {
-    200
-}
 const fn default_request_timeout_seconds() -> u64 {
     30
 }
@@ -120,7 +110,6 @@ impl Default for HttpConfig {
             max_inflight_requests: default_max_inflight_requests(),
             queue_batches: default_queue_batches(),
             retry_after_seconds: default_retry_after_seconds(),
-            ack_flush_ms: default_ack_flush_ms(),
             request_timeout_seconds: default_request_timeout_seconds(),
             max_errors_listed: default_max_errors_listed(),
             workers: default_workers(),
@@ -152,8 +141,8 @@ impl HttpConfig {
                 self.max_decoded_bytes, self.max_body_bytes
             ));
         }
-        if self.ack_flush_ms == 0 || self.request_timeout_seconds == 0 {
-            return Err("http.ack_flush_ms and http.request_timeout_seconds must be at least 1".into());
+        if self.request_timeout_seconds == 0 {
+            return Err("http.request_timeout_seconds must be at least 1".into());
         }
         Ok(())
     }
@@ -173,7 +162,7 @@ pub struct InputConfig {
     /// Largest accepted event, in bytes; larger lines are dead-lettered as `too_large`.
     #[serde(default = "default_max_event_bytes")]
     pub max_event_bytes: usize,
-    /// How many bytes of a refused line are kept in its dead letter.
+    /// How many bytes of a `too_large` line its dead letter keeps (other refused lines are kept whole).
     #[serde(default = "default_dead_letter_payload_bytes")]
     pub dead_letter_payload_bytes: usize,
     /// How many recent event_ids are remembered to refuse duplicates (0 turns the check off).

@@ -476,13 +476,13 @@ fn process(
                         record = record.key(k);
                     }
                     send(&shared.producer, record)?;
-                    st.archive.push_dead_letter(&DeadLetter {
+                    st.archive.push_dead_letter(&DeadLetter::new(
                         reason,
                         position,
-                        size: payload.len() as u64,
-                        payload: kept.to_vec(),
-                        truncated: line.oversize.is_some(),
-                    });
+                        payload.len() as u64,
+                        payload,
+                        shared.input.dead_letter_payload_bytes,
+                    ));
                 }
             }
         }
@@ -497,24 +497,12 @@ fn process(
         for f in &out.findings {
             *summary.findings.entry((f.kind, f.severity)).or_default() += 1;
             st.archive.push_finding(f);
-            if !shared.kafka.findings_topic.is_empty() {
-                let body = serde_json::to_vec(f).unwrap_or_default();
-                send(
-                    &shared.producer,
-                    BaseRecord::to(&shared.kafka.findings_topic).key(&f.agent_id).payload(&body),
-                )?;
-            }
+            publish(&shared.producer, &shared.kafka.findings_topic, &f.agent_id, f)?;
         }
         for d in &out.decisions {
             summary.halted.push((d.agent_id.clone(), d.actor.to_owned()));
             st.archive.push_decision(d);
-            if !shared.kafka.control_topic.is_empty() {
-                let body = serde_json::to_vec(d).unwrap_or_default();
-                send(
-                    &shared.producer,
-                    BaseRecord::to(&shared.kafka.control_topic).key(&d.agent_id).payload(&body),
-                )?;
-            }
+            publish(&shared.producer, &shared.kafka.control_topic, &d.agent_id, d)?;
         }
         if st.archive.should_flush() || st.last_flush.elapsed() >= flush_every {
             let (files, bytes) = shared.flush(consumer, topic, partition, st, CommitMode::Async)?;
@@ -531,6 +519,22 @@ fn process(
         }
     }
     Ok(())
+}
+
+/// Produces `value` as JSON to `topic` keyed by `agent_id`, for other systems to subscribe to; an
+/// empty topic name turns that output off.
+fn publish(
+    producer: &ThreadedProducer<AckContext>,
+    topic: &str,
+    agent_id: &str,
+    value: &impl serde::Serialize,
+) -> Result<(), PipelineError> {
+    if topic.is_empty() {
+        return Ok(());
+    }
+    let body =
+        serde_json::to_vec(value).map_err(|e| PipelineError::Kafka(format!("encoding for {topic}: {e}")))?;
+    send(producer, BaseRecord::to(topic).key(agent_id).payload(&body))
 }
 
 /// Produces one record, waiting while the producer's queue is full.

@@ -68,6 +68,14 @@ pub enum PipelineError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The intake journal could not be read or written.
+    #[error("intake journal {path}: {source}")]
+    Journal {
+        /// Its directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 /// Counts of one run, for the summary line and the tests that hold the pipeline to "nothing lost".
@@ -79,6 +87,8 @@ pub struct Summary {
     pub lines: u64,
     /// Lines already archived by an earlier run, skipped.
     pub skipped: u64,
+    /// Of `lines`: items an earlier run took into its journal but had not archived, judged again here.
+    pub recovered: u64,
     /// Blank lines (whitespace only): nothing to keep.
     pub blank: u64,
     /// Valid events archived and judged.
@@ -371,13 +381,13 @@ pub fn run(cfg: &VigilConfig, opts: &RunOptions) -> Result<Summary, PipelineErro
                     }
                     Err(reason) => {
                         *summary.dead_letters.entry(reason.code()).or_default() += 1;
-                        archive.push_dead_letter(&DeadLetter {
+                        archive.push_dead_letter(&DeadLetter::new(
                             reason,
-                            position: line.position,
-                            size: line.oversize.unwrap_or(bytes.len() as u64),
-                            payload: bytes.to_vec(),
-                            truncated: line.oversize.is_some(),
-                        });
+                            line.position,
+                            line.oversize.unwrap_or(bytes.len() as u64),
+                            bytes,
+                            cfg.input.dead_letter_payload_bytes,
+                        ));
                     }
                 }
             }

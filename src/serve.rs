@@ -15,6 +15,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,7 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 use tokio::sync::{Semaphore, oneshot};
 use vigil_detect::Output;
 use vigil_ingest::archive::{Archive, ArchiveError, DeadLetter, FlushJob, FlushWriter};
+use vigil_ingest::journal::{self, Journal};
 use vigil_ingest::source::Line;
 use vigil_ingest::source::http::{BodyError, Framing, decode_body, framing_for, split};
 use vigil_ingest::source::kafka::KafkaConfig;
@@ -430,17 +432,30 @@ fn rejected(reason: &Invalid) -> Verdict {
     Verdict::Rejected { code: reason.code(), detail: reason.to_string() }
 }
 
-// ---- embedded: one pipeline thread owns the engine and the archive ----
+// ---- embedded: one pipeline thread owns the engine, the journal and the archive ----
+
+/// One item on its way into the embedded pipeline: from a request, or read back from the journal.
+struct Intake<'a> {
+    /// The item as held: all of it, or (read back) the prefix journaled for a `too_large` one.
+    bytes: &'a [u8],
+    /// Its full size.
+    size: u64,
+    position: u64,
+    received_ms: i64,
+    /// What it was told when first taken; `None` for a new item, which is journaled.
+    journaled: Option<journal::Verdict>,
+}
 
 /// The pipeline thread's state.
 struct Embedded {
     archive: Archive,
     engine: vigil_detect::Engine,
     dedup: DedupWindow,
+    /// Every item is appended here and synced before its request is answered.
+    journal: Journal,
     /// `[input]`: event cap, dead-letter payload cap, timestamp skew.
     input: InputConfig,
     flush_every: Duration,
-    ack_flush: Duration,
     /// The last position handed out: items are numbered across requests and restarts.
     position: u64,
     /// `[output] findings`, as `vigil run` writes it.
@@ -450,29 +465,64 @@ struct Embedded {
 }
 
 impl Embedded {
+    /// Opens the archive and the journal, and archives what an interrupted run took into its journal
+    /// but had not archived (judged again, as a file is replayed from its checkpoint), before serving.
     fn open(cfg: &VigilConfig) -> Result<Embedded, PipelineError> {
         let source = cfg.input.source_name.clone().unwrap_or_else(|| HTTP_SOURCE.into());
         let (archive, checkpoint) = Archive::open(&cfg.archive, &source, 0)?;
         let engine =
             restored_engine(&cfg.detect, checkpoint.map(|c| c.state), &checkpoint_of(&cfg.archive.dir))?;
-        Ok(Embedded {
-            position: archive.committed_position(),
+        let committed = archive.committed_position();
+        let dir = cfg.archive.dir.join(JOURNAL_DIR).join(&source);
+        let journal_err = |source| PipelineError::Journal { path: dir.clone(), source };
+        let (journal, entries) = Journal::open(&dir, committed + 1).map_err(journal_err)?;
+        let mut e = Embedded {
+            position: entries.last().map_or(committed, |l| l.position.max(committed)),
             archive,
             engine,
             dedup: DedupWindow::new(cfg.input.dedup_window),
+            journal,
             input: cfg.input.clone(),
             flush_every: Duration::from_secs_f64(cfg.archive.flush_seconds),
-            ack_flush: Duration::from_millis(cfg.http.ack_flush_ms),
             findings_out: open_findings(cfg.output.findings.as_deref())?,
             line_buf: String::new(),
             summary: Summary { source, ..Summary::default() },
-        })
+        };
+        let mut out = Output::default();
+        let pending: Vec<&journal::Entry> = entries.iter().filter(|x| x.position > committed).collect();
+        // One request's items share their receipt time: judge them together, as they were.
+        for request in pending.chunk_by(|x, y| x.received_ms == y.received_ms) {
+            let intake: Vec<Intake<'_>> = request
+                .iter()
+                .map(|x| Intake {
+                    bytes: &x.item,
+                    size: match x.verdict {
+                        journal::Verdict::TooLarge { size } => size,
+                        _ => x.item.len() as u64,
+                    },
+                    position: x.position,
+                    received_ms: x.received_ms,
+                    journaled: Some(x.verdict),
+                })
+                .collect();
+            e.judge(&intake, &mut out)?;
+        }
+        e.summary.recovered = pending.len() as u64;
+        if e.archive.has_uncommitted() {
+            flush_findings(&mut e.findings_out)?;
+            let report = e.archive.flush(engine_state(&e.engine), now_ms())?;
+            e.summary.files += report.files.len() as u64;
+            e.summary.archive_bytes += report.bytes;
+        }
+        e.journal.retire_before_current().map_err(journal_err)?;
+        Ok(e)
     }
 
-    /// Judges batches as they come. A due flush is taken here and written by a writer thread (Parquet
-    /// encoding overlaps judging, as in `vigil run`), which answers the requests of that flush once its
-    /// files and checkpoint are durable. One flush queued at most bounds memory and keeps checkpoints in
-    /// order.
+    /// Judges batches as they come, answering each once its items are synced to the journal (batches
+    /// that queued meanwhile share one sync). The archive flushes on its own schedule (`flush_rows`,
+    /// `flush_seconds`): a due flush is taken here and written by a writer thread (Parquet encoding
+    /// overlaps judging, as in `vigil run`), which then removes the journal segment it covers. One
+    /// flush queued at most bounds memory and keeps checkpoints in order.
     fn run(mut self, rx: Receiver<Msg>) -> Result<Summary, PipelineError> {
         let writer = self.archive.writer();
         let late_before = self.engine.stats().late;
@@ -499,52 +549,59 @@ impl Embedded {
         jobs: &SyncSender<Durable>,
         writer: &std::thread::ScopedJoinHandle<'_, Result<(u64, u64), ArchiveError>>,
     ) -> Result<(), PipelineError> {
-        let mut pending: Vec<(Answer, Vec<Verdict>)> = Vec::new();
-        let mut waiting_since: Option<Instant> = None;
         let mut last_flush = Instant::now();
         let mut out = Output::default();
         loop {
-            // A writer that stopped has answered its requests with its error; stop taking new ones.
+            // A writer that stopped ends the pipeline; what was answered is safe in the journal.
             if writer.is_finished() {
-                return Err(refuse(pending, PipelineError::WriterStopped));
+                return Err(PipelineError::WriterStopped);
             }
-            let wait = match waiting_since {
-                Some(t) => self.ack_flush.saturating_sub(t.elapsed()),
-                None if self.archive.has_uncommitted() => {
-                    self.flush_every.saturating_sub(last_flush.elapsed()).min(Duration::from_secs(1))
+            let wait = if self.archive.has_uncommitted() {
+                self.flush_every.saturating_sub(last_flush.elapsed()).min(Duration::from_secs(1))
+            } else {
+                Duration::from_secs(1)
+            };
+            let mut stop = false;
+            let mut answered = Vec::new();
+            let mut next = rx.recv_timeout(wait).map_err(|e| e == RecvTimeoutError::Disconnected);
+            // Group commit: every batch already queued joins this one sync.
+            loop {
+                match next {
+                    Ok(Msg::Batch(b)) => match self.take(&b.body, &b.items, &mut out) {
+                        Ok(verdicts) => answered.push((b.reply, verdicts)),
+                        Err(e) => {
+                            let _ = b.reply.send(Err(e.to_string()));
+                            return Err(refuse(answered, e));
+                        }
+                    },
+                    Ok(Msg::Stop) | Err(true) => {
+                        stop = true;
+                        break;
+                    }
+                    Err(false) => break,
                 }
-                None => Duration::from_secs(1),
-            };
-            let stop = match rx.recv_timeout(wait) {
-                Ok(Msg::Batch(b)) => match self.judge(&b.body, &b.items, &mut out) {
-                    Ok(verdicts) => {
-                        pending.push((b.reply, verdicts));
-                        waiting_since.get_or_insert_with(Instant::now);
-                        false
-                    }
-                    Err(e) => {
-                        let _ = b.reply.send(Err(e.to_string()));
-                        return Err(refuse(pending, e));
-                    }
-                },
-                Err(RecvTimeoutError::Timeout) => false,
-                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => true,
-            };
+                next = rx.try_recv().map_err(|e| e == mpsc::TryRecvError::Disconnected);
+            }
+            if !answered.is_empty() {
+                if let Err(source) = self.journal.sync() {
+                    let e = PipelineError::Journal { path: self.journal.dir().to_owned(), source };
+                    return Err(refuse(answered, e));
+                }
+                for (reply, verdicts) in answered {
+                    let _ = reply.send(Ok(verdicts));
+                }
+            }
             let due = self.archive.should_flush()
-                || waiting_since.is_some_and(|t| t.elapsed() >= self.ack_flush)
-                || last_flush.elapsed() >= self.flush_every;
+                || (self.archive.has_uncommitted() && last_flush.elapsed() >= self.flush_every);
             if stop || due {
                 last_flush = Instant::now();
-                waiting_since = None;
-                if let Some((w, path)) = self.findings_out.as_mut()
-                    && let Err(source) = w.flush()
-                {
-                    return Err(refuse(pending, PipelineError::Findings { path: path.clone(), source }));
-                }
+                flush_findings(&mut self.findings_out)?;
+                let retire = self.journal.rotate(self.position + 1).map_err(|source| {
+                    PipelineError::Journal { path: self.journal.dir().to_owned(), source }
+                })?;
                 let job = self.archive.take_flush(engine_state(&self.engine), now_ms());
-                let replies = std::mem::take(&mut pending);
-                if let Err(mpsc::SendError(d)) = jobs.send(Durable { job, replies }) {
-                    return Err(refuse(d.replies, PipelineError::WriterStopped));
+                if jobs.send(Durable { job, retire }).is_err() {
+                    return Err(PipelineError::WriterStopped);
                 }
             }
             if stop {
@@ -553,51 +610,84 @@ impl Embedded {
         }
     }
 
-    /// Checks, judges and buffers one request's items; positions continue from the last one archived.
-    fn judge(
-        &mut self,
-        body: &[u8],
-        items: &[Line],
-        out: &mut Output,
-    ) -> Result<Vec<Verdict>, PipelineError> {
+    /// Numbers, judges and journals one request's items; positions continue from the last one taken.
+    fn take(&mut self, body: &[u8], items: &[Line], out: &mut Output) -> Result<Vec<Verdict>, PipelineError> {
+        let received_ms = now_ms();
+        let intake: Vec<Intake<'_>> = items
+            .iter()
+            .map(|item| {
+                self.position += 1;
+                Intake {
+                    bytes: &body[item.start..item.end],
+                    size: (item.end - item.start) as u64,
+                    position: self.position,
+                    received_ms,
+                    journaled: None,
+                }
+            })
+            .collect();
+        self.judge(&intake, out)
+    }
+
+    /// Checks, judges and buffers items received together. A new item is journaled with its verdict;
+    /// one read back from the journal is judged against the clock it was received by and keeps the
+    /// verdict it was given (a duplicate of an event archived before the restart is still refused).
+    fn judge(&mut self, intake: &[Intake<'_>], out: &mut Output) -> Result<Vec<Verdict>, PipelineError> {
         let s = &mut self.summary;
-        self.archive.set_ingested_at(now_ms());
-        let horizon = Horizon::now(self.input.max_future_seconds);
-        let mut verdicts = Vec::with_capacity(items.len());
-        let mut events = Vec::with_capacity(items.len());
-        let mut positions = Vec::with_capacity(items.len());
-        for item in items {
-            self.position += 1;
-            let position = self.position;
+        let Some(received_ms) = intake.first().map(|x| x.received_ms) else { return Ok(Vec::new()) };
+        self.archive.set_ingested_at(received_ms);
+        let skew_s = self.input.max_future_seconds;
+        let horizon = (skew_s > 0).then_some(Horizon { now_ms: received_ms, skew_s });
+        let max = self.input.max_event_bytes;
+        let keep = self.input.dead_letter_payload_bytes;
+        let mut verdicts = Vec::with_capacity(intake.len());
+        let mut events = Vec::with_capacity(intake.len());
+        let mut positions = Vec::with_capacity(intake.len());
+        for x in intake {
             s.lines += 1;
-            s.bytes += (item.end - item.start) as u64;
-            let line = Line { position, ..*item };
-            let max = self.input.max_event_bytes;
-            let bytes = kept(body, item, max);
-            match classify(bytes, &line, max, horizon, &mut self.dedup) {
+            s.bytes += x.size;
+            let oversize = (x.size > max as u64).then_some(x.size);
+            let line = Line { start: 0, end: x.bytes.len(), position: x.position, oversize };
+            let bytes = &x.bytes[..x.bytes.len().min(max)];
+            let mut decided = classify(bytes, &line, max, horizon, &mut self.dedup);
+            if let (Some(Ok(ev)), Some(journal::Verdict::Refused { first_seen })) = (&decided, x.journaled) {
+                // Refused then, valid now: a duplicate of an event from before the restart.
+                let event_id = ev.event_id.to_string();
+                decided = Some(Err(Invalid::DuplicateEventId { event_id, first_position: first_seen }));
+            }
+            let (verdict, journaled, held) = match decided {
                 None => {
                     s.blank += 1;
-                    self.archive.consumed(position);
-                    verdicts.push(Verdict::Blank);
+                    self.archive.consumed(x.position);
+                    (Verdict::Blank, journal::Verdict::Blank, x.bytes)
                 }
                 Some(Ok(ev)) => {
                     events.push(ev);
-                    positions.push(position);
-                    verdicts.push(Verdict::Accepted);
+                    positions.push(x.position);
+                    (Verdict::Accepted, journal::Verdict::Accepted, x.bytes)
                 }
                 Some(Err(reason)) => {
                     *s.dead_letters.entry(reason.code()).or_default() += 1;
-                    verdicts.push(rejected(&reason));
-                    let payload = &bytes[..bytes.len().min(self.input.dead_letter_payload_bytes)];
-                    self.archive.push_dead_letter(&DeadLetter {
-                        reason,
-                        position,
-                        size: (item.end - item.start) as u64,
-                        truncated: payload.len() < item.end - item.start,
-                        payload: payload.to_vec(),
-                    });
+                    let journaled = match &reason {
+                        Invalid::TooLarge { .. } => journal::Verdict::TooLarge { size: x.size },
+                        Invalid::DuplicateEventId { first_position, .. } => {
+                            journal::Verdict::Refused { first_seen: *first_position }
+                        }
+                        _ => journal::Verdict::Refused { first_seen: 0 },
+                    };
+                    let dead = DeadLetter::new(reason, x.position, x.size, bytes, keep);
+                    let verdict = rejected(&dead.reason);
+                    self.archive.push_dead_letter(&dead);
+                    let held = if oversize.is_some() { &x.bytes[..x.bytes.len().min(keep)] } else { x.bytes };
+                    (verdict, journaled, held)
                 }
+            };
+            if x.journaled.is_none() {
+                self.journal.append(x.position, received_ms, journaled, held).map_err(|source| {
+                    PipelineError::Journal { path: self.journal.dir().to_owned(), source }
+                })?;
             }
+            verdicts.push(verdict);
         }
         s.valid += events.len() as u64;
         out.clear();
@@ -610,37 +700,43 @@ impl Embedded {
     }
 }
 
+/// Where the journal of each source lives, under the archive root.
+const JOURNAL_DIR: &str = "_vigil/journal";
+
+fn flush_findings(sink: &mut FindingsSink) -> Result<(), PipelineError> {
+    match sink.as_mut() {
+        Some((w, path)) => w.flush().map_err(|source| PipelineError::Findings { path: path.clone(), source }),
+        None => Ok(()),
+    }
+}
+
 /// Answers requests that will not be archived with why, and hands the reason on.
 fn refuse(replies: Vec<(Answer, Vec<Verdict>)>, e: PipelineError) -> PipelineError {
     for (reply, _) in replies {
-        let _ = reply.send(Err(format!("not archived: {e}")));
+        let _ = reply.send(Err(format!("not taken: {e}")));
     }
     e
 }
 
-/// A flush on its way to the writer thread, with the requests it makes durable.
+/// A flush on its way to the writer thread, with the journal segment it makes redundant.
 struct Durable {
     job: Option<FlushJob>,
-    replies: Vec<(Answer, Vec<Verdict>)>,
+    retire: Option<PathBuf>,
 }
 
-/// The embedded pipeline's writer thread: writes each flush, then answers its requests (with the error,
-/// if the write failed, and stops). Returns the files and bytes written.
+/// The embedded pipeline's writer thread: writes each flush, then removes the journal segment it
+/// covers; stops at the first error. Returns the files and bytes written.
 fn write_durable(mut writer: FlushWriter, jobs: Receiver<Durable>) -> Result<(u64, u64), ArchiveError> {
     let (mut files, mut bytes) = (0u64, 0u64);
     for d in jobs {
-        let written = match d.job {
-            Some(job) => writer.write(job).map(|r| {
-                files += r.files.len() as u64;
-                bytes += r.bytes;
-            }),
-            None => Ok(()),
-        };
-        let answer = written.as_ref().map(|_| ()).map_err(|e| format!("archiving failed: {e}"));
-        for (reply, verdicts) in d.replies {
-            let _ = reply.send(answer.clone().map(|()| verdicts));
+        if let Some(job) = d.job {
+            let r = writer.write(job)?;
+            files += r.files.len() as u64;
+            bytes += r.bytes;
         }
-        written?;
+        if let Some(path) = d.retire {
+            std::fs::remove_file(&path).map_err(|source| ArchiveError::Io { path, source })?;
+        }
     }
     Ok((files, bytes))
 }
@@ -750,8 +846,8 @@ impl KafkaFront {
                 }
                 Some(Ok(ev)) => (&self.topic, ev.agent_id.to_string(), bytes, None),
                 Some(Err(reason)) => {
-                    let payload = &bytes[..bytes.len().min(keep)];
-                    (&self.dlq, String::new(), payload, Some(reason))
+                    let held = if matches!(reason, Invalid::TooLarge { .. }) { keep } else { bytes.len() };
+                    (&self.dlq, String::new(), &bytes[..bytes.len().min(held)], Some(reason))
                 }
             };
             if saturated {
@@ -763,6 +859,7 @@ impl KafkaFront {
             let opaque = Box::new(Reply(Mutex::new(Some(tx))));
             let mut record = BaseRecord::with_opaque_to(record_to, opaque).payload(payload);
             let item_no = item.position.to_string();
+            let size = (item.end - item.start).to_string();
             let detail = reason.as_ref().map(|r| r.to_string()).unwrap_or_default();
             if let Some(r) = &reason {
                 record = record.headers(
@@ -771,7 +868,8 @@ impl KafkaFront {
                         .insert(Header { key: "vigil.stage", value: Some("http") })
                         .insert(Header { key: "vigil.detail", value: Some(&detail) })
                         .insert(Header { key: "vigil.item", value: Some(&item_no) })
-                        .insert(Header { key: "vigil.remote", value: Some(&remote) }),
+                        .insert(Header { key: "vigil.remote", value: Some(&remote) })
+                        .insert(Header { key: "vigil.size", value: Some(&size) }),
                 );
             } else {
                 record = record.key(&key);

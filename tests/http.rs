@@ -161,6 +161,30 @@ fn archived_ids(archive: &Path) -> BTreeSet<String> {
 
 /// A scratch folder with a simulated fleet's lines, and `vigil serve` started with `config` (TOML) and an
 /// archive in the folder.
+/// Parquet files under `dir`, at any depth.
+fn parquet_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            if p.is_dir() {
+                parquet_files(&p)
+            } else {
+                usize::from(p.extension() == Some("parquet".as_ref()))
+            }
+        })
+        .sum()
+}
+
+/// Bytes in the intake journal's segments.
+fn journal_bytes(archive: &Path) -> u64 {
+    let dir = archive.join("_vigil/journal/http");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
 fn serve_with(config: &str) -> (tempfile::TempDir, Vec<String>, std::path::PathBuf, Server) {
     let dir = scratch();
     let lines = events(dir.path(), 5, "5m");
@@ -177,7 +201,12 @@ fn good_and_bad_bodies_are_answered_per_item_and_archived_exactly() {
     let lines = events(dir.path(), 30, "20m");
     assert!(lines.len() > 400, "{}", lines.len());
     let archive = dir.path().join("archive");
-    let server = Server::start(&["--archive", archive.to_str().unwrap()]);
+    // The archive flushes on its own schedule, here not before the kill below: until then the answered
+    // items are in the journal alone.
+    let config = dir.path().join("vigil.toml");
+    std::fs::write(&config, "[archive]\nflush_seconds = 3600\n").unwrap();
+    let args = ["--config", config.to_str().unwrap(), "--archive", archive.to_str().unwrap()];
+    let server = Server::start(&args);
     let mut accepted: BTreeSet<String> = BTreeSet::new();
 
     // NDJSON with a blank line, a line missing fields and a line that is not JSON.
@@ -240,21 +269,27 @@ fn good_and_bad_bodies_are_answered_per_item_and_archived_exactly() {
     assert_eq!(request(&server.addr, "GET", "/nowhere", &[], b"").status, 404);
     assert_eq!(request(&server.addr, "GET", "/healthz", &[], b"").status, 200);
 
-    // Every answer came after its events were durable: kill -9 now, and the archive already has them.
+    // Every answer came after its items were synced to the journal: kill -9 now. Nothing is archived
+    // yet; the restart archives all 258 items first (recovered), then continues the numbering.
     drop(server);
-    assert_eq!(archived_ids(&archive), accepted);
-
-    // A restart continues the numbering: new files, nothing overwritten, nothing twice.
-    let server = Server::start(&["--archive", archive.to_str().unwrap()]);
+    assert_eq!(parquet_files(&archive.join("events")), 0);
+    assert!(journal_bytes(&archive) > 0);
+    let server = Server::start(&args);
     let r = server.post(&[], lines[251..400].join("\n").as_bytes());
     assert_eq!((r.status, r.body["accepted"].as_u64()), (200, Some(149)), "{r:?}");
     accepted.extend(lines[251..400].iter().map(|l| event_id(l)));
     let summary = server.stop();
     assert_eq!(
-        (summary["valid"].as_u64(), summary["balanced"].as_bool()),
-        (Some(149), Some(true)),
+        (summary["recovered"].as_u64(), summary["lines"].as_u64()),
+        (Some(258), Some(258 + 149)),
         "{summary}"
     );
+    assert_eq!(
+        (summary["valid"].as_u64(), summary["balanced"].as_bool()),
+        (Some(251 + 149), Some(true)),
+        "{summary}"
+    );
+    assert_eq!(journal_bytes(&archive), 0, "an archived journal segment is removed");
     assert_eq!(archived_ids(&archive), accepted);
     // The refused items are dead-lettered too, with their reasons: 2 + 1 + 3 duplicates.
     let dead = archive_py("rows", &archive, &["dead-letters", "_position"]);
@@ -262,6 +297,42 @@ fn good_and_bad_bodies_are_answered_per_item_and_archived_exactly() {
         dead["duckdb"].as_array().unwrap().iter().map(|r| r["reason"].as_str().unwrap()).collect();
     assert_eq!(reasons.len(), 6, "{dead}");
     assert_eq!(reasons.iter().filter(|r| **r == "duplicate_event_id").count(), 3, "{reasons:?}");
+}
+
+#[test]
+fn a_duplicate_refused_before_a_crash_stays_refused_after_recovery() {
+    let (dir, lines, archive, server) = serve_with("[archive]\nflush_rows = 5\nflush_seconds = 3600\n");
+    let r = server.post(&[], lines[..10].join("\n").as_bytes());
+    assert_eq!((r.status, r.body["accepted"].as_u64()), (200, Some(10)), "{r:?}");
+    // Ten rows are over flush_rows: wait until that flush is in the archive, then resend one event.
+    let started = Instant::now();
+    while parquet_files(&archive.join("events")) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(20), "the flush never landed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = server.post(&[], lines[3].as_bytes());
+    assert_eq!((r.status, r.body["errors"][0]["code"].as_str()), (400, Some("duplicate_event_id")), "{r:?}");
+    // The duplicate is only in the journal; after a kill -9 the restart judges it again with an empty
+    // dedup window, and must still refuse it as the client was told.
+    drop(server);
+    let server = Server::start(&[
+        "--config",
+        dir.path().join("vigil.toml").to_str().unwrap(),
+        "--archive",
+        archive.to_str().unwrap(),
+    ]);
+    let summary = server.stop();
+    assert_eq!(
+        (summary["recovered"].as_u64(), summary["balanced"].as_bool()),
+        (Some(1), Some(true)),
+        "{summary}"
+    );
+    assert_eq!(summary["dead_letters"]["duplicate_event_id"], 1, "{summary}");
+    assert_eq!(archived_ids(&archive), lines[..10].iter().map(|l| event_id(l)).collect());
+    let dead = archive_py("rows", &archive, &["dead-letters", "_position"]);
+    let rows = dead["duckdb"].as_array().unwrap();
+    assert_eq!((rows.len(), rows[0]["reason"].as_str()), (1, Some("duplicate_event_id")), "{dead}");
+    assert!(rows[0]["detail"].as_str().unwrap().contains("first seen at position 4"), "{dead}");
 }
 
 #[test]
@@ -398,6 +469,7 @@ fn with_kafka_events_are_produced_keyed_by_agent_and_bad_items_go_to_the_dlq() {
     );
     assert_eq!(h["vigil.item"], "201", "{dlq}");
     assert!(h["vigil.remote"].as_str().unwrap().starts_with("127.0.0.1:"), "{dlq}");
+    assert_eq!(h["vigil.size"], "16", "{dlq}");
     assert_eq!(recs[0]["value"], "{\"event_id\":\"x\"}");
 }
 
@@ -471,17 +543,14 @@ fn a_client_too_slow_to_send_its_body_gets_408_and_the_server_carries_on() {
 }
 
 #[test]
-fn an_archive_that_cannot_be_written_fails_the_request_and_stops_the_server() {
-    let dir = scratch();
-    let lines = events(dir.path(), 5, "5m");
-    let archive = dir.path().join("archive");
-    let mut server = Server::start(&["--archive", archive.to_str().unwrap()]);
+fn an_archive_that_cannot_be_written_stops_the_server_and_a_restart_archives_the_journal() {
+    let (dir, lines, archive, mut server) = serve_with("[archive]\nflush_rows = 5\n");
     // Where the events table belongs, a file: the first flush cannot make its folders.
     std::fs::write(archive.join("events"), b"in the way").unwrap();
     let r = server.post(&[], lines[..5].join("\n").as_bytes());
-    assert_eq!(r.status, 500, "{r:?}");
-    assert!(r.body["error"].as_str().unwrap().contains("archiving failed"), "{r:?}");
-    // The server does not carry on answering 503: it stops, with the error.
+    assert_eq!((r.status, r.body["accepted"].as_u64()), (200, Some(5)), "{r:?}");
+    // The flush fails: the server does not carry on taking what it cannot archive; it stops, with the
+    // error, and what it answered 200 for is in its journal.
     let started = Instant::now();
     let status = loop {
         if let Some(status) = server.child.try_wait().unwrap() {
@@ -491,6 +560,14 @@ fn an_archive_that_cannot_be_written_fails_the_request_and_stops_the_server() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(2));
+    // The operator clears the way and starts it again: the journal is archived before anything else.
+    std::fs::remove_file(archive.join("events")).unwrap();
+    let config = dir.path().join("vigil.toml");
+    let server =
+        Server::start(&["--config", config.to_str().unwrap(), "--archive", archive.to_str().unwrap()]);
+    let summary = server.stop();
+    assert_eq!((summary["recovered"].as_u64(), summary["valid"].as_u64()), (Some(5), Some(5)), "{summary}");
+    assert_eq!(archived_ids(&archive), lines[..5].iter().map(|l| event_id(l)).collect());
 }
 
 #[test]

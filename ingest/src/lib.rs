@@ -4,6 +4,7 @@
 //! judged beyond the shape of the findings it archives.
 
 pub mod archive;
+pub mod journal;
 pub mod source;
 
 pub use archive::{

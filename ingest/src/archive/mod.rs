@@ -94,6 +94,18 @@ pub struct DeadLetter {
     pub truncated: bool,
 }
 
+impl DeadLetter {
+    /// The one way every source builds a dead letter. `bytes` is what the source holds of a line
+    /// whose full size was `size`. A line within the event cap is kept whole (it may be all there
+    /// is of it, as with an HTTP body); one refused as `too_large` keeps its first `keep` bytes (the
+    /// input's `dead_letter_payload_bytes`). `truncated` says whether anything was left out.
+    pub fn new(reason: Invalid, position: u64, size: u64, bytes: &[u8], keep: usize) -> Self {
+        let held = if matches!(reason, Invalid::TooLarge { .. }) { keep } else { bytes.len() };
+        let payload = bytes[..bytes.len().min(held)].to_vec();
+        Self { reason, position, size, truncated: (payload.len() as u64) < size, payload }
+    }
+}
+
 /// The committed state of one source partition, as stored next to the archive.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {

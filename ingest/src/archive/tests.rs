@@ -58,3 +58,16 @@ fn a_file_name_covers_positions_pushed_out_of_order() {
     a.flush(serde_json::Value::Null, 5).unwrap();
     assert!(dir.path().join("events/dt=1970-01-01/hour=00/src-0-1-3.parquet").exists());
 }
+
+#[test]
+fn dead_letters_keep_a_prefix_of_oversize_lines_only() {
+    let bad = || vigil_schemas::Invalid::NotJson { detail: "x".into() };
+    let big = || vigil_schemas::Invalid::TooLarge { size: 5, limit: 4 };
+    let whole = DeadLetter::new(bad(), 1, 5, b"hello", 3);
+    assert_eq!((whole.payload.as_slice(), whole.truncated), (&b"hello"[..], false));
+    let cut = DeadLetter::new(big(), 2, 5, b"hello", 3);
+    assert_eq!((cut.payload.as_slice(), cut.size, cut.truncated), (&b"hel"[..], 5, true));
+    // A source that already holds only a prefix of an oversize line (the line reader) says how big it was.
+    let held = DeadLetter::new(big(), 3, 2_000_000, b"hello", 64);
+    assert_eq!((held.payload.len(), held.truncated), (5, true));
+}
