@@ -161,21 +161,6 @@ fn archived_ids(archive: &Path) -> BTreeSet<String> {
 
 /// A scratch folder with a simulated fleet's lines, and `vigil serve` started with `config` (TOML) and an
 /// archive in the folder.
-/// Parquet files under `dir`, at any depth.
-fn parquet_files(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .map(|e| e.unwrap().path())
-        .map(|p| {
-            if p.is_dir() {
-                parquet_files(&p)
-            } else {
-                usize::from(p.extension() == Some("parquet".as_ref()))
-            }
-        })
-        .sum()
-}
-
 /// Bytes in the intake journal's segments.
 fn journal_bytes(archive: &Path) -> u64 {
     let dir = archive.join("_vigil/journal/http");

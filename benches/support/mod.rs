@@ -2,7 +2,7 @@
 //! loopback port.
 
 #[path = "../../tests/common/mod.rs"]
-mod common;
+pub mod common;
 
 pub use common::Broker;
 

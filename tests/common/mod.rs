@@ -197,3 +197,18 @@ pub fn kill_after(mut cmd: Command, delay: std::time::Duration) -> bool {
     child.wait().unwrap();
     killed
 }
+
+/// Parquet files under `dir`, at any depth (0 when it does not exist).
+pub fn parquet_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            if p.is_dir() {
+                parquet_files(&p)
+            } else {
+                usize::from(p.extension() == Some("parquet".as_ref()))
+            }
+        })
+        .sum()
+}
