@@ -451,8 +451,9 @@ struct Embedded {
     archive: Archive,
     engine: vigil_detect::Engine,
     dedup: DedupWindow,
-    /// Every item is appended here and synced before its request is answered.
-    journal: Journal,
+    /// Every item is appended here and synced before its request is answered (`None` only while the
+    /// previous run's journal is being recovered, when nothing is appended).
+    journal: Option<Journal>,
     /// `[input]`: event cap, dead-letter payload cap, timestamp skew.
     input: InputConfig,
     flush_every: Duration,
@@ -475,47 +476,70 @@ impl Embedded {
         let committed = archive.committed_position();
         let dir = cfg.archive.dir.join(JOURNAL_DIR).join(&source);
         let journal_err = |source| PipelineError::Journal { path: dir.clone(), source };
-        let (journal, entries) = Journal::open(&dir, committed + 1).map_err(journal_err)?;
+        let mut replay = Journal::open(&dir).map_err(journal_err)?;
         let mut e = Embedded {
-            position: entries.last().map_or(committed, |l| l.position.max(committed)),
+            position: committed,
             archive,
             engine,
             dedup: DedupWindow::new(cfg.input.dedup_window),
-            journal,
+            journal: None,
             input: cfg.input.clone(),
             flush_every: Duration::from_secs_f64(cfg.archive.flush_seconds),
             findings_out: open_findings(cfg.output.findings.as_deref())?,
             line_buf: String::new(),
             summary: Summary { source, ..Summary::default() },
         };
+        // Items past the checkpoint are judged again, one request (one receipt time) at a time, as they
+        // were taken.
         let mut out = Output::default();
-        let pending: Vec<&journal::Entry> = entries.iter().filter(|x| x.position > committed).collect();
-        // One request's items share their receipt time: judge them together, as they were.
-        for request in pending.chunk_by(|x, y| x.received_ms == y.received_ms) {
-            let intake: Vec<Intake<'_>> = request
-                .iter()
-                .map(|x| Intake {
-                    bytes: &x.item,
-                    size: match x.verdict {
-                        journal::Verdict::TooLarge { size } => size,
-                        _ => x.item.len() as u64,
-                    },
-                    position: x.position,
-                    received_ms: x.received_ms,
-                    journaled: Some(x.verdict),
-                })
-                .collect();
-            e.judge(&intake, &mut out)?;
+        let mut request: Vec<journal::Entry> = Vec::new();
+        loop {
+            let next = replay.next().transpose().map_err(journal_err)?;
+            if let Some(x) = &next {
+                e.position = e.position.max(x.position);
+                if x.position <= committed {
+                    continue;
+                }
+            }
+            if request.first().is_some_and(|r| next.as_ref().is_none_or(|x| x.received_ms != r.received_ms)) {
+                e.recover(&request, &mut out)?;
+                request.clear();
+            }
+            match next {
+                Some(x) => request.push(x),
+                None => break,
+            }
         }
-        e.summary.recovered = pending.len() as u64;
         if e.archive.has_uncommitted() {
             flush_findings(&mut e.findings_out)?;
             let report = e.archive.flush(engine_state(&e.engine), now_ms())?;
             e.summary.files += report.files.len() as u64;
             e.summary.archive_bytes += report.bytes;
         }
-        e.journal.retire_before_current().map_err(journal_err)?;
+        let journal = replay.into_journal(e.position + 1).map_err(journal_err)?;
+        journal.retire_before_current().map_err(journal_err)?;
+        e.journal = Some(journal);
         Ok(e)
+    }
+
+    /// Judges again one request's items read back from the journal.
+    fn recover(&mut self, request: &[journal::Entry], out: &mut Output) -> Result<(), PipelineError> {
+        let intake: Vec<Intake<'_>> = request
+            .iter()
+            .map(|x| Intake {
+                bytes: &x.item,
+                size: match x.verdict {
+                    journal::Verdict::TooLarge { size } => size,
+                    _ => x.item.len() as u64,
+                },
+                position: x.position,
+                received_ms: x.received_ms,
+                journaled: Some(x.verdict),
+            })
+            .collect();
+        self.judge(&intake, out)?;
+        self.summary.recovered += request.len() as u64;
+        Ok(())
     }
 
     /// Judges batches as they come, answering each once its items are synced to the journal (batches
@@ -583,8 +607,7 @@ impl Embedded {
                 next = rx.try_recv().map_err(|e| e == mpsc::TryRecvError::Disconnected);
             }
             if !answered.is_empty() {
-                if let Err(source) = self.journal.sync() {
-                    let e = PipelineError::Journal { path: self.journal.dir().to_owned(), source };
+                if let Err(e) = journal_io(&mut self.journal, Journal::sync) {
                     return Err(refuse(answered, e));
                 }
                 for (reply, verdicts) in answered {
@@ -596,9 +619,8 @@ impl Embedded {
             if stop || due {
                 last_flush = Instant::now();
                 flush_findings(&mut self.findings_out)?;
-                let retire = self.journal.rotate(self.position + 1).map_err(|source| {
-                    PipelineError::Journal { path: self.journal.dir().to_owned(), source }
-                })?;
+                let next = self.position + 1;
+                let retire = journal_io(&mut self.journal, |j| j.rotate(next))?;
                 let job = self.archive.take_flush(engine_state(&self.engine), now_ms());
                 if jobs.send(Durable { job, retire }).is_err() {
                     return Err(PipelineError::WriterStopped);
@@ -683,9 +705,7 @@ impl Embedded {
                 }
             };
             if x.journaled.is_none() {
-                self.journal.append(x.position, received_ms, journaled, held).map_err(|source| {
-                    PipelineError::Journal { path: self.journal.dir().to_owned(), source }
-                })?;
+                journal_io(&mut self.journal, |j| j.append(x.position, received_ms, journaled, held))?;
             }
             verdicts.push(verdict);
         }
@@ -698,6 +718,15 @@ impl Embedded {
         record(out, s, &mut self.archive, &mut self.findings_out, &mut self.line_buf)?;
         Ok(verdicts)
     }
+}
+
+/// Runs `f` on the journal, naming it in an error.
+fn journal_io<T>(
+    journal: &mut Option<Journal>,
+    f: impl FnOnce(&mut Journal) -> std::io::Result<T>,
+) -> Result<T, PipelineError> {
+    let journal = journal.as_mut().expect("the journal is open once recovery is done");
+    f(journal).map_err(|source| PipelineError::Journal { path: journal.dir().to_owned(), source })
 }
 
 /// Where the journal of each source lives, under the archive root.

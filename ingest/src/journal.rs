@@ -13,7 +13,7 @@
 //! items after it were answered.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Bytes of a record besides its item.
@@ -87,73 +87,140 @@ fn segments(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(found.into_iter().map(|(_, p)| p).collect())
 }
 
-/// Reads one segment. A torn tail is cut off (and the file truncated to its last whole record) only
-/// when `last` says this is the newest segment.
-fn read_segment(path: &Path, last: bool, entries: &mut Vec<Entry>) -> io::Result<()> {
-    let mut bytes = Vec::new();
-    File::open(path)?.read_to_end(&mut bytes)?;
-    let mut at = 0usize;
-    while at < bytes.len() {
-        match parse(&bytes[at..]) {
-            Some((entry, used)) => {
-                entries.push(entry);
-                at += used;
-            }
-            None if last => {
-                OpenOptions::new().write(true).open(path)?.set_len(at as u64)?;
-                break;
-            }
-            None => return Err(corrupt(path, at as u64, "a damaged record")),
-        }
-    }
-    Ok(())
+/// Reads the journal back, oldest item first, one record at a time (memory stays at one item), then
+/// becomes the [`Journal`] that appends after them ([`Replay::into_journal`]).
+#[derive(Debug)]
+pub struct Replay {
+    dir: PathBuf,
+    /// Segments not opened yet, newest last.
+    segments: std::vec::IntoIter<PathBuf>,
+    /// The segment being read, and the offset of the next record in it.
+    reading: Option<(PathBuf, BufReader<File>, u64)>,
+    /// Whether the segment being read is the newest.
+    newest: bool,
+    /// Position of the last item read.
+    last: Option<u64>,
 }
 
-fn parse(b: &[u8]) -> Option<(Entry, usize)> {
-    let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
-    if b.len() < HEADER + TRAILER {
-        return None;
+impl Iterator for Replay {
+    type Item = io::Result<Entry>;
+
+    fn next(&mut self) -> Option<io::Result<Entry>> {
+        loop {
+            if self.reading.is_none() {
+                let path = self.segments.next()?;
+                self.newest = self.segments.len() == 0;
+                match File::open(&path) {
+                    Ok(f) => self.reading = Some((path, BufReader::with_capacity(1 << 20, f), 0)),
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            let (path, reader, at) = self.reading.as_mut().expect("opened above");
+            match read_record(reader) {
+                Ok(Some((entry, used))) => {
+                    *at += used;
+                    self.last = Some(entry.position);
+                    return Some(Ok(entry));
+                }
+                Ok(None) => self.reading = None,
+                // A crash mid-append leaves a torn record at the end of the newest segment; it was never
+                // answered, so it is cut off. Anywhere else, items after it were answered: an error.
+                Err(Torn) if self.newest => {
+                    let (path, at) = (path.clone(), *at);
+                    self.reading = None;
+                    if let Err(e) = OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(at)) {
+                        return Some(Err(e));
+                    }
+                }
+                Err(Torn) => {
+                    let e = corrupt(path, *at, "a damaged record");
+                    self.reading = None;
+                    self.segments = Vec::new().into_iter();
+                    return Some(Err(e));
+                }
+            }
+        }
     }
-    let len = u32::from_le_bytes(b[..4].try_into().unwrap()) as usize;
-    let total = HEADER + len + TRAILER;
-    if b.len() < total {
-        return None;
+}
+
+impl Replay {
+    /// The journal, appending to a new segment after every item read back and at least at `next`.
+    /// Items not read yet are skipped.
+    pub fn into_journal(mut self, next: u64) -> io::Result<Journal> {
+        for entry in self.by_ref() {
+            entry?;
+        }
+        let next = self.last.map_or(next, |l| next.max(l + 1));
+        let segment = segment_path(&self.dir, next);
+        let out = BufWriter::with_capacity(1 << 20, File::create(&segment)?);
+        Ok(Journal { dir: self.dir, segment, out, written: false })
     }
-    let crc = u32::from_le_bytes(b[HEADER + len..total].try_into().unwrap());
-    if crc32fast::hash(&b[..HEADER + len]) != crc {
-        return None;
+}
+
+/// A record that is cut short or fails its checksum.
+struct Torn;
+
+/// The next record and its size; `None` at a clean end of the segment.
+fn read_record(r: &mut impl Read) -> Result<Option<(Entry, u64)>, Torn> {
+    let mut header = [0u8; HEADER];
+    match read_full(r, &mut header) {
+        0 => return Ok(None),
+        n if n < HEADER => return Err(Torn),
+        _ => {}
     }
-    let verdict = match b[20] {
+    let u64_at = |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().unwrap());
+    let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
+    let verdict = match header[20] {
         0 => Verdict::Blank,
         1 => Verdict::Accepted,
         2 => Verdict::Refused { first_seen: u64_at(21) },
         3 => Verdict::TooLarge { size: u64_at(21) },
-        _ => return None,
+        _ => return Err(Torn),
     };
-    let entry = Entry {
-        position: u64_at(4),
-        received_ms: u64_at(12) as i64,
-        verdict,
-        item: b[HEADER..HEADER + len].to_vec(),
-    };
-    Some((entry, total))
+    // The length is not trusted before the checksum: a torn header may claim anything.
+    let mut rest = Vec::new();
+    let want = (len + TRAILER) as u64;
+    if r.take(want).read_to_end(&mut rest).map_err(|_| Torn)? as u64 != want {
+        return Err(Torn);
+    }
+    let crc = u32::from_le_bytes(rest[len..].try_into().unwrap());
+    let mut h = crc32fast::Hasher::new();
+    h.update(&header);
+    h.update(&rest[..len]);
+    if h.finalize() != crc {
+        return Err(Torn);
+    }
+    rest.truncate(len);
+    let entry = Entry { position: u64_at(4), received_ms: u64_at(12) as i64, verdict, item: rest };
+    Ok(Some((entry, (HEADER + len + TRAILER) as u64)))
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> usize {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    n
 }
 
 impl Journal {
-    /// Opens the journal in `dir` (created when missing) and reads back every item still in it, oldest
-    /// first. Appends go to a new segment starting at `next`, the next position to hand out. The caller
-    /// replays what it needs, makes that durable, then calls [`Journal::retire_before`].
-    pub fn open(dir: &Path, next: u64) -> io::Result<(Journal, Vec<Entry>)> {
+    /// Opens the journal in `dir` (created when missing) to read back every item still in it; the
+    /// caller replays what it needs, then [`Replay::into_journal`] appends after them. Once what was
+    /// replayed is durable elsewhere, [`Journal::retire_before_current`] removes the old segments.
+    pub fn open(dir: &Path) -> io::Result<Replay> {
         fs::create_dir_all(dir)?;
-        let found = segments(dir)?;
-        let mut entries = Vec::new();
-        for (i, path) in found.iter().enumerate() {
-            read_segment(path, i + 1 == found.len(), &mut entries)?;
-        }
-        let next = entries.last().map_or(next, |e| next.max(e.position + 1));
-        let segment = segment_path(dir, next);
-        let out = BufWriter::with_capacity(1 << 20, File::create(&segment)?);
-        Ok((Journal { dir: dir.to_owned(), segment, out, written: false }, entries))
+        let segments = segments(dir)?;
+        Ok(Replay {
+            dir: dir.to_owned(),
+            segments: segments.into_iter(),
+            reading: None,
+            newest: false,
+            last: None,
+        })
     }
 
     /// Appends one item (buffered; [`Journal::sync`] makes it durable).
@@ -229,6 +296,13 @@ impl Journal {
 mod tests {
     use super::*;
 
+    /// Opens the journal, reads everything back, and resumes at `next` at least.
+    fn reopen(dir: &Path, next: u64) -> io::Result<(Journal, Vec<Entry>)> {
+        let mut replay = Journal::open(dir)?;
+        let back = replay.by_ref().collect::<io::Result<Vec<_>>>()?;
+        Ok((replay.into_journal(next)?, back))
+    }
+
     fn items(j: &mut Journal, from: u64, n: u64) {
         for p in from..from + n {
             let verdict = match p % 4 {
@@ -244,14 +318,14 @@ mod tests {
     #[test]
     fn items_come_back_in_order_across_segments_and_restarts() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut j, back) = Journal::open(dir.path(), 1).unwrap();
+        let (mut j, back) = reopen(dir.path(), 1).unwrap();
         assert!(back.is_empty());
         items(&mut j, 1, 5);
         let closed = j.rotate(6).unwrap().expect("something was written");
         items(&mut j, 6, 4);
         j.sync().unwrap();
         drop(j);
-        let (j, back) = Journal::open(dir.path(), 1).unwrap();
+        let (j, back) = reopen(dir.path(), 1).unwrap();
         let positions: Vec<u64> = back.iter().map(|e| e.position).collect();
         assert_eq!(positions, (1..10).collect::<Vec<_>>());
         let verdicts: Vec<Verdict> = back[..4].iter().map(|e| e.verdict).collect();
@@ -268,14 +342,14 @@ mod tests {
         assert_eq!(closed, segment_path(dir.path(), 1));
         j.retire_before_current().unwrap();
         drop(j);
-        let (_, back) = Journal::open(dir.path(), 10).unwrap();
+        let (_, back) = reopen(dir.path(), 10).unwrap();
         assert!(back.is_empty(), "{back:?}");
     }
 
     #[test]
     fn a_torn_tail_is_cut_and_damage_before_it_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut j, _) = Journal::open(dir.path(), 1).unwrap();
+        let (mut j, _) = reopen(dir.path(), 1).unwrap();
         items(&mut j, 1, 3);
         j.sync().unwrap();
         let segment = j.segment.clone();
@@ -285,7 +359,7 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&segment).unwrap();
         f.write_all(&[7, 0, 0, 0, 9, 9]).unwrap();
         drop(f);
-        let (j, back) = Journal::open(dir.path(), 1).unwrap();
+        let (j, back) = reopen(dir.path(), 1).unwrap();
         assert_eq!(back.len(), 3);
         assert_eq!(fs::metadata(&segment).unwrap().len(), whole, "the torn tail is cut off");
         drop(j);
@@ -293,7 +367,7 @@ mod tests {
         let mut bytes = fs::read(&segment).unwrap();
         bytes[HEADER + 2] ^= 0xff;
         fs::write(&segment, bytes).unwrap();
-        let err = Journal::open(dir.path(), 1).err().expect("damage is refused");
+        let err = reopen(dir.path(), 1).err().expect("damage is refused");
         assert!(err.to_string().contains("damaged record at byte 0"), "{err}");
     }
 }
