@@ -108,10 +108,12 @@ impl Shared {
                 restored_engine(&self.detect, checkpoint.map(|c| c.state), &checkpoint_of(&self.archive.dir))?
             }
         };
+        let mut dedup = DedupWindow::new(self.input.dedup_window);
+        dedup.seed_from(&archive)?;
         Ok(PartState {
             archive,
             engine,
-            dedup: DedupWindow::new(self.input.dedup_window),
+            dedup,
             last_flush: Instant::now(),
             assigned_at: self.epoch.load(Ordering::SeqCst),
         })

@@ -170,6 +170,14 @@ impl DedupWindow {
         }
     }
 
+    /// Remembers what `archive` already holds (its newest `cap` events), so that after a restart a resend
+    /// of one of them is refused as it would be in one uninterrupted run. Returns the ids remembered.
+    pub fn seed_from(&mut self, archive: &Archive) -> Result<usize, ArchiveError> {
+        archive.recent_event_ids(self.cap, |id, position| {
+            self.check(id, position);
+        })
+    }
+
     /// Records `id` at `position`; returns the first position if it was seen already.
     fn check(&mut self, id: &str, position: u64) -> Option<u64> {
         if self.cap == 0 {
@@ -324,6 +332,7 @@ pub fn run(cfg: &VigilConfig, opts: &RunOptions) -> Result<Summary, PipelineErro
         LineReader::new(input.reader, cfg.input.max_event_bytes, cfg.input.dead_letter_payload_bytes);
     let mut progress = Progress::new(opts.progress, "ingest", input.size);
     let mut dedup = DedupWindow::new(cfg.input.dedup_window);
+    dedup.seed_from(&archive)?;
     let mut chunk = Chunk::default();
     let mut out = Output::default();
     let mut positions: Vec<u64> = Vec::new();

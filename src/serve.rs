@@ -477,11 +477,13 @@ impl Embedded {
         let dir = cfg.archive.dir.join(JOURNAL_DIR).join(&source);
         let journal_err = |source| PipelineError::Journal { path: dir.clone(), source };
         let mut replay = Journal::open(&dir).map_err(journal_err)?;
+        let mut dedup = DedupWindow::new(cfg.input.dedup_window);
+        dedup.seed_from(&archive)?;
         let mut e = Embedded {
             position: committed,
             archive,
             engine,
-            dedup: DedupWindow::new(cfg.input.dedup_window),
+            dedup,
             journal: None,
             input: cfg.input.clone(),
             flush_every: Duration::from_secs_f64(cfg.archive.flush_seconds),

@@ -215,3 +215,28 @@ fn one_event_stamped_far_ahead_cannot_blind_the_detectors() {
     assert!(late * 10 > valid * 9, "late {late} of {valid}: {open}");
     assert_ne!(open["findings"], baseline["findings"]);
 }
+
+#[test]
+fn a_rerun_refuses_a_resend_of_what_an_earlier_run_archived() {
+    // A log that grows between runs, as a gateway appends: the second run reads only the new lines, and
+    // a resent event from before is refused as it would be in one run over the whole file.
+    let dir = scratch();
+    let log = dir.path().join("gateway.ndjson");
+    let first: Vec<Vec<u8>> = (0..5).map(|i| good(&format!("e{i}"))).collect();
+    std::fs::write(&log, [first.join(&b'\n'), b"\n".to_vec()].concat()).unwrap();
+    let archive = dir.path().join("archive");
+    assert_eq!(run_json(&log, &archive, None)["valid"], 5);
+    let more = [good("e2"), good("e5")].join(&b'\n');
+    std::fs::write(&log, [first.join(&b'\n'), b"\n".to_vec(), more].concat()).unwrap();
+    let s = run_json(&log, &archive, None);
+    assert_eq!((s["skipped"].as_u64(), s["valid"].as_u64()), (Some(5), Some(1)), "{s}");
+    assert_eq!(s["dead_letters"]["duplicate_event_id"], 1, "{s}");
+    let dead = archive_py("rows", &archive, &["dead-letters", "_position"]);
+    let row = &dead["duckdb"][0];
+    assert_eq!(
+        (row["_position"].as_u64(), row["reason"].as_str()),
+        (Some(6), Some("duplicate_event_id")),
+        "{dead}"
+    );
+    assert!(row["detail"].as_str().unwrap().contains("first seen at position 3"), "{dead}");
+}

@@ -297,15 +297,15 @@ fn a_duplicate_refused_before_a_crash_stays_refused_after_recovery() {
     }
     let r = server.post(&[], lines[3].as_bytes());
     assert_eq!((r.status, r.body["errors"][0]["code"].as_str()), (400, Some("duplicate_event_id")), "{r:?}");
-    // The duplicate is only in the journal; after a kill -9 the restart judges it again with an empty
-    // dedup window, and must still refuse it as the client was told.
+    // The duplicate is only in the journal. After a kill -9 the restart judges it again, here with a
+    // dedup window the operator shrank to one id, which no longer holds the first copy: the item must
+    // still be refused, as the client was told.
     drop(server);
-    let server = Server::start(&[
-        "--config",
-        dir.path().join("vigil.toml").to_str().unwrap(),
-        "--archive",
-        archive.to_str().unwrap(),
-    ]);
+    let config = dir.path().join("vigil.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}[input]\ndedup_window = 1\n")).unwrap();
+    let server =
+        Server::start(&["--config", config.to_str().unwrap(), "--archive", archive.to_str().unwrap()]);
     let summary = server.stop();
     assert_eq!(
         (summary["recovered"].as_u64(), summary["balanced"].as_bool()),
@@ -318,6 +318,24 @@ fn a_duplicate_refused_before_a_crash_stays_refused_after_recovery() {
     let rows = dead["duckdb"].as_array().unwrap();
     assert_eq!((rows.len(), rows[0]["reason"].as_str()), (1, Some("duplicate_event_id")), "{dead}");
     assert!(rows[0]["detail"].as_str().unwrap().contains("first seen at position 4"), "{dead}");
+}
+
+#[test]
+fn a_restarted_server_refuses_a_resend_of_what_it_archived_before() {
+    let (dir, lines, archive, server) = serve_with("");
+    let r = server.post(&[], lines[..10].join("\n").as_bytes());
+    assert_eq!((r.status, r.body["accepted"].as_u64()), (200, Some(10)), "{r:?}");
+    server.stop();
+    // The dedup window starts from the archive's newest event_ids, not empty.
+    let config = dir.path().join("vigil.toml");
+    let server =
+        Server::start(&["--config", config.to_str().unwrap(), "--archive", archive.to_str().unwrap()]);
+    let r = server.post(&[], [lines[3].as_str(), lines[10].as_str()].join("\n").as_bytes());
+    assert_eq!((r.status, r.body["accepted"].as_u64()), (200, Some(1)), "{r:?}");
+    assert_eq!(r.body["errors"][0]["code"], "duplicate_event_id", "{r:?}");
+    assert!(r.body["errors"][0]["error"].as_str().unwrap().contains("first seen at position 4"), "{r:?}");
+    server.stop();
+    assert_eq!(archived_ids(&archive), lines[..11].iter().map(|l| event_id(l)).collect());
 }
 
 #[test]

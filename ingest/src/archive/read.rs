@@ -1,14 +1,15 @@
 //! Reading the archive back: the `events/` table's files, projected to the columns a caller needs. Used
-//! by `vigil audit`; analysts use DuckDB or pyarrow on the same files.
+//! by `vigil audit` and by pipelines remembering recent event_ids on restart; analysts use DuckDB or
+//! pyarrow on the same files.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use arrow_array::RecordBatch;
+use arrow_array::{Array, RecordBatch, StringArray, UInt64Array};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::{ArchiveError, archive_files};
+use super::{ArchiveError, archive_files, parse_file_name};
 
 /// Final (not temporary) Parquet files of one table, in path order.
 pub fn table_files(root: &Path, table: &str) -> Result<Vec<PathBuf>, ArchiveError> {
@@ -41,4 +42,66 @@ pub fn scan_table(
         }
     }
     Ok(files.len())
+}
+
+/// Feeds `each` the event_id and position (as the source numbers it: the archive's `_position` plus
+/// `base`) of at least the last `want` events archived from one source partition, oldest file first.
+/// Only the newest files are read: their footers' row counts say how many are needed. This is how a
+/// restarted pipeline remembers what it already took, so a resend across the restart is refused as it
+/// would be in one uninterrupted run. Returns the rows fed.
+pub fn recent_event_ids(
+    root: &Path,
+    source: &str,
+    partition: i32,
+    base: u64,
+    want: usize,
+    mut each: impl FnMut(&str, u64),
+) -> Result<usize, ArchiveError> {
+    if want == 0 {
+        return Ok(0);
+    }
+    let mut files: Vec<(u64, u64, PathBuf)> = table_files(root, "events")?
+        .into_iter()
+        .filter_map(|p| {
+            let (s, part, first, last) = parse_file_name(p.file_name()?.to_str()?)?;
+            (s == source && part == partition).then_some((last, first, p))
+        })
+        .collect();
+    files.sort();
+    // Newest first, until their rows cover `want`.
+    let mut chosen = Vec::new();
+    let mut rows = 0usize;
+    for (_, _, path) in files.iter().rev() {
+        let read_err = |source| ArchiveError::Read { path: path.clone(), source };
+        let file = File::open(path).map_err(|source| ArchiveError::Io { path: path.clone(), source })?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(read_err)?;
+        rows += builder.metadata().file_metadata().num_rows() as usize;
+        chosen.push((path, builder));
+        if rows >= want {
+            break;
+        }
+    }
+    let mut fed = 0;
+    for (path, builder) in chosen.into_iter().rev() {
+        let read_err = |source| ArchiveError::Read { path: path.clone(), source };
+        let mask = ProjectionMask::columns(builder.parquet_schema(), ["event_id", "_position"]);
+        let reader = builder.with_projection(mask).with_batch_size(64 * 1024).build().map_err(read_err)?;
+        for batch in reader {
+            let batch = batch.map_err(|e| read_err(e.into()))?;
+            let ids = batch.column_by_name("event_id").and_then(|c| c.as_any().downcast_ref::<StringArray>());
+            let positions =
+                batch.column_by_name("_position").and_then(|c| c.as_any().downcast_ref::<UInt64Array>());
+            let (Some(ids), Some(positions)) = (ids, positions) else {
+                return Err(ArchiveError::Io {
+                    path: path.clone(),
+                    source: std::io::Error::other("no event_id or _position column of the archive's types"),
+                });
+            };
+            for i in 0..batch.num_rows() {
+                each(ids.value(i), positions.value(i) + base);
+            }
+            fed += batch.num_rows();
+        }
+    }
+    Ok(fed)
 }
