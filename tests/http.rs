@@ -85,7 +85,12 @@ impl Reply {
 
 /// One HTTP/1.1 request on its own connection (`Connection: close`), the answer read to the end.
 fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
-    let mut s = TcpStream::connect(addr).unwrap();
+    try_request(addr, method, path, headers, body).unwrap_or_else(|| panic!("no HTTP answer from {addr}"))
+}
+
+/// A request, or `None` when the server is gone (no connection, or closed without an answer).
+fn try_request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Option<Reply> {
+    let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
@@ -95,17 +100,21 @@ fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body:
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(head.as_bytes()).ok()?;
     // A server that refuses early may close before the body is all sent; its answer still counts.
     let _ = s.write_all(body);
-    read_reply(&mut s)
+    try_read_reply(&mut s)
 }
 
 fn read_reply(s: &mut TcpStream) -> Reply {
+    try_read_reply(s).expect("an HTTP answer")
+}
+
+fn try_read_reply(s: &mut TcpStream) -> Option<Reply> {
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP answer: {text:?}"));
+    let (head, body) = text.split_once("\r\n\r\n")?;
     let mut lines = head.lines();
     let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
     let headers = lines
@@ -113,7 +122,7 @@ fn read_reply(s: &mut TcpStream) -> Reply {
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
         .collect();
     let body = serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.to_owned()));
-    Reply { status, headers, body }
+    Some(Reply { status, headers, body })
 }
 
 /// A request whose headers announce all of `body` but of which only the first `sent` bytes are sent.
@@ -159,8 +168,6 @@ fn archived_ids(archive: &Path) -> BTreeSet<String> {
     set
 }
 
-/// A scratch folder with a simulated fleet's lines, and `vigil serve` started with `config` (TOML) and an
-/// archive in the folder.
 /// Bytes in the intake journal's segments.
 fn journal_bytes(archive: &Path) -> u64 {
     let dir = archive.join("_vigil/journal/http");
@@ -170,6 +177,8 @@ fn journal_bytes(archive: &Path) -> u64 {
         .sum()
 }
 
+/// A scratch folder with a simulated fleet's lines, and `vigil serve` started with `config` (TOML) and an
+/// archive in the folder.
 fn serve_with(config: &str) -> (tempfile::TempDir, Vec<String>, std::path::PathBuf, Server) {
     let dir = scratch();
     let lines = events(dir.path(), 5, "5m");
@@ -282,6 +291,71 @@ fn good_and_bad_bodies_are_answered_per_item_and_archived_exactly() {
         dead["duckdb"].as_array().unwrap().iter().map(|r| r["reason"].as_str().unwrap()).collect();
     assert_eq!(reasons.len(), 6, "{dead}");
     assert_eq!(reasons.iter().filter(|r| **r == "duplicate_event_id").count(), 3, "{reasons:?}");
+}
+
+#[test]
+fn kill_9_at_random_moments_while_a_client_posts_loses_nothing_and_duplicates_nothing() {
+    let dir = scratch();
+    let lines = events(dir.path(), 50, "2h");
+    let bodies: Vec<String> = lines.chunks(40).map(|c| c.join("\n")).collect();
+    let archive = dir.path().join("archive");
+    // Flushes every 2,000 rows, so kills land before, during and after flushes and journal rotations.
+    let config = dir.path().join("vigil.toml");
+    std::fs::write(&config, "[archive]\nflush_rows = 2000\n").unwrap();
+    let args = ["--config", config.to_str().unwrap(), "--archive", archive.to_str().unwrap()];
+    // A client as a gateway would be: it resends whatever was not answered. A resent body that was
+    // taken before the kill comes back refused as duplicates, item by item.
+    let (mut next, mut interrupted, mut resent_duplicates) = (0, 0, 0u64);
+    let mut seed = 0x5eed_u64;
+    for round in 0..6 {
+        let server = Server::start(&args);
+        let killer = (round < 5).then(|| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let delay = Duration::from_millis(50 + (seed >> 33) % 250);
+            let pid = server.child.id().to_string();
+            std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                ok(Command::new("kill").args(["-9", &pid]).output().unwrap());
+            })
+        });
+        while next < bodies.len() {
+            let Some(r) = try_request(&server.addr, "POST", "/v1/events", &[], bodies[next].as_bytes())
+            else {
+                interrupted += 1;
+                break;
+            };
+            let (accepted, rejected) =
+                (r.body["accepted"].as_u64().unwrap(), r.body["rejected"].as_u64().unwrap());
+            assert!(matches!(r.status, 200 | 400), "{r:?}");
+            assert_eq!(accepted + rejected, bodies[next].lines().count() as u64, "{r:?}");
+            for e in r.body["errors"].as_array().unwrap() {
+                assert_eq!(e["code"], "duplicate_event_id", "only a resend is refused: {r:?}");
+            }
+            resent_duplicates += rejected;
+            next += 1;
+        }
+        match killer {
+            Some(k) => k.join().unwrap(),
+            None => {
+                let summary = server.stop();
+                assert_eq!(summary["balanced"], true, "{summary}");
+            }
+        }
+    }
+    eprintln!(
+        "{} bodies, {interrupted} cut by kill -9, {resent_duplicates} resent items refused",
+        bodies.len()
+    );
+    assert_eq!(next, bodies.len(), "the last round posts everything left");
+    assert!(interrupted >= 3, "only {interrupted} kills landed while posting");
+    // Every event once, whatever was cut where; the resends were refused, not archived again.
+    assert_eq!(archived_ids(&archive), lines.iter().map(|l| event_id(l)).collect());
+    // Every refusal answered is dead-lettered; a refusal whose answer a kill cut off is too, and its
+    // resend is refused again, so there may be more dead letters than answered refusals, never other kinds.
+    let dead = archive_py("rows", &archive, &["dead-letters", "_position"]);
+    let dead = dead["duckdb"].as_array().unwrap();
+    assert!(dead.len() as u64 >= resent_duplicates, "{} < {resent_duplicates}", dead.len());
+    assert!(dead.iter().all(|d| d["reason"] == "duplicate_event_id"), "{dead:?}");
 }
 
 #[test]
