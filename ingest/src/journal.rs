@@ -67,6 +67,14 @@ fn corrupt(path: &Path, at: u64, what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("{}: {what} at byte {at}", path.display()))
 }
 
+/// Creates a segment and syncs its directory, so the file a later fsync makes durable is itself found
+/// after a power loss, not only after a crash.
+fn create_segment(dir: &Path, path: &Path) -> io::Result<File> {
+    let file = File::create(path)?;
+    File::open(dir)?.sync_all()?;
+    Ok(file)
+}
+
 fn segment_path(dir: &Path, first: u64) -> PathBuf {
     dir.join(format!("{first:020}.{EXTENSION}"))
 }
@@ -152,7 +160,7 @@ impl Replay {
         }
         let next = self.last.map_or(next, |l| next.max(l + 1));
         let segment = segment_path(&self.dir, next);
-        let out = BufWriter::with_capacity(1 << 20, File::create(&segment)?);
+        let out = BufWriter::with_capacity(1 << 20, create_segment(&self.dir, &segment)?);
         Ok(Journal { dir: self.dir, segment, out, written: false })
     }
 }
@@ -269,7 +277,7 @@ impl Journal {
         }
         self.sync()?;
         let segment = segment_path(&self.dir, next);
-        let out = BufWriter::with_capacity(1 << 20, File::create(&segment)?);
+        let out = BufWriter::with_capacity(1 << 20, create_segment(&self.dir, &segment)?);
         let closed = std::mem::replace(&mut self.segment, segment);
         self.out = out;
         self.written = false;
