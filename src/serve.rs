@@ -4,8 +4,10 @@
 //! item is checked against the event contract; the answer lists the refused ones by line (or array
 //! index) with the reason, and the good ones go on:
 //! - **embedded** (no `[kafka]`): to one pipeline thread that owns the detection engine and the archive
-//!   (source `http`, positions numbered across requests). A request is answered once its events are
-//!   durable, so a 200 means archived. Refused items are dead-lettered in the archive too.
+//!   (source `http`, positions numbered across requests and restarts). A request is answered once its
+//!   items and their verdicts are synced to the intake journal, so a 200 survives a crash: the next
+//!   start archives what the journal holds past the checkpoint before it serves. The archive flushes on
+//!   its own schedule. Refused items are dead-lettered in the archive too.
 //! - **Kafka**: produced to the first `[kafka]` topic keyed by agent_id, refused items to its dead-letter
 //!   topic; a request is answered once the broker acknowledged every record.
 //!
@@ -72,7 +74,7 @@ pub enum ServeError {
 /// What became of one item of a request.
 #[derive(Debug, Clone, PartialEq)]
 enum Verdict {
-    /// Taken: durable in the archive, or acknowledged by the broker.
+    /// Taken: synced to the intake journal, or acknowledged by the broker.
     Accepted,
     /// An empty line: nothing to keep.
     Blank,
@@ -82,7 +84,7 @@ enum Verdict {
     Failed { code: &'static str, detail: String },
 }
 
-/// Where the pipeline thread answers a request: the verdicts once durable, or why archiving failed.
+/// Where the pipeline thread answers a request: the verdicts once journaled, or why they were not taken.
 type Answer = oneshot::Sender<Result<Vec<Verdict>, String>>;
 
 /// A request's items on their way to the embedded pipeline thread.
@@ -518,6 +520,13 @@ impl Embedded {
             e.summary.files += report.files.len() as u64;
             e.summary.archive_bytes += report.bytes;
         }
+        if e.summary.recovered > 0 {
+            eprintln!(
+                "vigil: archived {} items an interrupted run had taken into {} (answered, not yet archived)",
+                e.summary.recovered,
+                dir.display()
+            );
+        }
         let journal = replay.into_journal(e.position + 1).map_err(journal_err)?;
         journal.retire_before_current().map_err(journal_err)?;
         e.journal = Some(journal);
@@ -741,7 +750,7 @@ fn flush_findings(sink: &mut FindingsSink) -> Result<(), PipelineError> {
     }
 }
 
-/// Answers requests that will not be archived with why, and hands the reason on.
+/// Answers requests whose items were not journaled with why, and hands the reason on.
 fn refuse(replies: Vec<(Answer, Vec<Verdict>)>, e: PipelineError) -> PipelineError {
     for (reply, _) in replies {
         let _ = reply.send(Err(format!("not taken: {e}")));
