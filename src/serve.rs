@@ -708,10 +708,9 @@ impl Embedded {
                         }
                         _ => journal::Verdict::Refused { first_seen: 0 },
                     };
-                    let dead = DeadLetter::new(reason, x.position, x.size, bytes, keep);
-                    let verdict = rejected(&dead.reason);
-                    self.archive.push_dead_letter(&dead);
-                    let held = if oversize.is_some() { &x.bytes[..x.bytes.len().min(keep)] } else { x.bytes };
+                    let held = DeadLetter::kept(&reason, x.bytes, keep);
+                    let verdict = rejected(&reason);
+                    self.archive.push_dead_letter(&DeadLetter::new(reason, x.position, x.size, bytes, keep));
                     (verdict, journaled, held)
                 }
             };
@@ -886,8 +885,7 @@ impl KafkaFront {
                 }
                 Some(Ok(ev)) => (&self.topic, ev.agent_id.to_string(), bytes, None),
                 Some(Err(reason)) => {
-                    let held = if matches!(reason, Invalid::TooLarge { .. }) { keep } else { bytes.len() };
-                    (&self.dlq, String::new(), &bytes[..bytes.len().min(held)], Some(reason))
+                    (&self.dlq, String::new(), DeadLetter::kept(&reason, bytes, keep), Some(reason))
                 }
             };
             if saturated {

@@ -100,9 +100,15 @@ impl DeadLetter {
     /// is of it, as with an HTTP body); one refused as `too_large` keeps its first `keep` bytes (the
     /// input's `dead_letter_payload_bytes`). `truncated` says whether anything was left out.
     pub fn new(reason: Invalid, position: u64, size: u64, bytes: &[u8], keep: usize) -> Self {
-        let held = if matches!(reason, Invalid::TooLarge { .. }) { keep } else { bytes.len() };
-        let payload = bytes[..bytes.len().min(held)].to_vec();
+        let payload = DeadLetter::kept(&reason, bytes, keep).to_vec();
         Self { reason, position, size, truncated: (payload.len() as u64) < size, payload }
+    }
+
+    /// What a dead letter keeps of `bytes` refused for `reason`: all of them, or the first `keep` of a
+    /// `too_large` line. Also what goes to a dead-letter topic or journal where nothing else holds them.
+    pub fn kept<'a>(reason: &Invalid, bytes: &'a [u8], keep: usize) -> &'a [u8] {
+        let held = if matches!(reason, Invalid::TooLarge { .. }) { keep } else { bytes.len() };
+        &bytes[..bytes.len().min(held)]
     }
 }
 
