@@ -213,12 +213,27 @@ impl Default for InputConfig {
 }
 
 /// `[output]`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputConfig {
     /// Findings as NDJSON, to a file or `-` for stdout.
     #[serde(default)]
     pub findings: Option<PathBuf>,
+    /// Seconds between the status lines that long-running commands (`vigil run --kafka`, `vigil serve`)
+    /// write to stderr; 0 turns them off.
+    #[serde(default = "default_status_seconds")]
+    pub status_seconds: f64,
+}
+
+/// A line a minute: enough to see a service is alive and how fast it goes, little enough for any log.
+const fn default_status_seconds() -> f64 {
+    60.0
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig { findings: None, status_seconds: default_status_seconds() }
+    }
 }
 
 /// A config that cannot be used.
@@ -283,6 +298,10 @@ impl VigilConfig {
             k.validate()?;
         }
         self.detect.build().map_err(|e| e.to_string())?;
+        let status = self.output.status_seconds;
+        if !(status.is_finite() && status >= 0.0) {
+            return Err(format!("output.status_seconds must be 0 (off) or more, got {status}"));
+        }
         let i = &self.input;
         if i.max_event_bytes == 0 {
             return Err("input.max_event_bytes must be at least 1".into());

@@ -28,7 +28,7 @@ use vigil_ingest::source::kafka::{AckContext, KafkaConfig, Lag, StateRecord};
 
 use crate::config::{InputConfig, VigilConfig};
 use crate::pipeline::{
-    DedupWindow, Horizon, PipelineError, Summary, checkpoint_of, classify, engine_state, now_ms,
+    DedupWindow, Horizon, PipelineError, StatusLine, Summary, checkpoint_of, classify, engine_state, now_ms,
     restored_engine,
 };
 
@@ -332,6 +332,7 @@ pub fn run(
     let mut last_message = Instant::now();
     let mut last_assigned = Instant::now();
     let mut out = Output::default();
+    let mut status = StatusLine::new("run --kafka", cfg.output.status_seconds);
     let mut batch: Vec<(BorrowedMessage<'_>, u64)> = Vec::with_capacity(kafka.batch_messages);
     let result = loop {
         if let Some(e) = shared.failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -380,6 +381,9 @@ pub fn run(
         if let Err(e) = process(&shared, &consumer, &batch, &mut out, flush_every) {
             break Err(e);
         }
+        status.tick(&shared.summary.lock().unwrap_or_else(|p| p.into_inner()), || {
+            lag_text(&shared.lag.snapshot())
+        });
     };
     drop(batch);
     // Whatever ended the loop, what was judged is made durable and committed.
@@ -403,6 +407,18 @@ pub fn run(
     summary.agents = shared.parts().values().map(|p| p.engine.agents()).sum();
     summary.lag = shared.lag.snapshot().into_iter().map(|((t, p), l)| (format!("{t}/{p}"), l)).collect();
     Ok((summary, shared.lag.clone()))
+}
+
+/// Consumer lag for a status line: the total over the assigned partitions and the one furthest behind.
+fn lag_text(lag: &BTreeMap<(String, i32), i64>) -> String {
+    match lag.iter().max_by_key(|(_, l)| **l) {
+        Some(((topic, partition), most)) => format!(
+            "; lag {} over {} partitions (most: {topic}/{partition} at {most})",
+            lag.values().sum::<i64>(),
+            lag.len()
+        ),
+        None => "; no lag reported yet".into(),
+    }
 }
 
 /// Judges and archives one batch, partition by partition in arrival order; flushes partitions that are

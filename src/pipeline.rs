@@ -127,6 +127,47 @@ impl Summary {
     }
 }
 
+/// A status line every so often on stderr, for commands that run until stopped (`vigil run --kafka`,
+/// `vigil serve`): what came in since the last line, and the totals. Unlike the progress display it is
+/// written to logs too, at a low rate (`output.status_seconds`).
+#[derive(Debug)]
+pub(crate) struct StatusLine {
+    label: &'static str,
+    every: Option<Duration>,
+    last: Instant,
+    lines_then: u64,
+}
+
+impl StatusLine {
+    pub(crate) fn new(label: &'static str, seconds: f64) -> StatusLine {
+        let every = (seconds > 0.0).then(|| Duration::from_secs_f64(seconds));
+        StatusLine { label, every, last: Instant::now(), lines_then: 0 }
+    }
+
+    /// Writes the line if one is due; `extra` (say, consumer lag) is only built then.
+    pub(crate) fn tick(&mut self, s: &Summary, extra: impl FnOnce() -> String) {
+        if self.every.is_none_or(|d| self.last.elapsed() < d) {
+            return;
+        }
+        let secs = self.last.elapsed().as_secs_f64();
+        let new = s.lines.saturating_sub(self.lines_then);
+        self.last = Instant::now();
+        self.lines_then = s.lines;
+        eprintln!(
+            "vigil {}: {new} lines in the last {secs:.0}s ({:.0}/s); total {} lines: {} valid, {} dead-lettered, \
+             {} findings, {} late{}",
+            self.label,
+            new as f64 / secs.max(1e-9),
+            s.lines,
+            s.valid,
+            s.dead_lettered(),
+            s.findings.values().sum::<u64>(),
+            s.late,
+            extra()
+        );
+    }
+}
+
 /// Wall time, UTC ms.
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)

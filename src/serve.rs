@@ -42,8 +42,8 @@ use vigil_schemas::Invalid;
 
 use crate::config::{HttpConfig, InputConfig, VigilConfig};
 use crate::pipeline::{
-    DedupWindow, FindingsSink, Horizon, PipelineError, Summary, checkpoint_of, classify, engine_state,
-    now_ms, open_findings, record, restored_engine,
+    DedupWindow, FindingsSink, Horizon, PipelineError, StatusLine, Summary, checkpoint_of, classify,
+    engine_state, now_ms, open_findings, record, restored_engine,
 };
 
 /// Source name of HTTP events in the archive (file names and checkpoint).
@@ -164,6 +164,16 @@ pub fn run(
         stopping: AtomicBool::new(false),
         counts: Mutex::new(Summary { source: HTTP_SOURCE.into(), ..Summary::default() }),
     });
+    if let Sink::Kafka(_) = &state.sink {
+        // The embedded pipeline writes its own status lines; here the counts live with the handlers.
+        let (state, mut status) = (state.clone(), StatusLine::new("serve", cfg.output.status_seconds));
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                status.tick(&state.counts.lock().unwrap_or_else(|p| p.into_inner()), String::new);
+            }
+        });
+    }
     ready(bound);
     rt.block_on(serve(listener, state.clone(), &[stop, &pipeline_ended]));
     // Idle keep-alive connections are dropped with the runtime.
@@ -465,6 +475,7 @@ struct Embedded {
     findings_out: FindingsSink,
     line_buf: String,
     summary: Summary,
+    status: StatusLine,
 }
 
 impl Embedded {
@@ -492,6 +503,7 @@ impl Embedded {
             findings_out: open_findings(cfg.output.findings.as_deref())?,
             line_buf: String::new(),
             summary: Summary { source, ..Summary::default() },
+            status: StatusLine::new("serve", cfg.output.status_seconds),
         };
         // Items past the checkpoint are judged again, one request (one receipt time) at a time, as they
         // were taken.
@@ -625,6 +637,7 @@ impl Embedded {
                     let _ = reply.send(Ok(verdicts));
                 }
             }
+            self.status.tick(&self.summary, String::new);
             let due = self.archive.should_flush()
                 || (self.archive.has_uncommitted() && last_flush.elapsed() >= self.flush_every);
             if stop || due {

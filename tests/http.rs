@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -17,6 +18,7 @@ use common::*;
 struct Server {
     child: Child,
     addr: String,
+    said: Arc<Mutex<String>>,
 }
 
 impl Server {
@@ -42,9 +44,23 @@ impl Server {
             }
             said.push_str(&line);
         };
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        Server { child, addr }
+        // Keep draining stderr so the server never blocks on a full pipe; keep what it says.
+        let said = Arc::new(Mutex::new(said));
+        let keep = said.clone();
+        std::thread::spawn(move || {
+            for line in stderr.lines() {
+                let Ok(line) = line else { break };
+                let mut k = keep.lock().unwrap();
+                k.push_str(&line);
+                k.push('\n');
+            }
+        });
+        Server { child, addr, said }
+    }
+
+    /// What the server wrote to stderr so far, the "serving" line aside.
+    fn said(&self) -> String {
+        self.said.lock().unwrap().clone()
     }
 
     fn post(&self, headers: &[(&str, &str)], body: &[u8]) -> Reply {
@@ -414,6 +430,20 @@ fn a_restarted_server_refuses_a_resend_of_what_it_archived_before() {
     assert!(r.body["errors"][0]["error"].as_str().unwrap().contains("first seen at position 4"), "{r:?}");
     server.stop();
     assert_eq!(archived_ids(&archive), lines[..11].iter().map(|l| event_id(l)).collect());
+}
+
+#[test]
+fn a_running_server_writes_status_lines() {
+    let (_dir, lines, _, server) = serve_with("[output]\nstatus_seconds = 0.3\n");
+    let r = server.post(&[], lines[..10].join("\n").as_bytes());
+    assert_eq!(r.status, 200, "{r:?}");
+    let started = Instant::now();
+    while !server.said().contains("total 10 lines: 10 valid") {
+        assert!(started.elapsed() < Duration::from_secs(10), "no status line: {}", server.said());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(server.said().contains("vigil serve: "), "{}", server.said());
+    server.stop();
 }
 
 #[test]

@@ -56,9 +56,19 @@ fn a_topic_lands_in_the_archive_exactly_once_and_bad_records_in_the_dlq() {
     assert_eq!(produced["produced"], n + bad.len() as u64);
 
     let archive = dir.path().join("archive");
-    let summary = run_kafka(&broker, "events", "vigil-a", &archive, None, "3s");
+    let status = dir.path().join("status.toml");
+    std::fs::write(
+        &status,
+        "[output]\nstatus_seconds = 0.5\n[kafka]\nbrokers = \"-\"\ntopics = [\"events\"]\nstatistics_ms = 500\n",
+    )
+    .unwrap();
+    let out = ok(kafka_member(&broker, "events", "vigil-a", &archive, Some(&status), "3s").output().unwrap());
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["balanced"], true, "{summary}");
     assert_eq!(summary["valid"], n, "{summary}");
+    // While it runs, a member says how it is doing: lines since the last status line, totals, lag.
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("vigil run --kafka: ") && said.contains("; lag "), "{said}");
     assert_eq!(summary["dead_lettered"], bad.len(), "{summary}");
     let counts = archive_py("event-counts", &archive, &[]);
     assert_eq!((counts["rows"].as_u64(), counts["distinct"].as_u64()), (Some(n), Some(n)), "{counts}");
