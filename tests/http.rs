@@ -391,9 +391,15 @@ fn a_duplicate_refused_before_a_crash_stays_refused_after_recovery() {
     let (dir, lines, archive, server) = serve_with("[archive]\nflush_rows = 5\nflush_seconds = 3600\n");
     let r = server.post(&[], lines[..10].join("\n").as_bytes());
     assert_eq!((r.status, r.body["accepted"].as_u64()), (200, Some(10)), "{r:?}");
-    // Ten rows are over flush_rows: wait until that flush is in the archive, then resend one event.
+    // Ten rows are over flush_rows: wait until that flush is committed (its checkpoint, written after
+    // its files), then resend one event.
     let started = Instant::now();
-    while parquet_files(&archive.join("events")) == 0 {
+    let checkpoint = archive.join("_vigil/checkpoints/http-0.json");
+    while std::fs::read_to_string(&checkpoint)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_none_or(|c| c["committed_position"] != 10)
+    {
         assert!(started.elapsed() < Duration::from_secs(20), "the flush never landed");
         std::thread::sleep(Duration::from_millis(20));
     }
