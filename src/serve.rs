@@ -611,7 +611,8 @@ impl Embedded {
             let mut stop = false;
             let mut answered = Vec::new();
             let mut next = rx.recv_timeout(wait).map_err(|e| e == RecvTimeoutError::Disconnected);
-            // Group commit: every batch already queued joins this one sync.
+            // Group commit: every batch already queued joins this one sync. The loop ends: a request's
+            // client waits for its answer, so at most `max_inflight_requests` batches can arrive first.
             loop {
                 match next {
                     Ok(Msg::Batch(b)) => match self.take(&b.body, &b.items, &mut out) {
