@@ -64,7 +64,7 @@ pub struct Journal {
 }
 
 fn corrupt(path: &Path, at: u64, what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("{}: {what} at byte {at}", path.display()))
+    io::Error::new(io::ErrorKind::InvalidData, format!("{}: at byte {at}, {what}", path.display()))
 }
 
 /// Creates a segment and syncs its directory, so the file a later fsync makes durable is itself found
@@ -141,7 +141,12 @@ impl Iterator for Replay {
                     }
                 }
                 Err(Torn) => {
-                    let e = corrupt(path, *at, "a damaged record");
+                    let e = corrupt(
+                        path,
+                        *at,
+                        "a damaged record (items after it were answered, so they are not skipped: \
+                         restore the file, or move it aside to start without its items)",
+                    );
                     self.reading = None;
                     self.segments = Vec::new().into_iter();
                     return Some(Err(e));
@@ -376,6 +381,6 @@ mod tests {
         bytes[HEADER + 2] ^= 0xff;
         fs::write(&segment, bytes).unwrap();
         let err = reopen(dir.path(), 1).err().expect("damage is refused");
-        assert!(err.to_string().contains("damaged record at byte 0"), "{err}");
+        assert!(err.to_string().contains("at byte 0, a damaged record"), "{err}");
     }
 }
