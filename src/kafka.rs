@@ -28,8 +28,8 @@ use vigil_ingest::source::kafka::{AckContext, KafkaConfig, Lag, StateRecord};
 
 use crate::config::{InputConfig, VigilConfig};
 use crate::pipeline::{
-    DedupWindow, Horizon, PipelineError, StatusLine, Summary, checkpoint_of, classify, engine_state, now_ms,
-    restored_engine,
+    DedupWindow, Horizon, PipelineError, StatusLine, Summary, checkpoint_of, classify, engine_state, kept,
+    now_ms, record, restored_engine,
 };
 
 /// With an idle exit: how long past it a member may wait for its first partition before giving up.
@@ -466,8 +466,7 @@ fn process(
                 position,
                 oversize: (payload.len() > max).then_some(payload.len() as u64),
             };
-            let kept = &payload[..payload.len().min(max)];
-            match classify(kept, &line, max, horizon, &mut st.dedup) {
+            match classify(kept(payload, &line, max), &line, max, horizon, &mut st.dedup) {
                 None => {
                     summary.blank += 1;
                     st.archive.consumed(position);
@@ -512,14 +511,12 @@ fn process(
         for (ev, &pos) in events.iter().zip(&positions) {
             st.archive.push_event(ev, pos);
         }
+        // Counted and archived as every pipeline does; then also published for other systems.
+        record(out, &mut summary, &mut st.archive, &mut None, &mut String::new())?;
         for f in &out.findings {
-            *summary.findings.entry((f.kind, f.severity)).or_default() += 1;
-            st.archive.push_finding(f);
             publish(&shared.producer, &shared.kafka.findings_topic, &f.agent_id, f)?;
         }
         for d in &out.decisions {
-            summary.halted.push((d.agent_id.clone(), d.actor.to_owned()));
-            st.archive.push_decision(d);
             publish(&shared.producer, &shared.kafka.control_topic, &d.agent_id, d)?;
         }
         if st.archive.should_flush() || st.last_flush.elapsed() >= flush_every {

@@ -257,6 +257,12 @@ impl Horizon {
     }
 }
 
+/// A line's bytes in `buf` as the contract check sees them: an oversize line only by its prefix.
+pub(crate) fn kept<'a>(buf: &'a [u8], line: &Line, max: usize) -> &'a [u8] {
+    let bytes = &buf[line.start..line.end];
+    &bytes[..bytes.len().min(max)]
+}
+
 /// Judges one line against the contract: `None` for a blank line, else the event or why it is refused.
 /// Every path in (`run`, `validate`, Kafka, HTTP) shares it, so they cannot disagree about a line.
 /// `horizon` bounds `ts` from above (the receiving clock plus the allowed skew); `None` checks no bound

@@ -43,7 +43,7 @@ use vigil_schemas::Invalid;
 use crate::config::{HttpConfig, InputConfig, VigilConfig};
 use crate::pipeline::{
     DedupWindow, FindingsSink, Horizon, PipelineError, StatusLine, Summary, checkpoint_of, classify,
-    engine_state, now_ms, open_findings, record, restored_engine,
+    engine_state, kept, now_ms, open_findings, record, restored_engine,
 };
 
 /// Source name of HTTP events in the archive (file names and checkpoint).
@@ -434,12 +434,6 @@ fn respond(verdicts: &[Verdict], framing: Framing, http: &HttpConfig) -> Resp {
     r
 }
 
-/// The item's bytes as the contract check sees them: an oversize item only by its prefix.
-fn kept<'a>(body: &'a [u8], item: &Line, max: usize) -> &'a [u8] {
-    let bytes = &body[item.start..item.end];
-    &bytes[..bytes.len().min(max)]
-}
-
 fn rejected(reason: &Invalid) -> Verdict {
     Verdict::Rejected { code: reason.code(), detail: reason.to_string() }
 }
@@ -695,7 +689,7 @@ impl Embedded {
             s.bytes += x.size;
             let oversize = (x.size > max as u64).then_some(x.size);
             let line = Line { start: 0, end: x.bytes.len(), position: x.position, oversize };
-            let bytes = &x.bytes[..x.bytes.len().min(max)];
+            let bytes = kept(x.bytes, &line, max);
             let mut decided = classify(bytes, &line, max, horizon, &mut self.dedup);
             if let (Some(Ok(ev)), Some(journal::Verdict::Refused { first_seen })) = (&decided, x.journaled) {
                 // Refused then, valid now: a duplicate of an event from before the restart.

@@ -31,17 +31,35 @@ pub fn scan_table(
 ) -> Result<usize, ArchiveError> {
     let files = table_files(root, table)?;
     for path in &files {
-        let read_err = |source| ArchiveError::Read { path: path.clone(), source };
-        let file = File::open(path).map_err(|source| ArchiveError::Io { path: path.clone(), source })?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(read_err)?;
-        let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
-        let reader = builder.with_projection(mask).with_batch_size(64 * 1024).build().map_err(read_err)?;
-        for batch in reader {
-            let batch = batch.map_err(|e| read_err(e.into()))?;
-            each(&batch);
-        }
+        read_columns(path, open_file(path)?, columns, |batch| {
+            each(batch);
+            Ok(())
+        })?;
     }
     Ok(files.len())
+}
+
+/// One archive file, its footer read (row counts, schema), ready to read.
+fn open_file(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, ArchiveError> {
+    let file = File::open(path).map_err(|source| ArchiveError::Io { path: path.to_owned(), source })?;
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|source| ArchiveError::Read { path: path.to_owned(), source })
+}
+
+/// Calls `each` with every record batch of an opened file, holding only `columns`.
+fn read_columns(
+    path: &Path,
+    file: ParquetRecordBatchReaderBuilder<File>,
+    columns: &[&str],
+    mut each: impl FnMut(&RecordBatch) -> Result<(), ArchiveError>,
+) -> Result<(), ArchiveError> {
+    let read_err = |source| ArchiveError::Read { path: path.to_owned(), source };
+    let mask = ProjectionMask::columns(file.parquet_schema(), columns.iter().copied());
+    let reader = file.with_projection(mask).with_batch_size(64 * 1024).build().map_err(read_err)?;
+    for batch in reader {
+        each(&batch.map_err(|e| read_err(e.into()))?)?;
+    }
+    Ok(())
 }
 
 /// Feeds `each` the event_id and position (as the source numbers it: the archive's `_position` plus
@@ -72,22 +90,16 @@ pub fn recent_event_ids(
     let mut chosen = Vec::new();
     let mut rows = 0usize;
     for (_, _, path) in files.iter().rev() {
-        let read_err = |source| ArchiveError::Read { path: path.clone(), source };
-        let file = File::open(path).map_err(|source| ArchiveError::Io { path: path.clone(), source })?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(read_err)?;
-        rows += builder.metadata().file_metadata().num_rows() as usize;
-        chosen.push((path, builder));
+        let file = open_file(path)?;
+        rows += file.metadata().file_metadata().num_rows() as usize;
+        chosen.push((path, file));
         if rows >= want {
             break;
         }
     }
     let mut fed = 0;
-    for (path, builder) in chosen.into_iter().rev() {
-        let read_err = |source| ArchiveError::Read { path: path.clone(), source };
-        let mask = ProjectionMask::columns(builder.parquet_schema(), ["event_id", "_position"]);
-        let reader = builder.with_projection(mask).with_batch_size(64 * 1024).build().map_err(read_err)?;
-        for batch in reader {
-            let batch = batch.map_err(|e| read_err(e.into()))?;
+    for (path, file) in chosen.into_iter().rev() {
+        read_columns(path, file, &["event_id", "_position"], |batch| {
             let ids = batch.column_by_name("event_id").and_then(|c| c.as_any().downcast_ref::<StringArray>());
             let positions =
                 batch.column_by_name("_position").and_then(|c| c.as_any().downcast_ref::<UInt64Array>());
@@ -101,7 +113,8 @@ pub fn recent_event_ids(
                 each(ids.value(i), positions.value(i) + base);
             }
             fed += batch.num_rows();
-        }
+            Ok(())
+        })?;
     }
     Ok(fed)
 }
