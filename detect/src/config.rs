@@ -46,6 +46,9 @@ pub struct DetectConfig {
     /// `denied_burst`: denied actions per window.
     #[serde(default = "SpikeConfig::denied")]
     pub denied: SpikeConfig,
+    /// The cumulative detector of slow rises in actions and bytes.
+    #[serde(default)]
+    pub slow: SlowConfig,
     /// `scope_drift`: new and rare keys, and the shift of the agent's work between them.
     #[serde(default)]
     pub scope: ScopeConfig,
@@ -93,6 +96,7 @@ impl Default for DetectConfig {
             volume: SpikeConfig::volume(),
             data: DataConfig::default(),
             denied: SpikeConfig::denied(),
+            slow: SlowConfig::default(),
             scope: ScopeConfig::default(),
             identity: IdentityConfig::default(),
             rate_limit_per_minute: default_rate_limit_per_minute(),
@@ -105,30 +109,46 @@ impl Default for DetectConfig {
     }
 }
 
-/// How baselines learn.
+/// How baselines learn. Each measure (actions, bytes, denials) has, per agent, a decayed histogram of
+/// its value per window and per span of `span_windows` windows, whose upper tail is a generalized Pareto
+/// distribution fitted to the agent's own excesses (see `tail.rs`): bursty, heavy-tailed and shifting
+/// traffic is judged against its own shape, not against a mean and a variance.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BaselineConfig {
-    /// EWMA weight of each new window (0 < alpha < 1): 0.05 remembers about the last 20 windows.
-    #[serde(default = "default_alpha")]
-    pub alpha: f64,
-    /// Windows an agent is watched before its baseline judges it.
+    /// How long a baseline remembers, in hours of event time: each window's weight decays by
+    /// `1 - 1/memory` per window. A sustained new level becomes the baseline within a small share of
+    /// this; one outlier stays one window among `memory`.
+    #[serde(default = "default_memory_hours")]
+    pub memory_hours: f64,
+    /// The share of an agent's windows that make its upper tail: above the value only this share
+    /// reaches (its "usual high"), the tail is the fitted Pareto distribution.
+    #[serde(default = "default_tail_quantile")]
+    pub tail_quantile: f64,
+    /// Windows summed into a span, the second time scale judged: a rise spread over a quarter of an
+    /// hour shows in the span's sum when no single window is surprising.
+    #[serde(default = "default_span_windows")]
+    pub span_windows: u64,
+    /// Windows an agent is watched before its baseline judges it (spans: this many spans).
     #[serde(default = "default_warmup_windows")]
     pub warmup_windows: u64,
     /// Events an agent must have made before its baseline judges it.
     #[serde(default = "default_warmup_events")]
     pub warmup_events: u64,
-    /// Variance over mean above which counts are modelled as negative binomial rather than Poisson.
-    #[serde(default = "default_overdispersion")]
-    pub overdispersion: f64,
-    /// Also learn a mean per hour of day (UTC) and judge against the larger of it and the EWMA, for
-    /// fleets whose busy hours start abruptly.
-    #[serde(default)]
-    pub time_of_day: bool,
 }
 
-const fn default_alpha() -> f64 {
-    0.05
+/// Three days: long enough to hold a daily rhythm's every hour several times and a bursty agent's
+/// rare bursts, short enough that a new normal is learned within hours.
+const fn default_memory_hours() -> f64 {
+    72.0
+}
+/// The top 2% of windows, the initial threshold Siffer et al. use for peaks over threshold.
+const fn default_tail_quantile() -> f64 {
+    0.02
+}
+/// 16 one-minute windows: a quarter of an hour and a bit.
+const fn default_span_windows() -> u64 {
+    16
 }
 const fn default_warmup_windows() -> u64 {
     60
@@ -136,24 +156,22 @@ const fn default_warmup_windows() -> u64 {
 const fn default_warmup_events() -> u64 {
     50
 }
-const fn default_overdispersion() -> f64 {
-    1.5
-}
 
 impl Default for BaselineConfig {
     fn default() -> Self {
         BaselineConfig {
-            alpha: default_alpha(),
+            memory_hours: default_memory_hours(),
+            tail_quantile: default_tail_quantile(),
+            span_windows: default_span_windows(),
             warmup_windows: default_warmup_windows(),
             warmup_events: default_warmup_events(),
-            overdispersion: default_overdispersion(),
-            time_of_day: false,
         }
     }
 }
 
-/// A count-per-window detector: fires when `P(X >= observed)` under the agent's baseline is below
-/// `p_value` and the count is at least `min_count`.
+/// A volume detector: fires when `P(X >= observed)` under the agent's baseline (per window or per
+/// span) is below `p_value`, the value is at least `min_ratio` times the agent's usual high, and at
+/// least `min_count` (an absolute floor that only keeps trivia quiet).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpikeConfig {
@@ -162,9 +180,13 @@ pub struct SpikeConfig {
     pub enabled: bool,
     /// Tail probability below which a window is a finding.
     pub p_value: f64,
-    /// Smallest count that can be a finding, whatever the baseline.
+    /// Smallest value that can be a finding, whatever the baseline.
     pub min_count: u64,
-    /// Observed over expected at or above which the finding is high rather than medium.
+    /// Smallest ratio of the value to the agent's usual high (the value only `tail_quantile` of its
+    /// windows reach) that can be a finding: a steady agent's tiny variance does not make a 10% rise news.
+    #[serde(default = "default_min_ratio")]
+    pub min_ratio: f64,
+    /// Ratio to the usual high at or above which the finding is high rather than medium.
     #[serde(default = "default_high_ratio")]
     pub high_ratio: f64,
 }
@@ -172,19 +194,36 @@ pub struct SpikeConfig {
 const fn default_high_ratio() -> f64 {
     10.0
 }
+const fn default_min_ratio() -> f64 {
+    1.5
+}
 
 impl SpikeConfig {
-    /// Defaults for `volume_spike`: one in a million windows by chance, and at least 20 actions.
+    /// Defaults for `volume_spike`: one in 100,000 windows by chance (about 1,500 judgements of each
+    /// measure per agent-day, so a few false findings per 100 agent-days if the tail fits), and at
+    /// least 10 actions.
     pub fn volume() -> SpikeConfig {
-        SpikeConfig { enabled: true, p_value: 1e-6, min_count: 20, high_ratio: default_high_ratio() }
+        SpikeConfig {
+            enabled: true,
+            p_value: 1e-5,
+            min_count: 10,
+            min_ratio: default_min_ratio(),
+            high_ratio: default_high_ratio(),
+        }
     }
-    /// Defaults for `denied_burst`: at least 10 denials, one in ten thousand by chance.
+    /// Defaults for `denied_burst`: at least 5 denials, one in ten thousand by chance.
     pub fn denied() -> SpikeConfig {
-        SpikeConfig { enabled: true, p_value: 1e-4, min_count: 10, high_ratio: default_high_ratio() }
+        SpikeConfig {
+            enabled: true,
+            p_value: 1e-4,
+            min_count: 5,
+            min_ratio: default_min_ratio(),
+            high_ratio: default_high_ratio(),
+        }
     }
 }
 
-/// `data_spike`: bytes per window, counted in units of `unit_bytes` under the same count models.
+/// `data_spike`: bytes read plus written per window or span.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
@@ -194,25 +233,36 @@ pub struct DataConfig {
     /// Tail probability below which a window is a finding.
     #[serde(default = "default_data_p_value")]
     pub p_value: f64,
-    /// Fewest bytes in a window that can be a finding, whatever the baseline.
+    /// Fewest bytes that can be a finding, whatever the baseline: a floor for trivia only.
     #[serde(default = "default_data_min_bytes")]
     pub min_bytes: u64,
-    /// The unit bytes are counted in.
-    #[serde(default = "default_unit_bytes")]
-    pub unit_bytes: u64,
-    /// Observed over expected at or above which the finding is high.
+    /// As for the other volume detectors.
+    #[serde(default = "default_min_ratio")]
+    pub min_ratio: f64,
+    /// Ratio to the usual high at or above which the finding is high.
     #[serde(default = "default_high_ratio")]
     pub high_ratio: f64,
 }
 
 const fn default_data_p_value() -> f64 {
-    1e-6
+    1e-5
 }
+/// One megabyte: below it a "spike" is a few documents.
 const fn default_data_min_bytes() -> u64 {
-    500_000_000
+    1_000_000
 }
-const fn default_unit_bytes() -> u64 {
-    65_536
+
+impl DataConfig {
+    /// The same settings in the form every volume detector shares.
+    fn spec(&self) -> SpikeConfig {
+        SpikeConfig {
+            enabled: self.enabled,
+            p_value: self.p_value,
+            min_count: self.min_bytes,
+            min_ratio: self.min_ratio,
+            high_ratio: self.high_ratio,
+        }
+    }
 }
 
 impl Default for DataConfig {
@@ -221,8 +271,51 @@ impl Default for DataConfig {
             enabled: true,
             p_value: default_data_p_value(),
             min_bytes: default_data_min_bytes(),
-            unit_bytes: default_unit_bytes(),
+            min_ratio: default_min_ratio(),
             high_ratio: default_high_ratio(),
+        }
+    }
+}
+
+/// The cumulative detector (CUSUM) of slow rises: each window's surprise under the agent's baseline,
+/// `-log10 p`, less an allowance, summed while it stays above zero; a finding (`volume_spike` or
+/// `data_spike`, evidence `detector = "cumulative"`) when the sum reaches the threshold.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlowConfig {
+    /// Off when false.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Subtracted from every window's surprise: 1 means a window must be as unusual as one in ten to
+    /// add anything (ordinary traffic averages 0.43).
+    #[serde(default = "default_allowance")]
+    pub allowance: f64,
+    /// The sum at which the rise is a finding: 20 is, for example, ten windows in a row each as unusual
+    /// as one in a thousand.
+    #[serde(default = "default_slow_threshold")]
+    pub threshold: f64,
+    /// The most one window can add: a single extreme window is the per-window detectors' to report.
+    #[serde(default = "default_max_window_score")]
+    pub max_window_score: f64,
+}
+
+const fn default_allowance() -> f64 {
+    1.0
+}
+const fn default_slow_threshold() -> f64 {
+    20.0
+}
+const fn default_max_window_score() -> f64 {
+    5.0
+}
+
+impl Default for SlowConfig {
+    fn default() -> Self {
+        SlowConfig {
+            enabled: true,
+            allowance: default_allowance(),
+            threshold: default_slow_threshold(),
+            max_window_score: default_max_window_score(),
         }
     }
 }
@@ -466,6 +559,26 @@ pub struct Compiled {
     pub(crate) lateness_ms: i64,
     pub(crate) cooldown_ms: i64,
     pub(crate) halt_window_ms: i64,
+    /// `span_windows` windows, in milliseconds.
+    pub(crate) span_ms: i64,
+    /// Weight kept per window and per span by the baselines: `1 - 1/memory`.
+    pub(crate) keep_window: f64,
+    pub(crate) keep_span: f64,
+    /// The baselines' memory in windows.
+    pub(crate) memory_windows: f64,
+    /// `data` as a volume detector.
+    data: SpikeConfig,
+}
+
+impl Compiled {
+    /// The settings of a volume detector.
+    pub(crate) fn spike(&self, kind: crate::FindingKind) -> &SpikeConfig {
+        match kind {
+            crate::FindingKind::DataSpike => &self.data,
+            crate::FindingKind::DeniedBurst => &self.raw.denied,
+            _ => &self.raw.volume,
+        }
+    }
 }
 
 impl DetectConfig {
@@ -498,7 +611,7 @@ impl DetectConfig {
         };
         at_least_one("detect.halt.window_seconds", self.halt.window_seconds)?;
         at_least_one("detect.window_seconds", self.window_seconds)?;
-        at_least_one("detect.data.unit_bytes", self.data.unit_bytes)?;
+        at_least_one("detect.baseline.span_windows", self.baseline.span_windows)?;
         at_least_one("detect.scope.short_memory_events", self.scope.short_memory_events)?;
         at_least_one("detect.scope.long_memory_events", self.scope.long_memory_events)?;
         at_least_one("detect.scope.max_keys", self.scope.max_keys as u64)?;
@@ -506,8 +619,8 @@ impl DetectConfig {
         let unit = |key: &'static str, v: f64, problem: &'static str, ok: bool| {
             if ok { Ok(()) } else { Err(ConfigError::OutOfRange { key, value: v.to_string(), problem }) }
         };
-        let a = self.baseline.alpha;
-        unit("detect.baseline.alpha", a, "must be above 0 and below 1", a > 0.0 && a < 1.0)?;
+        let q = self.baseline.tail_quantile;
+        unit("detect.baseline.tail_quantile", q, "must be above 0 and below 0.5", q > 0.0 && q < 0.5)?;
         for (key, p) in [
             ("detect.volume.p_value", self.volume.p_value),
             ("detect.data.p_value", self.data.p_value),
@@ -515,19 +628,42 @@ impl DetectConfig {
         ] {
             unit(key, p, "must be above 0 and below 1", p > 0.0 && p < 1.0)?;
         }
+        let sl = &self.slow;
+        let ok = sl.allowance > 0.0 && sl.threshold > 0.0 && sl.max_window_score > sl.allowance;
+        unit(
+            "detect.slow",
+            sl.threshold,
+            "needs allowance > 0, threshold > 0, max_window_score > allowance",
+            ok,
+        )?;
         let r = self.scope.min_rarity;
         unit("detect.scope.min_rarity", r, "must be between 0 and 1", (0.0..=1.0).contains(&r))?;
-        let o = self.baseline.overdispersion;
-        unit("detect.baseline.overdispersion", o, "must be at least 1", o >= 1.0)?;
+        let window_ms = (self.window_seconds as i64).saturating_mul(1000);
+        let memory_windows = self.baseline.memory_hours * 3_600_000.0 / window_ms as f64;
+        let m = self.baseline.memory_hours;
+        let ok = m.is_finite() && memory_windows >= 2.0 * self.baseline.span_windows as f64;
+        unit("detect.baseline.memory_hours", m, "must hold at least two spans", ok)?;
+        for (key, r) in [
+            ("detect.volume.min_ratio", self.volume.min_ratio),
+            ("detect.data.min_ratio", self.data.min_ratio),
+            ("detect.denied.min_ratio", self.denied.min_ratio),
+        ] {
+            unit(key, r, "must be a number, at least 0", r.is_finite() && r >= 0.0)?;
+        }
         Ok(Compiled {
             raw: self.clone(),
             policies,
             sensitive: GlobSet::new(&self.sensitive_resources),
             human_credentials: GlobSet::new(&self.identity.human_credentials),
-            window_ms: (self.window_seconds as i64).saturating_mul(1000),
+            window_ms,
             lateness_ms: (self.lateness_seconds as i64).saturating_mul(1000),
             cooldown_ms: (self.cooldown_seconds as i64).saturating_mul(1000),
             halt_window_ms: (self.halt.window_seconds as i64).saturating_mul(1000),
+            span_ms: window_ms.saturating_mul(self.baseline.span_windows as i64),
+            keep_window: 1.0 - 1.0 / memory_windows,
+            keep_span: 1.0 - self.baseline.span_windows as f64 / memory_windows,
+            memory_windows,
+            data: self.data.spec(),
         })
     }
 }

@@ -27,7 +27,8 @@ use vigil_schemas::{Event, Outcome};
 use crate::config::{Compiled, ConfigError, DetectConfig, SpikeConfig};
 use crate::finding::{Decision, Finding, FindingKind, Mode, Severity, finding_id};
 use crate::keys::{KeyTable, PeerTable, push_generalised, stable_hash};
-use crate::stats::{Ewma, Fitted, score};
+use crate::stats::score;
+use crate::tail::{Judgement, Tail};
 
 const MINUTE_MS: i64 = 60_000;
 /// Sample event ids kept per window for evidence (the earliest by event time, then id).
@@ -75,7 +76,7 @@ pub struct Stats {
 /// Count of one agent's actions in one event-time minute, for the hard rate cap.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct MinuteCount {
-    minute: i64,
+    minute: i32,
     count: u32,
     fired: bool,
 }
@@ -84,11 +85,25 @@ struct MinuteCount {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct OpenFinding {
     kind: FindingKind,
-    key: u64,
+    severity: Severity,
+    /// Findings folded into it (saturating).
+    folded: u16,
+    /// The incident key folded to 32 bits (`fold_key`): only compared, among an agent's few open ones.
+    #[serde(deserialize_with = "read_key")]
+    key: u32,
     /// Event time of its latest finding: open incidents older than two cooldowns are forgotten.
     last_ts: i64,
-    severity: Severity,
-    folded: u32,
+}
+
+/// An incident key (a cooldown period's start in milliseconds, or a session hash) in 32 bits. Keys that
+/// fit are kept as they are, so a folded key read back from a snapshot folds to itself.
+fn fold_key(key: u64) -> u32 {
+    u32::try_from(key).unwrap_or((key ^ (key >> 32)) as u32)
+}
+
+/// Snapshots written before keys were folded hold them whole.
+fn read_key<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    u64::deserialize(d).map(fold_key)
 }
 
 /// A key (generalised resource or scope) touched in a window.
@@ -271,25 +286,96 @@ struct SessionBytes {
     fired: bool,
 }
 
+/// The start of an agent's last closed window, `i64::MIN` for none: an `Option<i64>` in eight bytes
+/// instead of sixteen (per-agent state is budgeted), and the same `null` or number in snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Option<i64>", into = "Option<i64>")]
+struct LastWindow(i64);
+
+impl LastWindow {
+    fn get(self) -> Option<i64> {
+        (self.0 != i64::MIN).then_some(self.0)
+    }
+}
+
+impl Default for LastWindow {
+    fn default() -> Self {
+        LastWindow(i64::MIN)
+    }
+}
+
+impl From<Option<i64>> for LastWindow {
+    fn from(v: Option<i64>) -> Self {
+        LastWindow(v.unwrap_or(i64::MIN))
+    }
+}
+
+impl From<LastWindow> for Option<i64> {
+    fn from(v: LastWindow) -> Self {
+        v.get()
+    }
+}
+
+/// What the volume detectors measure per window, in this order.
+const MEASURES: [FindingKind; 3] =
+    [FindingKind::VolumeSpike, FindingKind::DataSpike, FindingKind::DeniedBurst];
+/// The measures also judged per span: actions and bytes (a burst of denials is acute; a slow one is
+/// left to the per-window judge and `scope_drift`).
+const SPAN_MEASURES: usize = 2;
+
+/// Baselines of the measures (actions, bytes, denials) at two time scales: each window, and each span of
+/// `baseline.span_windows` windows (aligned on event time), so that a slow rise, invisible in any one
+/// window, shows in the span's sum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Levels {
+    per_window: [Tail; 3],
+    per_span: [Tail; SPAN_MEASURES],
+    /// The span being summed (its index: start / span length), `NO_SPAN` when none is.
+    #[serde(default = "no_span")]
+    pending: i32,
+    /// The last span judged, so the empty spans since count as zeros (`NO_SPAN`: none yet).
+    #[serde(default = "no_span")]
+    last_span: i32,
+    /// The pending span's sums so far.
+    #[serde(default)]
+    span_sum: [u64; SPAN_MEASURES],
+    /// The cumulative detector's statistic for actions and bytes (see `slow_rise`).
+    #[serde(default)]
+    slow: [f32; SPAN_MEASURES],
+}
+
+const NO_SPAN: i32 = i32::MIN;
+
+const fn no_span() -> i32 {
+    NO_SPAN
+}
+
+impl Default for Levels {
+    fn default() -> Self {
+        Levels {
+            per_window: Default::default(),
+            per_span: Default::default(),
+            pending: NO_SPAN,
+            last_span: NO_SPAN,
+            span_sum: [0; SPAN_MEASURES],
+            slow: [0.0; SPAN_MEASURES],
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 struct AgentState {
     /// Index into the engine's roles (0 is "no role").
     role: u16,
     /// Windows accounted for since the agent's first (closed ones and the empty ones between).
-    windows: u64,
-    /// Events counted in closed windows.
-    events: u64,
+    windows: u32,
+    /// Events counted in closed windows (saturating).
+    events: u32,
     /// Start of the last closed window.
-    last_window: Option<i64>,
-    /// Actions per window.
-    count: Ewma,
-    /// Bytes per window, in units.
-    bytes: Ewma,
-    /// Denied actions per window.
-    denied: Ewma,
-    /// Mean actions per window by hour of day, when `baseline.time_of_day` is on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    profile: Option<Box<[f32; 24]>>,
+    last_window: LastWindow,
+    /// Baselines of actions, bytes and denials, per window and per span.
+    #[serde(default)]
+    levels: Levels,
     /// Keys learned, with their long and short weights.
     keys: KeyTable,
     /// (model+provider, provider) hashes seen (low 32 bits), inline.
@@ -321,7 +407,6 @@ impl AgentState {
         n += self.keys.keys.capacity() * size_of::<crate::keys::Learned>();
         n += self.open.capacity() * size_of::<OpenFinding>();
         n += self.recent_high.capacity() * size_of::<(i64, [u8; 16])>();
-        n += self.profile.as_ref().map_or(0, |_| size_of::<[f32; 24]>());
         n += self.open_windows.capacity() * size_of::<Window>();
         for w in &self.open_windows {
             n += w.keys.capacity() * size_of::<WindowKey>() + w.models.capacity() * size_of::<WindowModel>();
@@ -685,97 +770,44 @@ impl Engine {
         let cfg = &self.cfg;
         let base = &cfg.raw.baseline;
         // Windows with no events since the last closed one are observations of zero.
-        let gap = agent.last_window.map_or(0, |last| ((start - last) / cfg.window_ms - 1).max(0) as u64);
-        for e in [&mut agent.count, &mut agent.bytes, &mut agent.denied] {
-            e.update_zeros(gap, base.alpha, agent.windows);
+        let gap =
+            agent.last_window.get().map_or(0, |last| ((start - last) / cfg.window_ms - 1).max(0) as u64);
+        for t in &mut agent.levels.per_window {
+            t.learn_zeros(gap, cfg.keep_window);
         }
-        agent.windows += gap + 1;
-        agent.last_window = Some(start);
-        let warm = agent.windows > base.warmup_windows && agent.events >= base.warmup_events;
+        agent.windows = agent.windows.saturating_add(u32::try_from(gap + 1).unwrap_or(u32::MAX));
+        agent.last_window = LastWindow(start);
+        let warm =
+            u64::from(agent.windows) > base.warmup_windows && u64::from(agent.events) >= base.warmup_events;
         let mut found = std::mem::take(&mut self.found);
         let mut counts = std::mem::take(&mut self.counts);
         let id = &self.ids[idx as usize];
         let bucket = bucket(cfg, start);
-        let hour = start.rem_euclid(86_400_000) / 3_600_000;
-        let count_base = match (&agent.profile, base.time_of_day) {
-            (Some(p), true) => {
-                let m = f64::from(p[hour as usize]);
-                Ewma { mean: agent.count.mean.max(m), var: agent.count.var.max(m) }
-            }
-            _ => agent.count,
-        };
-        let unit = cfg.raw.data.unit_bytes;
-        let units = w.bytes() / unit;
-        let mut clamp_count = f64::from(w.count);
-        let mut spiked = false;
-        let mut clamp_units = units as f64;
-        let mut clamp_denied = f64::from(w.denied);
+        let observed = [u64::from(w.count), w.bytes(), u64::from(w.denied)];
+        // The usual high of the agent's action count, when this window's count was surprising: the key
+        // spread then learns from the window as if it had had that many actions.
+        let mut spiked: Option<f64> = None;
         if warm {
-            let (clamp, f) = spike(
-                cfg,
-                &cfg.raw.volume,
-                FindingKind::VolumeSpike,
-                id,
-                &w,
-                &count_base,
-                u64::from(w.count),
-                true,
-            );
-            if let Some(t) = clamp {
-                clamp_count = t as f64;
-                spiked = true;
-            }
-            found.extend(f.map(|f| (f, bucket)));
-            let data = &cfg.raw.data;
-            let spec = SpikeConfig {
-                enabled: data.enabled,
-                p_value: data.p_value,
-                min_count: 0,
-                high_ratio: data.high_ratio,
-            };
-            let (clamp, f) = spike(
-                cfg,
-                &spec,
-                FindingKind::DataSpike,
-                id,
-                &w,
-                &agent.bytes,
-                units,
-                w.bytes() >= data.min_bytes,
-            );
-            if let Some(t) = clamp {
-                clamp_units = t as f64;
-            }
-            if let Some(mut f) = f {
-                let mean_bytes = agent.bytes.mean * unit as f64;
-                f.evidence.insert("bytes_read".into(), json!(w.bytes_read));
-                f.evidence.insert("bytes_written".into(), json!(w.bytes_written));
-                f.evidence.insert("baseline_bytes".into(), json!(mean_bytes.round()));
-                f.evidence.insert("unit_bytes".into(), json!(unit));
-                f.summary = format!(
-                    "{id} moved {} in one {}s window (read {}, written {}); its baseline is {}",
-                    human_bytes(w.bytes() as f64),
-                    cfg.raw.window_seconds,
-                    human_bytes(w.bytes_read as f64),
-                    human_bytes(w.bytes_written as f64),
-                    human_bytes(mean_bytes)
+            for (m, kind) in MEASURES.into_iter().enumerate() {
+                let spec = cfg.spike(kind);
+                let count = kind != FindingKind::DataSpike;
+                let j = agent.levels.per_window[m].judge(
+                    observed[m] as f64,
+                    base.tail_quantile,
+                    spec.p_value,
+                    count,
+                    cfg.memory_windows,
                 );
-                found.push((f, bucket));
+                if m == 0 && j.p * SCALES < spec.p_value {
+                    spiked = Some(j.high);
+                }
+                let span = (start, start + cfg.window_ms);
+                found.extend(spike(cfg, kind, spec, id, &w, span, observed[m], &j).map(|f| (f, bucket)));
+                if m < SPAN_MEASURES {
+                    let s = &mut agent.levels.slow[m];
+                    found.extend(slow_rise(cfg, kind, id, &w, s, gap, observed[m], &j).map(|f| (f, bucket)));
+                }
             }
-            let (clamp, f) = spike(
-                cfg,
-                &cfg.raw.denied,
-                FindingKind::DeniedBurst,
-                id,
-                &w,
-                &agent.denied,
-                u64::from(w.denied),
-                true,
-            );
-            if let Some(t) = clamp {
-                clamp_denied = t as f64;
-            }
-            found.extend(f.map(|f| (f, bucket)));
             let peers = &self.roles[usize::from(agent.role)].1;
             if let Some(f) = novelty(cfg, id, agent, peers, &w) {
                 found.push((f, bucket));
@@ -784,19 +816,10 @@ impl Engine {
                 found.push((f, bucket));
             }
         }
-        // Learn: baselines from the window (a flagged window counts at its threshold, so one spike does
-        // not teach the baseline that spikes are normal), keys, models, peers.
-        // Until 1/alpha windows are seen the weight is 1/n: a running mean, so a new agent's baseline is
-        // not dragged towards the zero it started from.
-        let alpha = base.alpha.max(1.0 / agent.windows as f64);
-        agent.count.update(clamp_count, alpha);
-        agent.bytes.update(clamp_units, alpha);
-        agent.denied.update(clamp_denied, alpha);
-        if base.time_of_day {
-            let p = agent.profile.get_or_insert_with(|| Box::new([0.0; 24]));
-            let h = &mut p[hour as usize];
-            *h = (f64::from(*h) + 0.1 * (clamp_count - f64::from(*h))) as f32;
+        for (t, x) in agent.levels.per_window.iter_mut().zip(observed) {
+            t.learn(x as f64, cfg.keep_window);
         }
+        spans(cfg, id, agent, &w, start, observed, &mut found);
         let scope = &cfg.raw.scope;
         if scope.enabled {
             let peers = &mut self.roles[usize::from(agent.role)].1;
@@ -807,8 +830,7 @@ impl Engine {
             }
             // A window flagged as a volume spike teaches the key spread only with the weight of a normal
             // window, so a runaway loop on one key does not leave the agent's mix looking like drift.
-            let scale =
-                if spiked { (count_base.mean.max(1.0) / f64::from(w.count.max(1))).min(1.0) } else { 1.0 };
+            let scale = spiked.map_or(1.0, |high| (high.max(1.0) / f64::from(w.count.max(1))).min(1.0));
             counts.clear();
             counts.extend(
                 w.keys.iter().map(|k| (k.hash, ((f64::from(k.count) * scale).round() as u32).max(1))),
@@ -824,7 +846,7 @@ impl Engine {
                 keep(scope.short_memory_events),
                 scope.max_keys,
             );
-            let judged_events = agent.events.saturating_sub(base.warmup_events);
+            let judged_events = u64::from(agent.events).saturating_sub(base.warmup_events);
             if warm
                 && scope.divergence > 0.0
                 && judged_events >= scope.divergence_min_events
@@ -839,7 +861,7 @@ impl Engine {
         for m in &w.models {
             agent.models.push((m.hash as u32, m.provider as u32));
         }
-        agent.events += u64::from(w.count);
+        agent.events = agent.events.saturating_add(w.count);
         for (f, key) in found.drain(..) {
             self.emit(idx, f, key, out);
         }
@@ -926,8 +948,9 @@ impl Engine {
     fn emit(&mut self, idx: u32, mut f: Finding, key: u64, out: &mut Output) {
         f.finding_id = finding_id(f.kind, &f.agent_id, key as i64, "");
         let agent = &mut self.agents[idx as usize];
-        if let Some(open) = agent.open.iter_mut().find(|o| o.kind == f.kind && o.key == key) {
-            open.folded += 1;
+        let folded_key = fold_key(key);
+        if let Some(open) = agent.open.iter_mut().find(|o| o.kind == f.kind && o.key == folded_key) {
+            open.folded = open.folded.saturating_add(1);
             open.last_ts = open.last_ts.max(f.ts);
             if f.severity <= open.severity {
                 self.stats.suppressed += 1;
@@ -944,9 +967,13 @@ impl Engine {
             {
                 agent.open.remove(i);
             }
+            // Exactly the room needed: an agent that once had several incidents open does not keep
+            // their buffer while idle.
+            agent.open.reserve_exact(1);
+            agent.open.shrink_to(agent.open.len() + 1);
             agent.open.push(OpenFinding {
                 kind: f.kind,
-                key,
+                key: folded_key,
                 last_ts: f.ts,
                 severity: f.severity,
                 folded: 0,
@@ -1016,62 +1043,198 @@ fn window_finding(cfg: &Compiled, kind: FindingKind, severity: Severity, agent: 
     }
 }
 
-/// A count far in the tail of the agent's baseline. Returns the count the baseline should learn instead
-/// of the observed one when the window is surprising (its threshold, so one burst does not teach the
-/// baseline that bursts are normal, reported or not), and the finding when the window is also big enough
-/// to report (`reportable`, and at least the detector's minimum count).
-#[allow(clippy::too_many_arguments)]
-fn spike(
+/// The time scales each measure is judged at (the window and the span): a window's tail probability
+/// is multiplied by this before it is compared with a detector's p-value, so that judging twice does
+/// not double the false findings.
+const SCALES: f64 = 2.0;
+
+/// Sums the window into its span, and judges and learns a span once it is complete (its last window
+/// closed, or a window of a later span did): spans aligned on event time, closed in window order, so
+/// the result does not depend on arrival order.
+fn spans(
     cfg: &Compiled,
-    spec: &SpikeConfig,
+    id: &str,
+    agent: &mut AgentState,
+    w: &Window,
+    start: i64,
+    observed: [u64; 3],
+    found: &mut Vec<(Finding, u64)>,
+) {
+    let current = start.div_euclid(cfg.span_ms).clamp(i64::from(NO_SPAN) + 1, i64::from(i32::MAX)) as i32;
+    let pending = agent.levels.pending;
+    if pending != NO_SPAN && pending != current {
+        close_span(cfg, id, agent, w, pending, found);
+    }
+    let levels = &mut agent.levels;
+    if levels.pending == NO_SPAN {
+        let last = levels.last_span;
+        let gap = if last == NO_SPAN { 0 } else { (i64::from(current) - i64::from(last) - 1).max(0) as u64 };
+        for t in &mut levels.per_span {
+            t.learn_zeros(gap, cfg.keep_span);
+        }
+        levels.pending = current;
+        levels.span_sum = [0; SPAN_MEASURES];
+    }
+    for (sum, x) in levels.span_sum.iter_mut().zip(observed) {
+        *sum = sum.saturating_add(x);
+    }
+    if start + cfg.window_ms >= (i64::from(current) + 1) * cfg.span_ms {
+        close_span(cfg, id, agent, w, current, found);
+    }
+}
+
+fn close_span(
+    cfg: &Compiled,
+    id: &str,
+    agent: &mut AgentState,
+    w: &Window,
+    index: i32,
+    found: &mut Vec<(Finding, u64)>,
+) {
+    let base = &cfg.raw.baseline;
+    let warm = u64::from(agent.windows) >= base.warmup_windows.saturating_mul(base.span_windows)
+        && u64::from(agent.events) >= base.warmup_events;
+    let levels = &mut agent.levels;
+    let sums = levels.span_sum;
+    if warm {
+        let from = i64::from(index) * cfg.span_ms;
+        let span = (from, from + cfg.span_ms);
+        for (m, kind) in MEASURES.into_iter().take(SPAN_MEASURES).enumerate() {
+            let spec = cfg.spike(kind);
+            let count = kind != FindingKind::DataSpike;
+            let memory = cfg.memory_windows / base.span_windows as f64;
+            let j = levels.per_span[m].judge(sums[m] as f64, base.tail_quantile, spec.p_value, count, memory);
+            found.extend(spike(cfg, kind, spec, id, w, span, sums[m], &j).map(|f| (f, bucket(cfg, from))));
+        }
+    }
+    for (t, x) in levels.per_span.iter_mut().zip(sums) {
+        t.learn(x as f64, cfg.keep_span);
+    }
+    levels.last_span = index;
+    levels.pending = NO_SPAN;
+    levels.span_sum = [0; SPAN_MEASURES];
+}
+
+/// The cumulative detector (a CUSUM over event time): each window adds its surprise, `-log10 p` under
+/// the agent's own baseline (at most `slow.max_window_score`, so one extreme window cannot raise it
+/// alone: that is the per-window judge's work), less `slow.allowance`; the sum never goes below zero,
+/// idle windows drain it, and when it reaches `slow.threshold` the rise is a finding and the sum starts
+/// again. A stream of windows each only a little unusual (an exfiltration paced to stay under every
+/// per-window threshold, a loop that grows slowly) adds up; ordinary traffic, whose windows are
+/// surprising about one time in ten at most, drains it.
+#[allow(clippy::too_many_arguments)]
+fn slow_rise(
+    cfg: &Compiled,
     kind: FindingKind,
     agent: &str,
     w: &Window,
-    base: &Ewma,
+    sum: &mut f32,
+    gap: u64,
     observed: u64,
-    reportable: bool,
-) -> (Option<u64>, Option<Finding>) {
-    if !spec.enabled || observed == 0 {
-        return (None, None);
+    j: &Judgement,
+) -> Option<Finding> {
+    let slow = &cfg.raw.slow;
+    if !slow.enabled {
+        return None;
     }
-    let fitted = Fitted::new(base, cfg.raw.baseline.overdispersion);
-    // Within three standard deviations a Poisson or negative binomial tail is above 1e-3 (checked in
-    // stats' tests), so the exact tail is only computed for windows that could be surprising.
-    if spec.p_value <= 1e-3 && (observed as f64) <= fitted.mean + 3.0 * fitted.sd() {
-        return (None, None);
+    let surprise = score(j.p).min(slow.max_window_score);
+    let drained = f64::from(*sum) - slow.allowance * gap as f64;
+    let now = (drained.max(0.0) + surprise - slow.allowance).max(0.0);
+    if now < slow.threshold {
+        *sum = now as f32;
+        return None;
     }
-    let p = fitted.tail(observed);
-    if p >= spec.p_value {
-        return (None, None);
-    }
-    let surprising = fitted.threshold(spec.p_value);
-    if !reportable || observed < spec.min_count {
-        return (Some(surprising), None);
-    }
-    let threshold = surprising.max(spec.min_count);
-    let ratio = observed as f64 / fitted.mean;
-    let severity = if ratio >= spec.high_ratio { Severity::High } else { Severity::Medium };
-    let mut f = window_finding(cfg, kind, severity, agent, w);
-    f.score = score(p);
-    let what = match kind {
-        FindingKind::DeniedBurst => "denied actions",
-        FindingKind::DataSpike => "units",
-        _ => "actions",
+    *sum = 0.0;
+    let mut f = window_finding(cfg, kind, Severity::Medium, agent, w);
+    f.score = round3(now);
+    let (what, x, high) = if kind == FindingKind::DataSpike {
+        ("bytes moved", human_bytes(observed as f64), human_bytes(j.high))
+    } else {
+        ("actions", observed.to_string(), two_digits(j.high))
     };
     f.summary = format!(
-        "{agent} made {observed} {what} in one {}s window; its baseline is {} (p = {p:.1e})",
-        cfg.raw.window_seconds,
-        two_digits(fitted.mean)
+        "{agent}: a sustained rise in {what}, window after window above its baseline (cumulative surprise \
+         {now:.1} >= {}); this window {x}, its usual high {high}",
+        slow.threshold
     );
     let e = &mut f.evidence;
+    e.insert("detector".into(), json!("cumulative"));
+    e.insert("cumulative_score".into(), json!(round3(now)));
+    e.insert("threshold".into(), json!(slow.threshold));
+    e.insert("allowance".into(), json!(slow.allowance));
     e.insert("observed".into(), json!(observed));
-    e.insert("baseline_mean".into(), json!(round3(fitted.mean)));
-    e.insert("baseline_variance".into(), json!(round3(fitted.var)));
-    e.insert("model".into(), json!(fitted.model.as_str()));
-    e.insert("threshold".into(), json!(threshold));
+    e.insert("baseline_high".into(), json!(round3(j.high)));
+    e.insert("p_value".into(), json!(j.p));
+    Some(f)
+}
+
+/// A window (or span) far in the tail of the agent's own baseline, and big enough to matter: at least
+/// the detector's absolute floor (which only suppresses trivia) and `min_ratio` times the agent's usual
+/// high. The finding carries the evidence an analyst reads in one glance.
+#[allow(clippy::too_many_arguments)]
+fn spike(
+    cfg: &Compiled,
+    kind: FindingKind,
+    spec: &SpikeConfig,
+    agent: &str,
+    w: &Window,
+    (from, to): (i64, i64),
+    observed: u64,
+    j: &Judgement,
+) -> Option<Finding> {
+    let x = observed as f64;
+    let p = (j.p * SCALES).min(1.0);
+    if !spec.enabled || observed == 0 || p >= spec.p_value || observed < spec.min_count {
+        return None;
+    }
+    if x < spec.min_ratio * j.high {
+        return None;
+    }
+    let usual = j.high.max(1.0);
+    let ratio = x / usual;
+    let severity = if ratio >= spec.high_ratio { Severity::High } else { Severity::Medium };
+    let mut f = window_finding(cfg, kind, severity, agent, w);
+    (f.window_start, f.window_end, f.ts) = (from, to, to);
+    f.score = score(p);
+    let span = human_duration((to - from) / 1000);
+    let did = match kind {
+        FindingKind::DeniedBurst => format!("had {observed} actions denied"),
+        FindingKind::DataSpike => format!("moved {}", human_bytes(x)),
+        _ => format!("made {observed} actions"),
+    };
+    let against = if j.high > 0.0 {
+        let usual = if kind == FindingKind::DataSpike { human_bytes(j.high) } else { two_digits(j.high) };
+        format!(", {}x its usual high of {usual}", two_digits(ratio))
+    } else {
+        "; its recent history has none".to_owned()
+    };
+    let p_text = if p < 1e-16 { "p < 1e-16".to_owned() } else { format!("p = {p:.1e}") };
+    f.summary = format!("{agent} {did} in {span}{against} ({p_text})");
+    let e = &mut f.evidence;
+    e.insert("observed".into(), json!(observed));
+    e.insert("span_seconds".into(), json!((to - from) / 1000));
+    e.insert("baseline_median".into(), json!(round3(j.median)));
+    e.insert("baseline_high".into(), json!(round3(j.high)));
+    e.insert("threshold".into(), json!(j.threshold.ceil().min(u64::MAX as f64) as u64));
     e.insert("p_value".into(), json!(p));
     e.insert("ratio".into(), json!(round3(ratio)));
-    (Some(surprising), Some(f))
+    e.insert("tail_shape".into(), json!(round3(j.shape)));
+    if kind == FindingKind::DataSpike && to - from == cfg.window_ms {
+        e.insert("bytes_read".into(), json!(w.bytes_read));
+        e.insert("bytes_written".into(), json!(w.bytes_written));
+    }
+    Some(f)
+}
+
+/// A duration in whole seconds as people say it: "60s", "16 min", "2 h".
+fn human_duration(seconds: i64) -> String {
+    if seconds % 3600 == 0 && seconds >= 3600 {
+        format!("{} h", seconds / 3600)
+    } else if seconds % 60 == 0 && seconds > 60 {
+        format!("{} min", seconds / 60)
+    } else {
+        format!("{seconds}s")
+    }
 }
 
 /// A number with two significant digits, for summaries: 0.05, 2.4, 310.
@@ -1290,7 +1453,8 @@ fn check_rate(cfg: &Compiled, agent: &mut AgentState, ev: &Event<'_>) -> Option<
     if cap == 0 {
         return None;
     }
-    let minute = ev.ts_ms.div_euclid(MINUTE_MS);
+    // Minutes since 1970 fit an i32 until the year 6053; the schema bounds timestamps well inside that.
+    let minute = ev.ts_ms.div_euclid(MINUTE_MS).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32;
     let [cur, prev] = &mut agent.rate;
     let slot = if cur.count == 0 || minute > cur.minute {
         *prev = if minute == cur.minute + 1 { *cur } else { MinuteCount::default() };
@@ -1313,7 +1477,7 @@ fn check_rate(cfg: &Compiled, agent: &mut AgentState, ev: &Event<'_>) -> Option<
         return None;
     }
     slot.fired = true;
-    let window_start = minute * MINUTE_MS;
+    let window_start = i64::from(minute) * MINUTE_MS;
     let mut evidence = Map::new();
     evidence.insert("limit_per_minute".into(), json!(cap));
     evidence.insert("observed".into(), json!(slot.count));

@@ -9,16 +9,17 @@ mod finding;
 mod glob;
 mod keys;
 mod stats;
+mod tail;
 
 pub use config::{
     BaselineConfig, Compiled, ConfigError, DataConfig, DetectConfig, HaltConfig, IdentityConfig,
-    PolicyConfig, ScopeConfig, SpikeConfig,
+    PolicyConfig, ScopeConfig, SlowConfig, SpikeConfig,
 };
 pub use engine::{Engine, Output, Snapshot, Stats};
 pub use finding::{Decision, Finding, FindingKind, Mode, Severity, finding_id};
 pub use glob::{Glob, GlobSet};
 pub use keys::{generalise, stable_hash};
-pub use stats::{Ewma, Fitted, Model};
+pub use tail::{Judgement, Tail};
 
 #[cfg(test)]
 mod tests;

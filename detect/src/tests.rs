@@ -310,7 +310,7 @@ fn a_runaway_loop_is_a_volume_spike_in_its_first_window() {
     check(
         BASELINE,
         &input,
-        "volume_spike high s1 @1860000 [loop00,loop01,loop02,loop03,loop04] s1 made 60 actions in one 60s window; its baseline is 3.0 (p = 2.7e-55)",
+        "volume_spike high s1 @1860000 [loop00,loop01,loop02,loop03,loop04] s1 made 60 actions in 60s, 21x its usual high of 2.8 (p < 1e-16)",
     );
 }
 
@@ -342,6 +342,44 @@ fn steady_work_raises_nothing() {
 }
 
 #[test]
+fn a_slow_exfiltration_under_every_window_threshold_adds_up_to_one_finding() {
+    // Two days of 4 reads a minute, each between 80 and 120 KB; then an hour in which every read is
+    // three times larger: no single window is far enough out to be a spike, the hour is.
+    let base = |m: i64, i: i64| 80_000 + (m * 7 + i * 13) % 5 * 10_000;
+    let mut lines = Vec::new();
+    for m in 0..2940 {
+        for i in 0..4 {
+            let bytes = if m >= 2880 { 3 * base(m, i) } else { base(m, i) };
+            let extra = format!(r#","agent_role":"data","bytes_read":{bytes}"#);
+            let ts = m * 60_000 + i * 15_000;
+            lines.push(ev(
+                &format!("x{m}-{i}"),
+                ts,
+                "d1",
+                "data.read",
+                "postgres://warehouse/orders",
+                &extra,
+            ));
+        }
+    }
+    check(
+        "rate_limit_per_minute = 0\n[data]\nmin_bytes = 100000\n",
+        &lines.join("\n"),
+        r#"
+data_spike medium d1 @173220000 [x2886-0,x2886-1,x2886-2,x2886-3] d1: a sustained rise in bytes moved, window after window above its baseline (cumulative surprise 20.1 >= 20); this window 1.1 MB, its usual high 370.7 KB
+data_spike medium d1 @173880000 [x2897-0,x2897-1,x2897-2,x2897-3] d1: a sustained rise in bytes moved, window after window above its baseline (cumulative surprise 20.6 >= 20); this window 1.2 MB, its usual high 370.7 KB
+data_spike medium d1 @175380000 [x2922-0,x2922-1,x2922-2,x2922-3] d1: a sustained rise in bytes moved, window after window above its baseline (cumulative surprise 20.5 >= 20); this window 1.2 MB, its usual high 370.7 KB
+"#,
+    );
+    // Without the cumulative detector the same hour raises nothing: no window, no span was enough.
+    check(
+        "rate_limit_per_minute = 0\n[data]\nmin_bytes = 100000\n[slow]\nenabled = false\n",
+        &lines.join("\n"),
+        "",
+    );
+}
+
+#[test]
 fn a_data_spike_names_the_bytes_and_the_baseline() {
     let role = r#","agent_role":"data","bytes_read":200000"#;
     let big = r#","agent_role":"data","bytes_read":900000000"#;
@@ -353,7 +391,7 @@ fn a_data_spike_names_the_bytes_and_the_baseline() {
     check(
         BASELINE,
         &input,
-        "data_spike high d1 @1860000 [exfil] d1 moved 900.0 MB in one 60s window (read 900.0 MB, written 0 B); its baseline is 786.4 KB",
+        "data_spike high d1 @1860000 [exfil] d1 moved 900.0 MB in 60s, 1214x its usual high of 741.5 KB (p = 6.4e-8)",
     );
 }
 
@@ -375,7 +413,7 @@ fn denied_probing_is_a_burst() {
     check(
         BASELINE,
         &input,
-        "denied_burst high s1 @1860000 [no00,no01,no02,no03,no04] s1 made 12 denied actions in one 60s window; its baseline is 0.05 (p = 4.9e-25)",
+        "denied_burst high s1 @1860000 [no00,no01,no02,no03,no04] s1 had 12 actions denied in 60s; its recent history has none (p < 1e-16)",
     );
 }
 
