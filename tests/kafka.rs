@@ -245,10 +245,12 @@ fn two_members_split_the_partitions_and_survive_one_dying_mid_stream() {
     let produce = |i: usize| kafka_tool(&["produce", &broker.addr, "events", parts[i].to_str().unwrap()]);
     let config = member_config(dir.path());
     let archive = dir.path().join("archive");
+    // Each member's stderr goes to a file, so a member that exits early says why.
+    let log = |idle: &str| dir.path().join(format!("member-{idle}.log"));
     let member = |idle: &str| {
         kafka_member(&broker, "events", "pair", &archive, Some(&config), idle)
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log(idle)).unwrap())
             .spawn()
             .unwrap()
     };
@@ -264,7 +266,8 @@ fn two_members_split_the_partitions_and_survive_one_dying_mid_stream() {
     // A dies; once its session expires B owns every partition and resumes A's from A's commits and
     // A's detector state.
     if let Some(status) = a.try_wait().unwrap() {
-        panic!("A should still be a member, but it exited: {status}");
+        let said = std::fs::read_to_string(log("60s")).unwrap_or_default();
+        panic!("A should still be a member, but it exited ({status}), saying:\n{said}");
     }
     a.kill().unwrap();
     a.wait().unwrap();

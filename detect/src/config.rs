@@ -46,6 +46,9 @@ pub struct DetectConfig {
     /// `denied_burst`: denied actions per window.
     #[serde(default = "SpikeConfig::denied")]
     pub denied: SpikeConfig,
+    /// `token_spike`: model tokens (input plus output) per window.
+    #[serde(default = "SpikeConfig::tokens")]
+    pub tokens: SpikeConfig,
     /// The cumulative detector of slow rises in actions and bytes.
     #[serde(default)]
     pub slow: SlowConfig,
@@ -61,6 +64,9 @@ pub struct DetectConfig {
     /// Declared allow-lists: least privilege per agent or role.
     #[serde(default, rename = "policy")]
     pub policies: Vec<PolicyConfig>,
+    /// Declared token and money budgets per agent or role (`budget_limit`).
+    #[serde(default, rename = "budget")]
+    pub budgets: Vec<BudgetConfig>,
 }
 
 const fn default_window_seconds() -> u64 {
@@ -96,6 +102,7 @@ impl Default for DetectConfig {
             volume: SpikeConfig::volume(),
             data: DataConfig::default(),
             denied: SpikeConfig::denied(),
+            tokens: SpikeConfig::tokens(),
             slow: SlowConfig::default(),
             scope: ScopeConfig::default(),
             identity: IdentityConfig::default(),
@@ -105,6 +112,7 @@ impl Default for DetectConfig {
             sensitive_resources: Vec::new(),
             halt: HaltConfig::default(),
             policies: Vec::new(),
+            budgets: Vec::new(),
         }
     }
 }
@@ -207,6 +215,16 @@ impl SpikeConfig {
             enabled: true,
             p_value: 1e-5,
             min_count: 10,
+            min_ratio: default_min_ratio(),
+            high_ratio: default_high_ratio(),
+        }
+    }
+    /// Defaults for `token_spike`: one in 100,000 windows by chance, and at least 1,000 tokens.
+    pub fn tokens() -> SpikeConfig {
+        SpikeConfig {
+            enabled: true,
+            p_value: 1e-5,
+            min_count: 1_000,
             min_ratio: default_min_ratio(),
             high_ratio: default_high_ratio(),
         }
@@ -510,6 +528,126 @@ pub struct PolicyConfig {
     pub scopes: Vec<String>,
 }
 
+/// A token or money budget: what the agents it covers (`agents` globs, `roles`) may spend in one
+/// minute, hour or day of event time, with a warn level (a medium `budget_limit` finding) and a hard
+/// level (high). Every level is optional; at least one must be set.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// Name shown in findings.
+    pub name: String,
+    /// Agent ids (globs) this budget covers.
+    #[serde(default)]
+    pub agents: Vec<String>,
+    /// Agent roles this budget covers (exact `agent_role` values).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// The period spend is summed over, aligned on event time in UTC.
+    pub per: Period,
+    /// Model tokens (input plus output) at which to warn.
+    #[serde(default)]
+    pub tokens_warn: Option<u64>,
+    /// Model tokens at which the budget is exhausted.
+    #[serde(default)]
+    pub tokens_limit: Option<u64>,
+    /// Money (`cost_usd` summed) at which to warn.
+    #[serde(default)]
+    pub cost_warn_usd: Option<f64>,
+    /// Money at which the budget is exhausted.
+    #[serde(default)]
+    pub cost_limit_usd: Option<f64>,
+}
+
+/// A budget's period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    /// A UTC minute.
+    Minute,
+    /// A UTC hour.
+    Hour,
+    /// A UTC day.
+    Day,
+}
+
+impl Period {
+    const fn ms(self) -> i64 {
+        match self {
+            Period::Minute => 60_000,
+            Period::Hour => 3_600_000,
+            Period::Day => 86_400_000,
+        }
+    }
+
+    const fn as_str(self) -> &'static str {
+        match self {
+            Period::Minute => "minute",
+            Period::Hour => "hour",
+            Period::Day => "day",
+        }
+    }
+}
+
+/// A budget compiled for matching.
+#[derive(Debug, Clone)]
+pub(crate) struct Budget {
+    pub name: String,
+    pub agents: GlobSet,
+    pub roles: Vec<String>,
+    pub per: &'static str,
+    pub period_ms: i64,
+    pub tokens_warn: Option<u64>,
+    pub tokens_limit: Option<u64>,
+    pub cost_warn_usd: Option<f64>,
+    pub cost_limit_usd: Option<f64>,
+}
+
+impl Budget {
+    pub(crate) fn covers(&self, agent_id: &str, role: Option<&str>) -> bool {
+        self.agents.matches(agent_id) || role.is_some_and(|r| self.roles.iter().any(|x| x == r))
+    }
+}
+
+impl BudgetConfig {
+    fn build(&self) -> Result<Budget, ConfigError> {
+        let bad = |problem: &'static str| ConfigError::Budget { name: self.name.clone(), problem };
+        if self.agents.is_empty() && self.roles.is_empty() {
+            return Err(bad("names neither `agents` nor `roles`, so it covers no agent"));
+        }
+        let levels = [self.tokens_warn.is_some(), self.tokens_limit.is_some()];
+        let money = [self.cost_warn_usd, self.cost_limit_usd];
+        if !levels.iter().any(|x| *x) && money.iter().all(Option::is_none) {
+            return Err(bad(
+                "sets no level: give tokens_warn, tokens_limit, cost_warn_usd or cost_limit_usd",
+            ));
+        }
+        if money.iter().flatten().any(|c| !c.is_finite() || *c <= 0.0) {
+            return Err(bad("a cost level must be a number above 0"));
+        }
+        if let (Some(w), Some(l)) = (self.tokens_warn, self.tokens_limit)
+            && w > l
+        {
+            return Err(bad("tokens_warn is above tokens_limit"));
+        }
+        if let (Some(w), Some(l)) = (self.cost_warn_usd, self.cost_limit_usd)
+            && w > l
+        {
+            return Err(bad("cost_warn_usd is above cost_limit_usd"));
+        }
+        Ok(Budget {
+            name: self.name.clone(),
+            agents: GlobSet::new(&self.agents),
+            roles: self.roles.clone(),
+            per: self.per.as_str(),
+            period_ms: self.per.ms(),
+            tokens_warn: self.tokens_warn,
+            tokens_limit: self.tokens_limit,
+            cost_warn_usd: self.cost_warn_usd,
+            cost_limit_usd: self.cost_limit_usd,
+        })
+    }
+}
+
 /// A config the engine cannot run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -524,6 +662,14 @@ pub enum ConfigError {
     DuplicatePolicy {
         /// The name.
         name: String,
+    },
+    /// A budget that cannot work.
+    #[error("budget {name:?} {problem}")]
+    Budget {
+        /// The budget.
+        name: String,
+        /// What is wrong.
+        problem: &'static str,
     },
     /// A value is out of its range.
     #[error("{key} = {value}: {problem}")]
@@ -553,6 +699,7 @@ pub(crate) struct Policy {
 pub struct Compiled {
     pub(crate) raw: DetectConfig,
     pub(crate) policies: Vec<Policy>,
+    pub(crate) budgets: Vec<Budget>,
     pub(crate) sensitive: GlobSet,
     pub(crate) human_credentials: GlobSet,
     pub(crate) window_ms: i64,
@@ -576,6 +723,7 @@ impl Compiled {
         match kind {
             crate::FindingKind::DataSpike => &self.data,
             crate::FindingKind::DeniedBurst => &self.raw.denied,
+            crate::FindingKind::TokenSpike => &self.raw.tokens,
             _ => &self.raw.volume,
         }
     }
@@ -602,6 +750,14 @@ impl DetectConfig {
                 scopes: GlobSet::new(&p.scopes),
             });
         }
+        let mut budget_names = std::collections::HashSet::new();
+        let mut budgets = Vec::with_capacity(self.budgets.len());
+        for b in &self.budgets {
+            if !budget_names.insert(b.name.as_str()) {
+                return Err(ConfigError::Budget { name: b.name.clone(), problem: "is declared twice" });
+            }
+            budgets.push(b.build()?);
+        }
         let at_least_one = |key: &'static str, v: u64| {
             if v == 0 {
                 Err(ConfigError::OutOfRange { key, value: "0".into(), problem: "must be at least 1" })
@@ -625,6 +781,7 @@ impl DetectConfig {
             ("detect.volume.p_value", self.volume.p_value),
             ("detect.data.p_value", self.data.p_value),
             ("detect.denied.p_value", self.denied.p_value),
+            ("detect.tokens.p_value", self.tokens.p_value),
         ] {
             unit(key, p, "must be above 0 and below 1", p > 0.0 && p < 1.0)?;
         }
@@ -647,12 +804,14 @@ impl DetectConfig {
             ("detect.volume.min_ratio", self.volume.min_ratio),
             ("detect.data.min_ratio", self.data.min_ratio),
             ("detect.denied.min_ratio", self.denied.min_ratio),
+            ("detect.tokens.min_ratio", self.tokens.min_ratio),
         ] {
             unit(key, r, "must be a number, at least 0", r.is_finite() && r >= 0.0)?;
         }
         Ok(Compiled {
             raw: self.clone(),
             policies,
+            budgets,
             sensitive: GlobSet::new(&self.sensitive_resources),
             human_credentials: GlobSet::new(&self.identity.human_credentials),
             window_ms,

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use vigil_schemas::{Event, Outcome};
 
+use crate::budget::{self, Spend};
 use crate::config::{Compiled, ConfigError, DetectConfig, SpikeConfig};
 use crate::finding::{Decision, Finding, FindingKind, Mode, Severity, finding_id};
 use crate::keys::{KeyTable, PeerTable, push_generalised, stable_hash};
@@ -146,6 +147,8 @@ struct Window {
     bytes_read: u64,
     bytes_written: u64,
     denied: u32,
+    /// Model tokens, input and output.
+    tokens: u64,
     keys: Vec<WindowKey>,
     models: Vec<WindowModel>,
     /// The earliest (ts, event_id) of the window.
@@ -160,6 +163,7 @@ impl Window {
             bytes_read: 0,
             bytes_written: 0,
             denied: 0,
+            tokens: 0,
             keys: Vec::new(),
             models: Vec::new(),
             samples: Vec::new(),
@@ -215,6 +219,7 @@ impl Window {
         self.bytes_read = 0;
         self.bytes_written = 0;
         self.denied = 0;
+        self.tokens = 0;
         self.keys.clear();
         self.models.clear();
         self.samples.clear();
@@ -317,8 +322,8 @@ impl From<LastWindow> for Option<i64> {
 }
 
 /// What the volume detectors measure per window, in this order.
-const MEASURES: [FindingKind; 3] =
-    [FindingKind::VolumeSpike, FindingKind::DataSpike, FindingKind::DeniedBurst];
+const MEASURES: [FindingKind; 4] =
+    [FindingKind::VolumeSpike, FindingKind::DataSpike, FindingKind::DeniedBurst, FindingKind::TokenSpike];
 /// The measures also judged per span: actions and bytes (a burst of denials is acute; a slow one is
 /// left to the per-window judge and `scope_drift`).
 const SPAN_MEASURES: usize = 2;
@@ -328,7 +333,7 @@ const SPAN_MEASURES: usize = 2;
 /// window, shows in the span's sum.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Levels {
-    per_window: [Tail; 3],
+    per_window: [Tail; MEASURES.len()],
     per_span: [Tail; SPAN_MEASURES],
     /// The span being summed (its index: start / span length), `NO_SPAN` when none is.
     #[serde(default = "no_span")]
@@ -467,6 +472,8 @@ pub struct Engine {
     due: Vec<(i64, u32)>,
     found: Vec<(Finding, u64)>,
     counts: Vec<(u64, u32)>,
+    /// Spend per (agent, budget index) in the current period, for `budget_limit`.
+    spend: HashMap<(u32, u16), Spend>,
 }
 
 /// A serialisable copy of the engine's state, taken with the source positions it reflects.
@@ -481,6 +488,9 @@ pub struct Snapshot {
     #[serde(default)]
     max_ts: Option<i64>,
     stats: Stats,
+    /// (agent, budget name, spend in its current period).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    spend: Vec<(String, String, Spend)>,
 }
 
 impl Engine {
@@ -503,6 +513,7 @@ impl Engine {
             due: Vec::new(),
             found: Vec::new(),
             counts: Vec::new(),
+            spend: HashMap::new(),
         };
         engine.intern_role("");
         Ok(engine)
@@ -521,7 +532,8 @@ impl Engine {
     /// Bytes of per-agent state (inline and heap, ids included), for sizing and the benchmarks.
     pub fn state_bytes(&self) -> usize {
         let ids: usize = self.ids.iter().map(|s| 2 * s.len() + 2 * size_of::<Box<str>>() + 8).sum();
-        ids + self.agents.iter().map(AgentState::footprint).sum::<usize>()
+        let spend = self.spend.len() * (size_of::<((u32, u16), Spend)>() + 8);
+        ids + spend + self.agents.iter().map(AgentState::footprint).sum::<usize>()
     }
 
     /// The newest event time minus the lateness tolerance: windows ending at or before it are closed.
@@ -541,6 +553,17 @@ impl Engine {
                 .collect(),
             max_ts: self.max_ts,
             stats: self.stats,
+            spend: {
+                let mut spend: Vec<(String, String, Spend)> = self
+                    .spend
+                    .iter()
+                    .map(|(&(a, b), v)| {
+                        (self.ids[a as usize].to_string(), self.cfg.budgets[usize::from(b)].name.clone(), *v)
+                    })
+                    .collect();
+                spend.sort_by(|x, y| (&x.0, &x.1).cmp(&(&y.0, &y.1)));
+                spend
+            },
         }
     }
 
@@ -579,6 +602,16 @@ impl Engine {
             .collect();
         self.max_ts = snapshot.max_ts;
         self.stats = snapshot.stats;
+        // Spend under budgets this config still declares; a renamed or removed budget starts afresh.
+        self.spend = snapshot
+            .spend
+            .into_iter()
+            .filter_map(|(agent, budget, spend)| {
+                let a = *self.index.get(agent.as_str())?;
+                let b = self.cfg.budgets.iter().position(|x| x.name == budget)?;
+                Some(((a, b as u16), spend))
+            })
+            .collect();
     }
 
     /// Judges a batch of events in order, appending to `out`.
@@ -652,6 +685,11 @@ impl Engine {
             found[2] = check_session(cfg, agent, ev);
         }
         let credential = self.check_credential(idx, ev);
+        if !self.cfg.budgets.is_empty()
+            && (ev.input_tokens.is_some() || ev.output_tokens.is_some() || ev.cost_usd.is_some())
+        {
+            self.check_budgets(idx, ev, out);
+        }
         for (f, key) in found.into_iter().flatten() {
             self.emit(idx, f, key, out);
         }
@@ -697,6 +735,8 @@ impl Engine {
         w.count += 1;
         w.bytes_read = w.bytes_read.saturating_add(ev.bytes_read.unwrap_or(0));
         w.bytes_written = w.bytes_written.saturating_add(ev.bytes_written.unwrap_or(0));
+        let tokens = ev.input_tokens.unwrap_or(0).saturating_add(ev.output_tokens.unwrap_or(0));
+        w.tokens = w.tokens.saturating_add(tokens);
         if ev.outcome == Outcome::Denied {
             w.denied += 1;
         }
@@ -783,14 +823,14 @@ impl Engine {
         let mut counts = std::mem::take(&mut self.counts);
         let id = &self.ids[idx as usize];
         let bucket = bucket(cfg, start);
-        let observed = [u64::from(w.count), w.bytes(), u64::from(w.denied)];
+        let observed = [u64::from(w.count), w.bytes(), u64::from(w.denied), w.tokens];
         // The usual high of the agent's action count, when this window's count was surprising: the key
         // spread then learns from the window as if it had had that many actions.
         let mut spiked: Option<f64> = None;
         if warm {
             for (m, kind) in MEASURES.into_iter().enumerate() {
                 let spec = cfg.spike(kind);
-                let count = kind != FindingKind::DataSpike;
+                let count = matches!(kind, FindingKind::VolumeSpike | FindingKind::DeniedBurst);
                 let j = agent.levels.per_window[m].judge(
                     observed[m] as f64,
                     base.tail_quantile,
@@ -871,6 +911,22 @@ impl Engine {
             let mut w = w;
             w.reset();
             self.pool.push(w);
+        }
+    }
+
+    /// Charges the event's tokens and cost to every budget that covers its agent, reporting the levels
+    /// it crosses.
+    fn check_budgets(&mut self, idx: u32, ev: &Event<'_>, out: &mut Output) {
+        for bi in 0..self.cfg.budgets.len() {
+            let b = &self.cfg.budgets[bi];
+            if !b.covers(&ev.agent_id, ev.agent_role.as_deref()) {
+                continue;
+            }
+            let spend = self.spend.entry((idx, bi as u16)).or_default();
+            if let Some(c) = budget::charge(b, spend, ev) {
+                let f = event_finding(budget::KIND, c.severity, ev, c.summary, c.evidence);
+                self.emit(idx, f, c.period_start as u64, out);
+            }
         }
     }
 
@@ -1057,7 +1113,7 @@ fn spans(
     agent: &mut AgentState,
     w: &Window,
     start: i64,
-    observed: [u64; 3],
+    observed: [u64; MEASURES.len()],
     found: &mut Vec<(Finding, u64)>,
 ) {
     let current = start.div_euclid(cfg.span_ms).clamp(i64::from(NO_SPAN) + 1, i64::from(i32::MAX)) as i32;
@@ -1101,7 +1157,7 @@ fn close_span(
         let span = (from, from + cfg.span_ms);
         for (m, kind) in MEASURES.into_iter().take(SPAN_MEASURES).enumerate() {
             let spec = cfg.spike(kind);
-            let count = kind != FindingKind::DataSpike;
+            let count = matches!(kind, FindingKind::VolumeSpike | FindingKind::DeniedBurst);
             let memory = cfg.memory_windows / base.span_windows as f64;
             let j = levels.per_span[m].judge(sums[m] as f64, base.tail_quantile, spec.p_value, count, memory);
             found.extend(spike(cfg, kind, spec, id, w, span, sums[m], &j).map(|f| (f, bucket(cfg, from))));
@@ -1199,6 +1255,7 @@ fn spike(
     let span = human_duration((to - from) / 1000);
     let did = match kind {
         FindingKind::DeniedBurst => format!("had {observed} actions denied"),
+        FindingKind::TokenSpike => format!("used {observed} model tokens"),
         FindingKind::DataSpike => format!("moved {}", human_bytes(x)),
         _ => format!("made {observed} actions"),
     };

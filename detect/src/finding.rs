@@ -26,6 +26,10 @@ pub enum FindingKind {
     ModelChange,
     /// Many denied actions in a window: probing.
     DeniedBurst,
+    /// Model tokens per window (or span) far above the agent's baseline: a loop burning the budget.
+    TokenSpike,
+    /// Over a declared token or money budget for a minute, an hour or a day (warn or hard level).
+    BudgetLimit,
 }
 
 impl FindingKind {
@@ -40,6 +44,8 @@ impl FindingKind {
         FindingKind::SharedCredential,
         FindingKind::ModelChange,
         FindingKind::DeniedBurst,
+        FindingKind::TokenSpike,
+        FindingKind::BudgetLimit,
     ];
 
     /// The wire name.
@@ -54,6 +60,8 @@ impl FindingKind {
             FindingKind::SharedCredential => "shared_credential",
             FindingKind::ModelChange => "model_change",
             FindingKind::DeniedBurst => "denied_burst",
+            FindingKind::TokenSpike => "token_spike",
+            FindingKind::BudgetLimit => "budget_limit",
         }
     }
 

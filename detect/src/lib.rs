@@ -3,6 +3,7 @@
 //! **This crate does no I/O and never awaits.** It takes decoded events and returns findings, so the
 //! same engine runs in replay, in tests, in benchmarks and in production. Its only clock is event time.
 
+mod budget;
 mod config;
 mod engine;
 mod finding;
@@ -12,8 +13,8 @@ mod stats;
 mod tail;
 
 pub use config::{
-    BaselineConfig, Compiled, ConfigError, DataConfig, DetectConfig, HaltConfig, IdentityConfig,
-    PolicyConfig, ScopeConfig, SlowConfig, SpikeConfig,
+    BaselineConfig, BudgetConfig, Compiled, ConfigError, DataConfig, DetectConfig, HaltConfig,
+    IdentityConfig, Period, PolicyConfig, ScopeConfig, SlowConfig, SpikeConfig,
 };
 pub use engine::{Engine, Output, Snapshot, Stats};
 pub use finding::{Decision, Finding, FindingKind, Mode, Severity, finding_id};

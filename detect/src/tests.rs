@@ -380,6 +380,85 @@ data_spike medium d1 @175380000 [x2922-0,x2922-1,x2922-2,x2922-3] d1: a sustaine
 }
 
 #[test]
+fn a_token_burning_loop_is_a_token_spike() {
+    // A day of a model call a minute at 400 to 600 tokens, then one minute of a loop: 9 calls of 2,000
+    // tokens. The calls alone are no volume spike (min_count), the tokens are.
+    let mut lines = Vec::new();
+    for m in 0..1440 {
+        let tokens = 400 + (m * 37) % 200;
+        let extra = format!(r#","agent_role":"coding","input_tokens":{tokens}"#);
+        lines.push(ev(
+            &format!("t{m}"),
+            m * 60_000 + 500,
+            "c1",
+            "model.call",
+            "https://api.example/v1",
+            &extra,
+        ));
+    }
+    for i in 0..9 {
+        let extra = r#","agent_role":"coding","input_tokens":1500,"output_tokens":500"#;
+        lines.push(ev(
+            &format!("loop{i}"),
+            1440 * 60_000 + 1000 + i,
+            "c1",
+            "model.call",
+            "https://api.example/v1",
+            extra,
+        ));
+    }
+    check(
+        BASELINE,
+        &lines.join("\n"),
+        "token_spike high c1 @86460000 [loop0,loop1,loop2,loop3,loop4] c1 used 18000 model tokens in 60s, 35x its usual high of 512 (p = 9.4e-8)",
+    );
+}
+
+#[test]
+fn budgets_warn_then_stop_per_period_and_only_for_the_agents_they_cover() {
+    let cfg = r#"
+rate_limit_per_minute = 0
+[[budget]]
+name = "loop-guard"
+agents = ["b*"]
+per = "minute"
+tokens_warn = 5000
+tokens_limit = 10000
+cost_limit_usd = 1.0
+"#;
+    let call = |id: &str, ts: i64, agent: &str, extra: &str| {
+        ev(id, ts, agent, "model.call", "https://api.example/v1", extra)
+    };
+    let t = r#","input_tokens":2000"#;
+    let input = [
+        // b1: 2,000 tokens a call; the third passes the warn level, the fifth the hard one.
+        call("b1-1", 1_000, "b1", t),
+        call("b1-2", 2_000, "b1", t),
+        call("b1-3", 3_000, "b1", t),
+        call("b1-4", 4_000, "b1", t),
+        call("b1-5", 5_000, "b1", t),
+        call("b1-6", 6_000, "b1", t),
+        // The next minute starts afresh: one call is under every level.
+        call("b1-7", 61_000, "b1", t),
+        // Money: $0.70 twice passes the $1 hard level.
+        call("b2-1", 1_000, "b2", r#","cost_usd":0.7"#),
+        call("b2-2", 2_000, "b2", r#","cost_usd":0.7"#),
+        // Not covered.
+        call("x1-1", 1_000, "x1", r#","input_tokens":50000"#),
+    ]
+    .join("\n");
+    check(
+        cfg,
+        &input,
+        r#"
+budget_limit medium b1 @3000 [b1-3] b1 spent 6000 tokens this minute under budget "loop-guard", at or over its warn level of 5000 tokens
+budget_limit high b1 @5000 [b1-5] b1 spent 10000 tokens this minute under budget "loop-guard", at or over its hard level of 10000 tokens
+budget_limit high b2 @2000 [b2-2] b2 spent $1.40 this minute under budget "loop-guard", at or over its hard level of $1.00
+"#,
+    );
+}
+
+#[test]
 fn a_data_spike_names_the_bytes_and_the_baseline() {
     let role = r#","agent_role":"data","bytes_read":200000"#;
     let big = r#","agent_role":"data","bytes_read":900000000"#;
