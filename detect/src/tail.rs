@@ -285,7 +285,11 @@ impl Tail {
         let mut threshold = threshold;
         if count && let Ok(noise) = Poisson::new(high) {
             p = p.max(if x >= 1.0 { noise.sf(x as u64 - 1) } else { 1.0 });
-            threshold = threshold.max(noise.inverse_cdf(1.0 - p_value) as f64 + 1.0);
+            // Only a finding needs the threshold for its evidence, and it is a search over the CDF:
+            // computing it for every window cost a quarter of the detect stage.
+            if p < p_value {
+                threshold = threshold.max(noise.inverse_cdf(1.0 - p_value) as f64 + 1.0);
+            }
         }
         Judgement { p, high, median, threshold, shape: gpd.shape }
     }
