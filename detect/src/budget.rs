@@ -13,7 +13,12 @@ use serde_json::{Map, json};
 use vigil_schemas::Event;
 
 use crate::config::Budget;
-use crate::finding::{FindingKind, Severity};
+use crate::finding::Severity;
+
+/// An event's model tokens, input plus output: what budgets charge and `token_spike` counts.
+pub(crate) fn tokens(ev: &Event<'_>) -> u64 {
+    ev.input_tokens.unwrap_or(0).saturating_add(ev.output_tokens.unwrap_or(0))
+}
 
 /// What one agent spent under one budget in its current period.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,7 +47,7 @@ pub(crate) struct Crossing {
 /// one it had not crossed before in this period. The hard level is reported before the warn level
 /// when one event crosses both.
 pub(crate) fn charge(b: &Budget, spend: &mut Spend, ev: &Event<'_>) -> Option<Crossing> {
-    let tokens = ev.input_tokens.unwrap_or(0).saturating_add(ev.output_tokens.unwrap_or(0));
+    let tokens = tokens(ev);
     let micro_usd = ev.cost_usd.map_or(0, |c| (c * 1e6).round().clamp(0.0, u64::MAX as f64) as u64);
     if tokens == 0 && micro_usd == 0 {
         return None;
@@ -95,6 +100,3 @@ pub(crate) fn charge(b: &Budget, spend: &mut Spend, ev: &Event<'_>) -> Option<Cr
     }
     None
 }
-
-/// The kind a crossing is reported as.
-pub(crate) const KIND: FindingKind = FindingKind::BudgetLimit;

@@ -324,11 +324,16 @@ impl From<LastWindow> for Option<i64> {
 /// What the volume detectors measure per window, in this order.
 const MEASURES: [FindingKind; 4] =
     [FindingKind::VolumeSpike, FindingKind::DataSpike, FindingKind::DeniedBurst, FindingKind::TokenSpike];
+/// Whether a measure counts actions (judged with the Poisson floor and an exponential prior tail) rather
+/// than a volume (bytes, tokens: a heavy prior tail).
+const fn counts_actions(kind: FindingKind) -> bool {
+    matches!(kind, FindingKind::VolumeSpike | FindingKind::DeniedBurst)
+}
 /// The measures also judged per span: actions and bytes (a burst of denials is acute; a slow one is
 /// left to the per-window judge and `scope_drift`).
 const SPAN_MEASURES: usize = 2;
 
-/// Baselines of the measures (actions, bytes, denials) at two time scales: each window, and each span of
+/// Baselines of the measures (actions, bytes, denials, tokens) at two time scales: each window, and each span of
 /// `baseline.span_windows` windows (aligned on event time), so that a slow rise, invisible in any one
 /// window, shows in the span's sum.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -378,7 +383,7 @@ struct AgentState {
     events: u32,
     /// Start of the last closed window.
     last_window: LastWindow,
-    /// Baselines of actions, bytes and denials, per window and per span.
+    /// Baselines of actions, bytes, denials and tokens, per window and per span.
     #[serde(default)]
     levels: Levels,
     /// Keys learned, with their long and short weights.
@@ -735,8 +740,7 @@ impl Engine {
         w.count += 1;
         w.bytes_read = w.bytes_read.saturating_add(ev.bytes_read.unwrap_or(0));
         w.bytes_written = w.bytes_written.saturating_add(ev.bytes_written.unwrap_or(0));
-        let tokens = ev.input_tokens.unwrap_or(0).saturating_add(ev.output_tokens.unwrap_or(0));
-        w.tokens = w.tokens.saturating_add(tokens);
+        w.tokens = w.tokens.saturating_add(budget::tokens(ev));
         if ev.outcome == Outcome::Denied {
             w.denied += 1;
         }
@@ -830,7 +834,7 @@ impl Engine {
         if warm {
             for (m, kind) in MEASURES.into_iter().enumerate() {
                 let spec = cfg.spike(kind);
-                let count = matches!(kind, FindingKind::VolumeSpike | FindingKind::DeniedBurst);
+                let count = counts_actions(kind);
                 let j = agent.levels.per_window[m].judge(
                     observed[m] as f64,
                     base.tail_quantile,
@@ -924,7 +928,7 @@ impl Engine {
             }
             let spend = self.spend.entry((idx, bi as u16)).or_default();
             if let Some(c) = budget::charge(b, spend, ev) {
-                let f = event_finding(budget::KIND, c.severity, ev, c.summary, c.evidence);
+                let f = event_finding(FindingKind::BudgetLimit, c.severity, ev, c.summary, c.evidence);
                 self.emit(idx, f, c.period_start as u64, out);
             }
         }
@@ -1157,7 +1161,7 @@ fn close_span(
         let span = (from, from + cfg.span_ms);
         for (m, kind) in MEASURES.into_iter().take(SPAN_MEASURES).enumerate() {
             let spec = cfg.spike(kind);
-            let count = matches!(kind, FindingKind::VolumeSpike | FindingKind::DeniedBurst);
+            let count = counts_actions(kind);
             let memory = cfg.memory_windows / base.span_windows as f64;
             let j = levels.per_span[m].judge(sums[m] as f64, base.tail_quantile, spec.p_value, count, memory);
             found.extend(spike(cfg, kind, spec, id, w, span, sums[m], &j).map(|f| (f, bucket(cfg, from))));

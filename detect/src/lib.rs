@@ -20,7 +20,6 @@ pub use engine::{Engine, Output, Snapshot, Stats};
 pub use finding::{Decision, Finding, FindingKind, Mode, Severity, finding_id};
 pub use glob::{Glob, GlobSet};
 pub use keys::{generalise, stable_hash};
-pub use tail::{Judgement, Tail};
 
 #[cfg(test)]
 mod tests;

@@ -268,11 +268,15 @@ impl Tail {
             // count at that rate (the largest the history allows), so a first burst of several is news
             // and a first single action is not.
             let never = Poisson::new(1.0 / (total + PRIOR)).ok();
-            let threshold = never
-                .map_or(f64::INFINITY, |d| (1..64).find(|&k| d.sf(k - 1) < p_value).unwrap_or(64) as f64);
-            let p = match (never, x >= 1.0) {
+            let p = match (&never, x >= 1.0) {
                 (Some(d), true) => empirical.min(d.sf(x as u64 - 1)),
                 _ => empirical,
+            };
+            // The threshold is only evidence for a finding; most windows of most agents come this way
+            // (no denials, no tokens), so the search runs only for a surprising one.
+            let threshold = match never {
+                Some(d) if p < p_value => (1..64).find(|&k| d.sf(k - 1) < p_value).unwrap_or(64) as f64,
+                _ => f64::INFINITY,
             };
             return Judgement { p, high: 0.0, median, threshold, shape: 0.0 };
         };
@@ -280,9 +284,8 @@ impl Tail {
         let maturity = (total / memory).min(1.0);
         let prior = if count { 0.0 } else { PRIOR_SHAPE };
         let gpd = Gpd::fit(self.bins().filter(|&(b, _)| b >= t), high, total, maturity, prior);
-        let threshold = gpd.inverse(p_value).max(high);
+        let mut threshold = gpd.inverse(p_value).max(high);
         let mut p = if bx.is_some_and(|b| b > t) { empirical.min(gpd.tail(x)) } else { empirical };
-        let mut threshold = threshold;
         if count && let Ok(noise) = Poisson::new(high) {
             p = p.max(if x >= 1.0 { noise.sf(x as u64 - 1) } else { 1.0 });
             // Only a finding needs the threshold for its evidence, and it is a search over the CDF:
@@ -519,7 +522,8 @@ mod tests {
         t.learn_zeros(100, KEEP);
         assert!(t.judge(12.0, 0.02, 1e-4, false, MEMORY).p < 1e-15);
         assert!(t.judge(1.0, 0.02, 1e-4, false, MEMORY).p > 1e-3);
-        assert_eq!(t.judge(1.0, 0.02, 1e-4, false, MEMORY).threshold, 2.0);
+        // The threshold, evidence for a finding, is reported with a surprising value.
+        assert_eq!(t.judge(12.0, 0.02, 1e-4, false, MEMORY).threshold, 2.0);
     }
 
     #[test]
