@@ -9,7 +9,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use vigil::cli::demo_config;
-use vigil::pipeline::{self, RunOptions};
+use vigil::pipeline::RunOptions;
+use vigil::run::file;
 use vigil::simulate::{self, SimConfig};
 
 fn peak_rss_kib() -> u64 {
@@ -59,7 +60,7 @@ fn main() {
     cfg.output.findings = None;
     let rss_before = peak_rss_kib();
     let t = Instant::now();
-    let s = pipeline::run(&cfg, &RunOptions::default()).unwrap();
+    let s = file::run(&cfg, &RunOptions::default()).unwrap();
     let secs = t.elapsed().as_secs_f64();
     assert!(s.balanced() && s.valid == n);
     let vigil_eps = n as f64 / secs;

@@ -25,7 +25,7 @@ fn main() {
     // The fleet: sized to about `events`, produced keyed by agent over 8 partitions.
     let sim = support::fleet(events);
     let t = Instant::now();
-    let produced = vigil::kafka::produce_simulated(&sim, &addr, "bench", 8, 0.0, None).unwrap();
+    let produced = vigil::run::kafka::produce_simulated(&sim, &addr, "bench", 8, 0.0, None).unwrap();
     eprintln!("produced {produced} events in {:.1}s", t.elapsed().as_secs_f64());
 
     // Raw: a consumer group member that reads every message and drops it.
@@ -60,7 +60,8 @@ fn main() {
     let idle = Duration::from_secs(2);
     let stop = AtomicBool::new(false);
     let (summary, _) =
-        vigil::kafka::run(&cfg, &vigil::kafka::KafkaRunOptions { idle_exit: Some(idle) }, &stop).unwrap();
+        vigil::run::kafka::run(&cfg, &vigil::run::kafka::KafkaRunOptions { idle_exit: Some(idle) }, &stop)
+            .unwrap();
     assert_eq!(summary.valid, produced, "vigil archived every event");
     // The run ends after `idle` with nothing arriving, and spends a group join first; both are counted
     // against vigil except the idle wait itself.

@@ -15,8 +15,9 @@ use vigil_schemas::timestamp::parse_rfc3339_ms;
 use crate::config::VigilConfig;
 use crate::pipeline::{self, RunOptions, Summary};
 use crate::progress::Progress;
+use crate::run::{file, kafka};
 use crate::simulate::{self, SimConfig};
-use crate::{audit, eval, kafka, serve};
+use crate::{audit, eval, serve};
 use vigil_ingest::source::kafka::KafkaConfig;
 
 /// vigil: the audit-log pipeline and anomaly detector for autonomous AI agents.
@@ -283,7 +284,7 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode, String> {
         let stop = stop_on_signals()?;
         kafka::run(&cfg, &opts, &stop).map_err(|e| e.to_string())?.0
     } else {
-        pipeline::run(&cfg, &RunOptions { progress: true }).map_err(|e| e.to_string())?
+        file::run(&cfg, &RunOptions { progress: true }).map_err(|e| e.to_string())?
     };
     print_summary(&summary, &cfg.archive.dir, args.json);
     Ok(ExitCode::SUCCESS)
@@ -661,7 +662,7 @@ fn cmd_demo(dir: &Path, agents: usize, duration: &str, rate: f64, seed: u64) -> 
     );
     let cfg = demo_config(dir);
     println!("running the pipeline (decode, validate, detect, archive)...");
-    let s = pipeline::run(&cfg, &RunOptions { progress: true }).map_err(|e| e.to_string())?;
+    let s = file::run(&cfg, &RunOptions { progress: true }).map_err(|e| e.to_string())?;
     print!("{}", render_summary(&s, &cfg.archive.dir));
     println!("\ninjected incidents (from {}):", dir.join("labels.ndjson").display());
     let labels = fs::read_to_string(dir.join("labels.ndjson")).unwrap_or_default();

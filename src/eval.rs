@@ -11,13 +11,16 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::Serialize;
-use vigil_detect::{Engine, Finding, FindingKind, Output, Severity};
+use std::sync::Arc;
+
+use vigil_detect::{Finding, FindingKind, Severity};
 use vigil_ingest::source::{Chunk, LineReader, open_input};
 use vigil_schemas::timestamp::parse_rfc3339_ms;
 
 use crate::config::VigilConfig;
-use crate::pipeline::{DedupWindow, classify};
+use crate::pipeline::{Item, Lane, Taken};
 use crate::simulate::{IncidentKind, Label};
+use crate::telemetry::Telemetry;
 
 /// The finding kinds that count as catching each kind of incident: the behavioural detector meant for
 /// it, and the hard limits that also fit.
@@ -48,46 +51,52 @@ pub struct Detected {
     pub span_ms: i64,
 }
 
-/// Detection without an archive: events in, findings kept (updates folded into one per finding_id, at
-/// its highest severity).
+/// Detection without an archive: lines in through a detached lane, findings kept (updates folded into
+/// one per finding_id, at its highest severity).
 #[derive(Debug)]
 pub struct Judge {
-    engine: Engine,
-    out: Output,
+    lane: Lane,
+    /// Lines taken so far: each line's position.
+    position: u64,
     by_id: HashMap<String, usize>,
     detected: Detected,
-    first: i64,
-    last: i64,
 }
 
 impl Judge {
-    /// A judge running `cfg`.
-    pub fn new(cfg: &vigil_detect::DetectConfig) -> Result<Judge, String> {
-        Ok(Judge {
-            engine: Engine::new(cfg).map_err(|e| e.to_string())?,
-            out: Output::default(),
-            by_id: HashMap::new(),
-            detected: Detected::default(),
-            first: i64::MAX,
-            last: i64::MIN,
-        })
+    /// A judge running `cfg` (its `[detect]` and `[input]` tables).
+    pub fn new(cfg: &VigilConfig) -> Result<Judge, String> {
+        let telemetry = Arc::new(Telemetry::new());
+        let lane = Lane::detached("eval", &cfg.detect, &cfg.input, Vec::new(), telemetry)
+            .map_err(|e| e.to_string())?;
+        Ok(Judge { lane, position: 0, by_id: HashMap::new(), detected: Detected::default() })
     }
 
-    /// Judges a batch.
-    pub fn push(&mut self, events: &[vigil_schemas::Event<'_>]) {
-        for ev in events {
-            self.first = self.first.min(ev.ts_ms);
-            self.last = self.last.max(ev.ts_ms);
+    /// Judges a batch of lines (NDJSON without the newlines).
+    pub fn push<L: AsRef<[u8]>>(&mut self, lines: &[L]) -> Result<(), String> {
+        let items: Vec<Item<'_>> = lines
+            .iter()
+            .map(|l| {
+                self.position += 1;
+                let bytes = l.as_ref();
+                Item { bytes, size: bytes.len() as u64, position: self.position, refused_before: None }
+            })
+            .collect();
+        // Offline: the receive time only stamps archive rows, and a detached lane has none.
+        let taken = self.lane.take(&items, 0).map_err(|e| e.to_string())?;
+        for t in taken {
+            match t {
+                Taken::Accepted => self.detected.events += 1,
+                Taken::Refused(_) => self.detected.invalid += 1,
+                Taken::Blank | Taken::Skipped => {}
+            }
         }
-        self.detected.events += events.len() as u64;
-        self.out.clear();
-        self.engine.process(events, &mut self.out);
         self.keep();
+        Ok(())
     }
 
     fn keep(&mut self) {
         let d = &mut self.detected;
-        for f in &self.out.findings {
+        for f in &self.lane.output().findings {
             match self.by_id.get(&f.finding_id) {
                 Some(&i) => {
                     if f.severity > d.findings[i].severity {
@@ -103,13 +112,12 @@ impl Judge {
     }
 
     /// Closes the open windows and returns everything found.
-    pub fn finish(mut self) -> Detected {
-        self.out.clear();
-        self.engine.finish(&mut self.out);
+    pub fn finish(mut self) -> Result<Detected, String> {
+        self.lane.finish().map_err(|e| e.to_string())?;
         self.keep();
-        self.detected.agents = self.engine.agents();
-        self.detected.span_ms = if self.last >= self.first { self.last - self.first } else { 0 };
-        self.detected
+        self.detected.agents = self.lane.agents();
+        self.detected.span_ms = self.lane.event_span().map_or(0, |(first, last)| last - first);
+        Ok(self.detected)
     }
 
     /// Events judged so far.
@@ -127,10 +135,8 @@ pub fn detect_file(
     let opened = open_input(path).map_err(|e| e.to_string())?;
     let consumed = opened.consumed.clone();
     let mut reader = LineReader::new(opened.reader, cfg.input.max_event_bytes, 0);
-    let mut judge = Judge::new(&cfg.detect)?;
-    let mut dedup = DedupWindow::new(cfg.input.dedup_window);
+    let mut judge = Judge::new(cfg)?;
     let mut chunk = Chunk::default();
-    let mut invalid = 0;
     loop {
         let more = reader
             .next_chunk(&mut chunk, cfg.input.batch_bytes)
@@ -138,20 +144,11 @@ pub fn detect_file(
         if !more {
             break;
         }
-        let mut events = Vec::with_capacity(chunk.lines.len());
-        for line in &chunk.lines {
-            match classify(chunk.bytes(line), line, cfg.input.max_event_bytes, None, &mut dedup) {
-                Some(Ok(ev)) => events.push(ev),
-                Some(Err(_)) => invalid += 1,
-                None => {}
-            }
-        }
-        judge.push(&events);
+        let lines: Vec<&[u8]> = chunk.lines.iter().map(|l| chunk.bytes(l)).collect();
+        judge.push(&lines)?;
         progress(consumed.load(std::sync::atomic::Ordering::Relaxed), judge.events());
     }
-    let mut d = judge.finish();
-    d.invalid = invalid;
-    Ok(d)
+    judge.finish()
 }
 
 /// Reads a labels file written by `vigil simulate --labels`.

@@ -17,7 +17,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -32,8 +31,7 @@ use rdkafka::ClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use tokio::sync::{Semaphore, oneshot};
-use vigil_detect::Output;
-use vigil_ingest::archive::{Archive, ArchiveError, DeadLetter, FlushJob, FlushWriter};
+use vigil_ingest::archive::DeadLetter;
 use vigil_ingest::journal::{self, Journal};
 use vigil_ingest::source::Line;
 use vigil_ingest::source::http::{BodyError, Framing, decode_body, framing_for, split};
@@ -42,9 +40,10 @@ use vigil_schemas::Invalid;
 
 use crate::config::{HttpConfig, InputConfig, VigilConfig};
 use crate::pipeline::{
-    DedupWindow, FindingsSink, Horizon, PipelineError, StatusLine, Summary, checkpoint_of, classify,
-    engine_state, kept, now_ms, open_findings, record, restored_engine,
+    DedupWindow, FindingsFile, Horizon, Item, Lane, Origin, PipelineError, StatusLine, Summary, Taken,
+    classify, kept, now_ms,
 };
+use crate::telemetry::{BatchCounts, Outcome, Telemetry};
 
 /// Source name of HTTP events in the archive (file names and checkpoint).
 pub const HTTP_SOURCE: &str = "http";
@@ -112,8 +111,8 @@ struct State {
     sink: Sink,
     permits: Arc<Semaphore>,
     stopping: AtomicBool,
-    /// Kafka mode's counts (the embedded pipeline keeps its own).
-    counts: Mutex<Summary>,
+    /// The run's counters: the embedded lane's, or in Kafka mode the handlers'.
+    telemetry: Arc<Telemetry>,
 }
 
 /// Runs the server until `stop` is set, then drains requests in flight, flushes and returns the counts.
@@ -122,6 +121,16 @@ pub fn run(
     cfg: &VigilConfig,
     stop: &AtomicBool,
     ready: impl FnOnce(SocketAddr),
+) -> Result<Summary, ServeError> {
+    run_with(cfg, stop, ready, Arc::new(Telemetry::new()))
+}
+
+/// [`run`], counting into `telemetry`.
+pub fn run_with(
+    cfg: &VigilConfig,
+    stop: &AtomicBool,
+    ready: impl FnOnce(SocketAddr),
+    telemetry: Arc<Telemetry>,
 ) -> Result<Summary, ServeError> {
     let started = Instant::now();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -142,7 +151,7 @@ pub fn run(
         Some(k) => (Sink::Kafka(KafkaFront::new(k, &cfg.http)?), None),
         None => {
             // The archive is opened (and recovered) here, before the first request is taken.
-            let embedded = Embedded::open(cfg)?;
+            let embedded = Embedded::open(cfg, telemetry.clone())?;
             let (tx, rx) = mpsc::sync_channel(cfg.http.queue_batches);
             let ended = pipeline_ended.clone();
             let handle = std::thread::Builder::new()
@@ -162,7 +171,7 @@ pub fn run(
         sink,
         permits: Arc::new(Semaphore::new(cfg.http.max_inflight_requests)),
         stopping: AtomicBool::new(false),
-        counts: Mutex::new(Summary { source: HTTP_SOURCE.into(), ..Summary::default() }),
+        telemetry: telemetry.clone(),
     });
     if let Sink::Kafka(_) = &state.sink {
         // The embedded pipeline writes its own status lines; here the counts live with the handlers.
@@ -170,7 +179,7 @@ pub fn run(
         rt.spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                status.tick(&state.counts.lock().unwrap_or_else(|p| p.into_inner()), String::new);
+                status.tick(&state.telemetry, String::new);
             }
         });
     }
@@ -188,7 +197,7 @@ pub fn run(
                 .producer
                 .flush(Duration::from_secs(30))
                 .map_err(|e| ServeError::Kafka(format!("waiting for the last acknowledgements: {e}")))?;
-            state.counts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+            telemetry.summary(HTTP_SOURCE)
         }
         (None, Sink::Embedded(_)) => Summary::default(),
     };
@@ -452,56 +461,44 @@ struct Intake<'a> {
     journaled: Option<journal::Verdict>,
 }
 
-/// The pipeline thread's state.
+/// The pipeline thread's state: the `http` source's lane and its intake journal.
 struct Embedded {
-    archive: Archive,
-    engine: vigil_detect::Engine,
-    dedup: DedupWindow,
+    lane: Lane,
     /// Every item is appended here and synced before its request is answered (`None` only while the
     /// previous run's journal is being recovered, when nothing is appended).
     journal: Option<Journal>,
-    /// `[input]`: event cap, dead-letter payload cap, timestamp skew.
-    input: InputConfig,
-    flush_every: Duration,
+    /// `[input] dead_letter_payload_bytes`: what the journal keeps of a refused item.
+    keep: usize,
     /// The last position handed out: items are numbered across requests and restarts.
     position: u64,
-    /// `[output] findings`, as `vigil run` writes it.
-    findings_out: FindingsSink,
-    line_buf: String,
-    summary: Summary,
+    source: String,
+    telemetry: Arc<Telemetry>,
     status: StatusLine,
 }
 
 impl Embedded {
-    /// Opens the archive and the journal, and archives what an interrupted run took into its journal
-    /// but had not archived (judged again, as a file is replayed from its checkpoint), before serving.
-    fn open(cfg: &VigilConfig) -> Result<Embedded, PipelineError> {
+    /// Opens the lane and the journal, and archives what an interrupted run took into its journal but
+    /// had not archived (judged again, as a file is replayed from its checkpoint), before serving.
+    fn open(cfg: &VigilConfig, telemetry: Arc<Telemetry>) -> Result<Embedded, PipelineError> {
         let source = cfg.input.source_name.clone().unwrap_or_else(|| HTTP_SOURCE.into());
-        let (archive, checkpoint) = Archive::open(&cfg.archive, &source, 0)?;
-        let engine =
-            restored_engine(&cfg.detect, checkpoint.map(|c| c.state), &checkpoint_of(&cfg.archive.dir))?;
-        let committed = archive.committed_position();
+        let outputs = FindingsFile::open(cfg.output.findings.as_deref())?;
+        let lane = Lane::open(cfg, Origin::Named(source.clone()), outputs, telemetry.clone())?;
+        let committed = lane.committed_position();
         let dir = cfg.archive.dir.join(JOURNAL_DIR).join(&source);
         let journal_err = |source| PipelineError::Journal { path: dir.clone(), source };
         let mut replay = Journal::open(&dir).map_err(journal_err)?;
-        let mut dedup = DedupWindow::new(cfg.input.dedup_window);
-        dedup.seed_from(&archive)?;
         let mut e = Embedded {
             position: committed,
-            archive,
-            engine,
-            dedup,
+            lane,
             journal: None,
-            input: cfg.input.clone(),
-            flush_every: Duration::from_secs_f64(cfg.archive.flush_seconds),
-            findings_out: open_findings(cfg.output.findings.as_deref())?,
-            line_buf: String::new(),
-            summary: Summary { source, ..Summary::default() },
+            keep: cfg.input.dead_letter_payload_bytes,
+            source,
+            telemetry,
             status: StatusLine::new("serve", cfg.output.status_seconds),
         };
         // Items past the checkpoint are judged again, one request (one receipt time) at a time, as they
         // were taken.
-        let mut out = Output::default();
+        let mut recovered = 0;
         let mut request: Vec<journal::Entry> = Vec::new();
         loop {
             let next = replay.next().transpose().map_err(journal_err)?;
@@ -512,7 +509,8 @@ impl Embedded {
                 }
             }
             if request.first().is_some_and(|r| next.as_ref().is_none_or(|x| x.received_ms != r.received_ms)) {
-                e.recover(&request, &mut out)?;
+                e.recover(&request)?;
+                recovered += request.len() as u64;
                 request.clear();
             }
             match next {
@@ -520,16 +518,11 @@ impl Embedded {
                 None => break,
             }
         }
-        if e.archive.has_uncommitted() {
-            flush_findings(&mut e.findings_out)?;
-            let report = e.archive.flush(engine_state(&e.engine), now_ms())?;
-            e.summary.files += report.files.len() as u64;
-            e.summary.archive_bytes += report.bytes;
-        }
-        if e.summary.recovered > 0 {
+        e.lane.flush_and_wait(false)?;
+        if recovered > 0 {
+            e.telemetry.add_recovered(recovered);
             eprintln!(
-                "vigil: archived {} items an interrupted run had taken into {} (answered, not yet archived)",
-                e.summary.recovered,
+                "vigil: archived {recovered} items an interrupted run had taken into {} (answered, not yet archived)",
                 dir.display()
             );
         }
@@ -540,7 +533,7 @@ impl Embedded {
     }
 
     /// Judges again one request's items read back from the journal.
-    fn recover(&mut self, request: &[journal::Entry], out: &mut Output) -> Result<(), PipelineError> {
+    fn recover(&mut self, request: &[journal::Entry]) -> Result<(), PipelineError> {
         let intake: Vec<Intake<'_>> = request
             .iter()
             .map(|x| Intake {
@@ -554,54 +547,29 @@ impl Embedded {
                 journaled: Some(x.verdict),
             })
             .collect();
-        self.judge(&intake, out)?;
-        self.summary.recovered += request.len() as u64;
+        self.judge(&intake)?;
         Ok(())
     }
 
     /// Judges batches as they come, answering each once its items are synced to the journal (batches
-    /// that queued meanwhile share one sync). The archive flushes on its own schedule (`flush_rows`,
-    /// `flush_seconds`): a due flush is taken here and written by a writer thread (Parquet encoding
-    /// overlaps judging, as in `vigil run`), which then removes the journal segment it covers. One
-    /// flush queued at most bounds memory and keeps checkpoints in order.
+    /// that queued meanwhile share one sync). The lane flushes on its own rule (`flush_rows`,
+    /// `flush_seconds`): a due flush goes to the lane's writer thread (Parquet encoding overlaps judging,
+    /// as in `vigil run`), which then removes the journal segment it covers.
     fn run(mut self, rx: Receiver<Msg>) -> Result<Summary, PipelineError> {
-        let writer = self.archive.writer();
-        let late_before = self.engine.stats().late;
-        let (judged, written) = std::thread::scope(|scope| {
-            let (jobs, job_rx) = mpsc::sync_channel::<Durable>(1);
-            let handle = scope.spawn(move || write_durable(writer, job_rx));
-            let judged = self.judge_until_stopped(&rx, &jobs, &handle);
-            drop(jobs);
-            (judged, handle.join())
-        });
-        // The writer's own error says more than "it stopped".
-        let (files, bytes) = written.map_err(|_| PipelineError::WriterStopped)??;
+        let judged = self.judge_until_stopped(&rx);
+        // Whatever stopped it, the flushes handed over are finished (the writer's error says more than
+        // "it stopped").
+        let closed = self.lane.close();
         judged?;
-        self.summary.files += files;
-        self.summary.archive_bytes += bytes;
-        self.summary.late = self.engine.stats().late - late_before;
-        self.summary.agents = self.engine.agents();
-        Ok(self.summary)
+        closed?;
+        Ok(self.telemetry.summary(&self.source))
     }
 
-    fn judge_until_stopped(
-        &mut self,
-        rx: &Receiver<Msg>,
-        jobs: &SyncSender<Durable>,
-        writer: &std::thread::ScopedJoinHandle<'_, Result<(u64, u64), ArchiveError>>,
-    ) -> Result<(), PipelineError> {
-        let mut last_flush = Instant::now();
-        let mut out = Output::default();
+    fn judge_until_stopped(&mut self, rx: &Receiver<Msg>) -> Result<(), PipelineError> {
         loop {
             // A writer that stopped ends the pipeline; what was answered is safe in the journal.
-            if writer.is_finished() {
-                return Err(PipelineError::WriterStopped);
-            }
-            let wait = if self.archive.has_uncommitted() {
-                self.flush_every.saturating_sub(last_flush.elapsed()).min(Duration::from_secs(1))
-            } else {
-                Duration::from_secs(1)
-            };
+            self.lane.check()?;
+            let wait = self.lane.until_due().min(Duration::from_secs(1));
             let mut stop = false;
             let mut answered = Vec::new();
             let mut next = rx.recv_timeout(wait).map_err(|e| e == RecvTimeoutError::Disconnected);
@@ -609,7 +577,7 @@ impl Embedded {
             // client waits for its answer, so at most `max_inflight_requests` batches can arrive first.
             loop {
                 match next {
-                    Ok(Msg::Batch(b)) => match self.take(&b.body, &b.items, &mut out) {
+                    Ok(Msg::Batch(b)) => match self.take(&b.body, &b.items) {
                         Ok(verdicts) => answered.push((b.reply, verdicts)),
                         Err(e) => {
                             let _ = b.reply.send(Err(e.to_string()));
@@ -632,18 +600,11 @@ impl Embedded {
                     let _ = reply.send(Ok(verdicts));
                 }
             }
-            self.status.tick(&self.summary, String::new);
-            let due = self.archive.should_flush()
-                || (self.archive.has_uncommitted() && last_flush.elapsed() >= self.flush_every);
-            if stop || due {
-                last_flush = Instant::now();
-                flush_findings(&mut self.findings_out)?;
+            self.status.tick(&self.telemetry, String::new);
+            if stop || self.lane.due() {
                 let next = self.position + 1;
                 let retire = journal_io(&mut self.journal, |j| j.rotate(next))?;
-                let job = self.archive.take_flush(engine_state(&self.engine), now_ms());
-                if jobs.send(Durable { job, retire }).is_err() {
-                    return Err(PipelineError::WriterStopped);
-                }
+                self.lane.flush(retire)?;
             }
             if stop {
                 return Ok(());
@@ -652,7 +613,7 @@ impl Embedded {
     }
 
     /// Numbers, judges and journals one request's items; positions continue from the last one taken.
-    fn take(&mut self, body: &[u8], items: &[Line], out: &mut Output) -> Result<Vec<Verdict>, PipelineError> {
+    fn take(&mut self, body: &[u8], items: &[Line]) -> Result<Vec<Verdict>, PipelineError> {
         let received_ms = now_ms();
         let intake: Vec<Intake<'_>> = items
             .iter()
@@ -667,59 +628,44 @@ impl Embedded {
                 }
             })
             .collect();
-        self.judge(&intake, out)
+        self.judge(&intake)
     }
 
-    /// Checks, judges and buffers items received together. A new item is journaled with its verdict;
-    /// one read back from the journal is judged against the clock it was received by and keeps the
-    /// verdict it was given (a duplicate of an event archived before the restart is still refused).
-    fn judge(&mut self, intake: &[Intake<'_>], out: &mut Output) -> Result<Vec<Verdict>, PipelineError> {
-        let s = &mut self.summary;
+    /// Has the lane take items received together, and journals each new one with its verdict. One read
+    /// back from the journal is judged against the clock it was received by and keeps the verdict it was
+    /// given (a duplicate of an event archived before the restart is still refused).
+    fn judge(&mut self, intake: &[Intake<'_>]) -> Result<Vec<Verdict>, PipelineError> {
         let Some(received_ms) = intake.first().map(|x| x.received_ms) else { return Ok(Vec::new()) };
-        self.archive.set_ingested_at(received_ms);
-        let skew_s = self.input.max_future_seconds;
-        let horizon = (skew_s > 0).then_some(Horizon { now_ms: received_ms, skew_s });
-        let max = self.input.max_event_bytes;
-        let keep = self.input.dead_letter_payload_bytes;
+        let items: Vec<Item<'_>> = intake
+            .iter()
+            .map(|x| Item {
+                bytes: x.bytes,
+                size: x.size,
+                position: x.position,
+                refused_before: match x.journaled {
+                    Some(journal::Verdict::Refused { first_seen }) => Some(first_seen),
+                    _ => None,
+                },
+            })
+            .collect();
+        self.telemetry.add_input_bytes(intake.iter().map(|x| x.size).sum());
+        let taken = self.lane.take(&items, received_ms)?;
         let mut verdicts = Vec::with_capacity(intake.len());
-        let mut events = Vec::with_capacity(intake.len());
-        let mut positions = Vec::with_capacity(intake.len());
-        for x in intake {
-            s.lines += 1;
-            s.bytes += x.size;
-            let oversize = (x.size > max as u64).then_some(x.size);
-            let line = Line { start: 0, end: x.bytes.len(), position: x.position, oversize };
-            let bytes = kept(x.bytes, &line, max);
-            let mut decided = classify(bytes, &line, max, horizon, &mut self.dedup);
-            if let (Some(Ok(ev)), Some(journal::Verdict::Refused { first_seen })) = (&decided, x.journaled) {
-                // Refused then, valid now: a duplicate of an event from before the restart.
-                let event_id = ev.event_id.to_string();
-                decided = Some(Err(Invalid::DuplicateEventId { event_id, first_position: first_seen }));
-            }
-            let (verdict, journaled, held) = match decided {
-                None => {
-                    s.blank += 1;
-                    self.archive.consumed(x.position);
-                    (Verdict::Blank, journal::Verdict::Blank, x.bytes)
-                }
-                Some(Ok(ev)) => {
-                    events.push(ev);
-                    positions.push(x.position);
-                    (Verdict::Accepted, journal::Verdict::Accepted, x.bytes)
-                }
-                Some(Err(reason)) => {
-                    *s.dead_letters.entry(reason.code()).or_default() += 1;
-                    let journaled = match &reason {
+        for (x, t) in intake.iter().zip(taken) {
+            let (verdict, journaled, held) = match t {
+                // Positions are handed out past the checkpoint, so nothing taken here was archived
+                // before; were it, it would have been accepted then.
+                Taken::Skipped | Taken::Accepted => (Verdict::Accepted, journal::Verdict::Accepted, x.bytes),
+                Taken::Blank => (Verdict::Blank, journal::Verdict::Blank, x.bytes),
+                Taken::Refused(reason) => {
+                    let journaled = match reason {
                         Invalid::TooLarge { .. } => journal::Verdict::TooLarge { size: x.size },
                         Invalid::DuplicateEventId { first_position, .. } => {
                             journal::Verdict::Refused { first_seen: *first_position }
                         }
                         _ => journal::Verdict::Refused { first_seen: 0 },
                     };
-                    let held = DeadLetter::kept(&reason, x.bytes, keep);
-                    let verdict = rejected(&reason);
-                    self.archive.push_dead_letter(&DeadLetter::new(reason, x.position, x.size, bytes, keep));
-                    (verdict, journaled, held)
+                    (rejected(reason), journaled, DeadLetter::kept(reason, x.bytes, self.keep))
                 }
             };
             if x.journaled.is_none() {
@@ -727,13 +673,6 @@ impl Embedded {
             }
             verdicts.push(verdict);
         }
-        s.valid += events.len() as u64;
-        out.clear();
-        self.engine.process(&events, out);
-        for (ev, &pos) in events.iter().zip(&positions) {
-            self.archive.push_event(ev, pos);
-        }
-        record(out, s, &mut self.archive, &mut self.findings_out, &mut self.line_buf)?;
         Ok(verdicts)
     }
 }
@@ -750,42 +689,12 @@ fn journal_io<T>(
 /// Where the journal of each source lives, under the archive root.
 const JOURNAL_DIR: &str = "_vigil/journal";
 
-fn flush_findings(sink: &mut FindingsSink) -> Result<(), PipelineError> {
-    match sink.as_mut() {
-        Some((w, path)) => w.flush().map_err(|source| PipelineError::Findings { path: path.clone(), source }),
-        None => Ok(()),
-    }
-}
-
 /// Answers requests whose items were not journaled with why, and hands the reason on.
 fn refuse(replies: Vec<(Answer, Vec<Verdict>)>, e: PipelineError) -> PipelineError {
     for (reply, _) in replies {
         let _ = reply.send(Err(format!("not taken: {e}")));
     }
     e
-}
-
-/// A flush on its way to the writer thread, with the journal segment it makes redundant.
-struct Durable {
-    job: Option<FlushJob>,
-    retire: Option<PathBuf>,
-}
-
-/// The embedded pipeline's writer thread: writes each flush, then removes the journal segment it
-/// covers; stops at the first error. Returns the files and bytes written.
-fn write_durable(mut writer: FlushWriter, jobs: Receiver<Durable>) -> Result<(u64, u64), ArchiveError> {
-    let (mut files, mut bytes) = (0u64, 0u64);
-    for d in jobs {
-        if let Some(job) = d.job {
-            let r = writer.write(job)?;
-            files += r.files.len() as u64;
-            bytes += r.bytes;
-        }
-        if let Some(path) = d.retire {
-            std::fs::remove_file(&path).map_err(|source| ArchiveError::Io { path, source })?;
-        }
-    }
-    Ok((files, bytes))
 }
 
 // ---- Kafka: produce, answer on acknowledgement ----
@@ -882,12 +791,12 @@ impl KafkaFront {
         let mut dedup = DedupWindow::new(0);
         let horizon = Horizon::now(state.input.max_future_seconds);
         let mut saturated = false;
-        let mut counts = Summary::default();
+        let mut counts = BatchCounts::default();
         for item in &items {
             let bytes = kept(&body, item, max);
             let (record_to, key, payload, reason) = match classify(bytes, item, max, horizon, &mut dedup) {
                 None => {
-                    counts.blank += 1;
+                    counts.count(Outcome::Blank);
                     verdicts.push(Verdict::Blank);
                     continue;
                 }
@@ -927,7 +836,7 @@ impl KafkaFront {
                         verdicts.push(Verdict::Accepted);
                     }
                     Some(r) => {
-                        *counts.dead_letters.entry(r.code()).or_default() += 1;
+                        counts.dead_letter(&r);
                         dlq_acks.push(rx);
                         verdicts.push(rejected(&r));
                     }
@@ -947,7 +856,7 @@ impl KafkaFront {
         }
         for (i, rx) in acks {
             match rx.await {
-                Ok(Ok(())) => counts.valid += 1,
+                Ok(Ok(())) => counts.count(Outcome::Accepted),
                 Ok(Err(e)) => verdicts[i] = Verdict::Failed { code: "produce_failed", detail: e },
                 Err(_) => {
                     verdicts[i] = Verdict::Failed {
@@ -963,13 +872,7 @@ impl KafkaFront {
             }
         }
         // Items not taken (saturated, broker errors) are the client's to send again: not counted as read.
-        let mut c = state.counts.lock().unwrap_or_else(|p| p.into_inner());
-        c.lines += counts.blank + counts.valid + counts.dead_lettered();
-        c.blank += counts.blank;
-        c.valid += counts.valid;
-        for (code, n) in counts.dead_letters {
-            *c.dead_letters.entry(code).or_default() += n;
-        }
+        state.telemetry.add_batch(&counts);
         verdicts
     }
 }

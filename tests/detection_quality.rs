@@ -25,12 +25,10 @@ fn evaluate(seed: u64) -> Report {
         rate: 10.0,
         incidents: 40,
     };
-    let mut judge = Judge::new(&cfg.detect).unwrap();
+    let mut judge = Judge::new(&cfg).unwrap();
     let mut batch: Vec<String> = Vec::with_capacity(4096);
     let flush = |judge: &mut Judge, batch: &mut Vec<String>| {
-        let events: Vec<_> =
-            batch.iter().map(|l| vigil_schemas::decode_str(l).expect("simulated events are valid")).collect();
-        judge.push(&events);
+        judge.push(batch).unwrap();
         batch.clear();
     };
     let labels = simulate(
@@ -46,7 +44,8 @@ fn evaluate(seed: u64) -> Report {
     )
     .unwrap();
     flush(&mut judge, &mut batch);
-    let detected = judge.finish();
+    let detected = judge.finish().unwrap();
+    assert_eq!(detected.invalid, 0, "simulated events are valid");
     assert_eq!(detected.agents, AGENTS);
     let agent_days = AGENTS as f64 * DAYS as f64;
     score(&detected.findings, &labels, agent_days, 600_000).unwrap()

@@ -13,7 +13,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use vigil::config::VigilConfig;
-use vigil::kafka::{KafkaRunOptions, run};
+use vigil::run::kafka::{KafkaRunOptions, run};
 use vigil_ingest::source::kafka::KafkaConfig;
 
 fn produce(bootstrap: &str, from: usize, to: usize) {

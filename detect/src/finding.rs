@@ -86,6 +86,10 @@ pub enum Severity {
 }
 
 impl Severity {
+    /// Every severity, lowest first.
+    pub const ALL: &'static [Severity] =
+        &[Severity::Low, Severity::Medium, Severity::High, Severity::Critical];
+
     /// The wire name.
     pub const fn as_str(self) -> &'static str {
         match self {

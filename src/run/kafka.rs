@@ -21,16 +21,12 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use vigil_detect::{DetectConfig, Engine, Output};
-use vigil_ingest::archive::{Archive, ArchiveConfig, DeadLetter};
-use vigil_ingest::source::Line;
+use vigil_detect::Output;
 use vigil_ingest::source::kafka::{AckContext, KafkaConfig, Lag, StateRecord};
 
-use crate::config::{InputConfig, VigilConfig};
-use crate::pipeline::{
-    DedupWindow, Horizon, PipelineError, StatusLine, Summary, checkpoint_of, classify, engine_state, kept,
-    now_ms, record, restored_engine,
-};
+use crate::config::VigilConfig;
+use crate::pipeline::{Fanout, Item, Lane, Origin, PipelineError, StatusLine, Summary, Taken, now_ms};
+use crate::telemetry::Telemetry;
 
 /// With an idle exit: how long past it a member may wait for its first partition before giving up.
 const UNASSIGNED_LIMIT: Duration = Duration::from_secs(90);
@@ -46,12 +42,9 @@ pub struct KafkaRunOptions {
     pub idle_exit: Option<Duration>,
 }
 
-/// One assigned partition: its archive writer and its detection engine.
+/// One assigned partition: its lane.
 struct PartState {
-    archive: Archive,
-    engine: Engine,
-    dedup: DedupWindow,
-    last_flush: Instant,
+    lane: Lane,
     /// The rebalance epoch it was assigned in: messages polled before that belong to an earlier
     /// ownership of the partition, whose position was committed without them.
     assigned_at: u64,
@@ -59,18 +52,16 @@ struct PartState {
 
 /// What the consumer thread and the rebalance callback share.
 struct Shared {
-    archive: ArchiveConfig,
-    detect: DetectConfig,
+    /// The whole config: each partition's lane opens from it.
+    cfg: VigilConfig,
     kafka: KafkaConfig,
-    /// `[input]`: event cap, dedup window, timestamp skew.
-    input: InputConfig,
-    producer: ThreadedProducer<AckContext>,
+    producer: Arc<ThreadedProducer<AckContext>>,
     parts: Mutex<HashMap<(String, i32), PartState>>,
     /// Bumped on every assignment and revocation; each polled message is tagged with it.
     epoch: AtomicU64,
     /// The first error met inside a rebalance callback (which cannot return one).
     failed: Mutex<Option<String>>,
-    summary: Mutex<Summary>,
+    telemetry: Arc<Telemetry>,
     lag: Lag,
     /// Partitions of the state topic (0: no state topic).
     state_partitions: i32,
@@ -86,37 +77,26 @@ impl Shared {
         f.get_or_insert(msg);
     }
 
-    /// Opens a newly assigned partition: its archive (recovered), and its detector state from whichever
-    /// is newer, the local checkpoint or the state topic. When the topic's is newer, another member (with
-    /// another archive root) archived the records in between, and this archive moves past them.
+    /// Opens a newly assigned partition's lane: its archive (recovered), and its detector state from
+    /// whichever is newer, the local checkpoint or the state topic.
     fn open(
         &self,
         topic: &str,
         partition: i32,
         remote: Option<StateRecord>,
     ) -> Result<PartState, PipelineError> {
-        let (mut archive, checkpoint) = Archive::open_kafka(&self.archive, topic, partition)?;
-        let local = checkpoint.as_ref().map_or(0, |c| c.committed_position);
-        let engine = match remote {
-            Some(r) if r.position > local => {
-                archive.skip_to(r.position);
-                let from =
-                    format!("{} key {}", self.kafka.state_topic, self.kafka.state_key(topic, partition));
-                restored_engine(&self.detect, Some(r.state), &from)?
-            }
-            _ => {
-                restored_engine(&self.detect, checkpoint.map(|c| c.state), &checkpoint_of(&self.archive.dir))?
-            }
-        };
-        let mut dedup = DedupWindow::new(self.input.dedup_window);
-        dedup.seed_from(&archive)?;
-        Ok(PartState {
-            archive,
-            engine,
-            dedup,
-            last_flush: Instant::now(),
-            assigned_at: self.epoch.load(Ordering::SeqCst),
-        })
+        let remote = remote.map(|r| {
+            let from = format!("{} key {}", self.kafka.state_topic, self.kafka.state_key(topic, partition));
+            (r, from)
+        });
+        let origin = Origin::Kafka { topic: topic.to_owned(), partition, remote };
+        let topics: Box<dyn Fanout> = Box::new(Topics {
+            producer: self.producer.clone(),
+            findings: self.kafka.findings_topic.clone(),
+            control: self.kafka.control_topic.clone(),
+        });
+        let lane = Lane::open(&self.cfg, origin, vec![topics], self.telemetry.clone())?;
+        Ok(PartState { lane, assigned_at: self.epoch.load(Ordering::SeqCst) })
     }
 
     /// Makes one partition durable and commits its offset: acknowledgements first, then the archive's
@@ -128,27 +108,23 @@ impl Shared {
         partition: i32,
         st: &mut PartState,
         mode: CommitMode,
-    ) -> Result<(u64, u64), PipelineError> {
-        st.last_flush = Instant::now();
-        if !st.archive.has_uncommitted() {
-            return Ok((0, 0));
+    ) -> Result<(), PipelineError> {
+        if !st.lane.has_uncommitted() {
+            return Ok(());
         }
         self.acknowledged("dead letters and findings")?;
-        let state = engine_state(&st.engine);
         let now = now_ms();
         // The state is copied only when it also goes to the state topic.
-        let (for_archive, for_topic) =
-            if self.state_partitions > 0 { (state.clone(), Some(state)) } else { (state, None) };
-        let report = st.archive.flush(for_archive, now)?;
+        let Some(durable) = st.lane.flush_and_wait(self.state_partitions > 0)? else { return Ok(()) };
         // The state travels with the commit: produced and acknowledged before the offset moves, so the
         // committed offset never runs ahead of the state a new owner restores.
-        if let Some(state) = for_topic {
+        if let Some(state) = durable.state {
             let record = StateRecord {
                 version: 1,
                 group: self.kafka.group.clone(),
                 topic: topic.to_owned(),
                 partition,
-                position: report.committed_position,
+                position: durable.position,
                 committed_at: now,
                 state,
             }
@@ -177,7 +153,7 @@ impl Shared {
         // The archive's committed position is offset + 1 of the last durable record: the next offset to
         // read, which is what Kafka commits.
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition, Offset::Offset(report.committed_position as i64))
+        tpl.add_partition_offset(topic, partition, Offset::Offset(durable.position as i64))
             .map_err(|e| PipelineError::Kafka(e.to_string()))?;
         // A commit that fails is retried: the archive is already durable, so the worst a lost commit
         // does is make a restart skip (by the checkpoint) what Kafka redelivers.
@@ -189,7 +165,7 @@ impl Shared {
             }
             std::thread::sleep(Duration::from_millis(100 << attempt.min(4)));
         }
-        Ok((report.files.len() as u64, report.bytes))
+        Ok(())
     }
 
     /// Waits until everything produced so far is acknowledged; any delivery that failed is an error.
@@ -203,12 +179,6 @@ impl Shared {
             return Err(PipelineError::Kafka(format!("{n} records could not be produced, the last: {e}")));
         }
         Ok(())
-    }
-
-    fn count_flush(&self, written: (u64, u64)) {
-        let mut s = self.summary.lock().unwrap_or_else(|p| p.into_inner());
-        s.files += written.0;
-        s.archive_bytes += written.1;
     }
 }
 
@@ -231,12 +201,10 @@ impl ConsumerContext for Ctx {
             for e in tpl.elements() {
                 let key = (e.topic().to_owned(), e.partition());
                 if let Some(mut st) = parts.remove(&key) {
-                    match self.shared.flush(consumer, &key.0, key.1, &mut st, CommitMode::Sync) {
-                        Ok(w) => self.shared.count_flush(w),
-                        Err(err) => {
-                            self.shared.fail(format!("flushing {}/{} on revoke: {err}", key.0, key.1))
-                        }
+                    if let Err(err) = self.shared.flush(consumer, &key.0, key.1, &mut st, CommitMode::Sync) {
+                        self.shared.fail(format!("flushing {}/{} on revoke: {err}", key.0, key.1))
                     }
+                    st.lane.hand_over();
                 }
             }
         }
@@ -286,6 +254,16 @@ pub fn run(
     opts: &KafkaRunOptions,
     stop: &AtomicBool,
 ) -> Result<(Summary, Lag), PipelineError> {
+    run_with(cfg, opts, stop, Arc::new(Telemetry::new()))
+}
+
+/// [`run`], counting into `telemetry` (which a server beside the member may expose).
+pub fn run_with(
+    cfg: &VigilConfig,
+    opts: &KafkaRunOptions,
+    stop: &AtomicBool,
+    telemetry: Arc<Telemetry>,
+) -> Result<(Summary, Lag), PipelineError> {
     let kafka = cfg.kafka.clone().ok_or(PipelineError::NoInput)?;
     let started = Instant::now();
     if kafka.create_topics {
@@ -307,15 +285,13 @@ pub fn run(
     let producer =
         kafka.producer().map_err(|e| PipelineError::Kafka(format!("creating the producer: {e}")))?;
     let shared = Arc::new(Shared {
-        archive: cfg.archive.clone(),
-        detect: cfg.detect.clone(),
+        cfg: cfg.clone(),
         kafka: kafka.clone(),
-        input: cfg.input.clone(),
-        producer,
+        producer: Arc::new(producer),
         parts: Mutex::new(HashMap::new()),
         epoch: AtomicU64::new(0),
         failed: Mutex::new(None),
-        summary: Mutex::new(Summary { source: kafka.topics.join(","), ..Summary::default() }),
+        telemetry: telemetry.clone(),
         lag: Lag::default(),
         state_partitions,
     });
@@ -327,11 +303,9 @@ pub fn run(
     consumer
         .subscribe(&topics)
         .map_err(|e| PipelineError::Kafka(format!("subscribing to {topics:?}: {e}")))?;
-    let flush_every = Duration::from_secs_f64(cfg.archive.flush_seconds);
     let poll = Duration::from_millis(kafka.poll_ms);
     let mut last_message = Instant::now();
     let mut last_assigned = Instant::now();
-    let mut out = Output::default();
     let mut status = StatusLine::new("run --kafka", cfg.output.status_seconds);
     let mut batch: Vec<(BorrowedMessage<'_>, u64)> = Vec::with_capacity(kafka.batch_messages);
     let result = loop {
@@ -378,12 +352,10 @@ pub fn run(
         if !batch.is_empty() || unassigned {
             last_message = Instant::now();
         }
-        if let Err(e) = process(&shared, &consumer, &batch, &mut out, flush_every) {
+        if let Err(e) = process(&shared, &consumer, &batch) {
             break Err(e);
         }
-        status.tick(&shared.summary.lock().unwrap_or_else(|p| p.into_inner()), || {
-            lag_text(&shared.lag.snapshot())
-        });
+        status.tick(&shared.telemetry, || lag_text(&shared.lag.snapshot()));
     };
     drop(batch);
     // Whatever ended the loop, what was judged is made durable and committed.
@@ -392,19 +364,17 @@ pub fn run(
     keys.sort();
     let mut closing = Ok(());
     for key in keys {
-        if let Some(st) = parts.get_mut(&key) {
-            match shared.flush(&consumer, &key.0, key.1, st, CommitMode::Sync) {
-                Ok(w) => shared.count_flush(w),
-                Err(e) => closing = Err(e),
-            }
+        if let Some(st) = parts.get_mut(&key)
+            && let Err(e) = shared.flush(&consumer, &key.0, key.1, st, CommitMode::Sync)
+        {
+            closing = Err(e);
         }
     }
     drop(parts);
     result?;
     closing?;
-    let mut summary = shared.summary.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut summary = telemetry.summary(&kafka.topics.join(","));
     summary.elapsed = started.elapsed();
-    summary.agents = shared.parts().values().map(|p| p.engine.agents()).sum();
     summary.lag = shared.lag.snapshot().into_iter().map(|((t, p), l)| (format!("{t}/{p}"), l)).collect();
     Ok((summary, shared.lag.clone()))
 }
@@ -427,8 +397,6 @@ fn process(
     shared: &Shared,
     consumer: &BaseConsumer<Ctx>,
     batch: &[(BorrowedMessage<'_>, u64)],
-    out: &mut Output,
-    flush_every: Duration,
 ) -> Result<(), PipelineError> {
     let mut parts = shared.parts();
     let now = now_ms();
@@ -436,104 +404,86 @@ fn process(
     for (m, epoch) in batch {
         by_part.entry((m.topic(), m.partition())).or_default().push((m, *epoch));
     }
-    let mut summary = shared.summary.lock().unwrap_or_else(|p| p.into_inner());
-    for ((topic, partition), msgs) in by_part {
+    for ((topic, partition), mut msgs) in by_part {
         // A partition revoked while this batch was being polled belongs to another member now; it
         // re-reads these from the committed offset.
         let Some(st) = parts.get_mut(&(topic.to_owned(), partition)) else { continue };
-        st.archive.set_ingested_at(now);
-        let horizon = Horizon::now(shared.input.max_future_seconds);
-        let committed = st.archive.committed_position();
-        let max = shared.input.max_event_bytes;
-        let mut events = Vec::with_capacity(msgs.len());
-        let mut positions = Vec::with_capacity(msgs.len());
-        for &(m, epoch) in &msgs {
-            if epoch < st.assigned_at {
-                // Polled under an earlier ownership of this partition, which committed without it; the
-                // current one fetches it again from the committed offset.
-                continue;
-            }
-            let position = m.offset() as u64 + 1;
-            summary.lines += 1;
-            if position <= committed {
-                summary.skipped += 1;
-                continue;
-            }
-            let payload = m.payload().unwrap_or_default();
-            let line = Line {
-                start: 0,
-                end: payload.len(),
-                position,
-                oversize: (payload.len() > max).then_some(payload.len() as u64),
-            };
-            match classify(kept(payload, &line, max), &line, max, horizon, &mut st.dedup) {
-                None => {
-                    summary.blank += 1;
-                    st.archive.consumed(position);
+        // Polled under an earlier ownership of this partition, which committed without them; the
+        // current one fetches them again from the committed offset.
+        msgs.retain(|&(_, epoch)| epoch >= st.assigned_at);
+        let items: Vec<Item<'_>> = msgs
+            .iter()
+            .map(|(m, _)| {
+                let payload = m.payload().unwrap_or_default();
+                Item {
+                    bytes: payload,
+                    size: payload.len() as u64,
+                    position: m.offset() as u64 + 1,
+                    refused_before: None,
                 }
-                Some(Ok(ev)) => {
-                    events.push(ev);
-                    positions.push(position);
-                }
-                Some(Err(reason)) => {
-                    *summary.dead_letters.entry(reason.code()).or_default() += 1;
-                    let dlq = shared.kafka.dlq_for(topic);
-                    let offset = m.offset().to_string();
-                    let part = partition.to_string();
-                    let detail = reason.to_string();
-                    let headers = OwnedHeaders::new()
-                        .insert(Header { key: "vigil.reason", value: Some(reason.code()) })
-                        .insert(Header { key: "vigil.stage", value: Some("decode") })
-                        .insert(Header { key: "vigil.detail", value: Some(&detail) })
-                        .insert(Header { key: "vigil.topic", value: Some(topic) })
-                        .insert(Header { key: "vigil.partition", value: Some(&part) })
-                        .insert(Header { key: "vigil.offset", value: Some(&offset) });
-                    let mut record = BaseRecord::to(&dlq).payload(payload).headers(headers);
-                    if let Some(k) = m.key() {
-                        record = record.key(k);
-                    }
-                    send(&shared.producer, record)?;
-                    st.archive.push_dead_letter(&DeadLetter::new(
-                        reason,
-                        position,
-                        payload.len() as u64,
-                        payload,
-                        shared.input.dead_letter_payload_bytes,
-                    ));
-                }
+            })
+            .collect();
+        let taken = st.lane.take(&items, now)?;
+        for ((m, _), t) in msgs.iter().zip(taken) {
+            if let Taken::Refused(reason) = t {
+                dead_letter(shared, m, reason)?;
             }
         }
-        summary.valid += events.len() as u64;
-        out.clear();
-        let late_before = st.engine.stats().late;
-        st.engine.process(&events, out);
-        summary.late += st.engine.stats().late - late_before;
-        for (ev, &pos) in events.iter().zip(&positions) {
-            st.archive.push_event(ev, pos);
-        }
-        // Counted and archived as every pipeline does; then also published for other systems.
-        record(out, &mut summary, &mut st.archive, &mut None, &mut String::new())?;
-        for f in &out.findings {
-            publish(&shared.producer, &shared.kafka.findings_topic, &f.agent_id, f)?;
-        }
-        for d in &out.decisions {
-            publish(&shared.producer, &shared.kafka.control_topic, &d.agent_id, d)?;
-        }
-        if st.archive.should_flush() || st.last_flush.elapsed() >= flush_every {
-            let (files, bytes) = shared.flush(consumer, topic, partition, st, CommitMode::Async)?;
-            summary.files += files;
-            summary.archive_bytes += bytes;
+        if st.lane.due() {
+            shared.flush(consumer, topic, partition, st, CommitMode::Async)?;
         }
     }
     // Partitions with nothing new are still flushed on time, so a quiet partition's tail is committed.
     for ((topic, partition), st) in parts.iter_mut() {
-        if st.archive.has_uncommitted() && st.last_flush.elapsed() >= flush_every {
-            let (files, bytes) = shared.flush(consumer, topic, *partition, st, CommitMode::Async)?;
-            summary.files += files;
-            summary.archive_bytes += bytes;
+        if st.lane.due() {
+            shared.flush(consumer, topic, *partition, st, CommitMode::Async)?;
         }
     }
     Ok(())
+}
+
+/// Produces a refused message to its topic's dead-letter topic, as it came, with why in headers.
+fn dead_letter(
+    shared: &Shared,
+    m: &BorrowedMessage<'_>,
+    reason: &vigil_schemas::Invalid,
+) -> Result<(), PipelineError> {
+    let dlq = shared.kafka.dlq_for(m.topic());
+    let offset = m.offset().to_string();
+    let part = m.partition().to_string();
+    let detail = reason.to_string();
+    let headers = OwnedHeaders::new()
+        .insert(Header { key: "vigil.reason", value: Some(reason.code()) })
+        .insert(Header { key: "vigil.stage", value: Some("decode") })
+        .insert(Header { key: "vigil.detail", value: Some(&detail) })
+        .insert(Header { key: "vigil.topic", value: Some(m.topic()) })
+        .insert(Header { key: "vigil.partition", value: Some(&part) })
+        .insert(Header { key: "vigil.offset", value: Some(&offset) });
+    let mut record = BaseRecord::to(&dlq).payload(m.payload().unwrap_or_default()).headers(headers);
+    if let Some(k) = m.key() {
+        record = record.key(k);
+    }
+    send(&shared.producer, record)
+}
+
+/// The findings and control topics, as a lane's fan-out arm: findings and decisions published for other
+/// systems, keyed by agent_id (acknowledged before the partition's offset moves).
+struct Topics {
+    producer: Arc<ThreadedProducer<AckContext>>,
+    findings: String,
+    control: String,
+}
+
+impl Fanout for Topics {
+    fn emit(&mut self, out: &Output) -> Result<(), PipelineError> {
+        for f in &out.findings {
+            publish(&self.producer, &self.findings, &f.agent_id, f)?;
+        }
+        for d in &out.decisions {
+            publish(&self.producer, &self.control, &d.agent_id, d)?;
+        }
+        Ok(())
+    }
 }
 
 /// Produces `value` as JSON to `topic` keyed by `agent_id`, for other systems to subscribe to; an

@@ -1,0 +1,135 @@
+//! The one place a line becomes blank, an event or a refusal: decode, the future bound, dedup.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+
+use vigil_ingest::archive::{Archive, ArchiveError};
+use vigil_ingest::source::Line;
+use vigil_schemas::{Event, Invalid};
+
+use super::now_ms;
+
+/// Recent event ids, to refuse duplicates: a bounded set of 64-bit hashes, oldest forgotten first.
+#[derive(Debug)]
+pub struct DedupWindow {
+    cap: usize,
+    seen: HashMap<u64, u64, BuildHasherDefault<IdentityHasher>>,
+    order: VecDeque<u64>,
+    hasher: BuildHasherDefault<DefaultHasher>,
+}
+
+/// The keys are already hashes; hashing them again would waste the time the window exists to save.
+#[derive(Debug, Default)]
+struct IdentityHasher(u64);
+
+impl std::hash::Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+impl DedupWindow {
+    /// A window remembering the last `cap` ids (0: remembers none, refuses no duplicate).
+    pub fn new(cap: usize) -> Self {
+        DedupWindow {
+            cap,
+            seen: HashMap::with_capacity_and_hasher(cap.min(1 << 20), BuildHasherDefault::default()),
+            order: VecDeque::with_capacity(cap.min(1 << 20)),
+            hasher: BuildHasherDefault::default(),
+        }
+    }
+
+    /// Remembers what `archive` already holds (its newest `cap` events), so that after a restart a resend
+    /// of one of them is refused as it would be in one uninterrupted run. Returns the ids remembered.
+    pub fn seed_from(&mut self, archive: &Archive) -> Result<usize, ArchiveError> {
+        archive.recent_event_ids(self.cap, |id, position| {
+            self.check(id, position);
+        })
+    }
+
+    /// Records `id` at `position`; returns the first position if it was seen already.
+    fn check(&mut self, id: &str, position: u64) -> Option<u64> {
+        if self.cap == 0 {
+            return None;
+        }
+        let h = self.hasher.hash_one(id);
+        if let Some(&first) = self.seen.get(&h) {
+            return Some(first);
+        }
+        if self.order.len() == self.cap
+            && let Some(old) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        self.seen.insert(h, position);
+        self.order.push_back(h);
+        None
+    }
+}
+
+/// The latest event time a pipeline accepts: its clock plus the skew allowed (`input.max_future_seconds`).
+/// One event stamped far ahead would otherwise move event time, and so the lateness cut-off, forward for
+/// every agent judged with it, and their real events would count as late: a way to blind the detectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Horizon {
+    /// The receiving clock, UTC ms.
+    pub now_ms: i64,
+    /// Seconds an event may be ahead of it.
+    pub skew_s: u64,
+}
+
+impl Horizon {
+    /// The horizon now for a skew of `skew_s` seconds; `None` when the check is off (0).
+    pub fn now(skew_s: u64) -> Option<Horizon> {
+        (skew_s > 0).then(|| Horizon { now_ms: now_ms(), skew_s })
+    }
+}
+
+/// A line's bytes in `buf` as the contract check sees them: an oversize line only by its prefix.
+pub(crate) fn kept<'a>(buf: &'a [u8], line: &Line, max: usize) -> &'a [u8] {
+    let bytes = &buf[line.start..line.end];
+    &bytes[..bytes.len().min(max)]
+}
+
+/// Judges one line against the contract: `None` for a blank line, else the event or why it is refused.
+/// Every path in (`run`, `validate`, Kafka, HTTP) shares it, so they cannot disagree about a line.
+/// `horizon` bounds `ts` from above (the receiving clock plus the allowed skew); `None` checks no bound
+/// (offline scoring of simulated fleets). A refused line does not enter the dedup window, so its
+/// corrected resend is taken.
+pub fn classify<'a>(
+    bytes: &'a [u8],
+    line: &Line,
+    max_event_bytes: usize,
+    horizon: Option<Horizon>,
+    dedup: &mut DedupWindow,
+) -> Option<Result<Event<'a>, Invalid>> {
+    let decoded = match line.oversize {
+        Some(size) => Err(Invalid::TooLarge { size: size as usize, limit: max_event_bytes }),
+        None if bytes.iter().all(u8::is_ascii_whitespace) => return None,
+        None => vigil_schemas::decode(bytes, max_event_bytes),
+    };
+    Some(decoded.and_then(|ev| {
+        if let Some(h) = horizon
+            && ev.ts_ms > h.now_ms.saturating_add(h.skew_s as i64 * 1000)
+        {
+            return Err(Invalid::FutureTimestamp {
+                ahead_s: (ev.ts_ms - h.now_ms) / 1000,
+                limit_s: h.skew_s,
+            });
+        }
+        match dedup.check(&ev.event_id, line.position) {
+            Some(first_position) => {
+                Err(Invalid::DuplicateEventId { event_id: ev.event_id.to_string(), first_position })
+            }
+            None => Ok(ev),
+        }
+    }))
+}

@@ -1,0 +1,566 @@
+//! The lane: everything one source partition needs between its bytes and a durable archive.
+//!
+//! A lane owns, for one source partition (a file, stdin, `http`, one Kafka topic-partition, a replay),
+//! the dedup window, the detection engine, the archive with its writer thread, and the fan-out of
+//! findings and decisions. Drivers only hand it items and decide when to stop; the lane decides
+//! everything else the same way for every source:
+//!
+//! - **open**: archive (recovered), checkpoint, detector state (the checkpoint's or, under Kafka, the
+//!   state topic's when newer), dedup window seeded from the newest archive files;
+//! - **take**: classify (decode, future bound, dedup) → judge → archive rows → fan out findings and
+//!   decisions, counting per batch into the run's [`Telemetry`];
+//! - **flush**: due on rows (`archive.flush_rows`) or seconds (`archive.flush_seconds`); the files and
+//!   the checkpoint (with the detector state) are written by the lane's writer thread, one job in flight,
+//!   in order, so checkpoints only move forward. A driver that must act after durability (a Kafka
+//!   commit) waits on the same writer.
+//!
+//! Only the lane calls `Engine::process`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vigil_detect::{DetectConfig, Engine, Output};
+use vigil_ingest::archive::{
+    Archive, ArchiveConfig, ArchiveError, DeadLetter, FlushJob, FlushReport, FlushWriter,
+};
+use vigil_ingest::source::Line;
+use vigil_ingest::source::kafka::StateRecord;
+use vigil_schemas::Invalid;
+
+use super::classify::{DedupWindow, Horizon, classify, kept};
+use super::{PipelineError, checkpoint_of, engine_state, restored_engine};
+use crate::config::{InputConfig, VigilConfig};
+use crate::telemetry::{BatchCounts, Outcome, Stage, Telemetry};
+
+/// One item offered to a lane.
+#[derive(Debug, Clone, Copy)]
+pub struct Item<'a> {
+    /// What the source holds of it: all of it, or the prefix kept of an item over the size cap.
+    pub bytes: &'a [u8],
+    /// Its full size in bytes.
+    pub size: u64,
+    /// Its source position (line number, offset + 1, intake number).
+    pub position: u64,
+    /// Read back from an intake journal that recorded it as refused (with the first position of the
+    /// duplicate it was, 0 for other reasons): a refusal once answered stays a refusal, even when the
+    /// dedup window no longer holds what it duplicated.
+    pub refused_before: Option<u64>,
+}
+
+/// What a lane did with one item.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Taken {
+    /// At or before the checkpoint: an earlier run archived it.
+    Skipped,
+    /// Whitespace only: nothing to keep.
+    Blank,
+    /// A valid event: judged and buffered for the archive.
+    Accepted,
+    /// Refused by the contract and dead-lettered in the archive, for this reason.
+    Refused(Invalid),
+}
+
+/// Where findings and decisions go besides the archive (NDJSON, Kafka topics, and the coming breakers
+/// and webhooks): one arm per output, called once per batch in the order the engine produced them.
+pub trait Fanout: Send {
+    /// Takes one batch's findings and decisions (already counted and in the archive's buffers).
+    fn emit(&mut self, out: &Output) -> Result<(), PipelineError>;
+    /// Called before each archive flush (and at the end): make what was emitted visible.
+    fn flush(&mut self) -> Result<(), PipelineError> {
+        Ok(())
+    }
+}
+
+/// Which source partition a lane is for.
+#[derive(Debug)]
+pub enum Origin {
+    /// A named source numbered from 1 (a file, stdin, `http`): partition 0.
+    Named(String),
+    /// A Kafka topic partition (positions are offset + 1), with what the state topic holds for it.
+    Kafka {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The newest state record on the state topic, and where it was read (for messages).
+        remote: Option<(StateRecord, String)>,
+    },
+}
+
+/// A flush made durable: what a driver needs to act on it.
+#[derive(Debug)]
+pub struct Durable {
+    /// Every position up to this one is in the archive and the checkpoint.
+    pub position: u64,
+    /// The detector state the checkpoint holds, when asked for (the Kafka state topic).
+    pub state: Option<serde_json::Value>,
+}
+
+/// The limits `take` applies, from `[input]`.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_event_bytes: usize,
+    keep: usize,
+    skew_s: u64,
+}
+
+/// See the module documentation.
+pub struct Lane {
+    name: String,
+    archive: Option<Archive>,
+    engine: Engine,
+    dedup: DedupWindow,
+    limits: Limits,
+    outputs: Vec<Box<dyn Fanout>>,
+    telemetry: Arc<Telemetry>,
+    writer: Option<Writer>,
+    flush_every: Duration,
+    last_flush: Instant,
+    out: Output,
+    taken: Vec<Taken>,
+    /// What this lane last added to the tracked-agents gauge.
+    agents: i64,
+    /// The earliest and latest event time taken.
+    span: Option<(i64, i64)>,
+}
+
+impl std::fmt::Debug for Lane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lane").field("name", &self.name).field("agents", &self.agents).finish_non_exhaustive()
+    }
+}
+
+impl Lane {
+    /// Opens the lane of one source partition: its archive (recovered from an interrupted run), its
+    /// detector state and its dedup window; starts its writer thread.
+    pub fn open(
+        cfg: &VigilConfig,
+        origin: Origin,
+        outputs: Vec<Box<dyn Fanout>>,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<Lane, PipelineError> {
+        let (name, mut archive, checkpoint, remote) = match origin {
+            Origin::Named(name) => {
+                let (archive, checkpoint) = Archive::open(&cfg.archive, &name, 0)?;
+                (name, archive, checkpoint, None)
+            }
+            Origin::Kafka { topic, partition, remote } => {
+                let (archive, checkpoint) = Archive::open_kafka(&cfg.archive, &topic, partition)?;
+                (format!("{topic}/{partition}"), archive, checkpoint, remote)
+            }
+        };
+        let local = checkpoint.as_ref().map_or(0, |c| c.committed_position);
+        let engine = match remote {
+            // The state topic is ahead: another member (another archive root) archived the records in
+            // between, and this archive moves past them.
+            Some((r, from)) if r.position > local => {
+                archive.skip_to(r.position);
+                restored_engine(&cfg.detect, Some(r.state), &from)?
+            }
+            _ => restored_engine(&cfg.detect, checkpoint.map(|c| c.state), &checkpoint_of(&cfg.archive.dir))?,
+        };
+        let mut dedup = DedupWindow::new(cfg.input.dedup_window);
+        dedup.seed_from(&archive)?;
+        let writer = Writer::spawn(archive.writer(), telemetry.clone(), &name)?;
+        let mut lane = Lane::new(name, &cfg.input, &cfg.archive, engine, dedup, outputs, telemetry);
+        lane.archive = Some(archive);
+        lane.writer = Some(writer);
+        lane.count_agents();
+        Ok(lane)
+    }
+
+    /// A lane that keeps nothing: no archive, no checkpoint, no future bound (a replay scoring a
+    /// simulated fleet, `vigil eval`). Findings still fan out.
+    pub fn detached(
+        name: &str,
+        detect: &DetectConfig,
+        input: &InputConfig,
+        outputs: Vec<Box<dyn Fanout>>,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<Lane, PipelineError> {
+        let engine = Engine::new(detect)?;
+        let dedup = DedupWindow::new(input.dedup_window);
+        let input = InputConfig { max_future_seconds: 0, ..input.clone() };
+        Ok(Lane::new(name.to_owned(), &input, &ArchiveConfig::default(), engine, dedup, outputs, telemetry))
+    }
+
+    fn new(
+        name: String,
+        input: &InputConfig,
+        archive: &ArchiveConfig,
+        engine: Engine,
+        dedup: DedupWindow,
+        outputs: Vec<Box<dyn Fanout>>,
+        telemetry: Arc<Telemetry>,
+    ) -> Lane {
+        Lane {
+            name,
+            archive: None,
+            engine,
+            dedup,
+            limits: Limits {
+                max_event_bytes: input.max_event_bytes,
+                keep: input.dead_letter_payload_bytes,
+                skew_s: input.max_future_seconds,
+            },
+            outputs,
+            telemetry,
+            writer: None,
+            flush_every: Duration::from_secs_f64(archive.flush_seconds),
+            last_flush: Instant::now(),
+            out: Output::default(),
+            taken: Vec::new(),
+            agents: 0,
+            span: None,
+        }
+    }
+
+    /// The source partition's name (`source` or `topic/partition`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Every position up to this one is durable (0 for a detached lane).
+    pub fn committed_position(&self) -> u64 {
+        self.archive.as_ref().map_or(0, Archive::committed_position)
+    }
+
+    /// The earliest and latest event time this lane took (since it opened).
+    pub fn event_span(&self) -> Option<(i64, i64)> {
+        self.span
+    }
+
+    /// Agents the engine holds state for.
+    pub fn agents(&self) -> usize {
+        self.engine.agents()
+    }
+
+    /// Takes one batch of items received together at `received_ms` (UTC; also the clock the future
+    /// bound is checked against): classifies each, judges the valid ones, buffers every row for the
+    /// archive and fans out what the engine found. Returns what became of each item, in order.
+    pub fn take(&mut self, items: &[Item<'_>], received_ms: i64) -> Result<&[Taken], PipelineError> {
+        let started = Instant::now();
+        let Limits { max_event_bytes: max, keep, skew_s } = self.limits;
+        let horizon = (skew_s > 0).then_some(Horizon { now_ms: received_ms, skew_s });
+        let committed = self.committed_position();
+        if let Some(a) = self.archive.as_mut() {
+            a.set_ingested_at(received_ms);
+        }
+        let mut counts = BatchCounts::default();
+        let mut events = Vec::with_capacity(items.len());
+        let mut positions = Vec::with_capacity(items.len());
+        self.taken.clear();
+        for it in items {
+            if it.position <= committed {
+                counts.count(Outcome::Skipped);
+                self.taken.push(Taken::Skipped);
+                continue;
+            }
+            let oversize = (it.size > max as u64).then_some(it.size);
+            let line = Line { start: 0, end: it.bytes.len(), position: it.position, oversize };
+            let bytes = kept(it.bytes, &line, max);
+            let mut decided = classify(bytes, &line, max, horizon, &mut self.dedup);
+            if let (Some(Ok(ev)), Some(first_position)) = (&decided, it.refused_before) {
+                // Refused when first taken, valid now: a duplicate of an event from before a restart.
+                let event_id = ev.event_id.to_string();
+                decided = Some(Err(Invalid::DuplicateEventId { event_id, first_position }));
+            }
+            let taken = match decided {
+                None => {
+                    counts.count(Outcome::Blank);
+                    if let Some(a) = self.archive.as_mut() {
+                        a.consumed(it.position);
+                    }
+                    Taken::Blank
+                }
+                Some(Ok(ev)) => {
+                    counts.count(Outcome::Accepted);
+                    let (first, last) = self.span.get_or_insert((ev.ts_ms, ev.ts_ms));
+                    (*first, *last) = ((*first).min(ev.ts_ms), (*last).max(ev.ts_ms));
+                    events.push(ev);
+                    positions.push(it.position);
+                    Taken::Accepted
+                }
+                Some(Err(reason)) => {
+                    counts.dead_letter(&reason);
+                    if let Some(a) = self.archive.as_mut() {
+                        a.push_dead_letter(&DeadLetter::new(
+                            reason.clone(),
+                            it.position,
+                            it.size,
+                            bytes,
+                            keep,
+                        ));
+                    }
+                    Taken::Refused(reason)
+                }
+            };
+            self.taken.push(taken);
+        }
+        let classified = Instant::now();
+        self.out.clear();
+        let late_before = self.engine.stats().late;
+        self.engine.process(&events, &mut self.out);
+        counts.late = self.engine.stats().late - late_before;
+        let judged = Instant::now();
+        if let Some(a) = self.archive.as_mut() {
+            for (ev, &pos) in events.iter().zip(&positions) {
+                a.push_event(ev, pos);
+            }
+        }
+        drop(events);
+        self.fan_out()?;
+        let t = &self.telemetry;
+        t.add_batch(&counts);
+        t.stage(Stage::Classify, (classified - started).as_secs_f64());
+        t.stage(Stage::Detect, (judged - classified).as_secs_f64());
+        t.stage(Stage::Archive, judged.elapsed().as_secs_f64());
+        self.count_agents();
+        Ok(&self.taken)
+    }
+
+    /// Counts one batch of findings and decisions, buffers them for the archive and hands them to every
+    /// output.
+    fn fan_out(&mut self) -> Result<(), PipelineError> {
+        for f in &self.out.findings {
+            self.telemetry.finding(f.kind, f.severity);
+            if let Some(a) = self.archive.as_mut() {
+                a.push_finding(f);
+            }
+        }
+        for d in &self.out.decisions {
+            self.telemetry.decision(d);
+            if let Some(a) = self.archive.as_mut() {
+                a.push_decision(d);
+            }
+        }
+        for o in &mut self.outputs {
+            o.emit(&self.out)?;
+        }
+        Ok(())
+    }
+
+    /// The findings and decisions of the last `take` or `finish`.
+    pub fn output(&self) -> &Output {
+        &self.out
+    }
+
+    /// The input ended: closes the windows still open, so their last minutes are judged too.
+    pub fn finish(&mut self) -> Result<(), PipelineError> {
+        self.out.clear();
+        self.engine.finish(&mut self.out);
+        self.fan_out()?;
+        self.count_agents();
+        Ok(())
+    }
+
+    fn count_agents(&mut self) {
+        let now = self.engine.agents() as i64;
+        self.telemetry.agents_changed(now - self.agents);
+        self.agents = now;
+    }
+
+    /// Whether rows are buffered that no checkpoint covers yet.
+    pub fn has_uncommitted(&self) -> bool {
+        self.archive.as_ref().is_some_and(Archive::has_uncommitted)
+    }
+
+    /// Whether a flush is due: `flush_rows` rows buffered, or something buffered for `flush_seconds`.
+    pub fn due(&self) -> bool {
+        self.archive.as_ref().is_some_and(|a| {
+            a.should_flush() || (a.has_uncommitted() && self.last_flush.elapsed() >= self.flush_every)
+        })
+    }
+
+    /// How long until a flush falls due by time (for a driver waiting on input).
+    pub fn until_due(&self) -> Duration {
+        if self.has_uncommitted() {
+            self.flush_every.saturating_sub(self.last_flush.elapsed())
+        } else {
+            self.flush_every
+        }
+    }
+
+    /// Fails with the writer's error if a flush failed since the last call.
+    pub fn check(&mut self) -> Result<(), PipelineError> {
+        match self.writer.as_mut() {
+            Some(w) => w.reap(false).map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// Hands what is buffered to the writer thread and returns at once (the previous flush may still be
+    /// in flight: then it waits for room). `then_remove` is deleted once the flush is durable (an intake
+    /// journal segment it makes redundant), even when nothing was buffered.
+    pub fn flush(&mut self, then_remove: Option<PathBuf>) -> Result<(), PipelineError> {
+        let job = self.prepare_flush(false)?;
+        let Some(w) = self.writer.as_mut() else { return Ok(()) };
+        if job.is_none() && then_remove.is_none() {
+            return w.reap(false).map(drop);
+        }
+        w.send(Job { flush: job.map(|(j, _)| j), then_remove })
+    }
+
+    /// Flushes and waits until the archive files and the checkpoint are durable, with a copy of the
+    /// detector state the checkpoint holds when `with_state`. `None` when nothing was buffered.
+    pub fn flush_and_wait(&mut self, with_state: bool) -> Result<Option<Durable>, PipelineError> {
+        let Some((job, state)) = self.prepare_flush(with_state)? else {
+            // Earlier flushes must be durable too before the driver acts.
+            if let Some(w) = self.writer.as_mut() {
+                w.reap(true)?;
+            }
+            return Ok(None);
+        };
+        let w = self.writer.as_mut().ok_or(PipelineError::WriterStopped)?;
+        w.send(Job { flush: Some(job), then_remove: None })?;
+        let report = w.reap(true)?.ok_or(PipelineError::WriterStopped)?;
+        Ok(Some(Durable { position: report.committed_position, state }))
+    }
+
+    fn prepare_flush(
+        &mut self,
+        with_state: bool,
+    ) -> Result<Option<(FlushJob, Option<serde_json::Value>)>, PipelineError> {
+        self.last_flush = Instant::now();
+        for o in &mut self.outputs {
+            o.flush()?;
+        }
+        let Some(a) = self.archive.as_mut() else { return Ok(None) };
+        if !a.has_uncommitted() {
+            return Ok(None);
+        }
+        let state = engine_state(&self.engine);
+        let copy = with_state.then(|| state.clone());
+        Ok(a.take_flush(state, super::now_ms()).map(|job| (job, copy)))
+    }
+
+    /// Takes this lane's agents off the tracked-agents gauge: the partition was handed to another member.
+    pub fn hand_over(mut self) {
+        self.telemetry.agents_changed(-self.agents);
+        self.agents = 0;
+    }
+
+    /// Flushes what is buffered and waits for the writer to finish every job.
+    pub fn close(mut self) -> Result<(), PipelineError> {
+        let flushed = self.flush(None);
+        let closed = match self.writer.take() {
+            Some(w) => w.close(),
+            None => Ok(()),
+        };
+        flushed.and(closed)
+    }
+}
+
+/// One flush on its way to the writer thread.
+struct Job {
+    flush: Option<FlushJob>,
+    then_remove: Option<PathBuf>,
+}
+
+/// A lane's writer thread: writes each flush (Parquet encoding overlaps the next batches' judging),
+/// then removes what the flush made redundant; stops at the first error.
+struct Writer {
+    jobs: Option<SyncSender<Job>>,
+    reports: Receiver<Result<Option<FlushReport>, ArchiveError>>,
+    in_flight: usize,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    fn spawn(
+        mut writer: FlushWriter,
+        telemetry: Arc<Telemetry>,
+        name: &str,
+    ) -> Result<Writer, PipelineError> {
+        // One job queued besides the one being written bounds memory.
+        let (jobs, job_rx) = mpsc::sync_channel::<Job>(1);
+        let (report_tx, reports) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("vigil-writer-{name}"))
+            .spawn(move || {
+                for job in job_rx {
+                    let started = Instant::now();
+                    let mut result = job.flush.map(|j| writer.write(j)).transpose();
+                    if let Ok(Some(r)) = &result {
+                        telemetry.flushed(r.files.len() as u64, r.bytes, started.elapsed().as_secs_f64());
+                    }
+                    if result.is_ok()
+                        && let Some(path) = job.then_remove
+                        && let Err(source) = std::fs::remove_file(&path)
+                    {
+                        result = Err(ArchiveError::Io { path, source });
+                    }
+                    let failed = result.is_err();
+                    if report_tx.send(result).is_err() || failed {
+                        break;
+                    }
+                }
+            })
+            .map_err(|_| PipelineError::WriterStopped)?;
+        Ok(Writer { jobs: Some(jobs), reports, in_flight: 0, thread: Some(thread) })
+    }
+
+    fn send(&mut self, job: Job) -> Result<(), PipelineError> {
+        self.reap(false)?;
+        let sent = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
+        if !sent {
+            // The writer stopped: it has sent the error that stopped it.
+            return Err(self.stopped());
+        }
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Collects the reports of finished jobs (all of them when `wait`), failing on the first error.
+    /// Returns the last report.
+    fn reap(&mut self, wait: bool) -> Result<Option<FlushReport>, PipelineError> {
+        let mut last = None;
+        while self.in_flight > 0 {
+            let report = if wait {
+                self.reports.recv().map_err(|_| PipelineError::WriterStopped)?
+            } else {
+                match self.reports.try_recv() {
+                    Ok(r) => r,
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => return Err(PipelineError::WriterStopped),
+                }
+            };
+            self.in_flight -= 1;
+            if let Some(r) = report? {
+                last = Some(r);
+            }
+        }
+        Ok(last)
+    }
+
+    fn stopped(&mut self) -> PipelineError {
+        match self.reports.recv() {
+            Ok(Err(e)) => e.into(),
+            _ => PipelineError::WriterStopped,
+        }
+    }
+
+    /// Waits for every job and stops the thread.
+    fn close(mut self) -> Result<(), PipelineError> {
+        let reaped = self.reap(true).map(drop);
+        self.jobs = None;
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            return Err(PipelineError::WriterStopped);
+        }
+        reaped
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

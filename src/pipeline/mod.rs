@@ -1,0 +1,265 @@
+//! The pipeline core: one [`Lane`] per source partition takes batches of items, classifies, judges,
+//! archives and fans out, and flushes on one rule by one path. Drivers (`crate::run`) feed lanes; nothing
+//! here knows where the bytes came from.
+//!
+//! Batch at a time: items borrow from the driver's buffer, are decoded into events that borrow from it,
+//! judged, copied once into Arrow builders, and the buffer is reused. Parquet encoding and the commit run
+//! on the lane's writer thread, one flush job in flight, in order.
+
+mod classify;
+mod lane;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use vigil_detect::{Engine, FindingKind, Output, Severity, Snapshot};
+use vigil_ingest::archive::ArchiveError;
+use vigil_ingest::source::InputError;
+
+pub(crate) use classify::kept;
+pub use classify::{DedupWindow, Horizon, classify};
+pub use lane::{Durable, Fanout, Item, Lane, Origin, Taken};
+
+use crate::telemetry::Telemetry;
+
+/// What stopped a run. Bad input never does: it is dead-lettered.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// No input was configured.
+    #[error("no input: give --input PATH (or - for stdin), or [input] path in the config")]
+    NoInput,
+    /// The input could not be opened.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// Reading the input failed midway.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The input.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The archive could not be written.
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    /// The detection config is invalid.
+    #[error("detect config: {0}")]
+    Detect(#[from] vigil_detect::ConfigError),
+    /// The checkpoint's detector state does not fit this version.
+    #[error(
+        "the detector state in {from} is unreadable ({source}); move it aside (the archive's _vigil/, or \
+         the partition's key on the state topic) to start fresh"
+    )]
+    State {
+        /// Where the state came from.
+        from: String,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// The archive writer thread ended without saying why (it panicked).
+    #[error("the archive writer thread stopped unexpectedly")]
+    WriterStopped,
+    /// Kafka refused something the pipeline cannot do without (offsets stay where they were).
+    #[error("kafka: {0}")]
+    Kafka(String),
+    /// Writing findings output failed.
+    #[error("writing findings to {path}: {source}")]
+    Findings {
+        /// Where.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The intake journal could not be read or written.
+    #[error("intake journal {path}: {source}")]
+    Journal {
+        /// Its directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Counts of one run, for the summary line and the tests that hold the pipeline to "nothing lost".
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Summary {
+    /// Source name used in the archive.
+    pub source: String,
+    /// Lines read in this run (skipped ones included).
+    pub lines: u64,
+    /// Lines already archived by an earlier run, skipped.
+    pub skipped: u64,
+    /// Of `lines`: items an earlier run took into its journal but had not archived, judged again here.
+    pub recovered: u64,
+    /// Blank lines (whitespace only): nothing to keep.
+    pub blank: u64,
+    /// Valid events archived and judged.
+    pub valid: u64,
+    /// Lines dead-lettered, by reason code.
+    pub dead_letters: BTreeMap<&'static str, u64>,
+    /// Findings by kind and severity.
+    pub findings: BTreeMap<(FindingKind, Severity), u64>,
+    /// Agents a halt decision was recorded for (shadow mode), with the rule that decided.
+    pub halted: Vec<(String, String)>,
+    /// Distinct agents seen (all runs on this checkpoint).
+    pub agents: usize,
+    /// Events judged too late for their window.
+    pub late: u64,
+    /// Decompressed input bytes read.
+    pub bytes: u64,
+    /// Parquet files written in this run.
+    pub files: u64,
+    /// Parquet bytes written in this run.
+    pub archive_bytes: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Kafka only: the last consumer lag librdkafka reported per `topic/partition`.
+    pub lag: BTreeMap<String, i64>,
+}
+
+impl Summary {
+    /// Dead letters, all reasons.
+    pub fn dead_lettered(&self) -> u64 {
+        self.dead_letters.values().sum()
+    }
+
+    /// The accounting identity every run must satisfy.
+    pub fn balanced(&self) -> bool {
+        self.lines == self.skipped + self.blank + self.valid + self.dead_lettered()
+    }
+}
+
+/// A status line every so often on stderr, for commands that run until stopped (`vigil run --kafka`,
+/// `vigil serve`): what came in since the last line, and the totals. Unlike the progress display it is
+/// written to logs too, at a low rate (`output.status_seconds`).
+#[derive(Debug)]
+pub(crate) struct StatusLine {
+    label: &'static str,
+    every: Option<Duration>,
+    last: Instant,
+    lines_then: u64,
+}
+
+impl StatusLine {
+    pub(crate) fn new(label: &'static str, seconds: f64) -> StatusLine {
+        let every = (seconds > 0.0).then(|| Duration::from_secs_f64(seconds));
+        StatusLine { label, every, last: Instant::now(), lines_then: 0 }
+    }
+
+    /// Writes the line if one is due, from the run's counters; `extra` (say, consumer lag) is only
+    /// built then.
+    pub(crate) fn tick(&mut self, telemetry: &Telemetry, extra: impl FnOnce() -> String) {
+        if self.every.is_none_or(|d| self.last.elapsed() < d) {
+            return;
+        }
+        let s = &telemetry.summary("");
+        let secs = self.last.elapsed().as_secs_f64();
+        let new = s.lines.saturating_sub(self.lines_then);
+        self.last = Instant::now();
+        self.lines_then = s.lines;
+        eprintln!(
+            "vigil {}: {new} lines in the last {secs:.0}s ({:.0}/s); total {} lines: {} valid, {} dead-lettered, \
+             {} findings, {} late{}",
+            self.label,
+            new as f64 / secs.max(1e-9),
+            s.lines,
+            s.valid,
+            s.dead_lettered(),
+            s.findings.values().sum::<u64>(),
+            s.late,
+            extra()
+        );
+    }
+}
+
+/// Wall time, UTC ms.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Options of one run beyond the config file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Show a progress line on stderr (only drawn when stderr is a terminal).
+    pub progress: bool,
+}
+
+/// An engine for `detect`, restored from a saved state when there is one (a checkpoint's, or the Kafka
+/// state topic's). Every pipeline (file, Kafka partition, HTTP) starts this way; `from` names where the
+/// state came from in the error.
+pub(crate) fn restored_engine(
+    detect: &vigil_detect::DetectConfig,
+    state: Option<serde_json::Value>,
+    from: &str,
+) -> Result<Engine, PipelineError> {
+    let mut engine = Engine::new(detect)?;
+    if let Some(state) = state {
+        let snap: Snapshot = serde_json::from_value(state)
+            .map_err(|source| PipelineError::State { from: from.to_owned(), source })?;
+        engine.restore(snap);
+    }
+    Ok(engine)
+}
+
+/// Names an archive's checkpoints in messages.
+pub(crate) fn checkpoint_of(archive: &Path) -> String {
+    format!("the checkpoint under {}", archive.display())
+}
+
+/// The engine's state as a checkpoint stores it. Serialising the snapshot of a well-formed engine cannot
+/// fail: every key is a string.
+pub(crate) fn engine_state(engine: &Engine) -> serde_json::Value {
+    serde_json::to_value(engine.snapshot()).unwrap_or_default()
+}
+
+/// `[output] findings`: every finding also written as one NDJSON line, to a file or stdout.
+pub struct FindingsFile {
+    w: Box<dyn Write + Send>,
+    path: PathBuf,
+    line: String,
+}
+
+impl std::fmt::Debug for FindingsFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FindingsFile").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl FindingsFile {
+    /// The output for `path` (`-` is stdout), as a lane's fan-out arm; none when no path is set.
+    pub fn open(path: Option<&Path>) -> Result<Vec<Box<dyn Fanout>>, PipelineError> {
+        let Some(path) = path else { return Ok(Vec::new()) };
+        let w: Box<dyn Write + Send> = if path == Path::new("-") {
+            Box::new(std::io::BufWriter::new(std::io::stdout()))
+        } else {
+            let f = std::fs::File::create(path)
+                .map_err(|source| PipelineError::Findings { path: path.to_owned(), source })?;
+            Box::new(std::io::BufWriter::new(f))
+        };
+        Ok(vec![Box::new(FindingsFile { w, path: path.to_owned(), line: String::new() })])
+    }
+
+    fn io(&self, source: std::io::Error) -> PipelineError {
+        PipelineError::Findings { path: self.path.clone(), source }
+    }
+}
+
+impl Fanout for FindingsFile {
+    fn emit(&mut self, out: &Output) -> Result<(), PipelineError> {
+        for f in &out.findings {
+            self.line.clear();
+            self.line.push_str(&serde_json::to_string(f).unwrap_or_default());
+            self.line.push('\n');
+            if let Err(e) = self.w.write_all(self.line.as_bytes()) {
+                return Err(self.io(e));
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), PipelineError> {
+        self.w.flush().map_err(|e| self.io(e))
+    }
+}

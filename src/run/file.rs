@@ -1,0 +1,73 @@
+//! The file driver (`vigil run` on a file or stdin): reads chunks of whole lines and hands each to the
+//! source's lane until the input ends.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use vigil_ingest::source::{Chunk, LineReader, open_input};
+
+use crate::config::VigilConfig;
+use crate::pipeline::{FindingsFile, Item, Lane, Origin, PipelineError, RunOptions, Summary, now_ms};
+use crate::progress::Progress;
+use crate::telemetry::Telemetry;
+
+/// Runs the whole pipeline over the configured input until it ends.
+pub fn run(cfg: &VigilConfig, opts: &RunOptions) -> Result<Summary, PipelineError> {
+    run_with(cfg, opts, Arc::new(Telemetry::new()))
+}
+
+/// [`run`], counting into `telemetry` (which a server beside the run may expose).
+pub fn run_with(
+    cfg: &VigilConfig,
+    opts: &RunOptions,
+    telemetry: Arc<Telemetry>,
+) -> Result<Summary, PipelineError> {
+    let started = Instant::now();
+    let path = cfg.input.path.clone().ok_or(PipelineError::NoInput)?;
+    let input = open_input(&path)?;
+    let source = match (&cfg.input.source_name, path == Path::new("-")) {
+        (Some(name), _) => name.clone(),
+        (None, true) => format!("stdin-{}", now_ms()),
+        (None, false) => input.name.clone(),
+    };
+    let outputs = FindingsFile::open(cfg.output.findings.as_deref())?;
+    let mut lane = Lane::open(cfg, Origin::Named(source.clone()), outputs, telemetry.clone())?;
+    let mut reader =
+        LineReader::new(input.reader, cfg.input.max_event_bytes, cfg.input.dead_letter_payload_bytes);
+    let mut progress = Progress::new(opts.progress, "ingest", input.size);
+    let mut chunk = Chunk::default();
+    let (mut read, mut lines) = (0, 0);
+    loop {
+        let more = reader
+            .next_chunk(&mut chunk, cfg.input.batch_bytes)
+            .map_err(|source| PipelineError::Read { path: path.clone(), source })?;
+        if !more {
+            break;
+        }
+        let items: Vec<Item<'_>> = chunk
+            .lines
+            .iter()
+            .map(|line| Item {
+                bytes: chunk.bytes(line),
+                size: line.oversize.unwrap_or((line.end - line.start) as u64),
+                position: line.position,
+                refused_before: None,
+            })
+            .collect();
+        lane.take(&items, now_ms())?;
+        lines += items.len() as u64;
+        telemetry.add_input_bytes(reader.bytes_read() - read);
+        read = reader.bytes_read();
+        if lane.due() {
+            lane.flush(None)?;
+        }
+        progress.update(input.consumed.load(std::sync::atomic::Ordering::Relaxed), lines, started.elapsed());
+    }
+    lane.finish()?;
+    lane.close()?;
+    progress.finish();
+    let mut summary = telemetry.summary(&source);
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
