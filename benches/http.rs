@@ -80,7 +80,7 @@ fn with_server<R: Send>(
     let (addr_tx, addr_rx) = std::sync::mpsc::channel::<SocketAddr>();
     std::thread::scope(|s| {
         let server = s.spawn(|| {
-            vigil::serve::run(cfg, &stop, move |a| {
+            vigil::server::serve(cfg, &stop, move |a| {
                 let _ = addr_tx.send(a);
             })
         });

@@ -17,7 +17,9 @@ use crate::pipeline::{self, RunOptions, Summary};
 use crate::progress::Progress;
 use crate::run::{file, kafka};
 use crate::simulate::{self, SimConfig};
-use crate::{audit, eval, serve};
+use crate::telemetry::Telemetry;
+use crate::{audit, eval, server};
+use std::sync::Arc;
 use vigil_ingest::source::kafka::KafkaConfig;
 
 /// vigil: the audit-log pipeline and anomaly detector for autonomous AI agents.
@@ -112,6 +114,10 @@ struct RunArgs {
     /// Without it vigil consumes until interrupted.
     #[arg(long)]
     idle_exit: Option<String>,
+    /// Serve /metrics and /healthz beside the run on this address (e.g. 127.0.0.1:9464). Overrides
+    /// [api] listen.
+    #[arg(long, value_name = "ADDR")]
+    api_listen: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -275,17 +281,34 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode, String> {
     } else if !args.topic.is_empty() || args.group.is_some() {
         return Err("--topic and --group need --kafka BROKERS (or a [kafka] section in the config)".into());
     }
+    if let Some(l) = args.api_listen {
+        cfg.api.listen = Some(l);
+    }
     cfg.validate()?;
+    let telemetry = Arc::new(Telemetry::new());
+    // The server runs beside the driver, on its own threads, for as long as the run.
+    let server = match &cfg.api.listen {
+        Some(listen) => {
+            let mut s = server::Server::bind(listen, 1).map_err(|e| e.to_string())?;
+            s.start(axum::Router::new(), telemetry.clone(), std::time::Duration::from_secs(10));
+            eprintln!("vigil: metrics on http://{}/metrics", s.addr());
+            Some(s)
+        }
+        None => None,
+    };
     let summary = if cfg.kafka.is_some() {
         let idle_exit = args.idle_exit.as_deref().map(simulate::parse_duration_ms).transpose()?;
         let opts = kafka::KafkaRunOptions {
             idle_exit: idle_exit.map(|ms| std::time::Duration::from_millis(ms as u64)),
         };
         let stop = stop_on_signals()?;
-        kafka::run(&cfg, &opts, &stop).map_err(|e| e.to_string())?.0
+        kafka::run_with(&cfg, &opts, &stop, telemetry).map_err(|e| e.to_string())?.0
     } else {
-        file::run(&cfg, &RunOptions { progress: true }).map_err(|e| e.to_string())?
+        file::run_with(&cfg, &RunOptions { progress: true }, telemetry).map_err(|e| e.to_string())?
     };
+    if let Some(s) = server {
+        s.shutdown();
+    }
     print_summary(&summary, &cfg.archive.dir, args.json);
     Ok(ExitCode::SUCCESS)
 }
@@ -353,7 +376,7 @@ fn cmd_serve(args: ServeArgs) -> Result<ExitCode, String> {
         Some(k) => format!("producing to kafka topic {} at {}", k.topics[0], k.brokers),
         None => format!("archiving to {}", cfg.archive.dir.display()),
     };
-    let summary = serve::run(&cfg, &stop, |addr| {
+    let summary = server::serve(&cfg, &stop, |addr| {
         eprintln!("vigil: serving POST http://{addr}/v1/events, {mode}; Ctrl-C stops");
     })
     .map_err(|e| e.to_string())?;

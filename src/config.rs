@@ -29,6 +29,21 @@ pub struct VigilConfig {
     /// `vigil serve`: events over HTTP.
     #[serde(default)]
     pub http: HttpConfig,
+    /// The server beside `vigil run`.
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// `[api]`: the one HTTP server beside `vigil run` (a file, stdin or a Kafka member), with `/metrics` and
+/// `/healthz` (the control API and check endpoint are to come). `vigil serve` hosts the same routes on
+/// `[http] listen`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address to listen on, e.g. `127.0.0.1:9464` (Prometheus's usual exporter range); none by default:
+    /// a batch run needs no server.
+    #[serde(default)]
+    pub listen: Option<String>,
 }
 
 /// `[http]`: the `POST /v1/events` endpoint of `vigil serve`.
@@ -175,6 +190,11 @@ pub struct InputConfig {
     /// `future_timestamp` (0 turns the check off, e.g. to replay a simulated future).
     #[serde(default = "default_max_future_seconds")]
     pub max_future_seconds: u64,
+    /// Batches of at least this many items use a second core: their lines are decoded on two threads,
+    /// and their rows are built for the archive while the engine judges them (0: one thread always).
+    /// The same input gives the same findings and archive either way.
+    #[serde(default = "default_parallel_batch_items")]
+    pub parallel_batch_items: usize,
 }
 
 /// The contract's cap: 1 MiB.
@@ -193,6 +213,10 @@ const fn default_dedup_window() -> usize {
 const fn default_max_future_seconds() -> u64 {
     900
 }
+/// Below about a thousand items (a millisecond or two of work) a second thread costs more than it saves.
+const fn default_parallel_batch_items() -> usize {
+    1024
+}
 /// 4 MiB batches (about 10k events) amortise per-batch work and stay in cache-friendly sizes.
 const fn default_batch_bytes() -> usize {
     4 << 20
@@ -208,6 +232,7 @@ impl Default for InputConfig {
             dedup_window: default_dedup_window(),
             batch_bytes: default_batch_bytes(),
             max_future_seconds: default_max_future_seconds(),
+            parallel_batch_items: default_parallel_batch_items(),
         }
     }
 }
@@ -294,6 +319,11 @@ impl VigilConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.archive.validate().map_err(|e| e.to_string())?;
         self.http.validate()?;
+        if let Some(l) = &self.api.listen
+            && l.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(format!("api.listen must be an address like 127.0.0.1:9464, got {l:?}"));
+        }
         if let Some(k) = &self.kafka {
             k.validate()?;
         }

@@ -10,6 +10,6 @@ pub mod eval;
 pub mod pipeline;
 pub mod progress;
 pub mod run;
-pub mod serve;
+pub mod server;
 pub mod simulate;
 pub mod telemetry;

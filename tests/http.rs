@@ -290,6 +290,13 @@ fn good_and_bad_bodies_are_answered_per_item_and_archived_exactly() {
     assert_eq!((r.status, r.header("allow")), (405, Some("POST")), "{r:?}");
     assert_eq!(request(&server.addr, "GET", "/nowhere", &[], b"").status, 404);
     assert_eq!(request(&server.addr, "GET", "/healthz", &[], b"").status, 200);
+    // The same server exposes the pipeline's counters: every accepted item so far, by outcome.
+    let m = request(&server.addr, "GET", "/metrics", &[], b"");
+    assert_eq!((m.status, m.header("content-type")), (200, Some("text/plain; version=0.0.4; charset=utf-8")));
+    let text = m.body.as_str().unwrap();
+    let accepted_line = format!("vigil_events_total{{outcome=\"accepted\"}} {}", accepted.len());
+    assert!(text.lines().any(|l| l == accepted_line), "{accepted_line} not in:\n{text}");
+    assert!(text.contains("vigil_dead_letters_total{reason=\"missing_field\"}"), "{text}");
 
     // Every answer came after its items were synced to the journal: kill -9 now. Nothing is archived
     // yet; the restart archives all 258 items first (recovered), then continues the numbering.

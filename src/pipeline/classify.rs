@@ -15,7 +15,6 @@ pub struct DedupWindow {
     cap: usize,
     seen: HashMap<u64, u64, BuildHasherDefault<IdentityHasher>>,
     order: VecDeque<u64>,
-    hasher: BuildHasherDefault<DefaultHasher>,
 }
 
 /// The keys are already hashes; hashing them again would waste the time the window exists to save.
@@ -43,7 +42,6 @@ impl DedupWindow {
             cap,
             seen: HashMap::with_capacity_and_hasher(cap.min(1 << 20), BuildHasherDefault::default()),
             order: VecDeque::with_capacity(cap.min(1 << 20)),
-            hasher: BuildHasherDefault::default(),
         }
     }
 
@@ -55,12 +53,22 @@ impl DedupWindow {
         })
     }
 
+    /// The key an id is remembered by: a 64-bit hash, fixed within a process (the window is rebuilt
+    /// from the archive on start, never stored). Pure, so it can be computed where the line is decoded.
+    pub fn key(id: &str) -> u64 {
+        BuildHasherDefault::<DefaultHasher>::default().hash_one(id)
+    }
+
     /// Records `id` at `position`; returns the first position if it was seen already.
     fn check(&mut self, id: &str, position: u64) -> Option<u64> {
+        self.check_key(DedupWindow::key(id), position)
+    }
+
+    /// [`check`](Self::check) by an id's [`key`](Self::key).
+    pub fn check_key(&mut self, h: u64, position: u64) -> Option<u64> {
         if self.cap == 0 {
             return None;
         }
-        let h = self.hasher.hash_one(id);
         if let Some(&first) = self.seen.get(&h) {
             return Some(first);
         }
@@ -99,11 +107,58 @@ pub(crate) fn kept<'a>(buf: &'a [u8], line: &Line, max: usize) -> &'a [u8] {
     &bytes[..bytes.len().min(max)]
 }
 
-/// Judges one line against the contract: `None` for a blank line, else the event or why it is refused.
-/// Every path in (`run`, `validate`, Kafka, HTTP) shares it, so they cannot disagree about a line.
-/// `horizon` bounds `ts` from above (the receiving clock plus the allowed skew); `None` checks no bound
-/// (offline scoring of simulated fleets). A refused line does not enter the dedup window, so its
-/// corrected resend is taken.
+/// Decodes one line: `None` for a blank line, else the event or why the contract refuses it. Pure (no
+/// window, no clock), so a lane may decode the lines of a batch on several threads.
+pub fn decode_line<'a>(
+    bytes: &'a [u8],
+    line: &Line,
+    max_event_bytes: usize,
+) -> Option<Result<Event<'a>, Invalid>> {
+    match line.oversize {
+        Some(size) => Some(Err(Invalid::TooLarge { size: size as usize, limit: max_event_bytes })),
+        None if bytes.iter().all(u8::is_ascii_whitespace) => None,
+        None => Some(vigil_schemas::decode(bytes, max_event_bytes)),
+    }
+}
+
+/// The checks of a decoded event that depend on what came before and on the clock, in source order:
+/// `horizon` bounds `ts` from above (the receiving clock plus the allowed skew; `None` checks no bound,
+/// for offline scoring of simulated fleets), and the dedup window refuses an event_id it holds. A
+/// refused line does not enter the dedup window, so its corrected resend is taken.
+pub fn admit<'a>(
+    ev: Event<'a>,
+    position: u64,
+    horizon: Option<Horizon>,
+    dedup: &mut DedupWindow,
+) -> Result<Event<'a>, Invalid> {
+    let key = DedupWindow::key(&ev.event_id);
+    admit_keyed(ev, key, position, horizon, dedup)
+}
+
+/// [`admit`] with the event_id's dedup key already computed.
+pub fn admit_keyed<'a>(
+    ev: Event<'a>,
+    key: u64,
+    position: u64,
+    horizon: Option<Horizon>,
+    dedup: &mut DedupWindow,
+) -> Result<Event<'a>, Invalid> {
+    if let Some(h) = horizon
+        && ev.ts_ms > h.now_ms.saturating_add(h.skew_s as i64 * 1000)
+    {
+        return Err(Invalid::FutureTimestamp { ahead_s: (ev.ts_ms - h.now_ms) / 1000, limit_s: h.skew_s });
+    }
+    match dedup.check_key(key, position) {
+        Some(first_position) => {
+            Err(Invalid::DuplicateEventId { event_id: ev.event_id.to_string(), first_position })
+        }
+        None => Ok(ev),
+    }
+}
+
+/// Judges one line against the contract: `None` for a blank line, else the event or why it is refused
+/// ([`decode_line`], then [`admit`]). Every path in (`run`, `validate`, Kafka, HTTP) shares these two,
+/// so they cannot disagree about a line.
 pub fn classify<'a>(
     bytes: &'a [u8],
     line: &Line,
@@ -111,25 +166,6 @@ pub fn classify<'a>(
     horizon: Option<Horizon>,
     dedup: &mut DedupWindow,
 ) -> Option<Result<Event<'a>, Invalid>> {
-    let decoded = match line.oversize {
-        Some(size) => Err(Invalid::TooLarge { size: size as usize, limit: max_event_bytes }),
-        None if bytes.iter().all(u8::is_ascii_whitespace) => return None,
-        None => vigil_schemas::decode(bytes, max_event_bytes),
-    };
-    Some(decoded.and_then(|ev| {
-        if let Some(h) = horizon
-            && ev.ts_ms > h.now_ms.saturating_add(h.skew_s as i64 * 1000)
-        {
-            return Err(Invalid::FutureTimestamp {
-                ahead_s: (ev.ts_ms - h.now_ms) / 1000,
-                limit_s: h.skew_s,
-            });
-        }
-        match dedup.check(&ev.event_id, line.position) {
-            Some(first_position) => {
-                Err(Invalid::DuplicateEventId { event_id: ev.event_id.to_string(), first_position })
-            }
-            None => Ok(ev),
-        }
-    }))
+    decode_line(bytes, line, max_event_bytes)
+        .map(|d| d.and_then(|ev| admit(ev, line.position, horizon, dedup)))
 }

@@ -28,9 +28,9 @@ use vigil_ingest::archive::{
 };
 use vigil_ingest::source::Line;
 use vigil_ingest::source::kafka::StateRecord;
-use vigil_schemas::Invalid;
+use vigil_schemas::{Event, Invalid};
 
-use super::classify::{DedupWindow, Horizon, classify, kept};
+use super::classify::{DedupWindow, Horizon, admit_keyed, decode_line, kept};
 use super::{PipelineError, checkpoint_of, engine_state, restored_engine};
 use crate::config::{InputConfig, VigilConfig};
 use crate::telemetry::{BatchCounts, Outcome, Stage, Telemetry};
@@ -105,6 +105,51 @@ struct Limits {
     max_event_bytes: usize,
     keep: usize,
     skew_s: u64,
+    /// `parallel_batch_items`.
+    parallel: usize,
+}
+
+/// An item after the pure part of classification. Nearly every item is an event, so boxing the large
+/// variant would only add an allocation per event.
+#[allow(clippy::large_enum_variant)]
+enum Decoded<'a> {
+    /// At or before the checkpoint: not decoded at all.
+    Skipped,
+    Blank,
+    /// A well-formed event, with its event_id's dedup key.
+    Event(Event<'a>, u64),
+    Invalid(Invalid),
+}
+
+/// Decodes items (the pure part of classification; any thread).
+fn decode_items<'a>(items: &[Item<'a>], committed: u64, max: usize) -> Vec<Decoded<'a>> {
+    items
+        .iter()
+        .map(|it| {
+            if it.position <= committed {
+                return Decoded::Skipped;
+            }
+            let oversize = (it.size > max as u64).then_some(it.size);
+            let line = Line { start: 0, end: it.bytes.len(), position: it.position, oversize };
+            match decode_line(kept(it.bytes, &line, max), &line, max) {
+                None => Decoded::Blank,
+                Some(Ok(ev)) => {
+                    let key = DedupWindow::key(&ev.event_id);
+                    Decoded::Event(ev, key)
+                }
+                Some(Err(reason)) => Decoded::Invalid(reason),
+            }
+        })
+        .collect()
+}
+
+/// Buffers a batch's events as archive rows; returns the seconds it took.
+fn push_events(archive: &mut Archive, events: &[Event<'_>], positions: &[u64]) -> f64 {
+    let started = Instant::now();
+    for (ev, &pos) in events.iter().zip(positions) {
+        archive.push_event(ev, pos);
+    }
+    started.elapsed().as_secs_f64()
 }
 
 /// See the module documentation.
@@ -205,6 +250,7 @@ impl Lane {
                 max_event_bytes: input.max_event_bytes,
                 keep: input.dead_letter_payload_bytes,
                 skew_s: input.max_future_seconds,
+                parallel: input.parallel_batch_items,
             },
             outputs,
             telemetry,
@@ -243,9 +289,23 @@ impl Lane {
     /// archive and fans out what the engine found. Returns what became of each item, in order.
     pub fn take(&mut self, items: &[Item<'_>], received_ms: i64) -> Result<&[Taken], PipelineError> {
         let started = Instant::now();
-        let Limits { max_event_bytes: max, keep, skew_s } = self.limits;
+        let Limits { max_event_bytes: max, keep, skew_s, parallel } = self.limits;
         let horizon = (skew_s > 0).then_some(Horizon { now_ms: received_ms, skew_s });
         let committed = self.committed_position();
+        let two_threads = parallel > 0 && items.len() >= parallel;
+        // Decoding is pure: a large batch is decoded in two halves at once.
+        let decoded = if two_threads {
+            let (a, b) = items.split_at(items.len() / 2);
+            std::thread::scope(|s| {
+                let second = s.spawn(|| decode_items(b, committed, max));
+                let mut first = decode_items(a, committed, max);
+                first.extend(second.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+                first
+            })
+        } else {
+            decode_items(items, committed, max)
+        };
+        // What depends on the order of items (the dedup window) runs in order.
         if let Some(a) = self.archive.as_mut() {
             a.set_ingested_at(received_ms);
         }
@@ -253,30 +313,35 @@ impl Lane {
         let mut events = Vec::with_capacity(items.len());
         let mut positions = Vec::with_capacity(items.len());
         self.taken.clear();
-        for it in items {
-            if it.position <= committed {
-                counts.count(Outcome::Skipped);
-                self.taken.push(Taken::Skipped);
-                continue;
-            }
-            let oversize = (it.size > max as u64).then_some(it.size);
-            let line = Line { start: 0, end: it.bytes.len(), position: it.position, oversize };
-            let bytes = kept(it.bytes, &line, max);
-            let mut decided = classify(bytes, &line, max, horizon, &mut self.dedup);
-            if let (Some(Ok(ev)), Some(first_position)) = (&decided, it.refused_before) {
-                // Refused when first taken, valid now: a duplicate of an event from before a restart.
-                let event_id = ev.event_id.to_string();
-                decided = Some(Err(Invalid::DuplicateEventId { event_id, first_position }));
-            }
-            let taken = match decided {
-                None => {
+        for (it, d) in items.iter().zip(decoded) {
+            let decided = match d {
+                Decoded::Skipped => {
+                    counts.count(Outcome::Skipped);
+                    self.taken.push(Taken::Skipped);
+                    continue;
+                }
+                Decoded::Blank => {
                     counts.count(Outcome::Blank);
                     if let Some(a) = self.archive.as_mut() {
                         a.consumed(it.position);
                     }
-                    Taken::Blank
+                    self.taken.push(Taken::Blank);
+                    continue;
                 }
-                Some(Ok(ev)) => {
+                Decoded::Invalid(reason) => Err(reason),
+                Decoded::Event(ev, key) => {
+                    match admit_keyed(ev, key, it.position, horizon, &mut self.dedup) {
+                        // Refused when first taken, valid now: a duplicate of an event from before a restart.
+                        Ok(ev) if it.refused_before.is_some() => Err(Invalid::DuplicateEventId {
+                            event_id: ev.event_id.to_string(),
+                            first_position: it.refused_before.unwrap_or_default(),
+                        }),
+                        other => other,
+                    }
+                }
+            };
+            let taken = match decided {
+                Ok(ev) => {
                     counts.count(Outcome::Accepted);
                     let (first, last) = self.span.get_or_insert((ev.ts_ms, ev.ts_ms));
                     (*first, *last) = ((*first).min(ev.ts_ms), (*last).max(ev.ts_ms));
@@ -284,9 +349,10 @@ impl Lane {
                     positions.push(it.position);
                     Taken::Accepted
                 }
-                Some(Err(reason)) => {
+                Err(reason) => {
                     counts.dead_letter(&reason);
                     if let Some(a) = self.archive.as_mut() {
+                        let bytes = &it.bytes[..it.bytes.len().min(max)];
                         a.push_dead_letter(&DeadLetter::new(
                             reason.clone(),
                             it.position,
@@ -303,21 +369,36 @@ impl Lane {
         let classified = Instant::now();
         self.out.clear();
         let late_before = self.engine.stats().late;
-        self.engine.process(&events, &mut self.out);
-        counts.late = self.engine.stats().late - late_before;
-        let judged = Instant::now();
-        if let Some(a) = self.archive.as_mut() {
-            for (ev, &pos) in events.iter().zip(&positions) {
-                a.push_event(ev, pos);
+        // The engine and the archive's row builders read the same events: on two threads for a large
+        // batch.
+        let (engine, out, archive) = (&mut self.engine, &mut self.out, self.archive.as_mut());
+        let archive_seconds = match archive {
+            Some(a) if two_threads => std::thread::scope(|s| {
+                let rows = s.spawn(|| push_events(a, &events, &positions));
+                engine.process(&events, out);
+                rows.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+            }),
+            Some(a) => {
+                engine.process(&events, out);
+                push_events(a, &events, &positions)
             }
-        }
+            None => {
+                engine.process(&events, out);
+                0.0
+            }
+        };
+        counts.late = self.engine.stats().late - late_before;
         drop(events);
+        let judged = Instant::now();
         self.fan_out()?;
         let t = &self.telemetry;
         t.add_batch(&counts);
         t.stage(Stage::Classify, (classified - started).as_secs_f64());
-        t.stage(Stage::Detect, (judged - classified).as_secs_f64());
-        t.stage(Stage::Archive, judged.elapsed().as_secs_f64());
+        t.stage(
+            Stage::Detect,
+            (judged - classified).as_secs_f64() - if two_threads { 0.0 } else { archive_seconds },
+        );
+        t.stage(Stage::Archive, archive_seconds + judged.elapsed().as_secs_f64());
         self.count_agents();
         Ok(&self.taken)
     }

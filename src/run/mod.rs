@@ -2,4 +2,5 @@
 //! A driver decides what a batch is and when to stop; the lane does everything else.
 
 pub mod file;
+pub mod http;
 pub mod kafka;

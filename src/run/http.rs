@@ -1,40 +1,32 @@
-//! `vigil serve`: events over HTTP, `POST /v1/events`.
+//! The HTTP driver: what `vigil serve` does with the items of a `POST /v1/events` body once the server
+//! has read, decompressed and split it.
 //!
-//! A body is NDJSON or a JSON array (gzip or zstd accepted), capped as sent and once decompressed. Each
-//! item is checked against the event contract; the answer lists the refused ones by line (or array
-//! index) with the reason, and the good ones go on:
-//! - **embedded** (no `[kafka]`): to one pipeline thread that owns the detection engine and the archive
-//!   (source `http`, positions numbered across requests and restarts). A request is answered once its
-//!   items and their verdicts are synced to the intake journal, so a 200 survives a crash: the next
-//!   start archives what the journal holds past the checkpoint before it serves. The archive flushes on
-//!   its own schedule. Refused items are dead-lettered in the archive too.
-//! - **Kafka**: produced to the first `[kafka]` topic keyed by agent_id, refused items to its dead-letter
-//!   topic; a request is answered once the broker acknowledged every record.
+//! - **embedded** (no `[kafka]`): items go to one pipeline thread that owns the `http` source's lane
+//!   (positions numbered across requests and restarts) and its intake journal. A request is answered once
+//!   its items and their verdicts are synced to the journal, so a 200 survives a crash: the next start
+//!   archives what the journal holds past the checkpoint before it serves. The lane flushes on its own
+//!   rule. Refused items are dead-lettered in the archive too.
+//! - **Kafka**: items are produced to the first `[kafka]` topic keyed by agent_id, refused items to its
+//!   dead-letter topic; a request is answered once the broker acknowledged every record. The Kafka
+//!   members' lanes judge and archive them.
 //!
-//! Nothing buffers without bound: at most `max_inflight_requests` requests are read at once (one more
-//! gets 429 before its body is read), the pipeline's queue holds `queue_batches` requests (full: 429),
-//! and a full producer queue answers 429 for the items it could not take. 429s carry `Retry-After`.
+//! Nothing waits for room: the pipeline's queue holds `queue_batches` requests (full: refused as busy),
+//! and a request that would overfill the producer queue is refused whole.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use rdkafka::ClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
 use vigil_ingest::archive::DeadLetter;
 use vigil_ingest::journal::{self, Journal};
 use vigil_ingest::source::Line;
-use vigil_ingest::source::http::{BodyError, Framing, decode_body, framing_for, split};
 use vigil_ingest::source::kafka::KafkaConfig;
 use vigil_schemas::Invalid;
 
@@ -48,39 +40,169 @@ use crate::telemetry::{BatchCounts, Outcome, Telemetry};
 /// Source name of HTTP events in the archive (file names and checkpoint).
 pub const HTTP_SOURCE: &str = "http";
 
-/// What stopped `vigil serve`.
+/// What keeps the HTTP intake from starting or finishing.
 #[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: String,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The async runtime could not start.
-    #[error("starting the HTTP runtime: {0}")]
-    Runtime(std::io::Error),
+pub enum IntakeError {
     /// The embedded pipeline failed (the archive could not be written…).
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
-    /// Kafka refused something the server cannot do without.
+    /// Kafka refused something the intake cannot do without.
     #[error("kafka: {0}")]
     Kafka(String),
+    /// The pipeline thread could not start.
+    #[error("starting the pipeline thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// What became of one item of a request.
 #[derive(Debug, Clone, PartialEq)]
-enum Verdict {
+pub enum Verdict {
     /// Taken: synced to the intake journal, or acknowledged by the broker.
     Accepted,
     /// An empty line: nothing to keep.
     Blank,
     /// Refused by the contract (the client's to fix); dead-lettered.
-    Rejected { code: &'static str, detail: String },
+    Rejected {
+        /// The dead-letter reason code.
+        code: &'static str,
+        /// What is wrong, for a person.
+        detail: String,
+    },
     /// Not taken for a reason on this side (saturated, broker error); safe to send again.
-    Failed { code: &'static str, detail: String },
+    Failed {
+        /// `saturated` or `produce_failed`.
+        code: &'static str,
+        /// What happened, for a person.
+        detail: String,
+    },
+}
+
+/// Why a request's items were not taken at all; nothing of them was kept.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// Saturated: the pipeline's queue or the producer's is full. Send again after a while (429).
+    Busy(String),
+    /// The pipeline stopped (503).
+    Stopped(String),
+    /// Failed on this side while taking them (500).
+    Failed(String),
+}
+
+/// Where accepted items go.
+enum Sink {
+    Embedded { tx: SyncSender<Msg>, thread: Mutex<Option<JoinHandle<Result<Summary, PipelineError>>>> },
+    Kafka(KafkaFront),
+}
+
+/// The HTTP intake: takes the items of one request and says what became of each.
+pub struct HttpIntake {
+    sink: Sink,
+    input: InputConfig,
+    telemetry: Arc<Telemetry>,
+    /// Set when the embedded pipeline stops by itself (the archive could not be written): the server
+    /// then stops too, and the error is the command's, rather than answering 503 forever.
+    ended: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for HttpIntake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = match self.sink {
+            Sink::Embedded { .. } => "embedded",
+            Sink::Kafka(_) => "kafka",
+        };
+        f.debug_struct("HttpIntake").field("mode", &mode).finish_non_exhaustive()
+    }
+}
+
+impl HttpIntake {
+    /// Opens the intake: under Kafka, the producer (creating topics when configured); else the `http`
+    /// lane and its journal, recovered (what an interrupted run answered is archived first), and the
+    /// pipeline thread.
+    pub fn open(cfg: &VigilConfig, telemetry: Arc<Telemetry>) -> Result<HttpIntake, IntakeError> {
+        let ended = Arc::new(AtomicBool::new(false));
+        let sink = match &cfg.kafka {
+            Some(k) => Sink::Kafka(KafkaFront::new(k, &cfg.http)?),
+            None => {
+                let embedded = Embedded::open(cfg, telemetry.clone())?;
+                let (tx, rx) = mpsc::sync_channel(cfg.http.queue_batches);
+                let flag = ended.clone();
+                let thread = std::thread::Builder::new()
+                    .name("vigil-pipeline".into())
+                    .spawn(move || {
+                        let result = embedded.run(rx);
+                        flag.store(true, Ordering::SeqCst);
+                        result
+                    })
+                    .map_err(IntakeError::Thread)?;
+                Sink::Embedded { tx, thread: Mutex::new(Some(thread)) }
+            }
+        };
+        Ok(HttpIntake { sink, input: cfg.input.clone(), telemetry, ended })
+    }
+
+    /// Whether the embedded pipeline stopped by itself.
+    pub fn ended(&self) -> &AtomicBool {
+        &self.ended
+    }
+
+    /// Whether items are produced to Kafka (and the members' lanes count them).
+    pub fn is_kafka(&self) -> bool {
+        matches!(self.sink, Sink::Kafka(_))
+    }
+
+    /// Takes one request's items (lines of `body`); answers once they are durable (journaled, or
+    /// acknowledged by the broker).
+    pub async fn take(
+        &self,
+        body: Vec<u8>,
+        items: Vec<Line>,
+        remote: SocketAddr,
+    ) -> Result<Vec<Verdict>, Refusal> {
+        match &self.sink {
+            Sink::Embedded { tx, .. } => {
+                let (reply, answer) = oneshot::channel();
+                if let Some(refusal) = enqueue(tx, Batch { body, items, reply }) {
+                    return Err(refusal);
+                }
+                match answer.await {
+                    Ok(Ok(v)) => Ok(v),
+                    Ok(Err(e)) => Err(Refusal::Failed(e)),
+                    Err(_) => {
+                        Err(Refusal::Failed("the pipeline stopped before archiving this request".into()))
+                    }
+                }
+            }
+            Sink::Kafka(front) => {
+                let Some(_reservation) = front.reserve(items.len()) else {
+                    return Err(Refusal::Busy(
+                        "the producer queue is full; nothing in this request was taken".into(),
+                    ));
+                };
+                Ok(front.produce(&self.input, &self.telemetry, body, items, remote).await)
+            }
+        }
+    }
+
+    /// Stops taking items and makes everything taken durable: the embedded pipeline flushes and its
+    /// thread ends; the producer waits for its last acknowledgements. Returns the pipeline's counts.
+    pub fn close(&self) -> Result<Summary, IntakeError> {
+        match &self.sink {
+            Sink::Embedded { tx, thread } => {
+                let _ = tx.send(Msg::Stop);
+                match thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    Some(t) => Ok(t.join().map_err(|_| PipelineError::WriterStopped)??),
+                    None => Ok(self.telemetry.summary(HTTP_SOURCE)),
+                }
+            }
+            Sink::Kafka(front) => {
+                front
+                    .producer
+                    .flush(Duration::from_secs(30))
+                    .map_err(|e| IntakeError::Kafka(format!("waiting for the last acknowledgements: {e}")))?;
+                Ok(self.telemetry.summary(HTTP_SOURCE))
+            }
+        }
+    }
 }
 
 /// Where the pipeline thread answers a request: the verdicts once journaled, or why they were not taken.
@@ -98,349 +220,15 @@ enum Msg {
     Stop,
 }
 
-/// Where accepted items go.
-enum Sink {
-    Embedded(SyncSender<Msg>),
-    Kafka(KafkaFront),
-}
-
-/// What every request handler shares.
-struct State {
-    http: HttpConfig,
-    input: InputConfig,
-    sink: Sink,
-    permits: Arc<Semaphore>,
-    stopping: AtomicBool,
-    /// The run's counters: the embedded lane's, or in Kafka mode the handlers'.
-    telemetry: Arc<Telemetry>,
-}
-
-/// Runs the server until `stop` is set, then drains requests in flight, flushes and returns the counts.
-/// `ready` is called with the bound address once connections are accepted.
-pub fn run(
-    cfg: &VigilConfig,
-    stop: &AtomicBool,
-    ready: impl FnOnce(SocketAddr),
-) -> Result<Summary, ServeError> {
-    run_with(cfg, stop, ready, Arc::new(Telemetry::new()))
-}
-
-/// [`run`], counting into `telemetry`.
-pub fn run_with(
-    cfg: &VigilConfig,
-    stop: &AtomicBool,
-    ready: impl FnOnce(SocketAddr),
-    telemetry: Arc<Telemetry>,
-) -> Result<Summary, ServeError> {
-    let started = Instant::now();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cfg.http.workers)
-        .thread_name("vigil-http")
-        .enable_all()
-        .build()
-        .map_err(ServeError::Runtime)?;
-    let addr = cfg.http.listen.clone();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind(&addr))
-        .map_err(|source| ServeError::Bind { addr: addr.clone(), source })?;
-    let bound = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
-    // Set when the embedded pipeline stops by itself (the archive could not be written): the server
-    // then stops too, and the error is the command's, rather than answering 503 forever.
-    let pipeline_ended = Arc::new(AtomicBool::new(false));
-    let (sink, pipeline) = match &cfg.kafka {
-        Some(k) => (Sink::Kafka(KafkaFront::new(k, &cfg.http)?), None),
-        None => {
-            // The archive is opened (and recovered) here, before the first request is taken.
-            let embedded = Embedded::open(cfg, telemetry.clone())?;
-            let (tx, rx) = mpsc::sync_channel(cfg.http.queue_batches);
-            let ended = pipeline_ended.clone();
-            let handle = std::thread::Builder::new()
-                .name("vigil-pipeline".into())
-                .spawn(move || {
-                    let result = embedded.run(rx);
-                    ended.store(true, Ordering::SeqCst);
-                    result
-                })
-                .map_err(ServeError::Runtime)?;
-            (Sink::Embedded(tx), Some(handle))
-        }
-    };
-    let state = Arc::new(State {
-        http: cfg.http.clone(),
-        input: cfg.input.clone(),
-        sink,
-        permits: Arc::new(Semaphore::new(cfg.http.max_inflight_requests)),
-        stopping: AtomicBool::new(false),
-        telemetry: telemetry.clone(),
-    });
-    if let Sink::Kafka(_) = &state.sink {
-        // The embedded pipeline writes its own status lines; here the counts live with the handlers.
-        let (state, mut status) = (state.clone(), StatusLine::new("serve", cfg.output.status_seconds));
-        rt.spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                status.tick(&state.telemetry, String::new);
-            }
-        });
-    }
-    ready(bound);
-    rt.block_on(serve(listener, state.clone(), &[stop, &pipeline_ended]));
-    // Idle keep-alive connections are dropped with the runtime.
-    rt.shutdown_timeout(Duration::from_secs(1));
-    let mut summary = match (pipeline, &state.sink) {
-        (Some(handle), Sink::Embedded(tx)) => {
-            let _ = tx.send(Msg::Stop);
-            handle.join().map_err(|_| PipelineError::WriterStopped)??
-        }
-        (_, Sink::Kafka(front)) => {
-            front
-                .producer
-                .flush(Duration::from_secs(30))
-                .map_err(|e| ServeError::Kafka(format!("waiting for the last acknowledgements: {e}")))?;
-            telemetry.summary(HTTP_SOURCE)
-        }
-        (None, Sink::Embedded(_)) => Summary::default(),
-    };
-    summary.elapsed = started.elapsed();
-    Ok(summary)
-}
-
-/// Accepts connections until one of `stops` is set, then waits (up to `drain_seconds`) for requests in
-/// flight.
-async fn serve(listener: tokio::net::TcpListener, state: Arc<State>, stops: &[&AtomicBool]) {
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let header_timeout = Duration::from_secs(state.http.request_timeout_seconds);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, remote) = match accepted {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        eprintln!("vigil: serve: accept: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| handle(state.clone(), req, remote));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(header_timeout)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-            _ = tick.tick() => {
-                if stops.iter().any(|s| s.load(Ordering::Relaxed)) {
-                    break;
-                }
-            }
-        }
-    }
-    drop(listener);
-    state.stopping.store(true, Ordering::SeqCst);
-    let all = state.http.max_inflight_requests as u32;
-    let drain = Duration::from_secs(state.http.drain_seconds);
-    if tokio::time::timeout(drain, state.permits.acquire_many(all)).await.is_err() {
-        eprintln!("vigil: serve: requests still in flight after {}s; stopping anyway", drain.as_secs());
-    }
-}
-
-type Resp = Response<Full<Bytes>>;
-
-fn json(status: StatusCode, body: &serde_json::Value) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
-}
-
-fn error(status: StatusCode, message: &str) -> Resp {
-    json(status, &serde_json::json!({ "error": message }))
-}
-
-/// 429 or 503 with `Retry-After`: come back later, nothing was taken.
-fn busy(status: StatusCode, retry_after: u64, message: &str) -> Resp {
-    let mut r = error(status, message);
-    r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after));
-    r
-}
-
-async fn handle(state: Arc<State>, req: Request<Incoming>, remote: SocketAddr) -> Result<Resp, Infallible> {
-    let resp = match (req.method(), req.uri().path()) {
-        (&Method::POST, "/v1/events") => ingest(&state, req, remote).await,
-        (_, "/v1/events") => {
-            let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "POST events to /v1/events");
-            r.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static("POST"));
-            r
-        }
-        (&Method::GET, "/healthz") if state.stopping.load(Ordering::Relaxed) => {
-            busy(StatusCode::SERVICE_UNAVAILABLE, state.http.retry_after_seconds, "stopping")
-        }
-        (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
-        _ => error(StatusCode::NOT_FOUND, "no such endpoint: POST /v1/events, GET /healthz"),
-    };
-    Ok(resp)
-}
-
-/// A header's value as text, if it is present and readable.
-fn header(req: &Request<Incoming>, name: hyper::header::HeaderName) -> Option<&str> {
-    req.headers().get(name).and_then(|v| v.to_str().ok())
-}
-
-async fn ingest(state: &State, req: Request<Incoming>, remote: SocketAddr) -> Resp {
-    let http = &state.http;
-    if state.stopping.load(Ordering::Relaxed) {
-        return busy(StatusCode::SERVICE_UNAVAILABLE, http.retry_after_seconds, "vigil is stopping");
-    }
-    let Ok(_permit) = state.permits.clone().try_acquire_owned() else {
-        return busy(
-            StatusCode::TOO_MANY_REQUESTS,
-            http.retry_after_seconds,
-            &format!("{} requests in flight already", http.max_inflight_requests),
-        );
-    };
-    let too_large = || {
-        let mut r = error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &BodyError::TooLarge { limit: http.max_body_bytes, decoded: false }.to_string(),
-        );
-        // The rest of the body is not read: the connection cannot be reused.
-        r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
-        r
-    };
-    if header(&req, CONTENT_LENGTH)
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n > http.max_body_bytes as u64)
-    {
-        return too_large();
-    }
-    let content_type = header(&req, CONTENT_TYPE).map(str::to_owned);
-    let encoding = header(&req, CONTENT_ENCODING).map(str::to_owned);
-    let timeout = Duration::from_secs(http.request_timeout_seconds);
-    let raw =
-        match tokio::time::timeout(timeout, Limited::new(req.into_body(), http.max_body_bytes).collect())
-            .await
-        {
-            Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time"),
-            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
-            Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")),
-            Ok(Ok(c)) => c.to_bytes(),
-        };
-    // Decompressing, splitting and checking are CPU work: off the connection threads.
-    let max_event = state.input.max_event_bytes;
-    let max_decoded = http.max_decoded_bytes;
-    let framed = tokio::task::spawn_blocking(move || -> Result<(Framing, Vec<u8>, Vec<Line>), BodyError> {
-        let body = decode_body(encoding.as_deref(), &raw, max_decoded)?.into_owned();
-        let framing = framing_for(content_type.as_deref(), &body)?;
-        let items = split(framing, &body, max_event)?;
-        Ok((framing, body, items))
-    })
-    .await;
-    let (framing, body, items) = match framed {
-        Ok(Ok(f)) => f,
-        Ok(Err(e)) => {
-            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
-            return error(status, &e.to_string());
-        }
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("checking the body: {e}")),
-    };
-    let verdicts = match &state.sink {
-        Sink::Embedded(tx) => {
-            let (reply, answer) = oneshot::channel();
-            if let Some(busy) = enqueue(tx, Batch { body, items, reply }, http.retry_after_seconds) {
-                return busy;
-            }
-            match answer.await {
-                Ok(Ok(v)) => v,
-                Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e),
-                Err(_) => {
-                    return error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "the pipeline stopped before archiving this request",
-                    );
-                }
-            }
-        }
-        Sink::Kafka(front) => {
-            let Some(_reservation) = front.reserve(items.len()) else {
-                return busy(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    http.retry_after_seconds,
-                    "the producer queue is full; nothing in this request was taken",
-                );
-            };
-            front.produce(state, body, items, remote).await
-        }
-    };
-    respond(&verdicts, framing, http)
-}
-
 /// Hands a batch to the pipeline thread. A full queue (the pipeline is behind) or a stopped pipeline is
-/// answered at once with `Retry-After` (the answer returned); the request never waits for room.
-fn enqueue(tx: &SyncSender<Msg>, batch: Batch, retry_after: u64) -> Option<Resp> {
+/// refused at once; the request never waits for room.
+fn enqueue(tx: &SyncSender<Msg>, batch: Batch) -> Option<Refusal> {
     tx.try_send(Msg::Batch(batch)).err().map(|e| match e {
-        TrySendError::Full(_) => busy(
-            StatusCode::TOO_MANY_REQUESTS,
-            retry_after,
-            "the pipeline is saturated; nothing in this request was taken",
-        ),
-        TrySendError::Disconnected(_) => {
-            busy(StatusCode::SERVICE_UNAVAILABLE, retry_after, "the pipeline stopped")
+        TrySendError::Full(_) => {
+            Refusal::Busy("the pipeline is saturated; nothing in this request was taken".into())
         }
+        TrySendError::Disconnected(_) => Refusal::Stopped("the pipeline stopped".into()),
     })
-}
-
-/// The answer to a request: counts, the first `max_errors_listed` refused items, and a status that
-/// says what to do: 200 (taken, maybe with refused items to fix), 400 (nothing valid), 429 or 503 (some
-/// items not taken on this side: send those again after `Retry-After`).
-fn respond(verdicts: &[Verdict], framing: Framing, http: &HttpConfig) -> Resp {
-    let mut counts = [0u64; 4];
-    let mut errors = Vec::new();
-    let mut failed_code = None;
-    for (i, v) in verdicts.iter().enumerate() {
-        let (slot, problem) = match v {
-            Verdict::Accepted => (0, None),
-            Verdict::Blank => (1, None),
-            Verdict::Rejected { code, detail } => (2, Some((code, detail))),
-            Verdict::Failed { code, detail } => {
-                failed_code.get_or_insert(*code);
-                (3, Some((code, detail)))
-            }
-        };
-        counts[slot] += 1;
-        if let Some((code, detail)) = problem
-            && errors.len() < http.max_errors_listed
-        {
-            let (key, at) = match framing {
-                Framing::Ndjson => ("line", i + 1),
-                Framing::Json => ("index", i),
-            };
-            errors.push(serde_json::json!({ key: at, "code": code, "error": detail }));
-        }
-    }
-    let [accepted, blank, rejected, failed] = counts;
-    let status = match failed_code {
-        Some("saturated") => StatusCode::TOO_MANY_REQUESTS,
-        Some(_) => StatusCode::SERVICE_UNAVAILABLE,
-        None if accepted == 0 && rejected > 0 => StatusCode::BAD_REQUEST,
-        None => StatusCode::OK,
-    };
-    let body = serde_json::json!({
-        "accepted": accepted,
-        "rejected": rejected,
-        "failed": failed,
-        "blank": blank,
-        "errors": errors,
-        "errors_omitted": (rejected + failed) as usize - errors.len(),
-    });
-    let mut r = json(status, &body);
-    if failed > 0 {
-        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(http.retry_after_seconds));
-    }
-    r
 }
 
 fn rejected(reason: &Invalid) -> Verdict {
@@ -741,14 +529,14 @@ impl Drop for Reservation<'_> {
 }
 
 impl KafkaFront {
-    fn new(k: &KafkaConfig, http: &HttpConfig) -> Result<KafkaFront, ServeError> {
+    fn new(k: &KafkaConfig, http: &HttpConfig) -> Result<KafkaFront, IntakeError> {
         let topic =
-            k.topics.first().cloned().ok_or_else(|| ServeError::Kafka("kafka.topics is empty".into()))?;
+            k.topics.first().cloned().ok_or_else(|| IntakeError::Kafka("kafka.topics is empty".into()))?;
         let dlq = k.dlq_for(&topic);
         if k.create_topics {
             let timeout = Duration::from_secs(30);
-            k.ensure_topics(&[&topic], DEFAULT_PARTITIONS, timeout).map_err(ServeError::Kafka)?;
-            k.ensure_output_topics(timeout).map_err(ServeError::Kafka)?;
+            k.ensure_topics(&[&topic], DEFAULT_PARTITIONS, timeout).map_err(IntakeError::Kafka)?;
+            k.ensure_output_topics(timeout).map_err(IntakeError::Kafka)?;
         }
         let mut config = k.producer_config();
         // A request waits for its acknowledgements: a broker that is down fails them within the request
@@ -758,7 +546,7 @@ impl KafkaFront {
         }
         let producer = config
             .create_with_context(ReplyContext)
-            .map_err(|e| ServeError::Kafka(format!("creating the producer: {e}")))?;
+            .map_err(|e| IntakeError::Kafka(format!("creating the producer: {e}")))?;
         // librdkafka's default queue holds 100,000 messages.
         let budget =
             k.options.get("queue.buffering.max.messages").and_then(|v| v.parse().ok()).unwrap_or(100_000);
@@ -777,19 +565,20 @@ impl KafkaFront {
     /// acknowledgement. Items the full producer queue did not take come back `saturated`.
     async fn produce(
         &self,
-        state: &State,
+        input: &InputConfig,
+        telemetry: &Telemetry,
         body: Vec<u8>,
         items: Vec<Line>,
         remote: SocketAddr,
     ) -> Vec<Verdict> {
-        let max = state.input.max_event_bytes;
-        let keep = state.input.dead_letter_payload_bytes;
+        let max = input.max_event_bytes;
+        let keep = input.dead_letter_payload_bytes;
         let remote = remote.to_string();
         let mut verdicts = Vec::with_capacity(items.len());
         let mut acks = Vec::with_capacity(items.len());
         let mut dlq_acks = Vec::new();
         let mut dedup = DedupWindow::new(0);
-        let horizon = Horizon::now(state.input.max_future_seconds);
+        let horizon = Horizon::now(input.max_future_seconds);
         let mut saturated = false;
         let mut counts = BatchCounts::default();
         for item in &items {
@@ -872,7 +661,7 @@ impl KafkaFront {
             }
         }
         // Items not taken (saturated, broker errors) are the client's to send again: not counted as read.
-        state.telemetry.add_batch(&counts);
+        telemetry.add_batch(&counts);
         verdicts
     }
 }
@@ -889,46 +678,12 @@ mod tests {
     }
 
     #[test]
-    fn a_full_pipeline_queue_is_429_and_a_stopped_pipeline_503() {
+    fn a_full_pipeline_queue_is_busy_and_a_stopped_pipeline_stopped() {
         let (tx, rx) = mpsc::sync_channel(1);
-        assert!(enqueue(&tx, batch(), 2).is_none());
-        let full = enqueue(&tx, batch(), 2).unwrap();
-        assert_eq!(full.status(), StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(full.headers().get(RETRY_AFTER).unwrap(), "2");
+        assert!(enqueue(&tx, batch()).is_none());
+        assert!(matches!(enqueue(&tx, batch()), Some(Refusal::Busy(_))));
         drop(rx);
-        let gone = enqueue(&tx, batch(), 2).unwrap();
-        assert_eq!(gone.status(), StatusCode::SERVICE_UNAVAILABLE);
-    }
-
-    /// A response's status and JSON body.
-    fn parts(r: Resp) -> (StatusCode, serde_json::Value) {
-        let status = r.status();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let bytes = rt.block_on(r.into_body().collect()).unwrap().to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap())
-    }
-
-    #[test]
-    fn statuses_say_what_to_do() {
-        let http = HttpConfig { max_errors_listed: 1, ..HttpConfig::default() };
-        let bad = || Verdict::Rejected { code: "not_json", detail: "x".into() };
-        let (status, b) =
-            parts(respond(&[Verdict::Accepted, bad(), bad(), Verdict::Blank], Framing::Ndjson, &http));
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(
-            (b["accepted"].as_u64(), b["rejected"].as_u64(), b["blank"].as_u64()),
-            (Some(1), Some(2), Some(1))
-        );
-        assert_eq!((b["errors"][0]["line"].as_u64(), b["errors_omitted"].as_u64()), (Some(2), Some(1)));
-        let (status, b) = parts(respond(&[bad()], Framing::Json, &http));
-        assert_eq!((status, b["errors"][0]["index"].as_u64()), (StatusCode::BAD_REQUEST, Some(0)));
-        let failed = Verdict::Failed { code: "saturated", detail: "full".into() };
-        let r = respond(&[Verdict::Accepted, failed], Framing::Ndjson, &http);
-        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(r.headers().get(RETRY_AFTER).unwrap(), "1");
-        let down = Verdict::Failed { code: "produce_failed", detail: "down".into() };
-        assert_eq!(respond(&[down], Framing::Ndjson, &http).status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(respond(&[], Framing::Ndjson, &http).status(), StatusCode::OK);
+        assert!(matches!(enqueue(&tx, batch()), Some(Refusal::Stopped(_))));
     }
 
     #[test]

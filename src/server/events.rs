@@ -1,0 +1,210 @@
+//! `POST /v1/events`: reads a body under its caps, decompresses and splits it off the connection
+//! threads, hands the items to the HTTP intake and answers what became of each.
+//!
+//! A body is NDJSON or a JSON array (gzip or zstd accepted), capped as sent and once decompressed. The
+//! answer lists the refused items by line (or array index) with the reason. At most
+//! `max_inflight_requests` requests are read at once (one more gets 429 before its body is read); 429s
+//! carry `Retry-After`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header::{ALLOW, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::routing::post;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tokio::sync::Semaphore;
+use vigil_ingest::source::Line;
+use vigil_ingest::source::http::{BodyError, Framing, decode_body, framing_for, split};
+
+use super::{busy, error, json};
+use crate::config::HttpConfig;
+use crate::run::http::{HttpIntake, Refusal, Verdict};
+
+/// What the handler shares.
+pub(super) struct Events {
+    pub(super) http: HttpConfig,
+    /// `[input] max_event_bytes`: longer items are cut to a prefix when split.
+    pub(super) max_event_bytes: usize,
+    pub(super) intake: Arc<HttpIntake>,
+    pub(super) permits: Arc<Semaphore>,
+    pub(super) stopping: Arc<AtomicBool>,
+}
+
+/// The route, with a JSON 405 for other methods.
+pub(super) fn routes(state: Arc<Events>) -> Router {
+    let other = || async {
+        let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "POST events to /v1/events");
+        r.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
+        r
+    };
+    Router::new().route("/v1/events", post(ingest).fallback(other)).with_state(state)
+}
+
+/// A header's value as text, if it is present and readable.
+fn header(req: &Request, name: axum::http::HeaderName) -> Option<&str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn ingest(
+    State(state): State<Arc<Events>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let http = &state.http;
+    if state.stopping.load(Ordering::Relaxed) {
+        return busy(StatusCode::SERVICE_UNAVAILABLE, http.retry_after_seconds, "vigil is stopping");
+    }
+    let Ok(_permit) = state.permits.clone().try_acquire_owned() else {
+        return busy(
+            StatusCode::TOO_MANY_REQUESTS,
+            http.retry_after_seconds,
+            &format!("{} requests in flight already", http.max_inflight_requests),
+        );
+    };
+    let too_large = || {
+        let mut r = error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &BodyError::TooLarge { limit: http.max_body_bytes, decoded: false }.to_string(),
+        );
+        // The rest of the body is not read: the connection cannot be reused.
+        r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        r
+    };
+    if header(&req, CONTENT_LENGTH)
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > http.max_body_bytes as u64)
+    {
+        return too_large();
+    }
+    let content_type = header(&req, CONTENT_TYPE).map(str::to_owned);
+    let encoding = header(&req, CONTENT_ENCODING).map(str::to_owned);
+    let timeout = Duration::from_secs(http.request_timeout_seconds);
+    let raw =
+        match tokio::time::timeout(timeout, Limited::new(req.into_body(), http.max_body_bytes).collect())
+            .await
+        {
+            Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time"),
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
+            Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")),
+            Ok(Ok(c)) => c.to_bytes(),
+        };
+    // Decompressing, splitting and checking are CPU work: off the connection threads.
+    let max_event = state.max_event_bytes;
+    let max_decoded = http.max_decoded_bytes;
+    let framed = tokio::task::spawn_blocking(move || -> Result<(Framing, Vec<u8>, Vec<Line>), BodyError> {
+        let body = decode_body(encoding.as_deref(), &raw, max_decoded)?.into_owned();
+        let framing = framing_for(content_type.as_deref(), &body)?;
+        let items = split(framing, &body, max_event)?;
+        Ok((framing, body, items))
+    })
+    .await;
+    let (framing, body, items) = match framed {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => {
+            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            return error(status, &e.to_string());
+        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("checking the body: {e}")),
+    };
+    let verdicts = match state.intake.take(body, items, remote).await {
+        Ok(v) => v,
+        Err(Refusal::Busy(m)) => return busy(StatusCode::TOO_MANY_REQUESTS, http.retry_after_seconds, &m),
+        Err(Refusal::Stopped(m)) => {
+            return busy(StatusCode::SERVICE_UNAVAILABLE, http.retry_after_seconds, &m);
+        }
+        Err(Refusal::Failed(m)) => return error(StatusCode::INTERNAL_SERVER_ERROR, &m),
+    };
+    respond(&verdicts, framing, http)
+}
+
+/// The answer to a request: counts, the first `max_errors_listed` refused items, and a status that
+/// says what to do: 200 (taken, maybe with refused items to fix), 400 (nothing valid), 429 or 503 (some
+/// items not taken on this side: send those again after `Retry-After`).
+fn respond(verdicts: &[Verdict], framing: Framing, http: &HttpConfig) -> Response {
+    let mut counts = [0u64; 4];
+    let mut errors = Vec::new();
+    let mut failed_code = None;
+    for (i, v) in verdicts.iter().enumerate() {
+        let (slot, problem) = match v {
+            Verdict::Accepted => (0, None),
+            Verdict::Blank => (1, None),
+            Verdict::Rejected { code, detail } => (2, Some((code, detail))),
+            Verdict::Failed { code, detail } => {
+                failed_code.get_or_insert(*code);
+                (3, Some((code, detail)))
+            }
+        };
+        counts[slot] += 1;
+        if let Some((code, detail)) = problem
+            && errors.len() < http.max_errors_listed
+        {
+            let (key, at) = match framing {
+                Framing::Ndjson => ("line", i + 1),
+                Framing::Json => ("index", i),
+            };
+            errors.push(serde_json::json!({ key: at, "code": code, "error": detail }));
+        }
+    }
+    let [accepted, blank, rejected, failed] = counts;
+    let status = match failed_code {
+        Some("saturated") => StatusCode::TOO_MANY_REQUESTS,
+        Some(_) => StatusCode::SERVICE_UNAVAILABLE,
+        None if accepted == 0 && rejected > 0 => StatusCode::BAD_REQUEST,
+        None => StatusCode::OK,
+    };
+    let body = serde_json::json!({
+        "accepted": accepted,
+        "rejected": rejected,
+        "failed": failed,
+        "blank": blank,
+        "errors": errors,
+        "errors_omitted": (rejected + failed) as usize - errors.len(),
+    });
+    let mut r = json(status, &body);
+    if failed > 0 {
+        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(http.retry_after_seconds));
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A response's status and JSON body.
+    fn parts(r: Response) -> (StatusCode, serde_json::Value) {
+        let status = r.status();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let bytes = rt.block_on(r.into_body().collect()).unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[test]
+    fn statuses_say_what_to_do() {
+        let http = HttpConfig { max_errors_listed: 1, ..HttpConfig::default() };
+        let bad = || Verdict::Rejected { code: "not_json", detail: "x".into() };
+        let (status, b) =
+            parts(respond(&[Verdict::Accepted, bad(), bad(), Verdict::Blank], Framing::Ndjson, &http));
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            (b["accepted"].as_u64(), b["rejected"].as_u64(), b["blank"].as_u64()),
+            (Some(1), Some(2), Some(1))
+        );
+        assert_eq!((b["errors"][0]["line"].as_u64(), b["errors_omitted"].as_u64()), (Some(2), Some(1)));
+        let (status, b) = parts(respond(&[bad()], Framing::Json, &http));
+        assert_eq!((status, b["errors"][0]["index"].as_u64()), (StatusCode::BAD_REQUEST, Some(0)));
+        let failed = Verdict::Failed { code: "saturated", detail: "full".into() };
+        let r = respond(&[Verdict::Accepted, failed], Framing::Ndjson, &http);
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers().get(RETRY_AFTER).unwrap(), "1");
+        let down = Verdict::Failed { code: "produce_failed", detail: "down".into() };
+        assert_eq!(respond(&[down], Framing::Ndjson, &http).status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(respond(&[], Framing::Ndjson, &http).status(), StatusCode::OK);
+    }
+}

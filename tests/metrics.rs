@@ -1,0 +1,82 @@
+//! The one server beside a run that is not `vigil serve`: `/metrics` and `/healthz` answer while a
+//! stdin run is in progress, and the counters they show are the run's own.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// `GET path` on its own connection; the status and the body.
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("the server accepts");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
+    (head.split(' ').nth(1).unwrap().parse().unwrap(), body.to_owned())
+}
+
+/// The value of one sample line (`name{labels} value`) in an exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn a_stdin_run_serves_its_own_counters_on_the_api_listener_while_it_runs() {
+    let dir = scratch();
+    let input = dir.path().join("fleet.ndjson");
+    let events = simulate(&input, 50, "2h", 12.0, 0, 3);
+    let archive = dir.path().join("archive");
+    let mut child = vigil()
+        .args(["run", "--input", "-", "--json", "--api-listen", "127.0.0.1:0", "--archive"])
+        .arg(&archive)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "vigil run stopped before serving");
+        if let Some(rest) = line.split("http://").nth(1) {
+            break rest.split('/').next().unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+    });
+    // More than one batch (4 MiB) of input: the first batches are judged while stdin stays open.
+    let bytes = std::fs::read(&input).unwrap();
+    assert!(bytes.len() > 5 << 20, "{} bytes", bytes.len());
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&bytes).unwrap();
+    let started = Instant::now();
+    let accepted = loop {
+        let (status, text) = get(&addr, "/metrics");
+        assert_eq!(status, 200, "{text}");
+        assert_eq!(sample(&text, "vigil_build_info{version=\"0.1.0\"}"), Some(1.0), "{text}");
+        let n =
+            sample(&text, "vigil_events_total{outcome=\"accepted\"}").expect("the counter exists at zero");
+        if n > 0.0 {
+            break n;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "nothing counted while running:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(accepted < events as f64, "the run is still going: {accepted} of {events}");
+    assert_eq!(get(&addr, "/healthz").0, 200);
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["valid"].as_u64(), Some(events), "{summary}");
+    // The server stopped with the run.
+    assert!(TcpStream::connect(&addr).is_err());
+}
