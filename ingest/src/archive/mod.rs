@@ -29,7 +29,7 @@ use vigil_schemas::Invalid;
 use vigil_schemas::timestamp::civil_hour;
 
 pub use columns::{ControlColumns, DeadLetterColumns, EventColumns, FindingColumns, Origin, Table};
-pub use config::{ArchiveConfig, ArchiveConfigError};
+pub use config::{ArchiveConfig, ArchiveConfigError, Partitioning};
 pub use read::{scan_table, table_files};
 
 /// The archive's tables, by directory name.
@@ -164,16 +164,18 @@ pub struct FlushReport {
 /// Rows of one table, split by event hour.
 #[derive(Debug)]
 struct Partitioned<T> {
+    /// By the event-time directory (hour or day) index.
     parts: BTreeMap<i64, T>,
+    span_ms: i64,
 }
 
 impl<T: Table> Partitioned<T> {
-    fn new() -> Self {
-        Partitioned { parts: BTreeMap::new() }
+    fn new(by: Partitioning) -> Self {
+        Partitioned { parts: BTreeMap::new(), span_ms: by.span_ms() }
     }
 
     fn at(&mut self, ts_ms: i64) -> &mut T {
-        self.parts.entry(ts_ms.div_euclid(3_600_000)).or_default()
+        self.parts.entry(ts_ms.div_euclid(self.span_ms)).or_default()
     }
 
     fn rows(&self) -> usize {
@@ -205,6 +207,8 @@ pub struct Archive {
     root: PathBuf,
     stamp: Stamp,
     flush_rows: usize,
+    compress_min_rows: usize,
+    sync_each_up_to: usize,
     props: WriterProperties,
     events: Partitioned<EventColumns>,
     dead: Partitioned<DeadLetterColumns>,
@@ -273,11 +277,13 @@ impl Archive {
             root,
             stamp: Stamp { source: source.to_owned(), partition, ingested_at: 0, base },
             flush_rows: cfg.flush_rows,
+            compress_min_rows: cfg.compress_min_rows,
+            sync_each_up_to: cfg.sync_files_each_up_to,
             props: props.build(),
-            events: Partitioned::new(),
-            dead: Partitioned::new(),
-            findings: Partitioned::new(),
-            control: Partitioned::new(),
+            events: Partitioned::new(cfg.partition),
+            dead: Partitioned::new(cfg.partition),
+            findings: Partitioned::new(cfg.partition),
+            control: Partitioned::new(cfg.partition),
             first: None,
             last: committed,
             committed,
@@ -382,9 +388,14 @@ impl Archive {
     /// A writer for flush jobs, to run on another thread so Parquet encoding overlaps decoding. Jobs must
     /// be written in the order they were taken, by one writer: that keeps checkpoints monotonic.
     pub fn writer(&self) -> FlushWriter {
+        let plain = self.props.clone().into_builder().set_compression(Compression::UNCOMPRESSED).build();
         FlushWriter {
             root: self.root.clone(),
             props: self.props.clone(),
+            plain,
+            compress_min_rows: self.compress_min_rows,
+            sync_each_up_to: self.sync_each_up_to,
+            partition: self.events.span_ms,
             files: self.totals.files,
             bytes: self.totals.bytes,
         }
@@ -442,28 +453,57 @@ pub struct FlushJob {
 pub struct FlushWriter {
     root: PathBuf,
     props: WriterProperties,
+    /// `props` without compression, for files under `compress_min_rows`.
+    plain: WriterProperties,
+    compress_min_rows: usize,
+    sync_each_up_to: usize,
+    /// The span of one directory (`Partitioning::span_ms`).
+    partition: i64,
     files: u64,
     bytes: u64,
 }
 
 impl FlushWriter {
     /// Writes one job's files, makes them durable, then commits its checkpoint.
+    ///
+    /// A few files are each written to a temporary name, fsynced and renamed, and their directories
+    /// fsynced. Many (a replay of sparse history touches an hour per few events) are all written, the
+    /// file system synced once, all renamed, and synced once more: the same guarantee (nothing under
+    /// a final name before its bytes are durable; the checkpoint only after every rename is) for two
+    /// syncs instead of two per file.
     pub fn write(&mut self, job: FlushJob) -> Result<FlushReport, ArchiveError> {
         let mut report = FlushReport::default();
         let mut dirs = Vec::new();
-        for (table, hour, batch) in &job.batches {
-            let dir = partition_dir(&self.root, table, *hour);
-            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let batched = job.batches.len() > self.sync_each_up_to && cfg!(target_os = "linux");
+        let mut renames = Vec::new();
+        for (table, index, batch) in &job.batches {
+            let dir = partition_dir(&self.root, table, *index, self.partition);
+            create_dirs(&self.root, &dir, &mut dirs)?;
             let path = dir.join(&job.name);
-            report.bytes += write_parquet_atomically(&path, batch, &self.props)?;
+            let props = if batch.num_rows() < self.compress_min_rows { &self.plain } else { &self.props };
+            if batched {
+                let tmp = tmp_path(&path);
+                report.bytes += write_parquet(&tmp, &path, batch, props, false)?;
+                renames.push((tmp, path.clone()));
+            } else {
+                report.bytes += write_parquet_atomically(&path, batch, props)?;
+            }
             report.rows += batch.num_rows() as u64;
             report.files.push(path);
             dirs.push(dir);
         }
-        dirs.sort();
-        dirs.dedup();
-        for d in &dirs {
-            sync_dir(d)?;
+        if batched {
+            sync_file_system(&self.root)?;
+            for (tmp, path) in &renames {
+                fs::rename(tmp, path).map_err(io_err(path))?;
+            }
+            sync_file_system(&self.root)?;
+        } else {
+            dirs.sort();
+            dirs.dedup();
+            for d in &dirs {
+                sync_dir(d)?;
+            }
         }
         self.files += report.files.len() as u64;
         self.bytes += report.bytes;
@@ -484,9 +524,11 @@ fn take_batches<T: Table>(table: &mut Partitioned<T>, out: &mut Vec<(&'static st
     }
 }
 
-fn partition_dir(root: &Path, table: &str, hour_index: i64) -> PathBuf {
-    let (y, m, d, h) = civil_hour(hour_index * 3_600_000);
-    root.join(table).join(format!("dt={y:04}-{m:02}-{d:02}")).join(format!("hour={h:02}"))
+/// The directory of one event-time span: `dt=…/hour=…` for hours, `dt=…` for days.
+fn partition_dir(root: &Path, table: &str, index: i64, span_ms: i64) -> PathBuf {
+    let (y, m, d, h) = civil_hour(index * span_ms);
+    let day = root.join(table).join(format!("dt={y:04}-{m:02}-{d:02}"));
+    if span_ms < 86_400_000 { day.join(format!("hour={h:02}")) } else { day }
 }
 
 /// Writes one batch as a Parquet file: temporary name, close, fsync, rename. Returns the file size.
@@ -496,8 +538,22 @@ pub fn write_parquet_atomically(
     props: &WriterProperties,
 ) -> Result<u64, ArchiveError> {
     let tmp = tmp_path(path);
+    let size = write_parquet(&tmp, path, batch, props, true)?;
+    fs::rename(&tmp, path).map_err(io_err(path))?;
+    Ok(size)
+}
+
+/// Writes one batch as a Parquet file at `tmp` (for `path`, named in errors), fsynced when `sync`.
+/// Returns the file size.
+fn write_parquet(
+    tmp: &Path,
+    path: &Path,
+    batch: &RecordBatch,
+    props: &WriterProperties,
+    sync: bool,
+) -> Result<u64, ArchiveError> {
     let perr = |source| ArchiveError::Parquet { path: path.to_owned(), source };
-    let file = File::create(&tmp).map_err(io_err(&tmp))?;
+    let file = File::create(tmp).map_err(io_err(tmp))?;
     let mut writer =
         ArrowWriter::try_new(BufWriter::with_capacity(1 << 20, file), batch.schema(), Some(props.clone()))
             .map_err(perr)?;
@@ -506,12 +562,45 @@ pub fn write_parquet_atomically(
         .into_inner()
         .map_err(perr)?
         .into_inner()
-        .map_err(|e| ArchiveError::Io { path: tmp.clone(), source: e.into_error() })?;
-    file.sync_all().map_err(io_err(&tmp))?;
-    let size = file.metadata().map_err(io_err(&tmp))?.len();
-    drop(file);
-    fs::rename(&tmp, path).map_err(io_err(path))?;
-    Ok(size)
+        .map_err(|e| ArchiveError::Io { path: tmp.to_owned(), source: e.into_error() })?;
+    if sync {
+        file.sync_all().map_err(io_err(tmp))?;
+    }
+    file.metadata().map(|m| m.len()).map_err(io_err(tmp))
+}
+
+/// Creates `dir` and any missing parents below `root`, recording each one created in `created` (its
+/// parent's entry for it must be made durable too).
+fn create_dirs(root: &Path, dir: &Path, created: &mut Vec<PathBuf>) -> Result<(), ArchiveError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent()
+        && parent != root
+    {
+        create_dirs(root, parent, created)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {
+            if let Some(parent) = dir.parent() {
+                created.push(parent.to_owned());
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(ArchiveError::Io { path: dir.to_owned(), source: e }),
+    }
+}
+
+/// Makes everything written to the file system holding `root` durable (Linux `syncfs`).
+#[cfg(target_os = "linux")]
+fn sync_file_system(root: &Path) -> Result<(), ArchiveError> {
+    File::open(root).and_then(|d| rustix::fs::syncfs(&d).map_err(std::io::Error::from)).map_err(io_err(root))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn sync_file_system(_root: &Path) -> Result<(), ArchiveError> {
+    unreachable!("batched syncs are only chosen on Linux")
 }
 
 fn tmp_path(path: &Path) -> PathBuf {

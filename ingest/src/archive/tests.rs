@@ -71,3 +71,67 @@ fn dead_letters_keep_a_prefix_of_oversize_lines_only() {
     let held = DeadLetter::new(big(), 3, 2_000_000, b"hello", 64);
     assert_eq!((held.payload.len(), held.truncated), (5, true));
 }
+
+/// Every file under `root`, relative, sorted.
+fn files_under(root: &Path) -> Vec<String> {
+    let mut out: Vec<String> = archive_files(root)
+        .unwrap()
+        .into_iter()
+        .map(|p| p.strip_prefix(root).unwrap().to_string_lossy().into_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+/// The compression of a Parquet file's first column chunk, and its row count.
+fn compression_and_rows(path: &Path) -> (Compression, i64) {
+    let reader = parquet::file::reader::SerializedFileReader::new(File::open(path).unwrap()).unwrap();
+    let meta = parquet::file::reader::FileReader::metadata(&reader);
+    (meta.row_group(0).column(0).compression(), meta.file_metadata().num_rows())
+}
+
+#[test]
+fn a_replay_of_sparse_history_writes_a_file_per_day_with_batched_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ArchiveConfig {
+        dir: dir.path().to_owned(),
+        partition: Partitioning::Day,
+        sync_files_each_up_to: 2,
+        compress_min_rows: 3,
+        ..ArchiveConfig::default()
+    };
+    let (mut a, _) = Archive::open(&cfg, "old", 0).unwrap();
+    // Four days, each a few hours apart within the day: one event on three days, three on the last.
+    let days = [0i64, 40, 400];
+    let mut position = 0;
+    for (d, hours) in days.iter().map(|d| (*d, vec![1i64])).chain([(401, vec![2, 9, 17])]) {
+        for h in hours {
+            position += 1;
+            let ts = d * 86_400_000 + h * 3_600_000;
+            let line = format!(
+                r#"{{"event_id":"e{position}","ts":{ts},"agent_id":"a","action":"x","resource":"r"}}"#
+            );
+            a.push_event(&vigil_schemas::decode(line.as_bytes(), 1024).unwrap(), position);
+        }
+    }
+    let report = a.flush(serde_json::Value::Null, 5).unwrap();
+    assert_eq!((report.files.len(), report.rows, report.committed_position), (4, 6, 6));
+    let expected = [
+        "events/dt=1970-01-01/old-0-1-6.parquet",
+        "events/dt=1970-02-10/old-0-1-6.parquet",
+        "events/dt=1971-02-05/old-0-1-6.parquet",
+        "events/dt=1971-02-06/old-0-1-6.parquet",
+    ];
+    // No hour directories, no temporary files left behind by the batched path.
+    assert_eq!(files_under(dir.path()), expected);
+    // The lone events are stored uncompressed; the day with three rows is compressed.
+    let (c, rows) = compression_and_rows(&dir.path().join(expected[0]));
+    assert_eq!((c, rows), (Compression::UNCOMPRESSED, 1));
+    let (c, rows) = compression_and_rows(&dir.path().join(expected[3]));
+    assert!(matches!(c, Compression::ZSTD(_)), "{c:?}");
+    assert_eq!(rows, 3);
+    // A restart reads it back as committed: nothing is removed.
+    let (_, cp) = Archive::open(&cfg, "old", 0).unwrap();
+    assert_eq!(cp.unwrap().committed_position, 6);
+    assert_eq!(files_under(dir.path()).len(), 4);
+}
