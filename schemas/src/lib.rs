@@ -1,5 +1,5 @@
 //! vigil's event contract: the agent-action event (version 1), its decoder and validator, the JSON Schema
-//! it is published as, and the Arrow schemas of the archive.
+//! it is published as, the finding and decision rows, and the Arrow schemas of the archive.
 //!
 //! This crate depends on neither tokio nor rdkafka: anything that moves bytes can use it.
 //!
@@ -11,6 +11,7 @@
 
 pub mod arrow;
 pub mod event;
+pub mod rows;
 pub mod timestamp;
 
 pub use event::{

@@ -9,9 +9,9 @@ use arrow_array::builder::{
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::SchemaRef;
-use vigil_detect::{Decision, Finding};
 use vigil_schemas::Event;
 use vigil_schemas::arrow::{control_schema, dead_letters_schema, events_schema, findings_schema};
+use vigil_schemas::rows::{Decision, Finding};
 
 use super::DeadLetter;
 

@@ -24,8 +24,8 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
-use vigil_detect::{Decision, Finding};
 use vigil_schemas::Invalid;
+use vigil_schemas::rows::{Decision, Finding};
 use vigil_schemas::timestamp::civil_hour;
 
 pub use columns::{ControlColumns, DeadLetterColumns, EventColumns, FindingColumns, Origin, Table};

@@ -504,19 +504,6 @@ impl Lag {
     }
 }
 
-/// A client context that keeps statistics as [`Lag`].
-#[derive(Debug, Clone, Default)]
-pub struct LagContext {
-    /// Where lag is kept.
-    pub lag: Lag,
-}
-
-impl ClientContext for LagContext {
-    fn stats_raw(&self, statistics: &[u8]) {
-        self.lag.record_json(statistics);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
