@@ -457,3 +457,130 @@ fn a_member_with_its_own_archive_resumes_partitions_with_their_state_from_the_st
     assert!(want_keys.iter().all(|k| keys.contains(k.as_str())), "{keys:?}");
     assert!(!keys.iter().any(|k| k.starts_with("stuck/")), "{keys:?}");
 }
+
+/// One `POST /v1/events` of NDJSON on its own connection; the status line's code.
+fn post_ndjson(addr: &str, body: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "POST /v1/events HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/x-ndjson\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// What must be the same whichever driver fed the lane: events by id with their content, findings
+/// (every row: id, kind, severity, agent, time, score), dead letters (reason and payload). Source,
+/// positions and ingest times differ by design.
+fn archived_content(
+    archive: &Path,
+) -> (Vec<serde_json::Value>, Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    let strip = |table: &str, order: &str, keep: &[&str]| -> Vec<serde_json::Value> {
+        let rows = archive_py("rows", archive, &[table, order]);
+        let mut rows = rows["duckdb"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let o = r.as_object().unwrap();
+                let kept = o
+                    .iter()
+                    .filter(|(k, _)| {
+                        if keep.is_empty() {
+                            !k.starts_with('_') && !["dt", "hour"].contains(&k.as_str())
+                        } else {
+                            keep.contains(&k.as_str())
+                        }
+                    })
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<serde_json::Map<_, _>>();
+                serde_json::Value::Object(kept)
+            })
+            .collect::<Vec<_>>();
+        // Rows tied on the order column come in any order: sort by the whole row.
+        rows.sort_by_key(|r| r.to_string());
+        rows
+    };
+    (
+        strip("events", "event_id", &[]),
+        strip(
+            "findings",
+            "finding_id",
+            &["finding_id", "kind", "severity", "agent_id", "ts", "score"],
+        ),
+        strip("dead-letters", "reason", &["reason", "payload_text"]),
+    )
+}
+
+#[test]
+fn the_file_http_and_kafka_drivers_archive_the_same_rows_findings_and_dead_letters() {
+    let _serial = serial();
+    let dir = scratch();
+    let path = dir.path().join("in.ndjson");
+    simulate(&path, 30, "40m", 12.0, 4, 11);
+    let mut lines: Vec<String> = std::fs::read_to_string(&path).unwrap().lines().map(str::to_owned).collect();
+    let dup = lines[10].clone();
+    // Bad lines in the middle (one a resend of an earlier event), and a last event far later from an
+    // agent of its own, whose time closes every window before it in the streaming drivers too.
+    lines.insert(200, "{not json".into());
+    lines.insert(400, r#"{"event_id":"b1","ts":1,"agent_id":"a"}"#.into());
+    lines.insert(600, dup);
+    lines.push(r#"{"event_id":"closer","ts":"2026-01-06T12:00:00Z","agent_id":"zz-closer","action":"api.call","resource":"https://x"}"#.into());
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+
+    // File.
+    let by_file = dir.path().join("file");
+    let s = run_json(&path, &by_file, None);
+    assert_eq!(s["dead_lettered"], 3, "{s}");
+
+    // HTTP, embedded: the same lines in requests of 500.
+    let by_http = dir.path().join("http");
+    let mut serve = vigil()
+        .args(["serve", "--listen", "127.0.0.1:0", "--json", "--archive"])
+        .arg(&by_http)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(serve.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0, "vigil serve stopped");
+        if let Some(rest) = line.split("http://").nth(1) {
+            break rest.split('/').next().unwrap().to_owned();
+        }
+    };
+    for chunk in lines.chunks(500) {
+        assert_eq!(post_ndjson(&addr, &(chunk.join("\n") + "\n")), 200);
+    }
+    ok(Command::new("kill").args(["-TERM", &serve.id().to_string()]).output().unwrap());
+    let out = serve.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    // Kafka: one partition, so one lane judges every agent in the same order.
+    let broker = Broker::start();
+    kafka_tool(&["create", &broker.addr, "same", "1"]);
+    kafka_tool(&["produce", &broker.addr, "same", path.to_str().unwrap()]);
+    let by_kafka = dir.path().join("kafka");
+    let s = run_kafka(&broker, "same", "vigil-same", &by_kafka, None, "3s");
+    assert_eq!(s["dead_lettered"], 3, "{s}");
+
+    let file = archived_content(&by_file);
+    assert_eq!(file.0.len(), lines.len() - 3);
+    assert!(!file.1.is_empty(), "the fleet has incidents");
+    // The file run closes the windows still open at its end; the closer event has closed all that
+    // matter for the streaming drivers too, so only its own agent's could differ (it has none).
+    assert!(file.1.iter().all(|f| f["agent_id"] != "zz-closer"));
+    for (name, archive) in [("http", &by_http), ("kafka", &by_kafka)] {
+        let other = archived_content(archive);
+        assert_eq!(other.0, file.0, "{name}: events differ from the file run's");
+        assert_eq!(other.1, file.1, "{name}: findings differ from the file run's");
+        assert_eq!(other.2, file.2, "{name}: dead letters differ from the file run's");
+    }
+}
