@@ -325,7 +325,7 @@ impl VigilConfig {
             return Err(format!("api.listen must be an address like 127.0.0.1:9464, got {l:?}"));
         }
         if let Some(k) = &self.kafka {
-            k.validate()?;
+            k.validate().map_err(|e| e.to_string())?;
         }
         self.detect.build().map_err(|e| e.to_string())?;
         let status = self.output.status_seconds;

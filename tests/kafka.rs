@@ -509,11 +509,7 @@ fn archived_content(
     };
     (
         strip("events", "event_id", &[]),
-        strip(
-            "findings",
-            "finding_id",
-            &["finding_id", "kind", "severity", "agent_id", "ts", "score"],
-        ),
+        strip("findings", "finding_id", &["finding_id", "kind", "severity", "agent_id", "ts", "score"]),
         strip("dead-letters", "reason", &["reason", "payload_text"]),
     )
 }

@@ -64,6 +64,9 @@ pub enum PipelineError {
     /// Kafka refused something the pipeline cannot do without (offsets stay where they were).
     #[error("kafka: {0}")]
     Kafka(String),
+    /// The Kafka side could not be set up (topics, the state topic, clients).
+    #[error("kafka: {0}")]
+    KafkaSetup(#[from] vigil_ingest::source::kafka::KafkaSetupError),
     /// Writing findings output failed.
     #[error("writing findings to {path}: {source}")]
     Findings {

@@ -49,6 +49,9 @@ pub enum IntakeError {
     /// Kafka refused something the intake cannot do without.
     #[error("kafka: {0}")]
     Kafka(String),
+    /// The Kafka side could not be set up (topics, the producer's config).
+    #[error("kafka: {0}")]
+    KafkaSetup(#[from] vigil_ingest::source::kafka::KafkaSetupError),
     /// The pipeline thread could not start.
     #[error("starting the pipeline thread: {0}")]
     Thread(std::io::Error),
@@ -535,8 +538,8 @@ impl KafkaFront {
         let dlq = k.dlq_for(&topic);
         if k.create_topics {
             let timeout = Duration::from_secs(30);
-            k.ensure_topics(&[&topic], DEFAULT_PARTITIONS, timeout).map_err(IntakeError::Kafka)?;
-            k.ensure_output_topics(timeout).map_err(IntakeError::Kafka)?;
+            k.ensure_topics(&[&topic], DEFAULT_PARTITIONS, timeout)?;
+            k.ensure_output_topics(timeout)?;
         }
         let mut config = k.producer_config();
         // A request waits for its acknowledgements: a broker that is down fails them within the request

@@ -267,11 +267,11 @@ pub fn run_with(
     let kafka = cfg.kafka.clone().ok_or(PipelineError::NoInput)?;
     let started = Instant::now();
     if kafka.create_topics {
-        kafka.ensure_output_topics(Duration::from_secs(30)).map_err(PipelineError::Kafka)?;
+        kafka.ensure_output_topics(Duration::from_secs(30))?;
     }
     let state_partitions = match (kafka.state_topic.is_empty(), kafka.create_topics) {
         (true, _) => 0,
-        (false, true) => kafka.ensure_state_topic(Duration::from_secs(30)).map_err(PipelineError::Kafka)?,
+        (false, true) => kafka.ensure_state_topic(Duration::from_secs(30))?,
         (false, false) => match kafka.partitions(&kafka.state_topic, Duration::from_secs(30)) {
             Ok(0) => {
                 return Err(PipelineError::Kafka(format!(
@@ -279,7 +279,7 @@ pub fn run_with(
                     kafka.state_topic
                 )));
             }
-            other => other.map_err(PipelineError::Kafka)?,
+            other => other?,
         },
     };
     let producer =
@@ -538,7 +538,7 @@ pub fn produce_simulated(
     labels: Option<&std::path::Path>,
 ) -> Result<u64, PipelineError> {
     let kafka = KafkaConfig::new(brokers, vec![topic.to_owned()]);
-    kafka.ensure_topics(&[topic], partitions, Duration::from_secs(30)).map_err(PipelineError::Kafka)?;
+    kafka.ensure_topics(&[topic], partitions, Duration::from_secs(30))?;
     let producer =
         kafka.producer().map_err(|e| PipelineError::Kafka(format!("creating the producer: {e}")))?;
     let started = Instant::now();

@@ -20,6 +20,85 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
+/// What keeps vigil from setting up its Kafka side: config, clients, topics, the state topic.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    /// A `[kafka]` value is unusable.
+    #[error("kafka.{key} {problem}")]
+    Config {
+        /// The key, below `kafka.`.
+        key: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// librdkafka refused to create a client.
+    #[error("creating {what}: {source}")]
+    Client {
+        /// Which client.
+        what: &'static str,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+    /// The cluster's metadata could not be read (brokers unreachable, …).
+    #[error("reading the cluster's topics: {0}")]
+    Metadata(KafkaError),
+    /// The admin request to create topics failed as a whole.
+    #[error("creating {topics}: {source}")]
+    Admin {
+        /// The topics asked for.
+        topics: String,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+    /// The cluster refused to create a topic.
+    #[error("creating topic {topic}: {code}")]
+    CreateTopic {
+        /// The topic.
+        topic: String,
+        /// The broker's answer.
+        code: RDKafkaErrorCode,
+    },
+    /// The state topic could not be read.
+    #[error("reading {topic}: {source}")]
+    StateRead {
+        /// The state topic.
+        topic: String,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+    /// The state topic's end was not reached in time.
+    #[error("reading {topic} did not reach its end within {seconds}s (state partitions left: {left:?})")]
+    StateTimeout {
+        /// The state topic.
+        topic: String,
+        /// The time allowed.
+        seconds: u64,
+        /// Its partitions not read to the end.
+        left: Vec<i32>,
+    },
+    /// A state record on the state topic is damaged.
+    #[error("state of {of} at {at}: {problem}")]
+    BadState {
+        /// `topic/partition` whose state it is.
+        of: String,
+        /// `state partition/offset` of the record.
+        at: String,
+        /// Why it cannot be read.
+        problem: StateDecodeError,
+    },
+}
+
+/// Why a state record cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StateDecodeError {
+    /// The bytes are not zstd.
+    #[error("not zstd: {0}")]
+    NotZstd(std::io::Error),
+    /// The JSON inside is not a state record.
+    #[error("not a state record: {0}")]
+    NotRecord(serde_json::Error),
+}
+
 /// `[kafka]`: where events come from when vigil runs as a consumer group.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -129,27 +208,31 @@ impl KafkaConfig {
         }
     }
 
-    /// Checks values; the message names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks values; the error names the key.
+    pub fn validate(&self) -> Result<(), KafkaSetupError> {
+        let bad = |key: &'static str, problem: String| Err(KafkaSetupError::Config { key, problem });
         if self.brokers.trim().is_empty() {
-            return Err("kafka.brokers is empty".into());
+            return bad("brokers", "is empty".into());
         }
         if self.topics.is_empty() || self.topics.iter().any(|t| t.is_empty()) {
-            return Err("kafka.topics must name at least one topic".into());
+            return bad("topics", "must name at least one topic".into());
         }
         if self.group.is_empty() {
-            return Err("kafka.group is empty".into());
+            return bad("group", "is empty".into());
         }
         if self.state_max_bytes < 1024 {
-            return Err(format!("kafka.state_max_bytes must be at least 1024, got {}", self.state_max_bytes));
+            return bad("state_max_bytes", format!("must be at least 1024, got {}", self.state_max_bytes));
         }
         if self.batch_messages == 0 {
-            return Err("kafka.batch_messages must be at least 1".into());
+            return bad("batch_messages", "must be at least 1".into());
         }
         if self.options.get("enable.auto.commit").is_some_and(|v| v != "false") {
-            return Err("kafka.options.enable.auto.commit: vigil commits offsets itself, after the archive \
-                        is durable; auto-commit would lose events on a crash"
-                .into());
+            return bad(
+                "options.enable.auto.commit",
+                "must be false: vigil commits offsets itself, after the archive is durable; auto-commit \
+                 would lose events on a crash"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -197,7 +280,7 @@ impl KafkaConfig {
 
     /// Creates the output topics that do not exist yet, with as many partitions as the first source
     /// topic (so findings keyed by agent spread like the events). Existing topics are left alone.
-    pub fn ensure_output_topics(&self, timeout: std::time::Duration) -> Result<(), String> {
+    pub fn ensure_output_topics(&self, timeout: std::time::Duration) -> Result<(), KafkaSetupError> {
         let admin = self.admin()?;
         let first = self.topics.first().map_or("", String::as_str);
         let partitions = topic_partitions(&admin, first, timeout)?.max(1);
@@ -212,12 +295,12 @@ impl KafkaConfig {
         topics: &[&str],
         partitions: i32,
         timeout: std::time::Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), KafkaSetupError> {
         create_missing(&self.admin()?, topics, partitions, timeout)
     }
 
-    fn admin(&self) -> Result<AdminClient<DefaultClientContext>, String> {
-        self.client().create().map_err(|e| format!("creating an admin client: {e}"))
+    fn admin(&self) -> Result<AdminClient<DefaultClientContext>, KafkaSetupError> {
+        self.client().create().map_err(|source| KafkaSetupError::Client { what: "an admin client", source })
     }
 
     /// A producer for dead letters, findings and decisions: idempotent, acknowledged by all replicas,
@@ -238,7 +321,7 @@ impl KafkaConfig {
     }
 
     /// Partitions of `topic` (0 when it does not exist).
-    pub fn partitions(&self, topic: &str, timeout: std::time::Duration) -> Result<i32, String> {
+    pub fn partitions(&self, topic: &str, timeout: std::time::Duration) -> Result<i32, KafkaSetupError> {
         topic_partitions(&self.admin()?, topic, timeout)
     }
 
@@ -249,7 +332,7 @@ impl KafkaConfig {
 
     /// Creates the state topic when missing (compacted, as many partitions as the first source topic, so
     /// a source partition's state lives in state partition `partition % n`); returns its partition count.
-    pub fn ensure_state_topic(&self, timeout: std::time::Duration) -> Result<i32, String> {
+    pub fn ensure_state_topic(&self, timeout: std::time::Duration) -> Result<i32, KafkaSetupError> {
         let admin = self.admin()?;
         let existing = topic_partitions(&admin, &self.state_topic, timeout)?;
         if existing > 0 {
@@ -266,13 +349,8 @@ impl KafkaConfig {
             .set("min.cleanable.dirty.ratio", "0.1");
         let opts = AdminOptions::new().request_timeout(Some(timeout));
         let results = block_on(admin.create_topics([&topic], &opts))
-            .map_err(|e| format!("creating {}: {e}", self.state_topic))?;
-        for r in results {
-            match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((name, code)) => return Err(format!("creating topic {name}: {code}")),
-            }
-        }
+            .map_err(|source| KafkaSetupError::Admin { topics: self.state_topic.clone(), source })?;
+        created(results)?;
         Ok(topic_partitions(&admin, &self.state_topic, timeout)?.max(partitions))
     }
 
@@ -283,7 +361,7 @@ impl KafkaConfig {
         wanted: &[(String, i32)],
         state_partitions: i32,
         timeout: std::time::Duration,
-    ) -> Result<HashMap<(String, i32), StateRecord>, String> {
+    ) -> Result<HashMap<(String, i32), StateRecord>, KafkaSetupError> {
         let mut found = HashMap::new();
         if wanted.is_empty() || self.state_topic.is_empty() || state_partitions <= 0 {
             return Ok(found);
@@ -296,23 +374,27 @@ impl KafkaConfig {
         c.set("group.id", format!("{}.state-reader", self.group))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true");
-        let consumer: BaseConsumer = c.create().map_err(|e| format!("creating the state reader: {e}"))?;
+        let consumer: BaseConsumer =
+            c.create().map_err(|source| KafkaSetupError::Client { what: "the state reader", source })?;
         let mut pending: std::collections::BTreeSet<i32> =
             wanted.iter().map(|(_, p)| p.rem_euclid(state_partitions)).collect();
         let mut tpl = TopicPartitionList::new();
         for sp in &pending {
-            tpl.add_partition_offset(&self.state_topic, *sp, Offset::Beginning).map_err(|e| e.to_string())?;
+            tpl.add_partition_offset(&self.state_topic, *sp, Offset::Beginning)
+                .map_err(|source| KafkaSetupError::StateRead { topic: self.state_topic.clone(), source })?;
         }
-        consumer.assign(&tpl).map_err(|e| format!("reading {}: {e}", self.state_topic))?;
+        consumer
+            .assign(&tpl)
+            .map_err(|source| KafkaSetupError::StateRead { topic: self.state_topic.clone(), source })?;
         let deadline = std::time::Instant::now() + timeout;
         while !pending.is_empty() {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
-                return Err(format!(
-                    "reading {} did not reach its end within {}s (state partitions left: {pending:?})",
-                    self.state_topic,
-                    timeout.as_secs(),
-                ));
+                return Err(KafkaSetupError::StateTimeout {
+                    topic: self.state_topic.clone(),
+                    seconds: timeout.as_secs(),
+                    left: pending.into_iter().collect(),
+                });
             }
             let m = match consumer.poll(left.min(std::time::Duration::from_millis(200))) {
                 None => continue,
@@ -334,8 +416,10 @@ impl KafkaConfig {
                     found.remove(which);
                 }
                 Some(bytes) => {
-                    let record = StateRecord::decode(bytes).map_err(|e| {
-                        format!("state of {}/{} at {}/{}: {e}", which.0, which.1, m.partition(), m.offset())
+                    let record = StateRecord::decode(bytes).map_err(|problem| KafkaSetupError::BadState {
+                        of: format!("{}/{}", which.0, which.1),
+                        at: format!("{}/{}", m.partition(), m.offset()),
+                        problem,
                     })?;
                     found.insert(which.clone(), record);
                 }
@@ -371,9 +455,9 @@ impl StateRecord {
     }
 
     /// Reads a record written by [`StateRecord::encode`].
-    pub fn decode(bytes: &[u8]) -> Result<StateRecord, String> {
-        let json = zstd::decode_all(bytes).map_err(|e| format!("not zstd: {e}"))?;
-        serde_json::from_slice(&json).map_err(|e| format!("not a state record: {e}"))
+    pub fn decode(bytes: &[u8]) -> Result<StateRecord, StateDecodeError> {
+        let json = zstd::decode_all(bytes).map_err(StateDecodeError::NotZstd)?;
+        serde_json::from_slice(&json).map_err(StateDecodeError::NotRecord)
     }
 }
 
@@ -382,11 +466,8 @@ fn topic_partitions(
     admin: &AdminClient<DefaultClientContext>,
     topic: &str,
     timeout: std::time::Duration,
-) -> Result<i32, String> {
-    let meta = admin
-        .inner()
-        .fetch_metadata(None, timeout)
-        .map_err(|e| format!("reading the cluster's topics: {e}"))?;
+) -> Result<i32, KafkaSetupError> {
+    let meta = admin.inner().fetch_metadata(None, timeout).map_err(KafkaSetupError::Metadata)?;
     Ok(meta.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len() as i32))
 }
 
@@ -396,11 +477,8 @@ fn create_missing(
     topics: &[&str],
     partitions: i32,
     timeout: std::time::Duration,
-) -> Result<(), String> {
-    let meta = admin
-        .inner()
-        .fetch_metadata(None, timeout)
-        .map_err(|e| format!("reading the cluster's topics: {e}"))?;
+) -> Result<(), KafkaSetupError> {
+    let meta = admin.inner().fetch_metadata(None, timeout).map_err(KafkaSetupError::Metadata)?;
     let existing: std::collections::HashSet<&str> = meta.topics().iter().map(|t| t.name()).collect();
     let names: Vec<&str> = topics.iter().copied().filter(|t| !existing.contains(t)).collect();
     if names.is_empty() {
@@ -409,12 +487,18 @@ fn create_missing(
     let new: Vec<NewTopic<'_>> =
         names.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(-1))).collect();
     let opts = AdminOptions::new().request_timeout(Some(timeout));
-    let results =
-        block_on(admin.create_topics(&new, &opts)).map_err(|e| format!("creating {names:?}: {e}"))?;
+    let results = block_on(admin.create_topics(&new, &opts))
+        .map_err(|source| KafkaSetupError::Admin { topics: names.join(", "), source })?;
+    created(results)
+}
+
+/// Fails on the first topic the cluster refused to create (one created meanwhile by someone else is
+/// fine).
+fn created(results: Vec<rdkafka::admin::TopicResult>) -> Result<(), KafkaSetupError> {
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => return Err(format!("creating topic {name}: {code}")),
+            Err((topic, code)) => return Err(KafkaSetupError::CreateTopic { topic, code }),
         }
     }
     Ok(())
@@ -521,7 +605,7 @@ mod tests {
 
         let mut bad = cfg.clone();
         bad.options.insert("enable.auto.commit".into(), "true".into());
-        assert!(bad.validate().unwrap_err().contains("auto-commit would lose events"));
+        assert!(bad.validate().unwrap_err().to_string().contains("auto-commit would lose events"));
         let mut tls = cfg.clone();
         tls.options.insert("security.protocol".into(), "SASL_SSL".into());
         assert_eq!(tls.consumer_config().get("security.protocol"), Some("SASL_SSL"));
@@ -550,6 +634,6 @@ mod tests {
         let bytes = rec.encode().unwrap();
         assert!(bytes.len() < serde_json::to_vec(&rec).unwrap().len() / 4, "{} bytes", bytes.len());
         assert_eq!(StateRecord::decode(&bytes).unwrap(), rec);
-        assert!(StateRecord::decode(b"{}").unwrap_err().contains("not zstd"));
+        assert!(StateRecord::decode(b"{}").unwrap_err().to_string().contains("not zstd"));
     }
 }
