@@ -1,0 +1,173 @@
+//! The per-event hard checks: declared allow-lists, the rate cap, the per-session byte cap.
+
+use super::*;
+
+/// Raises a finding's severity when it touches a sensitive resource.
+pub(super) fn severity_for(cfg: &Compiled, base: Severity, resource: &str) -> Severity {
+    if cfg.sensitive.matches(resource) { base.raised() } else { base }
+}
+
+pub(super) fn covering_policies<'s>(cfg: &Compiled, agent: &'s mut AgentState, ev: &Event<'_>) -> &'s [u16] {
+    let role = ev.agent_role.as_deref();
+    // The engine interned the role before the checks ran: its index identifies it.
+    let role_key = role.map(|_| agent.role);
+    let stale = agent.covered_by.as_ref().is_none_or(|(r, _)| *r != role_key);
+    if stale {
+        let idx = cfg
+            .policies
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| {
+                p.agents.matches(&ev.agent_id) || role.is_some_and(|r| p.roles.iter().any(|x| x == r))
+            })
+            .map(|(i, _)| i as u16)
+            .collect();
+        agent.covered_by = Some((role_key, idx));
+    }
+    agent.covered_by.as_ref().map_or(&[], |(_, idx)| idx)
+}
+
+pub(super) fn check_policy(cfg: &Compiled, agent: &mut AgentState, ev: &Event<'_>) -> Option<(Finding, u64)> {
+    let covering = covering_policies(cfg, agent, ev);
+    if covering.is_empty() {
+        return None;
+    }
+    let scope = ev.scope.as_deref();
+    // The dimension that failed in the policy that came closest, for the evidence.
+    let mut failed = "";
+    for &i in covering {
+        let p = &cfg.policies[usize::from(i)];
+        if !(p.actions.is_empty() || p.actions.matches(&ev.action)) {
+            failed = if failed.is_empty() { "action" } else { failed };
+            continue;
+        }
+        if !(p.resources.is_empty() || p.resources.matches(&ev.resource)) {
+            failed = if failed.is_empty() || failed == "action" { "resource" } else { failed };
+            continue;
+        }
+        if let Some(s) = scope
+            && !(p.scopes.is_empty() || p.scopes.matches(s))
+        {
+            failed = "scope";
+            continue;
+        }
+        return None;
+    }
+    let names: Vec<Value> = covering.iter().map(|&i| json!(cfg.policies[usize::from(i)].name)).collect();
+    let value = match failed {
+        "action" => ev.action.as_ref(),
+        "scope" => scope.unwrap_or_default(),
+        _ => ev.resource.as_ref(),
+    };
+    // A denied action was stopped by the gateway already: still worth knowing, less urgent.
+    let base = if ev.outcome == Outcome::Denied { Severity::Medium } else { Severity::High };
+    let severity = severity_for(cfg, base, &ev.resource);
+    let mut evidence = Map::new();
+    evidence.insert("dimension".into(), json!(failed));
+    evidence.insert("value".into(), json!(value));
+    evidence.insert("action".into(), json!(ev.action));
+    evidence.insert("resource".into(), json!(ev.resource));
+    evidence.insert("scope".into(), json!(scope));
+    evidence.insert("outcome".into(), json!(ev.outcome.as_str()));
+    evidence.insert("policies".into(), Value::Array(names));
+    let summary = format!(
+        "{} used {failed} {value:?} that no policy covering it allows ({} {} {})",
+        ev.agent_id,
+        ev.action,
+        ev.resource,
+        ev.outcome.as_str()
+    );
+    let key = bucket(cfg, ev.ts_ms);
+    let f = event_finding(FindingKind::PolicyViolation, severity, ev, summary, evidence);
+    Some((f, key))
+}
+
+pub(super) fn check_rate(cfg: &Compiled, agent: &mut AgentState, ev: &Event<'_>) -> Option<(Finding, u64)> {
+    let cap = cfg.raw.rate_limit_per_minute;
+    if cap == 0 {
+        return None;
+    }
+    // Minutes since 1970 fit an i32 until the year 6053; the schema bounds timestamps well inside that.
+    let minute = ev.ts_ms.div_euclid(MINUTE_MS).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32;
+    let [cur, prev] = &mut agent.rate;
+    let slot = if cur.count == 0 || minute > cur.minute {
+        *prev = if minute == cur.minute + 1 { *cur } else { MinuteCount::default() };
+        *cur = MinuteCount { minute, count: 0, fired: false };
+        cur
+    } else if minute == cur.minute {
+        cur
+    } else if minute == cur.minute - 1 {
+        if prev.minute != minute || prev.count == 0 {
+            *prev = MinuteCount { minute, count: 0, fired: false };
+        }
+        prev
+    } else {
+        // Older than the previous minute: the hard cap's two counters cannot place it. Counted with the
+        // late events by the watermark when it is behind it too.
+        return None;
+    };
+    slot.count = slot.count.saturating_add(1);
+    if u64::from(slot.count) <= cap || slot.fired {
+        return None;
+    }
+    slot.fired = true;
+    let window_start = i64::from(minute) * MINUTE_MS;
+    let mut evidence = Map::new();
+    evidence.insert("limit_per_minute".into(), json!(cap));
+    evidence.insert("observed".into(), json!(slot.count));
+    let key = bucket(cfg, window_start);
+    let mut f = event_finding(
+        FindingKind::RateLimit,
+        cfg.raw.rate_limit_severity,
+        ev,
+        format!("{} exceeded its hard cap of {cap} actions per minute", ev.agent_id),
+        evidence,
+    );
+    f.window_start = window_start;
+    f.window_end = window_start + MINUTE_MS;
+    f.score = slot.count as f64 / cap as f64;
+    Some((f, key))
+}
+
+pub(super) fn check_session(
+    cfg: &Compiled,
+    agent: &mut AgentState,
+    ev: &Event<'_>,
+) -> Option<(Finding, u64)> {
+    let cap = cfg.raw.session_max_bytes;
+    let session = ev.session_id.as_deref()?;
+    let bytes = ev.bytes_read.unwrap_or(0).saturating_add(ev.bytes_written.unwrap_or(0));
+    if cap == 0 || bytes == 0 {
+        return None;
+    }
+    let h = stable_hash(&[session.as_bytes()]) as u32;
+    let i = match agent.sessions.as_slice().iter().position(|s| s.hash == h) {
+        Some(i) => i,
+        None => agent.sessions.push(SessionBytes { hash: h, bytes: 0, fired: false }),
+    };
+    let s = &mut agent.sessions.as_mut_slice()[i];
+    s.bytes = s.bytes.saturating_add(bytes);
+    if s.bytes <= cap || s.fired {
+        return None;
+    }
+    s.fired = true;
+    let mut evidence = Map::new();
+    evidence.insert("session_id".into(), json!(session));
+    evidence.insert("limit_bytes".into(), json!(cap));
+    evidence.insert("observed_bytes".into(), json!(s.bytes));
+    let observed = s.bytes;
+    let mut f = event_finding(
+        FindingKind::SessionLimit,
+        Severity::High,
+        ev,
+        format!(
+            "{} moved {} in session {session:?}, over the cap of {}",
+            ev.agent_id,
+            human_bytes(observed as f64),
+            human_bytes(cap as f64)
+        ),
+        evidence,
+    );
+    f.score = observed as f64 / cap as f64;
+    Some((f, u64::from(h)))
+}

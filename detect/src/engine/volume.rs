@@ -1,0 +1,188 @@
+//! The count and volume family: actions, bytes, denials and tokens per window and per span against
+//! each measure's tail baseline, and the cumulative (CUSUM) detector for slow rises.
+
+use super::*;
+
+/// The time scales each measure is judged at (the window and the span): a window's tail probability
+/// is multiplied by this before it is compared with a detector's p-value, so that judging twice does
+/// not double the false findings.
+pub(super) const SCALES: f64 = 2.0;
+
+/// Sums the window into its span, and judges and learns a span once it is complete (its last window
+/// closed, or a window of a later span did): spans aligned on event time, closed in window order, so
+/// the result does not depend on arrival order.
+pub(super) fn spans(
+    cfg: &Compiled,
+    id: &str,
+    agent: &mut AgentState,
+    w: &Window,
+    start: i64,
+    observed: [u64; MEASURES.len()],
+    found: &mut Vec<(Finding, u64)>,
+) {
+    let current = start.div_euclid(cfg.span_ms).clamp(i64::from(NO_SPAN) + 1, i64::from(i32::MAX)) as i32;
+    let pending = agent.levels.pending;
+    if pending != NO_SPAN && pending != current {
+        close_span(cfg, id, agent, w, pending, found);
+    }
+    let levels = &mut agent.levels;
+    if levels.pending == NO_SPAN {
+        let last = levels.last_span;
+        let gap = if last == NO_SPAN { 0 } else { (i64::from(current) - i64::from(last) - 1).max(0) as u64 };
+        for t in &mut levels.per_span {
+            t.learn_zeros(gap, cfg.keep_span);
+        }
+        levels.pending = current;
+        levels.span_sum = [0; SPAN_MEASURES];
+    }
+    for (sum, x) in levels.span_sum.iter_mut().zip(observed) {
+        *sum = sum.saturating_add(x);
+    }
+    if start + cfg.window_ms >= (i64::from(current) + 1) * cfg.span_ms {
+        close_span(cfg, id, agent, w, current, found);
+    }
+}
+
+pub(super) fn close_span(
+    cfg: &Compiled,
+    id: &str,
+    agent: &mut AgentState,
+    w: &Window,
+    index: i32,
+    found: &mut Vec<(Finding, u64)>,
+) {
+    let base = &cfg.raw.baseline;
+    let warm = u64::from(agent.windows) >= base.warmup_windows.saturating_mul(base.span_windows)
+        && u64::from(agent.events) >= base.warmup_events;
+    let levels = &mut agent.levels;
+    let sums = levels.span_sum;
+    if warm {
+        let from = i64::from(index) * cfg.span_ms;
+        let span = (from, from + cfg.span_ms);
+        for (m, kind) in MEASURES.into_iter().take(SPAN_MEASURES).enumerate() {
+            let spec = cfg.spike(kind);
+            let count = counts_actions(kind);
+            let memory = cfg.memory_windows / base.span_windows as f64;
+            let j = levels.per_span[m].judge(sums[m] as f64, base.tail_quantile, spec.p_value, count, memory);
+            found.extend(spike(cfg, kind, spec, id, w, span, sums[m], &j).map(|f| (f, bucket(cfg, from))));
+        }
+    }
+    for (t, x) in levels.per_span.iter_mut().zip(sums) {
+        t.learn(x as f64, cfg.keep_span);
+    }
+    levels.last_span = index;
+    levels.pending = NO_SPAN;
+    levels.span_sum = [0; SPAN_MEASURES];
+}
+
+/// The cumulative detector (a CUSUM over event time): each window adds its surprise, `-log10 p` under
+/// the agent's own baseline (at most `slow.max_window_score`, so one extreme window cannot raise it
+/// alone: that is the per-window judge's work), less `slow.allowance`; the sum never goes below zero,
+/// idle windows drain it, and when it reaches `slow.threshold` the rise is a finding and the sum starts
+/// again. A stream of windows each only a little unusual (an exfiltration paced to stay under every
+/// per-window threshold, a loop that grows slowly) adds up; ordinary traffic, whose windows are
+/// surprising about one time in ten at most, drains it.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn slow_rise(
+    cfg: &Compiled,
+    kind: FindingKind,
+    agent: &str,
+    w: &Window,
+    sum: &mut f32,
+    gap: u64,
+    observed: u64,
+    j: &Judgement,
+) -> Option<Finding> {
+    let slow = &cfg.raw.slow;
+    if !slow.enabled {
+        return None;
+    }
+    let surprise = score(j.p).min(slow.max_window_score);
+    let drained = f64::from(*sum) - slow.allowance * gap as f64;
+    let now = (drained.max(0.0) + surprise - slow.allowance).max(0.0);
+    if now < slow.threshold {
+        *sum = now as f32;
+        return None;
+    }
+    *sum = 0.0;
+    let mut f = window_finding(cfg, kind, Severity::Medium, agent, w);
+    f.score = round3(now);
+    let (what, x, high) = if kind == FindingKind::DataSpike {
+        ("bytes moved", human_bytes(observed as f64), human_bytes(j.high))
+    } else {
+        ("actions", observed.to_string(), two_digits(j.high))
+    };
+    f.summary = format!(
+        "{agent}: a sustained rise in {what}, window after window above its baseline (cumulative surprise \
+         {now:.1} >= {}); this window {x}, its usual high {high}",
+        slow.threshold
+    );
+    let e = &mut f.evidence;
+    e.insert("detector".into(), json!("cumulative"));
+    e.insert("cumulative_score".into(), json!(round3(now)));
+    e.insert("threshold".into(), json!(slow.threshold));
+    e.insert("allowance".into(), json!(slow.allowance));
+    e.insert("observed".into(), json!(observed));
+    e.insert("baseline_high".into(), json!(round3(j.high)));
+    e.insert("p_value".into(), json!(j.p));
+    Some(f)
+}
+
+/// A window (or span) far in the tail of the agent's own baseline, and big enough to matter: at least
+/// the detector's absolute floor (which only suppresses trivia) and `min_ratio` times the agent's usual
+/// high. The finding carries the evidence an analyst reads in one glance.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn spike(
+    cfg: &Compiled,
+    kind: FindingKind,
+    spec: &SpikeConfig,
+    agent: &str,
+    w: &Window,
+    (from, to): (i64, i64),
+    observed: u64,
+    j: &Judgement,
+) -> Option<Finding> {
+    let x = observed as f64;
+    let p = (j.p * SCALES).min(1.0);
+    if !spec.enabled || observed == 0 || p >= spec.p_value || observed < spec.min_count {
+        return None;
+    }
+    if x < spec.min_ratio * j.high {
+        return None;
+    }
+    let usual = j.high.max(1.0);
+    let ratio = x / usual;
+    let severity = if ratio >= spec.high_ratio { Severity::High } else { Severity::Medium };
+    let mut f = window_finding(cfg, kind, severity, agent, w);
+    (f.window_start, f.window_end, f.ts) = (from, to, to);
+    f.score = score(p);
+    let span = human_duration((to - from) / 1000);
+    let did = match kind {
+        FindingKind::DeniedBurst => format!("had {observed} actions denied"),
+        FindingKind::TokenSpike => format!("used {observed} model tokens"),
+        FindingKind::DataSpike => format!("moved {}", human_bytes(x)),
+        _ => format!("made {observed} actions"),
+    };
+    let against = if j.high > 0.0 {
+        let usual = if kind == FindingKind::DataSpike { human_bytes(j.high) } else { two_digits(j.high) };
+        format!(", {}x its usual high of {usual}", two_digits(ratio))
+    } else {
+        "; its recent history has none".to_owned()
+    };
+    let p_text = if p < 1e-16 { "p < 1e-16".to_owned() } else { format!("p = {p:.1e}") };
+    f.summary = format!("{agent} {did} in {span}{against} ({p_text})");
+    let e = &mut f.evidence;
+    e.insert("observed".into(), json!(observed));
+    e.insert("span_seconds".into(), json!((to - from) / 1000));
+    e.insert("baseline_median".into(), json!(round3(j.median)));
+    e.insert("baseline_high".into(), json!(round3(j.high)));
+    e.insert("threshold".into(), json!(j.threshold.ceil().min(u64::MAX as f64) as u64));
+    e.insert("p_value".into(), json!(p));
+    e.insert("ratio".into(), json!(round3(ratio)));
+    e.insert("tail_shape".into(), json!(round3(j.shape)));
+    if kind == FindingKind::DataSpike && to - from == cfg.window_ms {
+        e.insert("bytes_read".into(), json!(w.bytes_read));
+        e.insert("bytes_written".into(), json!(w.bytes_written));
+    }
+    Some(f)
+}
