@@ -1,0 +1,372 @@
+//! The engine's state: per agent (windows, baselines, counters, open incidents), what spans agents
+//! (credential owners), and what is kept between windows. Everything here is in the snapshot.
+
+use super::*;
+
+/// Count of one agent's actions in one event-time minute, for the hard rate cap.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct MinuteCount {
+    pub(super) minute: i32,
+    pub(super) count: u32,
+    pub(super) fired: bool,
+}
+
+/// An incident still open: later findings of the same kind and key fold into it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct OpenFinding {
+    pub(super) kind: FindingKind,
+    pub(super) severity: Severity,
+    /// Findings folded into it (saturating).
+    pub(super) folded: u16,
+    /// The incident key folded to 32 bits (`fold_key`): only compared, among an agent's few open ones.
+    #[serde(deserialize_with = "read_key")]
+    pub(super) key: u32,
+    /// Event time of its latest finding: open incidents older than two cooldowns are forgotten.
+    pub(super) last_ts: i64,
+}
+
+/// An incident key (a cooldown period's start in milliseconds, or a session hash) in 32 bits. Keys that
+/// fit are kept as they are, so a folded key read back from a snapshot folds to itself.
+pub(super) fn fold_key(key: u64) -> u32 {
+    u32::try_from(key).unwrap_or((key ^ (key >> 32)) as u32)
+}
+
+/// Snapshots written before keys were folded hold them whole.
+pub(super) fn read_key<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    u64::deserialize(d).map(fold_key)
+}
+
+/// A key (generalised resource or scope) touched in a window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct WindowKey {
+    pub(super) hash: u64,
+    pub(super) count: u32,
+    /// For keys the agent did not know when they were touched: the earliest use, as evidence.
+    pub(super) sample: Option<Sample>,
+}
+
+/// One use of something new: what it was and the event that did it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct Sample {
+    pub(super) text: String,
+    pub(super) ts: i64,
+    pub(super) event_id: String,
+}
+
+impl Sample {
+    pub(super) fn earlier(&self, ts: i64, event_id: &str) -> bool {
+        (ts, event_id) < (self.ts, self.event_id.as_str())
+    }
+}
+
+/// A model (with provider) used in a window that the agent had not used before.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct WindowModel {
+    pub(super) hash: u64,
+    pub(super) provider: u64,
+    pub(super) sample: Sample,
+}
+
+/// One agent's activity in one event-time window. Every field is order-independent: sums, minimums,
+/// and sets capped by a rule that does not look at arrival order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct Window {
+    pub(super) start: i64,
+    pub(super) count: u32,
+    pub(super) bytes_read: u64,
+    pub(super) bytes_written: u64,
+    pub(super) denied: u32,
+    /// Model tokens, input and output.
+    pub(super) tokens: u64,
+    pub(super) keys: Vec<WindowKey>,
+    pub(super) models: Vec<WindowModel>,
+    /// The earliest (ts, event_id) of the window.
+    pub(super) samples: Vec<(i64, String)>,
+}
+
+impl Window {
+    pub(super) fn new(start: i64) -> Window {
+        Window {
+            start,
+            count: 0,
+            bytes_read: 0,
+            bytes_written: 0,
+            denied: 0,
+            tokens: 0,
+            keys: Vec::new(),
+            models: Vec::new(),
+            samples: Vec::new(),
+        }
+    }
+
+    /// Counts a key. The first time a window sees a key it asks `known` whether the agent knows it; for
+    /// a key it does not know, `text` is kept with the earliest use as evidence.
+    pub(super) fn touch(
+        &mut self,
+        hash: u64,
+        cap: usize,
+        known: impl FnOnce() -> bool,
+        text: &str,
+        ts: i64,
+        event_id: &str,
+    ) {
+        let slot = match self.keys.iter().position(|k| k.hash == hash) {
+            Some(i) => i,
+            None => {
+                if self.keys.len() >= cap {
+                    // Keep the smallest hashes: the same set whatever the arrival order.
+                    let (imax, max) = self
+                        .keys
+                        .iter()
+                        .enumerate()
+                        .map(|(i, k)| (i, k.hash))
+                        .max_by_key(|&(_, h)| h)
+                        .unwrap_or((0, 0));
+                    if hash > max {
+                        return;
+                    }
+                    self.keys.swap_remove(imax);
+                }
+                let sample =
+                    (!known()).then(|| Sample { text: text.to_owned(), ts, event_id: event_id.to_owned() });
+                self.keys.push(WindowKey { hash, count: 1, sample });
+                return;
+            }
+        };
+        let k = &mut self.keys[slot];
+        k.count += 1;
+        if let Some(s) = k.sample.as_mut()
+            && s.earlier(ts, event_id)
+        {
+            *s = Sample { text: text.to_owned(), ts, event_id: event_id.to_owned() };
+        }
+    }
+
+    /// Empties the window for reuse, keeping its buffers.
+    pub(super) fn reset(&mut self) {
+        self.count = 0;
+        self.bytes_read = 0;
+        self.bytes_written = 0;
+        self.denied = 0;
+        self.tokens = 0;
+        self.keys.clear();
+        self.models.clear();
+        self.samples.clear();
+    }
+
+    pub(super) fn sample(&mut self, ts: i64, event_id: &str) {
+        if self.samples.len() == SAMPLES {
+            match self.samples.last() {
+                Some((t, id)) if (ts, event_id) < (*t, id.as_str()) => {
+                    self.samples.pop();
+                }
+                _ => return,
+            }
+        }
+        let at = self.samples.partition_point(|(t, id)| (*t, id.as_str()) < (ts, event_id));
+        self.samples.insert(at, (ts, event_id.to_owned()));
+    }
+
+    pub(super) fn bytes(&self) -> u64 {
+        self.bytes_read.saturating_add(self.bytes_written)
+    }
+}
+
+/// The last few of something, kept inline (no allocation, no pointer to chase on the hot path); when
+/// full, the oldest is dropped.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(super) struct Recent<T> {
+    pub(super) len: u8,
+    pub(super) items: [T; 4],
+}
+
+impl<T: Copy + Default> Recent<T> {
+    pub(super) fn as_slice(&self) -> &[T] {
+        &self.items[..usize::from(self.len)]
+    }
+
+    pub(super) fn as_mut_slice(&mut self) -> &mut [T] {
+        &mut self.items[..usize::from(self.len)]
+    }
+
+    /// Appends, dropping the oldest when full; returns the new item's index.
+    pub(super) fn push(&mut self, item: T) -> usize {
+        if usize::from(self.len) == self.items.len() {
+            self.items.rotate_left(1);
+            self.len -= 1;
+        }
+        self.items[usize::from(self.len)] = item;
+        self.len += 1;
+        usize::from(self.len) - 1
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Recent<(u32, u32)> {
+    pub(super) fn contains(&self, model: u32) -> bool {
+        self.as_slice().iter().any(|m| m.0 == model)
+    }
+}
+
+/// Bytes moved in one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub(super) struct SessionBytes {
+    pub(super) bytes: u64,
+    /// Low 32 bits of the session id's hash.
+    pub(super) hash: u32,
+    pub(super) fired: bool,
+}
+
+/// The start of an agent's last closed window, `i64::MIN` for none: an `Option<i64>` in eight bytes
+/// instead of sixteen (per-agent state is budgeted), and the same `null` or number in snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Option<i64>", into = "Option<i64>")]
+pub(super) struct LastWindow(pub(super) i64);
+
+impl LastWindow {
+    pub(super) fn get(self) -> Option<i64> {
+        (self.0 != i64::MIN).then_some(self.0)
+    }
+}
+
+impl Default for LastWindow {
+    fn default() -> Self {
+        LastWindow(i64::MIN)
+    }
+}
+
+impl From<Option<i64>> for LastWindow {
+    fn from(v: Option<i64>) -> Self {
+        LastWindow(v.unwrap_or(i64::MIN))
+    }
+}
+
+impl From<LastWindow> for Option<i64> {
+    fn from(v: LastWindow) -> Self {
+        v.get()
+    }
+}
+
+/// What the volume detectors measure per window, in this order.
+pub(super) const MEASURES: [FindingKind; 4] =
+    [FindingKind::VolumeSpike, FindingKind::DataSpike, FindingKind::DeniedBurst, FindingKind::TokenSpike];
+/// Whether a measure counts actions (judged with the Poisson floor and an exponential prior tail) rather
+/// than a volume (bytes, tokens: a heavy prior tail).
+pub(super) const fn counts_actions(kind: FindingKind) -> bool {
+    matches!(kind, FindingKind::VolumeSpike | FindingKind::DeniedBurst)
+}
+/// The measures also judged per span: actions and bytes (a burst of denials is acute; a slow one is
+/// left to the per-window judge and `scope_drift`).
+pub(super) const SPAN_MEASURES: usize = 2;
+
+/// Baselines of the measures (actions, bytes, denials, tokens) at two time scales: each window, and each span of
+/// `baseline.span_windows` windows (aligned on event time), so that a slow rise, invisible in any one
+/// window, shows in the span's sum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct Levels {
+    pub(super) per_window: [Tail; MEASURES.len()],
+    pub(super) per_span: [Tail; SPAN_MEASURES],
+    /// The span being summed (its index: start / span length), `NO_SPAN` when none is.
+    #[serde(default = "no_span")]
+    pub(super) pending: i32,
+    /// The last span judged, so the empty spans since count as zeros (`NO_SPAN`: none yet).
+    #[serde(default = "no_span")]
+    pub(super) last_span: i32,
+    /// The pending span's sums so far.
+    #[serde(default)]
+    pub(super) span_sum: [u64; SPAN_MEASURES],
+    /// The cumulative detector's statistic for actions and bytes (see `slow_rise`).
+    #[serde(default)]
+    pub(super) slow: [f32; SPAN_MEASURES],
+}
+
+pub(super) const NO_SPAN: i32 = i32::MIN;
+
+pub(super) const fn no_span() -> i32 {
+    NO_SPAN
+}
+
+impl Default for Levels {
+    fn default() -> Self {
+        Levels {
+            per_window: Default::default(),
+            per_span: Default::default(),
+            pending: NO_SPAN,
+            last_span: NO_SPAN,
+            span_sum: [0; SPAN_MEASURES],
+            slow: [0.0; SPAN_MEASURES],
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct AgentState {
+    /// Index into the engine's roles (0 is "no role").
+    pub(super) role: u16,
+    /// Windows accounted for since the agent's first (closed ones and the empty ones between).
+    pub(super) windows: u32,
+    /// Events counted in closed windows (saturating).
+    pub(super) events: u32,
+    /// Start of the last closed window.
+    pub(super) last_window: LastWindow,
+    /// Baselines of actions, bytes, denials and tokens, per window and per span.
+    #[serde(default)]
+    pub(super) levels: Levels,
+    /// Keys learned, with their long and short weights.
+    pub(super) keys: KeyTable,
+    /// (model+provider, provider) hashes seen (low 32 bits), inline.
+    pub(super) models: Recent<(u32, u32)>,
+    /// Sessions whose bytes are being summed, inline.
+    pub(super) sessions: Recent<SessionBytes>,
+    /// The last credential checked, so a steady agent skips the fleet-wide lookup.
+    pub(super) last_credential: u64,
+    /// The current and previous minute, for the hard cap.
+    pub(super) rate: [MinuteCount; 2],
+    /// Open incidents.
+    pub(super) open: Vec<OpenFinding>,
+    /// Event times and ids (as bytes) of recent high-or-worse findings, for the halt rule.
+    pub(super) recent_high: Vec<(i64, [u8; 16])>,
+    /// A halt was recorded; no further halt decisions until a resume (a later version).
+    pub(super) halted: bool,
+    /// Windows not yet closed (usually one; two around a boundary within the lateness).
+    pub(super) open_windows: Vec<Window>,
+    /// Indices of the policies that cover this agent, for the role they were computed with.
+    #[serde(skip)]
+    pub(super) covered_by: Option<(Option<u16>, Box<[u16]>)>,
+}
+
+impl AgentState {
+    /// Bytes this state holds, inline and on the heap (an estimate that counts capacities).
+    pub(super) fn footprint(&self) -> usize {
+        use std::mem::size_of;
+        let mut n = size_of::<AgentState>();
+        n += self.keys.keys.capacity() * size_of::<crate::keys::Learned>();
+        n += self.open.capacity() * size_of::<OpenFinding>();
+        n += self.recent_high.capacity() * size_of::<(i64, [u8; 16])>();
+        n += self.open_windows.capacity() * size_of::<Window>();
+        for w in &self.open_windows {
+            n += w.keys.capacity() * size_of::<WindowKey>() + w.models.capacity() * size_of::<WindowModel>();
+            n += w.samples.iter().map(|(_, s)| s.capacity() + size_of::<(i64, String)>()).sum::<usize>();
+            n += w
+                .keys
+                .iter()
+                .filter_map(|k| k.sample.as_ref())
+                .map(|s| s.text.len() + s.event_id.len())
+                .sum::<usize>();
+        }
+        if let Some((_, idx)) = &self.covered_by {
+            n += idx.len() * 2;
+        }
+        n
+    }
+}
+
+/// Who first used a credential (the owner), and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct CredentialOwner {
+    pub(super) agent: u32,
+    pub(super) first_ts: i64,
+}
