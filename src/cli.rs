@@ -134,7 +134,7 @@ struct ServeArgs {
     /// Findings as NDJSON to a file, or - for stdout (without Kafka). Overrides [output] findings.
     #[arg(long)]
     findings: Option<PathBuf>,
-    /// Produce to Kafka instead of the embedded pipeline: bootstrap brokers. Overrides [kafka] brokers.
+    /// Produce to Kafka instead of judging and archiving here: bootstrap brokers. Overrides [kafka] brokers.
     #[arg(long, value_name = "BROKERS")]
     kafka: Option<String>,
     /// With Kafka: the topic events are produced to. Overrides [kafka] topics.
@@ -284,7 +284,7 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode, String> {
     if let Some(l) = args.api_listen {
         cfg.api.listen = Some(l);
     }
-    cfg.validate()?;
+    cfg.validate().map_err(|e| e.to_string())?;
     let telemetry = Arc::new(Telemetry::new());
     // The server runs beside the driver, on its own threads, for as long as the run.
     let server = match &cfg.api.listen {
@@ -370,7 +370,7 @@ fn cmd_serve(args: ServeArgs) -> Result<ExitCode, String> {
         }
         _ => {}
     }
-    cfg.validate()?;
+    cfg.validate().map_err(|e| e.to_string())?;
     let stop = stop_on_signals()?;
     let mode = match &cfg.kafka {
         Some(k) => format!("producing to kafka topic {} at {}", k.topics[0], k.brokers),

@@ -134,30 +134,36 @@ impl Default for HttpConfig {
 }
 
 impl HttpConfig {
-    /// Checks every value; the message names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks every value; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigProblem> {
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(format!("http.listen must be an address like 127.0.0.1:8080, got {:?}", self.listen));
+            return bad(
+                "http.listen",
+                format!("must be an address like 127.0.0.1:8080, got {:?}", self.listen),
+            );
         }
         for (key, v) in [
-            ("max_body_bytes", self.max_body_bytes),
-            ("max_decoded_bytes", self.max_decoded_bytes),
-            ("max_inflight_requests", self.max_inflight_requests),
-            ("queue_batches", self.queue_batches),
-            ("workers", self.workers),
+            ("http.max_body_bytes", self.max_body_bytes),
+            ("http.max_decoded_bytes", self.max_decoded_bytes),
+            ("http.max_inflight_requests", self.max_inflight_requests),
+            ("http.queue_batches", self.queue_batches),
+            ("http.workers", self.workers),
         ] {
             if v == 0 {
-                return Err(format!("http.{key} must be at least 1"));
+                return bad(key, "must be at least 1".into());
             }
         }
         if self.max_decoded_bytes < self.max_body_bytes {
-            return Err(format!(
-                "http.max_decoded_bytes ({}) must be at least http.max_body_bytes ({})",
-                self.max_decoded_bytes, self.max_body_bytes
-            ));
+            return bad(
+                "http.max_decoded_bytes",
+                format!(
+                    "({}) must be at least http.max_body_bytes ({})",
+                    self.max_decoded_bytes, self.max_body_bytes
+                ),
+            );
         }
         if self.request_timeout_seconds == 0 {
-            return Err("http.request_timeout_seconds must be at least 1".into());
+            return bad("http.request_timeout_seconds", "must be at least 1".into());
         }
         Ok(())
     }
@@ -285,13 +291,39 @@ pub enum ConfigError {
         message: String,
     },
     /// A value is out of range.
-    #[error("{path}: {message}")]
+    #[error("{path}: {problem}")]
     Invalid {
         /// The file.
         path: PathBuf,
-        /// What is wrong.
-        message: String,
+        /// What is wrong (boxed: errors travel by value and this one is large).
+        problem: Box<ConfigProblem>,
     },
+}
+
+/// A config value vigil cannot run with; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigProblem {
+    /// In `[archive]`.
+    #[error(transparent)]
+    Archive(#[from] vigil_ingest::archive::ArchiveConfigError),
+    /// In `[kafka]`.
+    #[error(transparent)]
+    Kafka(#[from] vigil_ingest::source::kafka::KafkaSetupError),
+    /// In `[detect]`.
+    #[error(transparent)]
+    Detect(#[from] vigil_detect::ConfigError),
+    /// Any other key.
+    #[error("{key} {problem}")]
+    Value {
+        /// The key, with its table (`http.listen`).
+        key: &'static str,
+        /// What is wrong with its value.
+        problem: String,
+    },
+}
+
+fn bad(key: &'static str, problem: String) -> Result<(), ConfigProblem> {
+    Err(ConfigProblem::Value { key, problem })
 }
 
 impl VigilConfig {
@@ -311,40 +343,41 @@ impl VigilConfig {
             let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
             ConfigError::Parse { path: path.to_owned(), line, column, message: e.message().trim().to_owned() }
         })?;
-        cfg.validate().map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })?;
+        cfg.validate().map_err(|p| ConfigError::Invalid { path: path.to_owned(), problem: Box::new(p) })?;
         Ok(cfg)
     }
 
     /// Checks every value; the message names the key.
-    pub fn validate(&self) -> Result<(), String> {
-        self.archive.validate().map_err(|e| e.to_string())?;
+    pub fn validate(&self) -> Result<(), ConfigProblem> {
+        self.archive.validate()?;
         self.http.validate()?;
         if let Some(l) = &self.api.listen
             && l.parse::<std::net::SocketAddr>().is_err()
         {
-            return Err(format!("api.listen must be an address like 127.0.0.1:9464, got {l:?}"));
+            return bad("api.listen", format!("must be an address like 127.0.0.1:9464, got {l:?}"));
         }
         if let Some(k) = &self.kafka {
-            k.validate().map_err(|e| e.to_string())?;
+            k.validate()?;
         }
-        self.detect.build().map_err(|e| e.to_string())?;
+        self.detect.build()?;
         let status = self.output.status_seconds;
         if !(status.is_finite() && status >= 0.0) {
-            return Err(format!("output.status_seconds must be 0 (off) or more, got {status}"));
+            return bad("output.status_seconds", format!("must be 0 (off) or more, got {status}"));
         }
         let i = &self.input;
         if i.max_event_bytes == 0 {
-            return Err("input.max_event_bytes must be at least 1".into());
+            return bad("input.max_event_bytes", "must be at least 1".into());
         }
         if i.batch_bytes < 4096 {
-            return Err(format!("input.batch_bytes must be at least 4096, got {}", i.batch_bytes));
+            return bad("input.batch_bytes", format!("must be at least 4096, got {}", i.batch_bytes));
         }
         if let Some(name) = &i.source_name
             && (name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
         {
-            return Err(format!(
-                "input.source_name {name:?} may only hold letters, digits, '.', '_' and '-'"
-            ));
+            return bad(
+                "input.source_name",
+                format!("{name:?} may only hold letters, digits, '.', '_' and '-'"),
+            );
         }
         Ok(())
     }

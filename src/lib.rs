@@ -1,4 +1,4 @@
-//! The `vigil` binary's library: config, the embedded pipeline, the fleet simulator and the CLI.
+//! The `vigil` binary's library: config, the pipeline core and its drivers, the HTTP server, the fleet simulator and the CLI.
 //!
 //! The crates below do the work: `vigil-schemas` (the event contract), `vigil-ingest` (sources and the
 //! archive), `vigil-detect` (the judge). This crate wires them together.

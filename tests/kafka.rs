@@ -535,7 +535,7 @@ fn the_file_http_and_kafka_drivers_archive_the_same_rows_findings_and_dead_lette
     let s = run_json(&path, &by_file, None);
     assert_eq!(s["dead_lettered"], 3, "{s}");
 
-    // HTTP, embedded: the same lines in requests of 500.
+    // HTTP, journaled (no Kafka): the same lines in requests of 500.
     let by_http = dir.path().join("http");
     let mut serve = vigil()
         .args(["serve", "--listen", "127.0.0.1:0", "--json", "--archive"])

@@ -102,7 +102,7 @@ impl Horizon {
 }
 
 /// A line's bytes in `buf` as the contract check sees them: an oversize line only by its prefix.
-pub(crate) fn kept<'a>(buf: &'a [u8], line: &Line, max: usize) -> &'a [u8] {
+pub(crate) fn within_cap<'a>(buf: &'a [u8], line: &Line, max: usize) -> &'a [u8] {
     let bytes = &buf[line.start..line.end];
     &bytes[..bytes.len().min(max)]
 }

@@ -30,7 +30,7 @@ use vigil_ingest::source::Line;
 use vigil_ingest::source::kafka::StateRecord;
 use vigil_schemas::{Event, Invalid};
 
-use super::classify::{DedupWindow, Horizon, admit_keyed, decode_line, kept};
+use super::classify::{DedupWindow, Horizon, admit_keyed, decode_line, within_cap};
 use super::{PipelineError, checkpoint_of, engine_state, restored_engine};
 use crate::config::{InputConfig, VigilConfig};
 use crate::telemetry::{BatchCounts, Outcome, Stage, Telemetry};
@@ -131,7 +131,7 @@ fn decode_items<'a>(items: &[Item<'a>], committed: u64, max: usize) -> Vec<Decod
             }
             let oversize = (it.size > max as u64).then_some(it.size);
             let line = Line { start: 0, end: it.bytes.len(), position: it.position, oversize };
-            match decode_line(kept(it.bytes, &line, max), &line, max) {
+            match decode_line(within_cap(it.bytes, &line, max), &line, max) {
                 None => Decoded::Blank,
                 Some(Ok(ev)) => {
                     let key = DedupWindow::key(&ev.event_id);

@@ -18,7 +18,7 @@ use vigil_detect::{Engine, FindingKind, Output, Severity, Snapshot};
 use vigil_ingest::archive::ArchiveError;
 use vigil_ingest::source::InputError;
 
-pub(crate) use classify::kept;
+pub(crate) use classify::within_cap;
 pub use classify::{DedupWindow, Horizon, classify};
 pub use lane::{Durable, Fanout, Item, Lane, Origin, Taken};
 

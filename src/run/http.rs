@@ -1,7 +1,7 @@
 //! The HTTP driver: what `vigil serve` does with the items of a `POST /v1/events` body once the server
 //! has read, decompressed and split it.
 //!
-//! - **embedded** (no `[kafka]`): items go to one pipeline thread that owns the `http` source's lane
+//! - **journaled** (no `[kafka]`): items go to one pipeline thread that owns the `http` source's lane
 //!   (positions numbered across requests and restarts) and its intake journal. A request is answered once
 //!   its items and their verdicts are synced to the journal, so a 200 survives a crash: the next start
 //!   archives what the journal holds past the checkpoint before it serves. The lane flushes on its own
@@ -33,7 +33,7 @@ use vigil_schemas::Invalid;
 use crate::config::{HttpConfig, InputConfig, VigilConfig};
 use crate::pipeline::{
     DedupWindow, FindingsFile, Horizon, Item, Lane, Origin, PipelineError, StatusLine, Summary, Taken,
-    classify, kept, now_ms,
+    classify, now_ms, within_cap,
 };
 use crate::telemetry::{BatchCounts, Outcome, Telemetry};
 
@@ -43,7 +43,7 @@ pub const HTTP_SOURCE: &str = "http";
 /// What keeps the HTTP intake from starting or finishing.
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
-    /// The embedded pipeline failed (the archive could not be written…).
+    /// The journaled lane failed (the archive could not be written…).
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
     /// Kafka refused something the intake cannot do without.
@@ -93,7 +93,7 @@ pub enum Refusal {
 
 /// Where accepted items go.
 enum Sink {
-    Embedded { tx: SyncSender<Msg>, thread: Mutex<Option<JoinHandle<Result<Summary, PipelineError>>>> },
+    Journaled { tx: SyncSender<Msg>, thread: Mutex<Option<JoinHandle<Result<Summary, PipelineError>>>> },
     Kafka(KafkaFront),
 }
 
@@ -102,7 +102,7 @@ pub struct HttpIntake {
     sink: Sink,
     input: InputConfig,
     telemetry: Arc<Telemetry>,
-    /// Set when the embedded pipeline stops by itself (the archive could not be written): the server
+    /// Set when the journaled lane stops by itself (the archive could not be written): the server
     /// then stops too, and the error is the command's, rather than answering 503 forever.
     ended: Arc<AtomicBool>,
 }
@@ -110,7 +110,7 @@ pub struct HttpIntake {
 impl std::fmt::Debug for HttpIntake {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mode = match self.sink {
-            Sink::Embedded { .. } => "embedded",
+            Sink::Journaled { .. } => "journaled",
             Sink::Kafka(_) => "kafka",
         };
         f.debug_struct("HttpIntake").field("mode", &mode).finish_non_exhaustive()
@@ -126,24 +126,24 @@ impl HttpIntake {
         let sink = match &cfg.kafka {
             Some(k) => Sink::Kafka(KafkaFront::new(k, &cfg.http)?),
             None => {
-                let embedded = Embedded::open(cfg, telemetry.clone())?;
+                let journaled = JournaledLane::open(cfg, telemetry.clone())?;
                 let (tx, rx) = mpsc::sync_channel(cfg.http.queue_batches);
                 let flag = ended.clone();
                 let thread = std::thread::Builder::new()
                     .name("vigil-pipeline".into())
                     .spawn(move || {
-                        let result = embedded.run(rx);
+                        let result = journaled.run(rx);
                         flag.store(true, Ordering::SeqCst);
                         result
                     })
                     .map_err(IntakeError::Thread)?;
-                Sink::Embedded { tx, thread: Mutex::new(Some(thread)) }
+                Sink::Journaled { tx, thread: Mutex::new(Some(thread)) }
             }
         };
         Ok(HttpIntake { sink, input: cfg.input.clone(), telemetry, ended })
     }
 
-    /// Whether the embedded pipeline stopped by itself.
+    /// Whether the journaled lane stopped by itself.
     pub fn ended(&self) -> &AtomicBool {
         &self.ended
     }
@@ -162,7 +162,7 @@ impl HttpIntake {
         remote: SocketAddr,
     ) -> Result<Vec<Verdict>, Refusal> {
         match &self.sink {
-            Sink::Embedded { tx, .. } => {
+            Sink::Journaled { tx, .. } => {
                 let (reply, answer) = oneshot::channel();
                 if let Some(refusal) = enqueue(tx, Batch { body, items, reply }) {
                     return Err(refusal);
@@ -186,11 +186,11 @@ impl HttpIntake {
         }
     }
 
-    /// Stops taking items and makes everything taken durable: the embedded pipeline flushes and its
+    /// Stops taking items and makes everything taken durable: the journaled lane flushes and its
     /// thread ends; the producer waits for its last acknowledgements. Returns the pipeline's counts.
     pub fn close(&self) -> Result<Summary, IntakeError> {
         match &self.sink {
-            Sink::Embedded { tx, thread } => {
+            Sink::Journaled { tx, thread } => {
                 let _ = tx.send(Msg::Stop);
                 match thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
                     Some(t) => Ok(t.join().map_err(|_| PipelineError::WriterStopped)??),
@@ -211,7 +211,7 @@ impl HttpIntake {
 /// Where the pipeline thread answers a request: the verdicts once journaled, or why they were not taken.
 type Answer = oneshot::Sender<Result<Vec<Verdict>, String>>;
 
-/// A request's items on their way to the embedded pipeline thread.
+/// A request's items on their way to the journaled lane thread.
 struct Batch {
     body: Vec<u8>,
     items: Vec<Line>,
@@ -238,9 +238,9 @@ fn rejected(reason: &Invalid) -> Verdict {
     Verdict::Rejected { code: reason.code(), detail: reason.to_string() }
 }
 
-// ---- embedded: one pipeline thread owns the engine, the journal and the archive ----
+// ---- journaled: one pipeline thread owns the `http` lane and the intake journal ----
 
-/// One item on its way into the embedded pipeline: from a request, or read back from the journal.
+/// One item on its way into the journaled lane: from a request, or read back from the journal.
 struct Intake<'a> {
     /// The item as held: all of it, or (read back) the prefix journaled for a `too_large` one.
     bytes: &'a [u8],
@@ -253,7 +253,7 @@ struct Intake<'a> {
 }
 
 /// The pipeline thread's state: the `http` source's lane and its intake journal.
-struct Embedded {
+struct JournaledLane {
     lane: Lane,
     /// Every item is appended here and synced before its request is answered (`None` only while the
     /// previous run's journal is being recovered, when nothing is appended).
@@ -267,10 +267,10 @@ struct Embedded {
     status: StatusLine,
 }
 
-impl Embedded {
+impl JournaledLane {
     /// Opens the lane and the journal, and archives what an interrupted run took into its journal but
     /// had not archived (judged again, as a file is replayed from its checkpoint), before serving.
-    fn open(cfg: &VigilConfig, telemetry: Arc<Telemetry>) -> Result<Embedded, PipelineError> {
+    fn open(cfg: &VigilConfig, telemetry: Arc<Telemetry>) -> Result<JournaledLane, PipelineError> {
         let source = cfg.input.source_name.clone().unwrap_or_else(|| HTTP_SOURCE.into());
         let outputs = FindingsFile::open(cfg.output.findings.as_deref())?;
         let lane = Lane::open(cfg, Origin::Named(source.clone()), outputs, telemetry.clone())?;
@@ -278,7 +278,7 @@ impl Embedded {
         let dir = cfg.archive.dir.join(JOURNAL_DIR).join(&source);
         let journal_err = |source| PipelineError::Journal { path: dir.clone(), source };
         let mut replay = Journal::open(&dir).map_err(journal_err)?;
-        let mut e = Embedded {
+        let mut e = JournaledLane {
             position: committed,
             lane,
             journal: None,
@@ -585,7 +585,7 @@ impl KafkaFront {
         let mut saturated = false;
         let mut counts = BatchCounts::default();
         for item in &items {
-            let bytes = kept(&body, item, max);
+            let bytes = within_cap(&body, item, max);
             let (record_to, key, payload, reason) = match classify(bytes, item, max, horizon, &mut dedup) {
                 None => {
                     counts.count(Outcome::Blank);

@@ -244,7 +244,7 @@ pub fn serve_with(
         stopping: server.stopping(),
     });
     if intake.is_kafka() {
-        // The embedded pipeline writes its own status lines; here the counts live with the handlers.
+        // The journaled lane's thread writes its own status lines; here the counts live with the handlers.
         let (telemetry, mut status) =
             (telemetry.clone(), StatusLine::new("serve", cfg.output.status_seconds));
         server.spawn(async move {
