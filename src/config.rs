@@ -75,6 +75,10 @@ pub struct HttpConfig {
     /// Per-item errors listed in a response; the rest are counted.
     #[serde(default = "default_max_errors_listed")]
     pub max_errors_listed: usize,
+    /// Items (NDJSON lines, blank ones included, or array elements) one request may carry; a body with
+    /// more gets 413 before anything of it is kept. Bounds what a request costs whatever it inflates to.
+    #[serde(default = "default_max_items_per_request")]
+    pub max_items_per_request: usize,
     /// Threads serving connections.
     #[serde(default = "default_workers")]
     pub workers: usize,
@@ -106,6 +110,11 @@ const fn default_retry_after_seconds() -> u64 {
 const fn default_request_timeout_seconds() -> u64 {
     30
 }
+/// 100k items: a full 8 MiB body of events is about 20k; a gzip body inflating to 64 MiB of real
+/// events about 140k, which a client splits in two. 100k items cost the pipeline about 60 MB.
+const fn default_max_items_per_request() -> usize {
+    100_000
+}
 const fn default_max_errors_listed() -> usize {
     100
 }
@@ -127,6 +136,7 @@ impl Default for HttpConfig {
             retry_after_seconds: default_retry_after_seconds(),
             request_timeout_seconds: default_request_timeout_seconds(),
             max_errors_listed: default_max_errors_listed(),
+            max_items_per_request: default_max_items_per_request(),
             workers: default_workers(),
             drain_seconds: default_drain_seconds(),
         }
@@ -147,6 +157,7 @@ impl HttpConfig {
             ("http.max_decoded_bytes", self.max_decoded_bytes),
             ("http.max_inflight_requests", self.max_inflight_requests),
             ("http.queue_batches", self.queue_batches),
+            ("http.max_items_per_request", self.max_items_per_request),
             ("http.workers", self.workers),
         ] {
             if v == 0 {

@@ -130,3 +130,41 @@ fn findings_and_decisions_are_archived_and_match_the_ndjson_output() {
         assert!(!row["finding_ids"].as_array().unwrap().is_empty());
     }
 }
+
+/// Issue 13, item 2: with `_vigil/` moved aside (as an old error message advised), a rerun treated every
+/// archived file of the source as uncommitted and deleted it. Now only a checkpoint may disown a file:
+/// without one the run refuses, says why, and the archive is untouched.
+#[test]
+fn a_missing_checkpoint_never_deletes_archived_history() {
+    let dir = scratch();
+    let input = dir.path().join("fleet.ndjson");
+    let n = simulate(&input, 20, "30m", 5.0, 0, 4);
+    let archive = dir.path().join("archive");
+    let first = run_json(&input, &archive, None);
+    assert_eq!(first["valid"], n, "{first}");
+    let files = parquet_files(&archive.join("events"));
+    assert!(files > 0);
+    let rows = archive_py("event-counts", &archive, &[])["rows"].clone();
+    assert_eq!(rows, n);
+
+    std::fs::rename(archive.join("_vigil"), dir.path().join("_vigil.aside")).unwrap();
+    let out = vigil()
+        .args(["run", "--json", "--input"])
+        .arg(&input)
+        .arg("--archive")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a run without the checkpoint must refuse: {out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("but no checkpoint") && said.contains("neither deletes nor duplicates"), "{said}");
+    assert_eq!(parquet_files(&archive.join("events")), files, "archived files were deleted");
+    assert_eq!(archive_py("event-counts", &archive, &[])["rows"], rows);
+
+    // Put back, the checkpoint says all of it is archived: the rerun skips every line.
+    std::fs::remove_dir_all(archive.join("_vigil")).unwrap();
+    std::fs::rename(dir.path().join("_vigil.aside"), archive.join("_vigil")).unwrap();
+    let again = run_json(&input, &archive, None);
+    assert_eq!((again["skipped"].as_u64(), again["valid"].as_u64()), (Some(n), Some(0)), "{again}");
+    assert_eq!(archive_py("event-counts", &archive, &[])["rows"], rows);
+}

@@ -759,3 +759,30 @@ fn findings_of_http_events_are_archived_and_written_as_ndjson() {
     let archived = archive_py("rows", &archive, &["findings", "finding_id"]);
     assert_eq!(archived["duckdb"].as_array().unwrap().len(), written.len());
 }
+
+/// Issue 13, item 1: 64 MiB of newlines gzipped to about 65 KB (inside every byte limit) made the
+/// pipeline reserve a slot per line and abort on a 33 GB allocation, and 8 MiB of plain newlines took
+/// the server to 1.2 GB with a 277 MB journal. Now a body over `max_items_per_request` items is refused
+/// with 413 before anything of it is kept or journaled, and the server carries on.
+#[test]
+fn a_65_kb_gzip_body_of_newlines_gets_413_and_the_server_carries_on() {
+    let dir = scratch();
+    let lines = events(dir.path(), 5, "10m");
+    let archive = dir.path().join("archive");
+    let server = Server::start(&["--archive", archive.to_str().unwrap()]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&vec![b'\n'; 64 << 20]).unwrap();
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 100_000, "{} bytes", bomb.len());
+    let r = server.post(&[("Content-Encoding", "gzip")], &bomb);
+    assert_eq!(r.status, 413, "{r:?}");
+    assert!(r.body["error"].as_str().unwrap().contains("more than 100000 items"), "{r:?}");
+    let r = server.post(&[], &vec![b'\n'; 8 << 20]);
+    assert_eq!(r.status, 413, "{r:?}");
+    // Nothing of them was journaled; honest requests go on being taken.
+    assert!(journal_bytes(&archive) < 1 << 20, "{} journal bytes", journal_bytes(&archive));
+    let r = server.post(&[], lines[..50].join("\n").as_bytes());
+    assert_eq!((r.status, r.body["accepted"].as_u64()), (200, Some(50)), "{r:?}");
+    let summary = server.stop();
+    assert_eq!(summary["valid"], 50, "{summary}");
+}

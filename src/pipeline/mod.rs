@@ -49,8 +49,10 @@ pub enum PipelineError {
     Detect(#[from] vigil_detect::ConfigError),
     /// The checkpoint's detector state does not fit this version.
     #[error(
-        "the detector state in {from} is unreadable ({source}); move it aside (the archive's _vigil/, or \
-         the partition's key on the state topic) to start fresh"
+        "the detector state in {from} is unreadable ({source}). The archive and its position are intact: \
+         to restart the detector with empty baselines from there, set \"state\" to null in that checkpoint \
+         (under Kafka, also delete the partition's key on the state topic). Do not move _vigil/ aside: \
+         vigil then refuses to open the archive rather than lose track of what it holds"
     )]
     State {
         /// Where the state came from.
@@ -198,7 +200,8 @@ pub(crate) fn restored_engine(
     from: &str,
 ) -> Result<Engine, PipelineError> {
     let mut engine = Engine::new(detect)?;
-    if let Some(state) = state {
+    // A checkpoint written before anything was judged (or reset by an operator) holds no state.
+    if let Some(state) = state.filter(|s| !s.is_null()) {
         let snap: Snapshot = serde_json::from_value(state)
             .map_err(|source| PipelineError::State { from: from.to_owned(), source })?;
         engine.restore(snap);

@@ -97,10 +97,11 @@ async fn ingest(
     // Decompressing, splitting and checking are CPU work: off the connection threads.
     let max_event = state.max_event_bytes;
     let max_decoded = http.max_decoded_bytes;
+    let max_items = http.max_items_per_request;
     let framed = tokio::task::spawn_blocking(move || -> Result<(Framing, Vec<u8>, Vec<Line>), BodyError> {
         let body = decode_body(encoding.as_deref(), &raw, max_decoded)?.into_owned();
         let framing = framing_for(content_type.as_deref(), &body)?;
-        let items = split(framing, &body, max_event)?;
+        let items = split(framing, &body, max_event, max_items)?;
         Ok((framing, body, items))
     })
     .await;

@@ -65,6 +65,25 @@ pub enum ArchiveError {
         /// The reader's error.
         source: parquet::errors::ParquetError,
     },
+    /// Final files of a source partition exist but its checkpoint does not: nothing says which of them
+    /// are committed, so none is deleted and nothing is written over them.
+    #[error(
+        "{files} archived files of source {source_name} partition {partition} (e.g. {example:?}) but no checkpoint at \
+         {checkpoint:?}: vigil neither deletes nor duplicates them. Restore the checkpoint (from a backup of \
+         _vigil/), or move those files out of the archive, or give this input another source name"
+    )]
+    NoCheckpoint {
+        /// The source.
+        source_name: String,
+        /// Its partition.
+        partition: i32,
+        /// How many final files it has.
+        files: usize,
+        /// One of them.
+        example: PathBuf,
+        /// Where the checkpoint should be.
+        checkpoint: PathBuf,
+    },
     /// The checkpoint file is unreadable.
     #[error("checkpoint {path} is corrupt: {source}")]
     Checkpoint {
@@ -264,7 +283,39 @@ impl Archive {
         let root = cfg.dir.clone();
         fs::create_dir_all(root.join(CHECKPOINT_DIR)).map_err(io_err(&root))?;
         let checkpoint = read_checkpoint(&root, source, partition)?;
-        let committed = checkpoint.as_ref().map_or(0, |c| c.committed_position);
+        let committed = match &checkpoint {
+            Some(c) => c.committed_position,
+            None => {
+                // Only a checkpoint may say a final file is past the commit (and delete it). Without one,
+                // final files of this source are someone's archive: refuse rather than delete or
+                // duplicate them.
+                let finals = final_files(&root, source, partition)?;
+                if let Some(example) = finals.first() {
+                    return Err(ArchiveError::NoCheckpoint {
+                        source_name: source.to_owned(),
+                        partition,
+                        files: finals.len(),
+                        example: example.clone(),
+                        checkpoint: checkpoint_path(&root, source, partition),
+                    });
+                }
+                // A new source partition starts with a checkpoint at position 0, before any file is
+                // written, so a crash after its first files leaves a checkpoint that disowns them.
+                write_checkpoint(
+                    &root,
+                    &Checkpoint {
+                        version: 1,
+                        source: source.to_owned(),
+                        partition,
+                        committed_position: 0,
+                        committed_at: 0,
+                        totals: Totals::default(),
+                        state: serde_json::Value::Null,
+                    },
+                )?;
+                0
+            }
+        };
         remove_uncommitted(&root, source, partition, committed, base)?;
         let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(cfg.zstd_level).unwrap_or_default()))
@@ -682,6 +733,19 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ArchiveError> {
         }
     }
     Ok(())
+}
+
+/// The final (not temporary) files of one source partition, in every table.
+fn final_files(root: &Path, source: &str, partition: i32) -> Result<Vec<PathBuf>, ArchiveError> {
+    let mut out: Vec<PathBuf> = archive_files(root)?
+        .into_iter()
+        .filter(|path| {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            matches!(parse_file_name(&name), Some((s, p, _, _)) if s == source && p == partition)
+        })
+        .collect();
+    out.sort();
+    Ok(out)
 }
 
 /// Removes this source partition's temporary files and the files of flushes past `committed`.

@@ -51,6 +51,12 @@ pub enum BodyError {
     /// `application/json` that is neither an array nor an object.
     #[error("body is not a JSON array of events: {0}")]
     NotArray(String),
+    /// More items (lines, or array elements) than one request may carry.
+    #[error("body holds more than {limit} items (lines or array elements): split it into several requests")]
+    TooManyItems {
+        /// The cap.
+        limit: usize,
+    },
 }
 
 impl BodyError {
@@ -58,7 +64,7 @@ impl BodyError {
     pub fn status(&self) -> u16 {
         match self {
             BodyError::Encoding(_) | BodyError::ContentType(_) => 415,
-            BodyError::TooLarge { .. } => 413,
+            BodyError::TooLarge { .. } | BodyError::TooManyItems { .. } => 413,
             BodyError::Corrupt { .. } | BodyError::NotArray(_) => 400,
         }
     }
@@ -124,8 +130,23 @@ pub fn decode_body<'a>(
 
 /// Splits a decoded body into items, numbered from 1 in `position`. An item longer than `max_item`
 /// keeps its full range and is marked oversize; blank NDJSON lines are items too (the caller skips them),
-/// so line numbers in errors match the client's file.
-pub fn split(framing: Framing, body: &[u8], max_item: usize) -> Result<Vec<Line>, BodyError> {
+/// so line numbers in errors match the client's file. A body of more than `max_items` items is refused
+/// before anything is kept for them: every later stage holds something per item, and a few kilobytes of
+/// gzip can inflate into tens of millions of empty lines.
+pub fn split(
+    framing: Framing,
+    body: &[u8],
+    max_item: usize,
+    max_items: usize,
+) -> Result<Vec<Line>, BodyError> {
+    let too_many = BodyError::TooManyItems { limit: max_items };
+    if matches!(framing, Framing::Ndjson) {
+        let lines =
+            memchr::memchr_iter(b'\n', body).count() + usize::from(body.last().is_some_and(|b| *b != b'\n'));
+        if lines > max_items {
+            return Err(too_many);
+        }
+    }
     let mut items = Vec::new();
     let mut push = |start: usize, end: usize| {
         let len = end - start;
@@ -149,8 +170,7 @@ pub fn split(framing: Framing, body: &[u8], max_item: usize) -> Result<Vec<Line>
                 let offset = text.as_ptr() as usize - body.as_ptr() as usize;
                 push(offset, offset + text.len());
             } else {
-                let elements: Vec<&RawValue> =
-                    serde_json::from_slice(body).map_err(|e| BodyError::NotArray(e.to_string()))?;
+                let Capped(elements) = Capped::parse(body, max_items)?;
                 for raw in elements {
                     let offset = raw.get().as_ptr() as usize - body.as_ptr() as usize;
                     push(offset, offset + raw.get().len());
@@ -159,6 +179,50 @@ pub fn split(framing: Framing, body: &[u8], max_item: usize) -> Result<Vec<Line>
         }
     }
     Ok(items)
+}
+
+/// The elements of a JSON array, refused past a cap while they are read (not after).
+struct Capped<'a>(Vec<&'a RawValue>);
+
+impl<'a> Capped<'a> {
+    fn parse(body: &'a [u8], max_items: usize) -> Result<Capped<'a>, BodyError> {
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let parsed = serde::Deserializer::deserialize_seq(&mut de, CappedVisitor { max_items })
+            .and_then(|items| de.end().map(|()| items));
+        match parsed {
+            Ok(items) => Ok(Capped(items)),
+            Err(e) if e.to_string().starts_with(TOO_MANY) => {
+                Err(BodyError::TooManyItems { limit: max_items })
+            }
+            Err(e) => Err(BodyError::NotArray(e.to_string())),
+        }
+    }
+}
+
+/// The message a capped array stops with (serde's errors carry text only).
+const TOO_MANY: &str = "too many items";
+
+struct CappedVisitor {
+    max_items: usize,
+}
+
+impl<'de> serde::de::Visitor<'de> for CappedVisitor {
+    type Value = Vec<&'de RawValue>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON array")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+            if out.len() == self.max_items {
+                return Err(serde::de::Error::custom(TOO_MANY));
+            }
+            out.push(raw);
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -172,29 +236,43 @@ mod tests {
     #[test]
     fn ndjson_lines_keep_their_numbers() {
         let body = b"{\"a\":1}\n\n{\"b\":2}\r\n{\"c\":3}";
-        let items = split(Framing::Ndjson, body, 100).unwrap();
+        let items = split(Framing::Ndjson, body, 100, 1000).unwrap();
         assert_eq!(texts(body, &items), ["{\"a\":1}", "", "{\"b\":2}\r", "{\"c\":3}"]);
         assert_eq!(items.iter().map(|l| l.position).collect::<Vec<_>>(), [1, 2, 3, 4]);
-        assert!(split(Framing::Ndjson, b"", 100).unwrap().is_empty());
-        assert_eq!(split(Framing::Ndjson, b"x\n", 100).unwrap().len(), 1);
+        assert!(split(Framing::Ndjson, b"", 100, 1000).unwrap().is_empty());
+        assert_eq!(split(Framing::Ndjson, b"x\n", 100, 1000).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_body_of_more_items_than_the_cap_is_refused_before_they_are_kept() {
+        let lines = b"\n\n\n";
+        assert_eq!(split(Framing::Ndjson, lines, 100, 3).unwrap().len(), 3);
+        assert_eq!(split(Framing::Ndjson, lines, 100, 2), Err(BodyError::TooManyItems { limit: 2 }));
+        assert_eq!(split(Framing::Ndjson, b"a\nb", 100, 2).unwrap().len(), 2);
+        assert_eq!(split(Framing::Ndjson, b"a\nb", 100, 1), Err(BodyError::TooManyItems { limit: 1 }));
+        let array = b"[1, 2, 3]";
+        assert_eq!(split(Framing::Json, array, 100, 3).unwrap().len(), 3);
+        let refused = split(Framing::Json, array, 100, 2).unwrap_err();
+        assert_eq!((refused.status(), refused), (413, BodyError::TooManyItems { limit: 2 }));
+        assert!(matches!(split(Framing::Json, b"[1, 2", 100, 9), Err(BodyError::NotArray(_))));
     }
 
     #[test]
     fn arrays_and_single_objects() {
         let body = b" [ {\"a\": [1, 2]}, 5 ,\n{\"c\":\"]\"} ] ";
-        let items = split(Framing::Json, body, 100).unwrap();
+        let items = split(Framing::Json, body, 100, 1000).unwrap();
         assert_eq!(texts(body, &items), ["{\"a\": [1, 2]}", "5", "{\"c\":\"]\"}"]);
         let one = b"\n{\"a\":\n 1}\n";
-        assert_eq!(texts(one, &split(Framing::Json, one, 100).unwrap()), ["{\"a\":\n 1}"]);
-        let err = split(Framing::Json, b"[{\"a\":1},", 100).unwrap_err();
+        assert_eq!(texts(one, &split(Framing::Json, one, 100, 1000).unwrap()), ["{\"a\":\n 1}"]);
+        let err = split(Framing::Json, b"[{\"a\":1},", 100, 1000).unwrap_err();
         assert!(matches!(err, BodyError::NotArray(_)) && err.status() == 400, "{err}");
-        assert!(split(Framing::Json, b"\"x\"", 100).is_err());
+        assert!(split(Framing::Json, b"\"x\"", 100, 1000).is_err());
     }
 
     #[test]
     fn oversize_items_are_marked_not_fatal() {
         let body = b"{\"a\":1}\n{\"long\":\"xxxxxxxxxxxxxxxx\"}\n";
-        let items = split(Framing::Ndjson, body, 10).unwrap();
+        let items = split(Framing::Ndjson, body, 10, 1000).unwrap();
         assert_eq!(items[0].oversize, None);
         assert_eq!(items[1].oversize, Some(27));
     }
