@@ -383,12 +383,9 @@ impl VigilConfig {
             return bad("input.batch_bytes", format!("must be at least 4096, got {}", i.batch_bytes));
         }
         if let Some(name) = &i.source_name
-            && (name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
+            && let Some(problem) = vigil_ingest::source::source_name_problem(name)
         {
-            return bad(
-                "input.source_name",
-                format!("{name:?} may only hold letters, digits, '.', '_' and '-'"),
-            );
+            return bad("input.source_name", format!("{name:?} {problem}"));
         }
         Ok(())
     }

@@ -756,13 +756,17 @@ fn remove_uncommitted(
     committed: u64,
     base: u64,
 ) -> Result<(), ArchiveError> {
-    let tmp_prefix = format!(".{source}-{partition}-");
+    let ours =
+        |name: &str| matches!(parse_file_name(name), Some((s, p, _, _)) if s == source && p == partition);
     for path in archive_files(root)? {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let orphan = if name.starts_with(&tmp_prefix) && name.ends_with(".tmp") {
-            true
-        } else {
-            matches!(parse_file_name(&name), Some((s, p, first, _)) if s == source && p == partition && first + base > committed)
+        // A temporary file is `.<final name>.tmp`; its final name says whose it is (a prefix match would
+        // take source `a-0`'s temporary files for source `a`'s).
+        let orphan = match name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) {
+            Some(final_name) => ours(final_name),
+            None => {
+                matches!(parse_file_name(&name), Some((s, p, first, _)) if s == source && p == partition && first + base > committed)
+            }
         };
         if orphan {
             fs::remove_file(&path).map_err(io_err(&path))?;

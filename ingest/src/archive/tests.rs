@@ -135,3 +135,20 @@ fn a_replay_of_sparse_history_writes_a_file_per_day_with_batched_syncs() {
     assert_eq!(cp.unwrap().committed_position, 6);
     assert_eq!(files_under(dir.path()).len(), 4);
 }
+
+/// Issue 13, item 12: the temporary-file prefix of source `a` (`.a-0-`) matched source `a-0`'s
+/// temporary files, so opening `a` deleted a flush `a-0` was writing.
+#[test]
+fn opening_source_a_leaves_the_temporary_files_of_source_a_0_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ArchiveConfig { dir: dir.path().to_owned(), ..ArchiveConfig::default() };
+    let hour = dir.path().join("events/dt=1970-01-01/hour=00");
+    std::fs::create_dir_all(&hour).unwrap();
+    for name in [".a-0-0-1-2.parquet.tmp", ".a-0-1-2.parquet.tmp"] {
+        std::fs::write(hour.join(name), b"partial").unwrap();
+    }
+    Archive::open(&cfg, "a", 0).unwrap();
+    // Its own temporary file goes; the other source's stays.
+    assert!(hour.join(".a-0-0-1-2.parquet.tmp").exists());
+    assert!(!hour.join(".a-0-1-2.parquet.tmp").exists());
+}

@@ -7,4 +7,4 @@ mod lines;
 mod open;
 
 pub use lines::{Chunk, Line, LineReader};
-pub use open::{Input, InputError, open_input, source_name_for};
+pub use open::{Input, InputError, open_input, source_name_for, source_name_problem};

@@ -61,7 +61,22 @@ pub fn source_name_for(path: &Path) -> String {
         .fold(stem, |s, ext| s.strip_suffix(ext).map(str::to_owned).unwrap_or(s));
     let name: String =
         stem.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
-    if name.is_empty() { "input".into() } else { name }
+    // Files whose names start with `_` or `.` are skipped as hidden by pyarrow, pandas, Spark, Hive and
+    // Athena: such a source's archive would look empty to them.
+    let name = name.trim_start_matches(['_', '.']);
+    if name.is_empty() { "input".into() } else { name.to_owned() }
+}
+
+/// Why a source name cannot name archive files, or `None` when it can: letters, digits, `.`, `_` and
+/// `-`, starting with a letter or digit (readers skip files starting with `_` or `.`).
+pub fn source_name_problem(name: &str) -> Option<&'static str> {
+    if !name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) {
+        Some("must start with a letter or digit (readers skip files starting with '_' or '.')")
+    } else if !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+        Some("may only hold letters, digits, '.', '_' and '-'")
+    } else {
+        None
+    }
 }
 
 /// Opens `path` (or stdin for `-`), decompressing gzip or zstd transparently.
@@ -85,4 +100,23 @@ pub fn open_input(path: &Path) -> Result<Input, InputError> {
         (Box::new(buffered), "plain")
     };
     Ok(Input { reader, name, size, consumed, compression })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 13, item 12: source names starting with `_` or `.` made archive files that pyarrow, pandas,
+    /// Spark, Hive and Athena skip as hidden (pyarrow saw 0 of 250 rows), and `..` was a valid name.
+    #[test]
+    fn source_names_never_start_with_an_underscore_or_a_dot() {
+        assert_eq!(source_name_for(Path::new("/logs/_events.ndjson.gz")), "events");
+        assert_eq!(source_name_for(Path::new(".hidden.jsonl")), "hidden");
+        assert_eq!(source_name_for(Path::new("__.ndjson")), "input");
+        assert_eq!(source_name_for(Path::new("gateway eu.ndjson")), "gateway_eu");
+        for bad in ["..", ".x", "_x", "", "a/b"] {
+            assert!(source_name_problem(bad).is_some(), "{bad:?} should be refused");
+        }
+        assert_eq!(source_name_problem("gateway-eu.v2_1"), None);
+    }
 }
