@@ -686,6 +686,19 @@ fn merge_attributes<'a>(
             return Err(Invalid::WrongType { field: "attributes", expected: "object", got });
         }
     };
+    // Kept as sent, these texts reach every reader of the archive: a `\ud800` with no low surrogate after
+    // it is legal to skip but not to read, and it made every DuckDB JSON query over the archive fail.
+    let texts = inner.into_iter().chain(extra.iter().map(|(_, v)| v.get()));
+    for text in texts {
+        if has_lone_surrogate(text) {
+            return Err(Invalid::InvalidValue {
+                field: "attributes",
+                problem: "holds a lone UTF-16 surrogate escape (like \\ud800 without its pair), which JSON readers \
+                          refuse"
+                    .into(),
+            });
+        }
+    }
     if extra.is_empty() {
         return Ok(inner.map(Cow::Borrowed));
     }
@@ -705,6 +718,47 @@ fn merge_attributes<'a>(
     }
     out.push('}');
     Ok(Some(Cow::Owned(out)))
+}
+
+/// Whether JSON text has a `\u` escape of a UTF-16 surrogate that is not half of a pair.
+fn has_lone_surrogate(text: &str) -> bool {
+    let b = text.as_bytes();
+    let unit = |at: usize| -> Option<u16> {
+        let hex = b.get(at..at + 4)?;
+        u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    };
+    let mut i = 0;
+    while let Some(off) = memchr_backslash(&b[i..]) {
+        let at = i + off;
+        match b.get(at + 1) {
+            Some(b'u') => {
+                let u = unit(at + 2).unwrap_or(0);
+                if (0xD800..0xDC00).contains(&u) {
+                    let low = (b.get(at + 6) == Some(&b'\\') && b.get(at + 7) == Some(&b'u'))
+                        .then(|| unit(at + 8))
+                        .flatten();
+                    if !low.is_some_and(|l| (0xDC00..0xE000).contains(&l)) {
+                        return true;
+                    }
+                    i = at + 12;
+                } else if (0xDC00..0xE000).contains(&u) {
+                    return true;
+                } else {
+                    i = at + 6;
+                }
+            }
+            // Any other escape (`\\` included) is two bytes.
+            _ => i = at + 2,
+        }
+        if i >= b.len() {
+            break;
+        }
+    }
+    false
+}
+
+fn memchr_backslash(b: &[u8]) -> Option<usize> {
+    b.iter().position(|&c| c == b'\\')
 }
 
 #[cfg(test)]

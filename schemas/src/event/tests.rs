@@ -148,3 +148,19 @@ fn encoding_round_trips() {
     assert_eq!(decode(again.as_bytes(), 4096).unwrap(), ev);
     assert_eq!(ev.intent.as_deref(), Some("say \"hi\"\n\u{1}"));
 }
+
+/// Issue 13, item 15: a lone `\ud800` in `attributes` or an unknown field was archived as sent, and
+/// every DuckDB JSON query over the archive then failed.
+#[test]
+fn a_lone_surrogate_escape_in_kept_json_is_refused() {
+    let refused = "invalid_value: field `attributes`: holds a lone UTF-16 surrogate escape (like \\ud800 without \
+                   its pair), which JSON readers refuse";
+    check(&with(r#""attributes":{"note":"\ud800"}"#), refused);
+    check(&with(r#""x-extra":"a\udc00b""#), refused);
+    check(&with(r#""attributes":{"n":"\ud800\u0041"}"#), refused);
+    // Pairs, other escapes, and an escaped backslash before a `u` are fine.
+    for ok in [r#"{"n":"\ud83d\ude00"}"#, r#"{"n":"\\ud800"}"#, r#"{"n":"\u00e9\n\""}"#] {
+        let line = with(&format!(r#""attributes":{ok}"#));
+        assert!(decode(line.as_bytes(), 4096).is_ok(), "{line}");
+    }
+}
