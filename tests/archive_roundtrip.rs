@@ -168,3 +168,39 @@ fn a_missing_checkpoint_never_deletes_archived_history() {
     assert_eq!((again["skipped"].as_u64(), again["valid"].as_u64()), (Some(n), Some(0)), "{again}");
     assert_eq!(archive_py("event-counts", &archive, &[])["rows"], rows);
 }
+
+/// Issue 13, item 3: `a/events.ndjson`, then `b/events.ndjson`, then `events.jsonl` into one archive
+/// shared the source name `events`: the later runs skipped their first lines as "already archived" and
+/// exited 0 (180 of 230 events never archived). Now another input under a used name is refused, and
+/// the same input is still resumed.
+#[test]
+fn different_files_with_the_same_stem_do_not_share_a_checkpoint() {
+    let dir = scratch();
+    let archive = dir.path().join("archive");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let (fa, fb) = (a.join("events.ndjson"), b.join("events.ndjson"));
+    let na = simulate(&fa, 10, "20m", 3.0, 0, 1);
+    let nb = simulate(&fb, 10, "10m", 3.0, 0, 2);
+    assert_eq!(run_json(&fa, &archive, None)["valid"], na);
+    let out =
+        vigil().args(["run", "--json", "--input"]).arg(&fb).arg("--archive").arg(&archive).output().unwrap();
+    assert!(!out.status.success(), "another file under the same name must be refused: {out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("source events in this archive was another input"), "{said}");
+    assert_eq!(archive_py("event-counts", &archive, &[])["rows"], na, "nothing of b was archived or lost");
+    // Under its own name it is archived whole; a rerun of a is still a resume that adds nothing.
+    let out = ok(vigil()
+        .args(["run", "--json", "--source-name", "events-b", "--input"])
+        .arg(&fb)
+        .arg("--archive")
+        .arg(&archive)
+        .output()
+        .unwrap());
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["valid"], nb, "{s}");
+    let again = run_json(&fa, &archive, None);
+    assert_eq!((again["skipped"].as_u64(), again["valid"].as_u64()), (Some(na), Some(0)), "{again}");
+    assert_eq!(archive_py("event-counts", &archive, &[])["rows"], na + nb);
+}

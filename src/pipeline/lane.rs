@@ -22,6 +22,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
 use vigil_detect::{DetectConfig, Engine, Output};
 use vigil_ingest::archive::{
     Archive, ArchiveConfig, ArchiveError, DeadLetter, FlushJob, FlushReport, FlushWriter,
@@ -267,6 +268,28 @@ impl Lane {
     /// The source partition's name (`source` or `topic/partition`).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Checks that the input is the one this source partition archived before (by the fingerprint of its
+    /// first line) and records it for the next checkpoints. A different input under the same source name
+    /// (`a/events.ndjson`, then `b/events.ndjson`) would otherwise have its first lines skipped as
+    /// "already archived".
+    pub fn check_input(&mut self, first_line: &[u8]) -> Result<(), PipelineError> {
+        let Some(a) = self.archive.as_mut() else { return Ok(()) };
+        let digest = Sha256::digest(first_line);
+        let fingerprint: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        match a.fingerprint() {
+            Some(seen) if seen != fingerprint && a.committed_position() > 0 => {
+                Err(PipelineError::OtherInput {
+                    source_name: self.name.clone(),
+                    committed: a.committed_position(),
+                })
+            }
+            _ => {
+                a.set_fingerprint(fingerprint);
+                Ok(())
+            }
+        }
     }
 
     /// Every position up to this one is durable (0 for a detached lane).

@@ -60,6 +60,17 @@ pub enum PipelineError {
         /// Why.
         source: serde_json::Error,
     },
+    /// The input is not the one this source name archived before.
+    #[error(
+        "source {source_name} in this archive was another input (its first line differs), archived up to line \
+         {committed}; give this one its own --source-name (or [input] source_name)"
+    )]
+    OtherInput {
+        /// The source name.
+        source_name: String,
+        /// How far the other input was archived.
+        committed: u64,
+    },
     /// The archive writer thread ended without saying why (it panicked).
     #[error("the archive writer thread stopped unexpectedly")]
     WriterStopped,

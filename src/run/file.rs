@@ -45,6 +45,11 @@ pub fn run_with(
         if !more {
             break;
         }
+        if lines == 0
+            && let Some(first) = chunk.lines.first()
+        {
+            lane.check_input(chunk.bytes(first))?;
+        }
         let items: Vec<Item<'_>> = chunk
             .lines
             .iter()

@@ -148,6 +148,10 @@ pub struct Checkpoint {
     pub totals: Totals,
     /// The detector state as of `committed_position`.
     pub state: serde_json::Value,
+    /// For a file source: what identifies the input (a hash of its first line), so that another file
+    /// with the same name is not taken for a rerun of this one. Absent in older checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_fingerprint: Option<String>,
 }
 
 /// Running totals kept in the checkpoint.
@@ -234,6 +238,8 @@ pub struct Archive {
     findings: Partitioned<FindingColumns>,
     control: Partitioned<ControlColumns>,
     first: Option<u64>,
+    /// The input's fingerprint, written into every checkpoint (file sources).
+    fingerprint: Option<String>,
     last: u64,
     committed: u64,
     totals: Totals,
@@ -311,6 +317,7 @@ impl Archive {
                         committed_at: 0,
                         totals: Totals::default(),
                         state: serde_json::Value::Null,
+                        input_fingerprint: None,
                     },
                 )?;
                 0
@@ -336,6 +343,7 @@ impl Archive {
             findings: Partitioned::new(cfg.partition),
             control: Partitioned::new(cfg.partition),
             first: None,
+            fingerprint: checkpoint.as_ref().and_then(|c| c.input_fingerprint.clone()),
             last: committed,
             committed,
             totals: checkpoint.as_ref().map(|c| c.totals).unwrap_or_default(),
@@ -348,6 +356,16 @@ impl Archive {
     pub fn recent_event_ids(&self, want: usize, each: impl FnMut(&str, u64)) -> Result<usize, ArchiveError> {
         let Stamp { source, partition, base, .. } = &self.stamp;
         read::recent_event_ids(&self.root, source, *partition, *base, want, each)
+    }
+
+    /// The input fingerprint this source partition's checkpoint records, if any.
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.fingerprint.as_deref()
+    }
+
+    /// Records the input's fingerprint, written with every checkpoint from now on.
+    pub fn set_fingerprint(&mut self, fingerprint: String) {
+        self.fingerprint = Some(fingerprint);
     }
 
     /// Every position up to this one is durable.
@@ -486,6 +504,7 @@ impl Archive {
                 committed_at: now_ms,
                 totals: self.totals,
                 state,
+                input_fingerprint: self.fingerprint.clone(),
             },
         })
     }
