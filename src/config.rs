@@ -212,6 +212,10 @@ pub struct InputConfig {
     /// The same input gives the same findings and archive either way.
     #[serde(default = "default_parallel_batch_items")]
     pub parallel_batch_items: usize,
+    /// From stdin: whole lines that arrived are judged and archived after at most this many milliseconds,
+    /// even when a batch is far from full (a trickling pipe). 0 waits for full batches.
+    #[serde(default = "default_batch_timeout_ms")]
+    pub batch_timeout_ms: u64,
 }
 
 /// The contract's cap: 1 MiB.
@@ -229,6 +233,10 @@ const fn default_dedup_window() -> usize {
 /// A quarter of an hour: far beyond honest clock skew, far short of blinding a day of windows.
 const fn default_max_future_seconds() -> u64 {
     900
+}
+/// Half a second: a critical event in a trickle is judged at once, and a busy pipe still fills batches.
+const fn default_batch_timeout_ms() -> u64 {
+    500
 }
 /// Below about a thousand items (a millisecond or two of work) a second thread costs more than it saves.
 const fn default_parallel_batch_items() -> usize {
@@ -250,6 +258,7 @@ impl Default for InputConfig {
             batch_bytes: default_batch_bytes(),
             max_future_seconds: default_max_future_seconds(),
             parallel_batch_items: default_parallel_batch_items(),
+            batch_timeout_ms: default_batch_timeout_ms(),
         }
     }
 }

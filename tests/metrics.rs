@@ -32,8 +32,13 @@ fn a_stdin_run_serves_its_own_counters_on_the_api_listener_while_it_runs() {
     let input = dir.path().join("fleet.ndjson");
     let events = simulate(&input, 50, "2h", 12.0, 0, 3);
     let archive = dir.path().join("archive");
+    // Full batches only, so the last part of the input waits for the end of stdin.
+    let config = dir.path().join("vigil.toml");
+    std::fs::write(&config, "[input]\nbatch_timeout_ms = 0\n").unwrap();
     let mut child = vigil()
-        .args(["run", "--input", "-", "--json", "--api-listen", "127.0.0.1:0", "--archive"])
+        .args(["run", "--input", "-", "--json", "--api-listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--archive")
         .arg(&archive)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -79,4 +84,53 @@ fn a_stdin_run_serves_its_own_counters_on_the_api_listener_while_it_runs() {
     assert_eq!(summary["valid"].as_u64(), Some(events), "{summary}");
     // The server stopped with the run.
     assert!(TcpStream::connect(&addr).is_err());
+}
+
+/// Issue 13, item 14: a slow stdin stream was not judged or archived until 4 MiB had arrived, so a
+/// critical event in a trickle waited hours. Now whole lines are taken after `batch_timeout_ms`.
+#[test]
+fn a_trickle_on_stdin_is_judged_before_a_batch_fills() {
+    let dir = scratch();
+    let input = dir.path().join("fleet.ndjson");
+    simulate(&input, 5, "10m", 1.0, 0, 8);
+    let lines: Vec<String> =
+        std::fs::read_to_string(&input).unwrap().lines().take(20).map(str::to_owned).collect();
+    let mut child = vigil()
+        .args(["run", "--input", "-", "--json", "--api-listen", "127.0.0.1:0", "--archive"])
+        .arg(dir.path().join("archive"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // The first write lets the run open its input; the address comes after.
+    stdin.write_all((lines.join("\n") + "\n").as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "vigil run stopped before serving");
+        if let Some(rest) = line.split("http://").nth(1) {
+            break rest.split('/').next().unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+    });
+    let started = Instant::now();
+    loop {
+        let (_, text) = get(&addr, "/metrics");
+        if sample(&text, "vigil_events_total{outcome=\"accepted\"}") == Some(20.0) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "20 lines on an open stdin not taken:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["valid"], 20, "{summary}");
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use vigil_ingest::source::{Chunk, LineReader, open_input};
+use vigil_ingest::source::{Chunk, LineReader, Lingering, open_input};
 
 use crate::config::VigilConfig;
 use crate::pipeline::{FindingsFile, Item, Lane, Origin, PipelineError, RunOptions, Summary, now_ms};
@@ -25,7 +25,16 @@ pub fn run_with(
 ) -> Result<Summary, PipelineError> {
     let started = Instant::now();
     let path = cfg.input.path.clone().ok_or(PipelineError::NoInput)?;
-    let input = open_input(&path)?;
+    let mut input = open_input(&path)?;
+    // A pipe may trickle: hand over what came after `batch_timeout_ms` rather than wait for a full batch.
+    if path == Path::new("-") && cfg.input.batch_timeout_ms > 0 {
+        let linger = std::time::Duration::from_millis(cfg.input.batch_timeout_ms);
+        let reader = std::mem::replace(&mut input.reader, Box::new(std::io::empty()));
+        input.reader = Box::new(
+            Lingering::new(reader, linger)
+                .map_err(|source| PipelineError::Read { path: path.clone(), source })?,
+        );
+    }
     let source = match (&cfg.input.source_name, path == Path::new("-")) {
         (Some(name), _) => name.clone(),
         (None, true) => format!("stdin-{}", now_ms()),

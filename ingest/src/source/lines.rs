@@ -136,7 +136,16 @@ impl<R: Read> LineReader<R> {
                 }
                 break;
             }
-            self.fill(&mut chunk.data)?;
+            match self.fill(&mut chunk.data) {
+                Ok(()) => {}
+                // A lingering source paused: the whole lines so far make a chunk (none yet: wait on).
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    if !chunk.lines.is_empty() {
+                        break;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
         self.carry.extend_from_slice(&chunk.data[line_start..]);
         chunk.data.truncate(line_start);

@@ -4,7 +4,9 @@
 pub mod http;
 pub mod kafka;
 mod lines;
+mod linger;
 mod open;
 
 pub use lines::{Chunk, Line, LineReader};
+pub use linger::Lingering;
 pub use open::{Input, InputError, open_input, source_name_for, source_name_problem};
