@@ -240,3 +240,48 @@ fn a_rerun_refuses_a_resend_of_what_an_earlier_run_archived() {
     );
     assert!(row["detail"].as_str().unwrap().contains("first seen at position 3"), "{dead}");
 }
+
+/// Issue 13, item 13: a truncated `.gz` archived nothing, on every rerun, although 90,047 good lines
+/// preceded the damage. Now what precedes it is archived, the unreadable tail is one dead letter with
+/// its byte offset, the run exits non-zero, and a rerun adds nothing.
+#[test]
+fn a_truncated_gz_archives_what_precedes_the_damage_and_dead_letters_the_tail() {
+    use std::io::Write as _;
+    let dir = scratch();
+    let plain = dir.path().join("fleet.ndjson");
+    let n = simulate(&plain, 20, "2h", 10.0, 0, 6);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&std::fs::read(&plain).unwrap()).unwrap();
+    let whole = gz.finish().unwrap();
+    let input = dir.path().join("fleet.ndjson.gz");
+    std::fs::write(&input, &whole[..whole.len() * 2 / 3]).unwrap();
+    let archive = dir.path().join("archive");
+    let run = || {
+        vigil()
+            .args(["run", "--json", "--input"])
+            .arg(&input)
+            .arg("--archive")
+            .arg(&archive)
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert!(!out.status.success(), "a damaged input must fail the run: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("reading"), "{out:?}");
+    let counts = archive_py("event-counts", &archive, &[]);
+    let archived = counts["rows"].as_u64().unwrap();
+    assert!(archived > n / 3 && archived < n, "{archived} of {n} archived");
+    let dead = archive_py("rows", &archive, &["dead-letters", "_position"]);
+    let dead = dead["duckdb"].as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["reason"], "unreadable_input");
+    assert_eq!(dead[0]["_position"].as_u64(), Some(archived + 1), "the tail is the line after the last read");
+    assert!(dead[0]["detail"].as_str().unwrap().contains("decompressed byte"), "{:?}", dead[0]);
+    // A rerun meets the same damage: it fails again and archives nothing twice.
+    assert!(!run().status.success());
+    assert_eq!(archive_py("event-counts", &archive, &[]), counts);
+    assert_eq!(
+        archive_py("rows", &archive, &["dead-letters", "_position"])["duckdb"].as_array().unwrap().len(),
+        1
+    );
+}

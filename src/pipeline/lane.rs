@@ -292,6 +292,19 @@ impl Lane {
         }
     }
 
+    /// Dead-letters what a source could not read at all (a damaged compressed tail) at `position`, the
+    /// line it would have been; nothing when an earlier run already archived that position.
+    pub fn dead_letter_unreadable(&mut self, position: u64, reason: Invalid) {
+        let Some(a) = self.archive.as_mut() else { return };
+        if position <= a.committed_position() {
+            return;
+        }
+        let mut counts = BatchCounts::default();
+        counts.dead_letter(&reason);
+        self.telemetry.add_batch(&counts);
+        a.push_dead_letter(&DeadLetter::new(reason, position, 0, b"", 0));
+    }
+
     /// Every position up to this one is durable (0 for a detached lane).
     pub fn committed_position(&self) -> u64 {
         self.archive.as_ref().map_or(0, Archive::committed_position)

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use vigil_ingest::source::{Chunk, LineReader, Lingering, open_input};
+use vigil_schemas::Invalid;
 
 use crate::config::VigilConfig;
 use crate::pipeline::{FindingsFile, Item, Lane, Origin, PipelineError, RunOptions, Summary, now_ms};
@@ -47,10 +48,19 @@ pub fn run_with(
     let mut progress = Progress::new(opts.progress, "ingest", input.size);
     let mut chunk = Chunk::default();
     let (mut read, mut lines) = (0, 0);
+    // A damaged input (a truncated .gz) is archived up to the damage and its tail dead-lettered; the run
+    // then fails, so a script notices, and a rerun archives nothing twice.
+    let mut unreadable = None;
     loop {
-        let more = reader
-            .next_chunk(&mut chunk, cfg.input.batch_bytes)
-            .map_err(|source| PipelineError::Read { path: path.clone(), source })?;
+        let more = match reader.next_chunk(&mut chunk, cfg.input.batch_bytes) {
+            Ok(more) => more,
+            Err(source) => {
+                let reason = Invalid::Unreadable { offset: reader.bytes_read(), detail: source.to_string() };
+                lane.dead_letter_unreadable(lines + 1, reason);
+                unreadable = Some(PipelineError::Read { path: path.clone(), source });
+                false
+            }
+        };
         if !more {
             break;
         }
@@ -78,8 +88,13 @@ pub fn run_with(
         }
         progress.update(input.consumed.load(std::sync::atomic::Ordering::Relaxed), lines, started.elapsed());
     }
-    lane.finish()?;
+    if unreadable.is_none() {
+        lane.finish()?;
+    }
     lane.close()?;
+    if let Some(e) = unreadable {
+        return Err(e);
+    }
     progress.finish();
     let mut summary = telemetry.summary(&source);
     summary.elapsed = started.elapsed();

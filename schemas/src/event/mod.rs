@@ -246,6 +246,15 @@ pub enum Invalid {
         /// The field.
         field: &'static str,
     },
+    /// The input could not be read past this point (a truncated or damaged compressed file): what
+    /// follows is dead-lettered as one unreadable tail.
+    #[error("the input could not be read from decompressed byte {offset} on: {detail}")]
+    Unreadable {
+        /// Decompressed bytes read before the damage.
+        offset: u64,
+        /// The reader's message.
+        detail: String,
+    },
     /// The event_id was already seen in this stream (within the dedup window).
     #[error("duplicate event_id {event_id:?} (first seen at position {first_position})")]
     DuplicateEventId {
@@ -271,6 +280,7 @@ impl Invalid {
             Invalid::FutureTimestamp { .. } => "future_timestamp",
             Invalid::DuplicateField { .. } => "duplicate_field",
             Invalid::DuplicateEventId { .. } => "duplicate_event_id",
+            Invalid::Unreadable { .. } => "unreadable_input",
         }
     }
 
@@ -287,6 +297,7 @@ impl Invalid {
         "future_timestamp",
         "duplicate_field",
         "duplicate_event_id",
+        "unreadable_input",
     ];
 
     /// The field the problem is in, when there is one.
