@@ -544,14 +544,7 @@ fn the_file_http_and_kafka_drivers_archive_the_same_rows_findings_and_dead_lette
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = std::io::BufReader::new(serve.stderr.take().unwrap());
-    let addr = loop {
-        let mut line = String::new();
-        assert!(std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0, "vigil serve stopped");
-        if let Some(rest) = line.split("http://").nth(1) {
-            break rest.split('/').next().unwrap().to_owned();
-        }
-    };
+    let addr = served_address(&mut serve);
     for chunk in lines.chunks(500) {
         assert_eq!(post_ndjson(&addr, &(chunk.join("\n") + "\n")), 200);
     }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -45,18 +45,7 @@ fn a_stdin_run_serves_its_own_counters_on_the_api_listener_while_it_runs() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let addr = loop {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "vigil run stopped before serving");
-        if let Some(rest) = line.split("http://").nth(1) {
-            break rest.split('/').next().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = stderr.read_to_string(&mut rest);
-    });
+    let addr = served_address(&mut child);
     // More than one batch (4 MiB) of input: the first batches are judged while stdin stays open.
     let bytes = std::fs::read(&input).unwrap();
     assert!(bytes.len() > 5 << 20, "{} bytes", bytes.len());
@@ -107,18 +96,7 @@ fn a_trickle_on_stdin_is_judged_before_a_batch_fills() {
     // The first write lets the run open its input; the address comes after.
     stdin.write_all((lines.join("\n") + "\n").as_bytes()).unwrap();
     stdin.flush().unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let addr = loop {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "vigil run stopped before serving");
-        if let Some(rest) = line.split("http://").nth(1) {
-            break rest.split('/').next().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = stderr.read_to_string(&mut rest);
-    });
+    let addr = served_address(&mut child);
     let started = Instant::now();
     loop {
         let (_, text) = get(&addr, "/metrics");

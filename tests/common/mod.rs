@@ -212,3 +212,22 @@ pub fn parquet_files(dir: &Path) -> usize {
         })
         .sum()
 }
+
+/// The `host:port` a spawned vigil serves on, from the first stderr line naming `http://…`; the rest of
+/// its stderr is drained on a thread so it never blocks on a full pipe.
+pub fn served_address(child: &mut std::process::Child) -> String {
+    use std::io::{BufRead, Read};
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr is piped"));
+    let addr = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "vigil stopped before serving");
+        if let Some(rest) = line.split("http://").nth(1) {
+            break rest.split('/').next().unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+    });
+    addr
+}
