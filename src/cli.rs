@@ -472,7 +472,21 @@ fn cmd_validate(
     let mut dedup = pipeline::DedupWindow::new(dedup_window);
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    while reader.next_chunk(&mut chunk, 4 << 20).map_err(|e| format!("reading {}: {e}", input.display()))? {
+    loop {
+        let more = match reader.next_chunk(&mut chunk, 4 << 20) {
+            Ok(more) => more,
+            // A damaged input: report every line read before it, then the unreadable tail as one line.
+            Err(e) => {
+                let reason =
+                    vigil_schemas::Invalid::Unreadable { offset: reader.bytes_read(), detail: e.to_string() };
+                let _ = writeln!(out, "line {}: {}: {reason}", lines + 1, reason.code());
+                *reasons.entry(reason.code()).or_default() += 1;
+                false
+            }
+        };
+        if !more {
+            break;
+        }
         for line in &chunk.lines {
             lines += 1;
             let Some(result) = pipeline::classify(

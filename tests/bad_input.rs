@@ -277,6 +277,12 @@ fn a_truncated_gz_archives_what_precedes_the_damage_and_dead_letters_the_tail() 
     assert_eq!(dead[0]["reason"], "unreadable_input");
     assert_eq!(dead[0]["_position"].as_u64(), Some(archived + 1), "the tail is the line after the last read");
     assert!(dead[0]["detail"].as_str().unwrap().contains("decompressed byte"), "{:?}", dead[0]);
+    // `validate` reports every line read before the damage, then the tail, and exits 1.
+    let out = vigil().arg("validate").arg(&input).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains(&format!("line {}: unreadable_input: ", archived + 1)), "{report}");
+    assert!(report.contains(&format!("{archived} lines: {archived} valid, 1 invalid")), "{report}");
     // A rerun meets the same damage: it fails again and archives nothing twice.
     assert!(!run().status.success());
     assert_eq!(archive_py("event-counts", &archive, &[]), counts);
