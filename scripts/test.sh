@@ -12,10 +12,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 mkdir -p "$CACHE"
 
 # Independent Parquet readers for the archive tests (DuckDB, pyarrow) and an independent Kafka client
-# (confluent-kafka), in a venv of their own.
+# (confluent-kafka), and the Standard Webhooks verifier for the webhook tests, in a venv of their own.
 VENV="$CACHE/venv"
-PY_PACKAGES=(duckdb==2.0.1 pyarrow==26.0.1 confluent-kafka==2.16.1)
-if ! "$VENV/bin/python" -c "import duckdb, pyarrow, confluent_kafka" 2>/dev/null; then
+PY_PACKAGES=(duckdb==2.0.1 pyarrow==26.0.1 confluent-kafka==2.16.1 standardwebhooks==1.1.0)
+if ! "$VENV/bin/python" -c "import duckdb, pyarrow, confluent_kafka, standardwebhooks" 2>/dev/null; then
   echo "test.sh: installing ${PY_PACKAGES[*]} into $VENV" >&2
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"

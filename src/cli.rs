@@ -13,6 +13,7 @@ use vigil_ingest::source::{Chunk, LineReader, open_input};
 use vigil_schemas::timestamp::parse_rfc3339_ms;
 
 use crate::config::VigilConfig;
+use crate::control::Control;
 use crate::pipeline::{self, RunOptions, Summary};
 use crate::progress::Progress;
 use crate::run::{file, kafka};
@@ -286,12 +287,16 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode, String> {
     }
     cfg.validate().map_err(|e| e.to_string())?;
     let telemetry = Arc::new(Telemetry::new());
+    // Every halt in force again, every delivery still owed queued, before anything is judged.
+    let control = Control::open(&cfg, telemetry.clone()).map_err(|e| e.to_string())?;
     // The server runs beside the driver, on its own threads, for as long as the run.
     let server = match &cfg.api.listen {
         Some(listen) => {
-            let mut s = server::Server::bind(listen, 1).map_err(|e| e.to_string())?;
-            s.start(axum::Router::new(), telemetry.clone(), std::time::Duration::from_secs(10));
-            eprintln!("vigil: metrics on http://{}/metrics", s.addr());
+            let mut s = server::Server::bind(listen, 2).map_err(|e| e.to_string())?;
+            let auth = server::api::Auth::resolve(&cfg.api, s.addr())?;
+            let routes = server::api::routes(control.clone(), auth, &cfg.api, telemetry.clone());
+            s.start(routes, telemetry.clone(), std::time::Duration::from_secs(10));
+            eprintln!("vigil: control API, check and metrics on http://{}/", s.addr());
             Some(s)
         }
         None => None,
@@ -302,9 +307,9 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode, String> {
             idle_exit: idle_exit.map(|ms| std::time::Duration::from_millis(ms as u64)),
         };
         let stop = stop_on_signals()?;
-        kafka::run_with(&cfg, &opts, &stop, telemetry).map_err(|e| e.to_string())?.0
+        kafka::run_with(&cfg, &opts, &stop, telemetry, control).map_err(|e| e.to_string())?.0
     } else {
-        file::run_with(&cfg, &RunOptions { progress: true }, telemetry).map_err(|e| e.to_string())?
+        file::run_with(&cfg, &RunOptions { progress: true }, telemetry, control).map_err(|e| e.to_string())?
     };
     if let Some(s) = server {
         s.shutdown();
@@ -399,7 +404,10 @@ pub fn summary_json(s: &Summary, archive: &Path) -> serde_json::Value {
         "dead_letters": s.dead_letters,
         "balanced": s.balanced(),
         "findings": findings,
-        "halted": s.halted.iter().map(|(a, r)| serde_json::json!({"agent_id": a, "rule": r})).collect::<Vec<_>>(),
+        "transitions": s.moved.iter().map(|m| serde_json::json!({
+            "breaker": m.key, "action": m.action, "mode": m.mode, "actor": m.actor,
+        })).collect::<Vec<_>>(),
+        "webhooks": { "delivered": s.delivered, "undelivered": s.undelivered, "owed": s.owed },
         "agents": s.agents,
         "late": s.late,
         "bytes": s.bytes,
@@ -712,12 +720,12 @@ fn cmd_demo(dir: &Path, agents: usize, duration: &str, rate: f64, seed: u64) -> 
             v["start"].as_str().unwrap_or("?")
         );
     }
-    println!("\nagents that would be halted (shadow mode: recorded in archive/control/, nothing enforced):");
-    if s.halted.is_empty() {
+    println!("\nbreaker transitions (archived in {}/control/):", cfg.archive.dir.display());
+    if s.moved.is_empty() {
         println!("  none");
     }
-    for (agent, rule) in &s.halted {
-        println!("  {agent:<22} {rule}");
+    for m in &s.moved {
+        println!("  {:<16} {:<8} {:<32} {}", m.action, m.mode, m.key, m.actor);
     }
     let archive = cfg.archive.dir.display();
     println!(

@@ -29,21 +29,193 @@ pub struct VigilConfig {
     /// `vigil serve`: events over HTTP.
     #[serde(default)]
     pub http: HttpConfig,
-    /// The server beside `vigil run`.
+    /// The server beside `vigil run`: metrics, the control API, the gateway check.
     #[serde(default)]
     pub api: ApiConfig,
+    /// What findings do to agents: breakers, modes, trip rules, the flap guard.
+    #[serde(default)]
+    pub respond: vigil_respond::RespondConfig,
+    /// Where breaker transitions are sent (Standard Webhooks), one table per endpoint.
+    #[serde(default)]
+    pub webhook: Vec<WebhookConfig>,
+    /// The control log (breaker state and webhook outbox) and how long a finite run waits for it.
+    #[serde(default)]
+    pub control: ControlConfig,
 }
 
-/// `[api]`: the one HTTP server beside `vigil run` (a file, stdin or a Kafka member), with `/metrics` and
-/// `/healthz` (the control API and check endpoint are to come). `vigil serve` hosts the same routes on
-/// `[http] listen`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+/// `[[webhook]]`: one endpoint that is told about breaker transitions.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// A name for the record ("halt delivered to NAME"); the URL's host when not given.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `http://` or `https://` URL.
+    pub url: String,
+    /// The signing secret, `whsec_…`, inline (prefer `secret_env` or `secret_file`).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// An environment variable holding the secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// A file holding the secret.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// The event types sent (`agent.halt`, `agent.warn`, `agent.half_open`, `agent.resume`, `cohort.…`,
+    /// `fleet.…`); by default every halt, warn and resume.
+    #[serde(default = "default_webhook_events")]
+    pub events: Vec<String>,
+    /// Allow targets in private, loopback or link-local ranges (a gateway on the same host or network).
+    #[serde(default)]
+    pub allow_private: bool,
+    /// One attempt's limit (connect, TLS, answer), in milliseconds.
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub timeout_ms: u64,
+    /// The first retry's delay, in milliseconds; each retry doubles it (with jitter) up to `max_backoff_ms`.
+    #[serde(default = "default_webhook_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    /// The longest delay between attempts, in milliseconds (a `Retry-After` may ask for longer).
+    #[serde(default = "default_webhook_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+    /// A delivery still failing this long after its transition is given up (recorded as failed).
+    #[serde(default = "default_webhook_give_up_seconds")]
+    pub give_up_after_seconds: u64,
+}
+
+fn default_webhook_events() -> Vec<String> {
+    [
+        "agent.halt",
+        "agent.warn",
+        "agent.half_open",
+        "agent.resume",
+        "cohort.halt",
+        "cohort.warn",
+        "cohort.resume",
+        "fleet.halt",
+        "fleet.warn",
+        "fleet.resume",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+const fn default_webhook_timeout_ms() -> u64 {
+    5_000
+}
+const fn default_webhook_backoff_ms() -> u64 {
+    500
+}
+const fn default_webhook_max_backoff_ms() -> u64 {
+    60_000
+}
+/// A day: a gateway down over a night still gets its halts in the morning.
+const fn default_webhook_give_up_seconds() -> u64 {
+    86_400
+}
+
+/// `[control]`: where breaker state and the webhook outbox are kept, and the waits around them.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Directory of the control log; `<archive.dir>/_control` by default.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// A finite run (a file, stdin) waits this long at the end for its webhooks to be delivered; what
+    /// is left stays owed for the next start.
+    #[serde(default = "default_delivery_grace_seconds")]
+    pub delivery_grace_seconds: f64,
+    /// An operator's halt answers once every event received before it is archived, waiting at most this
+    /// long (then it answers with `"archived": false`).
+    #[serde(default = "default_halt_archive_wait_ms")]
+    pub halt_archive_wait_ms: u64,
+    /// Transitions remembered per agent for `GET /v1/agents/{id}`.
+    #[serde(default = "default_history_per_agent")]
+    pub history_per_agent: usize,
+    /// The control log is compacted on start when it is larger than this.
+    #[serde(default = "default_compact_bytes")]
+    pub compact_bytes: u64,
+}
+
+const fn default_delivery_grace_seconds() -> f64 {
+    10.0
+}
+const fn default_halt_archive_wait_ms() -> u64 {
+    5_000
+}
+const fn default_history_per_agent() -> usize {
+    32
+}
+const fn default_compact_bytes() -> u64 {
+    64 << 20
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            dir: None,
+            delivery_grace_seconds: default_delivery_grace_seconds(),
+            halt_archive_wait_ms: default_halt_archive_wait_ms(),
+            history_per_agent: default_history_per_agent(),
+            compact_bytes: default_compact_bytes(),
+        }
+    }
+}
+
+impl ControlConfig {
+    /// The control log's directory.
+    pub fn dir(&self, archive: &ArchiveConfig) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| archive.dir.join("_control"))
+    }
+}
+
+/// `[api]`: the one HTTP server beside `vigil run` (a file, stdin or a Kafka member): `/metrics`,
+/// `/healthz`, the control API and the gateway check. `vigil serve` hosts the same routes on
+/// `[http] listen`. Beyond loopback it needs a token.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     /// Address to listen on, e.g. `127.0.0.1:9464` (Prometheus's usual exporter range); none by default:
     /// a batch run needs no server.
     #[serde(default)]
     pub listen: Option<String>,
+    /// An environment variable holding the bearer token of the control API (and the check).
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// A file holding that token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// An environment variable holding a read-only token: the check endpoint and the GETs, no commands.
+    #[serde(default)]
+    pub read_token_env: Option<String>,
+    /// A file holding the read-only token.
+    #[serde(default)]
+    pub read_token_file: Option<PathBuf>,
+    /// The header Envoy's ext_authz (HTTP) check takes the agent id from.
+    #[serde(default = "default_agent_header")]
+    pub agent_header: String,
+    /// The most agents one page of `GET /v1/agents` lists.
+    #[serde(default = "default_page_limit")]
+    pub max_page: usize,
+}
+
+fn default_agent_header() -> String {
+    "x-agent-id".into()
+}
+const fn default_page_limit() -> usize {
+    1000
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: None,
+            token_env: None,
+            token_file: None,
+            read_token_env: None,
+            read_token_file: None,
+            agent_header: default_agent_header(),
+            max_page: default_page_limit(),
+        }
+    }
 }
 
 /// `[http]`: the `POST /v1/events` endpoint of `vigil serve`.
@@ -332,6 +504,9 @@ pub enum ConfigProblem {
     /// In `[detect]`.
     #[error(transparent)]
     Detect(#[from] vigil_detect::ConfigError),
+    /// In `[respond]`.
+    #[error(transparent)]
+    Respond(#[from] vigil_respond::ConfigError),
     /// Any other key.
     #[error("{key} {problem}")]
     Value {
@@ -380,6 +555,36 @@ impl VigilConfig {
             k.validate()?;
         }
         self.detect.build()?;
+        self.respond.validate()?;
+        if self.api.max_page == 0 {
+            return bad("api.max_page", "must be at least 1".into());
+        }
+        if self.api.agent_header.is_empty()
+            || !self.api.agent_header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return bad(
+                "api.agent_header",
+                format!("must be a header name, got {:?}", self.api.agent_header),
+            );
+        }
+        let c = &self.control;
+        if !(c.delivery_grace_seconds.is_finite() && c.delivery_grace_seconds >= 0.0) {
+            return bad(
+                "control.delivery_grace_seconds",
+                format!("must be 0 or more, got {}", c.delivery_grace_seconds),
+            );
+        }
+        if c.history_per_agent == 0 {
+            return bad("control.history_per_agent", "must be at least 1".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for w in &self.webhook {
+            let name = crate::deliver::Endpoint::check(w)
+                .map_err(|problem| ConfigProblem::Value { key: "webhook", problem })?;
+            if !names.insert(name.clone()) {
+                return bad("webhook.name", format!("{name:?} is used by two endpoints; give each a name"));
+            }
+        }
         let status = self.output.status_seconds;
         if !(status.is_finite() && status >= 0.0) {
             return bad("output.status_seconds", format!("must be 0 (off) or more, got {status}"));
@@ -446,7 +651,9 @@ mod example_tests {
         assert_eq!(cfg.input, defaults.input);
         assert_eq!(cfg.archive, defaults.archive);
         assert_eq!(cfg.http, defaults.http);
-        assert_eq!(cfg.detect.halt, defaults.detect.halt);
+        assert_eq!(cfg.respond, defaults.respond);
+        assert_eq!(cfg.control, defaults.control);
+        assert_eq!(cfg.api, defaults.api);
         assert_eq!(cfg.detect.rate_limit_per_minute, defaults.detect.rate_limit_per_minute);
     }
 }

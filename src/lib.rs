@@ -6,6 +6,8 @@
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod control;
+pub mod deliver;
 pub mod eval;
 pub mod pipeline;
 pub mod progress;

@@ -19,8 +19,9 @@ use prometheus::{
 };
 use vigil_detect::{FindingKind, Severity};
 use vigil_schemas::Invalid;
+use vigil_schemas::rows::{Action, Delivery, Mode, Transition};
 
-use crate::pipeline::Summary;
+use crate::pipeline::{Moved, Summary};
 
 /// What became of an input line, the `outcome` label of `vigil_events_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,16 +106,23 @@ pub struct Telemetry {
     input_bytes: IntCounter,
     late: IntCounter,
     findings: IntCounterVec,
-    decisions: IntCounterVec,
+    transitions: IntCounterVec,
+    deliveries: IntCounterVec,
+    delivery_seconds: Histogram,
+    owed: IntGauge,
+    halts: IntGaugeVec,
+    checks: IntCounterVec,
+    unauthorized: IntCounter,
+    commands: IntCounterVec,
     batch_events: Histogram,
     stage_seconds: HistogramVec,
     archive_files: IntCounter,
     archive_bytes: IntCounter,
     flush_seconds: Histogram,
     agents: IntGauge,
-    /// Halt decisions of this run (agent, rule), for the summary: not a metric, an agent is a label
-    /// Prometheus must never see.
-    halted: Mutex<Vec<(String, String)>>,
+    /// Breaker transitions of this run, for the summary: not a metric, an agent is a label Prometheus
+    /// must never see.
+    moved: Mutex<Vec<Moved>>,
 }
 
 /// Registers `m` and hands it back; the names are fixed and distinct, so registration cannot fail.
@@ -192,6 +200,52 @@ impl Telemetry {
         for s in Stage::ALL {
             stage_seconds.with_label_values(&[s.as_str()]);
         }
+        let transitions = counter_vec(
+            &r,
+            "vigil_breaker_transitions_total",
+            "Breaker transitions (agent, cohort, fleet), by action and mode (shadow ones are only recorded)",
+            &["action", "mode"],
+        );
+        for a in Action::ALL {
+            for m in Mode::ALL {
+                transitions.with_label_values(&[a.as_str(), m.as_str()]);
+            }
+        }
+        let deliveries = counter_vec(
+            &r,
+            "vigil_webhook_deliveries_total",
+            "Webhook deliveries ended, by outcome: delivered, failed (given up), disabled (410), refused",
+            &["outcome"],
+        );
+        for d in [Delivery::Delivered, Delivery::Failed, Delivery::Disabled, Delivery::Refused] {
+            deliveries.with_label_values(&[d.as_str()]);
+        }
+        let halts = registered(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("vigil_halts_in_force", "Halts in force (enforce mode), by scope"),
+                &["scope"],
+            )
+            .expect("valid metric name"),
+        );
+        for sc in ["agent", "cohort", "fleet"] {
+            halts.with_label_values(&[sc]);
+        }
+        let checks = counter_vec(
+            &r,
+            "vigil_check_requests_total",
+            "Gateway checks answered, by verdict: allow, halted, bad_request",
+            &["verdict"],
+        );
+        for v in ["allow", "halted", "bad_request"] {
+            checks.with_label_values(&[v]);
+        }
+        let commands = counter_vec(
+            &r,
+            "vigil_control_commands_total",
+            "Operator commands, by verb, scope and result: applied, unchanged, refused",
+            &["verb", "scope", "result"],
+        );
         let build = registered(
             &r,
             IntGaugeVec::new(
@@ -216,12 +270,32 @@ impl Telemetry {
                 "Events behind the watermark: archived and checked per event, too late for their window",
             ),
             findings,
-            decisions: counter_vec(
+            transitions,
+            deliveries,
+            delivery_seconds: registered(
                 &r,
-                "vigil_decisions_total",
-                "Breaker decisions recorded, by action and mode",
-                &["action", "mode"],
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "vigil_webhook_delivery_seconds",
+                        "From a transition entering the outbox to its webhook answered 2xx",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                )
+                .expect("valid metric name"),
             ),
+            owed: registered(
+                &r,
+                IntGauge::new("vigil_webhook_owed", "Webhook deliveries in the outbox not yet ended")
+                    .expect("valid metric name"),
+            ),
+            halts,
+            checks,
+            unauthorized: counter(
+                &r,
+                "vigil_api_unauthorized_total",
+                "Control API and check requests refused for a missing or wrong token",
+            ),
+            commands,
             batch_events: registered(
                 &r,
                 Histogram::with_opts(
@@ -249,7 +323,7 @@ impl Telemetry {
                 IntGauge::new("vigil_agents_tracked", "Agents whose state the detection engine holds")
                     .expect("valid metric name"),
             ),
-            halted: Mutex::new(Vec::new()),
+            moved: Mutex::new(Vec::new()),
             registry: r,
         }
     }
@@ -288,10 +362,54 @@ impl Telemetry {
         self.findings.with_label_values(&[kind.as_str(), severity.as_str()]).inc();
     }
 
-    /// Counts a breaker decision, keeping who it is about for the run summary.
-    pub fn decision(&self, d: &vigil_detect::Decision) {
-        self.decisions.with_label_values(&[d.action, d.mode.as_str()]).inc();
-        self.halted.lock().unwrap_or_else(|p| p.into_inner()).push((d.agent_id.clone(), d.actor.to_owned()));
+    /// Counts a breaker transition, keeping what it moved for the run summary.
+    pub fn transition(&self, t: &Transition) {
+        self.transitions.with_label_values(&[t.action.as_str(), t.mode.as_str()]).inc();
+        let mut moved = self.moved.lock().unwrap_or_else(|p| p.into_inner());
+        // The summary lists a bounded number; the archive has them all.
+        if moved.len() < 10_000 {
+            moved.push(Moved {
+                key: t.key(),
+                action: t.action.as_str(),
+                mode: t.mode.as_str(),
+                actor: t.actor.wire(),
+            });
+        }
+    }
+
+    /// Sets the halts in force.
+    pub fn halts_in_force(&self, agents: usize, cohorts: usize, fleet: bool) {
+        self.halts.with_label_values(&["agent"]).set(agents as i64);
+        self.halts.with_label_values(&["cohort"]).set(cohorts as i64);
+        self.halts.with_label_values(&["fleet"]).set(i64::from(fleet));
+    }
+
+    /// Counts a webhook delivery that ended, and how long a successful one took.
+    pub fn delivery(&self, outcome: Delivery, seconds: f64) {
+        self.deliveries.with_label_values(&[outcome.as_str()]).inc();
+        if outcome == Delivery::Delivered {
+            self.delivery_seconds.observe(seconds);
+        }
+    }
+
+    /// Sets the deliveries owed.
+    pub fn owed(&self, n: usize) {
+        self.owed.set(n as i64);
+    }
+
+    /// Counts a gateway check by verdict (`allow`, `halted`, `bad_request`).
+    pub fn check(&self, verdict: &str) {
+        self.checks.with_label_values(&[verdict]).inc();
+    }
+
+    /// Counts a request refused for its token.
+    pub fn unauthorized(&self) {
+        self.unauthorized.inc();
+    }
+
+    /// Counts an operator command.
+    pub fn command(&self, verb: &str, scope: &str, result: &str) {
+        self.commands.with_label_values(&[verb, scope, result]).inc();
     }
 
     /// Records the time a stage took over one batch.
@@ -344,7 +462,13 @@ impl Telemetry {
         s.files = self.archive_files.get();
         s.archive_bytes = self.archive_bytes.get();
         s.agents = self.agents.get().max(0) as usize;
-        s.halted = self.halted.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        s.moved = self.moved.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        s.delivered = self.deliveries.with_label_values(&[Delivery::Delivered.as_str()]).get();
+        s.undelivered = [Delivery::Failed, Delivery::Disabled, Delivery::Refused]
+            .iter()
+            .map(|d| self.deliveries.with_label_values(&[d.as_str()]).get())
+            .sum();
+        s.owed = self.owed.get().max(0) as u64;
         s
     }
 }

@@ -100,7 +100,7 @@ fn files_are_zstd_with_dictionaries_only_where_values_repeat() {
 }
 
 #[test]
-fn findings_and_decisions_are_archived_and_match_the_ndjson_output() {
+fn findings_and_transitions_are_archived_and_match_the_ndjson_output() {
     let dir = scratch();
     let demo = dir.path().join("demo");
     ok(vigil()
@@ -123,12 +123,32 @@ fn findings_and_decisions_are_archived_and_match_the_ndjson_output() {
             rows[reader].as_array().unwrap().iter().map(|r| r["finding_id"].as_str().unwrap()).collect();
         assert_eq!(got, ids, "{reader}");
     }
+    // Breaker transitions: each one a rule made on findings names them; its action says its mode.
     let control = archive_py("rows", &archive, &["control", "ts"]);
-    for row in control["duckdb"].as_array().unwrap() {
-        assert_eq!(row["action"], "agent.halt");
-        assert_eq!(row["mode"], "shadow");
-        assert!(!row["finding_ids"].as_array().unwrap().is_empty());
+    let rows = control["duckdb"].as_array().unwrap();
+    assert!(
+        rows.iter().any(|r| r["record"] == "transition"),
+        "the demo's incidents trip breakers: {control}"
+    );
+    for row in rows.iter().filter(|r| r["record"] == "transition") {
+        let (action, mode, actor) =
+            (row["action"].as_str().unwrap(), row["mode"].as_str().unwrap(), row["actor"].as_str().unwrap());
+        assert_eq!(action.ends_with(".warn"), mode == "warn", "{row}");
+        assert!(["shadow", "warn", "enforce"].contains(&mode), "{row}");
+        if actor.starts_with("rule:") && !["rule:cooldown", "rule:quiet", "rule:fleet_trips"].contains(&actor)
+        {
+            assert!(!row["finding_ids"].as_array().unwrap().is_empty(), "{row}");
+        }
     }
+    let ids = |reader: &str| -> Vec<String> {
+        control[reader]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| format!("{}{}", r["record"], r["transition_id"]))
+            .collect()
+    };
+    assert_eq!(ids("duckdb"), ids("pyarrow"));
 }
 
 /// Issue 13, item 2: with `_vigil/` moved aside (as an old error message advised), a rerun treated every

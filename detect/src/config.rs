@@ -58,9 +58,9 @@ pub struct DetectConfig {
     /// `shared_credential`.
     #[serde(default)]
     pub identity: IdentityConfig,
-    /// When an agent would be halted. In this version halts are only recorded (`shadow` mode).
-    #[serde(default)]
-    pub halt: HaltConfig,
+    /// The old home of the halt rule, now `[respond]`: refused with a message saying so.
+    #[serde(default, skip_serializing)]
+    pub halt: Option<serde::de::IgnoredAny>,
     /// Declared allow-lists: least privilege per agent or role.
     #[serde(default, rename = "policy")]
     pub policies: Vec<PolicyConfig>,
@@ -110,7 +110,7 @@ impl Default for DetectConfig {
             rate_limit_severity: default_rate_limit_severity(),
             cooldown_seconds: default_cooldown_seconds(),
             sensitive_resources: Vec::new(),
-            halt: HaltConfig::default(),
+            halt: None,
             policies: Vec::new(),
             budgets: Vec::new(),
         }
@@ -467,42 +467,6 @@ impl Default for IdentityConfig {
     }
 }
 
-/// The trip rule that decides an agent would be halted.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct HaltConfig {
-    /// A single critical finding halts the agent.
-    #[serde(default = "default_true")]
-    pub on_critical: bool,
-    /// This many findings of severity high or above within `window_seconds` halt the agent; 0 = never.
-    #[serde(default = "default_high_findings")]
-    pub high_findings: u32,
-    /// The window for `high_findings`, in seconds of event time.
-    #[serde(default = "default_halt_window_seconds")]
-    pub window_seconds: u64,
-}
-
-const fn default_true() -> bool {
-    true
-}
-/// Two distinct high findings in an hour: one may be noise, two different ones rarely are.
-const fn default_high_findings() -> u32 {
-    2
-}
-const fn default_halt_window_seconds() -> u64 {
-    3600
-}
-
-impl Default for HaltConfig {
-    fn default() -> Self {
-        HaltConfig {
-            on_critical: true,
-            high_findings: default_high_findings(),
-            window_seconds: default_halt_window_seconds(),
-        }
-    }
-}
-
 /// One allow-list. It applies to the agents it names (`agents`, globs over agent_id) and to agents of
 /// the roles it names (`roles`). An agent covered by one or more policies may only do what at least one
 /// of them allows; an agent covered by none is not judged here (`vigil audit` lists such agents).
@@ -705,7 +669,6 @@ pub struct Compiled {
     pub(crate) window_ms: i64,
     pub(crate) lateness_ms: i64,
     pub(crate) cooldown_ms: i64,
-    pub(crate) halt_window_ms: i64,
     /// `span_windows` windows, in milliseconds.
     pub(crate) span_ms: i64,
     /// Weight kept per window and per span by the baselines: `1 - 1/memory`.
@@ -765,7 +728,13 @@ impl DetectConfig {
                 Ok(())
             }
         };
-        at_least_one("detect.halt.window_seconds", self.halt.window_seconds)?;
+        if self.halt.is_some() {
+            return Err(ConfigError::OutOfRange {
+                key: "detect.halt",
+                value: "a table".into(),
+                problem: "the halt rules moved to [respond.rules] (see examples/vigil.toml)",
+            });
+        }
         at_least_one("detect.window_seconds", self.window_seconds)?;
         at_least_one("detect.baseline.span_windows", self.baseline.span_windows)?;
         at_least_one("detect.scope.short_memory_events", self.scope.short_memory_events)?;
@@ -817,7 +786,6 @@ impl DetectConfig {
             window_ms,
             lateness_ms: (self.lateness_seconds as i64).saturating_mul(1000),
             cooldown_ms: (self.cooldown_seconds as i64).saturating_mul(1000),
-            halt_window_ms: (self.halt.window_seconds as i64).saturating_mul(1000),
             span_ms: window_ms.saturating_mul(self.baseline.span_windows as i64),
             keep_window: 1.0 - 1.0 / memory_windows,
             keep_span: 1.0 - self.baseline.span_windows as f64 / memory_windows,
@@ -825,4 +793,8 @@ impl DetectConfig {
             data: self.data.spec(),
         })
     }
+}
+
+const fn default_true() -> bool {
+    true
 }

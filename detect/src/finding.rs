@@ -1,8 +1,8 @@
-//! What the engine says: the finding and decision rows (defined with the contract in `vigil-schemas`)
+//! What the engine says: the finding rows (defined with the contract in `vigil-schemas`)
 //! and how a finding's id is derived.
 
 use sha2::{Digest, Sha256};
-pub use vigil_schemas::rows::{Decision, Finding, FindingKind, Mode, Severity};
+pub use vigil_schemas::rows::{Finding, FindingKind, Severity};
 
 /// Derives a finding id from what identifies the incident: 32 hex characters of SHA-256.
 pub fn finding_id(kind: FindingKind, agent_id: &str, window_start: i64, key: &str) -> String {

@@ -1,4 +1,4 @@
-//! vigil's judge: per-agent state, detectors, findings and halt decisions.
+//! vigil's judge: per-agent state, detectors, and findings.
 //!
 //! **This crate does no I/O and never awaits.** It takes decoded events and returns findings, so the
 //! same engine runs in replay, in tests, in benchmarks and in production. Its only clock is event time.
@@ -13,11 +13,11 @@ mod stats;
 mod tail;
 
 pub use config::{
-    BaselineConfig, BudgetConfig, Compiled, ConfigError, DataConfig, DetectConfig, HaltConfig,
-    IdentityConfig, Period, PolicyConfig, ScopeConfig, SlowConfig, SpikeConfig,
+    BaselineConfig, BudgetConfig, Compiled, ConfigError, DataConfig, DetectConfig, IdentityConfig, Period,
+    PolicyConfig, ScopeConfig, SlowConfig, SpikeConfig,
 };
 pub use engine::{Engine, Output, Snapshot, Stats};
-pub use finding::{Decision, Finding, FindingKind, Mode, Severity, finding_id};
+pub use finding::{Finding, FindingKind, Severity, finding_id};
 pub use glob::{Glob, GlobSet};
 pub use keys::{generalise, stable_hash};
 

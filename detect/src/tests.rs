@@ -34,16 +34,6 @@ fn render(out: &Output) -> String {
             f.summary
         ));
     }
-    for d in &out.decisions {
-        s.push_str(&format!(
-            "{} {} {} {} <- {}\n",
-            d.action,
-            d.mode.as_str(),
-            d.agent_id,
-            d.actor,
-            d.finding_ids.len()
-        ));
-    }
     s
 }
 
@@ -111,7 +101,6 @@ policy_violation high s2 @1000 [e2] s2 used action "data.delete" that no policy 
 policy_violation high s3 @1000 [e3] s3 used scope "admin:all" that no policy covering it allows (data.read postgres://support/tickets success)
 policy_violation critical s4 @1000 [e4] s4 used resource "postgres://hr/salaries" that no policy covering it allows (data.read postgres://hr/salaries success)
 policy_violation high s5 @1000 [e5] s5 used resource "postgres://hr/salaries" that no policy covering it allows (data.read postgres://hr/salaries denied)
-agent.halt shadow s4 rule:critical_finding <- 1
 "#,
     );
 }
@@ -169,14 +158,14 @@ fn one_incident_is_one_finding_within_the_cooldown() {
 
 #[test]
 fn rate_limit_fires_once_per_minute_over_the_cap() {
-    let cfg = "rate_limit_per_minute = 3\n[halt]\nhigh_findings = 2\n";
+    let cfg = "rate_limit_per_minute = 3\n";
     let mut lines: Vec<String> =
         (0..5).map(|i| ev(&format!("a{i}"), 60_000 + i * 1000, "loop", "tool.call", "mcp://x", "")).collect();
     // Out of order into the previous minute: counted there (under the cap), not in the current one.
     lines.extend((0..3).map(|i| ev(&format!("old{i}"), 59_000 + i, "loop", "tool.call", "mcp://x", "")));
     // Next minute over the cap again, but within the cooldown: folded, no new finding.
     lines.extend((0..5).map(|i| ev(&format!("b{i}"), 120_000 + i, "loop", "tool.call", "mcp://x", "")));
-    // Past the cooldown: a second finding, and with it the halt rule's second high finding.
+    // Past the cooldown: a second finding.
     lines.extend((0..4).map(|i| ev(&format!("c{i}"), 1_200_000 + i, "loop", "tool.call", "mcp://x", "")));
     // Two windows back: too late for the rate judge.
     lines.push(ev("stale", 0, "loop", "tool.call", "mcp://x", ""));
@@ -187,7 +176,6 @@ fn rate_limit_fires_once_per_minute_over_the_cap() {
         r#"
 rate_limit high loop @63000 [a3] loop exceeded its hard cap of 3 actions per minute
 rate_limit high loop @1200003 [c3] loop exceeded its hard cap of 3 actions per minute
-agent.halt shadow loop rule:high_findings <- 2
 "#,
     );
 }

@@ -408,7 +408,7 @@ mod tests {
         let mut bytes = fs::read(&segment).unwrap();
         bytes[HEADER + 2] ^= 0xff;
         fs::write(&segment, bytes).unwrap();
-        let err = reopen(dir.path(), 1).err().expect("damage is refused");
+        let err = reopen(dir.path(), 1).expect_err("damage is refused");
         assert!(err.to_string().contains("at byte 0, a damaged record"), "{err}");
     }
 
@@ -427,7 +427,7 @@ mod tests {
         let mut bytes = fs::read(&segment).unwrap();
         bytes[at + HEADER + 1] ^= 0x10;
         fs::write(&segment, &bytes).unwrap();
-        let err = reopen(dir.path(), 1).err().expect("damage with answered items after it is refused");
+        let err = reopen(dir.path(), 1).expect_err("damage with answered items after it is refused");
         assert!(
             err.to_string().contains(&format!("at byte {at}, a damaged record, with a valid one after it")),
             "{err}"

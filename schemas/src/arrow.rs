@@ -81,17 +81,34 @@ pub fn findings_schema() -> SchemaRef {
     ]))
 }
 
-/// Schema of `control/`: decisions about agents (halts, resumes; `mode` says whether they were enforced
-/// or only recorded) and who made them.
+/// Schema of `control/`: every breaker transition (halts, warns, resumes; `mode` says whether it was
+/// enforced, sent as a warning, or only recorded) with who made it and why, and beside it every webhook
+/// delivery outcome (`record = 'delivery'`), so the record says "halt delivered to gateway X at T" or
+/// "not delivered (reason)".
 pub fn control_schema() -> SchemaRef {
+    let list = || DataType::List(Arc::new(Field::new("item", DataType::Utf8, false)));
     Arc::new(Schema::new(vec![
+        Field::new("record", DataType::Utf8, false),
+        Field::new("transition_id", DataType::Utf8, false),
         Field::new("ts", timestamp_type(), false),
-        Field::new("action", DataType::Utf8, false),
+        Field::new("action", DataType::Utf8, true),
+        Field::new("scope", DataType::Utf8, true),
         Field::new("agent_id", DataType::Utf8, true),
-        Field::new("mode", DataType::Utf8, false),
-        Field::new("actor", DataType::Utf8, false),
-        Field::new("reason", DataType::Utf8, false),
-        Field::new("finding_ids", DataType::List(Arc::new(Field::new("item", DataType::Utf8, false))), false),
+        Field::new("factor", DataType::Utf8, true),
+        Field::new("value", DataType::Utf8, true),
+        Field::new("agents", list(), true),
+        Field::new("from_state", DataType::Utf8, true),
+        Field::new("to_state", DataType::Utf8, true),
+        Field::new("mode", DataType::Utf8, true),
+        Field::new("actor", DataType::Utf8, true),
+        Field::new("reason", DataType::Utf8, true),
+        Field::new("evidence", DataType::Utf8, true),
+        Field::new("finding_ids", list(), true),
+        Field::new("endpoint", DataType::Utf8, true),
+        Field::new("delivery", DataType::Utf8, true),
+        Field::new("attempts", DataType::UInt32, true),
+        Field::new("http_status", DataType::UInt16, true),
+        Field::new("detail", DataType::Utf8, true),
         Field::new("_source", DataType::Utf8, false),
         Field::new("_ingested_at", timestamp_type(), false),
     ]))

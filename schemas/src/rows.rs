@@ -32,6 +32,10 @@ pub enum FindingKind {
     TokenSpike,
     /// Over a declared token or money budget for a minute, an hour or a day (warn or hard level).
     BudgetLimit,
+    /// A halted agent still acting: the gateway did not revoke it.
+    HaltedAgentActivity,
+    /// Several agents behind one model, provider or credential issuer raising findings together.
+    CohortAnomaly,
 }
 
 impl FindingKind {
@@ -48,6 +52,8 @@ impl FindingKind {
         FindingKind::DeniedBurst,
         FindingKind::TokenSpike,
         FindingKind::BudgetLimit,
+        FindingKind::HaltedAgentActivity,
+        FindingKind::CohortAnomaly,
     ];
 
     /// The wire name.
@@ -64,6 +70,8 @@ impl FindingKind {
             FindingKind::DeniedBurst => "denied_burst",
             FindingKind::TokenSpike => "token_spike",
             FindingKind::BudgetLimit => "budget_limit",
+            FindingKind::HaltedAgentActivity => "halted_agent_activity",
+            FindingKind::CohortAnomaly => "cohort_anomaly",
         }
     }
 }
@@ -141,39 +149,404 @@ pub struct Finding {
     pub event_ids: Vec<String>,
 }
 
-/// Whether a decision was carried out or only recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How a rule's decision is carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
-    /// Recorded only: what the rule would have done.
+    /// Recorded only: what the rule would have done. Nothing is sent, nothing is enforced.
     Shadow,
+    /// `agent.warn` (or `cohort.warn`, `fleet.warn`) is sent; the breaker the gateway sees stays closed.
+    Warn,
+    /// Carried out: the halt is sent and the check endpoint refuses the agent.
+    Enforce,
 }
 
 impl Mode {
+    /// Every mode, weakest first.
+    pub const ALL: &'static [Mode] = &[Mode::Shadow, Mode::Warn, Mode::Enforce];
+
     /// The wire name.
     pub const fn as_str(self) -> &'static str {
         match self {
             Mode::Shadow => "shadow",
+            Mode::Warn => "warn",
+            Mode::Enforce => "enforce",
         }
     }
 }
 
-/// A decision about an agent, archived under `control/`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Decision {
-    /// Event time of the decision.
-    #[serde(serialize_with = "rfc3339")]
+/// What a breaker covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// One agent.
+    Agent,
+    /// Every agent behind one model, provider or credential issuer.
+    Cohort,
+    /// Every agent.
+    Fleet,
+}
+
+impl Scope {
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Scope::Agent => "agent",
+            Scope::Cohort => "cohort",
+            Scope::Fleet => "fleet",
+        }
+    }
+}
+
+/// What agents of a cohort share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Factor {
+    /// The event's `model`.
+    Model,
+    /// The event's `model_provider`.
+    Provider,
+    /// `attributes.credential_issuer`: who issued the credential the agent acts with.
+    Issuer,
+}
+
+impl Factor {
+    /// Every factor.
+    pub const ALL: &'static [Factor] = &[Factor::Model, Factor::Provider, Factor::Issuer];
+
+    /// The wire name (also the API path segment and the CLI's `--cohort NAME=VALUE`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Factor::Model => "model",
+            Factor::Provider => "provider",
+            Factor::Issuer => "issuer",
+        }
+    }
+
+    /// The factor named `s` (`credential_issuer` is accepted for `issuer`).
+    pub fn parse(s: &str) -> Option<Factor> {
+        match s {
+            "model" => Some(Factor::Model),
+            "provider" | "model_provider" => Some(Factor::Provider),
+            "issuer" | "credential_issuer" => Some(Factor::Issuer),
+            _ => None,
+        }
+    }
+}
+
+/// Where a breaker stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    /// Acting normally.
+    Closed,
+    /// Halted.
+    Open,
+    /// Allowed again on probation: the next trip reopens at once.
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// What a transition did, as the archive, the topics and webhooks name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Action {
+    /// An agent halted (or, in shadow mode, would have been).
+    #[serde(rename = "agent.halt")]
+    AgentHalt,
+    /// A rule in warn mode would halt the agent; it keeps acting.
+    #[serde(rename = "agent.warn")]
+    AgentWarn,
+    /// A halted agent may act again on probation (after the cooldown).
+    #[serde(rename = "agent.half_open")]
+    AgentHalfOpen,
+    /// An agent may act again (an operator, or a quiet probation).
+    #[serde(rename = "agent.resume")]
+    AgentResume,
+    /// A cohort halted.
+    #[serde(rename = "cohort.halt")]
+    CohortHalt,
+    /// A cohort rule in warn mode.
+    #[serde(rename = "cohort.warn")]
+    CohortWarn,
+    /// A cohort may act again.
+    #[serde(rename = "cohort.resume")]
+    CohortResume,
+    /// The whole fleet halted.
+    #[serde(rename = "fleet.halt")]
+    FleetHalt,
+    /// A fleet rule in warn mode.
+    #[serde(rename = "fleet.warn")]
+    FleetWarn,
+    /// The fleet may act again.
+    #[serde(rename = "fleet.resume")]
+    FleetResume,
+}
+
+impl Action {
+    /// Every action.
+    pub const ALL: &'static [Action] = &[
+        Action::AgentHalt,
+        Action::AgentWarn,
+        Action::AgentHalfOpen,
+        Action::AgentResume,
+        Action::CohortHalt,
+        Action::CohortWarn,
+        Action::CohortResume,
+        Action::FleetHalt,
+        Action::FleetWarn,
+        Action::FleetResume,
+    ];
+
+    /// The wire name (the webhook event type).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Action::AgentHalt => "agent.halt",
+            Action::AgentWarn => "agent.warn",
+            Action::AgentHalfOpen => "agent.half_open",
+            Action::AgentResume => "agent.resume",
+            Action::CohortHalt => "cohort.halt",
+            Action::CohortWarn => "cohort.warn",
+            Action::CohortResume => "cohort.resume",
+            Action::FleetHalt => "fleet.halt",
+            Action::FleetWarn => "fleet.warn",
+            Action::FleetResume => "fleet.resume",
+        }
+    }
+
+    /// The action named `s`.
+    pub fn parse(s: &str) -> Option<Action> {
+        Action::ALL.iter().copied().find(|a| a.as_str() == s)
+    }
+
+    /// What the breaker covers.
+    pub const fn scope(self) -> Scope {
+        match self {
+            Action::AgentHalt | Action::AgentWarn | Action::AgentHalfOpen | Action::AgentResume => {
+                Scope::Agent
+            }
+            Action::CohortHalt | Action::CohortWarn | Action::CohortResume => Scope::Cohort,
+            Action::FleetHalt | Action::FleetWarn | Action::FleetResume => Scope::Fleet,
+        }
+    }
+}
+
+/// The rules that move breakers by themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// One critical finding.
+    CriticalFinding,
+    /// N findings of at least a severity within a window.
+    RepeatedFindings,
+    /// A hard limit or budget (rate, session bytes, token or money budget at its hard level).
+    HardLimit,
+    /// K agents behind one factor raising findings within a window.
+    CohortFindings,
+    /// K agents tripping within a window.
+    FleetTrips,
+    /// The cooldown after a halt ended: probation.
+    Cooldown,
+    /// Probation passed quietly.
+    Quiet,
+}
+
+impl Rule {
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Rule::CriticalFinding => "critical_finding",
+            Rule::RepeatedFindings => "repeated_findings",
+            Rule::HardLimit => "hard_limit",
+            Rule::CohortFindings => "cohort_findings",
+            Rule::FleetTrips => "fleet_trips",
+            Rule::Cooldown => "cooldown",
+            Rule::Quiet => "quiet",
+        }
+    }
+}
+
+/// Who moved a breaker.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Actor {
+    /// A rule, on findings.
+    Rule(Rule),
+    /// A person (or their tool), by name, through the control API.
+    Operator(String),
+}
+
+impl Actor {
+    /// `rule:NAME` or `operator:NAME`, as archived.
+    pub fn wire(&self) -> String {
+        match self {
+            Actor::Rule(r) => format!("rule:{}", r.as_str()),
+            Actor::Operator(n) => format!("operator:{n}"),
+        }
+    }
+
+    /// Parses what [`Actor::wire`] wrote.
+    pub fn parse(s: &str) -> Option<Actor> {
+        if let Some(name) = s.strip_prefix("operator:") {
+            return Some(Actor::Operator(name.to_owned()));
+        }
+        let rule = s.strip_prefix("rule:")?;
+        [
+            Rule::CriticalFinding,
+            Rule::RepeatedFindings,
+            Rule::HardLimit,
+            Rule::CohortFindings,
+            Rule::FleetTrips,
+            Rule::Cooldown,
+            Rule::Quiet,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == rule)
+        .map(Actor::Rule)
+    }
+}
+
+impl Serialize for Actor {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.wire())
+    }
+}
+
+impl<'de> Deserialize<'de> for Actor {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Actor::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("not an actor: {s:?}")))
+    }
+}
+
+fn rfc3339_de<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::timestamp::parse_rfc3339_ms(&s)
+        .map_err(|e| serde::de::Error::custom(format!("not an RFC 3339 time: {s:?}: {e}")))
+}
+
+/// One move of a breaker (or, in shadow and warn mode, the move a rule would have made), archived under
+/// `control/`, published on the control topic, and sent to webhooks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    /// Deterministic: the same decision on the same input gives the same id; the webhook-id.
+    pub transition_id: String,
+    /// When: the event time of the finding behind it, or the command's stamp.
+    #[serde(serialize_with = "rfc3339", deserialize_with = "rfc3339_de")]
     pub ts: i64,
-    /// `agent.halt`.
-    pub action: &'static str,
-    /// The agent.
-    pub agent_id: String,
-    /// Shadow (recorded only) in this version.
+    /// What it did.
+    pub action: Action,
+    /// The agent, for an agent transition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// The shared factor, for a cohort transition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factor: Option<Factor>,
+    /// The factor's value (the model's name, …), for a cohort transition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The agents it covers (a cohort's agents known when it moved; empty for one agent or the fleet).
+    #[serde(default)]
+    pub agents: Vec<String>,
+    /// Where the breaker was.
+    pub from: BreakerState,
+    /// Where it went (in shadow and warn mode: where it would have gone).
+    pub to: BreakerState,
+    /// How it is carried out.
     pub mode: Mode,
-    /// The rule that decided: `rule:critical_finding` or `rule:high_findings`.
-    pub actor: &'static str,
+    /// Who moved it.
+    pub actor: Actor,
     /// One sentence.
     pub reason: String,
+    /// The numbers behind it.
+    #[serde(default)]
+    pub evidence: serde_json::Map<String, serde_json::Value>,
     /// The findings behind it.
+    #[serde(default)]
     pub finding_ids: Vec<String>,
+}
+
+impl Transition {
+    /// The scope it moves.
+    pub fn scope(&self) -> Scope {
+        self.action.scope()
+    }
+
+    /// The breaker it moves: `agent:ID`, `cohort:FACTOR=VALUE` or `fleet`.
+    pub fn key(&self) -> String {
+        match self.scope() {
+            Scope::Agent => format!("agent:{}", self.agent_id.as_deref().unwrap_or_default()),
+            Scope::Cohort => format!(
+                "cohort:{}={}",
+                self.factor.map_or("", Factor::as_str),
+                self.value.as_deref().unwrap_or_default()
+            ),
+            Scope::Fleet => "fleet".to_owned(),
+        }
+    }
+}
+
+/// What became of one webhook delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// The endpoint answered 2xx.
+    Delivered,
+    /// Given up after the last attempt; `detail` says why.
+    Failed,
+    /// The endpoint answered 410 Gone and is disabled.
+    Disabled,
+    /// The target was refused before connecting (a private address without `allow_private`).
+    Refused,
+}
+
+impl Delivery {
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Delivery::Delivered => "delivered",
+            Delivery::Failed => "failed",
+            Delivery::Disabled => "disabled",
+            Delivery::Refused => "refused",
+        }
+    }
+}
+
+/// The outcome of sending one transition to one webhook endpoint, archived under `control/` beside it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryOutcome {
+    /// The transition (and webhook-id) delivered.
+    pub transition_id: String,
+    /// The endpoint's name.
+    pub endpoint: String,
+    /// When the outcome was known (wall clock, UTC ms).
+    #[serde(serialize_with = "rfc3339", deserialize_with = "rfc3339_de")]
+    pub ts: i64,
+    /// What happened.
+    pub outcome: Delivery,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last HTTP status, if any.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// One sentence: why not, or how long it took.
+    pub detail: String,
+}
+
+/// One row of `control/`: a transition, or what became of its delivery to one endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+pub enum ControlRecord {
+    /// A breaker moved.
+    Transition(Transition),
+    /// A webhook delivery ended.
+    Delivery(DeliveryOutcome),
 }

@@ -29,7 +29,10 @@ use vigil_ingest::archive::{
 };
 use vigil_ingest::source::Line;
 use vigil_ingest::source::kafka::StateRecord;
+use vigil_schemas::rows::{ControlRecord, Finding, Transition};
 use vigil_schemas::{Event, Invalid};
+
+use crate::control::{Control, Mark};
 
 use super::classify::{DedupWindow, Horizon, admit_keyed, decode_line, within_cap};
 use super::{PipelineError, checkpoint_of, engine_state, restored_engine};
@@ -64,11 +67,13 @@ pub enum Taken {
     Refused(Invalid),
 }
 
-/// Where findings and decisions go besides the archive (NDJSON, Kafka topics, and the coming breakers
-/// and webhooks): one arm per output, called once per batch in the order the engine produced them.
+/// Where findings and transitions go besides the archive (NDJSON, Kafka topics): one arm per output,
+/// called once per batch in the order the engine and the board produced them. (Webhooks are not an
+/// arm: the control plane queues them from its durable log.)
 pub trait Fanout: Send {
-    /// Takes one batch's findings and decisions (already counted and in the archive's buffers).
-    fn emit(&mut self, out: &Output) -> Result<(), PipelineError>;
+    /// Takes one batch's findings and breaker transitions (already counted and in the archive's
+    /// buffers).
+    fn emit(&mut self, findings: &[Finding], transitions: &[Transition]) -> Result<(), PipelineError>;
     /// Called before each archive flush (and at the end): make what was emitted visible.
     fn flush(&mut self) -> Result<(), PipelineError> {
         Ok(())
@@ -166,7 +171,12 @@ pub struct Lane {
     flush_every: Duration,
     last_flush: Instant,
     out: Output,
+    transitions: Vec<Transition>,
     taken: Vec<Taken>,
+    /// The breakers, shared by every lane of the process (none for a detached lane).
+    control: Option<Arc<Control>>,
+    /// This lane's batches taken and durable, for commands that wait on the archive.
+    mark: Option<Arc<Mark>>,
     /// What this lane last added to the tracked-agents gauge.
     agents: i64,
     /// The earliest and latest event time taken.
@@ -187,6 +197,7 @@ impl Lane {
         origin: Origin,
         outputs: Vec<Box<dyn Fanout>>,
         telemetry: Arc<Telemetry>,
+        control: Arc<Control>,
     ) -> Result<Lane, PipelineError> {
         let (name, mut archive, checkpoint, remote) = match origin {
             Origin::Named(name) => {
@@ -214,6 +225,12 @@ impl Lane {
         let mut lane = Lane::new(name, &cfg.input, &cfg.archive, engine, dedup, outputs, telemetry);
         lane.archive = Some(archive);
         lane.writer = Some(writer);
+        let mark = control.register();
+        if let Some(w) = lane.writer.as_mut() {
+            w.mark = Some(mark.clone());
+        }
+        lane.mark = Some(mark);
+        lane.control = Some(control);
         lane.count_agents();
         Ok(lane)
     }
@@ -259,7 +276,10 @@ impl Lane {
             flush_every: Duration::from_secs_f64(archive.flush_seconds),
             last_flush: Instant::now(),
             out: Output::default(),
+            transitions: Vec::new(),
             taken: Vec::new(),
+            control: None,
+            mark: None,
             agents: 0,
             span: None,
         }
@@ -424,6 +444,10 @@ impl Lane {
             }
         };
         counts.late = self.engine.stats().late - late_before;
+        self.transitions.clear();
+        if let Some(c) = &self.control {
+            c.judge(&events, &mut self.out.findings, &mut self.transitions)?;
+        }
         drop(events);
         let judged = Instant::now();
         self.fan_out()?;
@@ -436,11 +460,17 @@ impl Lane {
         );
         t.stage(Stage::Archive, archive_seconds + judged.elapsed().as_secs_f64());
         self.count_agents();
+        if let Some(m) = &self.mark {
+            let seq = m.took();
+            if !self.has_uncommitted() {
+                m.durable_to(seq);
+            }
+        }
         Ok(&self.taken)
     }
 
-    /// Counts one batch of findings and decisions, buffers them for the archive and hands them to every
-    /// output.
+    /// Counts one batch of findings, buffers them and the transitions for the archive and hands both
+    /// to every output (transitions were counted by the control plane).
     fn fan_out(&mut self) -> Result<(), PipelineError> {
         for f in &self.out.findings {
             self.telemetry.finding(f.kind, f.severity);
@@ -448,27 +478,35 @@ impl Lane {
                 a.push_finding(f);
             }
         }
-        for d in &self.out.decisions {
-            self.telemetry.decision(d);
-            if let Some(a) = self.archive.as_mut() {
-                a.push_decision(d);
+        if let Some(a) = self.archive.as_mut() {
+            for t in &self.transitions {
+                a.push_control(&ControlRecord::Transition(t.clone()));
             }
         }
         for o in &mut self.outputs {
-            o.emit(&self.out)?;
+            o.emit(&self.out.findings, &self.transitions)?;
         }
         Ok(())
     }
 
-    /// The findings and decisions of the last `take` or `finish`.
+    /// The findings of the last `take` or `finish` (the engine's and the board's).
     pub fn output(&self) -> &Output {
         &self.out
+    }
+
+    /// The breaker transitions of the last `take` or `finish`.
+    pub fn transitions(&self) -> &[Transition] {
+        &self.transitions
     }
 
     /// The input ended: closes the windows still open, so their last minutes are judged too.
     pub fn finish(&mut self) -> Result<(), PipelineError> {
         self.out.clear();
         self.engine.finish(&mut self.out);
+        self.transitions.clear();
+        if let Some(c) = &self.control {
+            c.judge(&[], &mut self.out.findings, &mut self.transitions)?;
+        }
         self.fan_out()?;
         self.count_agents();
         Ok(())
@@ -485,15 +523,25 @@ impl Lane {
         self.archive.as_ref().is_some_and(Archive::has_uncommitted)
     }
 
-    /// Whether a flush is due: `flush_rows` rows buffered, or something buffered for `flush_seconds`.
+    /// Whether a flush is due: `flush_rows` rows buffered, or something buffered for `flush_seconds`,
+    /// or an operator's command waits for what this lane took to be durable, or control rows (commands,
+    /// delivery outcomes) wait to be archived.
     pub fn due(&self) -> bool {
+        let control = self.control.as_deref();
+        let hurried = control.is_some_and(Control::hurry);
+        let timed = self.last_flush.elapsed() >= self.flush_every;
         self.archive.as_ref().is_some_and(|a| {
-            a.should_flush() || (a.has_uncommitted() && self.last_flush.elapsed() >= self.flush_every)
+            a.should_flush()
+                || (a.has_uncommitted() && (timed || hurried))
+                || (timed && control.is_some_and(Control::rows_waiting))
         })
     }
 
     /// How long until a flush falls due by time (for a driver waiting on input).
     pub fn until_due(&self) -> Duration {
+        if self.control.as_deref().is_some_and(Control::hurry) {
+            return Duration::ZERO;
+        }
         if self.has_uncommitted() {
             self.flush_every.saturating_sub(self.last_flush.elapsed())
         } else {
@@ -515,10 +563,23 @@ impl Lane {
     pub fn flush(&mut self, then_remove: Option<PathBuf>) -> Result<(), PipelineError> {
         let job = self.prepare_flush(false)?;
         let Some(w) = self.writer.as_mut() else { return Ok(()) };
+        let seq = self.mark.as_ref().map_or(0, |m| m.taken());
+        let hurried = self.control.as_deref().is_some_and(Control::hurry);
         if job.is_none() && then_remove.is_none() {
-            return w.reap(false).map(drop);
+            // Nothing buffered: what was taken is durable once earlier flushes are.
+            w.reap(hurried)?;
+            if w.in_flight == 0
+                && let Some(m) = &self.mark
+            {
+                m.durable_to(seq);
+            }
+            return Ok(());
         }
-        w.send(Job { flush: job.map(|(j, _)| j), then_remove })
+        w.send(Job { flush: job.map(|(j, _)| j), then_remove, seq })?;
+        if hurried {
+            w.reap(true)?;
+        }
+        Ok(())
     }
 
     /// Flushes and waits until the archive files and the checkpoint are durable, with a copy of the
@@ -531,8 +592,9 @@ impl Lane {
             }
             return Ok(None);
         };
+        let seq = self.mark.as_ref().map_or(0, |m| m.taken());
         let w = self.writer.as_mut().ok_or(PipelineError::WriterStopped)?;
-        w.send(Job { flush: Some(job), then_remove: None })?;
+        w.send(Job { flush: Some(job), then_remove: None, seq })?;
         let report = w.reap(true)?.ok_or(PipelineError::WriterStopped)?;
         Ok(Some(Durable { position: report.committed_position, state }))
     }
@@ -546,6 +608,11 @@ impl Lane {
             o.flush()?;
         }
         let Some(a) = self.archive.as_mut() else { return Ok(None) };
+        if let Some(c) = &self.control {
+            for r in c.take_rows() {
+                a.push_control(&r);
+            }
+        }
         if !a.has_uncommitted() {
             return Ok(None);
         }
@@ -575,6 +642,8 @@ impl Lane {
 struct Job {
     flush: Option<FlushJob>,
     then_remove: Option<PathBuf>,
+    /// The lane's batches taken when it was prepared: durable with it.
+    seq: u64,
 }
 
 /// A lane's writer thread: writes each flush (Parquet encoding overlaps the next batches' judging),
@@ -583,6 +652,10 @@ struct Writer {
     jobs: Option<SyncSender<Job>>,
     reports: Receiver<Result<Option<FlushReport>, ArchiveError>>,
     in_flight: usize,
+    /// The batch counts of the jobs in flight, oldest first.
+    seqs: std::collections::VecDeque<u64>,
+    /// Told each job's batch count once it is durable.
+    mark: Option<Arc<Mark>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -617,17 +690,26 @@ impl Writer {
                 }
             })
             .map_err(|_| PipelineError::WriterStopped)?;
-        Ok(Writer { jobs: Some(jobs), reports, in_flight: 0, thread: Some(thread) })
+        Ok(Writer {
+            jobs: Some(jobs),
+            reports,
+            in_flight: 0,
+            seqs: Default::default(),
+            mark: None,
+            thread: Some(thread),
+        })
     }
 
     fn send(&mut self, job: Job) -> Result<(), PipelineError> {
         self.reap(false)?;
+        let seq = job.seq;
         let sent = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
         if !sent {
             // The writer stopped: it has sent the error that stopped it.
             return Err(self.stopped());
         }
         self.in_flight += 1;
+        self.seqs.push_back(seq);
         Ok(())
     }
 
@@ -646,7 +728,12 @@ impl Writer {
                 }
             };
             self.in_flight -= 1;
-            if let Some(r) = report? {
+            let seq = self.seqs.pop_front();
+            let report = report?;
+            if let (Some(m), Some(seq)) = (&self.mark, seq) {
+                m.durable_to(seq);
+            }
+            if let Some(r) = report {
                 last = Some(r);
             }
         }

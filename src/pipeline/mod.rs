@@ -14,9 +14,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use vigil_detect::{Engine, FindingKind, Output, Severity, Snapshot};
+use vigil_detect::{Engine, FindingKind, Severity, Snapshot};
 use vigil_ingest::archive::ArchiveError;
 use vigil_ingest::source::InputError;
+use vigil_schemas::rows::{Finding, Transition};
 
 pub(crate) use classify::within_cap;
 pub use classify::{DedupWindow, Horizon, classify};
@@ -27,6 +28,9 @@ use crate::telemetry::Telemetry;
 /// What stopped a run. Bad input never does: it is dead-lettered.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
+    /// The control plane (breakers, control log, webhooks).
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
     /// No input was configured.
     #[error("no input: give --input PATH (or - for stdin), or [input] path in the config")]
     NoInput,
@@ -117,8 +121,14 @@ pub struct Summary {
     pub dead_letters: BTreeMap<&'static str, u64>,
     /// Findings by kind and severity.
     pub findings: BTreeMap<(FindingKind, Severity), u64>,
-    /// Agents a halt decision was recorded for (shadow mode), with the rule that decided.
-    pub halted: Vec<(String, String)>,
+    /// Breaker transitions of this run (bounded; the archive's `control/` has them all).
+    pub moved: Vec<Moved>,
+    /// Webhook deliveries that ended 2xx.
+    pub delivered: u64,
+    /// Webhook deliveries that ended otherwise (given up, endpoint disabled, refused).
+    pub undelivered: u64,
+    /// Webhook deliveries still owed at the end: they stay in the outbox for the next start.
+    pub owed: u64,
     /// Distinct agents seen (all runs on this checkpoint).
     pub agents: usize,
     /// Events judged too late for their window.
@@ -195,6 +205,19 @@ pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// One breaker transition, as the run summary lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    /// `agent:ID`, `cohort:FACTOR=VALUE` or `fleet`.
+    pub key: String,
+    /// `agent.halt`, …
+    pub action: &'static str,
+    /// `shadow`, `warn` or `enforce`.
+    pub mode: &'static str,
+    /// `rule:NAME` or `operator:NAME`.
+    pub actor: String,
+}
+
 /// Options of one run beyond the config file.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -264,8 +287,8 @@ impl FindingsFile {
 }
 
 impl Fanout for FindingsFile {
-    fn emit(&mut self, out: &Output) -> Result<(), PipelineError> {
-        for f in &out.findings {
+    fn emit(&mut self, findings: &[Finding], _: &[Transition]) -> Result<(), PipelineError> {
+        for f in findings {
             self.line.clear();
             self.line.push_str(&serde_json::to_string(f).unwrap_or_default());
             self.line.push('\n');

@@ -3,19 +3,22 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use vigil_ingest::source::{Chunk, LineReader, Lingering, open_input};
 use vigil_schemas::Invalid;
 
 use crate::config::VigilConfig;
+use crate::control::Control;
 use crate::pipeline::{FindingsFile, Item, Lane, Origin, PipelineError, RunOptions, Summary, now_ms};
 use crate::progress::Progress;
 use crate::telemetry::Telemetry;
 
 /// Runs the whole pipeline over the configured input until it ends.
 pub fn run(cfg: &VigilConfig, opts: &RunOptions) -> Result<Summary, PipelineError> {
-    run_with(cfg, opts, Arc::new(Telemetry::new()))
+    let telemetry = Arc::new(Telemetry::new());
+    let control = Control::open(cfg, telemetry.clone())?;
+    run_with(cfg, opts, telemetry, control)
 }
 
 /// [`run`], counting into `telemetry` (which a server beside the run may expose).
@@ -23,6 +26,7 @@ pub fn run_with(
     cfg: &VigilConfig,
     opts: &RunOptions,
     telemetry: Arc<Telemetry>,
+    control: Arc<Control>,
 ) -> Result<Summary, PipelineError> {
     let started = Instant::now();
     let path = cfg.input.path.clone().ok_or(PipelineError::NoInput)?;
@@ -42,7 +46,8 @@ pub fn run_with(
         (None, false) => input.name.clone(),
     };
     let outputs = FindingsFile::open(cfg.output.findings.as_deref())?;
-    let mut lane = Lane::open(cfg, Origin::Named(source.clone()), outputs, telemetry.clone())?;
+    let mut lane =
+        Lane::open(cfg, Origin::Named(source.clone()), outputs, telemetry.clone(), control.clone())?;
     let mut reader =
         LineReader::new(input.reader, cfg.input.max_event_bytes, cfg.input.dead_letter_payload_bytes);
     let mut progress = Progress::new(opts.progress, "ingest", input.size);
@@ -91,6 +96,9 @@ pub fn run_with(
     if unreadable.is_none() {
         lane.finish()?;
     }
+    // The webhooks this run decided go out before it exits (within the grace); what is left stays owed
+    // in the control log for the next start. Their outcomes are archived by the last flush.
+    control.drain(Duration::from_secs_f64(cfg.control.delivery_grace_seconds));
     lane.close()?;
     if let Some(e) = unreadable {
         return Err(e);

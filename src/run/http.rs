@@ -31,6 +31,7 @@ use vigil_ingest::source::kafka::KafkaConfig;
 use vigil_schemas::Invalid;
 
 use crate::config::{HttpConfig, InputConfig, VigilConfig};
+use crate::control::Control;
 use crate::pipeline::{
     DedupWindow, FindingsFile, Horizon, Item, Lane, Origin, PipelineError, StatusLine, Summary, Taken,
     classify, now_ms, within_cap,
@@ -121,12 +122,16 @@ impl HttpIntake {
     /// Opens the intake: under Kafka, the producer (creating topics when configured); else the `http`
     /// lane and its journal, recovered (what an interrupted run answered is archived first), and the
     /// pipeline thread.
-    pub fn open(cfg: &VigilConfig, telemetry: Arc<Telemetry>) -> Result<HttpIntake, IntakeError> {
+    pub fn open(
+        cfg: &VigilConfig,
+        telemetry: Arc<Telemetry>,
+        control: Arc<Control>,
+    ) -> Result<HttpIntake, IntakeError> {
         let ended = Arc::new(AtomicBool::new(false));
         let sink = match &cfg.kafka {
             Some(k) => Sink::Kafka(KafkaFront::new(k, &cfg.http)?),
             None => {
-                let journaled = JournaledLane::open(cfg, telemetry.clone())?;
+                let journaled = JournaledLane::open(cfg, telemetry.clone(), control)?;
                 let (tx, rx) = mpsc::sync_channel(cfg.http.queue_batches);
                 let flag = ended.clone();
                 let thread = std::thread::Builder::new()
@@ -270,10 +275,14 @@ struct JournaledLane {
 impl JournaledLane {
     /// Opens the lane and the journal, and archives what an interrupted run took into its journal but
     /// had not archived (judged again, as a file is replayed from its checkpoint), before serving.
-    fn open(cfg: &VigilConfig, telemetry: Arc<Telemetry>) -> Result<JournaledLane, PipelineError> {
+    fn open(
+        cfg: &VigilConfig,
+        telemetry: Arc<Telemetry>,
+        control: Arc<Control>,
+    ) -> Result<JournaledLane, PipelineError> {
         let source = cfg.input.source_name.clone().unwrap_or_else(|| HTTP_SOURCE.into());
         let outputs = FindingsFile::open(cfg.output.findings.as_deref())?;
-        let lane = Lane::open(cfg, Origin::Named(source.clone()), outputs, telemetry.clone())?;
+        let lane = Lane::open(cfg, Origin::Named(source.clone()), outputs, telemetry.clone(), control)?;
         let committed = lane.committed_position();
         let dir = cfg.archive.dir.join(JOURNAL_DIR).join(&source);
         let journal_err = |source| PipelineError::Journal { path: dir.clone(), source };

@@ -21,10 +21,12 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use vigil_detect::Output;
 use vigil_ingest::source::kafka::{AckContext, KafkaConfig, Lag, StateRecord};
 
+use vigil_schemas::rows::{Finding, Transition};
+
 use crate::config::VigilConfig;
+use crate::control::Control;
 use crate::pipeline::{Fanout, Item, Lane, Origin, PipelineError, StatusLine, Summary, Taken, now_ms};
 use crate::telemetry::Telemetry;
 
@@ -62,6 +64,7 @@ struct Shared {
     /// The first error met inside a rebalance callback (which cannot return one).
     failed: Mutex<Option<String>>,
     telemetry: Arc<Telemetry>,
+    control: Arc<Control>,
     lag: Lag,
     /// Partitions of the state topic (0: no state topic).
     state_partitions: i32,
@@ -95,7 +98,7 @@ impl Shared {
             findings: self.kafka.findings_topic.clone(),
             control: self.kafka.control_topic.clone(),
         });
-        let lane = Lane::open(&self.cfg, origin, vec![topics], self.telemetry.clone())?;
+        let lane = Lane::open(&self.cfg, origin, vec![topics], self.telemetry.clone(), self.control.clone())?;
         Ok(PartState { lane, assigned_at: self.epoch.load(Ordering::SeqCst) })
     }
 
@@ -254,7 +257,9 @@ pub fn run(
     opts: &KafkaRunOptions,
     stop: &AtomicBool,
 ) -> Result<(Summary, Lag), PipelineError> {
-    run_with(cfg, opts, stop, Arc::new(Telemetry::new()))
+    let telemetry = Arc::new(Telemetry::new());
+    let control = Control::open(cfg, telemetry.clone())?;
+    run_with(cfg, opts, stop, telemetry, control)
 }
 
 /// [`run`], counting into `telemetry` (which a server beside the member may expose).
@@ -263,6 +268,7 @@ pub fn run_with(
     opts: &KafkaRunOptions,
     stop: &AtomicBool,
     telemetry: Arc<Telemetry>,
+    control: Arc<Control>,
 ) -> Result<(Summary, Lag), PipelineError> {
     let kafka = cfg.kafka.clone().ok_or(PipelineError::NoInput)?;
     let started = Instant::now();
@@ -292,6 +298,7 @@ pub fn run_with(
         epoch: AtomicU64::new(0),
         failed: Mutex::new(None),
         telemetry: telemetry.clone(),
+        control,
         lag: Lag::default(),
         state_partitions,
     });
@@ -362,6 +369,9 @@ pub fn run_with(
     let mut parts = shared.parts();
     let mut keys: Vec<(String, i32)> = parts.keys().cloned().collect();
     keys.sort();
+    // Webhooks decided before the stop go out first (within the grace); their outcomes are archived by
+    // the last flushes. What is left stays owed in the control log.
+    shared.control.drain(Duration::from_secs_f64(shared.cfg.control.delivery_grace_seconds));
     let mut closing = Ok(());
     for key in keys {
         if let Some(st) = parts.get_mut(&key)
@@ -466,8 +476,9 @@ fn dead_letter(
     send(&shared.producer, record)
 }
 
-/// The findings and control topics, as a lane's fan-out arm: findings and decisions published for other
-/// systems, keyed by agent_id (acknowledged before the partition's offset moves).
+/// The findings and control topics, as a lane's fan-out arm: findings (keyed by agent_id) and breaker
+/// transitions (keyed by the breaker: `agent:ID`, `cohort:F=V`, `fleet`) published for other systems,
+/// acknowledged before the partition's offset moves.
 struct Topics {
     producer: Arc<ThreadedProducer<AckContext>>,
     findings: String,
@@ -475,12 +486,12 @@ struct Topics {
 }
 
 impl Fanout for Topics {
-    fn emit(&mut self, out: &Output) -> Result<(), PipelineError> {
-        for f in &out.findings {
+    fn emit(&mut self, findings: &[Finding], transitions: &[Transition]) -> Result<(), PipelineError> {
+        for f in findings {
             publish(&self.producer, &self.findings, &f.agent_id, f)?;
         }
-        for d in &out.decisions {
-            publish(&self.producer, &self.control, &d.agent_id, d)?;
+        for t in transitions {
+            publish(&self.producer, &self.control, &t.key(), t)?;
         }
         Ok(())
     }

@@ -1,11 +1,12 @@
-//! The one HTTP server: every route vigil answers (`POST /v1/events`, `/metrics`, `/healthz`, and the
-//! control API and check endpoint to come) on one listener, with one accept loop, one set of limits and
-//! one drain.
+//! The one HTTP server: every route vigil answers (`POST /v1/events`, `/metrics`, `/healthz`, the
+//! control API and the gateway check) on one listener, with one accept loop, one set of limits and one
+//! drain.
 //!
-//! The server can run beside any driver: `vigil serve` hosts the event intake on it; `vigil run` (a file
-//! or a Kafka member) starts it on `[api] listen` for `/metrics` and `/healthz`. It knows routes, not
-//! pipelines: it calls drivers (the HTTP intake), never the reverse.
+//! The server can run beside any driver: `vigil serve` hosts the event intake and the API on it;
+//! `vigil run` (a file or a Kafka member) starts it on `[api] listen`. It knows routes, not pipelines: it
+//! calls drivers (the HTTP intake) and the control plane, never the reverse.
 
+pub mod api;
 mod events;
 
 use std::future::Future;
@@ -26,6 +27,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::config::VigilConfig;
+use crate::control::Control;
 use crate::pipeline::{StatusLine, Summary};
 use crate::run::http::{HttpIntake, IntakeError};
 use crate::telemetry::Telemetry;
@@ -47,6 +49,12 @@ pub enum ServeError {
     /// The HTTP intake failed (the archive could not be written, Kafka refused…).
     #[error(transparent)]
     Intake(#[from] IntakeError),
+    /// The control plane could not start (the control log, a webhook's secret).
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
+    /// The API's tokens, or a listen address that would expose it without one.
+    #[error("{0}")]
+    Auth(String),
 }
 
 /// A bound listener and the runtime that serves it.
@@ -174,7 +182,11 @@ fn base_routes(telemetry: Arc<Telemetry>, stopping: Arc<AtomicBool>) -> Router {
         .route("/healthz", get(healthz).with_state(stopping))
         .route("/metrics", get(metrics).with_state(telemetry))
         .fallback(|| async {
-            error(StatusCode::NOT_FOUND, "no such endpoint: POST /v1/events, GET /metrics, GET /healthz")
+            error(
+                StatusCode::NOT_FOUND,
+                "no such endpoint: POST /v1/events, GET /v1/check, /v1/agents, /v1/halts, \
+                 POST /v1/{agents/ID,cohorts/FACTOR/VALUE,fleet}/{halt,resume}, GET /metrics, GET /healthz",
+            )
         })
 }
 
@@ -221,7 +233,9 @@ pub fn serve(
     stop: &AtomicBool,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<Summary, ServeError> {
-    serve_with(cfg, stop, ready, Arc::new(Telemetry::new()))
+    let telemetry = Arc::new(Telemetry::new());
+    let control = Control::open(cfg, telemetry.clone())?;
+    serve_with(cfg, stop, ready, telemetry, control)
 }
 
 /// [`serve`], counting into `telemetry`.
@@ -230,11 +244,13 @@ pub fn serve_with(
     stop: &AtomicBool,
     ready: impl FnOnce(SocketAddr),
     telemetry: Arc<Telemetry>,
+    control: Arc<Control>,
 ) -> Result<Summary, ServeError> {
     let started = Instant::now();
     let mut server = Server::bind(&cfg.http.listen, cfg.http.workers)?;
+    let auth = api::Auth::resolve(&cfg.api, server.addr()).map_err(ServeError::Auth)?;
     // The archive is opened (and recovered) here, before the first request is taken.
-    let intake = Arc::new(HttpIntake::open(cfg, telemetry.clone())?);
+    let intake = Arc::new(HttpIntake::open(cfg, telemetry.clone(), control.clone())?);
     let permits = Arc::new(Semaphore::new(cfg.http.max_inflight_requests));
     let state = Arc::new(events::Events {
         http: cfg.http.clone(),
@@ -254,7 +270,8 @@ pub fn serve_with(
             }
         });
     }
-    server.start(events::routes(state), telemetry, Duration::from_secs(cfg.http.request_timeout_seconds));
+    let routes = events::routes(state).merge(api::routes(control.clone(), auth, &cfg.api, telemetry.clone()));
+    server.start(routes, telemetry, Duration::from_secs(cfg.http.request_timeout_seconds));
     ready(server.addr());
     server.wait_for(&[stop, intake.ended()]);
     server.stop_accepting();
@@ -265,6 +282,7 @@ pub fn serve_with(
         eprintln!("vigil: serve: requests still in flight after {}s; stopping anyway", drain.as_secs());
     }
     server.shutdown();
+    control.drain(Duration::from_secs_f64(cfg.control.delivery_grace_seconds));
     let mut summary = intake.close()?;
     summary.elapsed = started.elapsed();
     Ok(summary)

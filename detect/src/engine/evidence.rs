@@ -2,19 +2,6 @@
 
 use super::*;
 
-/// A finding id (32 hex digits) as its 16 bytes, for compact state.
-pub(super) fn id_bytes(id: &str) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = id.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()).unwrap_or(0);
-    }
-    out
-}
-
-pub(super) fn id_hex(id: &[u8; 16]) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The incident key of a finding at `ts`: the start of its cooldown period.
 pub(super) fn bucket(cfg: &Compiled, ts: i64) -> u64 {
     let period = cfg.cooldown_ms.max(1);

@@ -1,5 +1,5 @@
-//! The engine: per-agent state, the detectors, the folding of findings into incidents, and the shadow
-//! halt rule.
+//! The engine: per-agent state, the detectors, and the folding of findings into incidents. What a
+//! finding does to an agent (breakers, modes) is the `respond` crate's business.
 //!
 //! Everything here is synchronous and deterministic. The only clock is event time, which arrives with the
 //! events. Two kinds of check run:
@@ -18,7 +18,7 @@
 //! depend on which event of an incident arrived first.
 //!
 //! This file holds the engine (intake, windows, the sweep, folding); `state.rs` what it keeps; one file
-//! per detector family (`volume`, `scope`, `model`, `limits`, `halt`), and `evidence.rs` how findings
+//! per detector family (`volume`, `scope`, `model`, `limits`), and `evidence.rs` how findings
 //! are worded.
 
 use std::cmp::Reverse;
@@ -30,13 +30,12 @@ use vigil_schemas::{Event, Outcome};
 
 use crate::budget::{self, Spend};
 use crate::config::{Compiled, ConfigError, DetectConfig, SpikeConfig};
-use crate::finding::{Decision, Finding, FindingKind, Mode, Severity, finding_id};
+use crate::finding::{Finding, FindingKind, Severity, finding_id};
 use crate::keys::{KeyTable, PeerTable, push_generalised, stable_hash};
 use crate::stats::score;
 use crate::tail::{Judgement, Tail};
 
 mod evidence;
-mod halt;
 mod limits;
 mod model;
 mod scope;
@@ -44,7 +43,6 @@ mod state;
 mod volume;
 
 use evidence::*;
-use halt::*;
 use limits::*;
 use model::*;
 use scope::*;
@@ -66,15 +64,12 @@ const OPEN_PER_KIND: usize = 2;
 pub struct Output {
     /// New findings, and updates of open ones (same `finding_id`, raised severity).
     pub findings: Vec<Finding>,
-    /// Halt decisions (shadow mode in this version).
-    pub decisions: Vec<Decision>,
 }
 
 impl Output {
     /// Empties both lists, keeping their capacity.
     pub fn clear(&mut self) {
         self.findings.clear();
-        self.decisions.clear();
     }
 }
 
@@ -94,7 +89,7 @@ pub struct Stats {
     pub windows: u64,
 }
 
-/// The detection engine. Feed it batches of events; it returns findings and decisions.
+/// The detection engine. Feed it batches of events; it returns findings.
 ///
 /// ```
 /// use vigil_detect::{DetectConfig, Engine, Output};
@@ -656,7 +651,7 @@ impl Engine {
     }
 
     /// Folds a finding into its incident and emits what is new: the finding, an update of the open one
-    /// whose severity rose, or nothing. Then runs the halt rule.
+    /// whose severity rose, or nothing.
     fn emit(&mut self, idx: u32, mut f: Finding, key: u64, out: &mut Output) {
         f.finding_id = finding_id(f.kind, &f.agent_id, key as i64, "");
         let agent = &mut self.agents[idx as usize];
@@ -692,7 +687,6 @@ impl Engine {
             });
         }
         self.stats.findings += 1;
-        halt_rule(&self.cfg, agent, &f, out);
         out.findings.push(f);
     }
 }

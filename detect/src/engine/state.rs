@@ -327,10 +327,6 @@ pub(super) struct AgentState {
     pub(super) rate: [MinuteCount; 2],
     /// Open incidents.
     pub(super) open: Vec<OpenFinding>,
-    /// Event times and ids (as bytes) of recent high-or-worse findings, for the halt rule.
-    pub(super) recent_high: Vec<(i64, [u8; 16])>,
-    /// A halt was recorded; no further halt decisions until a resume (a later version).
-    pub(super) halted: bool,
     /// Windows not yet closed (usually one; two around a boundary within the lateness).
     pub(super) open_windows: Vec<Window>,
     /// Indices of the policies that cover this agent, for the role they were computed with.
@@ -345,7 +341,6 @@ impl AgentState {
         let mut n = size_of::<AgentState>();
         n += self.keys.keys.capacity() * size_of::<crate::keys::Learned>();
         n += self.open.capacity() * size_of::<OpenFinding>();
-        n += self.recent_high.capacity() * size_of::<(i64, [u8; 16])>();
         n += self.open_windows.capacity() * size_of::<Window>();
         for w in &self.open_windows {
             n += w.keys.capacity() * size_of::<WindowKey>() + w.models.capacity() * size_of::<WindowModel>();

@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use arrow_array::builder::{
     BinaryBuilder, BooleanBuilder, Float64Builder, Int32Builder, ListBuilder, StringBuilder,
-    TimestampMillisecondBuilder, UInt64Builder,
+    TimestampMillisecondBuilder, UInt16Builder, UInt32Builder, UInt64Builder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::SchemaRef;
 use vigil_schemas::Event;
 use vigil_schemas::arrow::{control_schema, dead_letters_schema, events_schema, findings_schema};
-use vigil_schemas::rows::{Decision, Finding};
+use vigil_schemas::rows::{ControlRecord, Finding};
 
 use super::DeadLetter;
 
@@ -395,13 +395,27 @@ impl Table for FindingColumns {
 /// Builders for `control/`.
 #[derive(Debug)]
 pub struct ControlColumns {
+    record: StringBuilder,
+    transition_id: StringBuilder,
     ts: TimestampMillisecondBuilder,
     action: StringBuilder,
+    scope: StringBuilder,
     agent_id: StringBuilder,
+    factor: StringBuilder,
+    value: StringBuilder,
+    agents: ListBuilder<StringBuilder>,
+    from_state: StringBuilder,
+    to_state: StringBuilder,
     mode: StringBuilder,
     actor: StringBuilder,
     reason: StringBuilder,
+    evidence: StringBuilder,
     finding_ids: ListBuilder<StringBuilder>,
+    endpoint: StringBuilder,
+    delivery: StringBuilder,
+    attempts: UInt32Builder,
+    http_status: UInt16Builder,
+    detail: StringBuilder,
     m_source: StringBuilder,
     m_ingested_at: TimestampMillisecondBuilder,
     rows: usize,
@@ -410,13 +424,27 @@ pub struct ControlColumns {
 impl Default for ControlColumns {
     fn default() -> Self {
         ControlColumns {
+            record: StringBuilder::new(),
+            transition_id: StringBuilder::new(),
             ts: ts(),
             action: StringBuilder::new(),
+            scope: StringBuilder::new(),
             agent_id: StringBuilder::new(),
+            factor: StringBuilder::new(),
+            value: StringBuilder::new(),
+            agents: string_list(),
+            from_state: StringBuilder::new(),
+            to_state: StringBuilder::new(),
             mode: StringBuilder::new(),
             actor: StringBuilder::new(),
             reason: StringBuilder::new(),
+            evidence: StringBuilder::new(),
             finding_ids: string_list(),
+            endpoint: StringBuilder::new(),
+            delivery: StringBuilder::new(),
+            attempts: UInt32Builder::new(),
+            http_status: UInt16Builder::new(),
+            detail: StringBuilder::new(),
             m_source: StringBuilder::new(),
             m_ingested_at: ts(),
             rows: 0,
@@ -425,15 +453,60 @@ impl Default for ControlColumns {
 }
 
 impl ControlColumns {
-    /// Appends one decision.
-    pub fn push(&mut self, d: &Decision, origin: Origin<'_>) {
-        self.ts.append_value(d.ts);
-        self.action.append_value(d.action);
-        self.agent_id.append_value(&d.agent_id);
-        self.mode.append_value(d.mode.as_str());
-        self.actor.append_value(d.actor);
-        self.reason.append_value(&d.reason);
-        push_strings(&mut self.finding_ids, &d.finding_ids);
+    /// Appends one transition or delivery outcome.
+    pub fn push(&mut self, r: &ControlRecord, origin: Origin<'_>) {
+        match r {
+            ControlRecord::Transition(t) => {
+                self.record.append_value("transition");
+                self.transition_id.append_value(&t.transition_id);
+                self.ts.append_value(t.ts);
+                self.action.append_value(t.action.as_str());
+                self.scope.append_value(t.scope().as_str());
+                self.agent_id.append_option(t.agent_id.as_deref());
+                self.factor.append_option(t.factor.map(|f| f.as_str()));
+                self.value.append_option(t.value.as_deref());
+                push_strings(&mut self.agents, &t.agents);
+                self.from_state.append_value(t.from.as_str());
+                self.to_state.append_value(t.to.as_str());
+                self.mode.append_value(t.mode.as_str());
+                self.actor.append_value(t.actor.wire());
+                self.reason.append_value(&t.reason);
+                self.evidence.append_value(serde_json::Value::Object(t.evidence.clone()).to_string());
+                push_strings(&mut self.finding_ids, &t.finding_ids);
+                self.endpoint.append_null();
+                self.delivery.append_null();
+                self.attempts.append_null();
+                self.http_status.append_null();
+                self.detail.append_null();
+            }
+            ControlRecord::Delivery(d) => {
+                self.record.append_value("delivery");
+                self.transition_id.append_value(&d.transition_id);
+                self.ts.append_value(d.ts);
+                for b in [
+                    &mut self.action,
+                    &mut self.scope,
+                    &mut self.agent_id,
+                    &mut self.factor,
+                    &mut self.value,
+                    &mut self.from_state,
+                    &mut self.to_state,
+                    &mut self.mode,
+                    &mut self.actor,
+                    &mut self.reason,
+                    &mut self.evidence,
+                ] {
+                    b.append_null();
+                }
+                self.agents.append(false);
+                self.finding_ids.append(false);
+                self.endpoint.append_value(&d.endpoint);
+                self.delivery.append_value(d.outcome.as_str());
+                self.attempts.append_value(d.attempts);
+                self.http_status.append_option(d.status);
+                self.detail.append_value(&d.detail);
+            }
+        }
         self.m_source.append_value(origin.source);
         self.m_ingested_at.append_value(origin.ingested_at);
         self.rows += 1;
@@ -454,13 +527,27 @@ impl Table for ControlColumns {
         batch(
             control_schema(),
             vec![
+                Arc::new(s.record.finish()),
+                Arc::new(s.transition_id.finish()),
                 Arc::new(s.ts.finish()),
                 Arc::new(s.action.finish()),
+                Arc::new(s.scope.finish()),
                 Arc::new(s.agent_id.finish()),
+                Arc::new(s.factor.finish()),
+                Arc::new(s.value.finish()),
+                Arc::new(s.agents.finish()),
+                Arc::new(s.from_state.finish()),
+                Arc::new(s.to_state.finish()),
                 Arc::new(s.mode.finish()),
                 Arc::new(s.actor.finish()),
                 Arc::new(s.reason.finish()),
+                Arc::new(s.evidence.finish()),
                 Arc::new(s.finding_ids.finish()),
+                Arc::new(s.endpoint.finish()),
+                Arc::new(s.delivery.finish()),
+                Arc::new(s.attempts.finish()),
+                Arc::new(s.http_status.finish()),
+                Arc::new(s.detail.finish()),
                 Arc::new(s.m_source.finish()),
                 Arc::new(s.m_ingested_at.finish()),
             ],

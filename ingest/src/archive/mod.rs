@@ -25,7 +25,7 @@ use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 use vigil_schemas::Invalid;
-use vigil_schemas::rows::{Decision, Finding};
+use vigil_schemas::rows::{ControlRecord, Finding};
 use vigil_schemas::timestamp::civil_hour;
 
 pub use columns::{ControlColumns, DeadLetterColumns, EventColumns, FindingColumns, Origin, Table};
@@ -163,8 +163,8 @@ pub struct Totals {
     pub dead_letters: u64,
     /// Findings archived.
     pub findings: u64,
-    /// Decisions archived.
-    pub decisions: u64,
+    /// Control rows archived (transitions and delivery outcomes).
+    pub control: u64,
     /// Files written.
     pub files: u64,
     /// Bytes of Parquet written.
@@ -418,10 +418,14 @@ impl Archive {
         self.findings.at(f.ts).push(f, origin);
     }
 
-    /// Buffers one decision.
-    pub fn push_decision(&mut self, d: &Decision) {
+    /// Buffers one control record (a transition, or a webhook delivery outcome).
+    pub fn push_control(&mut self, r: &ControlRecord) {
         let origin = self.stamp.origin();
-        self.control.at(d.ts).push(d, origin);
+        let ts = match r {
+            ControlRecord::Transition(t) => t.ts,
+            ControlRecord::Delivery(d) => d.ts,
+        };
+        self.control.at(ts).push(r, origin);
     }
 
     /// Rows buffered, all tables.
@@ -486,7 +490,7 @@ impl Archive {
         self.totals.events += self.events.rows() as u64;
         self.totals.dead_letters += self.dead.rows() as u64;
         self.totals.findings += self.findings.rows() as u64;
-        self.totals.decisions += self.control.rows() as u64;
+        self.totals.control += self.control.rows() as u64;
         let mut batches = Vec::new();
         take_batches(&mut self.events, &mut batches);
         take_batches(&mut self.dead, &mut batches);
