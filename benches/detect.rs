@@ -20,6 +20,7 @@ fn fleet(agents: usize, per_agent: usize, duration_ms: i64) -> Vec<String> {
         seed: 9,
         rate: (agents * per_agent) as f64 / (duration_ms as f64 / 1000.0) / 1.5,
         incidents: 16,
+        bad_model: false,
     };
     let mut out = Vec::with_capacity(agents * per_agent);
     simulate::simulate(

@@ -37,6 +37,7 @@ fn main() {
         seed: 77,
         rate: target as f64 / (8.0 * 3600.0) / 1.25,
         incidents: 7,
+        bad_model: false,
     };
     let mut w = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
     let mut n = 0u64;

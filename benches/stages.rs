@@ -18,6 +18,7 @@ fn lines() -> Vec<String> {
         seed: 5,
         rate: 40.0,
         incidents: 7,
+        bad_model: false,
     };
     let mut out = Vec::new();
     simulate::simulate(

@@ -219,6 +219,10 @@ struct SimArgs {
     /// policy_violation, shared_credential, model_swap, denied_burst, scope_creep.
     #[arg(long, default_value_t = 0)]
     incidents: usize,
+    /// Also inject a bad_model incident: every agent behind one model turns bad at once (the cohort
+    /// breaker's case).
+    #[arg(long)]
+    bad_model: bool,
     /// Output file, or - for stdout.
     #[arg(long, default_value = "-")]
     out: PathBuf,
@@ -539,6 +543,7 @@ fn sim_config(args: &SimArgs) -> Result<SimConfig, String> {
         seed: args.seed,
         rate: args.rate,
         incidents: args.incidents,
+        bad_model: args.bad_model,
     })
 }
 
@@ -696,6 +701,7 @@ fn cmd_demo(dir: &Path, agents: usize, duration: &str, rate: f64, seed: u64) -> 
         seed,
         rate,
         incidents: simulate::IncidentKind::ALL.len(),
+        bad_model: true,
     };
     let started = Instant::now();
     println!("vigil demo: simulating {agents} agents for {duration} with {} incidents...", sim.incidents);
@@ -705,8 +711,13 @@ fn cmd_demo(dir: &Path, agents: usize, duration: &str, rate: f64, seed: u64) -> 
         started.elapsed().as_secs_f64(),
         dir.join("fleet.ndjson").display()
     );
-    let cfg = demo_config(dir);
-    println!("running the pipeline (decode, validate, detect, archive)...");
+    let mut cfg = demo_config(dir);
+    // The supply-chain kill switch enforces in the demo, so its cohort halt reaches the gateway.
+    cfg.respond.cohort.mode = Some(vigil_schemas::rows::Mode::Enforce);
+    let receiver = crate::demo::Receiver::start().map_err(|e| format!("the demo's webhook receiver: {e}"))?;
+    cfg.webhook.push(receiver.endpoint());
+    println!("a local gateway receives signed webhooks on {}", receiver.url());
+    println!("running the pipeline (decode, validate, detect, respond, archive)...");
     let s = file::run(&cfg, &RunOptions { progress: true }).map_err(|e| e.to_string())?;
     print!("{}", render_summary(&s, &cfg.archive.dir));
     println!("\ninjected incidents (from {}):", dir.join("labels.ndjson").display());
@@ -720,13 +731,30 @@ fn cmd_demo(dir: &Path, agents: usize, duration: &str, rate: f64, seed: u64) -> 
             v["start"].as_str().unwrap_or("?")
         );
     }
-    println!("\nbreaker transitions (archived in {}/control/):", cfg.archive.dir.display());
+    println!("\nbreakers (every transition archived in {}/control/):", cfg.archive.dir.display());
+    let mut by: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for m in &s.moved {
+        *by.entry((m.mode, m.action)).or_default() += 1;
+    }
+    for ((mode, action), n) in &by {
+        let first = s.moved.iter().find(|m| m.mode == *mode && m.action == *action);
+        let e = first.map(|m| format!("{} ({})", m.key, m.actor)).unwrap_or_default();
+        println!("  {mode:<8} {action:<16} {n:>4}   e.g. {e}");
+    }
     if s.moved.is_empty() {
         println!("  none");
     }
-    for m in &s.moved {
-        println!("  {:<16} {:<8} {:<32} {}", m.action, m.mode, m.key, m.actor);
+    let got = receiver.received();
+    println!(
+        "\nthe local gateway received {} signed webhooks (every signature verified: {}); {} still owed",
+        got.values().sum::<usize>(),
+        receiver.all_verified(),
+        s.owed
+    );
+    for (kind, n) in &got {
+        println!("  {kind:<16} {n}");
     }
+    println!("  shadow decisions are recorded, never sent; warn sends agent.warn and the agent keeps acting");
     let archive = cfg.archive.dir.display();
     println!(
         "\nParquet archive: {archive}/{{events,findings,control,dead-letters}}/dt=YYYY-MM-DD/hour=HH/*.parquet"

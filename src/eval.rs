@@ -33,6 +33,9 @@ pub fn expected_kinds(kind: IncidentKind) -> &'static [FindingKind] {
         IncidentKind::SharedCredential => &[FindingKind::SharedCredential],
         IncidentKind::ModelSwap => &[FindingKind::ModelChange],
         IncidentKind::DeniedBurst => &[FindingKind::DeniedBurst],
+        IncidentKind::BadModel => {
+            &[FindingKind::PolicyViolation, FindingKind::DeniedBurst, FindingKind::CohortAnomaly]
+        }
     }
 }
 

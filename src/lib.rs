@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod deliver;
+pub mod demo;
 pub mod eval;
 pub mod pipeline;
 pub mod progress;

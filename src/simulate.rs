@@ -266,6 +266,12 @@ pub enum IncidentKind {
     DeniedBurst,
     /// Over most of a day the agent drifts, more and more often, into another role's resources.
     ScopeCreep,
+    /// The upstream model turns bad for every agent behind it at once: they all reach for forbidden
+    /// resources and are often denied (a poisoned or hijacked model). Injected once with
+    /// `SimConfig::bad_model`, labelled for every agent behind the model; not in the cycle of [`ALL`].
+    ///
+    /// [`ALL`]: IncidentKind::ALL
+    BadModel,
 }
 
 impl IncidentKind {
@@ -292,12 +298,13 @@ impl IncidentKind {
             IncidentKind::ModelSwap => "model_swap",
             IncidentKind::DeniedBurst => "denied_burst",
             IncidentKind::ScopeCreep => "scope_creep",
+            IncidentKind::BadModel => "bad_model",
         }
     }
 
     /// The kind with this wire name.
     pub fn parse(name: &str) -> Option<IncidentKind> {
-        IncidentKind::ALL.iter().copied().find(|k| k.as_str() == name)
+        IncidentKind::ALL.iter().chain(&[IncidentKind::BadModel]).copied().find(|k| k.as_str() == name)
     }
 
     /// (events per second during the incident, duration in seconds).
@@ -311,6 +318,7 @@ impl IncidentKind {
             IncidentKind::ModelSwap => (0.2, 3600.0),
             IncidentKind::DeniedBurst => (0.5, 300.0),
             IncidentKind::ScopeCreep => (0.02, 72_000.0),
+            IncidentKind::BadModel => (0.3, 1200.0),
         }
     }
 }
@@ -343,6 +351,8 @@ pub struct SimConfig {
     pub rate: f64,
     /// Incidents to inject (kinds cycle through [`IncidentKind::ALL`]).
     pub incidents: usize,
+    /// Also inject one [`IncidentKind::BadModel`]: every agent behind one model turns bad together.
+    pub bad_model: bool,
 }
 
 struct Agent {
@@ -435,6 +445,29 @@ pub fn simulate(
                 end_ms: start_ms + len,
                 mean_gap_ms: 1000.0 / rate,
                 other,
+            });
+        }
+    }
+    if cfg.bad_model && cfg.agents > 1 {
+        let (rate, secs) = IncidentKind::BadModel.shape();
+        let len = ((secs * 1000.0) as i64).min(cfg.duration_ms / 2).max(1);
+        let earliest = cfg.start_ms + cfg.duration_ms / 2;
+        let start_ms = earliest + (rng.f64() * (end_ms - len - earliest).max(1) as f64) as i64;
+        let model = agents[rng.below(cfg.agents)].model;
+        for (i, a) in agents.iter().enumerate().filter(|(_, a)| a.model == model) {
+            labels.push(Label {
+                agent_id: a.id.clone(),
+                kind: IncidentKind::BadModel,
+                start: format_rfc3339_ms(start_ms),
+                end: format_rfc3339_ms(start_ms + len),
+            });
+            incidents.push(Incident {
+                agent: i,
+                kind: IncidentKind::BadModel,
+                start_ms,
+                end_ms: start_ms + len,
+                mean_gap_ms: 1000.0 / rate,
+                other: i,
             });
         }
     }
@@ -570,6 +603,14 @@ fn make_event<'a>(
                 outcome = Outcome::Denied;
                 bytes_read = None;
             }
+            IncidentKind::BadModel => {
+                action = *rng.pick(&["data.read", "data.read", "file.read", "api.call"]);
+                resource = *rng.pick(FORBIDDEN);
+                if rng.chance(0.5) {
+                    outcome = Outcome::Denied;
+                    bytes_read = None;
+                }
+            }
             IncidentKind::ScopeCreep => {
                 // Two roles over, so creep and drift do not borrow from the same neighbour.
                 let me = ROLES.iter().position(|r| r.name == role.name).unwrap_or(0);
@@ -655,6 +696,7 @@ mod tests {
             seed,
             rate: 5.0,
             incidents: 8,
+            bad_model: false,
         };
         let mut out = Vec::new();
         let labels = simulate(
@@ -701,6 +743,7 @@ mod tests {
             seed: 1,
             rate: 10.0,
             incidents: 0,
+            bad_model: false,
         };
         let detect = vigil_detect::DetectConfig { policies: policies(), ..Default::default() };
         let mut engine = vigil_detect::Engine::new(&detect).unwrap();

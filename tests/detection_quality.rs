@@ -24,6 +24,7 @@ fn evaluate(seed: u64) -> Report {
         seed,
         rate: 10.0,
         incidents: 40,
+        bad_model: false,
     };
     let mut judge = Judge::new(&cfg).unwrap();
     let mut batch: Vec<String> = Vec::with_capacity(4096);

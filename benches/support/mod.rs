@@ -17,5 +17,6 @@ pub fn fleet(events: u64) -> SimConfig {
         seed: 3,
         rate: 60.0,
         incidents: 8,
+        bad_model: false,
     }
 }

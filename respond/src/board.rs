@@ -122,8 +122,9 @@ struct AgentEntry {
     halts: VecDeque<i64>,
     /// Findings at or before this time are spent (an operator resumed the agent after them).
     spent_until: Option<i64>,
-    /// The last minute flagged for halted activity.
-    activity_minute: Option<i64>,
+    /// The halt whose activity was flagged last, and the severity it was flagged at: one finding per
+    /// halt, raised once when the activity outlasts the grace.
+    activity: Option<(String, Severity)>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -306,14 +307,14 @@ impl Board {
             if ev.ts_ms <= halt.since {
                 continue;
             }
-            let minute = ev.ts_ms.div_euclid(MINUTE_MS);
             let Some(entry) = self.agents.get_mut(ev.agent_id.as_ref()) else { continue };
-            if entry.activity_minute == Some(minute) {
-                continue;
-            }
-            entry.activity_minute = Some(minute);
             let after = ev.ts_ms - halt.since;
             let severity = if after <= grace { Severity::High } else { Severity::Critical };
+            if entry.activity.as_ref().is_some_and(|(t, s)| *t == halt.transition_id && *s >= severity) {
+                continue;
+            }
+            entry.activity = Some((halt.transition_id.clone(), severity));
+            let minute = ev.ts_ms.div_euclid(MINUTE_MS);
             let agent = ev.agent_id.to_string();
             let mut evidence = Map::new();
             evidence.insert("halted_since".into(), json!(halt.since));
@@ -326,7 +327,7 @@ impl Board {
                 finding_id: make_id(&[
                     FindingKind::HaltedAgentActivity.as_str().as_bytes(),
                     agent.as_bytes(),
-                    &minute.to_be_bytes(),
+                    halt.transition_id.as_bytes(),
                 ]),
                 kind: FindingKind::HaltedAgentActivity,
                 severity,
@@ -339,7 +340,7 @@ impl Board {
                 ),
                 agent_id: agent,
                 ts: ev.ts_ms,
-                window_start: minute * MINUTE_MS,
+                window_start: halt.since,
                 window_end: (minute + 1) * MINUTE_MS,
                 score: after as f64 / 1000.0,
                 evidence,
@@ -490,12 +491,23 @@ impl Board {
             let c = self.cohorts.entry(key.clone()).or_default();
             c.recent.retain(|(ts, _, id)| *ts > f.ts - window && *id != f.finding_id);
             c.recent.push_back((f.ts, f.agent_id.clone(), f.finding_id.clone()));
-            let raising: BTreeSet<&str> = c.recent.iter().map(|(_, a, _)| a.as_str()).collect();
-            if raising.len() < cfg.min_agents as usize {
-                continue;
-            }
             let mode = self.cfg.mode(cfg.mode);
             if c.open.as_ref().is_some_and(|o| o.trip.mode >= mode) {
+                continue;
+            }
+            // Agents already behind an open cohort are explained by it: a bad model must not also halt
+            // its whole provider (factors are tried finest first).
+            let covered = |agent: &str| {
+                self.cohorts.iter().any(|((f, v), other)| {
+                    other.open.as_ref().is_some_and(|o| o.trip.mode >= mode)
+                        && (*f, v.as_str()) != (factor, value)
+                        && self.agents.get(agent).and_then(|e| factor_of(&e.factors, *f)) == Some(v.as_str())
+                })
+            };
+            let Some(c) = self.cohorts.get(&key) else { continue };
+            let raising: BTreeSet<&str> =
+                c.recent.iter().map(|(_, a, _)| a.as_str()).filter(|a| !covered(a)).collect();
+            if raising.len() < cfg.min_agents as usize {
                 continue;
             }
             let members = self.view.members(factor, value);

@@ -53,11 +53,13 @@ fn a_hard_limit_halts_and_a_halted_agent_acting_raises_findings_that_escalate() 
     let halt = board.verdict("a").expect("halted");
     assert_eq!((halt.scope, halt.since), (Scope::Agent, 1_000));
     assert!(board.verdict("b").is_none());
-    // Still acting: within the grace high, after it critical; one finding per minute at most.
+    // Still acting: within the grace high, after it critical (the same finding, raised); nothing more
+    // for the same halt.
     let lines = vec![
         event_line("e1", "a", 5_000, "m"),
         event_line("e2", "a", 6_000, "m"),
         event_line("e3", "a", 120_000, "m"),
+        event_line("e4", "a", 180_000, "m"),
         event_line("old", "a", 500, "m"),
     ];
     out.clear();
@@ -71,6 +73,7 @@ fn a_hard_limit_halts_and_a_halted_agent_acting_raises_findings_that_escalate() 
             ("halted_agent_activity", Severity::Critical, "e3")
         ]
     );
+    assert_eq!(out.findings[0].finding_id, out.findings[1].finding_id, "one finding per halt, raised");
     // The critical one is judged too; the agent is already halted in force, so nothing moves.
     assert!(out.transitions.is_empty(), "{}", summary(&out.transitions));
 }
@@ -157,7 +160,7 @@ fn probation_reopens_on_the_next_trip() {
 #[test]
 fn a_bad_model_halts_exactly_the_agents_behind_it() {
     let mut board = Board::new(&cfg(
-        "[cohort]\nmode = \"enforce\"\nmin_agents = 3\nmin_fraction = 0.5\nfactors = [\"model\"]\n",
+        "[cohort]\nmode = \"enforce\"\nmin_agents = 3\nmin_fraction = 0.3\nfactors = [\"model\", \"provider\"]\n",
     ))
     .unwrap();
     let mut out = Response::default();
@@ -167,8 +170,9 @@ fn a_bad_model_halts_exactly_the_agents_behind_it() {
         lines.push(event_line(&format!("g{i}"), &format!("good{i}"), 1_000, "m-good"));
     }
     board.process(&decode_all(&lines), &[], &mut out);
-    // One agent behind the good model has a finding too: noise, not a cohort.
-    let findings: Vec<Finding> = (0..3)
+    // One agent behind the good model has a finding too: noise, not a cohort. Both models share the
+    // provider "p": the bad model explains its agents, so the provider is not halted with it.
+    let findings: Vec<Finding> = (0..4)
         .map(|i| {
             finding(
                 &format!("f{i}"),
