@@ -62,6 +62,15 @@ enum Command {
     /// Run detection over a simulated fleet and score it against the simulator's labels: recall per
     /// incident kind, precision per finding kind, false findings per 100 agent-days, time to detect.
     Eval(EvalArgs),
+    /// Halt an agent, a cohort (every agent behind a model, provider or credential issuer) or the whole
+    /// fleet, through a running vigil's control API. A cohort or fleet halt first lists the agents it
+    /// would halt and needs --yes. Exit codes: 0 done, 2 failed, 3 unchanged, 4 needs --yes.
+    Halt(ControlArgs),
+    /// Resume an agent, a cohort or the fleet (stages: resuming the fleet leaves cohort and agent halts
+    /// in force). Exit codes: 0 done, 2 failed, 3 unchanged.
+    Resume(ControlArgs),
+    /// What is halted now, why, since when, by whom, and whether each webhook endpoint has it.
+    Status(StatusArgs),
     /// Simulate a fleet with incidents, run the whole pipeline on it, and show what vigil found.
     Demo {
         /// Where the demo writes its input, archive and findings (replaced on each run).
@@ -244,6 +253,75 @@ struct SimArgs {
     produce_rate: f64,
 }
 
+/// Where the control API is.
+#[derive(Debug, clap::Args)]
+struct ApiArgs {
+    /// The control API's base URL (a running `vigil run --api-listen` or `vigil serve`).
+    #[arg(long, env = "VIGIL_API", default_value = "http://127.0.0.1:9464")]
+    api: String,
+    /// The environment variable holding the bearer token.
+    #[arg(long, default_value = "VIGIL_API_TOKEN")]
+    token_env: String,
+    /// How long to wait for an answer, in seconds (a halt answers once earlier events are archived).
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+}
+
+/// `vigil halt` and `vigil resume`.
+#[derive(Debug, clap::Args)]
+struct ControlArgs {
+    /// The agent's id.
+    agent: Option<String>,
+    /// Every agent behind FACTOR=VALUE: model=NAME, provider=NAME or issuer=NAME.
+    #[arg(long, value_name = "FACTOR=VALUE")]
+    cohort: Option<String>,
+    /// Every agent.
+    #[arg(long)]
+    fleet: bool,
+    /// Why (required; archived with the command).
+    #[arg(long)]
+    reason: String,
+    /// Who you are, for the record (default: $USER).
+    #[arg(long)]
+    actor: Option<String>,
+    /// Carry out a cohort or fleet halt (without it, the agents it would halt are listed).
+    #[arg(long)]
+    yes: bool,
+    /// Print the API's answer as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// `vigil status`.
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    /// Print the API's answer as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+fn api_target(a: &ApiArgs) -> Result<crate::responder::ApiTarget, String> {
+    if !(a.timeout.is_finite() && a.timeout > 0.0) {
+        return Err(format!("--timeout must be a positive number of seconds, got {}", a.timeout));
+    }
+    Ok(crate::responder::ApiTarget {
+        url: a.api.clone(),
+        token: std::env::var(&a.token_env).ok().filter(|t| !t.is_empty()),
+        timeout: std::time::Duration::from_secs_f64(a.timeout),
+    })
+}
+
+fn cmd_control(verb: &str, args: ControlArgs) -> Result<ExitCode, String> {
+    let scope = crate::responder::Scope::from_args(args.agent, args.cohort, args.fleet)?;
+    let actor = args.actor.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "operator".into());
+    let api = api_target(&args.api)?;
+    crate::responder::command(&api, verb, &scope, &args.reason, &actor, args.yes, args.json)
+}
+
 /// Runs the CLI and maps the outcome to an exit code: 0 success, 1 bad input found by `validate`,
 /// 2 an error that stopped the command.
 pub fn main() -> ExitCode {
@@ -258,6 +336,11 @@ pub fn main() -> ExitCode {
         Command::Eval(args) => cmd_eval(args),
         Command::Audit(args) => cmd_audit(args),
         Command::Demo { dir, agents, duration, rate, seed } => cmd_demo(&dir, agents, &duration, rate, seed),
+        Command::Halt(args) => cmd_control("halt", args),
+        Command::Resume(args) => cmd_control("resume", args),
+        Command::Status(args) => {
+            api_target(&args.api).and_then(|api| crate::responder::status(&api, args.json))
+        }
     };
     match result {
         Ok(code) => code,

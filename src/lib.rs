@@ -12,6 +12,7 @@ pub mod demo;
 pub mod eval;
 pub mod pipeline;
 pub mod progress;
+pub mod responder;
 pub mod run;
 pub mod server;
 pub mod simulate;

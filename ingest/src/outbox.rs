@@ -6,8 +6,9 @@
 //! - **the breakers' durable state** in embedded mode: read back in order on start, the transitions put
 //!   every halt back in force before the first event is judged.
 //!
-//! Layout: `<dir>/control.log`, records `len u32 | JSON of a ControlRecord [len] | crc32 u32`
-//! (little-endian, the CRC over the JSON). A torn record at the end (a crash mid-append, never acted on)
+//! Layout: `<dir>/control.log`, records `len u32 | seq u64 | JSON of a ControlRecord [len] | crc32 u32`
+//! (little-endian, the CRC over seq and JSON). `seq` numbers records from 1 and survives compaction: it
+//! is the position the archive's `control/` files are named by. A torn record at the end (a crash mid-append, never acted on)
 //! is cut off on open; a bad record before the end is an error, since what follows was acted on.
 //! When the file passes `compact_bytes` on open it is rewritten (temporary file, fsync, rename) keeping
 //! the last transition of each breaker, every transition still owed to an endpoint, and nothing else.
@@ -52,13 +53,15 @@ pub struct Outbox {
     path: PathBuf,
     out: BufWriter<File>,
     bytes: u64,
+    /// The next record's number.
+    next: u64,
 }
 
 /// What a log held when it was opened.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    /// Every record, oldest first.
-    pub records: Vec<ControlRecord>,
+    /// Every record with its number, oldest first.
+    pub records: Vec<(u64, ControlRecord)>,
     /// Bytes of a torn last record cut off.
     pub torn_bytes: u64,
     /// Whether it was compacted.
@@ -69,15 +72,25 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> OutboxError + '_ {
     move |source| OutboxError::Io { path: path.to_owned(), source }
 }
 
-fn encode(r: &ControlRecord, buf: &mut Vec<u8>) {
+fn encode(seq: u64, r: &ControlRecord, buf: &mut Vec<u8>) {
     let json = serde_json::to_vec(r).unwrap_or_default();
     buf.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&seq.to_le_bytes());
     buf.extend_from_slice(&json);
-    buf.extend_from_slice(&crc32fast::hash(&json).to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&seq.to_le_bytes());
+    crc.update(&json);
+    buf.extend_from_slice(&crc.finalize().to_le_bytes());
 }
 
+/// Bytes of a record besides its JSON.
+const FRAME: u64 = 4 + 8 + 4;
+
+/// Records with their numbers, the offset after the last good one, and the file's length.
+type Read3 = (Vec<(u64, ControlRecord)>, u64, u64);
+
 /// Reads every whole record; returns them and the offset after the last good one.
-fn read_all(path: &Path) -> Result<(Vec<ControlRecord>, u64, u64), OutboxError> {
+fn read_all(path: &Path) -> Result<Read3, OutboxError> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0, 0)),
@@ -93,33 +106,38 @@ fn read_all(path: &Path) -> Result<(Vec<ControlRecord>, u64, u64), OutboxError> 
         if got == 0 {
             break;
         }
-        let torn = |what: &str| -> Result<(Vec<ControlRecord>, u64, u64), OutboxError> {
+        let torn = |what: &str| -> Result<Read3, OutboxError> {
             Err(OutboxError::Damaged { path: path.to_owned(), at, what: what.to_owned() })
         };
         if got < 4 {
             break;
         }
         let n = u32::from_le_bytes(len) as u64;
-        if at + 8 + n > total {
+        if at + FRAME + n > total {
             // Runs past the end: a torn append.
             break;
         }
+        let mut seq = [0u8; 8];
+        r.read_exact(&mut seq).map_err(io_err(path))?;
         let mut json = vec![0u8; n as usize];
         r.read_exact(&mut json).map_err(io_err(path))?;
         let mut crc = [0u8; 4];
         r.read_exact(&mut crc).map_err(io_err(path))?;
-        let last = at + 8 + n == total;
-        if crc32fast::hash(&json) != u32::from_le_bytes(crc) {
+        let last = at + FRAME + n == total;
+        let mut want = crc32fast::Hasher::new();
+        want.update(&seq);
+        want.update(&json);
+        if want.finalize() != u32::from_le_bytes(crc) {
             if last {
                 break;
             }
             return torn("checksum mismatch");
         }
         match serde_json::from_slice::<ControlRecord>(&json) {
-            Ok(rec) => records.push(rec),
+            Ok(rec) => records.push((u64::from_le_bytes(seq), rec)),
             Err(e) => return torn(&format!("not a control record: {e}")),
         }
-        at += 8 + n;
+        at += FRAME + n;
     }
     Ok((records, at, total))
 }
@@ -139,12 +157,12 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 /// its outcomes so far) that some endpoint is still owed. `owed` says whether a transition is owed to
 /// any endpoint given the outcomes recorded for it.
 pub fn compacted(
-    records: &[ControlRecord],
+    records: &[(u64, ControlRecord)],
     owed: impl Fn(&Transition, &HashSet<&str>) -> bool,
-) -> Vec<ControlRecord> {
+) -> Vec<(u64, ControlRecord)> {
     let mut last: HashMap<String, usize> = HashMap::new();
     let mut done: HashMap<&str, HashSet<&str>> = HashMap::new();
-    for (i, r) in records.iter().enumerate() {
+    for (i, (_, r)) in records.iter().enumerate() {
         match r {
             ControlRecord::Transition(t) => {
                 last.insert(t.key(), i);
@@ -158,18 +176,18 @@ pub fn compacted(
     let keep: HashSet<usize> = last.into_values().collect();
     let mut kept_ids: HashSet<&str> = HashSet::new();
     let mut out = Vec::new();
-    for (i, r) in records.iter().enumerate() {
+    for (i, (seq, r)) in records.iter().enumerate() {
         match r {
             ControlRecord::Transition(t) => {
                 let ended = done.get(t.transition_id.as_str()).unwrap_or(&none);
                 if keep.contains(&i) || owed(t, ended) {
                     kept_ids.insert(t.transition_id.as_str());
-                    out.push(r.clone());
+                    out.push((*seq, r.clone()));
                 }
             }
             ControlRecord::Delivery(d) => {
                 if kept_ids.contains(d.transition_id.as_str()) {
-                    out.push(r.clone());
+                    out.push((*seq, r.clone()));
                 }
             }
         }
@@ -188,13 +206,14 @@ impl Outbox {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let path = dir.join(FILE);
         let (mut records, good, total) = read_all(&path)?;
+        let next = records.last().map_or(1, |(seq, _)| seq + 1);
         let mut rec = Recovered { torn_bytes: total - good, ..Recovered::default() };
         if total > compact_bytes {
             records = compacted(&records, owed);
             let tmp = dir.join(format!("{FILE}.tmp"));
             let mut buf = Vec::new();
-            for r in &records {
-                encode(r, &mut buf);
+            for (seq, r) in &records {
+                encode(*seq, r, &mut buf);
             }
             let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
             f.write_all(&buf).map_err(io_err(&tmp))?;
@@ -213,23 +232,26 @@ impl Outbox {
             File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
         }
         rec.records = records;
-        Ok((Outbox { path, out: BufWriter::new(file), bytes }, rec))
+        Ok((Outbox { path, out: BufWriter::new(file), bytes, next }, rec))
     }
 
-    /// Appends records and makes them durable before returning.
-    pub fn append(&mut self, records: &[ControlRecord]) -> Result<(), OutboxError> {
+    /// Appends records and makes them durable before returning; returns the first one's number (the
+    /// rest follow in order).
+    pub fn append(&mut self, records: &[ControlRecord]) -> Result<u64, OutboxError> {
+        let first = self.next;
         if records.is_empty() {
-            return Ok(());
+            return Ok(first);
         }
         let mut buf = Vec::with_capacity(256 * records.len());
-        for r in records {
-            encode(r, &mut buf);
+        for (i, r) in records.iter().enumerate() {
+            encode(first + i as u64, r, &mut buf);
         }
         self.out.write_all(&buf).map_err(io_err(&self.path))?;
         self.out.flush().map_err(io_err(&self.path))?;
         self.out.get_ref().sync_data().map_err(io_err(&self.path))?;
         self.bytes += buf.len() as u64;
-        Ok(())
+        self.next += records.len() as u64;
+        Ok(first)
     }
 
     /// Bytes in the log.
@@ -289,13 +311,13 @@ mod tests {
         drop(log);
         let path = dir.path().join(FILE);
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(&[40, 0, 0, 0, b'{']).unwrap();
+        f.write_all(&[40, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, b'{']).unwrap();
         drop(f);
         let (_, rec) = Outbox::open(dir.path(), u64::MAX, owed).unwrap();
-        assert_eq!((rec.records.len(), rec.torn_bytes), (2, 5));
+        assert_eq!((rec.records.len(), rec.torn_bytes), (2, 13));
         // A flipped byte in the first record, with a good one after it.
         let mut bytes = fs::read(&path).unwrap();
-        bytes[6] ^= 0x20;
+        bytes[14] ^= 0x20;
         fs::write(&path, &bytes).unwrap();
         let err = Outbox::open(dir.path(), u64::MAX, owed).unwrap_err();
         assert!(matches!(err, OutboxError::Damaged { at: 0, .. }), "{err}");
@@ -322,12 +344,14 @@ mod tests {
         let ids: Vec<String> = rec
             .records
             .iter()
-            .map(|r| match r {
-                ControlRecord::Transition(t) => format!("t{}", t.transition_id),
-                ControlRecord::Delivery(d) => format!("d{}", d.transition_id),
+            .map(|(seq, r)| match r {
+                ControlRecord::Transition(t) => format!("t{}@{seq}", t.transition_id),
+                ControlRecord::Delivery(d) => format!("d{}@{seq}", d.transition_id),
             })
             .collect();
         // a: only its last move (delivered); b: its halt is still owed, then its last move.
-        assert_eq!(ids, vec!["t2", "d2", "t3", "t4", "d4"]);
+        assert_eq!(ids, vec!["t2@3", "d2@4", "t3@5", "t4@6", "d4@7"], "numbers survive compaction");
+        let (mut log, _) = Outbox::open(dir.path(), u64::MAX, owed).unwrap();
+        assert_eq!(log.append(&[done("3")]).unwrap(), 8);
     }
 }

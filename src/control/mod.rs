@@ -16,8 +16,10 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
+use vigil_ingest::Archive;
 
 use serde::Serialize;
 use vigil_ingest::outbox::{Outbox, OutboxError};
@@ -35,6 +37,9 @@ pub enum ControlError {
     /// The control log.
     #[error(transparent)]
     Log(#[from] OutboxError),
+    /// The archive's `control/` table.
+    #[error(transparent)]
+    Archive(#[from] vigil_ingest::ArchiveError),
     /// `[respond]`.
     #[error(transparent)]
     Config(#[from] vigil_respond::ConfigError),
@@ -102,6 +107,9 @@ pub struct Answer {
     pub deliveries: Vec<DeliveryState>,
 }
 
+/// The archive source name of the control log's records (no input may take it).
+pub const CONTROL_SOURCE: &str = vigil_ingest::source::RESERVED_SOURCE;
+
 /// Deliveries remembered for the API (the log and the archive have them all).
 const DELIVERIES_KEPT: usize = 100_000;
 /// Findings remembered per agent for `GET /v1/agents/{id}`.
@@ -116,8 +124,6 @@ struct Book {
     history: HashMap<String, VecDeque<Transition>>,
     /// Agent → its latest findings.
     findings: HashMap<String, VecDeque<Finding>>,
-    /// Rows waiting for a lane flush to archive them (commands' transitions, delivery outcomes).
-    rows: Vec<ControlRecord>,
 }
 
 /// See the module docs.
@@ -130,7 +136,6 @@ pub struct Control {
     book: Mutex<Book>,
     owed: Mutex<usize>,
     owed_changed: Condvar,
-    rows_waiting: AtomicUsize,
     lanes: Mutex<Vec<Weak<Mark>>>,
     hurry: AtomicUsize,
     telemetry: Arc<Telemetry>,
@@ -140,6 +145,10 @@ pub struct Control {
     pub dir: PathBuf,
     /// Transitions read back from the log on start.
     pub restored: usize,
+    /// `control/`: every record of the log, named by log positions (source `vigil-control`), so a record is
+    /// archived exactly once whatever crashed when.
+    archive: Mutex<Archive>,
+    last_archive_flush: Mutex<Instant>,
 }
 
 impl std::fmt::Debug for Control {
@@ -166,8 +175,13 @@ impl Control {
         let mut board = Board::new(&cfg.respond)?;
         let mut book = Book::default();
         let mut ended: HashMap<String, HashSet<String>> = HashMap::new();
+        let (mut archive, checkpoint) = Archive::open(&cfg.archive, CONTROL_SOURCE, 0)?;
+        let archived = checkpoint.map_or(0, |c| c.committed_position);
         let mut transitions = Vec::new();
-        for r in recovered.records {
+        for (seq, r) in recovered.records {
+            if seq > archived {
+                archive.push_control(&r, seq);
+            }
             match r {
                 ControlRecord::Transition(t) => {
                     board.apply(&t);
@@ -196,7 +210,6 @@ impl Control {
             book: Mutex::new(book),
             owed: Mutex::new(0),
             owed_changed: Condvar::new(),
-            rows_waiting: AtomicUsize::new(0),
             lanes: Mutex::new(Vec::new()),
             hurry: AtomicUsize::new(0),
             telemetry,
@@ -204,10 +217,30 @@ impl Control {
             halt_wait: Duration::from_millis(cfg.control.halt_archive_wait_ms),
             dir,
             restored,
+            archive: Mutex::new(archive),
+            last_archive_flush: Mutex::new(Instant::now()),
         });
         for t in &transitions {
             control.remember(t);
         }
+        // The archive's control/ catches up on the archive's schedule (files every `flush_seconds`).
+        let weak = Arc::downgrade(&control);
+        let every = Duration::from_secs_f64(cfg.archive.flush_seconds.clamp(0.05, 3600.0));
+        std::thread::Builder::new()
+            .name("vigil-control-archive".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(every.min(Duration::from_millis(500)));
+                    let Some(c) = weak.upgrade() else { break };
+                    if c.last_archive_flush.lock().unwrap_or_else(|p| p.into_inner()).elapsed() < every {
+                        continue;
+                    }
+                    if let Err(e) = c.flush_archive() {
+                        eprintln!("vigil: archiving control records: {e} (kept in the control log; retried)");
+                    }
+                }
+            })
+            .map_err(ControlError::Sender)?;
         control.count_halts();
         if !endpoints.is_empty() {
             let weak = Arc::downgrade(&control);
@@ -243,7 +276,8 @@ impl Control {
             if !resp.transitions.is_empty() {
                 let records: Vec<ControlRecord> =
                     resp.transitions.iter().cloned().map(ControlRecord::Transition).collect();
-                lock(&self.log).append(&records)?;
+                let first = lock(&self.log).append(&records)?;
+                self.archive_records(first, &records);
             }
         }
         self.mirror(&resp);
@@ -275,19 +309,16 @@ impl Control {
         let t = {
             let mut board = lock(&self.board);
             let t = board.command(cmd, &mut resp).map_err(CommandError::Unchanged)?;
-            lock(&self.log).append(&[ControlRecord::Transition(t.clone())]).map_err(CommandError::Log)?;
+            let record = [ControlRecord::Transition(t.clone())];
+            let first = lock(&self.log).append(&record).map_err(CommandError::Log)?;
+            self.archive_records(first, &record);
             t
         };
         self.mirror(&resp);
         self.remember(&t);
-        {
-            let mut book = lock(&self.book);
-            book.rows.push(ControlRecord::Transition(t.clone()));
-            self.rows_waiting.store(book.rows.len(), Ordering::Release);
-        }
         self.queue(&t, |_| true);
         let deadline = Instant::now() + self.halt_wait;
-        let archived = self.wait_archived(deadline);
+        let archived = self.wait_archived(deadline) && self.flush_archive().is_ok();
         // A moment for the deliveries too, within what is left of the wait (at most a second).
         let soon = Instant::now() + Duration::from_secs(1);
         self.wait_delivered(&t.transition_id, deadline.min(soon));
@@ -434,7 +465,6 @@ impl Control {
         let sender = lock(&self.sender);
         let Some(sender) = sender.as_ref() else { return };
         let shared = Arc::new(t.clone());
-        let mut queued = 0;
         for e in &self.endpoints {
             if !e.wants(t) || !still_owed(&e.name) {
                 continue;
@@ -459,25 +489,29 @@ impl Control {
                     }
                 }
             }
-            if sender.send(&e.name, shared.clone()) {
-                queued += 1;
+            // Counted before it is sent: the sender may report its end at once.
+            {
+                let mut owed = lock(&self.owed);
+                *owed += 1;
+                self.telemetry.owed(*owed);
             }
-        }
-        if queued > 0 {
-            let mut owed = lock(&self.owed);
-            *owed += queued;
-            self.telemetry.owed(*owed);
+            if !sender.send(&e.name, shared.clone()) {
+                let mut owed = lock(&self.owed);
+                *owed = owed.saturating_sub(1);
+                self.telemetry.owed(*owed);
+            }
         }
     }
 
     /// A delivery ended: logged, counted, kept for the archive and the API.
     fn ended(&self, outcome: DeliveryOutcome, took: Duration) {
         self.telemetry.delivery(outcome.outcome, took.as_secs_f64());
-        let record = ControlRecord::Delivery(outcome.clone());
-        if let Err(e) = lock(&self.log).append(std::slice::from_ref(&record)) {
+        let record = [ControlRecord::Delivery(outcome.clone())];
+        match lock(&self.log).append(&record) {
+            Ok(first) => self.archive_records(first, &record),
             // The delivery happened; only its record is missing. A restart delivers it again with the
             // same webhook-id, which receivers dedupe.
-            eprintln!("vigil: could not log a webhook delivery outcome: {e}");
+            Err(e) => eprintln!("vigil: could not log a webhook delivery outcome: {e}"),
         }
         {
             let mut book = lock(&self.book);
@@ -488,8 +522,6 @@ impl Control {
                 d.at = Some(outcome.ts);
                 d.detail = outcome.detail.clone();
             }
-            book.rows.push(record);
-            self.rows_waiting.store(book.rows.len(), Ordering::Release);
         }
         let mut owed = lock(&self.owed);
         *owed = owed.saturating_sub(1);
@@ -528,20 +560,31 @@ impl Control {
         }
     }
 
-    /// Rows for the archive's `control/` that came from outside a lane's batch (commands' transitions,
-    /// delivery outcomes); the lane that flushes next takes them.
-    pub fn take_rows(&self) -> Vec<ControlRecord> {
-        if self.rows_waiting.load(Ordering::Acquire) == 0 {
-            return Vec::new();
+    /// Writes what the control archive holds to `control/` now (files, then its checkpoint).
+    pub fn flush_archive(&self) -> Result<(), ControlError> {
+        let mut a = lock(&self.archive);
+        *lock(&self.last_archive_flush) = Instant::now();
+        if a.has_uncommitted() {
+            let started = Instant::now();
+            let r = a.flush(serde_json::Value::Null, crate::pipeline::now_ms())?;
+            self.telemetry.flushed(r.files.len() as u64, r.bytes, started.elapsed().as_secs_f64());
         }
-        let mut book = lock(&self.book);
-        self.rows_waiting.store(0, Ordering::Release);
-        std::mem::take(&mut book.rows)
+        Ok(())
     }
 
-    /// Whether rows wait for a lane to archive them.
-    pub fn rows_waiting(&self) -> bool {
-        self.rows_waiting.load(Ordering::Acquire) > 0
+    /// The end of a run: waits up to `grace` for the deliveries still owed, then archives everything
+    /// the log has. Returns the deliveries still owed (they stay in the log for the next start).
+    pub fn close(&self, grace: Duration) -> Result<usize, ControlError> {
+        let owed = self.drain(grace);
+        self.flush_archive()?;
+        Ok(owed)
+    }
+
+    fn archive_records(&self, first: u64, records: &[ControlRecord]) {
+        let mut a = lock(&self.archive);
+        for (i, r) in records.iter().enumerate() {
+            a.push_control(r, first + i as u64);
+        }
     }
 
     /// A lane registers to be waited for by commands.

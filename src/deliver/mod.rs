@@ -287,11 +287,7 @@ async fn attempt(e: &Endpoint, id: &str, body: &Bytes, tls: Option<&Arc<rustls::
     };
     let _ = tcp.set_nodelay(true);
     let now = crate::pipeline::now_ms() / 1000;
-    let host = if (t.tls && t.port == 443) || (!t.tls && t.port == 80) {
-        bracket(&t.host)
-    } else {
-        format!("{}:{}", bracket(&t.host), t.port)
-    };
+    let host = host_header(t);
     let req = hyper::Request::post(t.path.as_str())
         .header(hyper::header::HOST, host)
         .header(hyper::header::CONTENT_TYPE, "application/json")
@@ -304,19 +300,58 @@ async fn attempt(e: &Endpoint, id: &str, body: &Bytes, tls: Option<&Arc<rustls::
         Ok(r) => r,
         Err(err) => return Attempt::Failed(format!("building the request: {err}")),
     };
+    match send(t, tcp, req, tls).await {
+        Ok((status, after)) => Attempt::Answer(status, after),
+        Err(e) => Attempt::Failed(e),
+    }
+}
+
+/// Sends one request over `tcp` (wrapped in TLS for an `https` target) and reads a bounded answer:
+/// the status and `Retry-After` in seconds when given.
+async fn send(
+    t: &Target,
+    tcp: tokio::net::TcpStream,
+    req: hyper::Request<Full<Bytes>>,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<(u16, Option<u64>), String> {
+    let (status, headers, _) = request(t, tcp, req, tls, 64 << 10).await?;
+    let after = headers
+        .get(hyper::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    Ok((status, after))
+}
+
+/// One HTTP/1 exchange over `tcp` (TLS for an `https` target): status, headers and up to `limit` bytes
+/// of the body.
+pub async fn request(
+    t: &Target,
+    tcp: tokio::net::TcpStream,
+    req: hyper::Request<Full<Bytes>>,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    limit: usize,
+) -> Result<(u16, hyper::HeaderMap, Bytes), String> {
     match (t.tls, tls) {
         (true, Some(cfg)) => {
-            let name = match rustls::pki_types::ServerName::try_from(t.host.clone()) {
-                Ok(n) => n,
-                Err(err) => return Attempt::Failed(format!("{}: not a TLS server name: {err}", t.host)),
-            };
-            match tokio_rustls::TlsConnector::from(cfg.clone()).connect(name, tcp).await {
-                Ok(s) => exchange(s, req).await,
-                Err(err) => Attempt::Failed(format!("TLS with {}: {err}", t.host)),
-            }
+            let name = rustls::pki_types::ServerName::try_from(t.host.clone())
+                .map_err(|e| format!("{}: not a TLS server name: {e}", t.host))?;
+            let s = tokio_rustls::TlsConnector::from(cfg.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS with {}: {e}", t.host))?;
+            exchange(s, req, limit).await
         }
-        (true, None) => Attempt::Failed("TLS is not set up".into()),
-        (false, _) => exchange(tcp, req).await,
+        (true, None) => Err("TLS is not set up".into()),
+        (false, _) => exchange(tcp, req, limit).await,
+    }
+}
+
+/// The `Host` header for a target.
+pub fn host_header(t: &Target) -> String {
+    if (t.tls && t.port == 443) || (!t.tls && t.port == 80) {
+        bracket(&t.host)
+    } else {
+        format!("{}:{}", bracket(&t.host), t.port)
     }
 }
 
@@ -324,29 +359,37 @@ fn bracket(host: &str) -> String {
     if host.contains(':') { format!("[{host}]") } else { host.to_owned() }
 }
 
-async fn exchange<S>(io: S, req: hyper::Request<Full<Bytes>>) -> Attempt
+async fn exchange<S>(
+    io: S,
+    req: hyper::Request<Full<Bytes>>,
+    limit: usize,
+) -> Result<(u16, hyper::HeaderMap, Bytes), String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut send, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(io)).await {
-        Ok(x) => x,
-        Err(err) => return Attempt::Failed(format!("HTTP handshake: {err}")),
-    };
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| format!("HTTP handshake: {e}"))?;
     let conn = tokio::spawn(conn);
     let answer = match send.send_request(req).await {
         Ok(resp) => {
             let status = resp.status().as_u16();
-            let after = resp
-                .headers()
-                .get(hyper::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            // Read (and drop) a bounded answer so the connection closes cleanly.
-            let _ = http_body_util::Limited::new(resp.into_body(), 64 << 10).collect().await;
-            Attempt::Answer(status, after)
+            let headers = resp.headers().clone();
+            // A bounded answer: what is past the limit is not read.
+            let body = http_body_util::Limited::new(resp.into_body(), limit)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            Ok((status, headers, body))
         }
-        Err(err) => Attempt::Failed(format!("sending: {err}")),
+        Err(e) => Err(format!("sending: {e}")),
     };
     conn.abort();
     answer
+}
+
+/// The TLS settings for `https` (the system's CA roots), for other clients of this module.
+pub fn client_tls() -> std::io::Result<Arc<rustls::ClientConfig>> {
+    tls_config()
 }

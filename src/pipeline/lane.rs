@@ -29,7 +29,7 @@ use vigil_ingest::archive::{
 };
 use vigil_ingest::source::Line;
 use vigil_ingest::source::kafka::StateRecord;
-use vigil_schemas::rows::{ControlRecord, Finding, Transition};
+use vigil_schemas::rows::{Finding, Transition};
 use vigil_schemas::{Event, Invalid};
 
 use crate::control::{Control, Mark};
@@ -199,6 +199,13 @@ impl Lane {
         telemetry: Arc<Telemetry>,
         control: Arc<Control>,
     ) -> Result<Lane, PipelineError> {
+        let reserved = match &origin {
+            Origin::Named(n) => n == vigil_ingest::source::RESERVED_SOURCE,
+            Origin::Kafka { topic, .. } => topic == vigil_ingest::source::RESERVED_SOURCE,
+        };
+        if reserved {
+            return Err(PipelineError::Reserved);
+        }
         let (name, mut archive, checkpoint, remote) = match origin {
             Origin::Named(name) => {
                 let (archive, checkpoint) = Archive::open(&cfg.archive, &name, 0)?;
@@ -469,18 +476,13 @@ impl Lane {
         Ok(&self.taken)
     }
 
-    /// Counts one batch of findings, buffers them and the transitions for the archive and hands both
-    /// to every output (transitions were counted by the control plane).
+    /// Counts one batch of findings, buffers them for the archive and hands them and the transitions to
+    /// every output (transitions were counted, logged and archived by the control plane).
     fn fan_out(&mut self) -> Result<(), PipelineError> {
         for f in &self.out.findings {
             self.telemetry.finding(f.kind, f.severity);
             if let Some(a) = self.archive.as_mut() {
                 a.push_finding(f);
-            }
-        }
-        if let Some(a) = self.archive.as_mut() {
-            for t in &self.transitions {
-                a.push_control(&ControlRecord::Transition(t.clone()));
             }
         }
         for o in &mut self.outputs {
@@ -524,17 +526,11 @@ impl Lane {
     }
 
     /// Whether a flush is due: `flush_rows` rows buffered, or something buffered for `flush_seconds`,
-    /// or an operator's command waits for what this lane took to be durable, or control rows (commands,
-    /// delivery outcomes) wait to be archived.
+    /// or an operator's command waits for what this lane took to be durable.
     pub fn due(&self) -> bool {
-        let control = self.control.as_deref();
-        let hurried = control.is_some_and(Control::hurry);
+        let hurried = self.control.as_deref().is_some_and(Control::hurry);
         let timed = self.last_flush.elapsed() >= self.flush_every;
-        self.archive.as_ref().is_some_and(|a| {
-            a.should_flush()
-                || (a.has_uncommitted() && (timed || hurried))
-                || (timed && control.is_some_and(Control::rows_waiting))
-        })
+        self.archive.as_ref().is_some_and(|a| a.should_flush() || (a.has_uncommitted() && (timed || hurried)))
     }
 
     /// How long until a flush falls due by time (for a driver waiting on input).
@@ -608,11 +604,6 @@ impl Lane {
             o.flush()?;
         }
         let Some(a) = self.archive.as_mut() else { return Ok(None) };
-        if let Some(c) = &self.control {
-            for r in c.take_rows() {
-                a.push_control(&r);
-            }
-        }
         if !a.has_uncommitted() {
             return Ok(None);
         }

@@ -31,6 +31,12 @@ pub enum PipelineError {
     /// The control plane (breakers, control log, webhooks).
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
+    /// An input named like vigil's own control records.
+    #[error(
+        "the source name {} is reserved for vigil's own control records: set [input] source_name",
+        vigil_ingest::source::RESERVED_SOURCE
+    )]
+    Reserved,
     /// No input was configured.
     #[error("no input: give --input PATH (or - for stdin), or [input] path in the config")]
     NoInput,

@@ -98,7 +98,7 @@ pub fn run_with(
     }
     // The webhooks this run decided go out before it exits (within the grace); what is left stays owed
     // in the control log for the next start. Their outcomes are archived by the last flush.
-    control.drain(Duration::from_secs_f64(cfg.control.delivery_grace_seconds));
+    control.close(Duration::from_secs_f64(cfg.control.delivery_grace_seconds))?;
     lane.close()?;
     if let Some(e) = unreadable {
         return Err(e);

@@ -369,9 +369,9 @@ pub fn run_with(
     let mut parts = shared.parts();
     let mut keys: Vec<(String, i32)> = parts.keys().cloned().collect();
     keys.sort();
-    // Webhooks decided before the stop go out first (within the grace); their outcomes are archived by
-    // the last flushes. What is left stays owed in the control log.
-    shared.control.drain(Duration::from_secs_f64(shared.cfg.control.delivery_grace_seconds));
+    // Webhooks decided before the stop go out first (within the grace), then the control log's records
+    // are archived. What is left undelivered stays owed in the control log.
+    let controlled = shared.control.close(Duration::from_secs_f64(shared.cfg.control.delivery_grace_seconds));
     let mut closing = Ok(());
     for key in keys {
         if let Some(st) = parts.get_mut(&key)
@@ -383,6 +383,7 @@ pub fn run_with(
     drop(parts);
     result?;
     closing?;
+    controlled?;
     let mut summary = telemetry.summary(&kafka.topics.join(","));
     summary.elapsed = started.elapsed();
     summary.lag = shared.lag.snapshot().into_iter().map(|((t, p), l)| (format!("{t}/{p}"), l)).collect();

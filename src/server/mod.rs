@@ -282,7 +282,7 @@ pub fn serve_with(
         eprintln!("vigil: serve: requests still in flight after {}s; stopping anyway", drain.as_secs());
     }
     server.shutdown();
-    control.drain(Duration::from_secs_f64(cfg.control.delivery_grace_seconds));
+    control.close(Duration::from_secs_f64(cfg.control.delivery_grace_seconds))?;
     let mut summary = intake.close()?;
     summary.elapsed = started.elapsed();
     Ok(summary)

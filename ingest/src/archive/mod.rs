@@ -418,8 +418,10 @@ impl Archive {
         self.findings.at(f.ts).push(f, origin);
     }
 
-    /// Buffers one control record (a transition, or a webhook delivery outcome).
-    pub fn push_control(&mut self, r: &ControlRecord) {
+    /// Buffers one control record (a transition, or a webhook delivery outcome) at its control-log
+    /// position.
+    pub fn push_control(&mut self, r: &ControlRecord, position: u64) {
+        self.consumed(position);
         let origin = self.stamp.origin();
         let ts = match r {
             ControlRecord::Transition(t) => t.ts,
