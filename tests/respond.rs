@@ -623,13 +623,7 @@ fn the_cli_halts_in_shadow_first_resumes_and_shows_status() {
     let api = format!("http://{}", served.addr);
     let cli = |args: &[&str]| {
         let who: &[&str] = if args[0] == "status" { &[] } else { &["--actor", "bob"] };
-        vigil()
-            .args(args)
-            .args(["--api", &api])
-            .args(who)
-            .env("VIGIL_API_TOKEN", TOKEN)
-            .output()
-            .unwrap()
+        vigil().args(args).args(["--api", &api]).args(who).env("VIGIL_API_TOKEN", TOKEN).output().unwrap()
     };
     let out = cli(&["halt", "--cohort", "model=m-x", "--reason", "bad model"]);
     assert_eq!(out.status.code(), Some(4), "a cohort halt asks for --yes first: {out:?}");
