@@ -8,8 +8,7 @@
 //! `cargo bench --bench http -- [EVENTS] [EVENTS_PER_REQUEST] [CLIENTS]` (defaults 200,000, 1,000, 4).
 //! The Kafka run needs tansu (scripts/test.sh installs it, or set VIGIL_TANSU).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -18,6 +17,8 @@ use vigil_ingest::source::kafka::KafkaConfig;
 
 #[path = "support/mod.rs"]
 mod support;
+
+use support::Conn;
 
 fn main() {
     let mut nums = std::env::args().skip(1).filter_map(|a| a.replace('_', "").parse::<usize>().ok());
@@ -154,48 +155,4 @@ fn trickle(cfg: &VigilConfig, bodies: &[Vec<u8>], every: Duration) {
         at(1.0),
         support::common::parquet_files(&cfg.archive.dir.join("events"))
     );
-}
-
-/// A keep-alive HTTP/1.1 connection.
-struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Conn {
-    fn open(addr: SocketAddr) -> Conn {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_nodelay(true).unwrap();
-        Conn { reader: BufReader::new(s.try_clone().unwrap()), writer: s }
-    }
-
-    /// Posts one body; returns the status (the answer's body is read and dropped).
-    fn post(&mut self, body: &[u8]) -> u16 {
-        write!(
-            self.writer,
-            "POST /v1/events HTTP/1.1\r\nHost: bench\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .unwrap();
-        self.writer.write_all(body).unwrap();
-        let mut line = String::new();
-        self.reader.read_line(&mut line).unwrap();
-        let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
-        let mut length = 0usize;
-        loop {
-            line.clear();
-            self.reader.read_line(&mut line).unwrap();
-            if line == "\r\n" {
-                break;
-            }
-            if let Some((k, v)) = line.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                length = v.trim().parse().unwrap();
-            }
-        }
-        let mut answer = vec![0; length];
-        self.reader.read_exact(&mut answer).unwrap();
-        status
-    }
 }

@@ -22,6 +22,16 @@ if ! "$VENV/bin/python" -c "import duckdb, pyarrow, confluent_kafka, standardweb
 fi
 export VIGIL_PYTHON="$VENV/bin/python"
 
+# Debian's prometheus (the server and promtool) for the metrics, dashboard and alert-rule tests.
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+  echo "test.sh: installing Debian's prometheus (server and promtool)" >&2
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+export VIGIL_PROMETHEUS="$(command -v prometheus)" VIGIL_PROMTOOL="$(command -v promtool)"
+
 # A real Kafka-protocol broker for the Kafka tests: tansu, built once (about 10 minutes) into the cache.
 TANSU="$CACHE/tools/bin/tansu"
 if ! "$TANSU" --version 2>/dev/null | grep -q "0.6.0"; then

@@ -376,6 +376,24 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode, String> {
     let telemetry = Arc::new(Telemetry::new());
     // Every halt in force again, every delivery still owed queued, before anything is judged.
     let control = Control::open(&cfg, telemetry.clone()).map_err(|e| e.to_string())?;
+    // A Kafka member reads every member's halts from the control topic before it serves a check.
+    let _bus = match &cfg.kafka {
+        Some(k) if !k.control_topic.is_empty() && cfg.api.listen.is_some() => {
+            if k.create_topics {
+                k.ensure_output_topics(std::time::Duration::from_secs(30)).map_err(|e| e.to_string())?;
+            }
+            let producer = k.producer().map_err(|e| format!("creating the producer: {e}"))?;
+            let bus = kafka::ControlBus::start(
+                k,
+                Arc::new(producer),
+                control.clone(),
+                std::time::Duration::from_secs(30),
+            )
+            .map_err(|e| e.to_string())?;
+            Some(bus)
+        }
+        _ => None,
+    };
     // The server runs beside the driver, on its own threads, for as long as the run.
     let server = match &cfg.api.listen {
         Some(listen) => {

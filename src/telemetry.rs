@@ -114,6 +114,7 @@ pub struct Telemetry {
     checks: IntCounterVec,
     unauthorized: IntCounter,
     commands: IntCounterVec,
+    lag: IntGaugeVec,
     batch_events: Histogram,
     stage_seconds: HistogramVec,
     archive_files: IntCounter,
@@ -246,6 +247,24 @@ impl Telemetry {
             "Operator commands, by verb, scope and result: applied, unchanged, refused",
             &["verb", "scope", "result"],
         );
+        for verb in ["halt", "resume"] {
+            for scope in ["agent", "cohort", "fleet"] {
+                for result in ["applied", "unchanged", "refused"] {
+                    commands.with_label_values(&[verb, scope, result]);
+                }
+            }
+        }
+        let lag = registered(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "vigil_kafka_consumer_lag",
+                    "Kafka messages behind the partition's end, per assigned topic partition (librdkafka statistics)",
+                ),
+                &["topic", "partition"],
+            )
+            .expect("valid metric name"),
+        );
         let build = registered(
             &r,
             IntGaugeVec::new(
@@ -296,6 +315,7 @@ impl Telemetry {
                 "Control API and check requests refused for a missing or wrong token",
             ),
             commands,
+            lag,
             batch_events: registered(
                 &r,
                 Histogram::with_opts(
@@ -405,6 +425,14 @@ impl Telemetry {
     /// Counts a request refused for its token.
     pub fn unauthorized(&self) {
         self.unauthorized.inc();
+    }
+
+    /// Sets the consumer lag of the partitions this member owns (others are removed).
+    pub fn consumer_lag(&self, lag: &BTreeMap<(String, i32), i64>) {
+        self.lag.reset();
+        for ((topic, partition), n) in lag {
+            self.lag.with_label_values(&[topic.as_str(), &partition.to_string()]).set(*n);
+        }
     }
 
     /// Counts an operator command.

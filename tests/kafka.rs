@@ -573,3 +573,93 @@ fn the_file_http_and_kafka_drivers_archive_the_same_rows_findings_and_dead_lette
         assert_eq!(other.2, file.2, "{name}: dead letters differ from the file run's");
     }
 }
+
+/// `GET /v1/check?agent_id=…` on a member's API: the status.
+fn check(addr: &str, agent: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("the member's API accepts");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /v1/check?agent_id={agent} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    raw.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// Waits until `addr` answers `status` for `agent` (at most 30 s).
+fn wait_check(addr: &str, agent: &str, status: u16) {
+    let started = Instant::now();
+    while check(addr, agent) != status {
+        assert!(started.elapsed() < Duration::from_secs(30), "{addr} never answered {status} for {agent}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_halt_decided_on_one_member_and_a_fleet_halt_are_in_force_on_both() {
+    let _serial = serial();
+    let broker = Broker::start();
+    let dir = scratch();
+    kafka_tool(&["create", &broker.addr, "events", "2"]);
+    let config = dir.path().join("member.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[detect]\nrate_limit_per_minute = 5\n[archive]\nflush_seconds = 1.0\n\
+             [kafka]\nbrokers = \"-\"\ntopics = [\"events\"]\n[kafka.options]\n\"session.timeout.ms\" = \"{SESSION_MS}\"\n"
+        ),
+    )
+    .unwrap();
+    let member = |name: &str| {
+        let mut child =
+            kafka_member(&broker, "events", "halts", &dir.path().join(name), Some(&config), "120s")
+                .args(["--api-listen", "127.0.0.1:0"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+        let addr = served_address(&mut child);
+        (child, addr)
+    };
+    let (a, a_api) = member("a");
+    let (b, b_api) = member("b");
+    // Both members take part before anything is produced.
+    std::thread::sleep(Duration::from_secs(8));
+    // One looping agent: its events are keyed to one partition, so one member decides its halt.
+    let t0 = 1_767_600_000_000i64;
+    let lines: Vec<String> = (0..10)
+        .map(|i| {
+            format!(r#"{{"event_id":"l{i}","ts":{},"agent_id":"loop-x","action":"tool.call","resource":"mcp://x"}}"#, t0 + i * 1000)
+        })
+        .collect();
+    let input = dir.path().join("loop.ndjson");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    kafka_tool(&["produce", &broker.addr, "events", input.to_str().unwrap()]);
+    wait_check(&a_api, "loop-x", 403);
+    wait_check(&b_api, "loop-x", 403);
+    assert_eq!(check(&a_api, "someone-else"), 200);
+    // An operator's fleet halt through one member's API holds on the other.
+    let body = r#"{"reason":"drill","actor":"carol"}"#;
+    let mut s = std::net::TcpStream::connect(&a_api).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        s,
+        "POST /v1/fleet/halt HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    wait_check(&b_api, "someone-else", 403);
+    for mut m in [a, b] {
+        ok(Command::new("kill").args(["-TERM", &m.id().to_string()]).output().unwrap());
+        assert!(m.wait().unwrap().success());
+    }
+    // A member started later, with an archive of its own, has both halts in force before it judges.
+    let (mut c, c_api) = member("c");
+    assert_eq!(check(&c_api, "loop-x"), 403);
+    assert_eq!(check(&c_api, "anyone"), 403);
+    let _ = c.kill();
+    let _ = c.wait();
+}

@@ -104,6 +104,8 @@ fn event(id: &str, ts: i64, agent: &str, model: &str) -> String {
 
 /// Ten calls within a minute for each agent: over the cap of 5, a rate_limit finding, a hard-limit halt.
 fn loops(agents: &[&str], t0: i64) -> String {
+    // All ten within one minute of event time (the cap counts per minute).
+    let t0 = t0.div_euclid(60_000) * 60_000;
     let mut lines = Vec::new();
     for a in agents {
         for i in 0..10 {

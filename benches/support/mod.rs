@@ -1,10 +1,16 @@
 //! What the Kafka and HTTP benchmarks share: the fleet, and (from the tests' helpers) tansu on a free
-//! loopback port.
+//! loopback port, and a keep-alive HTTP client.
+
+#![allow(dead_code)]
 
 #[path = "../../tests/common/mod.rs"]
 pub mod common;
 
+#[allow(unused_imports)]
 pub use common::Broker;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 
 use vigil::simulate::SimConfig;
 
@@ -18,5 +24,49 @@ pub fn fleet(events: u64) -> SimConfig {
         rate: 60.0,
         incidents: 8,
         bad_model: false,
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection.
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Conn {
+    pub fn open(addr: SocketAddr) -> Conn {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_nodelay(true).unwrap();
+        Conn { reader: BufReader::new(s.try_clone().unwrap()), writer: s }
+    }
+
+    /// Posts one body; returns the status (the answer's body is read and dropped).
+    pub fn post(&mut self, body: &[u8]) -> u16 {
+        write!(
+            self.writer,
+            "POST /v1/events HTTP/1.1\r\nHost: bench\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        self.writer.write_all(body).unwrap();
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut answer = vec![0; length];
+        self.reader.read_exact(&mut answer).unwrap();
+        status
     }
 }

@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 use vigil_schemas::rows::{ControlRecord, Transition};
 
 const FILE: &str = "control.log";
+/// The most processes that can share one archive root's control logs at once.
+const MAX_SLOT: u32 = 63;
 
 /// A control log that cannot be opened or appended to.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,12 @@ pub enum OutboxError {
         path: PathBuf,
         /// Why.
         source: io::Error,
+    },
+    /// Another process holds the log.
+    #[error("the control log {path} is in use by another vigil process")]
+    Busy {
+        /// The directory.
+        path: PathBuf,
     },
     /// A record before the end is damaged: what followed it was acted on, so it cannot be skipped.
     #[error(
@@ -50,6 +58,9 @@ pub enum OutboxError {
 /// The log, open for appending; see the module docs.
 #[derive(Debug)]
 pub struct Outbox {
+    /// Held for as long as the log is open: an exclusive `flock` on `<dir>/lock` (released by the OS
+    /// when the process dies, however it dies).
+    _lock: File,
     path: PathBuf,
     out: BufWriter<File>,
     bytes: u64,
@@ -204,6 +215,16 @@ impl Outbox {
         owed: impl Fn(&Transition, &HashSet<&str>) -> bool,
     ) -> Result<(Outbox, Recovered), OutboxError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            return Err(OutboxError::Busy { path: dir.to_owned() });
+        }
         let path = dir.join(FILE);
         let (mut records, good, total) = read_all(&path)?;
         let next = records.last().map_or(1, |(seq, _)| seq + 1);
@@ -232,7 +253,26 @@ impl Outbox {
             File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
         }
         rec.records = records;
-        Ok((Outbox { path, out: BufWriter::new(file), bytes, next }, rec))
+        Ok((Outbox { _lock: lock, path, out: BufWriter::new(file), bytes, next }, rec))
+    }
+
+    /// Opens the first control log under `base` that no other process holds: `base` itself (slot 0),
+    /// then `base/slot-1`, `base/slot-2`, … Several processes sharing one archive root (Kafka members)
+    /// each get a log of their own; a restarted one takes over a free slot and what it still owes.
+    pub fn open_free_slot(
+        base: &Path,
+        compact_bytes: u64,
+        owed: impl Fn(&Transition, &HashSet<&str>) -> bool + Copy,
+    ) -> Result<(Outbox, Recovered, u32), OutboxError> {
+        for slot in 0..=MAX_SLOT {
+            let dir = if slot == 0 { base.to_owned() } else { base.join(format!("slot-{slot}")) };
+            match Outbox::open(&dir, compact_bytes, owed) {
+                Ok((log, rec)) => return Ok((log, rec, slot)),
+                Err(OutboxError::Busy { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(OutboxError::Busy { path: base.to_owned() })
     }
 
     /// Appends records and makes them durable before returning; returns the first one's number (the
@@ -321,6 +361,22 @@ mod tests {
         fs::write(&path, &bytes).unwrap();
         let err = Outbox::open(dir.path(), u64::MAX, owed).unwrap_err();
         assert!(matches!(err, OutboxError::Damaged { at: 0, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_log_held_by_one_process_sends_the_next_to_another_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let owed = |_: &Transition, _: &HashSet<&str>| false;
+        let (_held, _, slot) = Outbox::open_free_slot(dir.path(), u64::MAX, owed).unwrap();
+        assert_eq!(slot, 0);
+        // flock is per open file description: a second open in this process is refused like another
+        // process would be.
+        assert!(matches!(Outbox::open(dir.path(), u64::MAX, owed), Err(OutboxError::Busy { .. })));
+        let (_second, _, slot) = Outbox::open_free_slot(dir.path(), u64::MAX, owed).unwrap();
+        assert_eq!(slot, 1);
+        drop(_held);
+        let (_again, _, slot) = Outbox::open_free_slot(dir.path(), u64::MAX, owed).unwrap();
+        assert_eq!(slot, 0, "a released slot is taken again");
     }
 
     #[test]

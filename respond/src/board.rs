@@ -157,6 +157,9 @@ pub struct Board {
     /// The newest event time seen.
     now: i64,
     view: View,
+    /// When each breaker last moved (by key), so a transition read back late (another member's, from the
+    /// control topic) never undoes a newer one.
+    changed: HashMap<String, i64>,
 }
 
 /// A 32-hex-digit id from the parts that identify a decision.
@@ -215,6 +218,7 @@ impl Board {
             timers: BTreeSet::new(),
             now: i64::MIN,
             view: View::default(),
+            changed: HashMap::new(),
         })
     }
 
@@ -898,8 +902,14 @@ impl Board {
     }
 
     /// Restores a breaker from a transition read back (the control log at start, or another member's
-    /// transition from the control topic): the breaker ends where the transition left it.
-    pub fn apply(&mut self, t: &Transition) {
+    /// transition from the control topic): the breaker ends where the transition left it. A transition
+    /// older than the breaker's last move is ignored; returns whether it was applied.
+    pub fn apply(&mut self, t: &Transition) -> bool {
+        let key = t.key();
+        if self.changed.get(&key).is_some_and(|at| *at > t.ts) {
+            return false;
+        }
+        self.changed.insert(key, t.ts);
         let pinned = matches!(t.actor, Actor::Operator(_))
             || t.evidence.get("pinned").and_then(Value::as_bool) == Some(true);
         let trip = Trip {
@@ -911,7 +921,7 @@ impl Board {
         };
         match t.scope() {
             Scope::Agent => {
-                let Some(agent) = &t.agent_id else { return };
+                let Some(agent) = &t.agent_id else { return false };
                 let cooldown = self.cfg.cooldown_seconds.max(self.cfg.min_open_seconds) as i64 * 1000;
                 let quiet = self.cfg.quiet_seconds as i64 * 1000;
                 let entry = self.agents.entry(agent.clone()).or_default();
@@ -940,7 +950,7 @@ impl Board {
                 }
             }
             Scope::Cohort => {
-                let Some(key) = t.factor.zip(t.value.clone()) else { return };
+                let Some(key) = t.factor.zip(t.value.clone()) else { return false };
                 let c = self.cohorts.entry(key).or_default();
                 c.open = (t.to == BreakerState::Open).then(|| Open {
                     since: t.ts,
@@ -957,9 +967,11 @@ impl Board {
             }
         }
         self.view.apply(t);
+        true
     }
 
     fn emit(&mut self, t: Transition, out: &mut Response) {
+        self.changed.insert(t.key(), t.ts);
         self.view.apply(&t);
         out.transitions.push(t);
     }

@@ -278,6 +278,12 @@ fn transitions_read_back_restore_every_halt() {
     assert_eq!(agents.len(), 1);
     assert_eq!(cohorts[0].cohort, Some((Factor::Provider, "p".to_owned())));
     assert!(fleet.is_none());
+    // A transition older than the breaker's last move (another member's, read late) changes nothing.
+    let mut stale = out.transitions[0].clone();
+    stale.action = Action::AgentResume;
+    stale.ts -= 1;
+    assert!(!restored.apply(&stale));
+    assert_eq!(restored.verdict("a0").unwrap().scope, Scope::Agent);
     // A transition round-trips through JSON (the control log and topic).
     let json = serde_json::to_string(&out.transitions[0]).unwrap();
     let back: Transition = serde_json::from_str(&json).unwrap();

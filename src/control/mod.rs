@@ -149,7 +149,13 @@ pub struct Control {
     /// archived exactly once whatever crashed when.
     archive: Mutex<Archive>,
     last_archive_flush: Mutex<Instant>,
+    /// Where this process's transitions are published for other processes (a Kafka member's control
+    /// topic), if anywhere.
+    publisher: RwLock<Option<Publisher>>,
 }
+
+/// Publishes one transition to the other members.
+pub type Publisher = Box<dyn Fn(&Transition) + Send + Sync>;
 
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -171,11 +177,13 @@ impl Control {
         let owed_to = |t: &Transition, ended: &HashSet<&str>| {
             endpoints.iter().any(|e| e.wants(t) && !ended.contains(e.name.as_str()))
         };
-        let (log, recovered) = Outbox::open(&dir, cfg.control.compact_bytes, owed_to)?;
+        let (log, recovered, slot) = Outbox::open_free_slot(&dir, cfg.control.compact_bytes, owed_to)?;
         let mut board = Board::new(&cfg.respond)?;
         let mut book = Book::default();
         let mut ended: HashMap<String, HashSet<String>> = HashMap::new();
-        let (mut archive, checkpoint) = Archive::open(&cfg.archive, CONTROL_SOURCE, 0)?;
+        // Each slot (each process sharing the archive root) archives its log as a source of its own.
+        let source = if slot == 0 { CONTROL_SOURCE.to_owned() } else { format!("{CONTROL_SOURCE}.{slot}") };
+        let (mut archive, checkpoint) = Archive::open(&cfg.archive, &source, 0)?;
         let archived = checkpoint.map_or(0, |c| c.committed_position);
         let mut transitions = Vec::new();
         for (seq, r) in recovered.records {
@@ -219,6 +227,7 @@ impl Control {
             restored,
             archive: Mutex::new(archive),
             last_archive_flush: Mutex::new(Instant::now()),
+            publisher: RwLock::new(None),
         });
         for t in &transitions {
             control.remember(t);
@@ -284,6 +293,7 @@ impl Control {
         for t in &resp.transitions {
             self.remember(t);
             self.queue(t, |_| true);
+            self.publish(t);
         }
         if !resp.findings.is_empty() || !findings.is_empty() {
             let mut book = lock(&self.book);
@@ -317,6 +327,7 @@ impl Control {
         self.mirror(&resp);
         self.remember(&t);
         self.queue(&t, |_| true);
+        self.publish(&t);
         let deadline = Instant::now() + self.halt_wait;
         let archived = self.wait_archived(deadline) && self.flush_archive().is_ok();
         // A moment for the deliveries too, within what is left of the wait (at most a second).
@@ -328,6 +339,35 @@ impl Control {
             vigil_respond::Target::Fleet => Vec::new(),
         };
         Ok(Answer { deliveries: self.deliveries(&t.transition_id), transition: t, agents, archived })
+    }
+
+    /// Publishes every transition this process makes from now on (a Kafka member: the control topic).
+    pub fn set_publisher(&self, p: Publisher) {
+        *self.publisher.write().unwrap_or_else(|p| p.into_inner()) = Some(p);
+    }
+
+    /// Whether a publisher is set (a Kafka member's control bus already started).
+    pub fn has_publisher(&self) -> bool {
+        self.publisher.read().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    fn publish(&self, t: &Transition) {
+        if let Some(p) = self.publisher.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            p(t);
+        }
+    }
+
+    /// Applies a transition another process made (read from the control topic): the breaker moves and
+    /// the check view follows, unless this process already has a newer move of that breaker. Not logged
+    /// or delivered here: the process that made it did both. Returns whether it was applied.
+    pub fn apply_remote(&self, t: &Transition) -> bool {
+        if !lock(&self.board).apply(t) {
+            return false;
+        }
+        self.view.write().unwrap_or_else(|p| p.into_inner()).apply(t);
+        self.remember(t);
+        self.count_halts();
+        true
     }
 
     /// The halt that stops `agent` now, if any (a copy: the halt's details).

@@ -200,8 +200,8 @@ impl Lane {
         control: Arc<Control>,
     ) -> Result<Lane, PipelineError> {
         let reserved = match &origin {
-            Origin::Named(n) => n == vigil_ingest::source::RESERVED_SOURCE,
-            Origin::Kafka { topic, .. } => topic == vigil_ingest::source::RESERVED_SOURCE,
+            Origin::Named(n) => n.starts_with(vigil_ingest::source::RESERVED_SOURCE),
+            Origin::Kafka { topic, .. } => topic.starts_with(vigil_ingest::source::RESERVED_SOURCE),
         };
         if reserved {
             return Err(PipelineError::Reserved);

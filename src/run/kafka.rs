@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use vigil_ingest::source::kafka::{AckContext, KafkaConfig, Lag, StateRecord};
@@ -93,11 +93,8 @@ impl Shared {
             (r, from)
         });
         let origin = Origin::Kafka { topic: topic.to_owned(), partition, remote };
-        let topics: Box<dyn Fanout> = Box::new(Topics {
-            producer: self.producer.clone(),
-            findings: self.kafka.findings_topic.clone(),
-            control: self.kafka.control_topic.clone(),
-        });
+        let topics: Box<dyn Fanout> =
+            Box::new(Topics { producer: self.producer.clone(), findings: self.kafka.findings_topic.clone() });
         let lane = Lane::open(&self.cfg, origin, vec![topics], self.telemetry.clone(), self.control.clone())?;
         Ok(PartState { lane, assigned_at: self.epoch.load(Ordering::SeqCst) })
     }
@@ -289,11 +286,18 @@ pub fn run_with(
         },
     };
     let producer =
-        kafka.producer().map_err(|e| PipelineError::Kafka(format!("creating the producer: {e}")))?;
+        Arc::new(kafka.producer().map_err(|e| PipelineError::Kafka(format!("creating the producer: {e}")))?);
+    // Every member's halts are in force here before the first event is judged, and this member's are
+    // published to the others (the control topic; "" keeps the member's breakers to itself).
+    let _bus = if kafka.control_topic.is_empty() || control.has_publisher() {
+        None
+    } else {
+        Some(ControlBus::start(&kafka, producer.clone(), control.clone(), Duration::from_secs(30))?)
+    };
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
         kafka: kafka.clone(),
-        producer: Arc::new(producer),
+        producer,
         parts: Mutex::new(HashMap::new()),
         epoch: AtomicU64::new(0),
         failed: Mutex::new(None),
@@ -314,6 +318,7 @@ pub fn run_with(
     let mut last_message = Instant::now();
     let mut last_assigned = Instant::now();
     let mut status = StatusLine::new("run --kafka", cfg.output.status_seconds);
+    let mut last_lag = Instant::now();
     let mut batch: Vec<(BorrowedMessage<'_>, u64)> = Vec::with_capacity(kafka.batch_messages);
     let result = loop {
         if let Some(e) = shared.failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -363,6 +368,10 @@ pub fn run_with(
             break Err(e);
         }
         status.tick(&shared.telemetry, || lag_text(&shared.lag.snapshot()));
+        if last_lag.elapsed() >= Duration::from_secs(1) {
+            shared.telemetry.consumer_lag(&shared.lag.snapshot());
+            last_lag = Instant::now();
+        }
     };
     drop(batch);
     // Whatever ended the loop, what was judged is made durable and committed.
@@ -477,24 +486,137 @@ fn dead_letter(
     send(&shared.producer, record)
 }
 
-/// The findings and control topics, as a lane's fan-out arm: findings (keyed by agent_id) and breaker
-/// transitions (keyed by the breaker: `agent:ID`, `cohort:F=V`, `fleet`) published for other systems,
-/// acknowledged before the partition's offset moves.
+/// The findings topic, as a lane's fan-out arm: findings keyed by agent_id, published for other systems,
+/// acknowledged before the partition's offset moves. (Transitions go to the control topic through the
+/// control plane's publisher, [`ControlBus`], commands included.)
 struct Topics {
     producer: Arc<ThreadedProducer<AckContext>>,
     findings: String,
-    control: String,
 }
 
 impl Fanout for Topics {
-    fn emit(&mut self, findings: &[Finding], transitions: &[Transition]) -> Result<(), PipelineError> {
+    fn emit(&mut self, findings: &[Finding], _: &[Transition]) -> Result<(), PipelineError> {
         for f in findings {
             publish(&self.producer, &self.findings, &f.agent_id, f)?;
         }
-        for t in transitions {
-            publish(&self.producer, &self.control, &t.key(), t)?;
-        }
         Ok(())
+    }
+}
+
+/// The compacted control topic as the members' shared breakers: every transition a member makes (a
+/// rule's or an operator's) is produced keyed by its breaker (`agent:ID`, `cohort:F=V`, `fleet`) with
+/// the member's id in a `vigil.member` header; every member reads the topic from the beginning before it
+/// judges anything, then follows it, applying the others' transitions. So a halt decided on one
+/// partition, or an operator's fleet halt through any member's API, is in force on every member.
+#[derive(Debug)]
+pub struct ControlBus {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+const MEMBER_HEADER: &str = "vigil.member";
+
+impl ControlBus {
+    /// Reads the control topic to its end (applying every transition), then follows it on a thread;
+    /// sets the control plane's publisher to produce to it.
+    pub fn start(
+        kafka: &KafkaConfig,
+        producer: Arc<ThreadedProducer<AckContext>>,
+        control: Arc<Control>,
+        timeout: Duration,
+    ) -> Result<ControlBus, PipelineError> {
+        let topic = kafka.control_topic.clone();
+        let member = format!("{:016x}", fastrand::u64(..));
+        let partitions = kafka.partitions(&topic, timeout)?;
+        let mut c = kafka.consumer_config();
+        c.set("group.id", format!("{}.control-{member}", kafka.group))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest");
+        let consumer: BaseConsumer =
+            c.create().map_err(|e| PipelineError::Kafka(format!("the control topic reader: {e}")))?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(&topic, p, Offset::Beginning)
+                .map_err(|e| PipelineError::Kafka(format!("reading {topic}: {e}")))?;
+        }
+        consumer.assign(&tpl).map_err(|e| PipelineError::Kafka(format!("reading {topic}: {e}")))?;
+        let apply = {
+            let member = member.clone();
+            let control = control.clone();
+            move |m: &BorrowedMessage<'_>| {
+                let mine = m.headers().is_some_and(|h| {
+                    h.iter().any(|x| x.key == MEMBER_HEADER && x.value == Some(member.as_bytes()))
+                });
+                if mine {
+                    return;
+                }
+                match m.payload().map(serde_json::from_slice::<Transition>) {
+                    Some(Ok(t)) => {
+                        control.apply_remote(&t);
+                    }
+                    Some(Err(e)) => {
+                        eprintln!("vigil: {}: not a transition at offset {}: {e}", m.topic(), m.offset())
+                    }
+                    None => {}
+                }
+            }
+        };
+        // Every halt any member made is in force before this member judges its first event.
+        let mut pending: std::collections::BTreeSet<i32> = (0..partitions).collect();
+        let deadline = Instant::now() + timeout;
+        while !pending.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(PipelineError::Kafka(format!(
+                    "the control topic {topic} was not read to its end within {}s (partitions {pending:?} left)",
+                    timeout.as_secs()
+                )));
+            }
+            match consumer.poll(left.min(Duration::from_millis(200))) {
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                    pending.remove(&p);
+                }
+                Some(Ok(m)) => apply(&m),
+                _ => {}
+            }
+        }
+        let publish_topic = topic.clone();
+        let publish_member = member.clone();
+        control.set_publisher(Box::new(move |t: &Transition| {
+            let body = serde_json::to_vec(t).unwrap_or_default();
+            let key = t.key();
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: MEMBER_HEADER, value: Some(publish_member.as_str()) });
+            let record = BaseRecord::to(&publish_topic).key(&key).payload(&body).headers(headers);
+            if let Err(e) = send(&producer, record) {
+                // The transition is in force here and in the log; the other members miss it until the
+                // next one for the same breaker. Said, not fatal.
+                eprintln!("vigil: publishing a transition to {publish_topic}: {e}");
+            }
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("vigil-control-bus".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                        apply(&m);
+                    }
+                }
+            })
+            .map_err(|e| PipelineError::Kafka(format!("starting the control topic reader: {e}")))?;
+        Ok(ControlBus { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for ControlBus {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

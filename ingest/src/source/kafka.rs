@@ -116,7 +116,9 @@ pub struct KafkaConfig {
     /// Every finding is also produced here as JSON keyed by agent_id; empty turns it off.
     #[serde(default = "default_findings_topic")]
     pub findings_topic: String,
-    /// Every halt decision is also produced here as JSON keyed by agent_id; empty turns it off.
+    /// Every breaker transition (a rule's or an operator's) is produced here as JSON keyed by its breaker
+    /// (`agent:ID`, `cohort:F=V`, `fleet`); every member reads it to share halts. Compacted when vigil
+    /// creates it. Empty keeps each member's breakers to itself.
     #[serde(default = "default_control_topic")]
     pub control_topic: String,
     /// Compacted topic holding each partition's detector state (zstd JSON keyed by
@@ -284,9 +286,28 @@ impl KafkaConfig {
         let admin = self.admin()?;
         let first = self.topics.first().map_or("", String::as_str);
         let partitions = topic_partitions(&admin, first, timeout)?.max(1);
-        let names = self.output_topics();
+        let names: Vec<String> =
+            self.output_topics().into_iter().filter(|t| *t != self.control_topic).collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        create_missing(&admin, &names, partitions, timeout)
+        create_missing(&admin, &names, partitions, timeout)?;
+        if self.control_topic.is_empty() {
+            return Ok(());
+        }
+        // The control topic is the members' breaker state: compacted, so the last transition of every
+        // breaker is kept for as long as the cluster lives, not for the retention time.
+        let meta = admin
+            .inner()
+            .fetch_metadata(Some(&self.control_topic), timeout)
+            .map_err(KafkaSetupError::Metadata)?;
+        if meta.topics().iter().any(|t| t.name() == self.control_topic && !t.partitions().is_empty()) {
+            return Ok(());
+        }
+        let topic = NewTopic::new(&self.control_topic, 1, TopicReplication::Fixed(-1))
+            .set("cleanup.policy", "compact");
+        let opts = AdminOptions::new().request_timeout(Some(timeout));
+        let results = block_on(admin.create_topics(&[topic], &opts))
+            .map_err(|source| KafkaSetupError::Admin { topics: self.control_topic.clone(), source })?;
+        created(results)
     }
 
     /// Creates those of `topics` that do not exist yet, with `partitions` partitions each.

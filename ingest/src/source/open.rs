@@ -66,15 +66,16 @@ pub fn source_name_for(path: &Path) -> String {
     let name = name.trim_start_matches(['_', '.']);
     if name.is_empty() {
         "input".into()
-    } else if name == RESERVED_SOURCE {
-        format!("{name}-input")
+    } else if name.starts_with(RESERVED_SOURCE) {
+        format!("input-{name}")
     } else {
         name.to_owned()
     }
 }
 
 /// The source name of vigil's own control log in the archive (`control/` files named by its record
-/// numbers); no input may use it.
+/// numbers; `vigil-control.N` for the N-th process sharing an archive root); no input's name may start
+/// with it.
 pub const RESERVED_SOURCE: &str = "vigil-control";
 
 /// Why a source name cannot name archive files, or `None` when it can: letters, digits, `.`, `_` and
@@ -84,8 +85,8 @@ pub fn source_name_problem(name: &str) -> Option<&'static str> {
         Some("must start with a letter or digit (readers skip files starting with '_' or '.')")
     } else if !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
         Some("may only hold letters, digits, '.', '_' and '-'")
-    } else if name == RESERVED_SOURCE {
-        Some("is reserved for vigil's own control records")
+    } else if name.starts_with(RESERVED_SOURCE) {
+        Some("is reserved for vigil's own control records (names starting vigil-control)")
     } else {
         None
     }
