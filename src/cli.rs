@@ -561,6 +561,24 @@ pub fn render_summary(s: &Summary, archive: &Path) -> String {
     if s.late > 0 {
         let _ = writeln!(o, "  {} events arrived too late for their rate window (archived, counted)", s.late);
     }
+    if !s.moved.is_empty() {
+        let mut by: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+        for m in &s.moved {
+            *by.entry((m.action, m.mode)).or_default() += 1;
+        }
+        let list: Vec<String> = by.iter().map(|((a, m), n)| format!("{n} {a} ({m})")).collect();
+        let _ = writeln!(o, "breakers: {}", list.join(", "));
+    }
+    if s.delivered + s.undelivered + s.owed > 0 {
+        let _ = writeln!(
+            o,
+            "webhooks: {} delivered, {} not delivered (see control/), {} still owed{}",
+            s.delivered,
+            s.undelivered,
+            s.owed,
+            if s.owed > 0 { " (kept in the outbox; sent on the next start)" } else { "" }
+        );
+    }
     let _ = writeln!(
         o,
         "archive: {} new files, {:.1} MB under {}",

@@ -663,3 +663,27 @@ fn the_cli_halts_in_shadow_first_resumes_and_shows_status() {
     assert_eq!(out.status.code(), Some(2), "a refused token is an error: {out:?}");
     served.stop();
 }
+
+#[test]
+fn a_halt_answers_only_once_the_events_received_before_it_are_archived() {
+    let dir = scratch();
+    let cfg = dir.path().join("vigil.toml");
+    // The archive would not flush on its own for an hour: only the halt makes it.
+    std::fs::write(&cfg, "[archive]\nflush_seconds = 3600\nflush_rows = 1000000\n").unwrap();
+    let archive = dir.path().join("archive");
+    let vigil = Serve::start(&cfg, &archive, &[]);
+    let t0 = now_ms() - 60_000;
+    let lines: Vec<String> = (0..300).map(|i| event(&format!("busy-{i}"), t0 + i, "busy", "m1")).collect();
+    vigil.post_events(&(lines.join("\n") + "\n"));
+    let why = r#"{"reason":"suspected exfiltration","actor":"dana"}"#;
+    let h = http(&vigil.addr, "POST", "/v1/agents/busy/halt", &[], why);
+    assert_eq!(h.status, 200, "{h:?}");
+    assert_eq!(h.body["archived"], true, "{h:?}");
+    // Read while vigil still runs: every event posted before the halt is in the archive already.
+    let counts = archive_py("event-counts", &archive, &[]);
+    assert_eq!(counts["rows"], 300, "{counts}");
+    let one = http(&vigil.addr, "GET", "/v1/agents/busy", &[], "");
+    assert_eq!(one.body["counters"]["events"], 300, "{one:?}");
+    assert_eq!(one.body["breaker"], "open");
+    vigil.stop();
+}

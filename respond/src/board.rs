@@ -122,6 +122,10 @@ struct AgentEntry {
     halts: VecDeque<i64>,
     /// Findings at or before this time are spent (an operator resumed the agent after them).
     spent_until: Option<i64>,
+    /// Events seen, and the first and last event time (for the API's view of one agent).
+    events: u64,
+    first_seen: Option<i64>,
+    last_seen: Option<i64>,
     /// The halt whose activity was flagged last, and the severity it was flagged at: one finding per
     /// halt, raised once when the activity outlasts the grace.
     activity: Option<(String, Severity)>,
@@ -237,6 +241,19 @@ impl Board {
         self.agents.get(agent).map_or(BreakerState::Closed, |e| e.breaker.state())
     }
 
+    /// What the board counted of an agent since this process started: events, first and last event
+    /// time, halts within the last hour, and the findings counting towards `repeated_findings`.
+    pub fn counters(&self, agent: &str) -> Option<serde_json::Value> {
+        let e = self.agents.get(agent)?;
+        Some(json!({
+            "events": e.events,
+            "first_seen": e.first_seen,
+            "last_seen": e.last_seen,
+            "halts_last_hour": e.halts.len(),
+            "recent_findings": e.recent.iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>(),
+        }))
+    }
+
     /// The open trip of an agent's breaker (in any mode).
     pub fn open_trip(&self, agent: &str) -> Option<&Trip> {
         match self.agents.get(agent).map(|e| &e.breaker) {
@@ -273,6 +290,9 @@ impl Board {
                 Some(e) => e,
                 None => self.agents.entry(agent.to_owned()).or_default(),
             };
+            entry.events += 1;
+            entry.first_seen = Some(entry.first_seen.map_or(ev.ts_ms, |t| t.min(ev.ts_ms)));
+            entry.last_seen = Some(entry.last_seen.map_or(ev.ts_ms, |t| t.max(ev.ts_ms)));
             // Runs of one agent are common: its factors were just compared.
             if last == Some(agent) && ev.attributes.is_none() {
                 continue;

@@ -382,9 +382,9 @@ impl Control {
 
     /// One agent as the API shows it: breaker, halt in force, history, latest findings, factors.
     pub fn agent(&self, agent: &str) -> Option<serde_json::Value> {
-        let (state, trip) = {
+        let (state, trip, counters) = {
             let board = lock(&self.board);
-            (board.state(agent), board.open_trip(agent).cloned())
+            (board.state(agent), board.open_trip(agent).cloned(), board.counters(agent))
         };
         let view = self.view();
         let factors = view.factors(agent).cloned();
@@ -419,6 +419,7 @@ impl Control {
             "history": history,
             "deliveries": deliveries,
             "findings": findings,
+            "counters": counters,
         }))
     }
 
