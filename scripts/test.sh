@@ -7,6 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Formatting first: a seconds-long check should not wait behind a ten-minute install.
+cargo fmt --all --check
+
 CACHE="${VIGIL_CACHE:-$HOME/.cache/vigil}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 mkdir -p "$CACHE"
@@ -41,7 +44,6 @@ if ! "$TANSU" --version 2>/dev/null | grep -q "0.6.0"; then
 fi
 export VIGIL_TANSU="$TANSU"
 
-cargo fmt --all --check
 # One profile (dev, optimised; see Cargo.toml) for everything; benches are compiled, not run.
 cargo test --workspace --no-fail-fast "$@"
 cargo build --benches --quiet

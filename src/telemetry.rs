@@ -109,7 +109,8 @@ pub struct Telemetry {
     transitions: IntCounterVec,
     deliveries: IntCounterVec,
     delivery_seconds: Histogram,
-    owed: IntGauge,
+    owed: IntGaugeVec,
+    attempts: IntCounterVec,
     halts: IntGaugeVec,
     checks: IntCounterVec,
     unauthorized: IntCounter,
@@ -215,12 +216,10 @@ impl Telemetry {
         let deliveries = counter_vec(
             &r,
             "vigil_webhook_deliveries_total",
-            "Webhook deliveries ended, by outcome: delivered, failed (given up), disabled (410), refused",
-            &["outcome"],
+            "Webhook deliveries ended, by endpoint and outcome: delivered, failed (given up), disabled (410), \
+             refused",
+            &["endpoint", "outcome"],
         );
-        for d in [Delivery::Delivered, Delivery::Failed, Delivery::Disabled, Delivery::Refused] {
-            deliveries.with_label_values(&[d.as_str()]);
-        }
         let halts = registered(
             &r,
             IntGaugeVec::new(
@@ -304,8 +303,20 @@ impl Telemetry {
             ),
             owed: registered(
                 &r,
-                IntGauge::new("vigil_webhook_owed", "Webhook deliveries in the outbox not yet ended")
-                    .expect("valid metric name"),
+                IntGaugeVec::new(
+                    Opts::new(
+                        "vigil_webhook_owed",
+                        "Webhook deliveries in the outbox not yet ended, by endpoint",
+                    ),
+                    &["endpoint"],
+                )
+                .expect("valid metric name"),
+            ),
+            attempts: counter_vec(
+                &r,
+                "vigil_webhook_attempts_total",
+                "Webhook attempts of deliveries that ended, by endpoint (attempts beyond one are retries)",
+                &["endpoint"],
             ),
             halts,
             checks,
@@ -404,17 +415,40 @@ impl Telemetry {
         self.halts.with_label_values(&["fleet"]).set(i64::from(fleet));
     }
 
-    /// Counts a webhook delivery that ended, and how long a successful one took.
-    pub fn delivery(&self, outcome: Delivery, seconds: f64) {
-        self.deliveries.with_label_values(&[outcome.as_str()]).inc();
+    /// Declares a webhook endpoint's series at zero (endpoints come from the config: bounded).
+    pub fn endpoint(&self, name: &str) {
+        for d in [Delivery::Delivered, Delivery::Failed, Delivery::Disabled, Delivery::Refused] {
+            self.deliveries.with_label_values(&[name, d.as_str()]);
+        }
+        self.attempts.with_label_values(&[name]);
+        self.owed.with_label_values(&[name]).set(0);
+    }
+
+    /// Counts a webhook delivery that ended after `attempts`, and how long a successful one took.
+    pub fn delivery(&self, endpoint: &str, outcome: Delivery, attempts: u32, seconds: f64) {
+        self.deliveries.with_label_values(&[endpoint, outcome.as_str()]).inc();
+        self.attempts.with_label_values(&[endpoint]).inc_by(u64::from(attempts));
         if outcome == Delivery::Delivered {
             self.delivery_seconds.observe(seconds);
         }
     }
 
-    /// Sets the deliveries owed.
-    pub fn owed(&self, n: usize) {
-        self.owed.set(n as i64);
+    /// Moves an endpoint's deliveries owed by `by`.
+    pub fn owed(&self, endpoint: &str, by: i64) {
+        self.owed.with_label_values(&[endpoint]).add(by);
+    }
+
+    /// Sum of a labelled metric's samples whose `label` is (or, with `not`, is not) `value`.
+    fn sum_where(c: &dyn prometheus::core::Collector, label: &str, value: &str, not: bool) -> f64 {
+        c.collect()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .filter(|m| {
+                let hit = m.get_label().iter().any(|l| l.name() == label && l.value() == value);
+                hit != not
+            })
+            .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
+            .sum()
     }
 
     /// Counts a gateway check by verdict (`allow`, `halted`, `bad_request`).
@@ -491,12 +525,10 @@ impl Telemetry {
         s.archive_bytes = self.archive_bytes.get();
         s.agents = self.agents.get().max(0) as usize;
         s.moved = self.moved.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        s.delivered = self.deliveries.with_label_values(&[Delivery::Delivered.as_str()]).get();
-        s.undelivered = [Delivery::Failed, Delivery::Disabled, Delivery::Refused]
-            .iter()
-            .map(|d| self.deliveries.with_label_values(&[d.as_str()]).get())
-            .sum();
-        s.owed = self.owed.get().max(0) as u64;
+        let delivered = Delivery::Delivered.as_str();
+        s.delivered = Self::sum_where(&self.deliveries, "outcome", delivered, false) as u64;
+        s.undelivered = Self::sum_where(&self.deliveries, "outcome", delivered, true) as u64;
+        s.owed = Self::sum_where(&self.owed, "endpoint", "", true).max(0.0) as u64;
         s
     }
 }

@@ -122,6 +122,8 @@ struct AgentEntry {
     halts: VecDeque<i64>,
     /// Findings at or before this time are spent (an operator resumed the agent after them).
     spent_until: Option<i64>,
+    /// Whether the view has this agent's factors.
+    shown: bool,
     /// Events seen, and the first and last event time (for the API's view of one agent).
     events: u64,
     first_seen: Option<i64>,
@@ -297,6 +299,18 @@ impl Board {
             if last == Some(agent) && ev.attributes.is_none() {
                 continue;
             }
+            // The usual case: the same model and provider as last time, no issuer to read.
+            if entry.shown
+                && ev.attributes.is_none()
+                && ev.model.as_deref().is_none_or(|m| factor_of(&entry.factors, Factor::Model) == Some(m))
+                && ev
+                    .model_provider
+                    .as_deref()
+                    .is_none_or(|p| factor_of(&entry.factors, Factor::Provider) == Some(p))
+            {
+                last = Some(agent);
+                continue;
+            }
             last = Some(agent);
             let seen = [ev.model.as_deref(), ev.model_provider.as_deref()];
             let mut changed = false;
@@ -314,7 +328,8 @@ impl Board {
                 set_factor(&mut entry.factors, Factor::Issuer, Some(v));
                 changed = true;
             }
-            if changed || self.view.factors(agent).is_none() {
+            if changed || !entry.shown {
+                entry.shown = true;
                 self.view.set_factors(agent, entry.factors.clone());
                 out.factors.push((agent.to_owned(), entry.factors.clone()));
             }

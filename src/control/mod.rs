@@ -208,6 +208,9 @@ impl Control {
             }
         }
         let restored = transitions.len();
+        for e in &endpoints {
+            telemetry.endpoint(&e.name);
+        }
         let view = board.view().clone();
         let control = Arc::new(Control {
             board: Mutex::new(board),
@@ -534,19 +537,19 @@ impl Control {
             {
                 let mut owed = lock(&self.owed);
                 *owed += 1;
-                self.telemetry.owed(*owed);
+                self.telemetry.owed(&e.name, 1);
             }
             if !sender.send(&e.name, shared.clone()) {
                 let mut owed = lock(&self.owed);
                 *owed = owed.saturating_sub(1);
-                self.telemetry.owed(*owed);
+                self.telemetry.owed(&e.name, -1);
             }
         }
     }
 
     /// A delivery ended: logged, counted, kept for the archive and the API.
     fn ended(&self, outcome: DeliveryOutcome, took: Duration) {
-        self.telemetry.delivery(outcome.outcome, took.as_secs_f64());
+        self.telemetry.delivery(&outcome.endpoint, outcome.outcome, outcome.attempts, took.as_secs_f64());
         let record = [ControlRecord::Delivery(outcome.clone())];
         match lock(&self.log).append(&record) {
             Ok(first) => self.archive_records(first, &record),
@@ -566,7 +569,7 @@ impl Control {
         }
         let mut owed = lock(&self.owed);
         *owed = owed.saturating_sub(1);
-        self.telemetry.owed(*owed);
+        self.telemetry.owed(&outcome.endpoint, -1);
         self.owed_changed.notify_all();
     }
 
