@@ -25,17 +25,7 @@ fn main() {
     let events = nums.next().unwrap_or(200_000);
     let per_request = nums.next().unwrap_or(1_000);
     let clients = nums.next().unwrap_or(4);
-    let sim = support::fleet(events as u64);
-    let mut lines = Vec::new();
-    vigil::simulate::simulate(
-        &sim,
-        |l| {
-            lines.push(l.to_owned());
-            Ok(())
-        },
-        |_| {},
-    )
-    .unwrap();
+    let lines = support::fleet_lines(events as u64);
     let bodies: Vec<Vec<u8>> = lines.chunks(per_request).map(|c| c.join("\n").into_bytes()).collect();
     let bytes: usize = bodies.iter().map(Vec::len).sum();
     eprintln!("{} events in {} requests of {per_request}, {clients} clients", lines.len(), bodies.len());

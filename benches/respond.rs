@@ -34,17 +34,7 @@ fn main() {
     let wrk_seconds = nums.next().unwrap_or(10);
 
     // The background: the simulated fleet, re-stamped to now as it is posted.
-    let sim = support::fleet(200_000);
-    let mut lines = Vec::new();
-    vigil::simulate::simulate(
-        &sim,
-        |l| {
-            lines.push(l.to_owned());
-            Ok(())
-        },
-        |_| {},
-    )
-    .unwrap();
+    let lines = support::fleet_lines(200_000);
 
     let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let receiver = receive(arrivals.clone());

@@ -27,6 +27,21 @@ pub fn fleet(events: u64) -> SimConfig {
     }
 }
 
+/// The benchmarks' fleet of about `events` events, as NDJSON lines.
+pub fn fleet_lines(events: u64) -> Vec<String> {
+    let mut lines = Vec::new();
+    vigil::simulate::simulate(
+        &fleet(events),
+        |l| {
+            lines.push(l.to_owned());
+            Ok(())
+        },
+        |_| {},
+    )
+    .expect("the simulator writes to memory");
+    lines
+}
+
 /// A keep-alive HTTP/1.1 connection.
 pub struct Conn {
     reader: BufReader<TcpStream>,

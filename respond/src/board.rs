@@ -211,6 +211,21 @@ struct Decision<'a> {
     command: Option<&'a str>,
 }
 
+impl Decision<'static> {
+    /// A rule's decision on no findings (a cooldown, a quiet probation).
+    fn by_rule(at: i64, mode: Mode, rule: Rule, reason: String) -> Self {
+        Decision {
+            at,
+            mode,
+            actor: Actor::Rule(rule),
+            reason,
+            finding_ids: Vec::new(),
+            evidence: Map::new(),
+            command: None,
+        }
+    }
+}
+
 impl Board {
     /// A board with every breaker closed.
     pub fn new(cfg: &RespondConfig) -> Result<Board, ConfigError> {
@@ -496,13 +511,7 @@ impl Board {
         }
         let action = halt_action(Scope::Agent, d.mode);
         let t = transition(action, Some(agent), None, Vec::new(), from, BreakerState::Open, &d);
-        let trip = Trip {
-            at: d.at,
-            mode: d.mode,
-            actor: d.actor.clone(),
-            reason: d.reason.clone(),
-            transition_id: t.transition_id.clone(),
-        };
+        let trip = Trip::of(&t);
         entry.breaker = match std::mem::take(&mut entry.breaker) {
             Breaker::Closed(c) => Breaker::Open(c.trip(trip, pinned)),
             Breaker::HalfOpen(h) => Breaker::Open(h.trip(trip, pinned)),
@@ -616,24 +625,10 @@ impl Board {
         let from = if c.open.is_some() { BreakerState::Open } else { BreakerState::Closed };
         let action = halt_action(Scope::Cohort, d.mode);
         let t = transition(action, None, Some((factor, &value)), members, from, BreakerState::Open, &d);
-        let trip = Trip {
-            at: d.at,
-            mode: d.mode,
-            actor: d.actor.clone(),
-            reason: d.reason.clone(),
-            transition_id: t.transition_id.clone(),
-        };
-        // A rule's cohort halt in force stays until an operator resumes it; a warning or a shadow lapses
-        // after the cooldown, so the rule can speak again.
-        let pinned = operator || d.mode == Mode::Enforce;
-        c.open = Some(match c.open.take() {
-            Some(o) => o.strengthen(trip, pinned),
-            None => Closed.trip(trip, pinned),
-        });
-        if !pinned && self.cfg.cooldown_seconds > 0 {
-            let wait = self.cfg.cooldown_seconds as i64 * 1000;
-            self.timers.insert((d.at.saturating_add(wait), Key::Cohort(factor, value)));
-        }
+        let trip = Trip::of(&t);
+        let (open, pinned) = group_open(c.open.take(), trip, operator, d.mode);
+        c.open = Some(open);
+        self.lapse_later(pinned, d.at, Key::Cohort(factor, value));
         self.emit(t, out);
     }
 
@@ -683,23 +678,19 @@ impl Board {
             BreakerState::Open,
             &d,
         );
-        let trip = Trip {
-            at: d.at,
-            mode: d.mode,
-            actor: d.actor.clone(),
-            reason: d.reason.clone(),
-            transition_id: t.transition_id.clone(),
-        };
-        let pinned = operator || d.mode == Mode::Enforce;
-        self.fleet = Some(match self.fleet.take() {
-            Some(o) => o.strengthen(trip, pinned),
-            None => Closed.trip(trip, pinned),
-        });
+        let trip = Trip::of(&t);
+        let (open, pinned) = group_open(self.fleet.take(), trip, operator, d.mode);
+        self.fleet = Some(open);
+        self.lapse_later(pinned, d.at, Key::Fleet);
+        self.emit(t, out);
+    }
+
+    /// Arms the cooldown after which a group halt that is not pinned lapses.
+    fn lapse_later(&mut self, pinned: bool, at: i64, key: Key) {
         if !pinned && self.cfg.cooldown_seconds > 0 {
             let wait = self.cfg.cooldown_seconds as i64 * 1000;
-            self.timers.insert((d.at.saturating_add(wait), Key::Fleet));
+            self.timers.insert((at.saturating_add(wait), key));
         }
-        self.emit(t, out);
     }
 
     /// Moves breakers whose cooldown or probation ended by `now` (event time).
@@ -712,33 +703,24 @@ impl Board {
             match key {
                 Key::Agent(agent) => self.agent_timer(&agent, due, out),
                 Key::Cohort(factor, value) => {
+                    let cooldown = self.cfg.cooldown_seconds as i64 * 1000;
                     let Some(c) = self.cohorts.get_mut(&(factor, value.clone())) else { continue };
-                    let Some(o) = c
-                        .open
-                        .take_if(|o| !o.pinned && o.since + self.cfg.cooldown_seconds as i64 * 1000 <= due)
-                    else {
-                        continue;
-                    };
-                    let d = lapse(due, &o);
+                    let Some(o) = c.open.take_if(|o| lapsed(o, cooldown, due)) else { continue };
+                    let cohort = Some((factor, value.as_str()));
                     let t = transition(
                         Action::CohortResume,
                         None,
-                        Some((factor, &value)),
+                        cohort,
                         Vec::new(),
                         BreakerState::Open,
                         BreakerState::Closed,
-                        &d,
+                        &lapse(due, &o),
                     );
                     self.emit(t, out);
                 }
                 Key::Fleet => {
-                    let Some(o) = self
-                        .fleet
-                        .take_if(|o| !o.pinned && o.since + self.cfg.cooldown_seconds as i64 * 1000 <= due)
-                    else {
-                        continue;
-                    };
-                    let d = lapse(due, &o);
+                    let cooldown = self.cfg.cooldown_seconds as i64 * 1000;
+                    let Some(o) = self.fleet.take_if(|o| lapsed(o, cooldown, due)) else { continue };
                     let t = transition(
                         Action::FleetResume,
                         None,
@@ -746,7 +728,7 @@ impl Board {
                         Vec::new(),
                         BreakerState::Open,
                         BreakerState::Closed,
-                        &d,
+                        &lapse(due, &o),
                     );
                     self.emit(t, out);
                 }
@@ -760,16 +742,8 @@ impl Board {
         let Some(entry) = self.agents.get_mut(agent) else { return };
         let (t, next) = match std::mem::take(&mut entry.breaker) {
             Breaker::Open(o) if !o.pinned && o.since + cooldown <= due => {
-                let mode = o.trip.mode;
-                let d = Decision {
-                    at: due,
-                    mode,
-                    actor: Actor::Rule(Rule::Cooldown),
-                    reason: format!("cooldown of {} s after the halt ended: probation", cooldown / 1000),
-                    finding_ids: Vec::new(),
-                    evidence: Map::new(),
-                    command: None,
-                };
+                let reason = format!("cooldown of {} s after the halt ended: probation", cooldown / 1000);
+                let d = Decision::by_rule(due, o.trip.mode, Rule::Cooldown, reason);
                 let t = transition(
                     Action::AgentHalfOpen,
                     Some(agent),
@@ -785,15 +759,8 @@ impl Board {
                 }
             }
             Breaker::HalfOpen(h) if h.since + quiet <= due => {
-                let d = Decision {
-                    at: due,
-                    mode: h.mode,
-                    actor: Actor::Rule(Rule::Quiet),
-                    reason: format!("{} s of probation without a trip", quiet / 1000),
-                    finding_ids: Vec::new(),
-                    evidence: Map::new(),
-                    command: None,
-                };
+                let reason = format!("{} s of probation without a trip", quiet / 1000);
+                let d = Decision::by_rule(due, h.mode, Rule::Quiet, reason);
                 let t = transition(
                     Action::AgentResume,
                     Some(agent),
@@ -947,13 +914,7 @@ impl Board {
         self.changed.insert(key, t.ts);
         let pinned = matches!(t.actor, Actor::Operator(_))
             || t.evidence.get("pinned").and_then(Value::as_bool) == Some(true);
-        let trip = Trip {
-            at: t.ts,
-            mode: t.mode,
-            actor: t.actor.clone(),
-            reason: t.reason.clone(),
-            transition_id: t.transition_id.clone(),
-        };
+        let trip = Trip::of(t);
         match t.scope() {
             Scope::Agent => {
                 let Some(agent) = &t.agent_id else { return false };
@@ -1039,20 +1000,27 @@ impl Board {
     }
 }
 
+/// Opens or strengthens a group breaker (a cohort, the fleet). An operator's halt, or a rule's in
+/// force, stays until an operator resumes it (pinned); a warning or a shadow lapses after the cooldown,
+/// so the rule can speak again.
+fn group_open(prev: Option<Open>, trip: Trip, operator: bool, mode: Mode) -> (Open, bool) {
+    let pinned = operator || mode == Mode::Enforce;
+    let open = match prev {
+        Some(o) => o.strengthen(trip, pinned),
+        None => Closed.trip(trip, pinned),
+    };
+    (open, pinned)
+}
+
+/// Whether a group breaker that is not pinned has been open for the cooldown by `due`.
+fn lapsed(o: &Open, cooldown_ms: i64, due: i64) -> bool {
+    !o.pinned && o.since + cooldown_ms <= due
+}
+
 fn lapse(at: i64, o: &Open) -> Decision<'static> {
-    Decision {
-        at,
-        mode: o.trip.mode,
-        actor: Actor::Rule(Rule::Cooldown),
-        reason: format!(
-            "the {} decision of {} lapsed after the cooldown",
-            o.trip.mode.as_str(),
-            o.trip.actor.wire()
-        ),
-        finding_ids: Vec::new(),
-        evidence: Map::new(),
-        command: None,
-    }
+    let reason =
+        format!("the {} decision of {} lapsed after the cooldown", o.trip.mode.as_str(), o.trip.actor.wire());
+    Decision::by_rule(at, o.trip.mode, Rule::Cooldown, reason)
 }
 
 fn transition(

@@ -19,6 +19,19 @@ pub struct Trip {
     pub transition_id: String,
 }
 
+impl Trip {
+    /// The trip a transition made (restored from the log, or just decided).
+    pub fn of(t: &vigil_schemas::rows::Transition) -> Trip {
+        Trip {
+            at: t.ts,
+            mode: t.mode,
+            actor: t.actor.clone(),
+            reason: t.reason.clone(),
+            transition_id: t.transition_id.clone(),
+        }
+    }
+}
+
 /// Acting normally.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Closed;
