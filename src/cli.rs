@@ -353,6 +353,13 @@ pub fn main() -> ExitCode {
 
 fn cmd_run(args: RunArgs) -> Result<ExitCode, String> {
     let mut cfg = load_with(args.config.as_deref(), args.archive, args.findings, args.kafka.as_deref())?;
+    if args.input.is_some() && cfg.kafka.is_some() {
+        // Either would be silently ignored: say so instead.
+        return Err(
+            "--input and Kafka ([kafka] or --kafka) are two inputs: give one (a file run, or a member)"
+                .into(),
+        );
+    }
     if let Some(p) = args.input {
         cfg.input.path = Some(p);
     }

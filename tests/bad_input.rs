@@ -186,6 +186,22 @@ fn config_errors_name_file_line_and_column() {
     assert!(err.contains(&format!("{}:3:1: unknown field `flush_sec`", cfg.display())), "{err}");
 }
 
+/// Issue 18, item 4: `--input` beside Kafka was silently ignored (the member consumed the topic); now
+/// the run refuses and says why.
+#[test]
+fn an_input_file_beside_kafka_is_refused_not_ignored() {
+    let dir = scratch();
+    let input = dir.path().join("e.ndjson");
+    std::fs::write(&input, "").unwrap();
+    let out = vigil()
+        .args(["run", "--kafka", "127.0.0.1:9", "--topic", "t", "--group", "g", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("two inputs"), "{out:?}");
+}
+
 #[test]
 fn one_event_stamped_far_ahead_cannot_blind_the_detectors() {
     let dir = scratch();
