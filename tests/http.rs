@@ -217,6 +217,18 @@ fn serve_with(config: &str) -> (tempfile::TempDir, Vec<String>, std::path::PathB
     (dir, lines, archive, server)
 }
 
+/// Issue 18, item 4: an empty body was answered 200 with nothing in it, though the README says 400.
+#[test]
+fn an_empty_body_gets_400_and_says_why() {
+    let (_dir, _lines, _archive, server) = serve_with("");
+    for body in [&b""[..], b"\n \n"] {
+        let r = server.post(&[("Content-Type", "application/x-ndjson")], body);
+        assert_eq!(r.status, 400, "{r:?}");
+        assert!(r.body["error"].as_str().unwrap().contains("empty"), "{r:?}");
+    }
+    server.stop();
+}
+
 #[test]
 fn good_and_bad_bodies_are_answered_per_item_and_archived_exactly() {
     let dir = scratch();

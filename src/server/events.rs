@@ -113,6 +113,12 @@ async fn ingest(
         }
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("checking the body: {e}")),
     };
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the body is empty: send NDJSON lines or a JSON array of events",
+        );
+    }
     let verdicts = match state.intake.take(body, items, remote).await {
         Ok(v) => v,
         Err(Refusal::Busy(m)) => return busy(StatusCode::TOO_MANY_REQUESTS, http.retry_after_seconds, &m),
