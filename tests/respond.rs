@@ -579,6 +579,7 @@ fn the_control_api_needs_its_token_and_round_trips_halts_for_agents_cohorts_and_
     assert_eq!(history, ["agent.halt", "cohort.halt"], "the fleet's moves are under /v1/halts: {one:?}");
     let listed = call("GET", "/v1/agents?state=halted", Some(&read), "");
     assert_eq!(listed.body["agents"][0]["agent_id"], "agent-0", "{listed:?}");
+    assert_eq!(listed.body["agents"][0]["mode"], "enforce", "{listed:?}");
     assert_eq!(call("POST", "/v1/agents/agent-0/resume", Some(&admin), why).status, 200);
     assert_eq!(call("GET", "/v1/check?agent_id=agent-0", Some(&read), "").status, 200);
     assert_eq!(call("GET", "/v1/check", Some(&read), "").status, 400, "no agent_id");

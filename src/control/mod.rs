@@ -321,9 +321,14 @@ impl Control {
         let mut resp = Response::default();
         let t = {
             let mut board = lock(&self.board);
-            let t = board.command(cmd, &mut resp).map_err(CommandError::Unchanged)?;
+            // The command moves a copy; the board takes it only once the log has the transition, so a
+            // log that refuses (a full disk) leaves the board, the check view and webhooks as they were.
+            // Commands are rare: the copy costs little.
+            let mut next = board.clone();
+            let t = next.command(cmd, &mut resp).map_err(CommandError::Unchanged)?;
             let record = [ControlRecord::Transition(t.clone())];
             let first = lock(&self.log).append(&record).map_err(CommandError::Log)?;
+            *board = next;
             self.archive_records(first, &record);
             t
         };
@@ -424,6 +429,11 @@ impl Control {
             "findings": findings,
             "counters": counters,
         }))
+    }
+
+    /// The mode of an agent's open breaker (`shadow` and `warn` breakers are open only on the record).
+    pub fn open_mode(&self, agent: &str) -> Option<vigil_schemas::rows::Mode> {
+        lock(&self.board).open_trip(agent).map(|t| t.mode)
     }
 
     /// Agents with a breaker not closed or a halt in force, sorted: (agent, breaker, halt).

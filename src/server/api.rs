@@ -281,7 +281,10 @@ async fn list_agents(
             .into_iter()
             .filter(|(a, _, _)| after.is_empty() || *a > after)
             .take(limit + 1)
-            .map(|(a, s, h)| json!({ "agent_id": a, "breaker": s.as_str(), "halted": h.as_ref().map(halt_json) }))
+            .map(|(a, s, h)| {
+                let mode = control.open_mode(&a).map(|m| m.as_str());
+                json!({ "agent_id": a, "breaker": s.as_str(), "mode": mode, "halted": h.as_ref().map(halt_json) })
+            })
             .collect()
     };
     let more = rows.len() > limit;
