@@ -598,7 +598,16 @@ fn with_kafka_events_are_produced_keyed_by_agent_and_bad_items_go_to_the_dlq() {
     let broker = Broker::start();
     let dir = scratch();
     let lines = events(dir.path(), 20, "10m");
-    let server = Server::start(&["--kafka", &broker.addr, "--topic", "web-events"]);
+    // The control plane keeps its log under the archive root even when events go to Kafka.
+    let archive = dir.path().join("archive");
+    let server = Server::start(&[
+        "--kafka",
+        &broker.addr,
+        "--topic",
+        "web-events",
+        "--archive",
+        archive.to_str().unwrap(),
+    ]);
     let mut body = lines[..200].join("\n");
     body.push_str("\n{\"event_id\":\"x\"}\n");
     let r = server.post(&[("Content-Encoding", "gzip")], &gzip(body.as_bytes()));
@@ -655,7 +664,9 @@ fn with_kafka_a_full_producer_queue_answers_429_for_the_items_it_did_not_take() 
         ),
     )
     .unwrap();
-    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let archive = dir.path().join("archive");
+    let server =
+        Server::start(&["--config", config.to_str().unwrap(), "--archive", archive.to_str().unwrap()]);
     let mut left: Vec<&String> = lines[..100].iter().collect();
     let mut saturated = 0;
     for _round in 0..60 {
