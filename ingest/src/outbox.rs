@@ -63,7 +63,6 @@ pub struct Outbox {
     _lock: File,
     path: PathBuf,
     out: BufWriter<File>,
-    bytes: u64,
     /// The next record's number.
     next: u64,
 }
@@ -248,12 +247,11 @@ impl Outbox {
             f.sync_all().map_err(io_err(&path))?;
         }
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
-        let bytes = file.metadata().map_err(io_err(&path))?.len();
-        if bytes == 0 {
+        if file.metadata().map_err(io_err(&path))?.len() == 0 {
             File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
         }
         rec.records = records;
-        Ok((Outbox { _lock: lock, path, out: BufWriter::new(file), bytes, next }, rec))
+        Ok((Outbox { _lock: lock, path, out: BufWriter::new(file), next }, rec))
     }
 
     /// Opens the first control log under `base` that no other process holds: `base` itself (slot 0),
@@ -289,19 +287,8 @@ impl Outbox {
         self.out.write_all(&buf).map_err(io_err(&self.path))?;
         self.out.flush().map_err(io_err(&self.path))?;
         self.out.get_ref().sync_data().map_err(io_err(&self.path))?;
-        self.bytes += buf.len() as u64;
         self.next += records.len() as u64;
         Ok(first)
-    }
-
-    /// Bytes in the log.
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-
-    /// The log's path.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

@@ -2,7 +2,7 @@
 //! commands, and the view a gateway's check reads. Pure: findings, events and commands in, transitions
 //! and findings out; the only clock is event time and a command's stamp.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -35,11 +35,6 @@ impl Response {
         self.transitions.clear();
         self.findings.clear();
         self.factors.clear();
-    }
-
-    /// Whether nothing happened.
-    pub fn is_empty(&self) -> bool {
-        self.transitions.is_empty() && self.findings.is_empty() && self.factors.is_empty()
     }
 }
 
@@ -246,11 +241,6 @@ impl Board {
     /// The halts in force and the agents' factors.
     pub fn view(&self) -> &View {
         &self.view
-    }
-
-    /// The newest event time the board has seen.
-    pub fn now(&self) -> i64 {
-        self.now
     }
 
     /// Where an agent's breaker stands (closed for an agent never seen).
@@ -977,11 +967,6 @@ impl Board {
         self.view.verdict(agent)
     }
 
-    /// Agents the board knows.
-    pub fn agents(&self) -> usize {
-        self.agents.len()
-    }
-
     /// Agents whose breaker is not closed, sorted, with their state.
     pub fn not_closed(&self) -> Vec<(&str, BreakerState)> {
         let mut v: Vec<(&str, BreakerState)> = self
@@ -992,11 +977,6 @@ impl Board {
             .collect();
         v.sort_unstable_by(|a, b| a.0.cmp(b.0));
         v
-    }
-
-    /// Distinct agents among `ids` that exist (for a command's preview).
-    pub fn known(&self, ids: &[String]) -> HashSet<String> {
-        ids.iter().filter(|a| self.agents.contains_key(*a)).cloned().collect()
     }
 }
 
@@ -1065,21 +1045,4 @@ fn transition(
         evidence: d.evidence.clone(),
         finding_ids: d.finding_ids.clone(),
     }
-}
-
-/// The agents a command would act on now, for a dry run: the agent, the cohort's members, or every agent
-/// known.
-pub fn preview(view: &View, target: &Target, all: impl Fn() -> Vec<String>) -> Vec<String> {
-    match target {
-        Target::Agent(a) => vec![a.clone()],
-        Target::Cohort(f, v) => view.members(*f, v),
-        Target::Fleet => all(),
-    }
-}
-
-/// Mode of a transition as a gateway sees it: the halt scope it put in force.
-pub fn in_force(t: &Transition) -> Option<Scope> {
-    (t.mode == Mode::Enforce
-        && matches!(t.action, Action::AgentHalt | Action::CohortHalt | Action::FleetHalt))
-    .then(|| t.scope())
 }

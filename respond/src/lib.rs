@@ -16,7 +16,7 @@ mod config;
 mod view;
 pub mod webhook;
 
-pub use board::{Board, Command, Response, Target, Unchanged, Verb, in_force, preview};
+pub use board::{Board, Command, Response, Target, Unchanged, Verb};
 pub use config::{
     CohortConfig, ConfigError, FleetConfig, HardLimitRule, RepeatedRule, RespondConfig, Rules, SimpleRule,
 };

@@ -155,11 +155,6 @@ impl View {
         (agents, cohorts, self.fleet.as_ref())
     }
 
-    /// Agents known (seen in events).
-    pub fn known_agents(&self) -> usize {
-        self.factors.len()
-    }
-
     /// The ids of the agents known, in no order.
     pub fn agent_ids(&self) -> impl Iterator<Item = &str> {
         self.factors.keys().map(String::as_str)

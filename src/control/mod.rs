@@ -143,8 +143,6 @@ pub struct Control {
     halt_wait: Duration,
     /// The control log's directory.
     pub dir: PathBuf,
-    /// Transitions read back from the log on start.
-    pub restored: usize,
     /// `control/`: every record of the log, named by log positions (source `vigil-control`), so a record is
     /// archived exactly once whatever crashed when.
     archive: Mutex<Archive>,
@@ -207,7 +205,6 @@ impl Control {
                 }
             }
         }
-        let restored = transitions.len();
         for e in &endpoints {
             telemetry.endpoint(&e.name);
         }
@@ -227,7 +224,6 @@ impl Control {
             history_per_agent: cfg.control.history_per_agent,
             halt_wait: Duration::from_millis(cfg.control.halt_archive_wait_ms),
             dir,
-            restored,
             archive: Mutex::new(archive),
             last_archive_flush: Mutex::new(Instant::now()),
             publisher: RwLock::new(None),
@@ -438,24 +434,18 @@ impl Control {
 
     /// Agents with a breaker not closed or a halt in force, sorted: (agent, breaker, halt).
     pub fn agents(&self) -> Vec<(String, BreakerState, Option<Halt>)> {
+        // Every agent halt in the view moved the board too (`emit` and `apply` keep them together), so
+        // the board's breakers not closed are all there is to list, already sorted.
         let not_closed: Vec<(String, BreakerState)> =
             lock(&self.board).not_closed().into_iter().map(|(a, s)| (a.to_owned(), s)).collect();
         let view = self.view();
-        let mut out: Vec<(String, BreakerState, Option<Halt>)> = not_closed
+        not_closed
             .into_iter()
             .map(|(a, s)| {
                 let h = view.verdict(&a).cloned();
                 (a, s, h)
             })
-            .collect();
-        let (halted, _, _) = view.halts();
-        for (a, h) in halted {
-            if !out.iter().any(|(x, _, _)| x == a) {
-                out.push((a.to_owned(), BreakerState::Open, Some(h.clone())));
-            }
-        }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+            .collect()
     }
 
     /// Every agent known (seen in events), sorted.

@@ -199,11 +199,11 @@ impl Lane {
         telemetry: Arc<Telemetry>,
         control: Arc<Control>,
     ) -> Result<Lane, PipelineError> {
-        let reserved = match &origin {
-            Origin::Named(n) => n.starts_with(vigil_ingest::source::RESERVED_SOURCE),
-            Origin::Kafka { topic, .. } => topic.starts_with(vigil_ingest::source::RESERVED_SOURCE),
+        let name = match &origin {
+            Origin::Named(n) => n,
+            Origin::Kafka { topic, .. } => topic,
         };
-        if reserved {
+        if vigil_ingest::source::is_reserved(name) {
             return Err(PipelineError::Reserved);
         }
         let (name, mut archive, checkpoint, remote) = match origin {
@@ -494,11 +494,6 @@ impl Lane {
     /// The findings of the last `take` or `finish` (the engine's and the board's).
     pub fn output(&self) -> &Output {
         &self.out
-    }
-
-    /// The breaker transitions of the last `take` or `finish`.
-    pub fn transitions(&self) -> &[Transition] {
-        &self.transitions
     }
 
     /// The input ended: closes the windows still open, so their last minutes are judged too.

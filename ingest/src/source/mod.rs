@@ -9,4 +9,6 @@ mod open;
 
 pub use lines::{Chunk, Line, LineReader};
 pub use linger::Lingering;
-pub use open::{Input, InputError, RESERVED_SOURCE, open_input, source_name_for, source_name_problem};
+pub use open::{
+    Input, InputError, RESERVED_SOURCE, is_reserved, open_input, source_name_for, source_name_problem,
+};

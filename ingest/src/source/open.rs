@@ -66,7 +66,7 @@ pub fn source_name_for(path: &Path) -> String {
     let name = name.trim_start_matches(['_', '.']);
     if name.is_empty() {
         "input".into()
-    } else if name.starts_with(RESERVED_SOURCE) {
+    } else if is_reserved(name) {
         format!("input-{name}")
     } else {
         name.to_owned()
@@ -78,6 +78,11 @@ pub fn source_name_for(path: &Path) -> String {
 /// with it.
 pub const RESERVED_SOURCE: &str = "vigil-control";
 
+/// Whether `name` is one of vigil's own source names (`vigil-control`, `vigil-control.N`).
+pub fn is_reserved(name: &str) -> bool {
+    name.starts_with(RESERVED_SOURCE)
+}
+
 /// Why a source name cannot name archive files, or `None` when it can: letters, digits, `.`, `_` and
 /// `-`, starting with a letter or digit (readers skip files starting with `_` or `.`).
 pub fn source_name_problem(name: &str) -> Option<&'static str> {
@@ -85,7 +90,7 @@ pub fn source_name_problem(name: &str) -> Option<&'static str> {
         Some("must start with a letter or digit (readers skip files starting with '_' or '.')")
     } else if !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
         Some("may only hold letters, digits, '.', '_' and '-'")
-    } else if name.starts_with(RESERVED_SOURCE) {
+    } else if is_reserved(name) {
         Some("is reserved for vigil's own control records (names starting vigil-control)")
     } else {
         None
