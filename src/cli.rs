@@ -297,6 +297,8 @@ struct ControlArgs {
 /// `vigil status`.
 #[derive(Debug, clap::Args)]
 struct StatusArgs {
+    /// One agent in detail: breaker, halt, history, latest findings and what is normal for it.
+    agent: Option<String>,
     /// Print the API's answer as JSON.
     #[arg(long)]
     json: bool,
@@ -338,9 +340,8 @@ pub fn main() -> ExitCode {
         Command::Demo { dir, agents, duration, rate, seed } => cmd_demo(&dir, agents, &duration, rate, seed),
         Command::Halt(args) => cmd_control("halt", args),
         Command::Resume(args) => cmd_control("resume", args),
-        Command::Status(args) => {
-            api_target(&args.api).and_then(|api| crate::responder::status(&api, args.json))
-        }
+        Command::Status(args) => api_target(&args.api)
+            .and_then(|api| crate::responder::status(&api, args.agent.as_deref(), args.json)),
     };
     match result {
         Ok(code) => code,

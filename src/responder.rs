@@ -206,8 +206,12 @@ fn describe(scope: &Scope) -> String {
     }
 }
 
-/// `vigil status`: what is halted, why, since when, and whether each gateway was told.
-pub fn status(api: &ApiTarget, as_json: bool) -> Result<ExitCode, String> {
+/// `vigil status`: what is halted, why, since when, and whether each gateway was told; or, given an
+/// agent, that agent in detail (exit 3 when vigil does not know it).
+pub fn status(api: &ApiTarget, agent: Option<&str>, as_json: bool) -> Result<ExitCode, String> {
+    if let Some(agent) = agent {
+        return agent_status(api, agent, as_json);
+    }
     let (code, v) = call(api, "GET", "/v1/halts", None)?;
     if code != 200 {
         return Err(failed(code, &v));
@@ -272,6 +276,99 @@ pub fn status(api: &ApiTarget, as_json: bool) -> Result<ExitCode, String> {
             })
             .collect();
         println!("{}", cells.join("  ").trim_end());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn agent_status(api: &ApiTarget, agent: &str, as_json: bool) -> Result<ExitCode, String> {
+    let (code, v) = call(api, "GET", &format!("/v1/agents/{}", encode(agent)), None)?;
+    match code {
+        200 => {}
+        404 => {
+            eprintln!("vigil knows no agent {agent:?} (no event, finding or command for it)");
+            return Ok(ExitCode::from(3));
+        }
+        _ => return Err(failed(code, &v)),
+    }
+    if as_json {
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let text = |x: &Value| x.as_str().unwrap_or("?").to_owned();
+    let time = |x: &Value| match x {
+        Value::String(s) => s.clone(),
+        _ => x.as_i64().map_or_else(|| "?".into(), vigil_schemas::timestamp::format_rfc3339_ms),
+    };
+    let number = |x: &Value| x.as_f64().map_or_else(|| "-".into(), |n| format!("{n}"));
+    println!("agent {agent}: breaker {}", text(&v["breaker"]));
+    if let Some(h) = v["halted"].as_object() {
+        println!(
+            "  HALTED ({} scope) since {} by {}: {}",
+            text(&h["scope"]),
+            time(&h["since"]),
+            text(&h["actor"]),
+            text(&h["reason"])
+        );
+    }
+    if let Some(f) = v["factors"].as_object().filter(|f| !f.is_empty()) {
+        let mut parts: Vec<String> = f.iter().map(|(k, x)| format!("{k}={}", text(x))).collect();
+        parts.sort();
+        println!("  {}", parts.join(", "));
+    }
+    let b = &v["baseline"];
+    if b.is_object() {
+        println!(
+            "  baseline: role {:?}, {} windows of {} s, {} events, {}",
+            b["role"].as_str().unwrap_or(""),
+            b["windows"],
+            b["window_seconds"],
+            b["events"],
+            if b["warm"] == true { "warm (judged statistically)" } else { "warming up (hard limits only)" }
+        );
+        let learned = b["windows"].as_u64().unwrap_or(0) > 0;
+        for m in b["per_window"].as_array().into_iter().flatten().filter(|_| learned) {
+            println!(
+                "    {:<8} median {:>10}  usual high {:>10}  a finding from {:>10}",
+                text(&m["measure"]),
+                number(&m["median"]),
+                number(&m["usual_high"]),
+                number(&m["threshold"])
+            );
+        }
+    }
+    let history = v["history"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !history.is_empty() {
+        println!("  history:");
+        for t in history {
+            let id = t["transition_id"].as_str().unwrap_or("");
+            let told: Vec<String> = v["deliveries"][id]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|d| format!("{}:{}", text(&d["endpoint"]), text(&d["status"])))
+                .collect();
+            println!(
+                "    {}  {:<14} {:<18} {}{}",
+                time(&t["ts"]),
+                text(&t["action"]),
+                text(&t["actor"]),
+                t["reason"].as_str().unwrap_or(""),
+                if told.is_empty() { String::new() } else { format!("  [{}]", told.join(" ")) }
+            );
+        }
+    }
+    let findings = v["findings"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !findings.is_empty() {
+        println!("  latest findings:");
+        for f in findings.iter().rev() {
+            println!(
+                "    {}  {:<16} {:<8} {}",
+                time(&f["ts"]),
+                text(&f["kind"]),
+                text(&f["severity"]),
+                f["summary"].as_str().unwrap_or("")
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

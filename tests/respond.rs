@@ -577,6 +577,14 @@ fn the_control_api_needs_its_token_and_round_trips_halts_for_agents_cohorts_and_
     let history: Vec<&str> =
         one.body["history"].as_array().unwrap().iter().map(|t| t["action"].as_str().unwrap()).collect();
     assert_eq!(history, ["agent.halt", "cohort.halt"], "the fleet's moves are under /v1/halts: {one:?}");
+    // What is normal for it: one event seen, in a window not closed yet, so no baseline to judge by.
+    let base = &one.body["baseline"];
+    assert_eq!(
+        (base["warm"].as_bool(), base["per_window"][0]["measure"].as_str()),
+        (Some(false), Some("actions")),
+        "{one:?}"
+    );
+    assert!(base["state_bytes"].as_u64().unwrap() > 0, "{one:?}");
     let listed = call("GET", "/v1/agents?state=halted", Some(&read), "");
     assert_eq!(listed.body["agents"][0]["agent_id"], "agent-0", "{listed:?}");
     assert_eq!(listed.body["agents"][0]["mode"], "enforce", "{listed:?}");
@@ -660,6 +668,20 @@ fn the_cli_halts_in_shadow_first_resumes_and_shows_status() {
         (0, 1),
         "{v}"
     );
+    let out = cli(&["status", "agent-9"]);
+    let detail = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        detail.contains("agent agent-9: breaker open")
+            && detail.contains("HALTED (agent scope)")
+            && detail.contains("compromised key"),
+        "{detail}"
+    );
+    let out = cli(&["status", "agent-1"]);
+    let detail = String::from_utf8_lossy(&out.stdout);
+    assert!(detail.contains("model=m-x") && detail.contains("warming up"), "{detail}");
+    assert!(detail.contains("cohort.halt") && detail.contains("bad model"), "{detail}");
+    assert!(!detail.contains("HALTED") && !detail.contains("1970"), "resumed, and times are real: {detail}");
+    assert_eq!(cli(&["status", "nobody"]).status.code(), Some(3), "an unknown agent");
     let out = vigil().args(["status", "--api", &api]).env_remove("VIGIL_API_TOKEN").output().unwrap();
     assert_eq!(out.status.code(), Some(2), "a refused token is an error: {out:?}");
     served.stop();

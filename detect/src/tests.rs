@@ -894,3 +894,36 @@ fn an_idle_agent_stays_under_a_kibibyte_whatever_it_touched() {
     assert!(bytes <= 1024, "{bytes} bytes for one idle agent");
     assert!(bytes >= 400, "{bytes}: the estimate counts the key table");
 }
+
+#[test]
+fn the_baseline_summary_says_what_is_normal_for_an_agent() {
+    let role = r#","agent_role":"support""#;
+    let cfg: DetectConfig = toml::from_str(BASELINE).expect("test config parses");
+    let mut engine = Engine::new(&cfg).expect("test config builds");
+    let lines = merged(vec![steady("s1", 0, 40, 3, TICKETS, role)]);
+    let events: Vec<_> = lines
+        .lines()
+        .map(|l| vigil_schemas::decode(l.as_bytes(), 1 << 20).expect("fixture event is valid"))
+        .collect();
+    assert_eq!(engine.baseline("s1"), None, "an agent not seen yet has no baseline");
+    let mut out = Output::default();
+    engine.process(&events[..9], &mut out);
+    let early = engine.baseline("s1").expect("seen");
+    assert!(!early.warm, "two closed windows are not a baseline: {early:?}");
+    engine.process(&events[9..], &mut out);
+    let b = engine.baseline("s1").expect("seen");
+    assert!(b.warm, "{b:?}");
+    assert_eq!(b.role, "support");
+    assert!(b.windows >= 38 && b.events >= 114, "{b:?}");
+    assert_eq!(b.keys_learned, 2);
+    let actions = &b.per_window[0];
+    assert_eq!(actions.measure, "actions");
+    // Three actions every minute: the median is three (to the histogram's bin), and a finding needs
+    // clearly more than the usual high.
+    assert!((2.5..=3.5).contains(&actions.median), "{actions:?}");
+    assert!(actions.threshold > 2.0 * actions.median.max(actions.usual_high), "{actions:?}");
+    assert!((2.0..=3.5).contains(&actions.usual_high), "{actions:?}");
+    assert_eq!(b.per_window[2].measure, "denials");
+    assert_eq!(b.per_window[2].median, 0.0, "no denials seen: {b:?}");
+    assert!(b.state_bytes > 0 && b.state_bytes < 4096, "{b:?}");
+}

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use vigil_ingest::Archive;
 
 use serde::Serialize;
+use vigil_detect::{Baseline, Engine};
 use vigil_ingest::outbox::{Outbox, OutboxError};
 use vigil_respond::{Board, Command, Halt, Response, Unchanged, View};
 use vigil_schemas::Event;
@@ -51,7 +52,8 @@ pub enum ControlError {
     Sender(std::io::Error),
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks, taking over a lock whose holder panicked (the state behind every lock here stays whole).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -126,6 +128,9 @@ struct Book {
     findings: HashMap<String, VecDeque<Finding>>,
 }
 
+/// An open lane as the control plane sees it: its marks and its engine (gone when the lane is dropped).
+type LaneRef = (Weak<Mark>, Weak<Mutex<Engine>>);
+
 /// See the module docs.
 pub struct Control {
     board: Mutex<Board>,
@@ -136,7 +141,7 @@ pub struct Control {
     book: Mutex<Book>,
     owed: Mutex<usize>,
     owed_changed: Condvar,
-    lanes: Mutex<Vec<Weak<Mark>>>,
+    lanes: Mutex<Vec<LaneRef>>,
     hurry: AtomicUsize,
     telemetry: Arc<Telemetry>,
     history_per_agent: usize,
@@ -394,12 +399,14 @@ impl Control {
         let factors = view.factors(agent).cloned();
         let halt = view.verdict(agent).cloned();
         drop(view);
+        // Before the book's lock: a lane holds its engine's lock while it processes, never the book's.
+        let baseline = self.baseline(agent);
         let book = lock(&self.book);
         let history: Vec<&Transition> =
             book.history.get(agent).map(|h| h.iter().collect()).unwrap_or_default();
         let findings: Vec<&Finding> =
             book.findings.get(agent).map(|f| f.iter().collect()).unwrap_or_default();
-        if factors.is_none() && history.is_empty() && halt.is_none() {
+        if factors.is_none() && history.is_empty() && halt.is_none() && baseline.is_none() {
             return None;
         }
         let named = factors.map(|f| {
@@ -424,6 +431,7 @@ impl Control {
             "deliveries": deliveries,
             "findings": findings,
             "counters": counters,
+            "baseline": baseline,
         }))
     }
 
@@ -631,13 +639,21 @@ impl Control {
         }
     }
 
-    /// A lane registers to be waited for by commands.
-    pub fn register(&self) -> Arc<Mark> {
+    /// A lane registers to be waited for by commands, and its engine to be asked for baselines.
+    pub fn register(&self, engine: &Arc<Mutex<Engine>>) -> Arc<Mark> {
         let m = Arc::new(Mark::default());
         let mut lanes = lock(&self.lanes);
-        lanes.retain(|w| w.strong_count() > 0);
-        lanes.push(Arc::downgrade(&m));
+        lanes.retain(|(w, _)| w.strong_count() > 0);
+        lanes.push((Arc::downgrade(&m), Arc::downgrade(engine)));
         m
+    }
+
+    /// What the open lanes' engines learned about `agent`: from the lane that has seen the most of it
+    /// (an agent's events usually all go to one lane; a lane is locked only while it is read).
+    pub fn baseline(&self, agent: &str) -> Option<Baseline> {
+        let engines: Vec<Arc<Mutex<Engine>>> =
+            lock(&self.lanes).iter().filter_map(|(_, e)| e.upgrade()).collect();
+        engines.iter().filter_map(|e| lock(e).baseline(agent)).max_by_key(|b| (b.windows, b.events))
     }
 
     /// Whether a command waits for lanes to make what they took durable.
@@ -649,7 +665,7 @@ impl Control {
     fn wait_archived(&self, deadline: Instant) -> bool {
         let marks: Vec<(Arc<Mark>, u64)> = lock(&self.lanes)
             .iter()
-            .filter_map(Weak::upgrade)
+            .filter_map(|(m, _)| m.upgrade())
             .map(|m| {
                 let t = m.taken();
                 (m, t)

@@ -17,8 +17,8 @@
 //! Only the lane calls `Engine::process`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -162,7 +162,8 @@ fn push_events(archive: &mut Archive, events: &[Event<'_>], positions: &[u64]) -
 pub struct Lane {
     name: String,
     archive: Option<Archive>,
-    engine: Engine,
+    /// Shared with the control plane, which reads an agent's baseline for the API between batches.
+    engine: Arc<Mutex<Engine>>,
     dedup: DedupWindow,
     limits: Limits,
     outputs: Vec<Box<dyn Fanout>>,
@@ -232,7 +233,7 @@ impl Lane {
         let mut lane = Lane::new(name, &cfg.input, &cfg.archive, engine, dedup, outputs, telemetry);
         lane.archive = Some(archive);
         lane.writer = Some(writer);
-        let mark = control.register();
+        let mark = control.register(&lane.engine);
         if let Some(w) = lane.writer.as_mut() {
             w.mark = Some(mark.clone());
         }
@@ -269,7 +270,7 @@ impl Lane {
         Lane {
             name,
             archive: None,
-            engine,
+            engine: Arc::new(Mutex::new(engine)),
             dedup,
             limits: Limits {
                 max_event_bytes: input.max_event_bytes,
@@ -342,9 +343,13 @@ impl Lane {
         self.span
     }
 
+    fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
+        crate::control::lock(&self.engine)
+    }
+
     /// Agents the engine holds state for.
     pub fn agents(&self) -> usize {
-        self.engine.agents()
+        self.engine().agents()
     }
 
     /// Takes one batch of items received together at `received_ms` (UTC; also the clock the future
@@ -431,10 +436,11 @@ impl Lane {
         }
         let classified = Instant::now();
         self.out.clear();
-        let late_before = self.engine.stats().late;
+        let mut engine = crate::control::lock(&self.engine);
+        let late_before = engine.stats().late;
         // The engine and the archive's row builders read the same events: on two threads for a large
         // batch.
-        let (engine, out, archive) = (&mut self.engine, &mut self.out, self.archive.as_mut());
+        let (out, archive) = (&mut self.out, self.archive.as_mut());
         let archive_seconds = match archive {
             Some(a) if two_threads => std::thread::scope(|s| {
                 let rows = s.spawn(|| push_events(a, &events, &positions));
@@ -450,7 +456,8 @@ impl Lane {
                 0.0
             }
         };
-        counts.late = self.engine.stats().late - late_before;
+        counts.late = engine.stats().late - late_before;
+        drop(engine);
         self.transitions.clear();
         if let Some(c) = &self.control {
             c.judge(&events, &mut self.out.findings, &mut self.transitions)?;
@@ -499,7 +506,7 @@ impl Lane {
     /// The input ended: closes the windows still open, so their last minutes are judged too.
     pub fn finish(&mut self) -> Result<(), PipelineError> {
         self.out.clear();
-        self.engine.finish(&mut self.out);
+        crate::control::lock(&self.engine).finish(&mut self.out);
         self.transitions.clear();
         if let Some(c) = &self.control {
             c.judge(&[], &mut self.out.findings, &mut self.transitions)?;
@@ -510,7 +517,7 @@ impl Lane {
     }
 
     fn count_agents(&mut self) {
-        let now = self.engine.agents() as i64;
+        let now = self.engine().agents() as i64;
         self.telemetry.agents_changed(now - self.agents);
         self.agents = now;
     }
@@ -602,7 +609,7 @@ impl Lane {
         if !a.has_uncommitted() {
             return Ok(None);
         }
-        let state = engine_state(&self.engine);
+        let state = engine_state(&crate::control::lock(&self.engine));
         let copy = with_state.then(|| state.clone());
         Ok(a.take_flush(state, super::now_ms()).map(|job| (job, copy)))
     }

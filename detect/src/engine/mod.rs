@@ -35,6 +35,7 @@ use crate::keys::{KeyTable, PeerTable, push_generalised, stable_hash};
 use crate::stats::score;
 use crate::tail::{Judgement, Tail};
 
+mod baseline;
 mod evidence;
 mod limits;
 mod model;
@@ -48,6 +49,8 @@ use model::*;
 use scope::*;
 use state::*;
 use volume::*;
+
+pub use baseline::{Baseline, Measure};
 
 const MINUTE_MS: i64 = 60_000;
 /// Sample event ids kept per window for evidence (the earliest by event time, then id).
