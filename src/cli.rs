@@ -29,6 +29,10 @@ use vigil_ingest::source::kafka::KafkaConfig;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How vigil's own log events are written on stderr: `human` lines, or `json` objects for a log
+    /// shipper. `VIGIL_LOG` filters them (default `info`).
+    #[arg(long, global = true, value_enum, env = "VIGIL_LOG_FORMAT", default_value = "human")]
+    log_format: crate::log::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,6 +132,9 @@ struct RunArgs {
     /// [api] listen.
     #[arg(long, value_name = "ADDR")]
     api_listen: Option<String>,
+    /// Serve /metrics and /healthz only (no API) on this address. Overrides [metrics] listen.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -328,6 +335,7 @@ fn cmd_control(verb: &str, args: ControlArgs) -> Result<ExitCode, String> {
 /// 2 an error that stopped the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    crate::log::init(cli.log_format);
     let result = match cli.command {
         Command::Run(args) => cmd_run(args),
         Command::Serve(args) => cmd_serve(args),
@@ -345,6 +353,10 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        Err(msg) if cli.log_format == crate::log::LogFormat::Json => {
+            tracing::error!("{msg}");
+            ExitCode::from(2)
+        }
         Err(msg) => {
             eprintln!("vigil: error: {msg}");
             ExitCode::from(2)
@@ -380,6 +392,9 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode, String> {
     if let Some(l) = args.api_listen {
         cfg.api.listen = Some(l);
     }
+    if let Some(l) = args.metrics_listen {
+        cfg.metrics.listen = Some(l);
+    }
     cfg.validate().map_err(|e| e.to_string())?;
     let telemetry = Arc::new(Telemetry::new());
     // Every halt in force again, every delivery still owed queued, before anything is judged.
@@ -409,11 +424,12 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode, String> {
             let auth = server::api::Auth::resolve(&cfg.api, s.addr())?;
             let routes = server::api::routes(control.clone(), auth, &cfg.api, telemetry.clone());
             s.start(routes, telemetry.clone(), std::time::Duration::from_secs(10));
-            eprintln!("vigil: control API, check and metrics on http://{}/", s.addr());
+            tracing::info!(addr = %s.addr(), "control API, check and metrics on http://{}/", s.addr());
             Some(s)
         }
         None => None,
     };
+    let _metrics = server::metrics_listener(&cfg, telemetry.clone()).map_err(|e| e.to_string())?;
     let summary = if cfg.kafka.is_some() {
         let idle_exit = args.idle_exit.as_deref().map(simulate::parse_duration_ms).transpose()?;
         let opts = kafka::KafkaRunOptions {
@@ -495,7 +511,7 @@ fn cmd_serve(args: ServeArgs) -> Result<ExitCode, String> {
         None => format!("archiving to {}", cfg.archive.dir.display()),
     };
     let summary = server::serve(&cfg, &stop, |addr| {
-        eprintln!("vigil: serving POST http://{addr}/v1/events, {mode}; Ctrl-C stops");
+        tracing::info!(%addr, "serving POST http://{addr}/v1/events, {mode}; Ctrl-C stops");
     })
     .map_err(|e| e.to_string())?;
     print_summary(&summary, &cfg.archive.dir, args.json);

@@ -41,6 +41,19 @@ pub struct VigilConfig {
     /// The control log (breaker state and webhook outbox) and how long a finite run waits for it.
     #[serde(default)]
     pub control: ControlConfig,
+    /// A listener for Prometheus alone.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: a listener of its own for `/metrics` and `/healthz` (no API, so no token: the metrics
+/// name no agent). For runs without `[api] listen`, or to scrape on another interface than the API's.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address to listen on, e.g. `127.0.0.1:9465`; none by default.
+    #[serde(default)]
+    pub listen: Option<String>,
 }
 
 /// `[[webhook]]`: one endpoint that is told about breaker transitions.

@@ -10,6 +10,7 @@ pub mod control;
 pub mod deliver;
 pub mod demo;
 pub mod eval;
+pub mod log;
 pub mod pipeline;
 pub mod progress;
 pub mod responder;

@@ -121,6 +121,7 @@ pub struct Telemetry {
     archive_files: IntCounter,
     archive_bytes: IntCounter,
     flush_seconds: Histogram,
+    state_bytes: IntGauge,
     agents: IntGauge,
     /// Breaker transitions of this run, for the summary: not a metric, an agent is a label Prometheus
     /// must never see.
@@ -354,6 +355,14 @@ impl Telemetry {
                 IntGauge::new("vigil_agents_tracked", "Agents whose state the detection engine holds")
                     .expect("valid metric name"),
             ),
+            state_bytes: registered(
+                &r,
+                IntGauge::new(
+                    "vigil_state_bytes",
+                    "Bytes of per-agent detector state in memory (as of each lane's last flush)",
+                )
+                .expect("valid metric name"),
+            ),
             moved: Mutex::new(Vec::new()),
             registry: r,
         }
@@ -489,6 +498,11 @@ impl Telemetry {
     /// Moves the tracked-agents gauge by a lane's change.
     pub fn agents_changed(&self, by: i64) {
         self.agents.add(by);
+    }
+
+    /// Moves the state-bytes gauge by a lane's change.
+    pub fn state_bytes_changed(&self, by: i64) {
+        self.state_bytes.add(by);
     }
 
     /// Every metric in Prometheus's text exposition format.

@@ -493,7 +493,12 @@ fn a_running_server_writes_status_lines() {
         assert!(started.elapsed() < Duration::from_secs(10), "no status line: {}", server.said());
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(server.said().contains("vigil serve: "), "{}", server.said());
+    // A log event: the sentence for a person, the numbers as fields for a log shipper.
+    assert!(
+        server.said().contains("INFO serve: ") && server.said().contains("valid=10"),
+        "{}",
+        server.said()
+    );
     server.stop();
 }
 

@@ -112,3 +112,81 @@ fn a_trickle_on_stdin_is_judged_before_a_batch_fills() {
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["valid"], 20, "{summary}");
 }
+
+/// Issue 17: `[metrics] listen` serves `/metrics` and `/healthz` alone (no API behind it) for a run with
+/// no `[api] listen`; with `--log-format json` vigil's own log events are one JSON object per line.
+#[test]
+fn a_metrics_only_listener_serves_counters_and_no_api_and_logs_can_be_json() {
+    let dir = scratch();
+    let archive = dir.path().join("archive");
+    let config = dir.path().join("vigil.toml");
+    std::fs::write(&config, "[archive]\nflush_seconds = 1.0\n").unwrap();
+    let mut child = vigil()
+        .args(["run", "--input", "-", "--json", "--log-format", "json", "--metrics-listen", "127.0.0.1:0"])
+        .arg("--config")
+        .arg(&config)
+        .arg("--archive")
+        .arg(&archive)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first log line is JSON and names the address.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut first).unwrap();
+    let log: serde_json::Value = serde_json::from_str(&first).expect("a JSON log line");
+    assert_eq!(log["level"], "INFO", "{log}");
+    let addr = log["addr"].as_str().expect("the address is a field").to_owned();
+    assert!(log["message"].as_str().unwrap().contains("/metrics"), "{log}");
+    let mut stdin = child.stdin.take().unwrap();
+    let t = 1_767_225_600_000i64;
+    for i in 0..20 {
+        writeln!(
+            stdin,
+            r#"{{"event_id":"m{i}","ts":{},"agent_id":"a1","action":"tool.call","resource":"mcp://x"}}"#,
+            t + i
+        )
+        .unwrap();
+    }
+    writeln!(stdin, "not json").unwrap();
+    stdin.flush().unwrap();
+    let started = Instant::now();
+    let text = loop {
+        let (status, text) = get(&addr, "/metrics");
+        assert_eq!(status, 200, "{text}");
+        if sample(&text, "vigil_events_total{outcome=\"accepted\"}") == Some(20.0) {
+            break text;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the trickle was not counted:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(text.contains("vigil_dead_letters_total{reason=\"not_json\"} 1"), "{text}");
+    // The state's size is measured when a flush snapshots it: the next batch after `flush_seconds`.
+    std::thread::sleep(Duration::from_millis(1100));
+    writeln!(
+        stdin,
+        r#"{{"event_id":"m20","ts":{},"agent_id":"a2","action":"tool.call","resource":"mcp://x"}}"#,
+        t + 20
+    )
+    .unwrap();
+    stdin.flush().unwrap();
+    loop {
+        let (_, text) = get(&addr, "/metrics");
+        if sample(&text, "vigil_state_bytes").is_some_and(|b| b > 0.0) {
+            assert_eq!(sample(&text, "vigil_agents_tracked"), Some(2.0), "{text}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no state size after a flush:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(get(&addr, "/healthz").0, 200);
+    assert_eq!(get(&addr, "/v1/agents").0, 404, "no API on the metrics listener");
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["valid"].as_u64(), Some(21), "{summary}");
+    assert!(TcpStream::connect(&addr).is_err(), "the listener stopped with the run");
+}

@@ -249,7 +249,7 @@ impl Control {
                         continue;
                     }
                     if let Err(e) = c.flush_archive() {
-                        eprintln!("vigil: archiving control records: {e} (kept in the control log; retried)");
+                        tracing::warn!(error = %e, "archiving control records failed (kept in the control log; retried)");
                     }
                 }
             })
@@ -563,7 +563,9 @@ impl Control {
             Ok(first) => self.archive_records(first, &record),
             // The delivery happened; only its record is missing. A restart delivers it again with the
             // same webhook-id, which receivers dedupe.
-            Err(e) => eprintln!("vigil: could not log a webhook delivery outcome: {e}"),
+            Err(e) => {
+                tracing::warn!(error = %e, transition_id = %outcome.transition_id, endpoint = %outcome.endpoint, "could not log a webhook delivery outcome")
+            }
         }
         {
             let mut book = lock(&self.book);

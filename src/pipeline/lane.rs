@@ -180,6 +180,8 @@ pub struct Lane {
     mark: Option<Arc<Mark>>,
     /// What this lane last added to the tracked-agents gauge.
     agents: i64,
+    /// What this lane last added to the state-bytes gauge (measured when a flush snapshots the state).
+    state_bytes: i64,
     /// The earliest and latest event time taken.
     span: Option<(i64, i64)>,
 }
@@ -289,6 +291,7 @@ impl Lane {
             control: None,
             mark: None,
             agents: 0,
+            state_bytes: 0,
             span: None,
         }
     }
@@ -609,7 +612,12 @@ impl Lane {
         if !a.has_uncommitted() {
             return Ok(None);
         }
-        let state = engine_state(&crate::control::lock(&self.engine));
+        let (state, bytes) = {
+            let engine = crate::control::lock(&self.engine);
+            (engine_state(&engine), engine.state_bytes() as i64)
+        };
+        self.telemetry.state_bytes_changed(bytes - self.state_bytes);
+        self.state_bytes = bytes;
         let copy = with_state.then(|| state.clone());
         Ok(a.take_flush(state, super::now_ms()).map(|job| (job, copy)))
     }
@@ -617,6 +625,7 @@ impl Lane {
     /// Takes this lane's agents off the tracked-agents gauge: the partition was handed to another member.
     pub fn hand_over(mut self) {
         self.telemetry.agents_changed(-self.agents);
+        self.telemetry.state_bytes_changed(-self.state_bytes);
         self.agents = 0;
     }
 

@@ -191,17 +191,24 @@ impl StatusLine {
         let new = s.lines.saturating_sub(self.lines_then);
         self.last = Instant::now();
         self.lines_then = s.lines;
-        eprintln!(
-            "vigil {}: {new} lines in the last {secs:.0}s ({:.0}/s); total {} lines: {} valid, {} dead-lettered, \
-             {} findings, {} late{}",
+        let rate = new as f64 / secs.max(1e-9);
+        let findings = s.findings.values().sum::<u64>();
+        let extra = extra();
+        tracing::info!(
+            what = self.label,
+            lines = s.lines,
+            valid = s.valid,
+            dead_lettered = s.dead_lettered(),
+            findings,
+            late = s.late,
+            lines_per_second = rate.round() as u64,
+            "{}: {new} lines in the last {secs:.0}s ({rate:.0}/s); total {} lines: {} valid, {} dead-lettered, \
+             {findings} findings, {} late{extra}",
             self.label,
-            new as f64 / secs.max(1e-9),
             s.lines,
             s.valid,
             s.dead_lettered(),
-            s.findings.values().sum::<u64>(),
             s.late,
-            extra()
         );
     }
 }

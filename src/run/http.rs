@@ -321,8 +321,10 @@ impl JournaledLane {
         e.lane.flush_and_wait(false)?;
         if recovered > 0 {
             e.telemetry.add_recovered(recovered);
-            eprintln!(
-                "vigil: archived {recovered} items an interrupted run had taken into {} (answered, not yet archived)",
+            tracing::info!(
+                recovered,
+                archive = %dir.display(),
+                "archived {recovered} items an interrupted run had taken into {} (answered, not yet archived)",
                 dir.display()
             );
         }
@@ -669,7 +671,7 @@ impl KafkaFront {
         }
         for rx in dlq_acks {
             if let Ok(Err(e)) = rx.await {
-                eprintln!("vigil: serve: dead letter not produced to {}: {e}", self.dlq);
+                tracing::warn!(topic = %self.dlq, error = %e, "dead letter not produced");
             }
         }
         // Items not taken (saturated, broker errors) are the client's to send again: not counted as read.

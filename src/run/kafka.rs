@@ -346,7 +346,7 @@ pub fn run_with(
                 Some(Ok(m)) => batch.push((m, shared.epoch.load(Ordering::SeqCst))),
                 Some(Err(e)) => {
                     // Transport errors are retried by librdkafka; they are reported, not fatal.
-                    eprintln!("vigil: kafka: {e}");
+                    tracing::warn!(error = %e, "kafka");
                     break;
                 }
                 None => break,
@@ -556,7 +556,7 @@ impl ControlBus {
                         control.apply_remote(&t);
                     }
                     Some(Err(e)) => {
-                        eprintln!("vigil: {}: not a transition at offset {}: {e}", m.topic(), m.offset())
+                        tracing::warn!(topic = m.topic(), offset = m.offset(), error = %e, "not a transition; skipped")
                     }
                     None => {}
                 }
@@ -592,7 +592,7 @@ impl ControlBus {
             if let Err(e) = send(&producer, record) {
                 // The transition is in force here and in the log; the other members miss it until the
                 // next one for the same breaker. Said, not fatal.
-                eprintln!("vigil: publishing a transition to {publish_topic}: {e}");
+                tracing::warn!(topic = %publish_topic, error = %e, "publishing a transition failed");
             }
         }));
         let stop = Arc::new(AtomicBool::new(false));

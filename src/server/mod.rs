@@ -139,6 +139,16 @@ impl Server {
     }
 }
 
+/// `[metrics] listen`: `/metrics` and `/healthz` on a listener of their own, for as long as the returned
+/// server lives.
+pub fn metrics_listener(cfg: &VigilConfig, telemetry: Arc<Telemetry>) -> Result<Option<Server>, ServeError> {
+    let Some(listen) = &cfg.metrics.listen else { return Ok(None) };
+    let mut s = Server::bind(listen, 1)?;
+    s.start(Router::new(), telemetry, Duration::from_secs(10));
+    tracing::info!(addr = %s.addr(), "metrics on http://{}/metrics", s.addr());
+    Ok(Some(s))
+}
+
 /// Accepts connections until told to stop.
 async fn accept(
     listener: tokio::net::TcpListener,
@@ -152,7 +162,7 @@ async fn accept(
                 Ok(c) => c,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    eprintln!("vigil: server: accept: {e}");
+                    tracing::warn!(error = %e, "accept failed; backing off");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -271,17 +281,22 @@ pub fn serve_with(
         });
     }
     let routes = events::routes(state).merge(api::routes(control.clone(), auth, &cfg.api, telemetry.clone()));
-    server.start(routes, telemetry, Duration::from_secs(cfg.http.request_timeout_seconds));
+    server.start(routes, telemetry.clone(), Duration::from_secs(cfg.http.request_timeout_seconds));
     ready(server.addr());
+    let metrics = metrics_listener(cfg, telemetry)?;
     server.wait_for(&[stop, intake.ended()]);
     server.stop_accepting();
     let all = cfg.http.max_inflight_requests as u32;
     let drain = Duration::from_secs(cfg.http.drain_seconds);
     // The timer is made inside the runtime, which owns the clock.
     if server.block_on(async { tokio::time::timeout(drain, permits.acquire_many(all)).await }).is_err() {
-        eprintln!("vigil: serve: requests still in flight after {}s; stopping anyway", drain.as_secs());
+        tracing::warn!(
+            drain_seconds = drain.as_secs(),
+            "requests still in flight after the drain time; stopping anyway"
+        );
     }
     server.shutdown();
+    drop(metrics);
     control.close(Duration::from_secs_f64(cfg.control.delivery_grace_seconds))?;
     let mut summary = intake.close()?;
     summary.elapsed = started.elapsed();
