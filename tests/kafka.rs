@@ -68,7 +68,7 @@ fn a_topic_lands_in_the_archive_exactly_once_and_bad_records_in_the_dlq() {
     assert_eq!(summary["valid"], n, "{summary}");
     // While it runs, a member says how it is doing: lines since the last status line, totals, lag.
     let said = String::from_utf8_lossy(&out.stderr);
-    assert!(said.contains("vigil run --kafka: ") && said.contains("; lag "), "{said}");
+    assert!(said.contains("INFO run --kafka: ") && said.contains("; lag "), "{said}");
     assert_eq!(summary["dead_lettered"], bad.len(), "{summary}");
     let counts = archive_py("event-counts", &archive, &[]);
     assert_eq!((counts["rows"].as_u64(), counts["distinct"].as_u64()), (Some(n), Some(n)), "{counts}");
