@@ -673,6 +673,7 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name(format!("vigil-writer-{name}"))
             .spawn(move || {
+                super::lower_priority(10);
                 for job in job_rx {
                     let started = Instant::now();
                     let mut result = job.flush.map(|j| writer.write(j)).transpose();

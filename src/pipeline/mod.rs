@@ -316,3 +316,19 @@ impl Fanout for FindingsFile {
         self.w.flush().map_err(|e| self.io(e))
     }
 }
+
+/// Lowers the calling thread's scheduling priority by `nice` steps (Linux keeps a nice value per
+/// thread), so the threads that answer requests run first when the cores are contended.
+pub(crate) fn lower_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{getpriority_process, setpriority_process};
+        let tid = rustix::thread::gettid();
+        // A failure (a sandbox refusing it) leaves the priority as it was: a preference, not a need.
+        if let Ok(now) = getpriority_process(Some(tid)) {
+            let _ = setpriority_process(Some(tid), (now + nice).min(19));
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
+}

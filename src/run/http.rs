@@ -137,6 +137,7 @@ impl HttpIntake {
                 let thread = std::thread::Builder::new()
                     .name("vigil-pipeline".into())
                     .spawn(move || {
+                        crate::pipeline::lower_priority(10);
                         let result = journaled.run(rx);
                         flag.store(true, Ordering::SeqCst);
                         result
