@@ -2,16 +2,22 @@
 //! does it; and, in the same run on the same file, DuckDB converting the NDJSON to zstd Parquet.
 //!
 //! `cargo bench --bench e2e -- [EVENTS]` (default 1,000,000). Needs the venv of scripts/test.sh (or
-//! VIGIL_PYTHON) for the DuckDB comparison. Prints events/s, MB/s, peak RSS and the ratio.
+//! VIGIL_PYTHON) for the DuckDB comparison. Prints events/s, MB/s, peak RSS and the ratio (vigil's best of
+//! two plain runs), and the same runs with `/metrics` served beside them and scraped every second.
 
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use vigil::cli::demo_config;
+use vigil::control::Control;
 use vigil::pipeline::RunOptions;
 use vigil::run::file;
 use vigil::simulate::{self, SimConfig};
+use vigil::telemetry::Telemetry;
 
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -19,6 +25,40 @@ fn peak_rss_kib() -> u64 {
         .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
         .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
         .unwrap_or(0)
+}
+
+/// One `vigil run` of the file, with `/metrics` served and scraped every second when `scrape`: the
+/// seconds it took, its summary, and the scrapes answered.
+fn run_once(cfg: &vigil::config::VigilConfig, scrape: bool) -> (f64, vigil::pipeline::Summary, u64) {
+    let telemetry = Arc::new(Telemetry::new());
+    let control = Control::open(cfg, telemetry.clone()).unwrap();
+    let mut cfg = cfg.clone();
+    cfg.metrics.listen = scrape.then(|| "127.0.0.1:0".to_owned());
+    let server = vigil::server::metrics_listener(&cfg, telemetry.clone()).unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let scraper = server.as_ref().map(|s| {
+        let (addr, done) = (s.addr(), done.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                write!(c, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+                let mut body = Vec::new();
+                c.read_to_end(&mut body).unwrap();
+                assert!(body.starts_with(b"HTTP/1.1 200"));
+                n += 1;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            n
+        })
+    });
+    let t = Instant::now();
+    let s = file::run_with(&cfg, &RunOptions::default(), telemetry, control).unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    let scrapes = scraper.map_or(0, |h| h.join().unwrap());
+    drop(server);
+    (secs, s, scrapes)
 }
 
 fn main() {
@@ -60,17 +100,37 @@ fn main() {
     cfg.input.path = Some(input.clone());
     cfg.output.findings = None;
     let rss_before = peak_rss_kib();
-    let t = Instant::now();
-    let s = file::run(&cfg, &RunOptions::default()).unwrap();
-    let secs = t.elapsed().as_secs_f64();
-    assert!(s.balanced() && s.valid == n);
-    let vigil_eps = n as f64 / secs;
+    // Plain runs, and runs with `/metrics` served beside them and scraped every second (as Prometheus
+    // would, at a far shorter interval than its usual 15 s), alternated so the machine's drift hits both.
+    let mut plain = Vec::new();
+    let mut scraped = Vec::new();
+    for round in 0..4 {
+        let scrape = round % 2 == 1;
+        cfg.archive.dir = dir.path().join(format!("archive-{round}"));
+        let (secs, s, scrapes) = run_once(&cfg, scrape);
+        assert!(s.balanced() && s.valid == n);
+        let eps = n as f64 / secs;
+        println!(
+            "vigil  file → archive{}: {secs:.2}s  {eps:.0} events/s  {:.1} MB/s  archive {:.1} MB  peak RSS {} MiB (before run {} MiB)",
+            if scrape {
+                format!(", /metrics scraped every second ({scrapes} scrapes)")
+            } else {
+                String::new()
+            },
+            size as f64 / 1e6 / secs,
+            s.archive_bytes as f64 / 1e6,
+            peak_rss_kib() / 1024,
+            rss_before / 1024
+        );
+        if scrape { scraped.push(eps) } else { plain.push(eps) }
+    }
+    let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let vigil_eps = best(&plain);
     println!(
-        "vigil  file → archive: {secs:.2}s  {vigil_eps:.0} events/s  {:.1} MB/s  archive {:.1} MB  peak RSS {} MiB (before run {} MiB)",
-        size as f64 / 1e6 / secs,
-        s.archive_bytes as f64 / 1e6,
-        peak_rss_kib() / 1024,
-        rss_before / 1024
+        "/metrics scraped every second: best {:.0} against {:.0} events/s unscraped ({:+.1}%)",
+        best(&scraped),
+        vigil_eps,
+        100.0 * (best(&scraped) / vigil_eps - 1.0)
     );
 
     let python = std::env::var_os("VIGIL_PYTHON").map(PathBuf::from).unwrap_or_else(|| {

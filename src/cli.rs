@@ -63,6 +63,10 @@ enum Command {
     /// candidates), things used but not declared, shared credentials, agents with no policy, agents
     /// acting for humans.
     Audit(AuditArgs),
+    /// Least privilege from evidence: `vigil policy suggest` writes the allow-lists the archive's
+    /// successful actions justify, each entry with its evidence, or compares them with a config's.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Run detection over a simulated fleet and score it against the simulator's labels: recall per
     /// incident kind, precision per finding kind, false findings per 100 agent-days, time to detect.
     Eval(EvalArgs),
@@ -180,6 +184,48 @@ struct AuditArgs {
     #[arg(long, value_enum, default_value_t = AuditFormat::Table)]
     format: AuditFormat,
     /// Distinct actions, resources or scopes kept per agent (the rest are counted, not listed).
+    #[arg(long, default_value_t = 10_000)]
+    max_values: usize,
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Write `[[detect.policy]]` allow-lists (TOML) built from the successful actions in the archive,
+    /// generalised to the detector's resource prefixes, every entry commented with its evidence (events,
+    /// agents, first and last use), for a person to review and commit. With --against, show instead
+    /// how a config's policies differ from that evidence.
+    Suggest(SuggestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SuggestArgs {
+    /// Archive root (as written by `vigil run`).
+    #[arg(long)]
+    archive: PathBuf,
+    /// Start of the period (RFC 3339, inclusive); default: the archive's beginning.
+    #[arg(long)]
+    since: Option<String>,
+    /// End of the period (RFC 3339, exclusive); default: the archive's end.
+    #[arg(long)]
+    until: Option<String>,
+    /// One policy per role (agents whose events name none get one each), or one per agent.
+    #[arg(long, value_enum, default_value = "role")]
+    by: crate::policy::By,
+    /// Path segments a resource entry keeps before `/**` (default: the config's
+    /// detect.scope.resource_depth, else 2).
+    #[arg(long)]
+    depth: Option<usize>,
+    /// Config to read detect.scope.resource_depth from.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Compare this config's policies with the evidence instead: grants never used (revoke
+    /// candidates, `-`), uses never granted (`+`), agents no policy covers (`!`).
+    #[arg(long, value_name = "CONFIG")]
+    against: Option<PathBuf>,
+    /// Write the suggestion to this file instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Distinct actions, resources or scopes kept per policy (the rest are counted and said).
     #[arg(long, default_value_t = 10_000)]
     max_values: usize,
 }
@@ -345,6 +391,7 @@ pub fn main() -> ExitCode {
         Command::Simulate(args) => cmd_simulate(args),
         Command::Eval(args) => cmd_eval(args),
         Command::Audit(args) => cmd_audit(args),
+        Command::Policy(PolicyCommand::Suggest(args)) => cmd_suggest(args),
         Command::Demo { dir, agents, duration, rate, seed } => cmd_demo(&dir, agents, &duration, rate, seed),
         Command::Halt(args) => cmd_control("halt", args),
         Command::Resume(args) => cmd_control("resume", args),
@@ -772,6 +819,54 @@ fn cmd_audit(args: AuditArgs) -> Result<ExitCode, String> {
         // A reader that stopped early (`| head`) is not an error.
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("writing the review: {e}")),
         _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn cmd_suggest(args: SuggestArgs) -> Result<ExitCode, String> {
+    if !args.archive.join("events").is_dir() {
+        return Err(format!("{} has no events/ table: is it a vigil archive?", args.archive.display()));
+    }
+    let time = |flag: &str, v: &Option<String>| -> Result<Option<i64>, String> {
+        v.as_deref().map(|t| parse_rfc3339_ms(t).map_err(|e| format!("{flag} {t:?}: {e}"))).transpose()
+    };
+    let (since, until) = (time("--since", &args.since)?, time("--until", &args.until)?);
+    let max_values = args.max_values.max(1);
+    let text = match &args.against {
+        Some(path) => {
+            let cfg = VigilConfig::load(path).map_err(|e| e.to_string())?;
+            crate::policy::against(&args.archive, since, until, max_values, &cfg.detect)?
+        }
+        None => {
+            let depth = match (args.depth, &args.config) {
+                (Some(d), _) => d,
+                (None, Some(p)) => {
+                    VigilConfig::load(p).map_err(|e| e.to_string())?.detect.scope.resource_depth
+                }
+                (None, None) => vigil_detect::DetectConfig::default().scope.resource_depth,
+            };
+            let seen = crate::policy::collect(&args.archive, since, until, args.by, depth, max_values)?;
+            if seen.scanned.events == 0 {
+                return Err(format!(
+                    "no successful events in {} for that period: nothing to suggest",
+                    args.archive.display()
+                ));
+            }
+            crate::policy::render(&seen, &args.archive, depth)
+        }
+    };
+    match &args.out {
+        Some(path) => {
+            fs::write(path, &text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+            eprintln!("wrote {} (review it, then add it to your config)", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("writing: {e}")),
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
     }
 }
 

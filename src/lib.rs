@@ -12,6 +12,7 @@ pub mod demo;
 pub mod eval;
 pub mod log;
 pub mod pipeline;
+pub mod policy;
 pub mod progress;
 pub mod responder;
 pub mod run;

@@ -139,3 +139,126 @@ fn a_folder_that_is_not_an_archive_is_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Issue 18: least privilege from evidence. The policy suggested from a clean first day, with the
+/// second day run under it: the agents with policy violations are exactly the ones whose injected
+/// incident left what their role did on the first day.
+#[test]
+fn a_policy_suggested_from_a_clean_day_flags_exactly_the_injected_incidents_of_the_next() {
+    let dir = common::scratch();
+    let p = |n: &str| dir.path().join(n);
+    let sim = |out: &str, start: &str, seed: &str, incidents: &str, labels: Option<&str>| {
+        let mut c = common::vigil();
+        c.args(["simulate", "--agents", "60", "--duration", "1d", "--rate", "3", "--start", start])
+            .args(["--seed", seed, "--incidents", incidents, "--out"])
+            .arg(p(out));
+        if let Some(l) = labels {
+            c.arg("--labels").arg(p(l));
+        }
+        common::ok(c.output().unwrap());
+    };
+    sim("day1.ndjson", "2026-01-05T00:00:00Z", "5", "0", None);
+    sim("day2.ndjson", "2026-01-06T00:00:00Z", "6", "8", Some("labels.ndjson"));
+    common::run_json(&p("day1.ndjson"), &p("a1"), None);
+
+    let out = common::ok(
+        common::vigil()
+            .args(["policy", "suggest", "--archive"])
+            .arg(p("a1"))
+            .arg("--out")
+            .arg(p("policy.toml"))
+            .output()
+            .unwrap(),
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("review it"), "{out:?}");
+    let text = fs::read_to_string(p("policy.toml")).unwrap();
+    // One policy per role, entries with their evidence, resources generalised.
+    assert_eq!(text.matches("[[detect.policy]]").count(), 5, "{text}");
+    assert!(text.contains("roles = [\"coding\"]") && text.contains("\"file:///repo/src/**\","), "{text}");
+    assert!(text.contains(" events, ") && text.contains(" agents, 2026-01-05T"), "{text}");
+
+    // The suggested file loads as it is, and judges the second day.
+    let summary = common::run_json(&p("day2.ndjson"), &p("a2"), Some(&p("policy.toml")));
+    assert_eq!(summary["balanced"], true, "{summary}");
+    let findings = p("f2.ndjson");
+    common::ok(
+        common::vigil()
+            .args(["run", "--input"])
+            .arg(p("day2.ndjson"))
+            .arg("--archive")
+            .arg(p("a2-again"))
+            .args(["--config"])
+            .arg(p("policy.toml"))
+            .arg("--findings")
+            .arg(&findings)
+            .output()
+            .unwrap(),
+    );
+    let flagged: std::collections::BTreeSet<String> = lines(&findings)
+        .iter()
+        .filter(|f| f["kind"] == "policy_violation")
+        .map(|f| f["agent_id"].as_str().unwrap().to_owned())
+        .collect();
+    // What each role did on day 1, to know which incidents leave it: a runaway loop repeats `tool.call`,
+    // new to a role that never called a tool; a stolen credential and a swapped model act in scope.
+    let mut actions: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for l in fs::read_to_string(p("day1.ndjson")).unwrap().lines() {
+        let e: serde_json::Value = serde_json::from_str(l).unwrap();
+        if e["outcome"].as_str().unwrap_or("success") == "success" {
+            let role = e["agent_role"].as_str().unwrap().to_owned();
+            actions.entry(role).or_default().insert(e["action"].as_str().unwrap().to_owned());
+        }
+    }
+    let labels = lines(&p("labels.ndjson"));
+    assert_eq!(labels.len(), 8, "{labels:?}");
+    let expected: std::collections::BTreeSet<String> = labels
+        .iter()
+        .filter(|l| match l["kind"].as_str().unwrap() {
+            "shared_credential" | "model_swap" => false,
+            "runaway_loop" => {
+                let agent = l["agent_id"].as_str().unwrap();
+                let role = agent.split("-agent-").next().unwrap();
+                !actions[role].contains("tool.call")
+            }
+            _ => true,
+        })
+        .map(|l| l["agent_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(expected.len() >= 5, "{expected:?}");
+    assert_eq!(flagged, expected, "policy violations on day 2 against the injected incidents: {labels:?}");
+
+    // Against the policy it suggested, day 1 has nothing to revoke and nothing ungranted.
+    let diff = common::ok(
+        common::vigil()
+            .args(["policy", "suggest", "--archive"])
+            .arg(p("a1"))
+            .arg("--against")
+            .arg(p("policy.toml"))
+            .output()
+            .unwrap(),
+    );
+    let said = String::from_utf8_lossy(&diff.stdout);
+    assert!(
+        said.contains(
+            "0 grants never used (revoke candidates), 0 uses never granted, 0 agents without a policy"
+        ),
+        "{said}"
+    );
+    // Day 2 against it: the incidents' uses are listed as never granted.
+    let diff = common::ok(
+        common::vigil()
+            .args(["policy", "suggest", "--archive"])
+            .arg(p("a2"))
+            .arg("--against")
+            .arg(p("policy.toml"))
+            .output()
+            .unwrap(),
+    );
+    let said = String::from_utf8_lossy(&diff.stdout);
+    assert!(said.lines().any(|l| l.starts_with("+ agent ") && l.contains("never granted")), "{said}");
+}
