@@ -171,7 +171,8 @@ struct AuditArgs {
     /// Archive root (as written by `vigil run`).
     #[arg(long)]
     archive: PathBuf,
-    /// Config whose policies are reviewed (TOML); without one, every agent is reported as having none.
+    /// Config whose policies are reviewed (TOML); default: a vigil.toml beside the archive (as `vigil
+    /// demo` writes), else none, and every agent is reported as having no policy.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Start of the period (RFC 3339, inclusive); default: the archive's beginning.
@@ -796,9 +797,15 @@ fn cmd_simulate(args: SimArgs) -> Result<ExitCode, String> {
 }
 
 fn cmd_audit(args: AuditArgs) -> Result<ExitCode, String> {
-    let cfg = match &args.config {
-        Some(p) => VigilConfig::load(p).map_err(|e| e.to_string())?,
-        None => VigilConfig::default(),
+    // Without --config, the config beside the archive (where `vigil demo` writes the one it judged with).
+    let beside = args.archive.parent().map(|p| p.join("vigil.toml")).filter(|p| p.is_file());
+    let cfg = match (&args.config, beside) {
+        (Some(p), _) => VigilConfig::load(p).map_err(|e| e.to_string())?,
+        (None, Some(p)) => {
+            eprintln!("vigil audit: policies from {} (beside the archive; --config to choose)", p.display());
+            VigilConfig::load(&p).map_err(|e| e.to_string())?
+        }
+        (None, None) => VigilConfig::default(),
     };
     if !args.archive.join("events").is_dir() {
         return Err(format!("{} has no events/ table: is it a vigil archive?", args.archive.display()));
@@ -952,6 +959,11 @@ fn cmd_demo(dir: &Path, agents: usize, duration: &str, rate: f64, seed: u64) -> 
     let mut cfg = demo_config(dir);
     // The supply-chain kill switch enforces in the demo, so its cohort halt reaches the gateway.
     cfg.respond.cohort.mode = Some(vigil_schemas::rows::Mode::Enforce);
+    // The config it judges with, policies included, beside its archive: `vigil audit` finds it there.
+    let written = toml::to_string(&cfg).map_err(|e| format!("writing the demo's config: {e}"))?;
+    let config_path = dir.join("vigil.toml");
+    fs::write(&config_path, format!("# The config `vigil demo` judged {} with.\n{written}", dir.display()))
+        .map_err(|e| format!("writing {}: {e}", config_path.display()))?;
     let receiver = crate::demo::Receiver::start().map_err(|e| format!("the demo's webhook receiver: {e}"))?;
     cfg.webhook.push(receiver.endpoint());
     println!("a local gateway receives signed webhooks on {}", receiver.url());
@@ -998,6 +1010,9 @@ fn cmd_demo(dir: &Path, agents: usize, duration: &str, rate: f64, seed: u64) -> 
         "\nParquet archive: {archive}/{{events,findings,control,dead-letters}}/dt=YYYY-MM-DD/hour=HH/*.parquet"
     );
     println!("findings as NDJSON: {}", dir.join("findings.ndjson").display());
+    println!("the config and policies it judged with: {}", config_path.display());
+    println!("\nleast privilege: vigil audit --archive {archive}");
+    println!("  and vigil policy suggest --archive {archive} --against {}", config_path.display());
     println!("\ntry it with DuckDB (pip install duckdb, or the duckdb CLI):");
     println!("  SELECT kind, severity, agent_id, summary");
     println!("  FROM read_parquet('{archive}/findings/**/*.parquet', hive_partitioning = true)");
