@@ -16,6 +16,8 @@ use vigil_detect::{DetectConfig, GlobSet};
 use vigil_ingest::archive::scan_table;
 use vigil_schemas::timestamp::format_rfc3339_ms;
 
+use crate::progress::Progress;
+
 const COLUMNS: &[&str] =
     &["ts", "agent_id", "agent_role", "action", "resource", "scope", "credential_id", "principal"];
 
@@ -81,53 +83,66 @@ pub fn collect(
             *dropped += 1;
         }
     };
-    scanned.files = scan_table(archive, "events", COLUMNS, |batch| {
-        let Some(ts) =
-            batch.column_by_name("ts").and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
-        else {
-            return;
-        };
-        let cols: Vec<Option<&StringArray>> = COLUMNS[1..].iter().map(|c| strings(batch, c)).collect();
-        for i in 0..batch.num_rows() {
-            let t = ts.value(i);
-            if since.is_some_and(|s| t < s) || until.is_some_and(|u| t >= u) {
-                continue;
+    let started = std::time::Instant::now();
+    let (read, mut bar) = (std::cell::Cell::new(0u64), None);
+    scanned.files = scan_table(
+        archive,
+        "events",
+        COLUMNS,
+        |batch| {
+            read.set(read.get() + batch.num_rows() as u64);
+            let Some(ts) = batch
+                .column_by_name("ts")
+                .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
+            else {
+                return;
+            };
+            let cols: Vec<Option<&StringArray>> = COLUMNS[1..].iter().map(|c| strings(batch, c)).collect();
+            for i in 0..batch.num_rows() {
+                let t = ts.value(i);
+                if since.is_some_and(|s| t < s) || until.is_some_and(|u| t >= u) {
+                    continue;
+                }
+                let Some(agent) = value(cols[0], i) else { continue };
+                first = first.min(t);
+                last = last.max(t);
+                scanned.events += 1;
+                let u = agents.entry(agent.to_owned()).or_default();
+                u.events += 1;
+                if let Some(role) = value(cols[1], i)
+                    && u.role.as_deref() != Some(role)
+                {
+                    u.role = Some(role.to_owned());
+                }
+                let mut dropped = 0;
+                if let Some(a) = value(cols[2], i) {
+                    bump(&mut u.actions, a, &mut dropped);
+                }
+                if let Some(r) = value(cols[3], i) {
+                    bump(&mut u.resources, r, &mut dropped);
+                }
+                if let Some(s) = value(cols[4], i) {
+                    bump(&mut u.scopes, s, &mut dropped);
+                }
+                u.dropped += dropped;
+                if let Some(c) = value(cols[5], i)
+                    && !u.credentials.contains(c)
+                {
+                    u.credentials.insert(c.to_owned());
+                }
+                if let Some(p) = value(cols[6], i)
+                    && !u.principals.contains(p)
+                {
+                    u.principals.insert(p.to_owned());
+                }
             }
-            let Some(agent) = value(cols[0], i) else { continue };
-            first = first.min(t);
-            last = last.max(t);
-            scanned.events += 1;
-            let u = agents.entry(agent.to_owned()).or_default();
-            u.events += 1;
-            if let Some(role) = value(cols[1], i)
-                && u.role.as_deref() != Some(role)
-            {
-                u.role = Some(role.to_owned());
-            }
-            let mut dropped = 0;
-            if let Some(a) = value(cols[2], i) {
-                bump(&mut u.actions, a, &mut dropped);
-            }
-            if let Some(r) = value(cols[3], i) {
-                bump(&mut u.resources, r, &mut dropped);
-            }
-            if let Some(s) = value(cols[4], i) {
-                bump(&mut u.scopes, s, &mut dropped);
-            }
-            u.dropped += dropped;
-            if let Some(c) = value(cols[5], i)
-                && !u.credentials.contains(c)
-            {
-                u.credentials.insert(c.to_owned());
-            }
-            if let Some(p) = value(cols[6], i)
-                && !u.principals.contains(p)
-            {
-                u.principals.insert(p.to_owned());
-            }
-        }
-    })
+        },
+        |done, total| Progress::files(&mut bar, "audit", done, total, read.get(), started.elapsed()),
+    )
     .map_err(|e| e.to_string())?;
+    if let Some(b) = bar.as_mut() {
+        b.finish();
+    }
     if scanned.events > 0 {
         scanned.first = Some(format_rfc3339_ms(first));
         scanned.last = Some(format_rfc3339_ms(last));

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 pub struct Progress {
     enabled: bool,
     label: &'static str,
+    unit: &'static str,
     total: Option<u64>,
     last: Option<Instant>,
 }
@@ -17,7 +18,36 @@ impl Progress {
     /// A display for a task of `total` units (bytes, events), if known; off unless `wanted` and stderr
     /// is a terminal.
     pub fn new(wanted: bool, label: &'static str, total: Option<u64>) -> Self {
-        Progress { enabled: wanted && std::io::stderr().is_terminal(), label, total, last: None }
+        Progress {
+            enabled: wanted && std::io::stderr().is_terminal(),
+            label,
+            unit: "lines",
+            total,
+            last: None,
+        }
+    }
+
+    /// Progress over files of an archive (`done` of `total`), with `items` read so far: a display made
+    /// on the first call, when the total is known.
+    pub fn files(
+        bar: &mut Option<Progress>,
+        label: &'static str,
+        done: usize,
+        total: usize,
+        items: u64,
+        elapsed: Duration,
+    ) {
+        bar.get_or_insert_with(|| Progress::new(true, label, Some(total as u64)).unit("events")).update(
+            done as u64,
+            items,
+            elapsed,
+        );
+    }
+
+    /// What the items are called (default "lines").
+    pub fn unit(mut self, unit: &'static str) -> Self {
+        self.unit = unit;
+        self
     }
 
     /// Redraws if enough time has passed: `done` of `total` units, `items` processed so far.
@@ -32,7 +62,7 @@ impl Progress {
             _ => String::new(),
         };
         let mut err = std::io::stderr().lock();
-        let _ = write!(err, "\r{}: {pct}{items} lines, {:.0}/s   ", self.label, rate);
+        let _ = write!(err, "\r{}: {pct}{items} {}, {:.0}/s   ", self.label, self.unit, rate);
         let _ = err.flush();
     }
 

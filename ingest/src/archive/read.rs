@@ -22,19 +22,22 @@ pub fn table_files(root: &Path, table: &str) -> Result<Vec<PathBuf>, ArchiveErro
     Ok(files)
 }
 
-/// Calls `each` with every record batch of `table`, holding only `columns`. Returns the files read.
+/// Calls `each` with every record batch of `table`, holding only `columns`, and `read(done, total)` after
+/// each file (for a progress display). Returns the files read.
 pub fn scan_table(
     root: &Path,
     table: &str,
     columns: &[&str],
     mut each: impl FnMut(&RecordBatch),
+    mut read: impl FnMut(usize, usize),
 ) -> Result<usize, ArchiveError> {
     let files = table_files(root, table)?;
-    for path in &files {
+    for (i, path) in files.iter().enumerate() {
         read_columns(path, open_file(path)?, columns, |batch| {
             each(batch);
             Ok(())
         })?;
+        read(i + 1, files.len());
     }
     Ok(files.len())
 }
