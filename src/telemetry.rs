@@ -206,12 +206,15 @@ impl Telemetry {
         let transitions = counter_vec(
             &r,
             "vigil_breaker_transitions_total",
-            "Breaker transitions (agent, cohort, fleet), by action and mode (shadow ones are only recorded)",
-            &["action", "mode"],
+            "Breaker transitions (agent, cohort, fleet), by action, mode (shadow ones are only recorded) and \
+             actor (a rule, or an operator through the API)",
+            &["action", "mode", "actor"],
         );
         for a in Action::ALL {
             for m in Mode::ALL {
-                transitions.with_label_values(&[a.as_str(), m.as_str()]);
+                for actor in ["rule", "operator"] {
+                    transitions.with_label_values(&[a.as_str(), m.as_str(), actor]);
+                }
             }
         }
         let deliveries = counter_vec(
@@ -404,7 +407,11 @@ impl Telemetry {
 
     /// Counts a breaker transition, keeping what it moved for the run summary.
     pub fn transition(&self, t: &Transition) {
-        self.transitions.with_label_values(&[t.action.as_str(), t.mode.as_str()]).inc();
+        let actor = match t.actor {
+            vigil_schemas::rows::Actor::Rule(_) => "rule",
+            vigil_schemas::rows::Actor::Operator(_) => "operator",
+        };
+        self.transitions.with_label_values(&[t.action.as_str(), t.mode.as_str(), actor]).inc();
         let mut moved = self.moved.lock().unwrap_or_else(|p| p.into_inner());
         // The summary lists a bounded number; the archive has them all.
         if moved.len() < 10_000 {
