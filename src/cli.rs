@@ -14,7 +14,7 @@ use vigil_schemas::timestamp::parse_rfc3339_ms;
 
 use crate::config::VigilConfig;
 use crate::control::Control;
-use crate::pipeline::{self, RunOptions, Summary};
+use crate::pipeline::{self, Moved, RunOptions, Summary};
 use crate::progress::Progress;
 use crate::run::{file, kafka};
 use crate::simulate::{self, SimConfig};
@@ -581,6 +581,8 @@ pub fn summary_json(s: &Summary, archive: &Path) -> serde_json::Value {
         "dead_letters": s.dead_letters,
         "balanced": s.balanced(),
         "findings": findings,
+        "distinct_findings": s.distinct_findings,
+        "agents_with_findings": s.agents_with_findings,
         "transitions": s.moved.iter().map(|m| serde_json::json!({
             "breaker": m.key, "action": m.action, "mode": m.mode, "actor": m.actor,
         })).collect::<Vec<_>>(),
@@ -626,9 +628,13 @@ pub fn render_summary(s: &Summary, archive: &Path) -> String {
         let _ = writeln!(o, "  dead letters {reason}: {n}");
     }
     let total: u64 = s.findings.values().sum();
-    let _ = writeln!(o, "findings: {total} from {} agents", s.agents);
+    let _ = writeln!(
+        o,
+        "findings: {} on {} of {} agents ({total} rows: a finding is archived again each time it grows)",
+        s.distinct_findings, s.agents_with_findings, s.agents
+    );
     for ((kind, sev), n) in &s.findings {
-        let _ = writeln!(o, "  {:<18} {:<8} {n}", kind.as_str(), sev.as_str());
+        let _ = writeln!(o, "  {:<22} {:<8} {n}", kind.as_str(), sev.as_str());
     }
     if s.late > 0 {
         let _ = writeln!(o, "  {} events arrived too late for their rate window (archived, counted)", s.late);
@@ -640,6 +646,15 @@ pub fn render_summary(s: &Summary, archive: &Path) -> String {
         }
         let list: Vec<String> = by.iter().map(|((a, m), n)| format!("{n} {a} ({m})")).collect();
         let _ = writeln!(o, "breakers: {}", list.join(", "));
+        // The halts that were enforced, by name: what an operator needs to look at first.
+        let halts: Vec<&Moved> =
+            s.moved.iter().filter(|m| m.action.ends_with(".halt") && m.mode == "enforce").collect();
+        for m in halts.iter().take(10) {
+            let _ = writeln!(o, "  halted {} ({}, {})", m.key, m.actor, m.action);
+        }
+        if halts.len() > 10 {
+            let _ = writeln!(o, "  … and {} more halts (--json lists every transition)", halts.len() - 10);
+        }
     }
     if s.delivered + s.undelivered + s.owed > 0 {
         let _ = writeln!(
@@ -951,8 +966,21 @@ fn cmd_demo(dir: &Path, agents: usize, duration: &str, rate: f64, seed: u64) -> 
     let started = Instant::now();
     println!("vigil demo: simulating {agents} agents for {duration} with {} incidents...", sim.incidents);
     let n = simulate_to(&sim, &dir.join("fleet.ndjson"), Some(&dir.join("labels.ndjson")))?;
+    // A few broken lines, as real feeds have, so the dead letters show too.
+    let bad = [
+        "this line is not JSON",
+        r#"{"event_id":"demo-bad-1","ts":"yesterday","agent_id":"coding-agent-0000","action":"file.read","resource":"file:///repo/x"}"#,
+        r#"{"event_id":"demo-bad-2","ts":"2026-01-05T12:00:00Z","action":"file.read","resource":"file:///repo/x"}"#,
+        r#"["an", "array", "is", "not", "an", "event"]"#,
+    ];
+    fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("fleet.ndjson"))
+        .and_then(|mut f| f.write_all((bad.join("\n") + "\n").as_bytes()))
+        .map_err(|e| format!("writing the demo's input: {e}"))?;
     println!(
-        "  {n} events in {:.1}s -> {}",
+        "  {n} events and {} broken lines in {:.1}s -> {}",
+        bad.len(),
         started.elapsed().as_secs_f64(),
         dir.join("fleet.ndjson").display()
     );

@@ -10,7 +10,7 @@
 //! values are known in advance (dead-letter reasons, finding kinds and severities, outcomes) are created
 //! at zero, so a rate over them exists before the first occurrence and alert rules need no `absent()`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 
 use prometheus::{
@@ -126,6 +126,9 @@ pub struct Telemetry {
     /// Breaker transitions of this run, for the summary: not a metric, an agent is a label Prometheus
     /// must never see.
     moved: Mutex<Vec<Moved>>,
+    /// Hashes of the distinct finding ids and of the agents that have one, for the summary ("45 findings
+    /// on 8 agents": an incident that grows is archived once per update, and counted once here).
+    found: Mutex<(HashSet<u64>, HashSet<u64>)>,
 }
 
 /// Registers `m` and hands it back; the names are fixed and distinct, so registration cannot fail.
@@ -367,6 +370,7 @@ impl Telemetry {
                 .expect("valid metric name"),
             ),
             moved: Mutex::new(Vec::new()),
+            found: Mutex::new((HashSet::new(), HashSet::new())),
             registry: r,
         }
     }
@@ -401,8 +405,11 @@ impl Telemetry {
     }
 
     /// Counts a finding (new, or raised in severity).
-    pub fn finding(&self, kind: FindingKind, severity: Severity) {
+    pub fn finding(&self, kind: FindingKind, severity: Severity, finding_id: &str, agent_id: &str) {
         self.findings.with_label_values(&[kind.as_str(), severity.as_str()]).inc();
+        let mut found = self.found.lock().unwrap_or_else(|p| p.into_inner());
+        found.0.insert(vigil_detect::stable_hash(&[finding_id.as_bytes()]));
+        found.1.insert(vigil_detect::stable_hash(&[agent_id.as_bytes()]));
     }
 
     /// Counts a breaker transition, keeping what it moved for the run summary.
@@ -546,6 +553,10 @@ impl Telemetry {
         s.archive_bytes = self.archive_bytes.get();
         s.agents = self.agents.get().max(0) as usize;
         s.moved = self.moved.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        {
+            let found = self.found.lock().unwrap_or_else(|p| p.into_inner());
+            (s.distinct_findings, s.agents_with_findings) = (found.0.len() as u64, found.1.len() as u64);
+        }
         let delivered = Delivery::Delivered.as_str();
         s.delivered = Self::sum_where(&self.deliveries, "outcome", delivered, false) as u64;
         s.undelivered = Self::sum_where(&self.deliveries, "outcome", delivered, true) as u64;
@@ -568,11 +579,15 @@ mod tests {
         c.dead_letter(&Invalid::NotJson { detail: "x".into() });
         t.add_batch(&c);
         t.add_input_bytes(100);
-        t.finding(FindingKind::RateLimit, Severity::High);
+        t.finding(FindingKind::RateLimit, Severity::High, "f1", "a1");
+        t.finding(FindingKind::RateLimit, Severity::High, "f1", "a1");
+        t.finding(FindingKind::PolicyViolation, Severity::Critical, "f2", "a1");
         let s = t.summary("src");
         assert_eq!((s.lines, s.valid, s.blank, s.dead_lettered(), s.bytes), (4, 2, 1, 1, 100));
         assert!(s.balanced());
-        assert_eq!(s.findings.get(&(FindingKind::RateLimit, Severity::High)), Some(&1));
+        // Rows per update in the counter; each finding and agent once in the summary.
+        assert_eq!(s.findings.get(&(FindingKind::RateLimit, Severity::High)), Some(&2));
+        assert_eq!((s.distinct_findings, s.agents_with_findings), (2, 1));
         let text = t.render();
         assert!(text.contains("vigil_events_total{outcome=\"accepted\"} 2"), "{text}");
         assert!(text.contains("vigil_dead_letters_total{reason=\"not_json\"} 1"), "{text}");

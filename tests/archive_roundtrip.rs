@@ -227,3 +227,23 @@ fn different_files_with_the_same_stem_do_not_share_a_checkpoint() {
     assert_eq!((again["skipped"].as_u64(), again["valid"].as_u64()), (Some(na), Some(0)), "{again}");
     assert_eq!(archive_py("event-counts", &archive, &[])["rows"], na + nb);
 }
+
+/// Issue 18: every SQL statement in the README runs on the demo's archive, as a newcomer would paste it
+/// after `cargo run --release -- demo`, and returns rows (the demo's bad lines make `dead-letters/`).
+#[test]
+fn every_sql_block_of_the_readme_runs_on_the_demo_archive() {
+    let dir = scratch();
+    let out = ok(vigil().args(["demo", "--dir"]).arg(dir.path().join("vigil-demo")).output().unwrap());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("findings: ") && said.contains(" on ") && said.contains("dead-lettered 4"),
+        "{said}"
+    );
+    let readme = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let got = archive_py("readme-sql", dir.path(), &[readme.to_str().unwrap()]);
+    let statements = got["statements"].as_array().unwrap();
+    assert!(statements.len() >= 6, "{got}");
+    for s in statements {
+        assert!(s["rows"].as_u64().unwrap() > 0, "no rows on the demo's archive: {}", s["sql"]);
+    }
+}

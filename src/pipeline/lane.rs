@@ -490,7 +490,7 @@ impl Lane {
     /// every output (transitions were counted, logged and archived by the control plane).
     fn fan_out(&mut self) -> Result<(), PipelineError> {
         for f in &self.out.findings {
-            self.telemetry.finding(f.kind, f.severity);
+            self.telemetry.finding(f.kind, f.severity, &f.finding_id, &f.agent_id);
             if let Some(a) = self.archive.as_mut() {
                 a.push_finding(f);
             }

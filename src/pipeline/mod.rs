@@ -129,6 +129,10 @@ pub struct Summary {
     pub findings: BTreeMap<(FindingKind, Severity), u64>,
     /// Breaker transitions of this run (bounded; the archive's `control/` has them all).
     pub moved: Vec<Moved>,
+    /// Distinct findings (an incident archived once per update counts once).
+    pub distinct_findings: u64,
+    /// Agents with at least one finding.
+    pub agents_with_findings: u64,
     /// Webhook deliveries that ended 2xx.
     pub delivered: u64,
     /// Webhook deliveries that ended otherwise (given up, endpoint disabled, refused).

@@ -51,6 +51,20 @@ def main():
     if cmd == "rows":
         table, order = sys.argv[3], sys.argv[4]
         out = {"duckdb": duckdb_rows(root, table, order), "pyarrow": pyarrow_rows(root, table, order)}
+    elif cmd == "readme-sql":
+        # Every statement of every ```sql block of a README, run with `root` as the working directory
+        # (the README's paths are relative: vigil-demo/...); its rows counted, an error fails the run.
+        import re
+        os.chdir(root)
+        text = open(sys.argv[3]).read()
+        out = {"statements": []}
+        for block in re.findall(r"```sql\n(.*?)```", text, re.S):
+            for stmt in block.split(";"):
+                code = [l for l in stmt.splitlines() if l.strip() and not l.strip().startswith("--")]
+                if not code:
+                    continue
+                rows = duckdb.sql(stmt).fetchall()
+                out["statements"].append({"sql": stmt.strip(), "rows": len(rows)})
     elif cmd == "open-all":
         # Open every file under a final name; any partial file would fail here.
         out = {"files": 0, "rows": 0, "tmp": 0}
