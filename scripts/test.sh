@@ -38,9 +38,9 @@ export VIGIL_PROMETHEUS="$(command -v prometheus)" VIGIL_PROMTOOL="$(command -v 
 # A real Kafka-protocol broker for the Kafka tests: tansu, built once (about 10 minutes) into the cache.
 TANSU="$CACHE/tools/bin/tansu"
 if ! "$TANSU" --version 2>/dev/null | grep -q "0.6.0"; then
-  echo "test.sh: installing tansu 0.6.0 into $CACHE/tools (once; about 10 minutes)" >&2
+  echo "test.sh: installing tansu 0.6.0 into $CACHE/tools (once; about 10 minutes; cargo's progress follows)" >&2
   env -u CARGO_TARGET_DIR cargo install tansu@0.6.0 --locked --features dynostore \
-    --root "$CACHE/tools" --quiet
+    --root "$CACHE/tools"
 fi
 export VIGIL_TANSU="$TANSU"
 
