@@ -56,6 +56,12 @@ enum Command {
         /// Seconds an event's ts may be ahead of this host's clock (as `vigil run` does; 0: no bound).
         #[arg(long, default_value_t = 900)]
         max_future_seconds: u64,
+        /// Print one JSON document instead: counts, reasons and the bad lines (the first --max-errors).
+        #[arg(long)]
+        json: bool,
+        /// With --json, the most bad lines listed (all are counted).
+        #[arg(long, default_value_t = 1000)]
+        max_errors: usize,
     },
     /// Generate a realistic fleet of agents as NDJSON, with labelled incidents.
     Simulate(SimArgs),
@@ -386,8 +392,9 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => cmd_run(args),
         Command::Serve(args) => cmd_serve(args),
-        Command::Validate { input, max_event_bytes, dedup_window, max_future_seconds } => {
-            cmd_validate(&input, max_event_bytes, dedup_window, max_future_seconds)
+        Command::Validate { input, max_event_bytes, dedup_window, max_future_seconds, json, max_errors } => {
+            let listed = json.then_some(max_errors);
+            cmd_validate(&input, max_event_bytes, dedup_window, max_future_seconds, listed)
         }
         Command::Simulate(args) => cmd_simulate(args),
         Command::Eval(args) => cmd_eval(args),
@@ -451,16 +458,11 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode, String> {
     let _bus = match &cfg.kafka {
         Some(k) if !k.control_topic.is_empty() && cfg.api.listen.is_some() => {
             if k.create_topics {
-                k.ensure_output_topics(std::time::Duration::from_secs(30)).map_err(|e| e.to_string())?;
+                k.ensure_output_topics(k.setup_timeout()).map_err(|e| e.to_string())?;
             }
             let producer = k.producer().map_err(|e| format!("creating the producer: {e}"))?;
-            let bus = kafka::ControlBus::start(
-                k,
-                Arc::new(producer),
-                control.clone(),
-                std::time::Duration::from_secs(30),
-            )
-            .map_err(|e| e.to_string())?;
+            let bus = kafka::ControlBus::start(k, Arc::new(producer), control.clone(), k.setup_timeout())
+                .map_err(|e| e.to_string())?;
             Some(bus)
         }
         _ => None,
@@ -676,12 +678,27 @@ pub fn render_summary(s: &Summary, archive: &Path) -> String {
     o
 }
 
+/// `vigil validate`; `json` is the most bad lines a JSON report lists, text when `None`.
 fn cmd_validate(
     input: &Path,
     max_event_bytes: usize,
     dedup_window: usize,
     max_future_seconds: u64,
+    json: Option<usize>,
 ) -> Result<ExitCode, String> {
+    let mut errors: Vec<serde_json::Value> = Vec::new();
+    let mut report = |out: &mut dyn Write, line: u64, e: &vigil_schemas::Invalid| match json {
+        Some(max) => {
+            if errors.len() < max {
+                errors.push(serde_json::json!({
+                    "line": line, "code": e.code(), "field": e.field(), "error": e.to_string(),
+                }));
+            }
+        }
+        None => {
+            let _ = writeln!(out, "line {line}: {}: {e}", e.code());
+        }
+    };
     let opened = open_input(input).map_err(|e| e.to_string())?;
     let mut reader = LineReader::new(opened.reader, max_event_bytes, 256);
     let mut chunk = Chunk::default();
@@ -697,7 +714,7 @@ fn cmd_validate(
             Err(e) => {
                 let reason =
                     vigil_schemas::Invalid::Unreadable { offset: reader.bytes_read(), detail: e.to_string() };
-                let _ = writeln!(out, "line {}: {}: {reason}", lines + 1, reason.code());
+                report(&mut out, lines + 1, &reason);
                 *reasons.entry(reason.code()).or_default() += 1;
                 false
             }
@@ -721,15 +738,23 @@ fn cmd_validate(
                 Ok(_) => valid += 1,
                 Err(e) => {
                     *reasons.entry(e.code()).or_default() += 1;
-                    let _ = writeln!(out, "line {}: {}: {e}", line.position, e.code());
+                    report(&mut out, line.position, &e);
                 }
             }
         }
     }
     let bad: u64 = reasons.values().sum();
-    let _ = writeln!(out, "{lines} lines: {valid} valid, {bad} invalid, {blank} blank");
-    for (r, n) in &reasons {
-        let _ = writeln!(out, "  {r}: {n}");
+    if json.is_some() {
+        let doc = serde_json::json!({
+            "input": input, "lines": lines, "valid": valid, "invalid": bad, "blank": blank,
+            "reasons": reasons, "errors_listed": errors.len(), "errors": errors,
+        });
+        let _ = writeln!(out, "{doc}");
+    } else {
+        let _ = writeln!(out, "{lines} lines: {valid} valid, {bad} invalid, {blank} blank");
+        for (r, n) in &reasons {
+            let _ = writeln!(out, "  {r}: {n}");
+        }
     }
     let _ = out.flush();
     Ok(if bad > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })

@@ -178,8 +178,8 @@ pub struct IncidentRow {
     pub incidents: usize,
     /// Of those, detected.
     pub detected: usize,
-    /// detected / incidents.
-    pub recall: f64,
+    /// detected / incidents; none when there were no incidents of the kind (not a perfect score).
+    pub recall: Option<f64>,
     /// Mean seconds from start to the first expected finding.
     pub mean_seconds_to_detect: Option<f64>,
     /// Worst seconds from start to the first expected finding.
@@ -278,7 +278,7 @@ pub fn score(
                 expected: expected_kinds(kind).iter().map(|k| k.as_str()).collect(),
                 incidents: all.len(),
                 detected: delays.len(),
-                recall: if all.is_empty() { 1.0 } else { delays.len() as f64 / all.len() as f64 },
+                recall: (!all.is_empty()).then(|| delays.len() as f64 / all.len() as f64),
                 mean_seconds_to_detect: (!delays.is_empty())
                     .then(|| delays.iter().sum::<f64>() / delays.len() as f64),
                 max_seconds_to_detect: delays.iter().copied().reduce(f64::max),
@@ -319,11 +319,11 @@ pub fn render(r: &Report) -> String {
     for i in &r.incidents {
         let _ = writeln!(
             o,
-            "{:<18} {:>9} {:>8} {:>7.3} {:>10} {:>10}  {}",
+            "{:<18} {:>9} {:>8} {:>7} {:>10} {:>10}  {}",
             i.kind,
             i.incidents,
             i.detected,
-            i.recall,
+            i.recall.map_or("-".to_owned(), |r| format!("{r:.3}")),
             secs(i.mean_seconds_to_detect),
             secs(i.max_seconds_to_detect),
             i.expected.join(", ")

@@ -138,6 +138,28 @@ fn validate_prints_each_bad_line_and_exits_1() {
     let bad = want.iter().filter(|w| !matches!(**w, "ok" | "blank")).count();
     let ok = want.iter().filter(|w| **w == "ok").count();
     assert!(text.contains(&format!("{} lines: {ok} valid, {bad} invalid, 2 blank", want.len())), "{text}");
+    // The same as one JSON document for a script (issue 18, item 4): every bad line with its code.
+    let out = vigil().args(["validate", "--json"]).arg(&input).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(
+        (doc["valid"].as_u64(), doc["invalid"].as_u64()),
+        (Some(ok as u64), Some(bad as u64)),
+        "{doc}"
+    );
+    let listed: Vec<(u64, &str)> = doc["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["line"].as_u64().unwrap(), e["code"].as_str().unwrap()))
+        .collect();
+    let expected: Vec<(u64, &str)> = want
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| !matches!(**w, "ok" | "blank"))
+        .map(|(i, w)| (i as u64 + 1, *w))
+        .collect();
+    assert_eq!(listed, expected);
     // A clean file exits 0.
     std::fs::write(&input, GOOD.replace("ID", "only")).unwrap();
     assert_eq!(vigil().arg("validate").arg(&input).output().unwrap().status.code(), Some(0));
@@ -230,6 +252,14 @@ fn one_event_stamped_far_ahead_cannot_blind_the_detectors() {
     let (valid, late) = (open["valid"].as_u64().unwrap(), open["late"].as_u64().unwrap());
     assert!(late * 10 > valid * 9, "late {late} of {valid}: {open}");
     assert_ne!(open["findings"], baseline["findings"]);
+    // The refusal says when the event claims to be and what this host's clock said (issue 18, item 4).
+    let out = vigil().arg("validate").arg(&attacked).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    let line = said.lines().find(|l| l.contains("future_timestamp")).expect("reported");
+    assert!(
+        line.contains("2999-01-01T00:00:00.000Z is ") && line.contains("ahead of this host's clock (20"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -306,4 +336,27 @@ fn a_truncated_gz_archives_what_precedes_the_damage_and_dead_letters_the_tail() 
         archive_py("rows", &archive, &["dead-letters", "_position"])["duckdb"].as_array().unwrap().len(),
         1
     );
+}
+
+/// Issue 18, item 4: an unreachable broker's error said "Broker transport failure" and nothing of where;
+/// it names the address now, within `[kafka] setup_timeout_ms`.
+#[test]
+fn an_unreachable_broker_is_named_in_the_error() {
+    let dir = scratch();
+    let cfg = dir.path().join("vigil.toml");
+    // Port 1 on loopback: nothing listens there.
+    std::fs::write(&cfg, "[kafka]\nbrokers = \"127.0.0.1:1\"\ntopics = [\"t\"]\nsetup_timeout_ms = 2000\n")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let out = vigil()
+        .args(["run", "--idle-exit", "1s", "--config"])
+        .arg(&cfg)
+        .arg("--archive")
+        .arg(dir.path().join("a"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("127.0.0.1:1") && said.contains("is a broker listening there?"), "{said}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "the setup timeout bounds the wait");
 }

@@ -145,6 +145,23 @@ fn vigil_eval_scores_files_from_vigil_simulate() {
     for kind in ["runaway_loop", "data_exfiltration", "scope_creep", "model_swap", "per 100 agent-days"] {
         assert!(text.contains(kind), "{kind} missing from:\n{text}");
     }
+    // Kinds with no incident show `-` for recall, not a perfect 1.000 (issue 18, item 4).
+    let all = std::fs::read_to_string(&labels).unwrap();
+    let first = all.lines().next().unwrap();
+    let kind = serde_json::from_str::<serde_json::Value>(first).unwrap()["kind"].as_str().unwrap().to_owned();
+    std::fs::write(&labels, format!("{first}\n")).unwrap();
+    let out = common::ok(eval(&[]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for row in text.lines().take_while(|l| !l.trim().is_empty()).skip(1) {
+        let recall = row.split_whitespace().nth(3).unwrap();
+        if row.starts_with(&format!("{kind} ")) {
+            assert_ne!(recall, "-", "{text}");
+        } else {
+            assert_eq!(recall, "-", "a kind with no incident: {row}\n{text}");
+        }
+    }
+    let json: serde_json::Value = serde_json::from_slice(&common::ok(eval(&["--json"])).stdout).unwrap();
+    assert!(json["incidents"].as_array().unwrap().iter().any(|i| i["recall"].is_null()), "{json}");
     // A labels file that is not one is refused with the line.
     std::fs::write(&labels, "{\"agent_id\":\"a\"}\n").unwrap();
     let out = eval(&[]);

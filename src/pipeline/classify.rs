@@ -146,7 +146,12 @@ pub fn admit_keyed<'a>(
     if let Some(h) = horizon
         && ev.ts_ms > h.now_ms.saturating_add(h.skew_s as i64 * 1000)
     {
-        return Err(Invalid::FutureTimestamp { ahead_s: (ev.ts_ms - h.now_ms) / 1000, limit_s: h.skew_s });
+        return Err(Invalid::FutureTimestamp {
+            ts_ms: ev.ts_ms,
+            now_ms: h.now_ms,
+            ahead_s: (ev.ts_ms - h.now_ms) / 1000,
+            limit_s: h.skew_s,
+        });
     }
     match dedup.check_key(key, position) {
         Some(first_position) => {

@@ -549,7 +549,7 @@ impl KafkaFront {
             k.topics.first().cloned().ok_or_else(|| IntakeError::Kafka("kafka.topics is empty".into()))?;
         let dlq = k.dlq_for(&topic);
         if k.create_topics {
-            let timeout = Duration::from_secs(30);
+            let timeout = k.setup_timeout();
             k.ensure_topics(&[&topic], DEFAULT_PARTITIONS, timeout)?;
             k.ensure_output_topics(timeout)?;
         }

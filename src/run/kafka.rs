@@ -270,12 +270,12 @@ pub fn run_with(
     let kafka = cfg.kafka.clone().ok_or(PipelineError::NoInput)?;
     let started = Instant::now();
     if kafka.create_topics {
-        kafka.ensure_output_topics(Duration::from_secs(30))?;
+        kafka.ensure_output_topics(kafka.setup_timeout())?;
     }
     let state_partitions = match (kafka.state_topic.is_empty(), kafka.create_topics) {
         (true, _) => 0,
-        (false, true) => kafka.ensure_state_topic(Duration::from_secs(30))?,
-        (false, false) => match kafka.partitions(&kafka.state_topic, Duration::from_secs(30)) {
+        (false, true) => kafka.ensure_state_topic(kafka.setup_timeout())?,
+        (false, false) => match kafka.partitions(&kafka.state_topic, kafka.setup_timeout()) {
             Ok(0) => {
                 return Err(PipelineError::Kafka(format!(
                     "the state topic {} does not exist: create it (compacted), or set kafka.state_topic = \"\"",
@@ -292,7 +292,7 @@ pub fn run_with(
     let _bus = if kafka.control_topic.is_empty() || control.has_publisher() {
         None
     } else {
-        Some(ControlBus::start(&kafka, producer.clone(), control.clone(), Duration::from_secs(30))?)
+        Some(ControlBus::start(&kafka, producer.clone(), control.clone(), kafka.setup_timeout())?)
     };
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
@@ -672,7 +672,7 @@ pub fn produce_simulated(
     labels: Option<&std::path::Path>,
 ) -> Result<u64, PipelineError> {
     let kafka = KafkaConfig::new(brokers, vec![topic.to_owned()]);
-    kafka.ensure_topics(&[topic], partitions, Duration::from_secs(30))?;
+    kafka.ensure_topics(&[topic], partitions, kafka.setup_timeout())?;
     let producer =
         kafka.producer().map_err(|e| PipelineError::Kafka(format!("creating the producer: {e}")))?;
     let started = Instant::now();

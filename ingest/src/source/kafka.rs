@@ -40,8 +40,13 @@ pub enum KafkaSetupError {
         source: KafkaError,
     },
     /// The cluster's metadata could not be read (brokers unreachable, …).
-    #[error("reading the cluster's topics: {0}")]
-    Metadata(KafkaError),
+    #[error("reading the cluster's topics from {brokers}: {source} (is a broker listening there?)")]
+    Metadata {
+        /// The bootstrap brokers asked.
+        brokers: String,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
     /// The admin request to create topics failed as a whole.
     #[error("creating {topics}: {source}")]
     Admin {
@@ -140,6 +145,10 @@ pub struct KafkaConfig {
     /// How long to wait for the producer to acknowledge dead letters and findings before a commit, ms.
     #[serde(default = "default_ack_timeout_ms")]
     pub ack_timeout_ms: u64,
+    /// How long starting up waits for the cluster (its metadata, creating topics, reading the control
+    /// topic to its end) before it gives up naming the brokers, ms.
+    #[serde(default = "default_setup_timeout_ms")]
+    pub setup_timeout_ms: u64,
     /// How often librdkafka reports statistics (consumer lag per partition), in milliseconds.
     #[serde(default = "default_statistics_ms")]
     pub statistics_ms: u64,
@@ -185,11 +194,19 @@ const fn default_poll_ms() -> u64 {
 const fn default_ack_timeout_ms() -> u64 {
     30_000
 }
+const fn default_setup_timeout_ms() -> u64 {
+    30_000
+}
 const fn default_statistics_ms() -> u64 {
     5_000
 }
 
 impl KafkaConfig {
+    /// How long starting up waits for the cluster.
+    pub fn setup_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.setup_timeout_ms)
+    }
+
     /// A config with defaults for everything but the brokers and topics.
     pub fn new(brokers: &str, topics: Vec<String>) -> KafkaConfig {
         KafkaConfig {
@@ -202,6 +219,7 @@ impl KafkaConfig {
             batch_messages: default_batch_messages(),
             poll_ms: default_poll_ms(),
             ack_timeout_ms: default_ack_timeout_ms(),
+            setup_timeout_ms: default_setup_timeout_ms(),
             statistics_ms: default_statistics_ms(),
             create_topics: true,
             state_topic: default_state_topic(),
@@ -285,11 +303,11 @@ impl KafkaConfig {
     pub fn ensure_output_topics(&self, timeout: std::time::Duration) -> Result<(), KafkaSetupError> {
         let admin = self.admin()?;
         let first = self.topics.first().map_or("", String::as_str);
-        let partitions = topic_partitions(&admin, first, timeout)?.max(1);
+        let partitions = topic_partitions(&admin, &self.brokers, first, timeout)?.max(1);
         let names: Vec<String> =
             self.output_topics().into_iter().filter(|t| *t != self.control_topic).collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        create_missing(&admin, &names, partitions, timeout)?;
+        create_missing(&admin, &self.brokers, &names, partitions, timeout)?;
         if self.control_topic.is_empty() {
             return Ok(());
         }
@@ -298,7 +316,7 @@ impl KafkaConfig {
         let meta = admin
             .inner()
             .fetch_metadata(Some(&self.control_topic), timeout)
-            .map_err(KafkaSetupError::Metadata)?;
+            .map_err(|source| KafkaSetupError::Metadata { brokers: self.brokers.clone(), source })?;
         if meta.topics().iter().any(|t| t.name() == self.control_topic && !t.partitions().is_empty()) {
             return Ok(());
         }
@@ -317,7 +335,7 @@ impl KafkaConfig {
         partitions: i32,
         timeout: std::time::Duration,
     ) -> Result<(), KafkaSetupError> {
-        create_missing(&self.admin()?, topics, partitions, timeout)
+        create_missing(&self.admin()?, &self.brokers, topics, partitions, timeout)
     }
 
     fn admin(&self) -> Result<AdminClient<DefaultClientContext>, KafkaSetupError> {
@@ -343,7 +361,7 @@ impl KafkaConfig {
 
     /// Partitions of `topic` (0 when it does not exist).
     pub fn partitions(&self, topic: &str, timeout: std::time::Duration) -> Result<i32, KafkaSetupError> {
-        topic_partitions(&self.admin()?, topic, timeout)
+        topic_partitions(&self.admin()?, &self.brokers, topic, timeout)
     }
 
     /// The key of a partition's state on the state topic.
@@ -355,12 +373,12 @@ impl KafkaConfig {
     /// a source partition's state lives in state partition `partition % n`); returns its partition count.
     pub fn ensure_state_topic(&self, timeout: std::time::Duration) -> Result<i32, KafkaSetupError> {
         let admin = self.admin()?;
-        let existing = topic_partitions(&admin, &self.state_topic, timeout)?;
+        let existing = topic_partitions(&admin, &self.brokers, &self.state_topic, timeout)?;
         if existing > 0 {
             return Ok(existing);
         }
         let first = self.topics.first().map_or("", String::as_str);
-        let partitions = topic_partitions(&admin, first, timeout)?.max(1);
+        let partitions = topic_partitions(&admin, &self.brokers, first, timeout)?.max(1);
         let max_bytes = self.state_max_bytes.to_string();
         let topic = NewTopic::new(&self.state_topic, partitions, TopicReplication::Fixed(-1))
             .set("cleanup.policy", "compact")
@@ -372,7 +390,7 @@ impl KafkaConfig {
         let results = block_on(admin.create_topics([&topic], &opts))
             .map_err(|source| KafkaSetupError::Admin { topics: self.state_topic.clone(), source })?;
         created(results)?;
-        Ok(topic_partitions(&admin, &self.state_topic, timeout)?.max(partitions))
+        Ok(topic_partitions(&admin, &self.brokers, &self.state_topic, timeout)?.max(partitions))
     }
 
     /// The newest state on the state topic of each `(topic, partition)` asked for (absent: none there).
@@ -485,21 +503,29 @@ impl StateRecord {
 /// Partitions of a topic (0 when it does not exist).
 fn topic_partitions(
     admin: &AdminClient<DefaultClientContext>,
+    brokers: &str,
     topic: &str,
     timeout: std::time::Duration,
 ) -> Result<i32, KafkaSetupError> {
-    let meta = admin.inner().fetch_metadata(None, timeout).map_err(KafkaSetupError::Metadata)?;
+    let meta = admin
+        .inner()
+        .fetch_metadata(None, timeout)
+        .map_err(|source| KafkaSetupError::Metadata { brokers: brokers.to_owned(), source })?;
     Ok(meta.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len() as i32))
 }
 
 /// Creates those of `topics` the cluster does not have; a topic created meanwhile by someone else is fine.
 fn create_missing(
     admin: &AdminClient<DefaultClientContext>,
+    brokers: &str,
     topics: &[&str],
     partitions: i32,
     timeout: std::time::Duration,
 ) -> Result<(), KafkaSetupError> {
-    let meta = admin.inner().fetch_metadata(None, timeout).map_err(KafkaSetupError::Metadata)?;
+    let meta = admin
+        .inner()
+        .fetch_metadata(None, timeout)
+        .map_err(|source| KafkaSetupError::Metadata { brokers: brokers.to_owned(), source })?;
     let existing: std::collections::HashSet<&str> = meta.topics().iter().map(|t| t.name()).collect();
     let names: Vec<&str> = topics.iter().copied().filter(|t| !existing.contains(t)).collect();
     if names.is_empty() {

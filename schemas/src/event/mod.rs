@@ -233,8 +233,16 @@ pub enum Invalid {
     },
     /// `ts` is further ahead of the receiving clock than the allowed skew: such an event would move
     /// event time forward for every agent judged with it, so it is refused instead.
-    #[error("field `ts`: {ahead_s}s ahead of this host's clock (at most {limit_s}s of skew is accepted)")]
+    #[error(
+        "field `ts`: {} is {ahead_s}s ahead of this host's clock ({}; at most {limit_s}s of skew is accepted)",
+        crate::timestamp::format_rfc3339_ms(*ts_ms),
+        crate::timestamp::format_rfc3339_ms(*now_ms)
+    )]
     FutureTimestamp {
+        /// The event's time (UTC ms).
+        ts_ms: i64,
+        /// The receiving host's clock when it was judged (UTC ms).
+        now_ms: i64,
         /// How far ahead, in seconds.
         ahead_s: i64,
         /// The configured limit, in seconds.
