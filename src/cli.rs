@@ -69,6 +69,13 @@ enum Command {
     /// candidates), things used but not declared, shared credentials, agents with no policy, agents
     /// acting for humans.
     Audit(AuditArgs),
+    /// Check a config file without running anything (like `vector validate`): every table and value,
+    /// the policies and budgets compiled, the webhooks' URLs and secrets; then what it sets up. Exit 0
+    /// when it would start, 1 when it would not (the reason printed).
+    CheckConfig {
+        /// The vigil.toml to check.
+        file: PathBuf,
+    },
     /// Least privilege from evidence: `vigil policy suggest` writes the allow-lists the archive's
     /// successful actions justify, each entry with its evidence, or compares them with a config's.
     #[command(subcommand)]
@@ -110,16 +117,16 @@ struct RunArgs {
     /// Config file (TOML); see examples/vigil.toml.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// NDJSON input (plain, .gz, .zst), or - for stdin. Overrides [input] path.
+    /// NDJSON input (plain, .gz, .zst), or - for stdin. Overrides [input] path [default: none; a file run needs one]
     #[arg(long)]
     input: Option<PathBuf>,
-    /// Archive root. Overrides [archive] dir.
+    /// Archive root. Overrides [archive] dir [default: vigil-archive]
     #[arg(long)]
     archive: Option<PathBuf>,
-    /// Findings as NDJSON to a file, or - for stdout. Overrides [output] findings.
+    /// Findings as NDJSON to a file, or - for stdout. Overrides [output] findings [default: none; they are archived either way]
     #[arg(long)]
     findings: Option<PathBuf>,
-    /// Source name used in archive file names and the checkpoint. Overrides [input] source_name.
+    /// Source name used in archive file names and the checkpoint. Overrides [input] source_name [default: the input file's name; stdin-<time> for stdin]
     #[arg(long)]
     source_name: Option<String>,
     /// Print the run summary as JSON on stdout instead of text on stderr.
@@ -128,21 +135,22 @@ struct RunArgs {
     /// Consume Kafka instead of a file: bootstrap brokers (host:port,...). Overrides [kafka] brokers.
     #[arg(long, value_name = "BROKERS")]
     kafka: Option<String>,
-    /// Topic to consume (repeat for several). Overrides [kafka] topics.
+    /// Topic to consume (repeat for several). Overrides [kafka] topics [default: none; Kafka needs one]
     #[arg(long)]
     topic: Vec<String>,
-    /// Consumer group. Overrides [kafka] group.
+    /// Consumer group. Overrides [kafka] group [default: vigil]
     #[arg(long)]
     group: Option<String>,
     /// With Kafka: stop after no message has arrived for this long (e.g. 30s), committing everything.
     /// Without it vigil consumes until interrupted.
     #[arg(long)]
     idle_exit: Option<String>,
-    /// Serve /metrics and /healthz beside the run on this address (e.g. 127.0.0.1:9464). Overrides
-    /// [api] listen.
+    /// Serve the control API, the gateway check, /metrics and /healthz beside the run on this address
+    /// (e.g. 127.0.0.1:9464). Overrides [api] listen [default: none]
     #[arg(long, value_name = "ADDR")]
     api_listen: Option<String>,
-    /// Serve /metrics and /healthz only (no API) on this address. Overrides [metrics] listen.
+    /// Serve /metrics and /healthz only (no API) on this address. Overrides [metrics] listen
+    /// [default: none]
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
 }
@@ -152,19 +160,19 @@ struct ServeArgs {
     /// Config file (TOML); see examples/vigil.toml ([http], [archive], [detect], [kafka]).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Address to listen on (port 0 picks a free one). Overrides [http] listen.
+    /// Address to listen on (port 0 picks a free one). Overrides [http] listen [default: 127.0.0.1:8080]
     #[arg(long)]
     listen: Option<String>,
-    /// Archive root (without Kafka). Overrides [archive] dir.
+    /// Archive root (without Kafka). Overrides [archive] dir [default: vigil-archive]
     #[arg(long)]
     archive: Option<PathBuf>,
-    /// Findings as NDJSON to a file, or - for stdout (without Kafka). Overrides [output] findings.
+    /// Findings as NDJSON to a file, or - for stdout (without Kafka). Overrides [output] findings [default: none]
     #[arg(long)]
     findings: Option<PathBuf>,
     /// Produce to Kafka instead of judging and archiving here: bootstrap brokers. Overrides [kafka] brokers.
     #[arg(long, value_name = "BROKERS")]
     kafka: Option<String>,
-    /// With Kafka: the topic events are produced to. Overrides [kafka] topics.
+    /// With Kafka: the topic events are produced to. Overrides [kafka] topics [default: none; Kafka needs one]
     #[arg(long)]
     topic: Option<String>,
     /// Print the summary at exit as JSON on stdout instead of text on stderr.
@@ -400,6 +408,7 @@ pub fn main() -> ExitCode {
         Command::Eval(args) => cmd_eval(args),
         Command::Audit(args) => cmd_audit(args),
         Command::Policy(PolicyCommand::Suggest(args)) => cmd_suggest(args),
+        Command::CheckConfig { file } => Ok(cmd_check_config(&file)),
         Command::Demo { dir, agents, duration, rate, seed } => cmd_demo(&dir, agents, &duration, rate, seed),
         Command::Halt(args) => cmd_control("halt", args),
         Command::Resume(args) => cmd_control("resume", args),
@@ -867,6 +876,71 @@ fn cmd_audit(args: AuditArgs) -> Result<ExitCode, String> {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("writing the review: {e}")),
         _ => Ok(ExitCode::SUCCESS),
     }
+}
+
+fn cmd_check_config(file: &Path) -> ExitCode {
+    let cfg = match VigilConfig::load(file)
+        .map_err(|e| e.to_string())
+        .and_then(|c| c.validate().map(|()| c).map_err(|e| e.to_string()))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let path = file.display().to_string();
+            println!("{}", if e.starts_with(&path) { e } else { format!("{path}: {e}") });
+            return ExitCode::from(1);
+        }
+    };
+    let d = &cfg.detect;
+    println!("{}: ok", file.display());
+    let input = match (&cfg.kafka, &cfg.input.path) {
+        (Some(k), _) => format!("kafka {} at {}", k.topics.join(", "), k.brokers),
+        (None, Some(p)) => p.display().to_string(),
+        (None, None) => "none (give --input, or serve over HTTP)".into(),
+    };
+    println!("  input: {input}");
+    println!(
+        "  archive: {} (flush every {} rows or {} s)",
+        cfg.archive.dir.display(),
+        cfg.archive.flush_rows,
+        cfg.archive.flush_seconds
+    );
+    println!(
+        "  policies: {}, budgets: {}, sensitive resources: {}",
+        d.policies.len(),
+        d.budgets.len(),
+        d.sensitive_resources.len()
+    );
+    println!("  webhooks: {}", cfg.webhook.len());
+    let listen = |what: &str, l: &Option<String>| {
+        l.as_deref().map_or(format!("{what} off"), |l| format!("{what} on {l}"))
+    };
+    println!(
+        "  {}; {}; serve on {}",
+        listen("api", &cfg.api.listen),
+        listen("metrics", &cfg.metrics.listen),
+        cfg.http.listen
+    );
+    if d.policies.is_empty() {
+        println!(
+            "  warning: no [[detect.policy]]: the allow-list checks are off (vigil policy suggest writes them from an archive)"
+        );
+    }
+    let token = [&cfg.api.token_env, &cfg.api.read_token_env].iter().any(|t| t.is_some())
+        || cfg.api.token_file.is_some()
+        || cfg.api.read_token_file.is_some();
+    let beyond = cfg
+        .api
+        .listen
+        .as_deref()
+        .and_then(|l| l.parse::<std::net::SocketAddr>().ok())
+        .is_some_and(|a| !a.ip().is_loopback());
+    if beyond && !token {
+        println!(
+            "  error: api.listen is beyond loopback and no token is configured: vigil would refuse to start"
+        );
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
 }
 
 fn cmd_suggest(args: SuggestArgs) -> Result<ExitCode, String> {

@@ -564,6 +564,11 @@ impl VigilConfig {
         {
             return bad("api.listen", format!("must be an address like 127.0.0.1:9464, got {l:?}"));
         }
+        if let Some(l) = &self.metrics.listen
+            && l.parse::<std::net::SocketAddr>().is_err()
+        {
+            return bad("metrics.listen", format!("must be an address like 127.0.0.1:9465, got {l:?}"));
+        }
         if let Some(k) = &self.kafka {
             k.validate()?;
         }

@@ -182,6 +182,7 @@ fn a_policy_suggested_from_a_clean_day_flags_exactly_the_injected_incidents_of_t
     assert!(text.contains(" events, ") && text.contains(" agents, 2026-01-05T"), "{text}");
 
     // The suggested file loads as it is, and judges the second day.
+    common::ok(common::vigil().arg("check-config").arg(p("policy.toml")).output().unwrap());
     let summary = common::run_json(&p("day2.ndjson"), &p("a2"), Some(&p("policy.toml")));
     assert_eq!(summary["balanced"], true, "{summary}");
     let findings = p("f2.ndjson");

@@ -360,3 +360,47 @@ fn an_unreachable_broker_is_named_in_the_error() {
     assert!(said.contains("127.0.0.1:1") && said.contains("is a broker listening there?"), "{said}");
     assert!(started.elapsed() < std::time::Duration::from_secs(20), "the setup timeout bounds the wait");
 }
+
+/// Issue 18, item 4: `vigil check-config` says whether a config would start, and why not, without
+/// running anything.
+#[test]
+fn check_config_accepts_the_example_and_names_the_line_of_a_mistake() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/vigil.toml");
+    let out = vigil().arg("check-config").arg(&example).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("vigil.toml: ok") && said.contains("policies: "), "{said}");
+    let dir = scratch();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[detect]\nwindow_seconds = \"x\"\n").unwrap();
+    let out = vigil().arg("check-config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bad.toml:2:"), "{out:?}");
+    // Values checked beyond their types: an API beyond loopback with no token would be refused.
+    std::fs::write(&bad, "[api]\nlisten = \"0.0.0.0:9464\"\n").unwrap();
+    let out = vigil().arg("check-config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no token"), "{out:?}");
+}
+
+/// Issue 18, item 4: `--help` of run and serve shows what an option defaults to, and what it shows is
+/// what the config's defaults are.
+#[test]
+fn run_and_serve_help_show_the_defaults_the_config_has() {
+    let defaults = vigil::config::VigilConfig::default();
+    let help = |cmd: &str| {
+        let out = vigil().args([cmd, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let run = help("run");
+    let archive = format!("[default: {}]", defaults.archive.dir.display());
+    assert!(run.contains(&archive), "{run}");
+    let group = vigil_ingest::source::kafka::KafkaConfig::new("b", vec![]).group;
+    assert!(run.contains(&format!("[default: {group}]")), "{run}");
+    let serve = help("serve");
+    assert!(
+        serve.contains(&format!("[default: {}]", defaults.http.listen)) && serve.contains(&archive),
+        "{serve}"
+    );
+}
