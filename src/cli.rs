@@ -593,6 +593,7 @@ pub fn summary_json(s: &Summary, archive: &Path) -> serde_json::Value {
         "balanced": s.balanced(),
         "findings": findings,
         "distinct_findings": s.distinct_findings,
+        "agents_without_policy": s.agents_without_policy,
         "agents_with_findings": s.agents_with_findings,
         "transitions": s.moved.iter().map(|m| serde_json::json!({
             "breaker": m.key, "action": m.action, "mode": m.mode, "actor": m.actor,
@@ -649,6 +650,15 @@ pub fn render_summary(s: &Summary, archive: &Path) -> String {
     }
     if s.late > 0 {
         let _ = writeln!(o, "  {} events arrived too late for their rate window (archived, counted)", s.late);
+    }
+    if s.agents_without_policy > 0 {
+        let _ = writeln!(
+            o,
+            "WARNING: {} agents are covered by no policy, so the allow-list checks are off for them (e.g. {}); \
+             declare [[detect.policy]] or run `vigil policy suggest`",
+            s.agents_without_policy,
+            s.uncovered_sample.iter().map(|a| crate::policy::printable(a)).collect::<Vec<_>>().join(", ")
+        );
     }
     if !s.moved.is_empty() {
         let mut by: BTreeMap<(&str, &str), usize> = BTreeMap::new();

@@ -121,6 +121,9 @@ pub struct Telemetry {
     archive_files: IntCounter,
     archive_bytes: IntCounter,
     flush_seconds: Histogram,
+    uncovered: IntCounter,
+    /// The first agents found covered by no policy (a few, for the summary).
+    uncovered_names: Mutex<Vec<String>>,
     state_bytes: IntGauge,
     agents: IntGauge,
     /// Breaker transitions of this run, for the summary: not a metric, an agent is a label Prometheus
@@ -361,6 +364,12 @@ impl Telemetry {
                 IntGauge::new("vigil_agents_tracked", "Agents whose state the detection engine holds")
                     .expect("valid metric name"),
             ),
+            uncovered: counter(
+                &r,
+                "vigil_agents_without_policy_total",
+                "Agents seen that no policy covers: the allow-list checks are off for them",
+            ),
+            uncovered_names: Mutex::new(Vec::new()),
             state_bytes: registered(
                 &r,
                 IntGauge::new(
@@ -514,6 +523,24 @@ impl Telemetry {
         self.agents.add(by);
     }
 
+    /// An agent no policy covers: counted, the first few named in the summary, the first of all said
+    /// once, loudly, in the log.
+    pub fn uncovered(&self, agent: &str) {
+        self.uncovered.inc();
+        let mut names = self.uncovered_names.lock().unwrap_or_else(|p| p.into_inner());
+        if names.is_empty() {
+            tracing::warn!(
+                agent_id = agent,
+                "no policy covers agent {agent}: the allow-list checks are OFF for it and every agent like it \
+                 (counted in vigil_agents_without_policy_total); declare [[detect.policy]], or let `vigil policy \
+                 suggest` write them from an archive"
+            );
+        }
+        if names.len() < 5 {
+            names.push(agent.to_owned());
+        }
+    }
+
     /// Moves the state-bytes gauge by a lane's change.
     pub fn state_bytes_changed(&self, by: i64) {
         self.state_bytes.add(by);
@@ -553,6 +580,8 @@ impl Telemetry {
         s.archive_bytes = self.archive_bytes.get();
         s.agents = self.agents.get().max(0) as usize;
         s.moved = self.moved.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        s.agents_without_policy = self.uncovered.get();
+        s.uncovered_sample = self.uncovered_names.lock().unwrap_or_else(|p| p.into_inner()).clone();
         {
             let found = self.found.lock().unwrap_or_else(|p| p.into_inner());
             (s.distinct_findings, s.agents_with_findings) = (found.0.len() as u64, found.1.len() as u64);

@@ -263,3 +263,68 @@ fn a_policy_suggested_from_a_clean_day_flags_exactly_the_injected_incidents_of_t
     let said = String::from_utf8_lossy(&diff.stdout);
     assert!(said.lines().any(|l| l.starts_with("+ agent ") && l.contains("never granted")), "{said}");
 }
+
+/// Issue 18: a run where no policy covers an agent says so once, loudly, and counts those agents; the
+/// allow-list checks are off for them, which nobody should learn from silence.
+#[test]
+fn agents_no_policy_covers_are_counted_and_said_once() {
+    let dir = common::scratch();
+    let input = dir.path().join("events.ndjson");
+    let lines: Vec<String> = (0..30)
+        .map(|i| {
+            ev(
+                &format!("e{i}"),
+                &format!("2026-03-02T10:{:02}:00Z", i),
+                &format!("agent-{}", i % 3),
+                "postgres://x/y",
+                "",
+            )
+        })
+        .collect();
+    fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let out = common::ok(
+        common::vigil()
+            .args(["run", "--json", "--input"])
+            .arg(&input)
+            .arg("--archive")
+            .arg(dir.path().join("a"))
+            .output()
+            .unwrap(),
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["agents_without_policy"], 3, "{summary}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(said.matches("no policy covers agent").count(), 1, "once: {said}");
+    assert!(said.contains("allow-list checks are OFF"), "{said}");
+    // The text summary repeats it where a person looks.
+    let out = common::ok(
+        common::vigil()
+            .args(["run", "--input"])
+            .arg(&input)
+            .arg("--archive")
+            .arg(dir.path().join("b"))
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("WARNING: 3 agents are covered by no policy"),
+        "{out:?}"
+    );
+    // Covered by a policy: nothing said.
+    let cfg = dir.path().join("vigil.toml");
+    fs::write(&cfg, "[[detect.policy]]\nname = \"all\"\nagents = [\"agent-*\"]\n").unwrap();
+    let out = common::ok(
+        common::vigil()
+            .args(["run", "--json", "--input"])
+            .arg(&input)
+            .arg("--archive")
+            .arg(dir.path().join("c"))
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap(),
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["agents_without_policy"], 0, "{summary}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("no policy covers"), "{out:?}");
+}

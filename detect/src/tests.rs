@@ -927,3 +927,23 @@ fn the_baseline_summary_says_what_is_normal_for_an_agent() {
     assert_eq!(b.per_window[2].median, 0.0, "no denials seen: {b:?}");
     assert!(b.state_bytes > 0 && b.state_bytes < 4096, "{b:?}");
 }
+
+#[test]
+fn an_agent_no_policy_covers_is_reported_once() {
+    let cfg: DetectConfig = toml::from_str(SUPPORT_POLICY).expect("test config parses");
+    let mut engine = Engine::new(&cfg).expect("test config builds");
+    let lines = [
+        ev("1", 0, "s1", "data.read", "postgres://support/t", r#","agent_role":"support""#),
+        ev("2", 1, "x1", "data.read", "postgres://support/t", ""),
+        ev("3", 2, "x1", "data.read", "postgres://support/t", ""),
+        ev("4", 3, "s1", "data.read", "postgres://support/t", r#","agent_role":"support""#),
+    ];
+    let events: Vec<_> =
+        lines.iter().map(|l| vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap()).collect();
+    let mut out = Output::default();
+    engine.process(&events, &mut out);
+    assert_eq!(out.uncovered, ["x1"]);
+    out.clear();
+    engine.process(&events, &mut out);
+    assert!(out.uncovered.is_empty(), "said once: {:?}", out.uncovered);
+}

@@ -489,6 +489,9 @@ impl Lane {
     /// Counts one batch of findings, buffers them for the archive and hands them and the transitions to
     /// every output (transitions were counted, logged and archived by the control plane).
     fn fan_out(&mut self) -> Result<(), PipelineError> {
+        for a in &self.out.uncovered {
+            self.telemetry.uncovered(a);
+        }
         for f in &self.out.findings {
             self.telemetry.finding(f.kind, f.severity, &f.finding_id, &f.agent_id);
             if let Some(a) = self.archive.as_mut() {

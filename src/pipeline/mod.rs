@@ -133,6 +133,10 @@ pub struct Summary {
     pub distinct_findings: u64,
     /// Agents with at least one finding.
     pub agents_with_findings: u64,
+    /// Agents no policy covers (the allow-list checks are off for them).
+    pub agents_without_policy: u64,
+    /// The first few of them.
+    pub uncovered_sample: Vec<String>,
     /// Webhook deliveries that ended 2xx.
     pub delivered: u64,
     /// Webhook deliveries that ended otherwise (given up, endpoint disabled, refused).

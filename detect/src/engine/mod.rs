@@ -67,12 +67,16 @@ const OPEN_PER_KIND: usize = 2;
 pub struct Output {
     /// New findings, and updates of open ones (same `finding_id`, raised severity).
     pub findings: Vec<Finding>,
+    /// Agents this engine found covered by no policy, each the first time it worked out the agent's
+    /// coverage: the allow-list checks are off for them, which an operator must hear about.
+    pub uncovered: Vec<String>,
 }
 
 impl Output {
     /// Empties both lists, keeping their capacity.
     pub fn clear(&mut self) {
         self.findings.clear();
+        self.uncovered.clear();
     }
 }
 
@@ -335,7 +339,11 @@ impl Engine {
         {
             let Engine { cfg, agents, .. } = self;
             let agent = &mut agents[idx as usize];
+            let first = agent.covered_by.is_none();
             found[0] = check_policy(cfg, agent, ev);
+            if first && agent.covered_by.as_ref().is_some_and(|(_, covering)| covering.is_empty()) {
+                out.uncovered.push(ev.agent_id.to_string());
+            }
             found[1] = check_rate(cfg, agent, ev);
             found[2] = check_session(cfg, agent, ev);
         }
