@@ -63,6 +63,56 @@ fn value(a: Option<&StringArray>, i: usize) -> Option<&str> {
     a.filter(|a| a.is_valid(i)).map(|a| a.value(i))
 }
 
+/// Every event of `events/` under `archive` between `since` and `until` (UTC ms, inclusive, exclusive)
+/// that names an agent, with a progress display labelled `label` on a terminal: `each(ts, agent,
+/// values)`, `values` being the string `columns` after `ts` and `agent_id` (which `columns` starts with).
+/// Returns the files read. The scan the least-privilege tools (`audit`, `policy suggest`) share.
+pub(crate) fn scan_events(
+    archive: &Path,
+    columns: &[&str],
+    since: Option<i64>,
+    until: Option<i64>,
+    label: &'static str,
+    mut each: impl FnMut(i64, &str, &[Option<&str>]),
+) -> Result<usize, String> {
+    debug_assert_eq!(columns[..2], ["ts", "agent_id"]);
+    let started = std::time::Instant::now();
+    let (read, mut bar) = (std::cell::Cell::new(0u64), None);
+    let files = scan_table(
+        archive,
+        "events",
+        columns,
+        |batch| {
+            read.set(read.get() + batch.num_rows() as u64);
+            let Some(ts) = batch
+                .column_by_name("ts")
+                .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
+            else {
+                return;
+            };
+            let cols: Vec<Option<&StringArray>> = columns[1..].iter().map(|c| strings(batch, c)).collect();
+            let mut values: Vec<Option<&str>> = vec![None; cols.len() - 1];
+            for i in 0..batch.num_rows() {
+                let t = ts.value(i);
+                if since.is_some_and(|s| t < s) || until.is_some_and(|u| t >= u) {
+                    continue;
+                }
+                let Some(agent) = value(cols[0], i) else { continue };
+                for (v, c) in values.iter_mut().zip(&cols[1..]) {
+                    *v = value(*c, i);
+                }
+                each(t, agent, &values);
+            }
+        },
+        |done, total| Progress::files(&mut bar, label, done, total, read.get(), started.elapsed()),
+    )
+    .map_err(|e| e.to_string())?;
+    if let Some(b) = bar.as_mut() {
+        b.finish();
+    }
+    Ok(files)
+}
+
 /// Reads `events/` under `archive` and sums each agent's usage between `since` and `until` (UTC ms,
 /// inclusive, exclusive). At most `max_values` distinct values are kept per agent and dimension.
 pub fn collect(
@@ -83,66 +133,35 @@ pub fn collect(
             *dropped += 1;
         }
     };
-    let started = std::time::Instant::now();
-    let (read, mut bar) = (std::cell::Cell::new(0u64), None);
-    scanned.files = scan_table(
-        archive,
-        "events",
-        COLUMNS,
-        |batch| {
-            read.set(read.get() + batch.num_rows() as u64);
-            let Some(ts) = batch
-                .column_by_name("ts")
-                .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
-            else {
-                return;
-            };
-            let cols: Vec<Option<&StringArray>> = COLUMNS[1..].iter().map(|c| strings(batch, c)).collect();
-            for i in 0..batch.num_rows() {
-                let t = ts.value(i);
-                if since.is_some_and(|s| t < s) || until.is_some_and(|u| t >= u) {
-                    continue;
-                }
-                let Some(agent) = value(cols[0], i) else { continue };
-                first = first.min(t);
-                last = last.max(t);
-                scanned.events += 1;
-                let u = agents.entry(agent.to_owned()).or_default();
-                u.events += 1;
-                if let Some(role) = value(cols[1], i)
-                    && u.role.as_deref() != Some(role)
-                {
-                    u.role = Some(role.to_owned());
-                }
-                let mut dropped = 0;
-                if let Some(a) = value(cols[2], i) {
-                    bump(&mut u.actions, a, &mut dropped);
-                }
-                if let Some(r) = value(cols[3], i) {
-                    bump(&mut u.resources, r, &mut dropped);
-                }
-                if let Some(s) = value(cols[4], i) {
-                    bump(&mut u.scopes, s, &mut dropped);
-                }
-                u.dropped += dropped;
-                if let Some(c) = value(cols[5], i)
-                    && !u.credentials.contains(c)
-                {
-                    u.credentials.insert(c.to_owned());
-                }
-                if let Some(p) = value(cols[6], i)
-                    && !u.principals.contains(p)
-                {
-                    u.principals.insert(p.to_owned());
-                }
+    scanned.files = scan_events(archive, COLUMNS, since, until, "audit", |t, agent, v| {
+        first = first.min(t);
+        last = last.max(t);
+        scanned.events += 1;
+        let u = agents.entry(agent.to_owned()).or_default();
+        u.events += 1;
+        if let Some(role) = v[0]
+            && u.role.as_deref() != Some(role)
+        {
+            u.role = Some(role.to_owned());
+        }
+        let mut dropped = 0;
+        for (value, into) in [(v[1], &mut u.actions), (v[2], &mut u.resources), (v[3], &mut u.scopes)] {
+            if let Some(x) = value {
+                bump(into, x, &mut dropped);
             }
-        },
-        |done, total| Progress::files(&mut bar, "audit", done, total, read.get(), started.elapsed()),
-    )
-    .map_err(|e| e.to_string())?;
-    if let Some(b) = bar.as_mut() {
-        b.finish();
-    }
+        }
+        u.dropped += dropped;
+        if let Some(c) = v[4]
+            && !u.credentials.contains(c)
+        {
+            u.credentials.insert(c.to_owned());
+        }
+        if let Some(p) = v[5]
+            && !u.principals.contains(p)
+        {
+            u.principals.insert(p.to_owned());
+        }
+    })?;
     if scanned.events > 0 {
         scanned.first = Some(format_rfc3339_ms(first));
         scanned.last = Some(format_rfc3339_ms(last));

@@ -14,13 +14,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
-use arrow_array::{Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use vigil_detect::{DetectConfig, Glob, GlobSet, generalise};
-use vigil_ingest::archive::scan_table;
 use vigil_schemas::timestamp::format_rfc3339_ms;
 
 use crate::audit::{self, Scanned, Usage};
-use crate::progress::Progress;
 
 const COLUMNS: &[&str] = &["ts", "agent_id", "agent_role", "action", "resource", "scope", "outcome"];
 const DIMENSIONS: [&str; 3] = ["actions", "resources", "scopes"];
@@ -124,14 +121,6 @@ pub fn resource_entry(resource: &str, depth: usize) -> String {
     }
 }
 
-fn strings<'a>(batch: &'a RecordBatch, name: &str) -> Option<&'a StringArray> {
-    batch.column_by_name(name)?.as_any().downcast_ref::<StringArray>()
-}
-
-fn value(a: Option<&StringArray>, i: usize) -> Option<&str> {
-    a.filter(|a| a.is_valid(i)).map(|a| a.value(i)).filter(|v| !v.is_empty())
-}
-
 /// Reads the successful events between `since` and `until` (UTC ms, inclusive, exclusive) and groups
 /// their evidence; at most `max_values` distinct entries per group and dimension.
 pub fn collect(
@@ -146,76 +135,48 @@ pub fn collect(
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut used: BTreeSet<String> = BTreeSet::new();
     let (mut first, mut last) = (i64::MAX, i64::MIN);
-    let started = std::time::Instant::now();
-    let (read, mut bar) = (std::cell::Cell::new(0u64), None);
-    e.scanned.files = scan_table(
-        archive,
-        "events",
-        COLUMNS,
-        |batch| {
-            read.set(read.get() + batch.num_rows() as u64);
-            let Some(ts) = batch
-                .column_by_name("ts")
-                .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
-            else {
-                return;
-            };
-            let cols: Vec<Option<&StringArray>> = COLUMNS[1..].iter().map(|c| strings(batch, c)).collect();
-            for i in 0..batch.num_rows() {
-                let t = ts.value(i);
-                if since.is_some_and(|s| t < s) || until.is_some_and(|u| t >= u) {
-                    continue;
-                }
-                let Some(agent) = value(cols[0], i) else { continue };
-                if !seen.contains(agent) {
-                    seen.insert(agent.to_owned());
-                }
-                // Archives written before `outcome` was a column hold successful events only.
-                if value(cols[5], i).is_some_and(|o| o != "success") {
-                    e.not_usage += 1;
-                    continue;
-                }
-                if !used.contains(agent) {
-                    used.insert(agent.to_owned());
-                }
-                first = first.min(t);
-                last = last.max(t);
-                e.scanned.events += 1;
-                let key = match (by, value(cols[1], i)) {
-                    (By::Role, Some(role)) => Key::Role(role.to_owned()),
-                    _ => Key::Agent(agent.to_owned()),
-                };
-                let g = e.groups.entry(key).or_default();
-                g.total.add(agent, t);
-                if let Some(role) = value(cols[1], i)
-                    && g.role.as_deref() != Some(role)
-                {
-                    g.role = Some(role.to_owned());
-                }
-                let values = [
-                    value(cols[2], i).map(str::to_owned),
-                    value(cols[3], i).map(|r| resource_entry(r, depth)),
-                    value(cols[4], i).map(str::to_owned),
-                ];
-                for (dim, v) in values.into_iter().enumerate() {
-                    let Some(v) = v else { continue };
-                    let entries = &mut g.entries[dim];
-                    if let Some(ev) = entries.get_mut(&v) {
-                        ev.add(agent, t);
-                    } else if entries.len() < max_values {
-                        entries.entry(v).or_default().add(agent, t);
-                    } else {
-                        g.dropped += 1;
-                    }
-                }
+    e.scanned.files = audit::scan_events(archive, COLUMNS, since, until, "policy", |t, agent, v| {
+        // An empty value names nothing.
+        let v: [Option<&str>; 5] = std::array::from_fn(|i| v[i].filter(|x| !x.is_empty()));
+        if !seen.contains(agent) {
+            seen.insert(agent.to_owned());
+        }
+        // Archives written before `outcome` was a column hold successful events only.
+        if v[4].is_some_and(|o| o != "success") {
+            e.not_usage += 1;
+            return;
+        }
+        if !used.contains(agent) {
+            used.insert(agent.to_owned());
+        }
+        first = first.min(t);
+        last = last.max(t);
+        e.scanned.events += 1;
+        let key = match (by, v[0]) {
+            (By::Role, Some(role)) => Key::Role(role.to_owned()),
+            _ => Key::Agent(agent.to_owned()),
+        };
+        let g = e.groups.entry(key).or_default();
+        g.total.add(agent, t);
+        if let Some(role) = v[0]
+            && g.role.as_deref() != Some(role)
+        {
+            g.role = Some(role.to_owned());
+        }
+        let values =
+            [v[1].map(str::to_owned), v[2].map(|r| resource_entry(r, depth)), v[3].map(str::to_owned)];
+        for (dim, value) in values.into_iter().enumerate() {
+            let Some(value) = value else { continue };
+            let entries = &mut g.entries[dim];
+            if let Some(ev) = entries.get_mut(&value) {
+                ev.add(agent, t);
+            } else if entries.len() < max_values {
+                entries.entry(value).or_default().add(agent, t);
+            } else {
+                g.dropped += 1;
             }
-        },
-        |done, total| Progress::files(&mut bar, "policy", done, total, read.get(), started.elapsed()),
-    )
-    .map_err(|e| e.to_string())?;
-    if let Some(b) = bar.as_mut() {
-        b.finish();
-    }
+        }
+    })?;
     if e.scanned.events > 0 {
         e.scanned.first = Some(format_rfc3339_ms(first));
         e.scanned.last = Some(format_rfc3339_ms(last));

@@ -21,6 +21,22 @@ fn get(addr: &str, path: &str) -> (u16, String) {
     (head.split(' ').nth(1).unwrap().parse().unwrap(), body.to_owned())
 }
 
+/// `vigil run` reading stdin (all pipes), with a JSON summary and `extra` arguments.
+fn stdin_run(extra: &[&str], config: &std::path::Path, archive: &std::path::Path) -> std::process::Child {
+    vigil()
+        .args(["run", "--input", "-", "--json"])
+        .args(extra)
+        .arg("--config")
+        .arg(config)
+        .arg("--archive")
+        .arg(archive)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// The value of one sample line (`name{labels} value`) in an exposition.
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
@@ -35,16 +51,7 @@ fn a_stdin_run_serves_its_own_counters_on_the_api_listener_while_it_runs() {
     // Full batches only, so the last part of the input waits for the end of stdin.
     let config = dir.path().join("vigil.toml");
     std::fs::write(&config, "[input]\nbatch_timeout_ms = 0\n").unwrap();
-    let mut child = vigil()
-        .args(["run", "--input", "-", "--json", "--api-listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .arg("--archive")
-        .arg(&archive)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = stdin_run(&["--api-listen", "127.0.0.1:0"], &config, &archive);
     let addr = served_address(&mut child);
     // More than one batch (4 MiB) of input: the first batches are judged while stdin stays open.
     let bytes = std::fs::read(&input).unwrap();
@@ -121,17 +128,8 @@ fn a_metrics_only_listener_serves_counters_and_no_api_and_logs_can_be_json() {
     let archive = dir.path().join("archive");
     let config = dir.path().join("vigil.toml");
     std::fs::write(&config, "[archive]\nflush_seconds = 1.0\n").unwrap();
-    let mut child = vigil()
-        .args(["run", "--input", "-", "--json", "--log-format", "json", "--metrics-listen", "127.0.0.1:0"])
-        .arg("--config")
-        .arg(&config)
-        .arg("--archive")
-        .arg(&archive)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        stdin_run(&["--log-format", "json", "--metrics-listen", "127.0.0.1:0"], &config, &archive);
     // The first log line is JSON and names the address.
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut first = String::new();

@@ -13,18 +13,19 @@ pub(super) fn covering_policies<'s>(cfg: &Compiled, agent: &'s mut AgentState, e
     let role_key = role.map(|_| agent.role);
     let stale = agent.covered_by.as_ref().is_none_or(|(r, _)| *r != role_key);
     if stale {
-        let idx = cfg
-            .policies
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| {
-                p.agents.matches(&ev.agent_id) || role.is_some_and(|r| p.roles.iter().any(|x| x == r))
-            })
-            .map(|(i, _)| i as u16)
-            .collect();
-        agent.covered_by = Some((role_key, idx));
+        agent.covered_by = Some((role_key, covering(cfg, &ev.agent_id, role)));
     }
     agent.covered_by.as_ref().map_or(&[], |(_, idx)| idx)
+}
+
+/// The indices of the policies that cover an agent with this id and declared role.
+pub(super) fn covering(cfg: &Compiled, agent_id: &str, role: Option<&str>) -> Box<[u16]> {
+    cfg.policies
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.agents.matches(agent_id) || role.is_some_and(|r| p.roles.iter().any(|x| x == r)))
+        .map(|(i, _)| i as u16)
+        .collect()
 }
 
 pub(super) fn check_policy(cfg: &Compiled, agent: &mut AgentState, ev: &Event<'_>) -> Option<(Finding, u64)> {

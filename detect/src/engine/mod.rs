@@ -242,8 +242,12 @@ impl Engine {
         if self.roles.is_empty() {
             self.intern_role("");
         }
-        for (id, state) in snapshot.agents {
+        for (id, mut state) in snapshot.agents {
             let idx = self.ids.len() as u32;
+            // Coverage worked out again now, so an agent reported as covered by no policy before the
+            // checkpoint is not reported again after it (an agent's role is whatever it last declared).
+            let role = (state.role != 0).then(|| &*self.roles[usize::from(state.role)].0);
+            state.covered_by = Some((role.map(|_| state.role), covering(&self.cfg, &id, role)));
             for w in &state.open_windows {
                 self.closing.push(Reverse((w.start + self.cfg.window_ms, idx)));
             }
