@@ -217,6 +217,26 @@ fn serve_with(config: &str) -> (tempfile::TempDir, Vec<String>, std::path::PathB
     (dir, lines, archive, server)
 }
 
+/// Issue 13, item 4: two `vigil serve` on one `--archive` both started and both answered, and half of
+/// what they acknowledged was lost. The second is refused now, naming the process that holds the source.
+#[test]
+fn a_second_serve_on_one_archive_is_refused_and_told_who_holds_it() {
+    let (dir, lines, archive, server) = serve_with("");
+    let out = vigil()
+        .args(["serve", "--listen", "127.0.0.1:0", "--archive"])
+        .arg(&archive)
+        .output()
+        .expect("vigil serve runs");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("in use (held by process ") && said.contains("lose acknowledged events"), "{said}");
+    // The first goes on serving, and keeps what it acknowledged.
+    assert_eq!(server.post(&[], lines[..5].join("\n").as_bytes()).status, 200);
+    server.stop();
+    assert_eq!(archived_ids(&archive).len(), 5);
+    drop(dir);
+}
+
 /// Issue 18, item 4: an empty body was answered 200 with nothing in it, though the README says 400.
 #[test]
 fn an_empty_body_gets_400_and_says_why() {

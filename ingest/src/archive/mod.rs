@@ -84,6 +84,23 @@ pub enum ArchiveError {
         /// Where the checkpoint should be.
         checkpoint: PathBuf,
     },
+    /// Another vigil (or another lane of this one) has this source partition open: two writers of one
+    /// source would each commit over the other and lose what the other acknowledged.
+    #[error(
+        "source {source_name} partition {partition} of the archive {root:?} is in use ({holder}): two writers of \
+         one source lose acknowledged events. Stop the other vigil, or give this one another --archive or \
+         source name"
+    )]
+    Busy {
+        /// The archive root.
+        root: PathBuf,
+        /// The source.
+        source_name: String,
+        /// Its partition.
+        partition: i32,
+        /// What the lock file says of its holder.
+        holder: String,
+    },
     /// The checkpoint file is unreadable.
     #[error("checkpoint {path} is corrupt: {source}")]
     Checkpoint {
@@ -227,6 +244,9 @@ impl Stamp {
 /// The archive writer for one source partition.
 #[derive(Debug)]
 pub struct Archive {
+    /// An exclusive `flock` on `_vigil/locks/<source>-<partition>.lock` for as long as this is open (the
+    /// OS releases it when the process dies, so a crash never leaves it held).
+    _lock: File,
     root: PathBuf,
     stamp: Stamp,
     flush_rows: usize,
@@ -288,6 +308,7 @@ impl Archive {
     ) -> Result<(Archive, Option<Checkpoint>), ArchiveError> {
         let root = cfg.dir.clone();
         fs::create_dir_all(root.join(CHECKPOINT_DIR)).map_err(io_err(&root))?;
+        let lock = lock_source(&root, source, partition)?;
         let checkpoint = read_checkpoint(&root, source, partition)?;
         let committed = match &checkpoint {
             Some(c) => c.committed_position,
@@ -332,6 +353,7 @@ impl Archive {
             props = props.set_column_dictionary_enabled(ColumnPath::from(*c), false);
         }
         let archive = Archive {
+            _lock: lock,
             root,
             stamp: Stamp { source: source.to_owned(), partition, ingested_at: 0, base },
             flush_rows: cfg.flush_rows,
@@ -798,4 +820,45 @@ fn remove_uncommitted(
         }
     }
     Ok(())
+}
+
+/// Takes the source partition's lock, and writes who holds it into the lock file for the next one to
+/// read; refuses, saying who holds it, when another open file (another process, or another lane of this
+/// one) has it.
+fn lock_source(root: &Path, source: &str, partition: i32) -> Result<File, ArchiveError> {
+    use std::io::{Read, Seek, Write};
+    let dir = root.join("_vigil/locks");
+    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let path = dir.join(format!("{source}-{partition}.lock"));
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        let mut holder = String::new();
+        let _ = f.read_to_string(&mut holder);
+        let holder = holder.trim();
+        return Err(ArchiveError::Busy {
+            root: root.to_owned(),
+            source_name: source.to_owned(),
+            partition,
+            holder: if holder.is_empty() { "by another vigil".into() } else { holder.to_owned() },
+        });
+    }
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let said = format!(
+        "held by process {} since {}",
+        std::process::id(),
+        vigil_schemas::timestamp::format_rfc3339_ms(since)
+    );
+    f.set_len(0)
+        .and_then(|()| f.rewind())
+        .and_then(|()| f.write_all(said.as_bytes()))
+        .map_err(io_err(&path))?;
+    Ok(f)
 }

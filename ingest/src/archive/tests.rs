@@ -26,6 +26,7 @@ fn recovery_removes_uncommitted_and_temporary_files_of_its_own_source_only() {
     for name in ["src-0-3-9.parquet", ".src-0-3-9.parquet.tmp", "other-0-3-9.parquet"] {
         std::fs::write(hour.join(name), b"partial").unwrap();
     }
+    drop(a); // a restart: the process that had it open is gone
     let (a, cp) = Archive::open(&cfg, "src", 0).unwrap();
     let cp = cp.unwrap();
     assert_eq!((cp.committed_position, cp.totals.events, &cp.state), (2, 2, &serde_json::json!({"k": 1})));
@@ -131,6 +132,7 @@ fn a_replay_of_sparse_history_writes_a_file_per_day_with_batched_syncs() {
     assert!(matches!(c, Compression::ZSTD(_)), "{c:?}");
     assert_eq!(rows, 3);
     // A restart reads it back as committed: nothing is removed.
+    drop(a); // a restart: the process that had it open is gone
     let (_, cp) = Archive::open(&cfg, "old", 0).unwrap();
     assert_eq!(cp.unwrap().committed_position, 6);
     assert_eq!(files_under(dir.path()).len(), 4);
@@ -151,4 +153,21 @@ fn opening_source_a_leaves_the_temporary_files_of_source_a_0_alone() {
     // Its own temporary file goes; the other source's stays.
     assert!(hour.join(".a-0-0-1-2.parquet.tmp").exists());
     assert!(!hour.join(".a-0-1-2.parquet.tmp").exists());
+}
+
+/// Issue 13, item 4: two processes on one archive both answered and lost acknowledged events. A source
+/// partition is open in one place at a time; the second is refused and told who holds it.
+#[test]
+fn a_second_writer_of_one_source_is_refused_and_told_who_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ArchiveConfig { dir: dir.path().to_owned(), ..ArchiveConfig::default() };
+    let (first, _) = Archive::open(&cfg, "http", 0).unwrap();
+    let err = Archive::open(&cfg, "http", 0).err().expect("refused while the first is open");
+    let said = err.to_string();
+    assert!(said.contains("in use") && said.contains(&format!("process {}", std::process::id())), "{said}");
+    // Another source or partition of the same archive is its own.
+    Archive::open(&cfg, "http", 1).unwrap();
+    Archive::open(&cfg, "other", 0).unwrap();
+    drop(first);
+    Archive::open(&cfg, "http", 0).expect("free again once the first is closed");
 }
