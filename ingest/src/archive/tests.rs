@@ -162,7 +162,7 @@ fn a_second_writer_of_one_source_is_refused_and_told_who_holds_it() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = ArchiveConfig { dir: dir.path().to_owned(), ..ArchiveConfig::default() };
     let (first, _) = Archive::open(&cfg, "http", 0).unwrap();
-    let err = Archive::open(&cfg, "http", 0).err().expect("refused while the first is open");
+    let Err(err) = Archive::open(&cfg, "http", 0) else { panic!("refused while the first is open") };
     let said = err.to_string();
     assert!(said.contains("in use") && said.contains(&format!("process {}", std::process::id())), "{said}");
     // Another source or partition of the same archive is its own.
