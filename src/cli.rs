@@ -230,7 +230,8 @@ struct SuggestArgs {
     /// detect.scope.resource_depth, else 2).
     #[arg(long)]
     depth: Option<usize>,
-    /// Config to read detect.scope.resource_depth from.
+    /// Config to read detect.scope.resource_depth and detect.sensitive_resources (marked in the
+    /// suggestion) from; default: a vigil.toml beside the archive, else the defaults.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Compare this config's policies with the evidence instead: grants never used (revoke
@@ -855,17 +856,22 @@ fn cmd_simulate(args: SimArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_audit(args: AuditArgs) -> Result<ExitCode, String> {
-    // Without --config, the config beside the archive (where `vigil demo` writes the one it judged with).
-    let beside = args.archive.parent().map(|p| p.join("vigil.toml")).filter(|p| p.is_file());
-    let cfg = match (&args.config, beside) {
-        (Some(p), _) => VigilConfig::load(p).map_err(|e| e.to_string())?,
+/// The config a least-privilege command reads: `--config`, else a `vigil.toml` beside the archive (where
+/// `vigil demo` writes the one it judged with, said on stderr), else the defaults.
+fn config_for_archive(cmd: &str, config: Option<&Path>, archive: &Path) -> Result<VigilConfig, String> {
+    let beside = archive.parent().map(|p| p.join("vigil.toml")).filter(|p| p.is_file());
+    match (config, beside) {
+        (Some(p), _) => VigilConfig::load(p).map_err(|e| e.to_string()),
         (None, Some(p)) => {
-            eprintln!("vigil audit: policies from {} (beside the archive; --config to choose)", p.display());
-            VigilConfig::load(&p).map_err(|e| e.to_string())?
+            eprintln!("vigil {cmd}: config from {} (beside the archive; --config to choose)", p.display());
+            VigilConfig::load(&p).map_err(|e| e.to_string())
         }
-        (None, None) => VigilConfig::default(),
-    };
+        (None, None) => Ok(VigilConfig::default()),
+    }
+}
+
+fn cmd_audit(args: AuditArgs) -> Result<ExitCode, String> {
+    let cfg = config_for_archive("audit", args.config.as_deref(), &args.archive)?;
     if !args.archive.join("events").is_dir() {
         return Err(format!("{} has no events/ table: is it a vigil archive?", args.archive.display()));
     }
@@ -968,13 +974,8 @@ fn cmd_suggest(args: SuggestArgs) -> Result<ExitCode, String> {
             crate::policy::against(&args.archive, since, until, max_values, &cfg.detect)?
         }
         None => {
-            let depth = match (args.depth, &args.config) {
-                (Some(d), _) => d,
-                (None, Some(p)) => {
-                    VigilConfig::load(p).map_err(|e| e.to_string())?.detect.scope.resource_depth
-                }
-                (None, None) => vigil_detect::DetectConfig::default().scope.resource_depth,
-            };
+            let cfg = config_for_archive("policy suggest", args.config.as_deref(), &args.archive)?;
+            let depth = args.depth.unwrap_or(cfg.detect.scope.resource_depth);
             let seen = crate::policy::collect(&args.archive, since, until, args.by, depth, max_values)?;
             if seen.scanned.events == 0 {
                 return Err(format!(
@@ -982,7 +983,8 @@ fn cmd_suggest(args: SuggestArgs) -> Result<ExitCode, String> {
                     args.archive.display()
                 ));
             }
-            crate::policy::render(&seen, &args.archive, depth)
+            let sensitive = vigil_detect::GlobSet::new(&cfg.detect.sensitive_resources);
+            crate::policy::render(&seen, &args.archive, depth, &sensitive)
         }
     };
     match &args.out {

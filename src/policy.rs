@@ -210,7 +210,7 @@ fn quoted(s: &str) -> String {
 }
 
 /// The suggested policies as TOML, every entry with its evidence.
-pub fn render(e: &Observed, archive: &Path, depth: usize) -> String {
+pub fn render(e: &Observed, archive: &Path, depth: usize, sensitive: &GlobSet) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
@@ -282,8 +282,14 @@ pub fn render(e: &Observed, archive: &Path, depth: usize) -> String {
                     }
                     _ => String::new(),
                 };
-                let _ =
-                    writeln!(o, "  {:<width$} # {}{glob}{lone}", format!("{},", quoted(v)), ev.describe());
+                // A grant to a sensitive resource deserves a second look whoever used it.
+                let marked = if *dim == "resources" && sensitive.matches(v) { "  <- SENSITIVE" } else { "" };
+                let _ = writeln!(
+                    o,
+                    "  {:<width$} # {}{glob}{lone}{marked}",
+                    format!("{},", quoted(v)),
+                    ev.describe()
+                );
             }
             o.push_str("]\n");
         }

@@ -181,6 +181,21 @@ fn a_policy_suggested_from_a_clean_day_flags_exactly_the_injected_incidents_of_t
     assert!(text.contains("roles = [\"coding\"]") && text.contains("\"file:///repo/src/**\","), "{text}");
     assert!(text.contains(" events, ") && text.contains(" agents, 2026-01-05T"), "{text}");
 
+    // Grants to what the config calls sensitive are marked for the reviewer.
+    fs::write(p("sensitive.toml"), "[detect]\nsensitive_resources = [\"file:///repo/**\"]\n").unwrap();
+    let out = common::ok(
+        common::vigil()
+            .args(["policy", "suggest", "--archive"])
+            .arg(p("a1"))
+            .arg("--config")
+            .arg(p("sensitive.toml"))
+            .output()
+            .unwrap(),
+    );
+    let marked = String::from_utf8_lossy(&out.stdout);
+    let line = marked.lines().find(|l| l.contains("\"file:///repo/src/**\",")).expect("the repo grant");
+    assert!(line.ends_with("<- SENSITIVE"), "{line}");
+    assert!(!marked.lines().any(|l| l.contains("mcp://github") && l.contains("SENSITIVE")), "{marked}");
     // The suggested file loads as it is, and judges the second day.
     common::ok(common::vigil().arg("check-config").arg(p("policy.toml")).output().unwrap());
     let summary = common::run_json(&p("day2.ndjson"), &p("a2"), Some(&p("policy.toml")));
