@@ -5,6 +5,7 @@
 
 pub mod archive;
 pub mod journal;
+pub mod lockfile;
 pub mod outbox;
 pub mod source;
 

@@ -215,15 +215,9 @@ impl Outbox {
     ) -> Result<(Outbox, Recovered), OutboxError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let lock_path = dir.join("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        let Ok(lock) = crate::lockfile::take(&lock_path).map_err(io_err(&lock_path))? else {
             return Err(OutboxError::Busy { path: dir.to_owned() });
-        }
+        };
         let path = dir.join(FILE);
         let (mut records, good, total) = read_all(&path)?;
         let next = records.last().map_or(1, |(seq, _)| seq + 1);

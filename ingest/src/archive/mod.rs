@@ -826,39 +826,13 @@ fn remove_uncommitted(
 /// read; refuses, saying who holds it, when another open file (another process, or another lane of this
 /// one) has it.
 fn lock_source(root: &Path, source: &str, partition: i32) -> Result<File, ArchiveError> {
-    use std::io::{Read, Seek, Write};
     let dir = root.join("_vigil/locks");
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let path = dir.join(format!("{source}-{partition}.lock"));
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(io_err(&path))?;
-    if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-        let mut holder = String::new();
-        let _ = f.read_to_string(&mut holder);
-        let holder = holder.trim();
-        return Err(ArchiveError::Busy {
-            root: root.to_owned(),
-            source_name: source.to_owned(),
-            partition,
-            holder: if holder.is_empty() { "by another vigil".into() } else { holder.to_owned() },
-        });
-    }
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    let said = format!(
-        "held by process {} since {}",
-        std::process::id(),
-        vigil_schemas::timestamp::format_rfc3339_ms(since)
-    );
-    f.set_len(0)
-        .and_then(|()| f.rewind())
-        .and_then(|()| f.write_all(said.as_bytes()))
-        .map_err(io_err(&path))?;
-    Ok(f)
+    crate::lockfile::take(&path).map_err(io_err(&path))?.map_err(|holder| ArchiveError::Busy {
+        root: root.to_owned(),
+        source_name: source.to_owned(),
+        partition,
+        holder: if holder.is_empty() { "by another vigil".into() } else { holder },
+    })
 }
