@@ -164,16 +164,20 @@ fn a_policy_suggested_from_a_clean_day_flags_exactly_the_injected_incidents_of_t
     sim("day1.ndjson", "2026-01-05T00:00:00Z", "5", "0", None);
     sim("day2.ndjson", "2026-01-06T00:00:00Z", "6", "8", Some("labels.ndjson"));
     common::run_json(&p("day1.ndjson"), &p("a1"), None);
+    // `vigil policy suggest --archive ARCHIVE FLAG FILE`, which must succeed.
+    let suggest = |archive: &str, flag: &str, file: &str| {
+        common::ok(
+            common::vigil()
+                .args(["policy", "suggest", "--archive"])
+                .arg(p(archive))
+                .arg(flag)
+                .arg(p(file))
+                .output()
+                .unwrap(),
+        )
+    };
 
-    let out = common::ok(
-        common::vigil()
-            .args(["policy", "suggest", "--archive"])
-            .arg(p("a1"))
-            .arg("--out")
-            .arg(p("policy.toml"))
-            .output()
-            .unwrap(),
-    );
+    let out = suggest("a1", "--out", "policy.toml");
     assert!(String::from_utf8_lossy(&out.stderr).contains("review it"), "{out:?}");
     let text = fs::read_to_string(p("policy.toml")).unwrap();
     // One policy per role, entries with their evidence, resources generalised.
@@ -183,30 +187,20 @@ fn a_policy_suggested_from_a_clean_day_flags_exactly_the_injected_incidents_of_t
 
     // Grants to what the config calls sensitive are marked for the reviewer.
     fs::write(p("sensitive.toml"), "[detect]\nsensitive_resources = [\"file:///repo/**\"]\n").unwrap();
-    let out = common::ok(
-        common::vigil()
-            .args(["policy", "suggest", "--archive"])
-            .arg(p("a1"))
-            .arg("--config")
-            .arg(p("sensitive.toml"))
-            .output()
-            .unwrap(),
-    );
+    let out = suggest("a1", "--config", "sensitive.toml");
     let marked = String::from_utf8_lossy(&out.stdout);
     let line = marked.lines().find(|l| l.contains("\"file:///repo/src/**\",")).expect("the repo grant");
     assert!(line.ends_with("<- SENSITIVE"), "{line}");
     assert!(!marked.lines().any(|l| l.contains("mcp://github") && l.contains("SENSITIVE")), "{marked}");
     // The suggested file loads as it is, and judges the second day.
     common::ok(common::vigil().arg("check-config").arg(p("policy.toml")).output().unwrap());
-    let summary = common::run_json(&p("day2.ndjson"), &p("a2"), Some(&p("policy.toml")));
-    assert_eq!(summary["balanced"], true, "{summary}");
     let findings = p("f2.ndjson");
-    common::ok(
+    let out = common::ok(
         common::vigil()
-            .args(["run", "--input"])
+            .args(["run", "--json", "--input"])
             .arg(p("day2.ndjson"))
             .arg("--archive")
-            .arg(p("a2-again"))
+            .arg(p("a2"))
             .args(["--config"])
             .arg(p("policy.toml"))
             .arg("--findings")
@@ -214,6 +208,8 @@ fn a_policy_suggested_from_a_clean_day_flags_exactly_the_injected_incidents_of_t
             .output()
             .unwrap(),
     );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["balanced"], true, "{summary}");
     let flagged: std::collections::BTreeSet<String> = lines(&findings)
         .iter()
         .filter(|f| f["kind"] == "policy_violation")
@@ -249,15 +245,7 @@ fn a_policy_suggested_from_a_clean_day_flags_exactly_the_injected_incidents_of_t
     assert_eq!(flagged, expected, "policy violations on day 2 against the injected incidents: {labels:?}");
 
     // Against the policy it suggested, day 1 has nothing to revoke and nothing ungranted.
-    let diff = common::ok(
-        common::vigil()
-            .args(["policy", "suggest", "--archive"])
-            .arg(p("a1"))
-            .arg("--against")
-            .arg(p("policy.toml"))
-            .output()
-            .unwrap(),
-    );
+    let diff = suggest("a1", "--against", "policy.toml");
     let said = String::from_utf8_lossy(&diff.stdout);
     assert!(
         said.contains(
@@ -266,15 +254,7 @@ fn a_policy_suggested_from_a_clean_day_flags_exactly_the_injected_incidents_of_t
         "{said}"
     );
     // Day 2 against it: the incidents' uses are listed as never granted.
-    let diff = common::ok(
-        common::vigil()
-            .args(["policy", "suggest", "--archive"])
-            .arg(p("a2"))
-            .arg("--against")
-            .arg(p("policy.toml"))
-            .output()
-            .unwrap(),
-    );
+    let diff = suggest("a2", "--against", "policy.toml");
     let said = String::from_utf8_lossy(&diff.stdout);
     assert!(said.lines().any(|l| l.starts_with("+ agent ") && l.contains("never granted")), "{said}");
 }
