@@ -870,15 +870,25 @@ fn config_for_archive(cmd: &str, config: Option<&Path>, archive: &Path) -> Resul
     }
 }
 
+/// A least-privilege command's archive and period: the archive must have `events/`; `--since` and
+/// `--until` are RFC 3339 (UTC ms back).
+fn archive_period(
+    archive: &Path,
+    since: Option<&str>,
+    until: Option<&str>,
+) -> Result<(Option<i64>, Option<i64>), String> {
+    if !archive.join("events").is_dir() {
+        return Err(format!("{} has no events/ table: is it a vigil archive?", archive.display()));
+    }
+    let time = |flag: &str, v: Option<&str>| -> Result<Option<i64>, String> {
+        v.map(|t| parse_rfc3339_ms(t).map_err(|e| format!("{flag} {t:?}: {e}"))).transpose()
+    };
+    Ok((time("--since", since)?, time("--until", until)?))
+}
+
 fn cmd_audit(args: AuditArgs) -> Result<ExitCode, String> {
     let cfg = config_for_archive("audit", args.config.as_deref(), &args.archive)?;
-    if !args.archive.join("events").is_dir() {
-        return Err(format!("{} has no events/ table: is it a vigil archive?", args.archive.display()));
-    }
-    let time = |flag: &str, v: &Option<String>| -> Result<Option<i64>, String> {
-        v.as_deref().map(|t| parse_rfc3339_ms(t).map_err(|e| format!("{flag} {t:?}: {e}"))).transpose()
-    };
-    let (since, until) = (time("--since", &args.since)?, time("--until", &args.until)?);
+    let (since, until) = archive_period(&args.archive, args.since.as_deref(), args.until.as_deref())?;
     let (usage, scanned) = audit::collect(&args.archive, since, until, args.max_values.max(1))?;
     let review = audit::review(&usage, scanned, &cfg.detect);
     let text = match args.format {
@@ -960,13 +970,7 @@ fn cmd_check_config(file: &Path) -> ExitCode {
 }
 
 fn cmd_suggest(args: SuggestArgs) -> Result<ExitCode, String> {
-    if !args.archive.join("events").is_dir() {
-        return Err(format!("{} has no events/ table: is it a vigil archive?", args.archive.display()));
-    }
-    let time = |flag: &str, v: &Option<String>| -> Result<Option<i64>, String> {
-        v.as_deref().map(|t| parse_rfc3339_ms(t).map_err(|e| format!("{flag} {t:?}: {e}"))).transpose()
-    };
-    let (since, until) = (time("--since", &args.since)?, time("--until", &args.until)?);
+    let (since, until) = archive_period(&args.archive, args.since.as_deref(), args.until.as_deref())?;
     let max_values = args.max_values.max(1);
     let text = match &args.against {
         Some(path) => {
