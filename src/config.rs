@@ -544,13 +544,15 @@ impl VigilConfig {
 
     /// Parses and checks config text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<VigilConfig, ConfigError> {
-        let cfg: VigilConfig = toml::from_str(text).map_err(|e| {
+        let mut cfg: VigilConfig = toml::from_str(text).map_err(|e| {
             let offset = e.span().map_or(0, |s| s.start);
             let before = &text[..offset.min(text.len())];
             let line = before.matches('\n').count() + 1;
             let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
             ConfigError::Parse { path: path.to_owned(), line, column, message: e.message().trim().to_owned() }
         })?;
+        // How far ahead an event may be stamped is how far the watermark may be asked to lag.
+        cfg.detect.max_skew_seconds.get_or_insert(cfg.input.max_future_seconds);
         cfg.validate().map_err(|p| ConfigError::Invalid { path: path.to_owned(), problem: Box::new(p) })?;
         Ok(cfg)
     }

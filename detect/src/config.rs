@@ -17,6 +17,16 @@ pub struct DetectConfig {
     /// Later events are archived and counted as late; the hard per-event checks still judge them.
     #[serde(default = "default_lateness_seconds")]
     pub lateness_seconds: u64,
+    /// "Newest event time" above is that of the `watermark_quorum`-th newest agent, so that one agent
+    /// whose clock runs ahead (or one sender stamping events in the future) cannot make every other
+    /// agent's events late and blind the windowed detectors. `1` follows the single newest event.
+    #[serde(default = "default_watermark_quorum")]
+    pub watermark_quorum: u32,
+    /// How far the watermark may lag the newest event time when fewer than `watermark_quorum` agents
+    /// are busy, in seconds. Unset, vigil takes `[input] max_future_seconds` (how far ahead an event
+    /// may be stamped at all), so a lone early event still cannot push the watermark past the present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_skew_seconds: Option<u64>,
     /// Hard cap on actions per agent per event-time minute; `0` turns the `rate_limit` detector off.
     #[serde(default = "default_rate_limit_per_minute")]
     pub rate_limit_per_minute: u64,
@@ -75,6 +85,12 @@ const fn default_window_seconds() -> u64 {
 const fn default_lateness_seconds() -> u64 {
     30
 }
+/// Two: a single agent ahead of the fleet does not move it.
+const fn default_watermark_quorum() -> u32 {
+    2
+}
+/// The default of `[input] max_future_seconds`.
+pub const DEFAULT_MAX_SKEW_SECONDS: u64 = 900;
 /// 10 GiB in one session is a bulk export, not an agent answering questions.
 const fn default_session_max_bytes() -> u64 {
     10 << 30
@@ -97,6 +113,8 @@ impl Default for DetectConfig {
         DetectConfig {
             window_seconds: default_window_seconds(),
             lateness_seconds: default_lateness_seconds(),
+            watermark_quorum: default_watermark_quorum(),
+            max_skew_seconds: None,
             session_max_bytes: default_session_max_bytes(),
             baseline: BaselineConfig::default(),
             volume: SpikeConfig::volume(),
@@ -668,6 +686,10 @@ pub struct Compiled {
     pub(crate) human_credentials: GlobSet,
     pub(crate) window_ms: i64,
     pub(crate) lateness_ms: i64,
+    /// `watermark_quorum`, at least 1.
+    pub(crate) quorum: usize,
+    /// `max_skew_seconds` in milliseconds.
+    pub(crate) skew_ms: i64,
     pub(crate) cooldown_ms: i64,
     /// `span_windows` windows, in milliseconds.
     pub(crate) span_ms: i64,
@@ -736,6 +758,7 @@ impl DetectConfig {
             });
         }
         at_least_one("detect.window_seconds", self.window_seconds)?;
+        at_least_one("detect.watermark_quorum", u64::from(self.watermark_quorum))?;
         at_least_one("detect.baseline.span_windows", self.baseline.span_windows)?;
         at_least_one("detect.scope.short_memory_events", self.scope.short_memory_events)?;
         at_least_one("detect.scope.long_memory_events", self.scope.long_memory_events)?;
@@ -785,6 +808,8 @@ impl DetectConfig {
             human_credentials: GlobSet::new(&self.identity.human_credentials),
             window_ms,
             lateness_ms: (self.lateness_seconds as i64).saturating_mul(1000),
+            quorum: self.watermark_quorum as usize,
+            skew_ms: (self.max_skew_seconds.unwrap_or(DEFAULT_MAX_SKEW_SECONDS) as i64).saturating_mul(1000),
             cooldown_ms: (self.cooldown_seconds as i64).saturating_mul(1000),
             span_ms: window_ms.saturating_mul(self.baseline.span_windows as i64),
             keep_window: 1.0 - 1.0 / memory_windows,

@@ -236,9 +236,27 @@ fn events_behind_the_watermark_are_late_but_still_policy_checked() {
         lines.iter().map(|l| vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap()).collect();
     let mut out = Output::default();
     engine.process(&events, &mut out);
-    // The watermark is 180 s - 30 s of lateness: the three older events are late.
+    // The watermark is 180 s - 30 s of lateness: the three older events are late. The hard cap still
+    // counts them, each in its own minute: two in the minute at 60 s are over a cap of one.
     assert_eq!(engine.stats().late, 3);
-    assert!(out.findings.is_empty(), "{:?}", out.findings);
+    let got: Vec<_> =
+        out.findings.iter().map(|f| (f.kind.as_str(), f.window_start, f.event_ids.clone())).collect();
+    assert_eq!(got, [("rate_limit", 60_000, vec!["d".to_string()])]);
+}
+
+#[test]
+fn an_event_stamped_early_does_not_switch_off_the_rate_cap() {
+    // One event stamped two minutes ahead, then a loop in the present minute: the early minute is
+    // counted apart, the present one still trips the cap.
+    let mut lines = vec![ev("early", 180_000, "loop", "tool.call", "mcp://x", "")];
+    lines.extend(
+        (0..12).map(|i| ev(&format!("a{i:02}"), 60_000 + i * 1000, "loop", "tool.call", "mcp://x", "")),
+    );
+    check(
+        "rate_limit_per_minute = 10\n",
+        &lines.join("\n"),
+        "rate_limit high loop @70000 [a10] loop exceeded its hard cap of 10 actions per minute",
+    );
 }
 
 /// Detectors with baselines: a short warm-up so fixtures stay small, and peers from two agents up.
@@ -946,4 +964,56 @@ fn an_agent_no_policy_covers_is_reported_once() {
     out.clear();
     engine.process(&events, &mut out);
     assert!(out.uncovered.is_empty(), "said once: {:?}", out.uncovered);
+}
+
+#[test]
+fn one_sender_stamping_events_ahead_does_not_make_the_fleet_late() {
+    // Four agents at work for an hour; s1 runs away in minute 40. Every ten minutes a fifth sender
+    // posts one event stamped fourteen minutes ahead (inside the accepted skew). Listed in the order
+    // they arrive, not by stamp.
+    let role = r#","agent_role":"support""#;
+    let mut arrivals: Vec<(i64, String)> = Vec::new();
+    for a in ["s1", "s2", "s3", "s4"] {
+        for line in steady(a, 0, 60, 3, TICKETS, role) {
+            let ts = vigil_schemas::decode(line.as_bytes(), 1 << 20).unwrap().ts_ms;
+            arrivals.push((ts, line));
+        }
+    }
+    for i in 0..60 {
+        let ts = 40 * 60_000 + i * 900;
+        arrivals.push((ts, ev(&format!("loop{i:02}"), ts, "s1", "tool.call", TICKETS[0], role)));
+    }
+    for m in (0..60).step_by(10) {
+        let at = m * 60_000 + 1;
+        arrivals.push((at, ev(&format!("ahead{m}"), at + 14 * 60_000, "x", "data.read", TICKETS[0], role)));
+    }
+    arrivals.sort();
+    let cfg: DetectConfig = toml::from_str(BASELINE).unwrap();
+    let mut engine = Engine::new(&cfg).unwrap();
+    let events: Vec<_> =
+        arrivals.iter().map(|(_, l)| vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap()).collect();
+    let mut out = Output::default();
+    engine.process(&events, &mut out);
+    engine.finish(&mut out);
+    assert_eq!(engine.stats().late, 0, "honest events were made late by one sender's clock");
+    let spikes: Vec<_> = out.findings.iter().filter(|f| f.kind.as_str() == "volume_spike").collect();
+    assert_eq!(spikes.len(), 1, "{}", render(&out));
+    assert_eq!((spikes[0].agent_id.as_str(), spikes[0].window_start), ("s1", 40 * 60_000));
+}
+
+#[test]
+fn with_one_agent_busy_windows_still_close_at_most_the_skew_late() {
+    // s2 falls silent after a minute; s1 works on. The watermark follows the second newest agent (s2)
+    // only until s1 is `max_skew_seconds` ahead, then it trails s1 by that.
+    let cfg: DetectConfig = toml::from_str("max_skew_seconds = 300\n").unwrap();
+    let mut engine = Engine::new(&cfg).unwrap();
+    let lines = merged(vec![steady("s1", 0, 30, 2, TICKETS, ""), steady("s2", 0, 1, 2, TICKETS, "")]);
+    let events: Vec<_> =
+        lines.lines().map(|l| vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap()).collect();
+    let mut out = Output::default();
+    engine.process(&events, &mut out);
+    // s1's newest is 29.5 minutes: the watermark is 29.5 - 5 minutes - 30 s of lateness.
+    assert_eq!(engine.watermark(), Some(29 * 60_000 + 30_000 - 300_000 - 30_000));
+    // s1's windows up to minute 24 and s2's one window are closed.
+    assert_eq!(engine.stats().windows, 24 + 1);
 }

@@ -90,23 +90,8 @@ pub(super) fn check_rate(cfg: &Compiled, agent: &mut AgentState, ev: &Event<'_>)
     }
     // Minutes since 1970 fit an i32 until the year 6053; the schema bounds timestamps well inside that.
     let minute = ev.ts_ms.div_euclid(MINUTE_MS).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32;
-    let [cur, prev] = &mut agent.rate;
-    let slot = if cur.count == 0 || minute > cur.minute {
-        *prev = if minute == cur.minute + 1 { *cur } else { MinuteCount::default() };
-        *cur = MinuteCount { minute, count: 0, fired: false };
-        cur
-    } else if minute == cur.minute {
-        cur
-    } else if minute == cur.minute - 1 {
-        if prev.minute != minute || prev.count == 0 {
-            *prev = MinuteCount { minute, count: 0, fired: false };
-        }
-        prev
-    } else {
-        // Older than the previous minute: the hard cap's two counters cannot place it. Counted with the
-        // late events by the watermark when it is behind it too.
-        return None;
-    };
+    // Counted in its own minute, early or late: the cap is on actions per minute of event time.
+    let slot = agent.rate.slot(minute);
     slot.count = slot.count.saturating_add(1);
     if u64::from(slot.count) <= cap || slot.fired {
         return None;

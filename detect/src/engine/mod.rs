@@ -9,8 +9,10 @@
 //!   slip past the allow-list).
 //! * **per window, when the watermark closes it**: `volume_spike`, `data_spike`, `denied_burst`,
 //!   `scope_drift`, `model_change`. Events add to commutative per-window aggregates; a window closes
-//!   when the watermark (newest event time minus the lateness tolerance) passes its end, and windows
-//!   close in `(end, agent_id)` order. So the same events, in any order and any batch split within the
+//!   when the watermark passes its end, and windows close in `(end, agent_id)` order. The watermark is
+//!   the event time of the `watermark_quorum`-th newest agent (never more than `max_skew_seconds`
+//!   behind the newest event) minus the lateness tolerance: one agent whose clock runs ahead, or one
+//!   sender stamping events in the future, cannot make the rest of the fleet late. So the same events, in any order and any batch split within the
 //!   tolerance, close the same windows with the same contents in the same order, and give the same
 //!   findings. Events behind the watermark are counted as late and never judged by a window twice.
 //!
@@ -125,7 +127,14 @@ pub struct Engine {
     credentials: HashMap<u64, CredentialOwner>,
     /// (window end, agent) of every open window.
     closing: BinaryHeap<Reverse<(i64, u32)>>,
+    /// The newest event time not behind the watermark.
     max_ts: Option<i64>,
+    /// The newest event time of the `watermark_quorum` newest agents, newest first (see [`Engine::watermark`]).
+    front: Vec<(u32, i64)>,
+    /// The watermark never goes below this: where a restored snapshot or [`Engine::finish`] left it.
+    floor: Option<i64>,
+    /// The watermark, worked out again whenever `max_ts`, `front` or `floor` move.
+    wm: Option<i64>,
     stats: Stats,
     scratch: String,
     due: Vec<(i64, u32)>,
@@ -146,6 +155,12 @@ pub struct Snapshot {
     credentials: Vec<(u64, String, i64)>,
     #[serde(default)]
     max_ts: Option<i64>,
+    /// (agent, newest event time) of the newest agents, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    front: Vec<(String, i64)>,
+    /// The watermark when the snapshot was taken (absent in snapshots of older versions).
+    #[serde(default)]
+    watermark: Option<i64>,
     stats: Stats,
     /// (agent, budget name, spend in its current period).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -167,6 +182,9 @@ impl Engine {
             credentials: HashMap::new(),
             closing: BinaryHeap::new(),
             max_ts: None,
+            front: Vec::new(),
+            floor: None,
+            wm: None,
             stats: Stats::default(),
             scratch: String::with_capacity(256),
             due: Vec::new(),
@@ -195,9 +213,64 @@ impl Engine {
         ids + spend + self.agents.iter().map(AgentState::footprint).sum::<usize>()
     }
 
-    /// The newest event time minus the lateness tolerance: windows ending at or before it are closed.
+    /// Windows ending at or before this event time are closed; events before it are late.
+    ///
+    /// It is the newest event time of the `watermark_quorum`-th newest agent, or the newest event time
+    /// less `max_skew_seconds` if that is later, minus the lateness tolerance. A lone agent (or sender)
+    /// stamping events ahead moves only its own place in the front, so the rest of the fleet is judged
+    /// on its own clock; a fleet where only one agent is busy still closes windows, `max_skew_seconds`
+    /// late. It depends only on the set of events seen (never their order), and never goes back.
     pub fn watermark(&self) -> Option<i64> {
-        self.max_ts.map(|m| m.saturating_sub(self.cfg.lateness_ms))
+        self.wm
+    }
+
+    fn update_watermark(&mut self) {
+        let lead = self.max_ts.map(|m| {
+            let quorum = self.front.last().map_or(m, |&(_, t)| t);
+            quorum.max(m.saturating_sub(self.cfg.skew_ms))
+        });
+        let w = lead.map(|l| l.saturating_sub(self.cfg.lateness_ms));
+        self.wm = match (w, self.floor) {
+            (Some(w), Some(f)) => Some(w.max(f)),
+            (w, f) => w.or(f),
+        };
+    }
+
+    /// Records that agent `idx` sent an event at `ts` (not behind the watermark): keeps the
+    /// `watermark_quorum` newest agents in `front`. An agent outside it is never newer than its last.
+    fn advance(&mut self, idx: u32, ts: i64) {
+        let quorum = self.cfg.quorum;
+        let moved = if let Some(p) = self.front.iter().position(|&(a, _)| a == idx) {
+            if ts <= self.front[p].1 {
+                false
+            } else {
+                self.front[p].1 = ts;
+                true
+            }
+        } else if self.front.len() < quorum {
+            self.front.push((idx, ts));
+            true
+        } else if self.front.last().is_some_and(|&(_, t)| ts > t) {
+            self.front[quorum - 1] = (idx, ts);
+            true
+        } else {
+            false
+        };
+        let newest = self.max_ts.is_none_or(|m| ts > m);
+        if newest {
+            self.max_ts = Some(ts);
+        }
+        if moved {
+            // A handful of entries, nearly sorted: insertion sort, newest first.
+            for i in (1..self.front.len()).rev() {
+                if self.front[i].1 > self.front[i - 1].1 {
+                    self.front.swap(i, i - 1);
+                }
+            }
+        }
+        if moved || newest {
+            self.update_watermark();
+        }
     }
 
     /// The state, for a checkpoint.
@@ -211,6 +284,8 @@ impl Engine {
                 .map(|(h, o)| (*h, self.ids[o.agent as usize].to_string(), o.first_ts))
                 .collect(),
             max_ts: self.max_ts,
+            front: self.front.iter().map(|&(a, t)| (self.ids[a as usize].to_string(), t)).collect(),
+            watermark: self.wm,
             stats: self.stats,
             spend: {
                 let mut spend: Vec<(String, String, Spend)> = self
@@ -264,6 +339,16 @@ impl Engine {
             })
             .collect();
         self.max_ts = snapshot.max_ts;
+        self.front = snapshot
+            .front
+            .into_iter()
+            .filter_map(|(agent, t)| Some((*self.index.get(agent.as_str())?, t)))
+            .take(self.cfg.quorum)
+            .collect();
+        // Snapshots from before the quorum held only the newest event time, which was the watermark.
+        self.floor =
+            snapshot.watermark.or_else(|| snapshot.max_ts.map(|m| m.saturating_sub(self.cfg.lateness_ms)));
+        self.update_watermark();
         self.stats = snapshot.stats;
         // Spend under budgets this config still declares; a renamed or removed budget starts afresh.
         self.spend = snapshot
@@ -288,8 +373,8 @@ impl Engine {
     /// Events for those windows that arrive afterwards are late.
     pub fn finish(&mut self, out: &mut Output) {
         if let Some(end) = self.closing.iter().map(|Reverse((end, _))| *end).max() {
-            let target = end.saturating_add(self.cfg.lateness_ms);
-            self.max_ts = Some(self.max_ts.map_or(target, |m| m.max(target)));
+            self.floor = Some(self.floor.map_or(end, |f| f.max(end)));
+            self.update_watermark();
         }
         self.sweep(out);
     }
@@ -367,7 +452,7 @@ impl Engine {
         if late {
             self.stats.late += 1;
         } else {
-            self.max_ts = Some(self.max_ts.map_or(ev.ts_ms, |m| m.max(ev.ts_ms)));
+            self.advance(idx, ev.ts_ms);
             self.accumulate(idx, ev);
         }
         if let (Some(w), Some(Reverse((end, _)))) = (self.watermark(), self.closing.peek())

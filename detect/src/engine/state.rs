@@ -11,6 +11,46 @@ pub(super) struct MinuteCount {
     pub(super) fired: bool,
 }
 
+/// Minutes counted for the hard cap, per agent: up to four, so an event stamped a few minutes early or
+/// late is counted in its own minute without resetting the current one. When a fifth minute arrives
+/// the one with the fewest actions (the oldest of those) makes room: a minute near the cap is never the
+/// one dropped while sparser ones are kept, so stray early or late events cannot switch the cap off.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Vec<MinuteCount>", into = "Vec<MinuteCount>")]
+pub(super) struct Minutes(pub(super) [MinuteCount; 4]);
+
+impl Minutes {
+    /// The counter of `minute`, made (in place of the sparsest) if not kept.
+    pub(super) fn slot(&mut self, minute: i32) -> &mut MinuteCount {
+        let slots = &mut self.0;
+        let i = match slots.iter().position(|m| m.count > 0 && m.minute == minute) {
+            Some(i) => i,
+            None => {
+                let i = (0..slots.len()).min_by_key(|&i| (slots[i].count, slots[i].minute)).unwrap_or(0);
+                slots[i] = MinuteCount { minute, count: 0, fired: false };
+                i
+            }
+        };
+        &mut slots[i]
+    }
+}
+
+impl From<Vec<MinuteCount>> for Minutes {
+    fn from(v: Vec<MinuteCount>) -> Self {
+        let mut m = Minutes::default();
+        for (slot, c) in m.0.iter_mut().zip(v.into_iter().filter(|c| c.count > 0)) {
+            *slot = c;
+        }
+        m
+    }
+}
+
+impl From<Minutes> for Vec<MinuteCount> {
+    fn from(m: Minutes) -> Self {
+        m.0.into_iter().filter(|c| c.count > 0).collect()
+    }
+}
+
 /// An incident still open: later findings of the same kind and key fold into it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct OpenFinding {
@@ -323,8 +363,8 @@ pub(super) struct AgentState {
     pub(super) sessions: Recent<SessionBytes>,
     /// The last credential checked, so a steady agent skips the fleet-wide lookup.
     pub(super) last_credential: u64,
-    /// The current and previous minute, for the hard cap.
-    pub(super) rate: [MinuteCount; 2],
+    /// The minutes counted for the hard cap.
+    pub(super) rate: Minutes,
     /// Open incidents.
     pub(super) open: Vec<OpenFinding>,
     /// Windows not yet closed (usually one; two around a boundary within the lateness).
