@@ -74,6 +74,11 @@ pub struct DetectConfig {
     /// Declared allow-lists: least privilege per agent or role.
     #[serde(default, rename = "policy")]
     pub policies: Vec<PolicyConfig>,
+    /// Roles bound to agents by config: what these agents' events declare as `agent_role` is not
+    /// believed (a different one is a `role_mismatch` finding). An agent no binding names is bound to
+    /// the first role it declares.
+    #[serde(default, rename = "role")]
+    pub roles: Vec<RoleConfig>,
     /// Declared token and money budgets per agent or role (`budget_limit`).
     #[serde(default, rename = "budget")]
     pub budgets: Vec<BudgetConfig>,
@@ -130,6 +135,7 @@ impl Default for DetectConfig {
             sensitive_resources: Vec::new(),
             halt: None,
             policies: Vec::new(),
+            roles: Vec::new(),
             budgets: Vec::new(),
         }
     }
@@ -510,6 +516,16 @@ pub struct PolicyConfig {
     pub scopes: Vec<String>,
 }
 
+/// A role bound to agents: the first binding whose `agents` match an agent id gives its role.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConfig {
+    /// The role (as policies' `roles` name it).
+    pub name: String,
+    /// Agent ids (globs) that have this role.
+    pub agents: Vec<String>,
+}
+
 /// A token or money budget: what the agents it covers (`agents` globs, `roles`) may spend in one
 /// minute, hour or day of event time, with a warn level (a medium `budget_limit` finding) and a hard
 /// level (high). Every level is optional; at least one must be set.
@@ -681,6 +697,8 @@ pub(crate) struct Policy {
 pub struct Compiled {
     pub(crate) raw: DetectConfig,
     pub(crate) policies: Vec<Policy>,
+    /// `[[detect.role]]`: (role, agents), in order.
+    pub(crate) role_bindings: Vec<(String, GlobSet)>,
     pub(crate) budgets: Vec<Budget>,
     pub(crate) sensitive: GlobSet,
     pub(crate) human_credentials: GlobSet,
@@ -734,6 +752,17 @@ impl DetectConfig {
                 resources: GlobSet::new(&p.resources),
                 scopes: GlobSet::new(&p.scopes),
             });
+        }
+        let mut role_bindings = Vec::with_capacity(self.roles.len());
+        for r in &self.roles {
+            if r.name.is_empty() || r.agents.is_empty() {
+                return Err(ConfigError::OutOfRange {
+                    key: "detect.role",
+                    value: format!("{:?}", r.name),
+                    problem: "needs a name and at least one agent glob",
+                });
+            }
+            role_bindings.push((r.name.clone(), GlobSet::new(&r.agents)));
         }
         let mut budget_names = std::collections::HashSet::new();
         let mut budgets = Vec::with_capacity(self.budgets.len());
@@ -803,6 +832,7 @@ impl DetectConfig {
         Ok(Compiled {
             raw: self.clone(),
             policies,
+            role_bindings,
             budgets,
             sensitive: GlobSet::new(&self.sensitive_resources),
             human_credentials: GlobSet::new(&self.identity.human_credentials),

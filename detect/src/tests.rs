@@ -60,11 +60,16 @@ fn allowed_actions_raise_nothing() {
     let input = [
         ev("e1", 1000, "s1", "data.read", "postgres://support/tickets", role),
         ev("e2", 2000, "s1", "api.call", "https://api.zendesk.com/v2/tickets/1", role),
-        // No role, no matching agent glob: not covered, not judged.
+        // No role, no matching agent glob: not covered, not judged, but said once.
         ev("e3", 3000, "x1", "data.delete", "postgres://hr/salaries", ""),
+        ev("e4", 4000, "x1", "data.delete", "postgres://hr/salaries", ""),
     ]
     .join("\n");
-    check(SUPPORT_POLICY, &input, "");
+    check(
+        SUPPORT_POLICY,
+        &input,
+        "uncovered_agent medium x1 @3000 [e3] x1 declares no role and no policy names it: nothing it does is checked against an allow-list",
+    );
 }
 
 #[test]
@@ -101,6 +106,53 @@ policy_violation high s2 @1000 [e2] s2 used action "data.delete" that no policy 
 policy_violation high s3 @1000 [e3] s3 used scope "admin:all" that no policy covering it allows (data.read postgres://support/tickets success)
 policy_violation critical s4 @1000 [e4] s4 used resource "postgres://hr/salaries" that no policy covering it allows (data.read postgres://hr/salaries success)
 policy_violation high s5 @1000 [e5] s5 used resource "postgres://hr/salaries" that no policy covering it allows (data.read postgres://hr/salaries denied)
+"#,
+    );
+}
+
+#[test]
+fn a_role_left_out_or_written_differently_does_not_escape_the_allow_list() {
+    // s1 declared "support" first: that is its role. Reading HR data is critical however the later
+    // events spell the role or leave it out, and each such event is itself a finding.
+    let input = [
+        ev("e1", 1000, "s1", "data.read", "postgres://support/tickets", r#","agent_role":"support""#),
+        ev("e2", 2000, "s1", "data.read", "postgres://hr/salaries", r#","agent_role":"Support""#),
+        ev("e3", 1_000_000, "s1", "data.read", "postgres://hr/salaries", ""),
+        // A new agent claiming a role nobody covers is not silence either.
+        ev("e4", 3000, "n1", "data.read", "postgres://hr/salaries", r#","agent_role":"Support""#),
+    ]
+    .join("\n");
+    check(
+        SUPPORT_POLICY,
+        &input,
+        r#"
+policy_violation critical s1 @2000 [e2] s1 used resource "postgres://hr/salaries" that no policy covering it allows (data.read postgres://hr/salaries success)
+role_mismatch high s1 @2000 [e2] s1 declared role "Support" but is bound to role "support"; judged as "support"
+policy_violation critical s1 @1000000 [e3] s1 used resource "postgres://hr/salaries" that no policy covering it allows (data.read postgres://hr/salaries success)
+role_mismatch medium s1 @1000000 [e3] s1 left out its role "support"; judged as "support"
+uncovered_agent medium n1 @3000 [e4] n1 (role "Support") is covered by no policy: nothing it does is checked against an allow-list
+"#,
+    );
+}
+
+#[test]
+fn a_role_bound_by_config_is_the_agents_role_whatever_its_events_declare() {
+    let cfg = format!("{SUPPORT_POLICY}\n[[role]]\nname = \"support\"\nagents = [\"helpdesk-*\"]\n");
+    let input = [
+        // Declaring nothing is fine when config says who it is; it is still judged as support.
+        ev("e1", 1000, "helpdesk-1", "data.read", "postgres://support/tickets", ""),
+        ev("e2", 2000, "helpdesk-1", "data.read", "postgres://hr/salaries", ""),
+        // Its very first event claiming another role does not bind that role.
+        ev("e3", 3000, "helpdesk-2", "data.read", "postgres://hr/salaries", r#","agent_role":"admin""#),
+    ]
+    .join("\n");
+    check(
+        &cfg,
+        &input,
+        r#"
+policy_violation critical helpdesk-1 @2000 [e2] helpdesk-1 used resource "postgres://hr/salaries" that no policy covering it allows (data.read postgres://hr/salaries success)
+policy_violation critical helpdesk-2 @3000 [e3] helpdesk-2 used resource "postgres://hr/salaries" that no policy covering it allows (data.read postgres://hr/salaries success)
+role_mismatch high helpdesk-2 @3000 [e3] helpdesk-2 declared role "admin" but is bound to role "support"; judged as "support"
 "#,
     );
 }

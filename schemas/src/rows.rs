@@ -36,6 +36,12 @@ pub enum FindingKind {
     HaltedAgentActivity,
     /// Several agents behind one model, provider or credential issuer raising findings together.
     CohortAnomaly,
+    /// An event declared a role other than the one its agent is bound to (by config, or by the first
+    /// role it declared), or left out the role it had declared: judged under the bound role regardless.
+    RoleMismatch,
+    /// An agent that no allow-list covers while allow-lists are declared: nothing it does is checked
+    /// against one.
+    UncoveredAgent,
 }
 
 impl FindingKind {
@@ -54,6 +60,8 @@ impl FindingKind {
         FindingKind::BudgetLimit,
         FindingKind::HaltedAgentActivity,
         FindingKind::CohortAnomaly,
+        FindingKind::RoleMismatch,
+        FindingKind::UncoveredAgent,
     ];
 
     /// The wire name.
@@ -72,6 +80,8 @@ impl FindingKind {
             FindingKind::BudgetLimit => "budget_limit",
             FindingKind::HaltedAgentActivity => "halted_agent_activity",
             FindingKind::CohortAnomaly => "cohort_anomaly",
+            FindingKind::RoleMismatch => "role_mismatch",
+            FindingKind::UncoveredAgent => "uncovered_agent",
         }
     }
 }

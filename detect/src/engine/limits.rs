@@ -7,13 +7,17 @@ pub(super) fn severity_for(cfg: &Compiled, base: Severity, resource: &str) -> Se
     if cfg.sensitive.matches(resource) { base.raised() } else { base }
 }
 
-pub(super) fn covering_policies<'s>(cfg: &Compiled, agent: &'s mut AgentState, ev: &Event<'_>) -> &'s [u16] {
-    let role = ev.agent_role.as_deref();
-    // The engine interned the role before the checks ran: its index identifies it.
+/// The policies covering an agent under its bound role (`role`, its name), worked out once per role.
+pub(super) fn covering_policies<'s>(
+    cfg: &Compiled,
+    agent: &'s mut AgentState,
+    role: Option<&str>,
+    agent_id: &str,
+) -> &'s [u16] {
     let role_key = role.map(|_| agent.role);
     let stale = agent.covered_by.as_ref().is_none_or(|(r, _)| *r != role_key);
     if stale {
-        agent.covered_by = Some((role_key, covering(cfg, &ev.agent_id, role)));
+        agent.covered_by = Some((role_key, covering(cfg, agent_id, role)));
     }
     agent.covered_by.as_ref().map_or(&[], |(_, idx)| idx)
 }
@@ -28,8 +32,13 @@ pub(super) fn covering(cfg: &Compiled, agent_id: &str, role: Option<&str>) -> Bo
         .collect()
 }
 
-pub(super) fn check_policy(cfg: &Compiled, agent: &mut AgentState, ev: &Event<'_>) -> Option<(Finding, u64)> {
-    let covering = covering_policies(cfg, agent, ev);
+pub(super) fn check_policy(
+    cfg: &Compiled,
+    agent: &mut AgentState,
+    role: Option<&str>,
+    ev: &Event<'_>,
+) -> Option<(Finding, u64)> {
+    let covering = covering_policies(cfg, agent, role, &ev.agent_id);
     if covering.is_empty() {
         return None;
     }
@@ -81,6 +90,34 @@ pub(super) fn check_policy(cfg: &Compiled, agent: &mut AgentState, ev: &Event<'_
     let key = bucket(cfg, ev.ts_ms);
     let f = event_finding(FindingKind::PolicyViolation, severity, ev, summary, evidence);
     Some((f, key))
+}
+
+/// `uncovered_agent`: said once per agent, and only where allow-lists are declared at all (with none,
+/// the allow-list checks are simply not in use).
+pub(super) fn uncovered_finding(
+    cfg: &Compiled,
+    role: Option<&str>,
+    ev: &Event<'_>,
+) -> Option<(Finding, u64)> {
+    if cfg.policies.is_empty() {
+        return None;
+    }
+    let summary = match role {
+        Some(r) => format!(
+            "{} (role {r:?}) is covered by no policy: nothing it does is checked against an allow-list",
+            ev.agent_id
+        ),
+        None => format!(
+            "{} declares no role and no policy names it: nothing it does is checked against an allow-list",
+            ev.agent_id
+        ),
+    };
+    let mut evidence = Map::new();
+    evidence.insert("role".into(), json!(role));
+    evidence.insert("action".into(), json!(ev.action));
+    evidence.insert("resource".into(), json!(ev.resource));
+    let f = event_finding(FindingKind::UncoveredAgent, Severity::Medium, ev, summary, evidence);
+    Some((f, 0))
 }
 
 pub(super) fn check_rate(cfg: &Compiled, agent: &mut AgentState, ev: &Event<'_>) -> Option<(Finding, u64)> {

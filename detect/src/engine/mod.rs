@@ -319,8 +319,19 @@ impl Engine {
         }
         for (id, mut state) in snapshot.agents {
             let idx = self.ids.len() as u32;
+            // The role config as it is now binds (it may have changed since the checkpoint).
+            if let Some(name) = self.bound_role(&id) {
+                let role = self.intern_role(&name);
+                if role != state.role {
+                    let old = &mut self.roles[usize::from(state.role)].1;
+                    old.agents = old.agents.saturating_sub(1);
+                    self.roles[usize::from(role)].1.agents += 1;
+                    state.role = role;
+                }
+                state.pinned = true;
+            }
             // Coverage worked out again now, so an agent reported as covered by no policy before the
-            // checkpoint is not reported again after it (an agent's role is whatever it last declared).
+            // checkpoint is not reported again after it.
             let role = (state.role != 0).then(|| &*self.roles[usize::from(state.role)].0);
             state.covered_by = Some((role.map(|_| state.role), covering(&self.cfg, &id, role)));
             for w in &state.open_windows {
@@ -394,44 +405,93 @@ impl Engine {
     }
 
     fn agent_index(&mut self, ev: &Event<'_>) -> u32 {
-        let idx = match self.index.get(&*ev.agent_id) {
-            Some(&i) => i,
-            None => {
-                let i = self.ids.len() as u32;
-                self.index.insert(ev.agent_id.as_ref().into(), i);
-                self.id_hash.push(stable_hash(&[ev.agent_id.as_bytes()]));
-                self.ids.push(ev.agent_id.as_ref().into());
-                self.agents.push(AgentState::default());
-                let role = self.intern_role(ev.agent_role.as_deref().unwrap_or(""));
-                self.agents[i as usize].role = role;
-                self.roles[usize::from(role)].1.agents += 1;
-                i
-            }
+        if let Some(&i) = self.index.get(&*ev.agent_id) {
+            return i;
+        }
+        let i = self.ids.len() as u32;
+        self.index.insert(ev.agent_id.as_ref().into(), i);
+        self.id_hash.push(stable_hash(&[ev.agent_id.as_bytes()]));
+        self.ids.push(ev.agent_id.as_ref().into());
+        self.agents.push(AgentState::default());
+        // The role config binds, else the first one declared.
+        let bound = self.bound_role(&ev.agent_id);
+        let pinned = bound.is_some();
+        let role = match bound {
+            Some(name) => self.intern_role(&name),
+            None => self.intern_role(ev.agent_role.as_deref().unwrap_or("")),
         };
-        // An agent whose role changes moves peer group.
-        let role_name = ev.agent_role.as_deref().unwrap_or("");
+        let agent = &mut self.agents[i as usize];
+        agent.role = role;
+        agent.pinned = pinned;
+        self.roles[usize::from(role)].1.agents += 1;
+        i
+    }
+
+    /// The role `[[detect.role]]` binds this agent to, if any.
+    fn bound_role(&self, agent_id: &str) -> Option<Box<str>> {
+        let (name, _) = self.cfg.role_bindings.iter().find(|(_, agents)| agents.matches(agent_id))?;
+        Some(name.as_str().into())
+    }
+
+    /// Holds an event's declared role to its agent's bound one. An agent with no role yet is bound to
+    /// the first it declares; after that a different role, or (unless config bound it) none, is a
+    /// `role_mismatch`. The agent is judged under its bound role either way.
+    fn check_role(&mut self, idx: u32, ev: &Event<'_>) -> Option<(Finding, u64)> {
+        let declared = ev.agent_role.as_deref();
         let current = self.agents[idx as usize].role;
-        if *self.roles[usize::from(current)].0 != *role_name && ev.agent_role.is_some() {
-            let role = self.intern_role(role_name);
-            let old = &mut self.roles[usize::from(current)].1;
+        if current == 0 {
+            let name = declared?;
+            let role = self.intern_role(name);
+            let old = &mut self.roles[0].1;
             old.agents = old.agents.saturating_sub(1);
             self.roles[usize::from(role)].1.agents += 1;
-            self.agents[idx as usize].role = role;
+            let agent = &mut self.agents[idx as usize];
+            agent.role = role;
+            // Coverage for the new role at once, so an agent uncovered before and after is said once.
+            agent.covered_by = Some((Some(role), covering(&self.cfg, &ev.agent_id, Some(name))));
+            return None;
         }
-        idx
+        let agent = &self.agents[idx as usize];
+        let bound = &*self.roles[usize::from(current)].0;
+        let (severity, summary) = match declared {
+            Some(r) if r == bound => return None,
+            None if agent.pinned => return None,
+            Some(r) => (
+                Severity::High,
+                format!(
+                    "{} declared role {r:?} but is bound to role {bound:?}; judged as {bound:?}",
+                    ev.agent_id
+                ),
+            ),
+            None => (
+                Severity::Medium,
+                format!("{} left out its role {bound:?}; judged as {bound:?}", ev.agent_id),
+            ),
+        };
+        let mut evidence = Map::new();
+        evidence.insert("declared".into(), json!(declared));
+        evidence.insert("bound".into(), json!(bound));
+        evidence.insert("bound_by".into(), json!(if agent.pinned { "config" } else { "first_declared" }));
+        evidence.insert("action".into(), json!(ev.action));
+        evidence.insert("resource".into(), json!(ev.resource));
+        let f = event_finding(FindingKind::RoleMismatch, severity, ev, summary, evidence);
+        Some((f, bucket(&self.cfg, ev.ts_ms)))
     }
 
     fn judge(&mut self, ev: &Event<'_>, out: &mut Output) {
         self.stats.events += 1;
         let idx = self.agent_index(ev);
-        let mut found: [Option<(Finding, u64)>; 4] = [None, None, None, None];
+        let mut found: [Option<(Finding, u64)>; 5] = [None, None, None, None, None];
+        found[3] = self.check_role(idx, ev);
         {
-            let Engine { cfg, agents, .. } = self;
+            let Engine { cfg, agents, roles, .. } = self;
             let agent = &mut agents[idx as usize];
+            let role = (agent.role != 0).then(|| &*roles[usize::from(agent.role)].0);
             let first = agent.covered_by.is_none();
-            found[0] = check_policy(cfg, agent, ev);
+            found[0] = check_policy(cfg, agent, role, ev);
             if first && agent.covered_by.as_ref().is_some_and(|(_, covering)| covering.is_empty()) {
                 out.uncovered.push(ev.agent_id.to_string());
+                found[4] = uncovered_finding(cfg, role, ev);
             }
             found[1] = check_rate(cfg, agent, ev);
             found[2] = check_session(cfg, agent, ev);
@@ -670,7 +730,9 @@ impl Engine {
     fn check_budgets(&mut self, idx: u32, ev: &Event<'_>, out: &mut Output) {
         for bi in 0..self.cfg.budgets.len() {
             let b = &self.cfg.budgets[bi];
-            if !b.covers(&ev.agent_id, ev.agent_role.as_deref()) {
+            let bound = self.agents[idx as usize].role;
+            let role = (bound != 0).then(|| &*self.roles[usize::from(bound)].0);
+            if !b.covers(&ev.agent_id, role) {
                 continue;
             }
             let spend = self.spend.entry((idx, bi as u16)).or_default();

@@ -344,8 +344,12 @@ impl Default for Levels {
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct AgentState {
-    /// Index into the engine's roles (0 is "no role").
+    /// Index into the engine's roles (0 is "no role"): the role it is bound to, by config or by the
+    /// first it declared.
     pub(super) role: u16,
+    /// Whether `[[detect.role]]` bound the role (worked out again on restore).
+    #[serde(skip)]
+    pub(super) pinned: bool,
     /// Windows accounted for since the agent's first (closed ones and the empty ones between).
     pub(super) windows: u32,
     /// Events counted in closed windows (saturating).
