@@ -672,6 +672,23 @@ model_change medium c2 @1260000 [upgrade] c2 is now backed by claude-opus-4 (ant
 }
 
 #[test]
+fn one_back_dated_event_does_not_frame_a_credentials_owner_as_its_thief() {
+    // "ops" has used key_ops for an hour. One event for "intruder", stamped a day earlier, claims the
+    // key: the intruder is the one flagged, and ops stays the owner.
+    let cred = r#","credential_id":"key_ops""#;
+    let mut lines: Vec<String> = (0..60)
+        .map(|m| ev(&format!("o{m}"), 86_400_000 + m * 60_000, "ops", "api.call", "https://k8s/", cred))
+        .collect();
+    lines.push(ev("forged", 1000, "intruder", "api.call", "https://k8s/", cred));
+    lines.push(ev("o60", 86_400_000 + 3_600_000, "ops", "api.call", "https://k8s/", cred));
+    check(
+        "rate_limit_per_minute = 0\n",
+        &lines.join("\n"),
+        r#"shared_credential high intruder @1000 [forged] intruder used credential "key_ops", which belongs to ops"#,
+    );
+}
+
+#[test]
 fn session_caps_and_borrowed_credentials_are_judged_per_event() {
     let cfg = r#"
 rate_limit_per_minute = 0

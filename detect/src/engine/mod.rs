@@ -786,8 +786,11 @@ impl Engine {
             }
             Some(o) => o,
         };
-        // The owner is whoever used the credential first in event time; the other one is flagged.
-        let (flagged, holder) = if ev.ts_ms < owner.first_ts {
+        // The owner is whoever used the credential first in event time; the other one is flagged. A
+        // claim from behind the watermark cannot take a credential over: one back-dated event would
+        // otherwise make its sender the owner and frame the agent that really held it.
+        let late = self.wm.is_some_and(|w| ev.ts_ms < w);
+        let (flagged, holder) = if ev.ts_ms < owner.first_ts && !late {
             let previous = owner.agent;
             *owner = CredentialOwner { agent: idx, first_ts: ev.ts_ms };
             (previous, idx)
