@@ -480,8 +480,10 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode, String> {
     // The server runs beside the driver, on its own threads, for as long as the run.
     let server = match &cfg.api.listen {
         Some(listen) => {
+            // api.listen is validated as an address; the tokens are settled before it is open.
+            let addr = listen.parse().map_err(|_| format!("api.listen: {listen:?} is not an address"))?;
+            let auth = server::api::Auth::resolve(&cfg.api, addr)?;
             let mut s = server::Server::bind(listen, 2).map_err(|e| e.to_string())?;
-            let auth = server::api::Auth::resolve(&cfg.api, s.addr())?;
             let routes = server::api::routes(control.clone(), auth, &cfg.api, telemetry.clone());
             s.start(routes, telemetry.clone(), std::time::Duration::from_secs(10));
             tracing::info!(addr = %s.addr(), "control API, check and metrics on http://{}/", s.addr());
@@ -963,6 +965,22 @@ fn cmd_check_config(file: &Path) -> ExitCode {
     if beyond && !token {
         println!(
             "  error: api.listen is beyond loopback and no token is configured: vigil would refuse to start"
+        );
+        return ExitCode::from(1);
+    }
+    println!(
+        "  event senders: {}",
+        if cfg.http.senders.is_empty() {
+            "none declared (anyone reaching http.listen may post, so vigil serve takes events on loopback only)"
+                .to_owned()
+        } else {
+            cfg.http.senders.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+        }
+    );
+    let http_beyond = cfg.http.listen.parse::<std::net::SocketAddr>().is_ok_and(|a| !a.ip().is_loopback());
+    if http_beyond && cfg.http.senders.is_empty() {
+        println!(
+            "  error: http.listen is beyond loopback and no [[http.sender]] is declared: vigil serve would refuse to start"
         );
         return ExitCode::from(1);
     }

@@ -270,6 +270,31 @@ pub struct HttpConfig {
     /// On SIGINT/SIGTERM, how long requests in flight are given to finish, in seconds.
     #[serde(default = "default_drain_seconds")]
     pub drain_seconds: u64,
+    /// Who may post events (`[[http.sender]]`): with any declared, a request needs one's bearer token
+    /// (401 otherwise) and may only carry events for the agents (and from the sources) that sender is
+    /// granted. With none, anyone who reaches the listener may post for any agent, which `vigil serve`
+    /// allows on loopback only.
+    #[serde(default, rename = "sender", skip_serializing_if = "Vec::is_empty")]
+    pub senders: Vec<SenderConfig>,
+}
+
+/// One sender of events (a gateway, a service): its token, and what it may claim.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SenderConfig {
+    /// Its name, in dead letters and logs.
+    pub name: String,
+    /// An environment variable holding its bearer token (at least 16 characters).
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// A file holding its bearer token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The agent ids (globs) it may send events for.
+    pub agents: Vec<String>,
+    /// The `source` values (globs) its events may carry; empty allows any, and none.
+    #[serde(default)]
+    pub sources: Vec<String>,
 }
 
 fn default_listen() -> String {
@@ -324,6 +349,7 @@ impl Default for HttpConfig {
             max_items_per_request: default_max_items_per_request(),
             workers: default_workers(),
             drain_seconds: default_drain_seconds(),
+            senders: Vec::new(),
         }
     }
 }
@@ -360,6 +386,21 @@ impl HttpConfig {
         }
         if self.request_timeout_seconds == 0 {
             return bad("http.request_timeout_seconds", "must be at least 1".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for sd in &self.senders {
+            if sd.name.is_empty() || !names.insert(sd.name.as_str()) {
+                return bad("http.sender", format!("needs a name of its own, got {:?}", sd.name));
+            }
+            if sd.token_env.is_some() == sd.token_file.is_some() {
+                return bad("http.sender", format!("{:?} needs one of token_env or token_file", sd.name));
+            }
+            if sd.agents.is_empty() {
+                return bad(
+                    "http.sender",
+                    format!("{:?} grants no agents (agents = [\"*\"] grants every one)", sd.name),
+                );
+            }
         }
         Ok(())
     }

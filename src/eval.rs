@@ -81,7 +81,13 @@ impl Judge {
             .map(|l| {
                 self.position += 1;
                 let bytes = l.as_ref();
-                Item { bytes, size: bytes.len() as u64, position: self.position, refused_before: None }
+                Item {
+                    bytes,
+                    size: bytes.len() as u64,
+                    position: self.position,
+                    refused_before: None,
+                    claim: Default::default(),
+                }
             })
             .collect();
         // Offline: the receive time only stamps archive rows, and a detached lane has none.

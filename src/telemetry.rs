@@ -333,7 +333,7 @@ impl Telemetry {
             unauthorized: counter(
                 &r,
                 "vigil_api_unauthorized_total",
-                "Control API and check requests refused for a missing or wrong token",
+                "Requests refused for a missing or wrong token: control API, checks and event intake",
             ),
             commands,
             lag,

@@ -381,6 +381,11 @@ fn check_config_accepts_the_example_and_names_the_line_of_a_mistake() {
     let out = vigil().arg("check-config").arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("no token"), "{out:?}");
+    // And an event intake beyond loopback with nobody declared to send (issue 13, item 7).
+    std::fs::write(&bad, "[http]\nlisten = \"0.0.0.0:8080\"\n").unwrap();
+    let out = vigil().arg("check-config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no [[http.sender]] is declared"), "{out:?}");
 }
 
 /// Issue 18, item 4: `--help` of run and serve shows what an option defaults to, and what it shows is

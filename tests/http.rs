@@ -834,3 +834,124 @@ fn a_65_kb_gzip_body_of_newlines_gets_413_and_the_server_carries_on() {
     let summary = server.stop();
     assert_eq!(summary["valid"], 50, "{summary}");
 }
+
+/// One hand-written event stamped now.
+fn event_now(id: &str, agent: &str, extra: &str) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    format!(
+        r#"{{"event_id":"{id}","ts":{now},"agent_id":"{agent}","action":"data.read","resource":"postgres://x/t"{extra}}}"#
+    )
+}
+
+/// Issue 13, item 7: dedup was global, so a sender that posted a real critical event's id first (for
+/// an agent of its own) had the real event refused as a duplicate. An id is unique per agent now.
+#[test]
+fn an_event_id_sent_first_for_another_agent_does_not_suppress_the_real_one() {
+    let (_dir, _lines, _archive, server) = serve_with("");
+    let r = server.post(&[], event_now("crit-1", "intruder", "").as_bytes());
+    assert_eq!((r.status, r.body["accepted"].as_u64()), (200, Some(1)), "{r:?}");
+    let real = event_now("crit-1", "finance-bot", "");
+    let r = server.post(&[], real.as_bytes());
+    assert_eq!((r.status, r.body["accepted"].as_u64()), (200, Some(1)), "{r:?}");
+    // A resend by the same agent is still a duplicate.
+    let r = server.post(&[], real.as_bytes());
+    assert_eq!((r.status, r.body["errors"][0]["code"].as_str()), (400, Some("duplicate_event_id")), "{r:?}");
+    server.stop();
+}
+
+/// Issue 13, item 7: anyone reaching `vigil serve` could post events for any agent (halt it, frame it).
+/// With senders declared, a request needs a sender's token, and carries only the agents (and sources)
+/// that sender was granted; the rest is refused as `not_permitted`, dead-lettered, and stays refused
+/// when the journal is replayed after a kill -9.
+#[test]
+fn anonymous_and_foreign_senders_cannot_post_for_agents_they_were_not_granted() {
+    let dir = scratch();
+    let (support, ops) = (dir.path().join("support.token"), dir.path().join("ops.token"));
+    std::fs::write(&support, "support-gateway-secret-0123456789\n").unwrap();
+    std::fs::write(&ops, "ops-gateway-secret-0123456789").unwrap();
+    let config = dir.path().join("vigil.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[archive]\nflush_seconds = 3600\n\n[[http.sender]]\nname = \"support-gateway\"\ntoken_file = {:?}\n\
+             agents = [\"support-*\"]\n\n[[http.sender]]\nname = \"ops-gateway\"\ntoken_file = {:?}\n\
+             agents = [\"ops-*\"]\nsources = [\"k8s-audit\"]\n",
+            support, ops
+        ),
+    )
+    .unwrap();
+    let archive = dir.path().join("archive");
+    let args = ["--config", config.to_str().unwrap(), "--archive", archive.to_str().unwrap()];
+    let server = Server::start(&args);
+    let as_support = [("Authorization", "Bearer support-gateway-secret-0123456789")];
+    let as_ops = [("Authorization", "Bearer ops-gateway-secret-0123456789")];
+    let e1 = event_now("e1", "support-1", "");
+    // No token, or one nobody was given: 401, nothing taken.
+    for headers in [&[][..], &[("Authorization", "Bearer support-gateway-secret-012345678X")]] {
+        let r = server.post(headers, e1.as_bytes());
+        assert_eq!(r.status, 401, "{r:?}");
+        assert!(r.headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("www-authenticate") && v == "Bearer"));
+    }
+    // The support gateway may speak for support agents only.
+    let body = [e1.clone(), event_now("e2", "ops-1", ""), event_now("e3", "support-2", "")].join("\n");
+    let r = server.post(&as_support, body.as_bytes());
+    assert_eq!((r.status, r.body["accepted"].as_u64()), (200, Some(2)), "{r:?}");
+    assert_eq!(
+        (r.body["errors"][0]["line"].as_u64(), r.body["errors"][0]["code"].as_str()),
+        (Some(2), Some("not_permitted"))
+    );
+    let r = server.post(&as_support, event_now("e4", "ops-1", "").as_bytes());
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(
+        r.body["errors"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains(r#"sender "support-gateway" may not send events with agent_id "ops-1""#),
+        "{r:?}"
+    );
+    // The ops gateway: its agents, and only from its source.
+    let r = server.post(&as_ops, event_now("e5", "ops-1", r#","source":"k8s-audit""#).as_bytes());
+    assert_eq!((r.status, r.body["accepted"].as_u64()), (200, Some(1)), "{r:?}");
+    let r = server.post(&as_ops, event_now("e6", "ops-1", "").as_bytes());
+    assert_eq!((r.status, r.body["errors"][0]["code"].as_str()), (403, Some("not_permitted")), "{r:?}");
+    // kill -9 before any flush: everything is in the journal alone. The restart replays it, the
+    // refusals included, though the replay knows no sender.
+    drop(server);
+    let summary = Server::start(&args).stop();
+    assert_eq!(
+        (summary["recovered"].as_u64(), summary["balanced"].as_bool()),
+        (Some(6), Some(true)),
+        "{summary}"
+    );
+    assert_eq!(summary["dead_letters"]["not_permitted"], 3, "{summary}");
+    assert_eq!(archived_ids(&archive), ["e1", "e3", "e5"].iter().map(|s| s.to_string()).collect());
+    let dead = archive_py("rows", &archive, &["dead-letters", "_position"]);
+    let reasons: Vec<_> =
+        dead["duckdb"].as_array().unwrap().iter().map(|r| r["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons, ["not_permitted"; 3], "{dead}");
+}
+
+/// Issue 13, item 7: `--listen 0.0.0.0` served anonymous POSTs without a word. Beyond loopback, the
+/// intake needs declared senders; it is refused before anything listens.
+#[test]
+fn serving_events_beyond_loopback_without_senders_is_refused() {
+    let dir = scratch();
+    let token = dir.path().join("api.token");
+    std::fs::write(&token, "api-admin-secret-0123456789").unwrap();
+    let config = dir.path().join("vigil.toml");
+    std::fs::write(&config, format!("[api]\ntoken_file = {token:?}\n")).unwrap();
+    let out = vigil()
+        .args(["serve", "--listen", "0.0.0.0:0", "--config"])
+        .arg(&config)
+        .arg("--archive")
+        .arg(dir.path().join("archive"))
+        .output()
+        .expect("vigil serve runs");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("refusing to take events on 0.0.0.0:0 from anyone") && said.contains("[[http.sender]]"),
+        "{said}"
+    );
+    assert!(!dir.path().join("archive").exists(), "nothing was opened");
+}

@@ -33,6 +33,8 @@ pub enum Verdict {
         /// Source position of the event_id's first copy, for a duplicate; else 0.
         first_seen: u64,
     },
+    /// Dead-lettered because its authenticated sender may not claim what it claims.
+    NotPermitted,
     /// Dead-lettered as over the event cap; the journal holds only the prefix its dead letter keeps.
     TooLarge {
         /// The item's full size in bytes.
@@ -216,6 +218,7 @@ fn read_record(r: &mut impl Read) -> Result<Option<(Entry, u64)>, Torn> {
         1 => Verdict::Accepted,
         2 => Verdict::Refused { first_seen: u64_at(21) },
         3 => Verdict::TooLarge { size: u64_at(21) },
+        4 => Verdict::NotPermitted,
         _ => return Err(Torn),
     };
     // The length is not trusted before the checksum: a torn header may claim anything.
@@ -278,6 +281,7 @@ impl Journal {
             Verdict::Accepted => (1, 0),
             Verdict::Refused { first_seen } => (2, first_seen),
             Verdict::TooLarge { size } => (3, size),
+            Verdict::NotPermitted => (4, 0),
         };
         let mut header = [0u8; HEADER];
         header[..4].copy_from_slice(&len.to_le_bytes());

@@ -1,7 +1,8 @@
 //! The one place a line becomes blank, an event or a refusal: decode, the future bound, dedup.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::hash::{BuildHasher, BuildHasherDefault, RandomState};
+use std::sync::OnceLock;
 
 use vigil_ingest::archive::{Archive, ArchiveError};
 use vigil_ingest::source::Line;
@@ -48,20 +49,19 @@ impl DedupWindow {
     /// Remembers what `archive` already holds (its newest `cap` events), so that after a restart a resend
     /// of one of them is refused as it would be in one uninterrupted run. Returns the ids remembered.
     pub fn seed_from(&mut self, archive: &Archive) -> Result<usize, ArchiveError> {
-        archive.recent_event_ids(self.cap, |id, position| {
-            self.check(id, position);
+        archive.recent_event_ids(self.cap, |agent, id, position| {
+            self.check_key(DedupWindow::key(agent, id), position);
         })
     }
 
-    /// The key an id is remembered by: a 64-bit hash, fixed within a process (the window is rebuilt
-    /// from the archive on start, never stored). Pure, so it can be computed where the line is decoded.
-    pub fn key(id: &str) -> u64 {
-        BuildHasherDefault::<DefaultHasher>::default().hash_one(id)
-    }
-
-    /// Records `id` at `position`; returns the first position if it was seen already.
-    fn check(&mut self, id: &str, position: u64) -> Option<u64> {
-        self.check_key(DedupWindow::key(id), position)
+    /// The key an event is remembered by: a 64-bit hash of its agent_id and event_id. An id is unique
+    /// per agent, so one agent's sender cannot suppress another agent's event by sending its id first.
+    /// The hash is keyed afresh by each process (the window is rebuilt from the archive on start, never
+    /// stored), so ids cannot be crafted offline to collide. Pure, so it can be computed where the line
+    /// is decoded.
+    pub fn key(agent_id: &str, event_id: &str) -> u64 {
+        static KEY: OnceLock<RandomState> = OnceLock::new();
+        KEY.get_or_init(RandomState::new).hash_one((agent_id, event_id))
     }
 
     /// [`check`](Self::check) by an id's [`key`](Self::key).
@@ -80,6 +80,71 @@ impl DedupWindow {
         self.seen.insert(h, position);
         self.order.push_back(h);
         None
+    }
+}
+
+/// An authenticated sender of events (`[[http.sender]]`) and what it may claim.
+#[derive(Debug)]
+pub struct Sender {
+    /// Its configured name.
+    pub name: String,
+    agents: vigil_detect::GlobSet,
+    sources: vigil_detect::GlobSet,
+}
+
+impl Sender {
+    /// The grants of one configured sender (its token is the server's business).
+    pub fn new(cfg: &crate::config::SenderConfig) -> Sender {
+        Sender {
+            name: cfg.name.clone(),
+            agents: vigil_detect::GlobSet::new(&cfg.agents),
+            sources: vigil_detect::GlobSet::new(&cfg.sources),
+        }
+    }
+
+    /// Whether it may send this event: its agent among the granted ones, and its `source` too when
+    /// sources are granted.
+    pub fn permits(&self, ev: &Event<'_>) -> Result<(), Invalid> {
+        let refuse = |field, value: &str| {
+            Err(Invalid::NotPermitted { sender: self.name.clone(), field, value: value.to_owned() })
+        };
+        if !self.agents.matches(&ev.agent_id) {
+            return refuse("agent_id", &ev.agent_id);
+        }
+        if !self.sources.is_empty() {
+            let source = ev.source.as_deref().unwrap_or_default();
+            if !self.sources.matches(source) {
+                return refuse("source", source);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Who an item comes from, as far as what it may claim is concerned.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Claim<'a> {
+    /// No sender authentication where it came in (a file, Kafka, a loopback intake without senders).
+    #[default]
+    Open,
+    /// An authenticated sender: refused unless it [`permits`](Sender::permits) the event.
+    By(&'a Sender),
+    /// Read back from an intake journal that recorded it as not permitted: it stays refused.
+    Refused,
+}
+
+impl Claim<'_> {
+    /// Whether this event may come from where it came.
+    pub fn check(self, ev: &Event<'_>) -> Result<(), Invalid> {
+        match self {
+            Claim::Open => Ok(()),
+            Claim::By(sender) => sender.permits(ev),
+            Claim::Refused => Err(Invalid::NotPermitted {
+                sender: "(refused before a restart)".into(),
+                field: "agent_id",
+                value: ev.agent_id.to_string(),
+            }),
+        }
     }
 }
 
@@ -131,7 +196,7 @@ pub fn admit<'a>(
     horizon: Option<Horizon>,
     dedup: &mut DedupWindow,
 ) -> Result<Event<'a>, Invalid> {
-    let key = DedupWindow::key(&ev.event_id);
+    let key = DedupWindow::key(&ev.agent_id, &ev.event_id);
     admit_keyed(ev, key, position, horizon, dedup)
 }
 

@@ -34,7 +34,7 @@ use vigil_schemas::{Event, Invalid};
 
 use crate::control::{Control, Mark};
 
-use super::classify::{DedupWindow, Horizon, admit_keyed, decode_line, within_cap};
+use super::classify::{Claim, DedupWindow, Horizon, admit_keyed, decode_line, within_cap};
 use super::{PipelineError, checkpoint_of, engine_state, restored_engine};
 use crate::config::{InputConfig, VigilConfig};
 use crate::telemetry::{BatchCounts, Outcome, Stage, Telemetry};
@@ -52,6 +52,8 @@ pub struct Item<'a> {
     /// duplicate it was, 0 for other reasons): a refusal once answered stays a refusal, even when the
     /// dedup window no longer holds what it duplicated.
     pub refused_before: Option<u64>,
+    /// Who sent it, for what it may claim.
+    pub claim: Claim<'a>,
 }
 
 /// What a lane did with one item.
@@ -140,7 +142,7 @@ fn decode_items<'a>(items: &[Item<'a>], committed: u64, max: usize) -> Vec<Decod
             match decode_line(within_cap(it.bytes, &line, max), &line, max) {
                 None => Decoded::Blank,
                 Some(Ok(ev)) => {
-                    let key = DedupWindow::key(&ev.event_id);
+                    let key = DedupWindow::key(&ev.agent_id, &ev.event_id);
                     Decoded::Event(ev, key)
                 }
                 Some(Err(reason)) => Decoded::Invalid(reason),
@@ -400,6 +402,8 @@ impl Lane {
                     continue;
                 }
                 Decoded::Invalid(reason) => Err(reason),
+                // A sender's event it may not claim is refused before it can enter the dedup window.
+                Decoded::Event(ev, _) if let Err(reason) = it.claim.check(&ev) => Err(reason),
                 Decoded::Event(ev, key) => {
                     match admit_keyed(ev, key, it.position, horizon, &mut self.dedup) {
                         // Refused when first taken, valid now: a duplicate of an event from before a restart.

@@ -20,7 +20,7 @@ use vigil_ingest::source::InputError;
 use vigil_schemas::rows::{Finding, Transition};
 
 pub(crate) use classify::within_cap;
-pub use classify::{DedupWindow, Horizon, classify};
+pub use classify::{Claim, DedupWindow, Horizon, Sender, classify};
 pub use lane::{Durable, Fanout, Item, Lane, Origin, Taken};
 
 use crate::telemetry::Telemetry;

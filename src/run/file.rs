@@ -82,6 +82,7 @@ pub fn run_with(
                 size: line.oversize.unwrap_or((line.end - line.start) as u64),
                 position: line.position,
                 refused_before: None,
+                claim: Default::default(),
             })
             .collect();
         lane.take(&items, now_ms())?;

@@ -33,8 +33,8 @@ use vigil_schemas::Invalid;
 use crate::config::{HttpConfig, InputConfig, VigilConfig};
 use crate::control::Control;
 use crate::pipeline::{
-    DedupWindow, FindingsFile, Horizon, Item, Lane, Origin, PipelineError, StatusLine, Summary, Taken,
-    classify, now_ms, within_cap,
+    Claim, DedupWindow, FindingsFile, Horizon, Item, Lane, Origin, PipelineError, Sender, StatusLine,
+    Summary, Taken, classify, now_ms, within_cap,
 };
 use crate::telemetry::{BatchCounts, Outcome, Telemetry};
 
@@ -161,16 +161,19 @@ impl HttpIntake {
 
     /// Takes one request's items (lines of `body`); answers once they are durable (journaled, or
     /// acknowledged by the broker).
+    /// `sender` is the authenticated sender, when `[[http.sender]]` declares any: its items are refused
+    /// (`not_permitted`) where they claim an agent or source it is not granted.
     pub async fn take(
         &self,
         body: Vec<u8>,
         items: Vec<Line>,
         remote: SocketAddr,
+        sender: Option<Arc<Sender>>,
     ) -> Result<Vec<Verdict>, Refusal> {
         match &self.sink {
             Sink::Journaled { tx, .. } => {
                 let (reply, answer) = oneshot::channel();
-                if let Some(refusal) = enqueue(tx, Batch { body, items, reply }) {
+                if let Some(refusal) = enqueue(tx, Batch { body, items, sender, reply }) {
                     return Err(refusal);
                 }
                 match answer.await {
@@ -187,7 +190,7 @@ impl HttpIntake {
                         "the producer queue is full; nothing in this request was taken".into(),
                     ));
                 };
-                Ok(front.produce(&self.input, &self.telemetry, body, items, remote).await)
+                Ok(front.produce(&self.input, &self.telemetry, body, items, remote, sender.as_deref()).await)
             }
         }
     }
@@ -221,6 +224,7 @@ type Answer = oneshot::Sender<Result<Vec<Verdict>, String>>;
 struct Batch {
     body: Vec<u8>,
     items: Vec<Line>,
+    sender: Option<Arc<Sender>>,
     reply: Answer,
 }
 
@@ -256,6 +260,8 @@ struct Intake<'a> {
     received_ms: i64,
     /// What it was told when first taken; `None` for a new item, which is journaled.
     journaled: Option<journal::Verdict>,
+    /// Who sent a new item.
+    claim: Claim<'a>,
 }
 
 /// The pipeline thread's state: the `http` source's lane and its intake journal.
@@ -348,6 +354,7 @@ impl JournaledLane {
                 position: x.position,
                 received_ms: x.received_ms,
                 journaled: Some(x.verdict),
+                claim: Claim::Open,
             })
             .collect();
         self.judge(&intake)?;
@@ -380,7 +387,7 @@ impl JournaledLane {
             // client waits for its answer, so at most `max_inflight_requests` batches can arrive first.
             loop {
                 match next {
-                    Ok(Msg::Batch(b)) => match self.take(&b.body, &b.items) {
+                    Ok(Msg::Batch(b)) => match self.take(&b.body, &b.items, b.sender.as_deref()) {
                         Ok(verdicts) => answered.push((b.reply, verdicts)),
                         Err(e) => {
                             let _ = b.reply.send(Err(e.to_string()));
@@ -416,8 +423,14 @@ impl JournaledLane {
     }
 
     /// Numbers, judges and journals one request's items; positions continue from the last one taken.
-    fn take(&mut self, body: &[u8], items: &[Line]) -> Result<Vec<Verdict>, PipelineError> {
+    fn take(
+        &mut self,
+        body: &[u8],
+        items: &[Line],
+        sender: Option<&Sender>,
+    ) -> Result<Vec<Verdict>, PipelineError> {
         let received_ms = now_ms();
+        let claim = sender.map_or(Claim::Open, Claim::By);
         let intake: Vec<Intake<'_>> = items
             .iter()
             .map(|item| {
@@ -428,6 +441,7 @@ impl JournaledLane {
                     position: self.position,
                     received_ms,
                     journaled: None,
+                    claim,
                 }
             })
             .collect();
@@ -449,6 +463,10 @@ impl JournaledLane {
                     Some(journal::Verdict::Refused { first_seen }) => Some(first_seen),
                     _ => None,
                 },
+                claim: match x.journaled {
+                    Some(journal::Verdict::NotPermitted) => Claim::Refused,
+                    _ => x.claim,
+                },
             })
             .collect();
         self.telemetry.add_input_bytes(intake.iter().map(|x| x.size).sum());
@@ -463,6 +481,7 @@ impl JournaledLane {
                 Taken::Refused(reason) => {
                     let journaled = match reason {
                         Invalid::TooLarge { .. } => journal::Verdict::TooLarge { size: x.size },
+                        Invalid::NotPermitted { .. } => journal::Verdict::NotPermitted,
                         Invalid::DuplicateEventId { first_position, .. } => {
                             journal::Verdict::Refused { first_seen: *first_position }
                         }
@@ -585,6 +604,7 @@ impl KafkaFront {
         body: Vec<u8>,
         items: Vec<Line>,
         remote: SocketAddr,
+        sender: Option<&Sender>,
     ) -> Vec<Verdict> {
         let max = input.max_event_bytes;
         let keep = input.dead_letter_payload_bytes;
@@ -598,7 +618,9 @@ impl KafkaFront {
         let mut counts = BatchCounts::default();
         for item in &items {
             let bytes = within_cap(&body, item, max);
-            let (record_to, key, payload, reason) = match classify(bytes, item, max, horizon, &mut dedup) {
+            let classified = classify(bytes, item, max, horizon, &mut dedup)
+                .map(|r| r.and_then(|ev| sender.map_or(Ok(()), |s| s.permits(&ev)).map(|()| ev)));
+            let (record_to, key, payload, reason) = match classified {
                 None => {
                     counts.count(Outcome::Blank);
                     verdicts.push(Verdict::Blank);
@@ -689,7 +711,7 @@ mod tests {
     use super::*;
 
     fn batch() -> Batch {
-        Batch { body: Vec::new(), items: Vec::new(), reply: oneshot::channel().0 }
+        Batch { body: Vec::new(), items: Vec::new(), sender: None, reply: oneshot::channel().0 }
     }
 
     #[test]

@@ -440,6 +440,7 @@ fn process(
                     size: payload.len() as u64,
                     position: m.offset() as u64 + 1,
                     refused_before: None,
+                    claim: Default::default(),
                 }
             })
             .collect();

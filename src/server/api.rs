@@ -49,33 +49,46 @@ impl std::fmt::Debug for Auth {
     }
 }
 
-fn read_token(
+/// A bearer token from an environment variable or a file (`{what}_env`, `{what}_file` in `section`),
+/// at least 16 characters once trimmed.
+pub(super) fn read_token(
+    section: &str,
     env: Option<&String>,
     file: Option<&std::path::PathBuf>,
     what: &str,
 ) -> Result<Option<String>, String> {
     let token = match (env, file) {
-        (Some(_), Some(_)) => return Err(format!("[api] sets both {what}_env and {what}_file; set one")),
+        (Some(_), Some(_)) => return Err(format!("{section} sets both {what}_env and {what}_file; set one")),
         (Some(var), None) => {
-            Some(std::env::var(var).map_err(|_| format!("[api] {what}_env: {var} is not set"))?)
+            Some(std::env::var(var).map_err(|_| format!("{section} {what}_env: {var} is not set"))?)
         }
         (None, Some(path)) => Some(
             std::fs::read_to_string(path)
-                .map_err(|e| format!("[api] {what}_file {}: {e}", path.display()))?,
+                .map_err(|e| format!("{section} {what}_file {}: {e}", path.display()))?,
         ),
         (None, None) => None,
     };
     match token.map(|t| t.trim().to_owned()) {
-        Some(t) if t.len() < 16 => Err(format!("[api] the {what} is shorter than 16 characters")),
+        Some(t) if t.len() < 16 => Err(format!("{section} the {what} is shorter than 16 characters")),
         other => Ok(other),
     }
+}
+
+/// The bearer token of a request, if it sent one.
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
 }
 
 impl Auth {
     /// Reads the tokens; refuses an address beyond loopback without an admin token.
     pub fn resolve(api: &ApiConfig, listen: SocketAddr) -> Result<Auth, String> {
-        let admin = read_token(api.token_env.as_ref(), api.token_file.as_ref(), "token")?;
-        let read = read_token(api.read_token_env.as_ref(), api.read_token_file.as_ref(), "read_token")?;
+        let admin = read_token("[api]", api.token_env.as_ref(), api.token_file.as_ref(), "token")?;
+        let read =
+            read_token("[api]", api.read_token_env.as_ref(), api.read_token_file.as_ref(), "read_token")?;
         if admin.is_none() && !listen.ip().is_loopback() {
             return Err(format!(
                 "refusing to serve the control API on {listen} without a token: set [api] token_env or \
@@ -96,19 +109,13 @@ impl Auth {
     /// Whether the request may act (`write`) or read.
     fn allows(&self, headers: &HeaderMap, write: bool) -> bool {
         let Some(admin) = &self.admin else { return true };
-        let Some(given) = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-        else {
-            return false;
-        };
-        same(given.trim(), admin) || (!write && self.read.as_deref().is_some_and(|r| same(given.trim(), r)))
+        let Some(given) = bearer(headers) else { return false };
+        same(given, admin) || (!write && self.read.as_deref().is_some_and(|r| same(given, r)))
     }
 }
 
 /// Compares in time independent of where the first difference is.
-fn same(a: &str, b: &str) -> bool {
+pub(super) fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     let mut diff = a.len() ^ b.len();
     for i in 0..a.len().max(b.len()) {

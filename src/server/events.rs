@@ -3,6 +3,9 @@
 //!
 //! A body is NDJSON or a JSON array (gzip or zstd accepted), capped as sent and once decompressed. The
 //! answer lists the refused items by line (or array index) with the reason. At most
+//! With `[[http.sender]]` declared, a request needs one sender's bearer token (401 otherwise), and its
+//! items for agents or sources that sender is not granted are refused as `not_permitted` and
+//! dead-lettered (403 when that is all it carried). At most
 //! `max_inflight_requests` requests are read at once (one more gets 429 before its body is read); 429s
 //! carry `Retry-After`.
 
@@ -13,7 +16,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::header::{ALLOW, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::header::{
+    ALLOW, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::post;
@@ -22,9 +27,56 @@ use tokio::sync::Semaphore;
 use vigil_ingest::source::Line;
 use vigil_ingest::source::http::{BodyError, Framing, decode_body, framing_for, split};
 
-use super::{busy, error, json};
+use super::{api, busy, error, json};
 use crate::config::HttpConfig;
+use crate::pipeline::Sender;
 use crate::run::http::{HttpIntake, Refusal, Verdict};
+use crate::telemetry::Telemetry;
+
+/// `[[http.sender]]` with their tokens: who may post, and what each may claim.
+#[derive(Default)]
+pub(super) struct Senders(Vec<(String, Arc<Sender>)>);
+
+impl Senders {
+    /// Reads every sender's token; refuses a listener beyond loopback with no sender declared (anyone
+    /// reaching it could post events for any agent: halt it, frame it, or bury its real events).
+    pub(super) fn resolve(http: &HttpConfig, listen: SocketAddr) -> Result<Senders, String> {
+        if http.senders.is_empty() && !listen.ip().is_loopback() {
+            return Err(format!(
+                "refusing to take events on {listen} from anyone: declare who may send them with \
+                 [[http.sender]] (a token and the agents it may claim), or listen on 127.0.0.1"
+            ));
+        }
+        let mut out = Vec::with_capacity(http.senders.len());
+        for sd in &http.senders {
+            let section = format!("[[http.sender]] {:?}:", sd.name);
+            let token = api::read_token(&section, sd.token_env.as_ref(), sd.token_file.as_ref(), "token")?
+                .ok_or_else(|| format!("{section} needs token_env or token_file"))?;
+            if out.iter().any(|(t, _): &(String, _)| api::same(t, &token)) {
+                return Err(format!("{section} shares its token with another sender; give each its own"));
+            }
+            out.push((token, Arc::new(Sender::new(sd))));
+        }
+        Ok(Senders(out))
+    }
+
+    /// `Ok(None)` when no sender is declared (anyone may post); the sender whose token the request
+    /// carries; or `Err` when it carries none of theirs.
+    fn who(&self, headers: &axum::http::HeaderMap) -> Result<Option<Arc<Sender>>, ()> {
+        if self.0.is_empty() {
+            return Ok(None);
+        }
+        let given = api::bearer(headers).ok_or(())?;
+        // Every token is compared, so the time taken does not say which one came close.
+        let mut found = None;
+        for (token, sender) in &self.0 {
+            if api::same(given, token) {
+                found = Some(sender.clone());
+            }
+        }
+        found.map(Some).ok_or(())
+    }
+}
 
 /// What the handler shares.
 pub(super) struct Events {
@@ -34,6 +86,8 @@ pub(super) struct Events {
     pub(super) intake: Arc<HttpIntake>,
     pub(super) permits: Arc<Semaphore>,
     pub(super) stopping: Arc<AtomicBool>,
+    pub(super) senders: Senders,
+    pub(super) telemetry: Arc<Telemetry>,
 }
 
 /// The route, with a JSON 405 for other methods.
@@ -60,6 +114,15 @@ async fn ingest(
     if state.stopping.load(Ordering::Relaxed) {
         return busy(StatusCode::SERVICE_UNAVAILABLE, http.retry_after_seconds, "vigil is stopping");
     }
+    let Ok(sender) = state.senders.who(req.headers()) else {
+        state.telemetry.unauthorized();
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "a sender's bearer token is required (Authorization: Bearer …; see [[http.sender]])",
+        );
+        r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    };
     let Ok(_permit) = state.permits.clone().try_acquire_owned() else {
         return busy(
             StatusCode::TOO_MANY_REQUESTS,
@@ -119,7 +182,7 @@ async fn ingest(
             "the body is empty: send NDJSON lines or a JSON array of events",
         );
     }
-    let verdicts = match state.intake.take(body, items, remote).await {
+    let verdicts = match state.intake.take(body, items, remote, sender).await {
         Ok(v) => v,
         Err(Refusal::Busy(m)) => return busy(StatusCode::TOO_MANY_REQUESTS, http.retry_after_seconds, &m),
         Err(Refusal::Stopped(m)) => {
@@ -159,9 +222,14 @@ fn respond(verdicts: &[Verdict], framing: Framing, http: &HttpConfig) -> Respons
         }
     }
     let [accepted, blank, rejected, failed] = counts;
+    let forbidden = verdicts
+        .iter()
+        .all(|v| matches!(v, Verdict::Rejected { code: "not_permitted", .. } | Verdict::Blank));
     let status = match failed_code {
         Some("saturated") => StatusCode::TOO_MANY_REQUESTS,
         Some(_) => StatusCode::SERVICE_UNAVAILABLE,
+        // Nothing in it was the sender's to send.
+        None if accepted == 0 && rejected > 0 && forbidden => StatusCode::FORBIDDEN,
         None if accepted == 0 && rejected > 0 => StatusCode::BAD_REQUEST,
         None => StatusCode::OK,
     };

@@ -243,22 +243,20 @@ pub fn serve(
     stop: &AtomicBool,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<Summary, ServeError> {
+    let started = Instant::now();
+    // Who may do what is settled before anything is opened or listens: an exposed listener without
+    // tokens is refused without ever having been open.
+    let listen: SocketAddr = cfg.http.listen.parse().map_err(|_| {
+        ServeError::Auth(format!(
+            "http.listen must be an address like 127.0.0.1:8080, got {:?}",
+            cfg.http.listen
+        ))
+    })?;
+    let auth = api::Auth::resolve(&cfg.api, listen).map_err(ServeError::Auth)?;
+    let senders = events::Senders::resolve(&cfg.http, listen).map_err(ServeError::Auth)?;
     let telemetry = Arc::new(Telemetry::new());
     let control = Control::open(cfg, telemetry.clone())?;
-    serve_with(cfg, stop, ready, telemetry, control)
-}
-
-/// [`serve`], counting into `telemetry`.
-pub fn serve_with(
-    cfg: &VigilConfig,
-    stop: &AtomicBool,
-    ready: impl FnOnce(SocketAddr),
-    telemetry: Arc<Telemetry>,
-    control: Arc<Control>,
-) -> Result<Summary, ServeError> {
-    let started = Instant::now();
     let mut server = Server::bind(&cfg.http.listen, cfg.http.workers)?;
-    let auth = api::Auth::resolve(&cfg.api, server.addr()).map_err(ServeError::Auth)?;
     // The archive is opened (and recovered) here, before the first request is taken.
     let intake = Arc::new(HttpIntake::open(cfg, telemetry.clone(), control.clone())?);
     let permits = Arc::new(Semaphore::new(cfg.http.max_inflight_requests));
@@ -268,6 +266,8 @@ pub fn serve_with(
         intake: intake.clone(),
         permits: permits.clone(),
         stopping: server.stopping(),
+        senders,
+        telemetry: telemetry.clone(),
     });
     if intake.is_kafka() {
         // The journaled lane's thread writes its own status lines; here the counts live with the handlers.

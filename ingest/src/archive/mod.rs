@@ -375,7 +375,11 @@ impl Archive {
 
     /// Feeds `each` the event_id and position of at least the last `want` events this source partition
     /// archived (newest files only), oldest first: what a restarted pipeline seeds its dedup window with.
-    pub fn recent_event_ids(&self, want: usize, each: impl FnMut(&str, u64)) -> Result<usize, ArchiveError> {
+    pub fn recent_event_ids(
+        &self,
+        want: usize,
+        each: impl FnMut(&str, &str, u64),
+    ) -> Result<usize, ArchiveError> {
         let Stamp { source, partition, base, .. } = &self.stamp;
         read::recent_event_ids(&self.root, source, *partition, *base, want, each)
     }

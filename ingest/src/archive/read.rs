@@ -65,7 +65,7 @@ fn read_columns(
     Ok(())
 }
 
-/// Feeds `each` the event_id and position (as the source numbers it: the archive's `_position` plus
+/// Feeds `each` the agent_id, event_id and position (as the source numbers it: the archive's `_position` plus
 /// `base`) of at least the last `want` events archived from one source partition, oldest file first.
 /// Only the newest files are read: their footers' row counts say how many are needed. This is how a
 /// restarted pipeline remembers what it already took, so a resend across the restart is refused as it
@@ -76,7 +76,7 @@ pub fn recent_event_ids(
     partition: i32,
     base: u64,
     want: usize,
-    mut each: impl FnMut(&str, u64),
+    mut each: impl FnMut(&str, &str, u64),
 ) -> Result<usize, ArchiveError> {
     if want == 0 {
         return Ok(0);
@@ -102,18 +102,22 @@ pub fn recent_event_ids(
     }
     let mut fed = 0;
     for (path, file) in chosen.into_iter().rev() {
-        read_columns(path, file, &["event_id", "_position"], |batch| {
-            let ids = batch.column_by_name("event_id").and_then(|c| c.as_any().downcast_ref::<StringArray>());
+        read_columns(path, file, &["agent_id", "event_id", "_position"], |batch| {
+            let text =
+                |name| batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<StringArray>());
             let positions =
                 batch.column_by_name("_position").and_then(|c| c.as_any().downcast_ref::<UInt64Array>());
-            let (Some(ids), Some(positions)) = (ids, positions) else {
+            let (Some(agents), Some(ids), Some(positions)) = (text("agent_id"), text("event_id"), positions)
+            else {
                 return Err(ArchiveError::Io {
                     path: path.clone(),
-                    source: std::io::Error::other("no event_id or _position column of the archive's types"),
+                    source: std::io::Error::other(
+                        "no agent_id, event_id or _position column of the archive's types",
+                    ),
                 });
             };
             for i in 0..batch.num_rows() {
-                each(ids.value(i), positions.value(i) + base);
+                each(agents.value(i), ids.value(i), positions.value(i) + base);
             }
             fed += batch.num_rows();
             Ok(())

@@ -263,6 +263,17 @@ pub enum Invalid {
         /// The reader's message.
         detail: String,
     },
+    /// An authenticated sender sent an event it may not claim: for an agent, or from a source, outside
+    /// what its config grants it.
+    #[error("sender {sender:?} may not send events with {field} {value:?}")]
+    NotPermitted {
+        /// The sender's configured name.
+        sender: String,
+        /// `agent_id` or `source`.
+        field: &'static str,
+        /// What the event claimed.
+        value: String,
+    },
     /// The event_id was already seen in this stream (within the dedup window).
     #[error("duplicate event_id {event_id:?} (first seen at position {first_position})")]
     DuplicateEventId {
@@ -289,6 +300,7 @@ impl Invalid {
             Invalid::DuplicateField { .. } => "duplicate_field",
             Invalid::DuplicateEventId { .. } => "duplicate_event_id",
             Invalid::Unreadable { .. } => "unreadable_input",
+            Invalid::NotPermitted { .. } => "not_permitted",
         }
     }
 
@@ -306,6 +318,7 @@ impl Invalid {
         "duplicate_field",
         "duplicate_event_id",
         "unreadable_input",
+        "not_permitted",
     ];
 
     /// The field the problem is in, when there is one.
@@ -314,7 +327,8 @@ impl Invalid {
             Invalid::MissingField { field }
             | Invalid::WrongType { field, .. }
             | Invalid::InvalidValue { field, .. }
-            | Invalid::DuplicateField { field } => Some(field),
+            | Invalid::DuplicateField { field }
+            | Invalid::NotPermitted { field, .. } => Some(field),
             Invalid::BadTimestamp { .. } | Invalid::FutureTimestamp { .. } => Some("ts"),
             Invalid::DuplicateEventId { .. } => Some("event_id"),
             _ => None,
