@@ -247,3 +247,68 @@ fn every_sql_block_of_the_readme_runs_on_the_demo_archive() {
         assert!(s["rows"].as_u64().unwrap() > 0, "no rows on the demo's archive: {}", s["sql"]);
     }
 }
+
+/// Issue 13, item 5: the detector state belonged to the source, so a fleet's log split into hourly (or
+/// daily) files warmed its baselines up again with every file and lost the findings that need them. A
+/// new file in the same archive now starts from the baselines the previous one left: the two halves
+/// find what the whole finds.
+#[test]
+fn baselines_carry_from_one_dated_file_to_the_next_in_the_same_archive() {
+    let dir = scratch();
+    let all = dir.path().join("all.ndjson");
+    simulate(&all, 40, "2h", 2.0, 8, 7);
+    let text = std::fs::read_to_string(&all).unwrap();
+    let split =
+        vigil_schemas::decode(text.lines().next().unwrap().as_bytes(), 1 << 20).unwrap().ts_ms + 3_600_000;
+    let split = split - split.rem_euclid(3_600_000);
+    let (mut first, mut second) = (String::new(), String::new());
+    for line in text.lines() {
+        let ts = vigil_schemas::decode(line.as_bytes(), 1 << 20).unwrap().ts_ms;
+        let half = if ts < split { &mut first } else { &mut second };
+        half.push_str(line);
+        half.push('\n');
+    }
+    let hours = [dir.path().join("2026-01-05T00.ndjson"), dir.path().join("2026-01-05T01.ndjson")];
+    std::fs::write(&hours[0], &first).unwrap();
+    std::fs::write(&hours[1], &second).unwrap();
+    // What one run over the whole log finds, and what two runs over its halves find in one archive.
+    let findings = |inputs: &[&std::path::Path], archive: &std::path::Path| {
+        let mut found = std::collections::BTreeSet::new();
+        let mut said = String::new();
+        for (i, input) in inputs.iter().enumerate() {
+            let out_file = dir
+                .path()
+                .join(format!("findings-{}-{i}.ndjson", archive.file_name().unwrap().to_string_lossy()));
+            let out = ok(vigil()
+                .args(["run", "--json", "--input"])
+                .arg(input)
+                .arg("--archive")
+                .arg(archive)
+                .arg("--findings")
+                .arg(&out_file)
+                .output()
+                .unwrap());
+            said.push_str(&String::from_utf8_lossy(&out.stderr));
+            for line in std::fs::read_to_string(&out_file).unwrap().lines() {
+                let f: Value = serde_json::from_str(line).unwrap();
+                found.insert((
+                    f["kind"].as_str().unwrap().to_owned(),
+                    f["agent_id"].as_str().unwrap().to_owned(),
+                    f["window_start"].as_str().unwrap().to_owned(),
+                ));
+            }
+        }
+        (found, said)
+    };
+    let (whole, _) = findings(&[&all], &dir.path().join("whole"));
+    let (halves, said) = findings(&[&hours[0], &hours[1]], &dir.path().join("halves"));
+    assert!(
+        whole.iter().any(|f| f.0 == "volume_spike" || f.0 == "data_spike" || f.0 == "scope_drift"),
+        "{whole:?}"
+    );
+    assert_eq!(halves, whole, "the second hour judged without the first hour's baselines");
+    assert!(
+        said.contains("2026-01-05T01 starts from the baselines 2026-01-05T00-0 left (40 agents)"),
+        "{said}"
+    );
+}

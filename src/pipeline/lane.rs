@@ -186,6 +186,15 @@ pub struct Lane {
     state_bytes: i64,
     /// The earliest and latest event time taken.
     span: Option<(i64, i64)>,
+    /// The archive root a named source leaves its detector state in when it closes, for the next new
+    /// source (`vigil_ingest::archive::write_carry`).
+    carry_to: Option<std::path::PathBuf>,
+}
+
+/// Which kind of source a lane was opened for.
+enum OriginKind {
+    Named,
+    Kafka,
 }
 
 impl std::fmt::Debug for Lane {
@@ -211,6 +220,10 @@ impl Lane {
         if vigil_ingest::source::is_reserved(name) {
             return Err(PipelineError::Reserved);
         }
+        let origin_kind = match origin {
+            Origin::Named(_) => OriginKind::Named,
+            Origin::Kafka { .. } => OriginKind::Kafka,
+        };
         let (name, mut archive, checkpoint, remote) = match origin {
             Origin::Named(name) => {
                 let (archive, checkpoint) = Archive::open(&cfg.archive, &name, 0)?;
@@ -222,21 +235,43 @@ impl Lane {
             }
         };
         let local = checkpoint.as_ref().map_or(0, |c| c.committed_position);
-        let engine = match remote {
+        let fresh = checkpoint.as_ref().is_none_or(|c| c.state.is_null());
+        // A named source (a file, stdin, the HTTP intake) new to the archive starts from the baselines
+        // the last one left, so a daily or rotated log does not warm up again with every file.
+        let carried = match (&remote, fresh) {
+            (None, true) => vigil_ingest::archive::read_carry(&cfg.archive.dir)?,
+            _ => None,
+        };
+        let engine = match (remote, carried) {
             // The state topic is ahead: another member (another archive root) archived the records in
             // between, and this archive moves past them.
-            Some((r, from)) if r.position > local => {
+            (Some((r, from)), _) if r.position > local => {
                 archive.skip_to(r.position);
                 restored_engine(&cfg.detect, Some(r.state), &from)?
             }
+            (_, Some(carry)) => {
+                let from = format!("the state {} left in {}", carry.source, cfg.archive.dir.display());
+                let engine = restored_engine(&cfg.detect, Some(carry.state), &from)?;
+                tracing::info!(
+                    source = %name,
+                    from = %carry.source,
+                    agents = engine.agents(),
+                    "{name} starts from the baselines {} left ({} agents)",
+                    carry.source,
+                    engine.agents()
+                );
+                engine
+            }
             _ => restored_engine(&cfg.detect, checkpoint.map(|c| c.state), &checkpoint_of(&cfg.archive.dir))?,
         };
+        let carry_to = matches!(origin_kind, OriginKind::Named).then(|| cfg.archive.dir.clone());
         let mut dedup = DedupWindow::new(cfg.input.dedup_window);
         dedup.seed_from(&archive)?;
         let writer = Writer::spawn(archive.writer(), telemetry.clone(), &name)?;
         let mut lane = Lane::new(name, &cfg.input, &cfg.archive, engine, dedup, outputs, telemetry);
         lane.archive = Some(archive);
         lane.writer = Some(writer);
+        lane.carry_to = carry_to;
         let mark = control.register(&lane.engine);
         if let Some(w) = lane.writer.as_mut() {
             w.mark = Some(mark.clone());
@@ -295,6 +330,7 @@ impl Lane {
             agents: 0,
             state_bytes: 0,
             span: None,
+            carry_to: None,
         }
     }
 
@@ -643,7 +679,17 @@ impl Lane {
             Some(w) => w.close(),
             None => Ok(()),
         };
-        flushed.and(closed)
+        flushed.and(closed)?;
+        // Everything is archived: leave the baselines for the archive's next new source.
+        if let Some(root) = &self.carry_to {
+            let carry = vigil_ingest::archive::Carry {
+                source: format!("{}-0", self.name),
+                through_ms: self.span.map(|(_, last)| last),
+                state: engine_state(&self.engine()),
+            };
+            vigil_ingest::archive::write_carry(root, &carry)?;
+        }
+        Ok(())
     }
 }
 

@@ -735,10 +735,50 @@ pub fn read_checkpoint(
 }
 
 fn write_checkpoint(root: &Path, c: &Checkpoint) -> Result<(), ArchiveError> {
-    let path = checkpoint_path(root, &c.source, c.partition);
+    write_json(root, &checkpoint_path(root, &c.source, c.partition), c)
+}
+
+/// The detector state a source left for sources the archive has not seen yet (see [`write_carry`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Carry {
+    /// The source partition it was taken from (`name-partition`).
+    pub source: String,
+    /// Its last event time judged, UTC ms, for the log.
+    #[serde(default)]
+    pub through_ms: Option<i64>,
+    /// The engine's snapshot.
+    pub state: serde_json::Value,
+}
+
+fn carry_path(root: &Path) -> PathBuf {
+    root.join("_vigil").join("carry.json")
+}
+
+/// Leaves `carry` for the next new source of this archive: a daily or rotated log's agents keep their
+/// baselines from one file to the next (and into a later HTTP intake), rather than warming up again.
+/// The last source to finish wins.
+pub fn write_carry(root: &Path, carry: &Carry) -> Result<(), ArchiveError> {
+    write_json(root, &carry_path(root), carry)
+}
+
+/// The state [`write_carry`] left, if any.
+pub fn read_carry(root: &Path) -> Result<Option<Carry>, ArchiveError> {
+    let path = carry_path(root);
+    match fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| ArchiveError::Checkpoint { path, source }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ArchiveError::Io { path, source: e }),
+    }
+}
+
+/// Writes `value` as JSON at `path`: temporary file, fsync, rename, fsync of the directory.
+fn write_json(root: &Path, path: &Path, value: &impl Serialize) -> Result<(), ArchiveError> {
+    let path = path.to_owned();
     let tmp = tmp_path(&path);
-    let bytes =
-        serde_json::to_vec(c).map_err(|source| ArchiveError::Checkpoint { path: path.clone(), source })?;
+    let bytes = serde_json::to_vec(value)
+        .map_err(|source| ArchiveError::Checkpoint { path: path.clone(), source })?;
     {
         let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
         io::Write::write_all(&mut f, &bytes).map_err(io_err(&tmp))?;
