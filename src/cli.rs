@@ -604,6 +604,8 @@ pub fn summary_json(s: &Summary, archive: &Path) -> serde_json::Value {
         "webhooks": { "delivered": s.delivered, "undelivered": s.undelivered, "owed": s.owed },
         "agents": s.agents,
         "late": s.late,
+        "overflow": s.overflow,
+        "forgotten": s.forgotten,
         "bytes": s.bytes,
         "files": s.files,
         "archive_bytes": s.archive_bytes,
@@ -650,6 +652,16 @@ pub fn render_summary(s: &Summary, archive: &Path) -> String {
     );
     for ((kind, sev), n) in &s.findings {
         let _ = writeln!(o, "  {:<22} {:<8} {n}", kind.as_str(), sev.as_str());
+    }
+    if s.overflow > 0 {
+        let _ = writeln!(
+            o,
+            "  {} events of agents beyond detect.max_agents were archived but not judged (an agent_overflow finding says so)",
+            s.overflow
+        );
+    }
+    if s.forgotten > 0 {
+        let _ = writeln!(o, "  {} agents idle past detect.forget_idle_hours were forgotten", s.forgotten);
     }
     if s.late > 0 {
         let _ = writeln!(o, "  {} events arrived too late for their rate window (archived, counted)", s.late);

@@ -81,6 +81,10 @@ pub struct BatchCounts {
     pub reasons: BTreeMap<&'static str, u64>,
     /// Events too late for their window.
     pub late: u64,
+    /// Events of agents beyond `detect.max_agents`, not judged.
+    pub overflow: u64,
+    /// Agents forgotten after `detect.forget_idle_hours` idle.
+    pub forgotten: u64,
 }
 
 impl BatchCounts {
@@ -105,6 +109,8 @@ pub struct Telemetry {
     recovered: IntCounter,
     input_bytes: IntCounter,
     late: IntCounter,
+    overflow: IntCounter,
+    forgotten: IntCounter,
     findings: IntCounterVec,
     transitions: IntCounterVec,
     deliveries: IntCounterVec,
@@ -297,6 +303,16 @@ impl Telemetry {
                 "vigil_late_events_total",
                 "Events behind the watermark: archived and checked per event, too late for their window",
             ),
+            overflow: counter(
+                &r,
+                "vigil_agent_overflow_events_total",
+                "Events of agents beyond detect.max_agents: archived, not judged (an agent_overflow finding says so)",
+            ),
+            forgotten: counter(
+                &r,
+                "vigil_agents_forgotten_total",
+                "Agents whose state was freed after detect.forget_idle_hours without an event",
+            ),
             findings,
             transitions,
             deliveries,
@@ -400,6 +416,8 @@ impl Telemetry {
             self.dead_letters.with_label_values(&[*reason]).inc_by(*n);
         }
         self.late.inc_by(c.late);
+        self.overflow.inc_by(c.overflow);
+        self.forgotten.inc_by(c.forgotten);
         self.batch_events.observe(lines as f64);
     }
 
@@ -575,6 +593,8 @@ impl Telemetry {
         }
         s.recovered = self.recovered.get();
         s.late = self.late.get();
+        s.overflow = self.overflow.get();
+        s.forgotten = self.forgotten.get();
         s.bytes = self.input_bytes.get();
         s.files = self.archive_files.get();
         s.archive_bytes = self.archive_bytes.get();

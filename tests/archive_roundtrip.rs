@@ -308,7 +308,7 @@ fn baselines_carry_from_one_dated_file_to_the_next_in_the_same_archive() {
     );
     assert_eq!(halves, whole, "the second hour judged without the first hour's baselines");
     assert!(
-        said.contains("2026-01-05T01 starts from the baselines 2026-01-05T00-0 left (40 agents)"),
+        said.contains("2026-01-05T01 starts from the baselines 2026-01-05T00 left (40 agents)"),
         "{said}"
     );
 }

@@ -27,6 +27,15 @@ pub struct DetectConfig {
     /// may be stamped at all), so a lone early event still cannot push the watermark past the present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_skew_seconds: Option<u64>,
+    /// Agents tracked at most (each holds its baselines: about 1 KiB idle, more while active). Events of
+    /// agents beyond it are archived and counted but not judged, and an `agent_overflow` finding says
+    /// so once per cooldown: a flood of made-up agent ids cannot take the memory. `0`: no cap.
+    #[serde(default = "default_max_agents")]
+    pub max_agents: usize,
+    /// An agent with no event for this many hours of event time is forgotten: its state is freed, and
+    /// if it comes back it starts afresh (a role bound by config stays bound). `0` keeps every agent.
+    #[serde(default = "default_forget_idle_hours")]
+    pub forget_idle_hours: u64,
     /// Hard cap on actions per agent per event-time minute; `0` turns the `rate_limit` detector off.
     #[serde(default = "default_rate_limit_per_minute")]
     pub rate_limit_per_minute: u64,
@@ -94,6 +103,14 @@ const fn default_lateness_seconds() -> u64 {
 const fn default_watermark_quorum() -> u32 {
     2
 }
+/// A million agents: about 1 GiB of idle state.
+const fn default_max_agents() -> usize {
+    1_000_000
+}
+/// A week: an agent idle that long has no baseline worth keeping over the memory it costs.
+const fn default_forget_idle_hours() -> u64 {
+    168
+}
 /// The default of `[input] max_future_seconds`.
 pub const DEFAULT_MAX_SKEW_SECONDS: u64 = 900;
 /// 10 GiB in one session is a bulk export, not an agent answering questions.
@@ -120,6 +137,8 @@ impl Default for DetectConfig {
             lateness_seconds: default_lateness_seconds(),
             watermark_quorum: default_watermark_quorum(),
             max_skew_seconds: None,
+            max_agents: default_max_agents(),
+            forget_idle_hours: default_forget_idle_hours(),
             session_max_bytes: default_session_max_bytes(),
             baseline: BaselineConfig::default(),
             volume: SpikeConfig::volume(),
@@ -708,6 +727,8 @@ pub struct Compiled {
     pub(crate) quorum: usize,
     /// `max_skew_seconds` in milliseconds.
     pub(crate) skew_ms: i64,
+    /// `forget_idle_hours` in milliseconds (0: never).
+    pub(crate) forget_ms: i64,
     pub(crate) cooldown_ms: i64,
     /// `span_windows` windows, in milliseconds.
     pub(crate) span_ms: i64,
@@ -840,6 +861,7 @@ impl DetectConfig {
             lateness_ms: (self.lateness_seconds as i64).saturating_mul(1000),
             quorum: self.watermark_quorum as usize,
             skew_ms: (self.max_skew_seconds.unwrap_or(DEFAULT_MAX_SKEW_SECONDS) as i64).saturating_mul(1000),
+            forget_ms: (self.forget_idle_hours as i64).saturating_mul(3_600_000),
             cooldown_ms: (self.cooldown_seconds as i64).saturating_mul(1000),
             span_ms: window_ms.saturating_mul(self.baseline.span_windows as i64),
             keep_window: 1.0 - 1.0 / memory_windows,

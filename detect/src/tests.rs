@@ -1086,3 +1086,68 @@ fn with_one_agent_busy_windows_still_close_at_most_the_skew_late() {
     // s1's windows up to minute 24 and s2's one window are closed.
     assert_eq!(engine.stats().windows, 24 + 1);
 }
+
+#[test]
+fn a_flood_of_made_up_agent_ids_is_capped_and_said_once() {
+    // Ten real agents, then 1,000 made-up ids, then a real agent breaking its allow-list: state stays
+    // at the cap, the flood is one finding, and the real agents are still judged.
+    let cfg = format!("max_agents = 100\n{SUPPORT_POLICY}");
+    let role = r#","agent_role":"support""#;
+    let mut lines: Vec<String> = (0..10)
+        .map(|i| ev(&format!("r{i}"), i, &format!("s{i}"), "data.read", "postgres://support/t", role))
+        .collect();
+    lines.extend((0..1000).map(|i| {
+        ev(&format!("f{i}"), 100 + i, &format!("flood-{i}"), "data.read", "postgres://support/t", role)
+    }));
+    lines.push(ev("bad", 2000, "s3", "data.read", "postgres://hr/salaries", role));
+    let parsed: DetectConfig = toml::from_str(&cfg).unwrap();
+    let mut engine = Engine::new(&parsed).unwrap();
+    let events: Vec<_> =
+        lines.iter().map(|l| vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap()).collect();
+    let mut out = Output::default();
+    engine.process(&events, &mut out);
+    assert_eq!((engine.agents(), engine.stats().overflow), (100, 910));
+    let kinds: Vec<_> = out.findings.iter().map(|f| (f.kind.as_str(), f.agent_id.as_str())).collect();
+    assert_eq!(kinds, [("agent_overflow", "flood-90"), ("policy_violation", "s3")], "{}", render(&out));
+}
+
+#[test]
+fn agents_idle_past_forget_idle_hours_are_forgotten_and_start_afresh() {
+    let cfg: DetectConfig = toml::from_str("forget_idle_hours = 1\n").unwrap();
+    let mut engine = Engine::new(&cfg).unwrap();
+    // "brief" works for two minutes; "busy" for three hours.
+    let lines = merged(vec![steady("brief", 0, 2, 2, TICKETS, ""), steady("busy", 0, 180, 2, TICKETS, "")]);
+    let events: Vec<_> =
+        lines.lines().map(|l| vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap()).collect();
+    let mut out = Output::default();
+    engine.process(&events, &mut out);
+    assert_eq!((engine.agents(), engine.stats().forgotten), (1, 1));
+    assert!(engine.baseline("brief").is_none() && engine.baseline("busy").is_some());
+    // The snapshot holds only who is remembered, and restores to the same.
+    let snap = serde_json::to_string(&engine.snapshot()).unwrap();
+    assert!(!snap.contains("\"brief\""), "{snap}");
+    let mut again = Engine::new(&cfg).unwrap();
+    again.restore(serde_json::from_str(&snap).unwrap());
+    assert_eq!(again.agents(), 1);
+    // Back after three hours: a new agent in the forgotten one's slot.
+    let back = ev("back", 180 * 60_000, "brief", "data.read", TICKETS[0], "");
+    engine.process(&[vigil_schemas::decode(back.as_bytes(), 1 << 20).unwrap()], &mut out);
+    assert_eq!(engine.agents(), 2);
+    assert_eq!(engine.baseline("brief").map(|b| b.events), Some(0));
+}
+
+#[test]
+fn the_snapshot_written_straight_from_the_engine_reads_back_as_its_snapshot() {
+    let cfg: DetectConfig = toml::from_str(BASELINE).unwrap();
+    let mut engine = Engine::new(&cfg).unwrap();
+    let lines = busy_fleet();
+    let events: Vec<_> =
+        lines.iter().map(|l| vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap()).collect();
+    let mut out = Output::default();
+    engine.process(&events, &mut out);
+    let raw = engine.snapshot_json();
+    let back: crate::Snapshot = serde_json::from_str(raw.get()).unwrap();
+    // Compared as what they store (fields kept out of snapshots, like cached coverage, aside).
+    assert_eq!(serde_json::to_value(back).unwrap(), serde_json::to_value(engine.snapshot()).unwrap());
+    assert!(raw.get().contains("\"front\"") && raw.get().contains("\"credentials\""));
+}

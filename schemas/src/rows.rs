@@ -42,6 +42,8 @@ pub enum FindingKind {
     /// An agent that no allow-list covers while allow-lists are declared: nothing it does is checked
     /// against one.
     UncoveredAgent,
+    /// More agents than `detect.max_agents`: the ones beyond it are archived but not judged.
+    AgentOverflow,
 }
 
 impl FindingKind {
@@ -62,6 +64,7 @@ impl FindingKind {
         FindingKind::CohortAnomaly,
         FindingKind::RoleMismatch,
         FindingKind::UncoveredAgent,
+        FindingKind::AgentOverflow,
     ];
 
     /// The wire name.
@@ -82,6 +85,7 @@ impl FindingKind {
             FindingKind::CohortAnomaly => "cohort_anomaly",
             FindingKind::RoleMismatch => "role_mismatch",
             FindingKind::UncoveredAgent => "uncovered_agent",
+            FindingKind::AgentOverflow => "agent_overflow",
         }
     }
 }

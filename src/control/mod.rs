@@ -620,7 +620,7 @@ impl Control {
         *lock(&self.last_archive_flush) = Instant::now();
         if a.has_uncommitted() {
             let started = Instant::now();
-            let r = a.flush(serde_json::Value::Null, crate::pipeline::now_ms())?;
+            let r = a.flush(vigil_ingest::archive::no_state(), crate::pipeline::now_ms())?;
             self.telemetry.flushed(r.files.len() as u64, r.bytes, started.elapsed().as_secs_f64());
         }
         Ok(())

@@ -104,7 +104,7 @@ pub struct Durable {
     /// Every position up to this one is in the archive and the checkpoint.
     pub position: u64,
     /// The detector state the checkpoint holds, when asked for (the Kafka state topic).
-    pub state: Option<serde_json::Value>,
+    pub state: Option<vigil_ingest::archive::State>,
 }
 
 /// The limits `take` applies, from `[input]`.
@@ -235,7 +235,7 @@ impl Lane {
             }
         };
         let local = checkpoint.as_ref().map_or(0, |c| c.committed_position);
-        let fresh = checkpoint.as_ref().is_none_or(|c| c.state.is_null());
+        let fresh = checkpoint.as_ref().is_none_or(|c| vigil_ingest::archive::is_no_state(&c.state));
         // A named source (a file, stdin, the HTTP intake) new to the archive starts from the baselines
         // the last one left, so a daily or rotated log does not warm up again with every file.
         let carried = match (&remote, fresh) {
@@ -249,9 +249,9 @@ impl Lane {
                 archive.skip_to(r.position);
                 restored_engine(&cfg.detect, Some(r.state), &from)?
             }
-            (_, Some(carry)) => {
+            (_, Some((carry, state))) => {
                 let from = format!("the state {} left in {}", carry.source, cfg.archive.dir.display());
-                let engine = restored_engine(&cfg.detect, Some(carry.state), &from)?;
+                let engine = restored_engine(&cfg.detect, Some(state), &from)?;
                 tracing::info!(
                     source = %name,
                     from = %carry.source,
@@ -480,7 +480,7 @@ impl Lane {
         let classified = Instant::now();
         self.out.clear();
         let mut engine = crate::control::lock(&self.engine);
-        let late_before = engine.stats().late;
+        let before = engine.stats();
         // The engine and the archive's row builders read the same events: on two threads for a large
         // batch.
         let (out, archive) = (&mut self.out, self.archive.as_mut());
@@ -499,7 +499,10 @@ impl Lane {
                 0.0
             }
         };
-        counts.late = engine.stats().late - late_before;
+        let after = engine.stats();
+        counts.late = after.late - before.late;
+        counts.overflow = after.overflow - before.overflow;
+        counts.forgotten = after.forgotten - before.forgotten;
         drop(engine);
         self.transitions.clear();
         if let Some(c) = &self.control {
@@ -646,7 +649,7 @@ impl Lane {
     fn prepare_flush(
         &mut self,
         with_state: bool,
-    ) -> Result<Option<(FlushJob, Option<serde_json::Value>)>, PipelineError> {
+    ) -> Result<Option<(FlushJob, Option<vigil_ingest::archive::State>)>, PipelineError> {
         self.last_flush = Instant::now();
         for o in &mut self.outputs {
             o.flush()?;
@@ -680,12 +683,12 @@ impl Lane {
             None => Ok(()),
         };
         flushed.and(closed)?;
-        // Everything is archived: leave the baselines for the archive's next new source.
+        // Everything is archived, the state with it: point the archive's next new source at it.
         if let Some(root) = &self.carry_to {
             let carry = vigil_ingest::archive::Carry {
-                source: format!("{}-0", self.name),
+                source: self.name.clone(),
+                partition: 0,
                 through_ms: self.span.map(|(_, last)| last),
-                state: engine_state(&self.engine()),
             };
             vigil_ingest::archive::write_carry(root, &carry)?;
         }

@@ -147,6 +147,10 @@ pub struct Summary {
     pub agents: usize,
     /// Events judged too late for their window.
     pub late: u64,
+    /// Events of agents beyond `detect.max_agents`: archived, not judged.
+    pub overflow: u64,
+    /// Agents forgotten after `detect.forget_idle_hours` without an event.
+    pub forgotten: u64,
     /// Decompressed input bytes read.
     pub bytes: u64,
     /// Parquet files written in this run.
@@ -251,13 +255,13 @@ pub struct RunOptions {
 /// state came from in the error.
 pub(crate) fn restored_engine(
     detect: &vigil_detect::DetectConfig,
-    state: Option<serde_json::Value>,
+    state: Option<vigil_ingest::archive::State>,
     from: &str,
 ) -> Result<Engine, PipelineError> {
     let mut engine = Engine::new(detect)?;
     // A checkpoint written before anything was judged (or reset by an operator) holds no state.
-    if let Some(state) = state.filter(|s| !s.is_null()) {
-        let snap: Snapshot = serde_json::from_value(state)
+    if let Some(state) = state.filter(|s| !vigil_ingest::archive::is_no_state(s)) {
+        let snap: Snapshot = serde_json::from_str(state.get())
             .map_err(|source| PipelineError::State { from: from.to_owned(), source })?;
         engine.restore(snap);
     }
@@ -271,8 +275,8 @@ pub(crate) fn checkpoint_of(archive: &Path) -> String {
 
 /// The engine's state as a checkpoint stores it. Serialising the snapshot of a well-formed engine cannot
 /// fail: every key is a string.
-pub(crate) fn engine_state(engine: &Engine) -> serde_json::Value {
-    serde_json::to_value(engine.snapshot()).unwrap_or_default()
+pub(crate) fn engine_state(engine: &Engine) -> vigil_ingest::archive::State {
+    engine.snapshot_json()
 }
 
 /// `[output] findings`: every finding also written as one NDJSON line, to a file or stdout.

@@ -9,7 +9,7 @@ use super::{Engine, MEASURES, counts_actions};
 /// One agent's baseline, as learned so far.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Baseline {
-    /// The role the agent's events declared (empty when none did).
+    /// The role the agent is bound to (by config or the first it declared; empty when none).
     pub role: String,
     /// Whether the baseline is mature enough for the statistical detectors to judge the agent
     /// (`baseline.warmup_windows` windows and `baseline.warmup_events` events seen).

@@ -96,6 +96,12 @@ pub struct Stats {
     /// Agent windows closed and judged.
     #[serde(default)]
     pub windows: u64,
+    /// Events of agents beyond `max_agents`: archived, not judged.
+    #[serde(default)]
+    pub overflow: u64,
+    /// Agents forgotten after `forget_idle_hours` without an event.
+    #[serde(default)]
+    pub forgotten: u64,
 }
 
 /// The detection engine. Feed it batches of events; it returns findings.
@@ -135,6 +141,12 @@ pub struct Engine {
     floor: Option<i64>,
     /// The watermark, worked out again whenever `max_ts`, `front` or `floor` move.
     wm: Option<i64>,
+    /// Slots of forgotten agents (their id emptied), reused before the tables grow.
+    free: Vec<u32>,
+    /// The watermark at which idle agents are next looked for.
+    next_forget: i64,
+    /// The cooldown period of the last `agent_overflow` finding.
+    overflow_said: Option<u64>,
     stats: Stats,
     scratch: String,
     due: Vec<(i64, u32)>,
@@ -167,6 +179,59 @@ pub struct Snapshot {
     spend: Vec<(String, String, Spend)>,
 }
 
+/// An engine serialised as its [`Snapshot`] (same fields, same shapes), borrowing instead of copying.
+struct SnapshotView<'a>(&'a Engine);
+
+impl Serialize for SnapshotView<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Agents<'a>(&'a Engine);
+        impl Serialize for Agents<'_> {
+            fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+                let e = self.0;
+                ser.collect_map(
+                    e.ids.iter().zip(&e.agents).filter(|(id, _)| !id.is_empty()).map(|(id, a)| (&**id, a)),
+                )
+            }
+        }
+        struct Seq<I>(std::cell::RefCell<Option<I>>);
+        impl<I: Iterator<Item = T>, T: Serialize> Serialize for Seq<I> {
+            fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+                let items =
+                    self.0.borrow_mut().take().ok_or_else(|| serde::ser::Error::custom("used twice"))?;
+                ser.collect_seq(items)
+            }
+        }
+        fn seq<I>(items: I) -> Seq<I> {
+            Seq(std::cell::RefCell::new(Some(items)))
+        }
+        let e = self.0;
+        let snap_spend = e.snapshot_spend();
+        let mut st = ser.serialize_struct("Snapshot", 8)?;
+        st.serialize_field("agents", &Agents(e))?;
+        st.serialize_field("roles", &seq(e.roles.iter().map(|(n, p)| (&**n, p))))?;
+        st.serialize_field(
+            "credentials",
+            &seq(e.credentials.iter().map(|(h, o)| (*h, &*e.ids[o.agent as usize], o.first_ts))),
+        )?;
+        st.serialize_field("max_ts", &e.max_ts)?;
+        if !e.front.is_empty() {
+            st.serialize_field("front", &seq(e.front.iter().map(|&(a, t)| (&*e.ids[a as usize], t))))?;
+        }
+        st.serialize_field("watermark", &e.wm)?;
+        st.serialize_field("stats", &e.stats)?;
+        if !snap_spend.is_empty() {
+            st.serialize_field("spend", &snap_spend)?;
+        }
+        st.end()
+    }
+}
+
+/// The JSON `null`: the state of a checkpoint taken before anything was judged.
+pub fn null_state() -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string("null".into()).expect("null is JSON")
+}
+
 impl Engine {
     /// Builds an engine from a config, validating it.
     pub fn new(cfg: &DetectConfig) -> Result<Engine, ConfigError> {
@@ -185,6 +250,9 @@ impl Engine {
             front: Vec::new(),
             floor: None,
             wm: None,
+            free: Vec::new(),
+            next_forget: i64::MIN,
+            overflow_said: None,
             stats: Stats::default(),
             scratch: String::with_capacity(256),
             due: Vec::new(),
@@ -203,14 +271,14 @@ impl Engine {
 
     /// Number of agents with state.
     pub fn agents(&self) -> usize {
-        self.agents.len()
+        self.index.len()
     }
 
     /// Bytes of per-agent state (inline and heap, ids included), for sizing and the benchmarks.
     pub fn state_bytes(&self) -> usize {
         let ids: usize = self.ids.iter().map(|s| 2 * s.len() + 2 * size_of::<Box<str>>() + 8).sum();
         let spend = self.spend.len() * (size_of::<((u32, u16), Spend)>() + 8);
-        ids + spend + self.agents.iter().map(AgentState::footprint).sum::<usize>()
+        ids + spend + self.agents.iter().map(AgentState::footprint).sum::<usize>() + 4 * self.free.len()
     }
 
     /// Windows ending at or before this event time are closed; events before it are late.
@@ -276,7 +344,14 @@ impl Engine {
     /// The state, for a checkpoint.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
-            agents: self.ids.iter().zip(&self.agents).map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            // A forgotten agent's slot has an empty id (ids are never empty).
+            agents: self
+                .ids
+                .iter()
+                .zip(&self.agents)
+                .filter(|(k, _)| !k.is_empty())
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
             roles: self.roles.iter().map(|(n, p)| (n.to_string(), p.clone())).collect(),
             credentials: self
                 .credentials
@@ -287,18 +362,29 @@ impl Engine {
             front: self.front.iter().map(|&(a, t)| (self.ids[a as usize].to_string(), t)).collect(),
             watermark: self.wm,
             stats: self.stats,
-            spend: {
-                let mut spend: Vec<(String, String, Spend)> = self
-                    .spend
-                    .iter()
-                    .map(|(&(a, b), v)| {
-                        (self.ids[a as usize].to_string(), self.cfg.budgets[usize::from(b)].name.clone(), *v)
-                    })
-                    .collect();
-                spend.sort_by(|x, y| (&x.0, &x.1).cmp(&(&y.0, &y.1)));
-                spend
-            },
+            spend: self.snapshot_spend(),
         }
+    }
+
+    /// (agent, budget name, spend), sorted: the snapshot's `spend`.
+    fn snapshot_spend(&self) -> Vec<(String, String, Spend)> {
+        let mut spend: Vec<(String, String, Spend)> = self
+            .spend
+            .iter()
+            .map(|(&(a, b), v)| {
+                (self.ids[a as usize].to_string(), self.cfg.budgets[usize::from(b)].name.clone(), *v)
+            })
+            .collect();
+        spend.sort_by(|x, y| (&x.0, &x.1).cmp(&(&y.0, &y.1)));
+        spend
+    }
+
+    /// The state as a checkpoint stores it: [`Engine::snapshot`]'s JSON, written straight from the engine
+    /// (no copy of every agent's state, no `serde_json::Value` tree on the way), which is what keeps a
+    /// flush of a million agents' state within a few hundred megabytes rather than gigabytes.
+    pub fn snapshot_json(&self) -> Box<serde_json::value::RawValue> {
+        let json = serde_json::to_string(&SnapshotView(self)).unwrap_or_else(|_| "null".into());
+        serde_json::value::RawValue::from_string(json).unwrap_or_else(|_| null_state())
     }
 
     /// Replaces the state with a checkpoint's.
@@ -307,6 +393,8 @@ impl Engine {
         self.ids.clear();
         self.id_hash.clear();
         self.agents.clear();
+        self.free.clear();
+        self.next_forget = i64::MIN;
         self.closing.clear();
         self.roles.clear();
         self.role_index.clear();
@@ -404,15 +492,30 @@ impl Engine {
         i
     }
 
-    fn agent_index(&mut self, ev: &Event<'_>) -> u32 {
+    /// The agent's slot, made if it is new; `None` for a new agent beyond `max_agents`.
+    fn agent_index(&mut self, ev: &Event<'_>) -> Option<u32> {
         if let Some(&i) = self.index.get(&*ev.agent_id) {
-            return i;
+            return Some(i);
         }
-        let i = self.ids.len() as u32;
+        if self.cfg.raw.max_agents > 0 && self.index.len() >= self.cfg.raw.max_agents {
+            return None;
+        }
+        let hash = stable_hash(&[ev.agent_id.as_bytes()]);
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.ids[i as usize] = ev.agent_id.as_ref().into();
+                self.id_hash[i as usize] = hash;
+                self.agents[i as usize] = AgentState::default();
+                i
+            }
+            None => {
+                self.ids.push(ev.agent_id.as_ref().into());
+                self.id_hash.push(hash);
+                self.agents.push(AgentState::default());
+                (self.ids.len() - 1) as u32
+            }
+        };
         self.index.insert(ev.agent_id.as_ref().into(), i);
-        self.id_hash.push(stable_hash(&[ev.agent_id.as_bytes()]));
-        self.ids.push(ev.agent_id.as_ref().into());
-        self.agents.push(AgentState::default());
         // The role config binds, else the first one declared.
         let bound = self.bound_role(&ev.agent_id);
         let pinned = bound.is_some();
@@ -424,7 +527,7 @@ impl Engine {
         agent.role = role;
         agent.pinned = pinned;
         self.roles[usize::from(role)].1.agents += 1;
-        i
+        Some(i)
     }
 
     /// The role `[[detect.role]]` binds this agent to, if any.
@@ -480,7 +583,10 @@ impl Engine {
 
     fn judge(&mut self, ev: &Event<'_>, out: &mut Output) {
         self.stats.events += 1;
-        let idx = self.agent_index(ev);
+        let Some(idx) = self.agent_index(ev) else {
+            self.overflow(ev, out);
+            return;
+        };
         let mut found: [Option<(Finding, u64)>; 5] = [None, None, None, None, None];
         found[3] = self.check_role(idx, ev);
         {
@@ -606,6 +712,74 @@ impl Engine {
             self.close(idx, end - self.cfg.window_ms, out);
         }
         self.due = due;
+        if self.cfg.forget_ms > 0 && w >= self.next_forget {
+            self.forget_idle(w);
+        }
+    }
+
+    /// Forgets the agents with no event for `forget_idle_hours` before the watermark (no open window,
+    /// the last one ended before the cut-off): their slots are emptied for reuse, and what spans agents
+    /// (credential owners, budget spend, the watermark's front) lets go of them. Looked for once every
+    /// eighth of that period, so the scan over every agent costs little per event.
+    fn forget_idle(&mut self, w: i64) {
+        let forget = self.cfg.forget_ms;
+        self.next_forget = w.saturating_add((forget / 8).max(self.cfg.window_ms));
+        let cutoff = w.saturating_sub(forget);
+        let mut gone = 0;
+        for i in 0..self.agents.len() {
+            let a = &self.agents[i];
+            if self.ids[i].is_empty() || !a.open_windows.is_empty() {
+                continue;
+            }
+            let last = a.last_window.get().map_or(i64::MIN, |s| s.saturating_add(self.cfg.window_ms));
+            if last > cutoff {
+                continue;
+            }
+            let peers = &mut self.roles[usize::from(a.role)].1;
+            peers.agents = peers.agents.saturating_sub(1);
+            let id = std::mem::take(&mut self.ids[i]);
+            self.index.remove(&id);
+            self.agents[i] = AgentState::default();
+            self.free.push(i as u32);
+            gone += 1;
+        }
+        if gone == 0 {
+            return;
+        }
+        self.stats.forgotten += gone;
+        let ids = &self.ids;
+        self.credentials.retain(|_, o| !ids[o.agent as usize].is_empty());
+        self.spend.retain(|&(a, _), _| !ids[a as usize].is_empty());
+        if self.front.iter().any(|&(a, _)| ids[a as usize].is_empty()) {
+            // The watermark does not go back because an agent in its front was forgotten.
+            self.floor = self.wm;
+            self.front.retain(|&(a, _)| !ids[a as usize].is_empty());
+            self.update_watermark();
+        }
+    }
+
+    /// An event of a new agent beyond `max_agents`: counted, not judged, and said as one
+    /// `agent_overflow` finding per cooldown period.
+    fn overflow(&mut self, ev: &Event<'_>, out: &mut Output) {
+        self.stats.overflow += 1;
+        let key = bucket(&self.cfg, ev.ts_ms);
+        if self.overflow_said.is_some_and(|said| said >= key) {
+            return;
+        }
+        self.overflow_said = Some(key);
+        let cap = self.cfg.raw.max_agents;
+        let mut evidence = Map::new();
+        evidence.insert("max_agents".into(), json!(cap));
+        evidence.insert("tracked".into(), json!(self.index.len()));
+        let summary = format!(
+            "{} is beyond detect.max_agents ({cap} agents tracked): new agents are archived but not judged \
+             until idle ones are forgotten (a flood of made-up agent ids looks like this)",
+            ev.agent_id
+        );
+        let mut f = event_finding(FindingKind::AgentOverflow, Severity::High, ev, summary, evidence);
+        f.finding_id = finding_id(FindingKind::AgentOverflow, "", key as i64, "");
+        self.stats.findings += 1;
+        out.findings.push(f);
     }
 
     /// Judges one closed window, then learns from it.

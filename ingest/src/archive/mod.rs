@@ -148,8 +148,22 @@ impl DeadLetter {
     }
 }
 
+/// A detector state as JSON text: the detect crate writes it, the archive and the state topic only
+/// store and hand it back.
+pub type State = Box<serde_json::value::RawValue>;
+
+/// The JSON `null`: no detector state yet.
+pub fn no_state() -> State {
+    serde_json::value::RawValue::from_string("null".into()).expect("null is JSON")
+}
+
+/// Whether a stored state is empty (`null`).
+pub fn is_no_state(s: &State) -> bool {
+    s.get().trim() == "null"
+}
+
 /// The committed state of one source partition, as stored next to the archive.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Checkpoint {
     /// Format version of this file.
     pub version: u32,
@@ -163,8 +177,9 @@ pub struct Checkpoint {
     pub committed_at: i64,
     /// Totals over the life of this source in this archive.
     pub totals: Totals,
-    /// The detector state as of `committed_position`.
-    pub state: serde_json::Value,
+    /// The detector state as of `committed_position`, as the JSON text it was written as (read and
+    /// written whole, never parsed into a tree here).
+    pub state: State,
     /// For a file source: what identifies the input (a hash of its first line), so that another file
     /// with the same name is not taken for a rerun of this one. Absent in older checkpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -337,7 +352,7 @@ impl Archive {
                         committed_position: 0,
                         committed_at: 0,
                         totals: Totals::default(),
-                        state: serde_json::Value::Null,
+                        state: no_state(),
                         input_fingerprint: None,
                     },
                 )?;
@@ -473,7 +488,7 @@ impl Archive {
 
     /// Writes every buffered row to durable files, then commits the checkpoint with `state`: the same
     /// as [`Archive::take_flush`] followed by [`FlushWriter::write`] on this thread.
-    pub fn flush(&mut self, state: serde_json::Value, now_ms: i64) -> Result<FlushReport, ArchiveError> {
+    pub fn flush(&mut self, state: State, now_ms: i64) -> Result<FlushReport, ArchiveError> {
         match self.take_flush(state, now_ms) {
             Some(job) => {
                 let mut writer = self.writer();
@@ -505,7 +520,7 @@ impl Archive {
     /// Takes everything buffered since the last flush as a job for a [`FlushWriter`]: the finished Arrow
     /// batches, the file name of their position range, and the checkpoint to commit after them. From
     /// here on the positions covered count as committed for this writer's bookkeeping.
-    pub fn take_flush(&mut self, state: serde_json::Value, now_ms: i64) -> Option<FlushJob> {
+    pub fn take_flush(&mut self, state: State, now_ms: i64) -> Option<FlushJob> {
         let first = self.first.take()?;
         let base = self.stamp.base;
         let name = format!(
@@ -738,16 +753,17 @@ fn write_checkpoint(root: &Path, c: &Checkpoint) -> Result<(), ArchiveError> {
     write_json(root, &checkpoint_path(root, &c.source, c.partition), c)
 }
 
-/// The detector state a source left for sources the archive has not seen yet (see [`write_carry`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Which source partition's checkpoint holds the detector state sources the archive has not seen yet
+/// start from (see [`write_carry`]): a pointer, so the state is not written twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Carry {
-    /// The source partition it was taken from (`name-partition`).
+    /// The source.
     pub source: String,
+    /// Its partition.
+    pub partition: i32,
     /// Its last event time judged, UTC ms, for the log.
     #[serde(default)]
     pub through_ms: Option<i64>,
-    /// The engine's snapshot.
-    pub state: serde_json::Value,
 }
 
 fn carry_path(root: &Path) -> PathBuf {
@@ -761,16 +777,18 @@ pub fn write_carry(root: &Path, carry: &Carry) -> Result<(), ArchiveError> {
     write_json(root, &carry_path(root), carry)
 }
 
-/// The state [`write_carry`] left, if any.
-pub fn read_carry(root: &Path) -> Result<Option<Carry>, ArchiveError> {
+/// The source [`write_carry`] named and the state its checkpoint holds, if any.
+pub fn read_carry(root: &Path) -> Result<Option<(Carry, State)>, ArchiveError> {
     let path = carry_path(root);
-    match fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| ArchiveError::Checkpoint { path, source }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ArchiveError::Io { path, source: e }),
-    }
+    let carry: Carry = match fs::read(&path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map_err(|source| ArchiveError::Checkpoint { path, source })?
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(ArchiveError::Io { path, source: e }),
+    };
+    let state = read_checkpoint(root, &carry.source, carry.partition)?.map(|c| c.state);
+    Ok(state.filter(|s| !is_no_state(s)).map(|s| (carry, s)))
 }
 
 /// Writes `value` as JSON at `path`: temporary file, fsync, rename, fsync of the directory.
