@@ -21,6 +21,16 @@ fn check(config_toml: &str, ndjson: &str, expect: &str) {
     assert_eq!(got.trim(), expect.trim(), "\n--- got ---\n{got}");
 }
 
+/// The events of fixture lines (all valid).
+fn decoded<'a, S: AsRef<str> + ?Sized + 'a>(
+    lines: impl IntoIterator<Item = &'a S>,
+) -> Vec<vigil_schemas::Event<'a>> {
+    lines
+        .into_iter()
+        .map(|l| vigil_schemas::decode(l.as_ref().as_bytes(), 1 << 20).expect("fixture event is valid"))
+        .collect()
+}
+
 fn render(out: &Output) -> String {
     let mut s = String::new();
     for f in &out.findings {
@@ -195,8 +205,7 @@ fn one_incident_is_one_finding_within_the_cooldown() {
     lines.push(ev("late", 2000 + 901_000, "s1", "data.read", "postgres://crm/t", role));
     let cfg: DetectConfig = toml::from_str(SUPPORT_POLICY).unwrap();
     let mut engine = Engine::new(&cfg).unwrap();
-    let events: Vec<_> =
-        lines.iter().map(|l| vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap()).collect();
+    let events: Vec<_> = decoded(lines.iter());
     let mut out = Output::default();
     engine.process(&events, &mut out);
     let ids: Vec<(&str, &str)> =
@@ -240,8 +249,7 @@ fn replay_gives_the_same_findings_and_snapshots_resume() {
             ev(&format!("e{i}"), i * 20_000, &format!("s{}", i % 3), "data.read", "postgres://crm/t", role)
         })
         .collect();
-    let events: Vec<_> =
-        lines.iter().map(|l| vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap()).collect();
+    let events: Vec<_> = decoded(lines.iter());
     let cfg: DetectConfig = toml::from_str(SUPPORT_POLICY).unwrap();
     let run_whole = || {
         let mut e = Engine::new(&cfg).unwrap();
@@ -284,8 +292,7 @@ fn events_behind_the_watermark_are_late_but_still_policy_checked() {
         ev("c", 60_000, "x", "api.call", "https://x/", ""),
         ev("d", 60_001, "x", "api.call", "https://x/", ""),
     ];
-    let events: Vec<_> =
-        lines.iter().map(|l| vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap()).collect();
+    let events: Vec<_> = decoded(lines.iter());
     let mut out = Output::default();
     engine.process(&events, &mut out);
     // The watermark is 180 s - 30 s of lateness: the three older events are late. The hard cap still
@@ -611,8 +618,7 @@ fn slow_creep_onto_familiar_ground_is_caught_by_divergence() {
     let cfg: DetectConfig = toml::from_str(BASELINE).unwrap();
     let mut engine = Engine::new(&cfg).unwrap();
     let text = merged(parts);
-    let events: Vec<_> =
-        text.lines().map(|l| vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap()).collect();
+    let events: Vec<_> = decoded(text.lines());
     let mut out = Output::default();
     engine.process(&events, &mut out);
     engine.finish(&mut out);
@@ -873,8 +879,7 @@ fn final_findings(out: &Output) -> BTreeMap<String, (String, String, crate::Seve
 
 fn run_batches(cfg: &DetectConfig, lines: &[String], splits: &[usize]) -> Output {
     let mut engine = Engine::new(cfg).unwrap();
-    let events: Vec<_> =
-        lines.iter().map(|l| vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap()).collect();
+    let events: Vec<_> = decoded(lines.iter());
     let mut out = Output::default();
     let mut at = 0;
     for &s in splits.iter().chain(std::iter::once(&events.len())) {
@@ -940,8 +945,7 @@ fn snapshots_carry_open_windows_and_baselines() {
     let lines = busy_fleet();
     let whole = run_batches(&cfg, &lines, &[]);
     for cut in [lines.len() / 3, lines.len() / 2, lines.len() - 5] {
-        let events: Vec<_> =
-            lines.iter().map(|l| vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap()).collect();
+        let events: Vec<_> = decoded(lines.iter());
         let mut first = Engine::new(&cfg).unwrap();
         let mut out = Output::default();
         first.process(&events[..cut], &mut out);
@@ -971,8 +975,7 @@ fn an_idle_agent_stays_under_a_kibibyte_whatever_it_touched() {
             )
         })
         .collect();
-    let events: Vec<_> =
-        lines.iter().map(|l| vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap()).collect();
+    let events: Vec<_> = decoded(lines.iter());
     let mut out = Output::default();
     engine.process(&events, &mut out);
     engine.finish(&mut out);
@@ -1025,8 +1028,7 @@ fn an_agent_no_policy_covers_is_reported_once() {
         ev("3", 2, "x1", "data.read", "postgres://support/t", ""),
         ev("4", 3, "s1", "data.read", "postgres://support/t", r#","agent_role":"support""#),
     ];
-    let events: Vec<_> =
-        lines.iter().map(|l| vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap()).collect();
+    let events: Vec<_> = decoded(lines.iter());
     let mut out = Output::default();
     engine.process(&events, &mut out);
     assert_eq!(out.uncovered, ["x1"]);
@@ -1077,8 +1079,7 @@ fn with_one_agent_busy_windows_still_close_at_most_the_skew_late() {
     let cfg: DetectConfig = toml::from_str("max_skew_seconds = 300\n").unwrap();
     let mut engine = Engine::new(&cfg).unwrap();
     let lines = merged(vec![steady("s1", 0, 30, 2, TICKETS, ""), steady("s2", 0, 1, 2, TICKETS, "")]);
-    let events: Vec<_> =
-        lines.lines().map(|l| vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap()).collect();
+    let events: Vec<_> = decoded(lines.lines());
     let mut out = Output::default();
     engine.process(&events, &mut out);
     // s1's newest is 29.5 minutes: the watermark is 29.5 - 5 minutes - 30 s of lateness.
@@ -1102,8 +1103,7 @@ fn a_flood_of_made_up_agent_ids_is_capped_and_said_once() {
     lines.push(ev("bad", 2000, "s3", "data.read", "postgres://hr/salaries", role));
     let parsed: DetectConfig = toml::from_str(&cfg).unwrap();
     let mut engine = Engine::new(&parsed).unwrap();
-    let events: Vec<_> =
-        lines.iter().map(|l| vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap()).collect();
+    let events: Vec<_> = decoded(lines.iter());
     let mut out = Output::default();
     engine.process(&events, &mut out);
     assert_eq!((engine.agents(), engine.stats().overflow), (100, 910));
@@ -1117,8 +1117,7 @@ fn agents_idle_past_forget_idle_hours_are_forgotten_and_start_afresh() {
     let mut engine = Engine::new(&cfg).unwrap();
     // "brief" works for two minutes; "busy" for three hours.
     let lines = merged(vec![steady("brief", 0, 2, 2, TICKETS, ""), steady("busy", 0, 180, 2, TICKETS, "")]);
-    let events: Vec<_> =
-        lines.lines().map(|l| vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap()).collect();
+    let events: Vec<_> = decoded(lines.lines());
     let mut out = Output::default();
     engine.process(&events, &mut out);
     assert_eq!((engine.agents(), engine.stats().forgotten), (1, 1));
@@ -1141,8 +1140,7 @@ fn the_snapshot_written_straight_from_the_engine_reads_back_as_its_snapshot() {
     let cfg: DetectConfig = toml::from_str(BASELINE).unwrap();
     let mut engine = Engine::new(&cfg).unwrap();
     let lines = busy_fleet();
-    let events: Vec<_> =
-        lines.iter().map(|l| vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap()).collect();
+    let events: Vec<_> = decoded(lines.iter());
     let mut out = Output::default();
     engine.process(&events, &mut out);
     let raw = engine.snapshot_json();
