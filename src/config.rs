@@ -244,10 +244,19 @@ pub struct HttpConfig {
     /// Largest request body once decompressed, in bytes; a body that inflates past it gets 413.
     #[serde(default = "default_max_decoded_bytes")]
     pub max_decoded_bytes: usize,
-    /// Requests handled at once; one more gets 429 before its body is read. Bounds memory at about
-    /// `max_inflight_requests * max_decoded_bytes`.
+    /// Requests handled at once once their bodies are in (decompressed, checked, taken); one more gets
+    /// 429. A body still arriving holds no such slot, so slow clients cannot shut honest ones out.
+    /// Bounds decompression memory at about `max_inflight_requests * max_decoded_bytes`.
     #[serde(default = "default_max_inflight_requests")]
     pub max_inflight_requests: usize,
+    /// Bytes of request bodies being received at once, over all clients, taken as the bytes arrive (a
+    /// client trickling a body holds only what it sent); a request that would go over gets 429.
+    #[serde(default = "default_body_bytes_in_flight")]
+    pub body_bytes_in_flight: usize,
+    /// The slowest a body may arrive, on average, after its first two seconds; a slower one gets 408
+    /// rather than holding its connection for `request_timeout_seconds`. `0`: no minimum.
+    #[serde(default = "default_min_body_bytes_per_second")]
+    pub min_body_bytes_per_second: u64,
     /// Without Kafka: request batches waiting for the pipeline thread; when full, requests get 429.
     #[serde(default = "default_queue_batches")]
     pub queue_batches: usize,
@@ -311,6 +320,14 @@ const fn default_max_decoded_bytes() -> usize {
 const fn default_max_inflight_requests() -> usize {
     64
 }
+/// 512 MiB: 64 full bodies.
+const fn default_body_bytes_in_flight() -> usize {
+    512 << 20
+}
+/// 1 KiB/s: slower than any real sender, faster than a slow-loris drip.
+const fn default_min_body_bytes_per_second() -> u64 {
+    1024
+}
 const fn default_queue_batches() -> usize {
     16
 }
@@ -342,6 +359,8 @@ impl Default for HttpConfig {
             max_body_bytes: default_max_body_bytes(),
             max_decoded_bytes: default_max_decoded_bytes(),
             max_inflight_requests: default_max_inflight_requests(),
+            body_bytes_in_flight: default_body_bytes_in_flight(),
+            min_body_bytes_per_second: default_min_body_bytes_per_second(),
             queue_batches: default_queue_batches(),
             retry_after_seconds: default_retry_after_seconds(),
             request_timeout_seconds: default_request_timeout_seconds(),
@@ -386,6 +405,15 @@ impl HttpConfig {
         }
         if self.request_timeout_seconds == 0 {
             return bad("http.request_timeout_seconds", "must be at least 1".into());
+        }
+        if self.body_bytes_in_flight < self.max_body_bytes {
+            return bad(
+                "http.body_bytes_in_flight",
+                format!(
+                    "({}) must be at least http.max_body_bytes ({}), or a full body could never be read",
+                    self.body_bytes_in_flight, self.max_body_bytes
+                ),
+            );
         }
         let mut names = std::collections::HashSet::new();
         for sd in &self.senders {

@@ -573,15 +573,19 @@ fn bodies_over_the_caps_get_413_and_items_over_the_event_cap_are_refused_alone()
 
 #[test]
 fn a_saturated_server_answers_429_with_retry_after_and_loses_nothing() {
-    let (_dir, lines, archive, server) =
-        serve_with("[http]\nmax_inflight_requests = 1\nretry_after_seconds = 3\n");
-
-    // A slow client holds the one slot: its headers are in, half its body is not.
-    let body = lines[..20].join("\n");
-    let (first, rest) = body.as_bytes().split_at(body.len() / 2);
+    // Room for 2,000 bytes of bodies being received at once, over all clients.
+    let (_dir, lines, archive, server) = serve_with(
+        "[http]\nmax_inflight_requests = 1\nmax_body_bytes = 2000\nbody_bytes_in_flight = 2000\nretry_after_seconds = 3\n\
+         min_body_bytes_per_second = 0\n",
+    );
+    // A slow client has sent 1,880 bytes of its body (three events, then blank lines) and holds them.
+    let mut body = lines[..3].join("\n");
+    assert!(body.len() < 1900, "{}", body.len());
+    body.push_str(&"\n".repeat(1900 - body.len()));
+    let (first, rest) = body.as_bytes().split_at(1880);
     let mut slow = start_slowly(&server.addr, body.as_bytes(), first.len());
-    // The server has the request once it answers others with 429; until then it may still be reading.
-    // Each probe is a different event, so one taken before the slot filled is not resent as a duplicate.
+    // The server holds those bytes once it answers others with 429; until then it may still be reading.
+    // Each probe is a different event, so one taken before the budget filled is not resent as a duplicate.
     let started = Instant::now();
     let mut probes = lines[30..].iter();
     let mut taken = Vec::new();
@@ -593,7 +597,7 @@ fn a_saturated_server_answers_429_with_retry_after_and_loses_nothing() {
         }
         assert_eq!((r.status, r.body["accepted"].as_u64()), (200, Some(1)), "{r:?}");
         taken.push(probe);
-        // A probe that held the slot when the slow request arrived made that one the 429: start it again.
+        // A probe that held its bytes when the slow body arrived made that one the 429: start it again.
         if has_answer(&slow) {
             let r = read_reply(&mut slow);
             assert_eq!(r.status, 429, "{r:?}");
@@ -603,19 +607,51 @@ fn a_saturated_server_answers_429_with_retry_after_and_loses_nothing() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(busy.header("retry-after"), Some("3"), "{busy:?}");
-    assert!(busy.body["error"].as_str().unwrap().contains("in flight"), "{busy:?}");
+    assert!(busy.body["error"].as_str().unwrap().contains("being received"), "{busy:?}");
 
-    // The slow client finishes and is answered; then the slot is free again.
+    // The slow client finishes and is answered; then the budget is free again.
     slow.write_all(rest).unwrap();
     let r = read_reply(&mut slow);
-    assert_eq!((r.status, r.body["accepted"].as_u64()), (200, Some(20)), "{r:?}");
-    let r = server.post(&[], lines[20..30].join("\n").as_bytes());
-    assert_eq!((r.status, r.body["accepted"].as_u64()), (200, Some(10)), "{r:?}");
+    assert_eq!((r.status, r.body["accepted"].as_u64()), (200, Some(3)), "{r:?}");
+    let r = server.post(&[], lines[3..6].join("\n").as_bytes());
+    assert_eq!((r.status, r.body["accepted"].as_u64()), (200, Some(3)), "{r:?}");
     let summary = server.stop();
     assert_eq!(summary["balanced"], true, "{summary}");
     // Exactly what was answered 200 is archived; the probe answered 429 was not taken.
-    let expected: BTreeSet<String> = lines[..30].iter().chain(taken).map(|l| event_id(l)).collect();
+    let expected: BTreeSet<String> = lines[..6].iter().chain(taken).map(|l| event_id(l)).collect();
     assert_eq!(archived_ids(&archive), expected, "429 for {refused}");
+}
+
+/// Issue 13, item 11: 64 clients sending their bodies at a byte a second held every in-flight slot
+/// for the whole request timeout, and every honest request got 429. A body still arriving holds only
+/// the bytes it sent, never a slot.
+#[test]
+fn slow_clients_cannot_hold_every_slot_and_shut_out_honest_requests() {
+    let (_dir, lines, _archive, server) = serve_with("[http]\nmax_inflight_requests = 4\n");
+    let body = lines[..3].join("\n");
+    let slow: Vec<TcpStream> = (0..16).map(|_| start_slowly(&server.addr, body.as_bytes(), 10)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for line in &lines[3..6] {
+        let r = server.post(&[], line.as_bytes());
+        assert_eq!((r.status, r.body["accepted"].as_u64()), (200, Some(1)), "{r:?}");
+    }
+    drop(slow);
+    server.stop();
+}
+
+/// Issue 13, item 11: a body trickling in is cut at `min_body_bytes_per_second` (after two seconds),
+/// not held for the whole `request_timeout_seconds`.
+#[test]
+fn a_body_slower_than_the_minimum_rate_gets_408_long_before_the_timeout() {
+    let (_dir, lines, _archive, server) =
+        serve_with("[http]\nmin_body_bytes_per_second = 100\nrequest_timeout_seconds = 60\n");
+    let started = Instant::now();
+    let mut slow = start_slowly(&server.addr, lines[0].as_bytes(), 10);
+    let r = read_reply(&mut slow);
+    assert_eq!(r.status, 408, "{r:?}");
+    assert!(r.body["error"].as_str().unwrap().contains("slower than 100 bytes/s"), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "answered after {:?}", started.elapsed());
+    server.stop();
 }
 
 #[test]

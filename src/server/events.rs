@@ -2,12 +2,12 @@
 //! threads, hands the items to the HTTP intake and answers what became of each.
 //!
 //! A body is NDJSON or a JSON array (gzip or zstd accepted), capped as sent and once decompressed. The
-//! answer lists the refused items by line (or array index) with the reason. At most
-//! With `[[http.sender]]` declared, a request needs one sender's bearer token (401 otherwise), and its
-//! items for agents or sources that sender is not granted are refused as `not_permitted` and
-//! dead-lettered (403 when that is all it carried). At most
-//! `max_inflight_requests` requests are read at once (one more gets 429 before its body is read); 429s
-//! carry `Retry-After`.
+//! answer lists the refused items by line (or array index) with the reason. With `[[http.sender]]`
+//! declared, a request needs one sender's bearer token (401 otherwise), and its items for agents or
+//! sources that sender is not granted are refused as `not_permitted` and dead-lettered (403 when that
+//! is all it carried). A body being received holds only the bytes it sent, out of the server's
+//! `body_bytes_in_flight`, and is cut (408) below `min_body_bytes_per_second`; once it is in, the
+//! request takes one of `max_inflight_requests` slots. 429s carry `Retry-After`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,8 +22,8 @@ use axum::http::header::{
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::post;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
-use tokio::sync::Semaphore;
+use http_body_util::BodyExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use vigil_ingest::source::Line;
 use vigil_ingest::source::http::{BodyError, Framing, decode_body, framing_for, split};
 
@@ -85,6 +85,8 @@ pub(super) struct Events {
     pub(super) max_event_bytes: usize,
     pub(super) intake: Arc<HttpIntake>,
     pub(super) permits: Arc<Semaphore>,
+    /// `body_bytes_in_flight`, one permit per byte.
+    pub(super) body_bytes: Arc<Semaphore>,
     pub(super) stopping: Arc<AtomicBool>,
     pub(super) senders: Senders,
     pub(super) telemetry: Arc<Telemetry>,
@@ -123,6 +125,19 @@ async fn ingest(
         r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
     };
+    if header(&req, CONTENT_LENGTH)
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > http.max_body_bytes as u64)
+    {
+        return too_large(http);
+    }
+    let content_type = header(&req, CONTENT_TYPE).map(str::to_owned);
+    let encoding = header(&req, CONTENT_ENCODING).map(str::to_owned);
+    // The body first, holding only the bytes it has sent so far; the request's slot after.
+    let (raw, _bytes_held) = match read_body(&state, req.into_body()).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let Ok(_permit) = state.permits.clone().try_acquire_owned() else {
         return busy(
             StatusCode::TOO_MANY_REQUESTS,
@@ -130,33 +145,6 @@ async fn ingest(
             &format!("{} requests in flight already", http.max_inflight_requests),
         );
     };
-    let too_large = || {
-        let mut r = error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &BodyError::TooLarge { limit: http.max_body_bytes, decoded: false }.to_string(),
-        );
-        // The rest of the body is not read: the connection cannot be reused.
-        r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
-        r
-    };
-    if header(&req, CONTENT_LENGTH)
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n > http.max_body_bytes as u64)
-    {
-        return too_large();
-    }
-    let content_type = header(&req, CONTENT_TYPE).map(str::to_owned);
-    let encoding = header(&req, CONTENT_ENCODING).map(str::to_owned);
-    let timeout = Duration::from_secs(http.request_timeout_seconds);
-    let raw =
-        match tokio::time::timeout(timeout, Limited::new(req.into_body(), http.max_body_bytes).collect())
-            .await
-        {
-            Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time"),
-            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
-            Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")),
-            Ok(Ok(c)) => c.to_bytes(),
-        };
     // Decompressing, splitting and checking are CPU work: off the connection threads.
     let max_event = state.max_event_bytes;
     let max_decoded = http.max_decoded_bytes;
@@ -191,6 +179,79 @@ async fn ingest(
         Err(Refusal::Failed(m)) => return error(StatusCode::INTERNAL_SERVER_ERROR, &m),
     };
     respond(&verdicts, framing, http)
+}
+
+/// 413 for a body over `max_body_bytes`. The rest of it is not read: the connection cannot be reused.
+fn too_large(http: &HttpConfig) -> Response {
+    let mut r = error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &BodyError::TooLarge { limit: http.max_body_bytes, decoded: false }.to_string(),
+    );
+    r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// Grace before a body's average rate is held to `min_body_bytes_per_second`.
+const RATE_GRACE: Duration = Duration::from_secs(2);
+
+/// Receives a body under its caps: `max_body_bytes` (413), the server's budget of body bytes being
+/// received (`body_bytes_in_flight`, taken as the bytes arrive, 429 when spent), `request_timeout_seconds`
+/// in all and, after two seconds, `min_body_bytes_per_second` on average (408). Returns the body and
+/// the budget it holds, released when the request is done with it.
+async fn read_body(
+    state: &Events,
+    mut body: axum::body::Body,
+) -> Result<(Vec<u8>, Option<OwnedSemaphorePermit>), Response> {
+    let http = &state.http;
+    let started = tokio::time::Instant::now();
+    let deadline = started + Duration::from_secs(http.request_timeout_seconds);
+    let min_rate = http.min_body_bytes_per_second;
+    let mut raw: Vec<u8> = Vec::new();
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    loop {
+        // When this body falls below the minimum rate if nothing more arrives.
+        let slow_at = match min_rate {
+            0 => deadline,
+            r => started + RATE_GRACE.max(Duration::from_secs_f64((raw.len() + 1) as f64 / r as f64)),
+        };
+        let frame = match tokio::time::timeout_at(slow_at.min(deadline), body.frame()).await {
+            Err(_) if slow_at < deadline => {
+                let message = format!(
+                    "the body arrives slower than {min_rate} bytes/s (http.min_body_bytes_per_second)"
+                );
+                return Err(error(StatusCode::REQUEST_TIMEOUT, &message));
+            }
+            Err(_) => return Err(error(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time")),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(error(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        if raw.len() + data.len() > http.max_body_bytes {
+            return Err(too_large(http));
+        }
+        let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        match state.body_bytes.clone().try_acquire_many_owned(n) {
+            Ok(p) => match held.as_mut() {
+                Some(h) => h.merge(p),
+                None => held = Some(p),
+            },
+            Err(_) => {
+                return Err(busy(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    http.retry_after_seconds,
+                    &format!(
+                        "{} bytes of request bodies are being received already",
+                        http.body_bytes_in_flight
+                    ),
+                ));
+            }
+        }
+        raw.extend_from_slice(&data);
+    }
+    Ok((raw, held))
 }
 
 /// The answer to a request: counts, the first `max_errors_listed` refused items, and a status that

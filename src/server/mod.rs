@@ -265,6 +265,7 @@ pub fn serve(
         max_event_bytes: cfg.input.max_event_bytes,
         intake: intake.clone(),
         permits: permits.clone(),
+        body_bytes: Arc::new(Semaphore::new(cfg.http.body_bytes_in_flight.min(Semaphore::MAX_PERMITS))),
         stopping: server.stopping(),
         senders,
         telemetry: telemetry.clone(),
