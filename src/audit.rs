@@ -16,6 +16,7 @@ use vigil_detect::{DetectConfig, GlobSet};
 use vigil_ingest::archive::scan_table;
 use vigil_schemas::timestamp::format_rfc3339_ms;
 
+use crate::policy::printable;
 use crate::progress::Progress;
 
 const COLUMNS: &[&str] =
@@ -356,20 +357,23 @@ pub fn render(r: &Review, archive: &Path) -> String {
         let _ = writeln!(
             o,
             "{:<24} {:<10} {:<18} {:<16} {:<9} {:<40} {}",
-            i.agent_id,
-            i.agent_role.as_deref().unwrap_or("-"),
+            printable(&i.agent_id),
+            printable(i.agent_role.as_deref().unwrap_or("-")),
             i.check,
-            i.policy.as_deref().unwrap_or("-"),
+            printable(i.policy.as_deref().unwrap_or("-")),
             i.dimension.unwrap_or("-"),
-            i.value.as_deref().unwrap_or("-"),
-            i.detail
+            printable(i.value.as_deref().unwrap_or("-")),
+            printable(&i.detail)
         );
     }
     o
 }
 
+/// One CSV field. Agent-controlled text that a spreadsheet would take for a formula (`=HYPERLINK(…)`,
+/// `+`, `-`, `@`, a leading tab or carriage return) is prefixed with `'`, so it is shown, not run.
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_owned() }
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{s}") } else { s.to_owned() };
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s }
 }
 
 /// The review's items as CSV with a header row.
@@ -393,4 +397,22 @@ pub fn to_csv(r: &Review) -> String {
         o.push('\n');
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 13, item 17: `vigil audit --format csv` passed an agent id of `=HYPERLINK(…)` through, which
+    /// a spreadsheet runs; the table printed terminal escapes raw.
+    #[test]
+    fn agent_controlled_text_is_shown_not_run_in_csv_and_tables() {
+        assert_eq!(
+            csv_field("=HYPERLINK(\"http://x\",\"y\")"),
+            "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\""
+        );
+        assert_eq!(csv_field("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(csv_field("support-agent-0001"), "support-agent-0001");
+        assert_eq!(printable("a\u{1b}[31mred"), "a\\u{1b}[31mred");
+    }
 }

@@ -52,6 +52,13 @@ fn corpus() -> Vec<(Vec<u8>, &'static str)> {
             GOOD.replace("2026-01-05T09:00:00Z", "2999-01-01T00:00:00Z").replace("ID", "later").into_bytes(),
             "future_timestamp",
         ),
+        // Issue 13, item 17: epoch seconds were taken as milliseconds (a 1970 event). Refused live.
+        (
+            GOOD.replace(r#""2026-01-05T09:00:00Z""#, "1767603600").replace("ID", "secs").into_bytes(),
+            "bad_timestamp",
+        ),
+        // And 1.8e19 bytes fits an unsigned 64-bit count.
+        (GOOD.replace("ID", "big-u64").replace("}", r#","bytes_read":1.8e19}"#).into_bytes(), "ok"),
         // Refused lines do not enter the dedup window: the corrected resend is taken.
         (good("later"), "ok"),
         (good("last"), "ok"),

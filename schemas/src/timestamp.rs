@@ -24,6 +24,11 @@ pub enum TimestampError {
     /// Epoch milliseconds below zero or past year 9999.
     #[error("epoch milliseconds {0} outside 0..=253402300799999")]
     EpochRange(i128),
+    /// Before 1973 as milliseconds, on a live intake: epoch seconds, most likely.
+    #[error(
+        "{0} as epoch milliseconds is before 1973: it looks like epoch seconds (send milliseconds or RFC 3339)"
+    )]
+    LooksLikeSeconds(i64),
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).

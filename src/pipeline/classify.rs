@@ -200,6 +200,9 @@ pub fn admit<'a>(
     admit_keyed(ev, key, position, horizon, dedup)
 }
 
+/// 1973-03-03T09:46:40Z in milliseconds; as seconds, the year 5138.
+const SECONDS_LOOKALIKE_MS: i64 = 100_000_000_000;
+
 /// [`admit`] with the event_id's dedup key already computed.
 pub fn admit_keyed<'a>(
     ev: Event<'a>,
@@ -208,6 +211,14 @@ pub fn admit_keyed<'a>(
     horizon: Option<Horizon>,
     dedup: &mut DedupWindow,
 ) -> Result<Event<'a>, Invalid> {
+    // A live intake (one with a clock) sees no event from before 1973: such a time is epoch seconds
+    // taken as milliseconds, and would be judged and archived as 1970.
+    if horizon.is_some() && ev.ts_ms < SECONDS_LOOKALIKE_MS {
+        return Err(Invalid::BadTimestamp {
+            problem: vigil_schemas::timestamp::TimestampError::LooksLikeSeconds(ev.ts_ms),
+            got: ev.ts_ms.to_string(),
+        });
+    }
     if let Some(h) = horizon
         && ev.ts_ms > h.now_ms.saturating_add(h.skew_s as i64 * 1000)
     {

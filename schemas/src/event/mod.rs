@@ -579,7 +579,10 @@ fn get_u64(slots: &mut Slots<'_>, i: usize) -> Result<Option<u64>, Invalid> {
             Err(Invalid::InvalidValue { field, problem: format!("{v} is negative; must be ≥ 0") })
         }
         // 3.0 is an unsigned integer in JSON Schema's eyes; 3.5 is not.
-        Some(Scalar::F64(v)) if v >= 0.0 && v.fract() == 0.0 && v < 1.8e19 => Ok(Some(v as u64)),
+        // Every whole number below 2^64 fits (1.8e19 included).
+        Some(Scalar::F64(v)) if v >= 0.0 && v.fract() == 0.0 && v < 18_446_744_073_709_551_616.0 => {
+            Ok(Some(v as u64))
+        }
         Some(other) => {
             Err(Invalid::WrongType { field, expected: "unsigned integer", got: other.type_name() })
         }
