@@ -739,6 +739,7 @@ fn cmd_validate(
     let (mut lines, mut valid, mut blank) = (0u64, 0u64, 0u64);
     let mut reasons: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut dedup = pipeline::DedupWindow::new(dedup_window);
+    dedup.counting("line");
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     loop {

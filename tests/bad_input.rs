@@ -291,7 +291,7 @@ fn a_rerun_refuses_a_resend_of_what_an_earlier_run_archived() {
         (Some(6), Some("duplicate_event_id")),
         "{dead}"
     );
-    assert!(row["detail"].as_str().unwrap().contains("first seen at position 3"), "{dead}");
+    assert!(row["detail"].as_str().unwrap().contains("first seen at line 3"), "{dead}");
 }
 
 /// Issue 13, item 13: a truncated `.gz` archived nothing, on every rerun, although 90,047 good lines

@@ -482,7 +482,7 @@ fn a_duplicate_refused_before_a_crash_stays_refused_after_recovery() {
     let dead = archive_py("rows", &archive, &["dead-letters", "_position"]);
     let rows = dead["duckdb"].as_array().unwrap();
     assert_eq!((rows.len(), rows[0]["reason"].as_str()), (1, Some("duplicate_event_id")), "{dead}");
-    assert!(rows[0]["detail"].as_str().unwrap().contains("first seen at position 4"), "{dead}");
+    assert!(rows[0]["detail"].as_str().unwrap().contains("first seen at item 4"), "{dead}");
 }
 
 #[test]
@@ -498,7 +498,7 @@ fn a_restarted_server_refuses_a_resend_of_what_it_archived_before() {
     let r = server.post(&[], [lines[3].as_str(), lines[10].as_str()].join("\n").as_bytes());
     assert_eq!((r.status, r.body["accepted"].as_u64()), (200, Some(1)), "{r:?}");
     assert_eq!(r.body["errors"][0]["code"], "duplicate_event_id", "{r:?}");
-    assert!(r.body["errors"][0]["error"].as_str().unwrap().contains("first seen at position 4"), "{r:?}");
+    assert!(r.body["errors"][0]["error"].as_str().unwrap().contains("first seen at item 4"), "{r:?}");
     server.stop();
     assert_eq!(archived_ids(&archive), lines[..11].iter().map(|l| event_id(l)).collect());
 }

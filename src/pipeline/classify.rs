@@ -14,6 +14,8 @@ use super::now_ms;
 #[derive(Debug)]
 pub struct DedupWindow {
     cap: usize,
+    /// What a position counts, for messages: `line`, `item`, or `position`.
+    unit: &'static str,
     seen: HashMap<u64, u64, BuildHasherDefault<IdentityHasher>>,
     order: VecDeque<u64>,
 }
@@ -41,9 +43,21 @@ impl DedupWindow {
     pub fn new(cap: usize) -> Self {
         DedupWindow {
             cap,
+            unit: "position",
             seen: HashMap::with_capacity_and_hasher(cap.min(1 << 20), BuildHasherDefault::default()),
             order: VecDeque::with_capacity(cap.min(1 << 20)),
         }
+    }
+
+    /// Names what a position counts in this source (`line` for a file, `item` for the HTTP intake), so a
+    /// duplicate's message says "first seen at line 3" where that is what it means.
+    pub fn counting(&mut self, unit: &'static str) {
+        self.unit = unit;
+    }
+
+    /// What a position counts in this source.
+    pub fn unit(&self) -> &'static str {
+        self.unit
     }
 
     /// Remembers what `archive` already holds (its newest `cap` events), so that after a restart a resend
@@ -230,9 +244,11 @@ pub fn admit_keyed<'a>(
         });
     }
     match dedup.check_key(key, position) {
-        Some(first_position) => {
-            Err(Invalid::DuplicateEventId { event_id: ev.event_id.to_string(), first_position })
-        }
+        Some(first_position) => Err(Invalid::DuplicateEventId {
+            event_id: ev.event_id.to_string(),
+            first_position,
+            unit: dedup.unit,
+        }),
         None => Ok(ev),
     }
 }

@@ -388,6 +388,11 @@ impl Lane {
         crate::control::lock(&self.engine)
     }
 
+    /// Names what this source's positions count (`line`, `item`), for the messages that cite them.
+    pub fn counting(&mut self, unit: &'static str) {
+        self.dedup.counting(unit);
+    }
+
     /// Agents the engine holds state for.
     pub fn agents(&self) -> usize {
         self.engine().agents()
@@ -446,6 +451,7 @@ impl Lane {
                         Ok(ev) if it.refused_before.is_some() => Err(Invalid::DuplicateEventId {
                             event_id: ev.event_id.to_string(),
                             first_position: it.refused_before.unwrap_or_default(),
+                            unit: self.dedup.unit(),
                         }),
                         other => other,
                     }

@@ -48,6 +48,7 @@ pub fn run_with(
     let outputs = FindingsFile::open(cfg.output.findings.as_deref())?;
     let mut lane =
         Lane::open(cfg, Origin::Named(source.clone()), outputs, telemetry.clone(), control.clone())?;
+    lane.counting("line");
     let mut reader =
         LineReader::new(input.reader, cfg.input.max_event_bytes, cfg.input.dead_letter_payload_bytes);
     let mut progress = Progress::new(opts.progress, "ingest", input.size);

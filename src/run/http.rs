@@ -289,7 +289,8 @@ impl JournaledLane {
     ) -> Result<JournaledLane, PipelineError> {
         let source = cfg.input.source_name.clone().unwrap_or_else(|| HTTP_SOURCE.into());
         let outputs = FindingsFile::open(cfg.output.findings.as_deref())?;
-        let lane = Lane::open(cfg, Origin::Named(source.clone()), outputs, telemetry.clone(), control)?;
+        let mut lane = Lane::open(cfg, Origin::Named(source.clone()), outputs, telemetry.clone(), control)?;
+        lane.counting("item");
         let committed = lane.committed_position();
         let dir = cfg.archive.dir.join(JOURNAL_DIR).join(&source);
         let journal_err = |source| PipelineError::Journal { path: dir.clone(), source };

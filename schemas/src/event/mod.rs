@@ -275,12 +275,14 @@ pub enum Invalid {
         value: String,
     },
     /// The event_id was already seen in this stream (within the dedup window).
-    #[error("duplicate event_id {event_id:?} (first seen at position {first_position})")]
+    #[error("duplicate event_id {event_id:?} (first seen at {unit} {first_position})")]
     DuplicateEventId {
         /// The repeated id.
         event_id: String,
         /// Source position where it was first seen.
         first_position: u64,
+        /// What a position counts in this source: `line` (a file), `item` (the HTTP intake), `position`.
+        unit: &'static str,
     },
 }
 
