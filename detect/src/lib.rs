@@ -16,7 +16,7 @@ pub use config::{
     BaselineConfig, BudgetConfig, Compiled, ConfigError, DataConfig, DetectConfig, IdentityConfig, Period,
     PolicyConfig, ScopeConfig, SlowConfig, SpikeConfig,
 };
-pub use engine::{Baseline, Engine, Measure, Output, Snapshot, Stats, null_state};
+pub use engine::{Baseline, Engine, Measure, Output, Snapshot, Stats};
 pub use finding::{Finding, FindingKind, Severity, finding_id};
 pub use glob::{Glob, GlobSet};
 pub use keys::{generalise, stable_hash};

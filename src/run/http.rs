@@ -617,10 +617,11 @@ impl KafkaFront {
         let horizon = Horizon::now(input.max_future_seconds);
         let mut saturated = false;
         let mut counts = BatchCounts::default();
+        let claim = sender.map_or(Claim::Open, Claim::By);
         for item in &items {
             let bytes = within_cap(&body, item, max);
             let classified = classify(bytes, item, max, horizon, &mut dedup)
-                .map(|r| r.and_then(|ev| sender.map_or(Ok(()), |s| s.permits(&ev)).map(|()| ev)));
+                .map(|r| r.and_then(|ev| claim.check(&ev).map(|()| ev)));
             let (record_to, key, payload, reason) = match classified {
                 None => {
                     counts.count(Outcome::Blank);

@@ -227,9 +227,9 @@ impl Serialize for SnapshotView<'_> {
     }
 }
 
-/// The JSON `null`: the state of a checkpoint taken before anything was judged.
-pub fn null_state() -> Box<serde_json::value::RawValue> {
-    serde_json::value::RawValue::from_string("null".into()).expect("null is JSON")
+/// The name of role `role` (an index into the engine's roles), `None` for 0, "no role".
+fn role_name(roles: &[(Box<str>, PeerTable)], role: u16) -> Option<&str> {
+    (role != 0).then(|| &*roles[usize::from(role)].0)
 }
 
 impl Engine {
@@ -383,8 +383,9 @@ impl Engine {
     /// (no copy of every agent's state, no `serde_json::Value` tree on the way), which is what keeps a
     /// flush of a million agents' state within a few hundred megabytes rather than gigabytes.
     pub fn snapshot_json(&self) -> Box<serde_json::value::RawValue> {
-        let json = serde_json::to_string(&SnapshotView(self)).unwrap_or_else(|_| "null".into());
-        serde_json::value::RawValue::from_string(json).unwrap_or_else(|_| null_state())
+        // Every key is a string, so this cannot fail; were it to, `null` is "no state", never a wrong one.
+        serde_json::value::to_raw_value(&SnapshotView(self))
+            .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned())
     }
 
     /// Replaces the state with a checkpoint's.
@@ -411,16 +412,14 @@ impl Engine {
             if let Some(name) = self.bound_role(&id) {
                 let role = self.intern_role(&name);
                 if role != state.role {
-                    let old = &mut self.roles[usize::from(state.role)].1;
-                    old.agents = old.agents.saturating_sub(1);
-                    self.roles[usize::from(role)].1.agents += 1;
+                    self.move_peers(state.role, role);
                     state.role = role;
                 }
                 state.pinned = true;
             }
             // Coverage worked out again now, so an agent reported as covered by no policy before the
             // checkpoint is not reported again after it.
-            let role = (state.role != 0).then(|| &*self.roles[usize::from(state.role)].0);
+            let role = role_name(&self.roles, state.role);
             state.covered_by = Some((role.map(|_| state.role), covering(&self.cfg, &id, role)));
             for w in &state.open_windows {
                 self.closing.push(Reverse((w.start + self.cfg.window_ms, idx)));
@@ -530,6 +529,13 @@ impl Engine {
         Some(i)
     }
 
+    /// An agent moves from peer group `from` to `to`: the groups' agent counts follow.
+    fn move_peers(&mut self, from: u16, to: u16) {
+        let old = &mut self.roles[usize::from(from)].1;
+        old.agents = old.agents.saturating_sub(1);
+        self.roles[usize::from(to)].1.agents += 1;
+    }
+
     /// The role `[[detect.role]]` binds this agent to, if any.
     fn bound_role(&self, agent_id: &str) -> Option<Box<str>> {
         let (name, _) = self.cfg.role_bindings.iter().find(|(_, agents)| agents.matches(agent_id))?;
@@ -545,9 +551,7 @@ impl Engine {
         if current == 0 {
             let name = declared?;
             let role = self.intern_role(name);
-            let old = &mut self.roles[0].1;
-            old.agents = old.agents.saturating_sub(1);
-            self.roles[usize::from(role)].1.agents += 1;
+            self.move_peers(0, role);
             let agent = &mut self.agents[idx as usize];
             agent.role = role;
             // Coverage for the new role at once, so an agent uncovered before and after is said once.
@@ -592,7 +596,7 @@ impl Engine {
         {
             let Engine { cfg, agents, roles, .. } = self;
             let agent = &mut agents[idx as usize];
-            let role = (agent.role != 0).then(|| &*roles[usize::from(agent.role)].0);
+            let role = role_name(roles, agent.role);
             let first = agent.covered_by.is_none();
             found[0] = check_policy(cfg, agent, role, ev);
             if first && agent.covered_by.as_ref().is_some_and(|(_, covering)| covering.is_empty()) {
@@ -902,11 +906,10 @@ impl Engine {
     /// Charges the event's tokens and cost to every budget that covers its agent, reporting the levels
     /// it crosses.
     fn check_budgets(&mut self, idx: u32, ev: &Event<'_>, out: &mut Output) {
+        let bound = self.agents[idx as usize].role;
         for bi in 0..self.cfg.budgets.len() {
             let b = &self.cfg.budgets[bi];
-            let bound = self.agents[idx as usize].role;
-            let role = (bound != 0).then(|| &*self.roles[usize::from(bound)].0);
-            if !b.covers(&ev.agent_id, role) {
+            if !b.covers(&ev.agent_id, role_name(&self.roles, bound)) {
                 continue;
             }
             let spend = self.spend.entry((idx, bi as u16)).or_default();

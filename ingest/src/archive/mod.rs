@@ -154,7 +154,7 @@ pub type State = Box<serde_json::value::RawValue>;
 
 /// The JSON `null`: no detector state yet.
 pub fn no_state() -> State {
-    serde_json::value::RawValue::from_string("null".into()).expect("null is JSON")
+    serde_json::value::RawValue::NULL.to_owned()
 }
 
 /// Whether a stored state is empty (`null`).
