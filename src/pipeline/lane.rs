@@ -191,12 +191,6 @@ pub struct Lane {
     carry_to: Option<std::path::PathBuf>,
 }
 
-/// Which kind of source a lane was opened for.
-enum OriginKind {
-    Named,
-    Kafka,
-}
-
 impl std::fmt::Debug for Lane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lane").field("name", &self.name).field("agents", &self.agents).finish_non_exhaustive()
@@ -220,10 +214,8 @@ impl Lane {
         if vigil_ingest::source::is_reserved(name) {
             return Err(PipelineError::Reserved);
         }
-        let origin_kind = match origin {
-            Origin::Named(_) => OriginKind::Named,
-            Origin::Kafka { .. } => OriginKind::Kafka,
-        };
+        // A named source hands its baselines on when it closes; a Kafka partition keeps its own.
+        let carry_to = matches!(origin, Origin::Named(_)).then(|| cfg.archive.dir.clone());
         let (name, mut archive, checkpoint, remote) = match origin {
             Origin::Named(name) => {
                 let (archive, checkpoint) = Archive::open(&cfg.archive, &name, 0)?;
@@ -264,7 +256,6 @@ impl Lane {
             }
             _ => restored_engine(&cfg.detect, checkpoint.map(|c| c.state), &checkpoint_of(&cfg.archive.dir))?,
         };
-        let carry_to = matches!(origin_kind, OriginKind::Named).then(|| cfg.archive.dir.clone());
         let mut dedup = DedupWindow::new(cfg.input.dedup_window);
         dedup.seed_from(&archive)?;
         let writer = Writer::spawn(archive.writer(), telemetry.clone(), &name)?;
