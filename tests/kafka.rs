@@ -405,17 +405,30 @@ fn a_member_with_its_own_archive_resumes_partitions_with_their_state_from_the_st
         text.replace("topics = [\"events\"]\n", "topics = [\"events\"]\nstate_topic = \"\"\n"),
     )
     .unwrap();
+    // Issue 13, item 10: a state bigger than one record stopped the partition's commits. With records of
+    // 2 KiB, each partition's state (about 40 agents) goes in pieces.
+    let in_pieces = dir.path().join("pieces.toml");
+    std::fs::write(
+        &in_pieces,
+        text.replace(
+            "topics = [\"events\"]\n",
+            "topics = [\"events\"]\nstate_topic = \"vigil.state.pieces\"\nstate_max_bytes = 2048\n",
+        ),
+    )
+    .unwrap();
 
     // Machine A reads the first half into its archive and stops; machine B, with an archive of its own,
-    // reads the second half. Twice: with the state topic, and without it.
+    // reads the second half. Three times: with the state topic, with it in pieces, and without it.
     kafka_tool(&["produce", &broker.addr, "events", parts[0].to_str().unwrap()]);
     let run = |group: &str, name: &str, config: &Path| {
         run_kafka(&broker, "events", group, &dir.path().join(name), Some(config), "4s")
     };
     run("moving", "a", &with_state);
+    run("pieced", "a-pieced", &in_pieces);
     run("stuck", "a-stuck", &without_state);
     kafka_tool(&["produce", &broker.addr, "events", parts[1].to_str().unwrap()]);
     let b = run("moving", "b", &with_state);
+    run("pieced", "b-pieced", &in_pieces);
     run("stuck", "b-stuck", &without_state);
     let second_half = (lines.len() - half) as u64;
     assert_eq!(b["lines"], second_half, "B read only what A had not committed: {b}");
@@ -446,6 +459,7 @@ fn a_member_with_its_own_archive_resumes_partitions_with_their_state_from_the_st
         m
     };
     assert_eq!(merged("a", "b"), want);
+    assert_eq!(merged("a-pieced", "b-pieced"), want);
     assert_ne!(merged("a-stuck", "b-stuck"), want, "the test cannot tell a cold start from a restored one");
 
     // The state topic holds each partition's state under the group's key.
@@ -456,6 +470,12 @@ fn a_member_with_its_own_archive_resumes_partitions_with_their_state_from_the_st
         (0..4).map(|p| format!("moving/events/{p}")).collect();
     assert!(want_keys.iter().all(|k| keys.contains(k.as_str())), "{keys:?}");
     assert!(!keys.iter().any(|k| k.starts_with("stuck/")), "{keys:?}");
+    let pieces = kafka_tool(&["consume", &broker.addr, "vigil.state.pieces", "2"]);
+    let keys: std::collections::BTreeSet<&str> =
+        pieces["records"].as_array().unwrap().iter().map(|r| r["key"].as_str().unwrap()).collect();
+    for p in 0..4 {
+        assert!(keys.contains(format!("pieced/events/{p}#0.1").as_str()), "{keys:?}");
+    }
 }
 
 /// One `POST /v1/events` of NDJSON on its own connection; the status line's code.

@@ -13,7 +13,7 @@
 //! items after it were answered.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// Bytes of a record besides its item.
@@ -61,8 +61,10 @@ pub struct Journal {
     dir: PathBuf,
     segment: PathBuf,
     out: BufWriter<File>,
-    /// Whether anything was appended to the current segment since it was opened.
-    written: bool,
+    /// Bytes appended to the current segment, and how many of them are synced: what a failed sync
+    /// leaves past `synced` is cut off by [`Journal::discard_unsynced`].
+    len: u64,
+    synced: u64,
 }
 
 fn corrupt(path: &Path, at: u64, what: &str) -> io::Error {
@@ -186,7 +188,7 @@ impl Replay {
         let next = self.last.map_or(next, |l| next.max(l + 1));
         let segment = segment_path(&self.dir, next);
         let out = BufWriter::with_capacity(1 << 20, create_segment(&self.dir, &segment)?);
-        Ok(Journal { dir: self.dir, segment, out, written: false })
+        Ok(Journal { dir: self.dir, segment, out, len: 0, synced: 0 })
     }
 }
 
@@ -295,21 +297,40 @@ impl Journal {
         self.out.write_all(&header)?;
         self.out.write_all(item)?;
         self.out.write_all(&crc.finalize().to_le_bytes())?;
-        self.written = true;
+        self.len += (HEADER + item.len() + TRAILER) as u64;
         Ok(())
     }
 
     /// Makes everything appended so far durable.
     pub fn sync(&mut self) -> io::Result<()> {
         self.out.flush()?;
-        self.out.get_ref().sync_data()
+        self.out.get_ref().sync_data()?;
+        self.synced = self.len;
+        Ok(())
+    }
+
+    /// Takes back everything appended since the last [`Journal::sync`], in memory and on disk, after an
+    /// append or a sync failed: the senders of those items are told they were not taken, so none of them
+    /// may come back on a restart. A sync that fails on a full disk may still have written part of them
+    /// (whole records among them would be replayed); the segment is cut back to what was synced, which
+    /// needs no free space.
+    pub fn discard_unsynced(&mut self) -> io::Result<()> {
+        // The buffer is dropped unwritten: a `BufWriter` dropped with data writes it first.
+        let file = self.out.get_ref().try_clone()?;
+        let fresh = BufWriter::with_capacity(1 << 20, file);
+        let (file, _unwritten) = std::mem::replace(&mut self.out, fresh).into_parts();
+        file.set_len(self.synced)?;
+        file.sync_data()?;
+        self.out.seek(SeekFrom::Start(self.synced))?;
+        self.len = self.synced;
+        Ok(())
     }
 
     /// Closes the current segment (synced) and starts the next at position `next`; returns the closed
     /// segment, to be removed once the archive flush that covers it is durable. `None` when nothing was
     /// appended since the last rotation (the segment is reused).
     pub fn rotate(&mut self, next: u64) -> io::Result<Option<PathBuf>> {
-        if !self.written {
+        if self.len == 0 {
             return Ok(None);
         }
         self.sync()?;
@@ -317,7 +338,7 @@ impl Journal {
         let out = BufWriter::with_capacity(1 << 20, create_segment(&self.dir, &segment)?);
         let closed = std::mem::replace(&mut self.segment, segment);
         self.out = out;
-        self.written = false;
+        (self.len, self.synced) = (0, 0);
         Ok(Some(closed))
     }
 
@@ -414,6 +435,30 @@ mod tests {
         fs::write(&segment, bytes).unwrap();
         let err = reopen(dir.path(), 1).expect_err("damage is refused");
         assert!(err.to_string().contains("at byte 0, a damaged record"), "{err}");
+    }
+
+    /// Issue 13, item 17: on a full disk a request answered 500 "not taken" had partly been taken. A sync
+    /// that fails can leave whole records of the refused items on disk; they must not be read back.
+    #[test]
+    fn what_a_failed_sync_left_is_taken_back_and_appending_goes_on_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = reopen(dir.path(), 1).unwrap();
+        items(&mut j, 1, 3);
+        j.sync().unwrap();
+        let synced = fs::metadata(&j.segment).unwrap().len();
+        // Items 4 to 6 reach the disk (as part of a failed sync would), and 7 stays in the buffer.
+        items(&mut j, 4, 3);
+        j.out.flush().unwrap();
+        items(&mut j, 7, 1);
+        assert!(fs::metadata(&j.segment).unwrap().len() > synced);
+        j.discard_unsynced().unwrap();
+        assert_eq!(fs::metadata(&j.segment).unwrap().len(), synced, "cut back to what was synced");
+        items(&mut j, 8, 2);
+        j.sync().unwrap();
+        drop(j);
+        let (_, back) = reopen(dir.path(), 1).unwrap();
+        let positions: Vec<u64> = back.iter().map(|e| e.position).collect();
+        assert_eq!(positions, [1, 2, 3, 8, 9]);
     }
 
     /// Issue 13, item 6: the newest segment was cut at its first bad record wherever it was, so after a

@@ -672,6 +672,17 @@ impl Lane {
         self.agents = 0;
     }
 
+    /// Stops without archiving what is buffered, after the driver told the senders of the latest items
+    /// that they were not taken (what it told was taken is durable elsewhere: the intake journal, which
+    /// a restart replays past the checkpoint). Waits for the flushes already handed to the writer; the
+    /// checkpoint, and so the detector state, stays at the last of them.
+    pub fn abandon(mut self) -> Result<(), PipelineError> {
+        match self.writer.take() {
+            Some(w) => w.close(),
+            None => Ok(()),
+        }
+    }
+
     /// Flushes what is buffered and waits for the writer to finish every job.
     pub fn close(mut self) -> Result<(), PipelineError> {
         let flushed = self.flush(None);

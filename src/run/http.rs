@@ -370,7 +370,24 @@ impl JournaledLane {
         let judged = self.judge_until_stopped(&rx);
         // Whatever stopped it, the flushes handed over are finished (the writer's error says more than
         // "it stopped").
-        let closed = self.lane.close();
+        let closed = match &judged {
+            Ok(()) => self.lane.close(),
+            // What was answered 200 is synced to the journal, and a restart replays it; the rest was
+            // answered "not taken", so none of it may reach the archive or stay in the journal.
+            Err(_) => {
+                if let Some(j) = self.journal.as_mut()
+                    && let Err(e) = j.discard_unsynced()
+                {
+                    tracing::error!(
+                        journal = %j.dir().display(),
+                        error = %e,
+                        "could not take back from the journal the items answered \"not taken\": a restart may \
+                         archive some of them"
+                    );
+                }
+                self.lane.abandon()
+            }
+        };
         judged?;
         closed?;
         Ok(self.telemetry.summary(&self.source))
@@ -391,7 +408,7 @@ impl JournaledLane {
                     Ok(Msg::Batch(b)) => match self.take(&b.body, &b.items, b.sender.as_deref()) {
                         Ok(verdicts) => answered.push((b.reply, verdicts)),
                         Err(e) => {
-                            let _ = b.reply.send(Err(e.to_string()));
+                            let _ = b.reply.send(Err(format!("not taken: {e}")));
                             return Err(refuse(answered, e));
                         }
                     },

@@ -21,7 +21,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use vigil_ingest::source::kafka::{AckContext, KafkaConfig, Lag, StateRecord};
+use vigil_ingest::source::kafka::{AckContext, KafkaConfig, Lag, StateMessages, StateRecord, StoredState};
 
 use vigil_schemas::rows::{Finding, Transition};
 
@@ -50,6 +50,8 @@ struct PartState {
     /// The rebalance epoch it was assigned in: messages polled before that belong to an earlier
     /// ownership of the partition, whose position was committed without them.
     assigned_at: u64,
+    /// Where its state goes on the state topic when it needs pieces (see `StateRecord::to_messages`).
+    next_generation: usize,
 }
 
 /// What the consumer thread and the rebalance callback share.
@@ -82,13 +84,8 @@ impl Shared {
 
     /// Opens a newly assigned partition's lane: its archive (recovered), and its detector state from
     /// whichever is newer, the local checkpoint or the state topic.
-    fn open(
-        &self,
-        topic: &str,
-        partition: i32,
-        remote: Option<StateRecord>,
-    ) -> Result<PartState, PipelineError> {
-        let remote = remote.map(|r| {
+    fn open(&self, topic: &str, partition: i32, stored: StoredState) -> Result<PartState, PipelineError> {
+        let remote = stored.record.map(|r| {
             let from = format!("{} key {}", self.kafka.state_topic, self.kafka.state_key(topic, partition));
             (r, from)
         });
@@ -96,7 +93,11 @@ impl Shared {
         let topics: Box<dyn Fanout> =
             Box::new(Topics { producer: self.producer.clone(), findings: self.kafka.findings_topic.clone() });
         let lane = Lane::open(&self.cfg, origin, vec![topics], self.telemetry.clone(), self.control.clone())?;
-        Ok(PartState { lane, assigned_at: self.epoch.load(Ordering::SeqCst) })
+        Ok(PartState {
+            lane,
+            assigned_at: self.epoch.load(Ordering::SeqCst),
+            next_generation: stored.next_generation,
+        })
     }
 
     /// Makes one partition durable and commits its offset: acknowledgements first, then the archive's
@@ -119,7 +120,7 @@ impl Shared {
         // The state travels with the commit: produced and acknowledged before the offset moves, so the
         // committed offset never runs ahead of the state a new owner restores.
         if let Some(state) = durable.state {
-            let record = StateRecord {
+            let StateMessages { records, pieced } = StateRecord {
                 version: 1,
                 group: self.kafka.group.clone(),
                 topic: topic.to_owned(),
@@ -128,27 +129,31 @@ impl Shared {
                 committed_at: now,
                 state,
             }
-            .encode()
+            .to_messages(
+                &self.kafka.state_key(topic, partition),
+                self.kafka.state_max_bytes,
+                st.next_generation,
+            )
             .map_err(|e| {
                 PipelineError::Kafka(format!("compressing the state of {topic}/{partition}: {e}"))
             })?;
-            if record.len() > self.kafka.state_max_bytes {
-                return Err(PipelineError::Kafka(format!(
-                    "the detector state of {topic}/{partition} is {} bytes compressed, over kafka.state_max_bytes \
-                     ({}): raise it (and the state topic's max.message.bytes) or spread agents over more partitions",
-                    record.len(),
-                    self.kafka.state_max_bytes
-                )));
+            for (key, value) in &records {
+                send(
+                    &self.producer,
+                    BaseRecord::to(&self.kafka.state_topic)
+                        .partition(partition.rem_euclid(self.state_partitions))
+                        .key(key)
+                        .payload(value),
+                )?;
+                // One piece per batch: the topic's max.message.bytes bounds a whole batch, not a record.
+                if pieced {
+                    self.acknowledged("a piece of the detector state")?;
+                }
             }
-            let key = self.kafka.state_key(topic, partition);
-            send(
-                &self.producer,
-                BaseRecord::to(&self.kafka.state_topic)
-                    .partition(partition.rem_euclid(self.state_partitions))
-                    .key(&key)
-                    .payload(&record),
-            )?;
             self.acknowledged("the detector state")?;
+            if pieced {
+                st.next_generation = 1 - st.next_generation;
+            }
         }
         // The archive's committed position is offset + 1 of the last durable record: the next offset to
         // read, which is what Kafka commits.
@@ -232,8 +237,8 @@ impl ConsumerContext for Ctx {
                         }
                     };
                 for key in new {
-                    let state = remote.remove(&key);
-                    match self.shared.open(&key.0, key.1, state) {
+                    let stored = remote.remove(&key).unwrap_or_default();
+                    match self.shared.open(&key.0, key.1, stored) {
                         Ok(st) => {
                             parts.insert(key, st);
                         }

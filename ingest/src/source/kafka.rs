@@ -102,6 +102,9 @@ pub enum StateDecodeError {
     /// The JSON inside is not a state record.
     #[error("not a state record: {0}")]
     NotRecord(serde_json::Error),
+    /// A piece of a state too big for one record has no valid header.
+    #[error("not a piece of a state (no header)")]
+    NotPiece,
 }
 
 /// `[kafka]`: where events come from when vigil runs as a consumer group.
@@ -133,7 +136,8 @@ pub struct KafkaConfig {
     #[serde(default = "default_state_topic")]
     pub state_topic: String,
     /// Largest state record in bytes, compressed (the state topic's `max.message.bytes`, the producer's
-    /// `message.max.bytes`). A partition whose state outgrows it fails its commit with a clear error.
+    /// `message.max.bytes`). A partition whose state outgrows it goes in pieces of this size, each
+    /// acknowledged on its own (see `StateRecord::to_messages`).
     #[serde(default = "default_state_max_bytes")]
     pub state_max_bytes: usize,
     /// Most messages taken per poll batch.
@@ -393,17 +397,18 @@ impl KafkaConfig {
         Ok(topic_partitions(&admin, &self.brokers, &self.state_topic, timeout)?.max(partitions))
     }
 
-    /// The newest state on the state topic of each `(topic, partition)` asked for (absent: none there).
-    /// Reads each state partition concerned from its beginning to its end as of now.
+    /// The newest complete state on the state topic of each `(topic, partition)` asked for (whole, or
+    /// put together from its pieces; see [`StateRecord::to_messages`]), and the generation its next
+    /// pieces go to. Reads each state partition concerned from its beginning to its end as of now.
     pub fn read_states(
         &self,
         wanted: &[(String, i32)],
         state_partitions: i32,
         timeout: std::time::Duration,
-    ) -> Result<HashMap<(String, i32), StateRecord>, KafkaSetupError> {
-        let mut found = HashMap::new();
+    ) -> Result<HashMap<(String, i32), StoredState>, KafkaSetupError> {
+        let mut found: HashMap<(String, i32), Gathered> = HashMap::new();
         if wanted.is_empty() || self.state_topic.is_empty() || state_partitions <= 0 {
-            return Ok(found);
+            return Ok(HashMap::new());
         }
         let keys: HashMap<String, (String, i32)> =
             wanted.iter().map(|(t, p)| (self.state_key(t, *p), (t.clone(), *p))).collect();
@@ -445,26 +450,149 @@ impl KafkaConfig {
                 Some(Err(_)) => continue,
                 Some(Ok(m)) => m,
             };
-            let Some(which) = m.key().and_then(|k| std::str::from_utf8(k).ok()).and_then(|k| keys.get(k))
-            else {
-                continue;
-            };
-            match m.payload() {
-                // A tombstone: the state was withdrawn.
+            let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else { continue };
+            // A whole state under the partition's key, or a piece under `{key}#{generation}.{index}`.
+            let (which, piece) = match keys.get(key) {
+                Some(which) => (which, None),
                 None => {
-                    found.remove(which);
+                    match key.rsplit_once('#').and_then(|(base, at)| Some((keys.get(base)?, piece_at(at)?))) {
+                        Some((which, at)) => (which, Some(at)),
+                        None => continue,
+                    }
                 }
-                Some(bytes) => {
-                    let record = StateRecord::decode(bytes).map_err(|problem| KafkaSetupError::BadState {
-                        of: format!("{}/{}", which.0, which.1),
-                        at: format!("{}/{}", m.partition(), m.offset()),
-                        problem,
-                    })?;
-                    found.insert(which.clone(), record);
+            };
+            let bad = |problem| KafkaSetupError::BadState {
+                of: format!("{}/{}", which.0, which.1),
+                at: format!("{}/{}", m.partition(), m.offset()),
+                problem,
+            };
+            let g = found.entry(which.clone()).or_default();
+            match (piece, m.payload()) {
+                // A tombstone: the state was withdrawn.
+                (None, None) => g.whole = None,
+                (None, Some(bytes)) => g.whole = Some(StateRecord::decode(bytes).map_err(bad)?),
+                (Some((generation, index)), None) => {
+                    g.pieces[generation].remove(&index);
+                }
+                (Some((generation, index)), Some(bytes)) => {
+                    let piece = Piece::decode(bytes).ok_or_else(|| bad(StateDecodeError::NotPiece))?;
+                    g.pieces[generation].insert(index, piece);
                 }
             }
         }
-        Ok(found)
+        let mut states = HashMap::new();
+        for (which, g) in found {
+            let of = format!("{}/{}", which.0, which.1);
+            states.insert(
+                which,
+                g.newest().map_err(|problem| KafkaSetupError::BadState {
+                    of,
+                    at: "pieces".into(),
+                    problem,
+                })?,
+            );
+        }
+        Ok(states)
+    }
+}
+
+/// What the state topic holds for one partition.
+#[derive(Debug, Default)]
+pub struct StoredState {
+    /// Its newest complete state, if any.
+    pub record: Option<StateRecord>,
+    /// The generation the next state written in pieces goes to: not the one holding the newest complete
+    /// pieced state, so that a writer stopped half way never leaves the topic without a whole state.
+    pub next_generation: usize,
+}
+
+/// A partition's records met while reading the state topic: the newest of each key.
+#[derive(Debug, Default)]
+struct Gathered {
+    whole: Option<StateRecord>,
+    /// By generation, the pieces by index.
+    pieces: [std::collections::BTreeMap<u32, Piece>; 2],
+}
+
+impl Gathered {
+    /// The newest of the whole record and the complete generations of pieces (by position, then
+    /// commit time).
+    fn newest(self) -> Result<StoredState, StateDecodeError> {
+        let mut newest = self.whole;
+        let mut newest_pieced: Option<(usize, (u64, i64))> = None;
+        for (generation, mut pieces) in self.pieces.into_iter().enumerate() {
+            // Pieces past the count of piece 0 are left from an older, bigger state.
+            let Some(first) = pieces.get(&0) else { continue };
+            let id = (first.position, first.committed_at, first.count);
+            if !(0..id.2).all(|i| pieces.get(&i).is_some_and(|p| (p.position, p.committed_at, p.count) == id))
+            {
+                continue;
+            }
+            let bytes: Vec<u8> = (0..id.2).filter_map(|i| pieces.remove(&i)).flat_map(|p| p.bytes).collect();
+            let record = StateRecord::decode(&bytes)?;
+            let id = (id.0, id.1);
+            if newest_pieced.is_none_or(|(_, n)| n < id) {
+                newest_pieced = Some((generation, id));
+            }
+            if newest.as_ref().is_none_or(|n| (n.position, n.committed_at) < id) {
+                newest = Some(record);
+            }
+        }
+        Ok(StoredState { record: newest, next_generation: newest_pieced.map_or(0, |(g, _)| 1 - g) })
+    }
+}
+
+/// `{generation}.{index}` of a piece's key.
+fn piece_at(suffix: &str) -> Option<(usize, u32)> {
+    let (generation, index) = suffix.split_once('.')?;
+    let generation = match generation {
+        "0" => 0,
+        "1" => 1,
+        _ => return None,
+    };
+    Some((generation, index.parse().ok()?))
+}
+
+/// One piece of a compressed state record too big for one Kafka record.
+#[derive(Debug)]
+struct Piece {
+    /// Of the state it belongs to: all its pieces carry the same.
+    position: u64,
+    committed_at: i64,
+    /// How many pieces the state has.
+    count: u32,
+    /// Its part of the compressed record.
+    bytes: Vec<u8>,
+}
+
+/// Starts every piece: `PIECE_MAGIC | position u64 | committed_at i64 | count u32` (little-endian).
+const PIECE_MAGIC: &[u8; 8] = b"vigil.p1";
+const PIECE_HEADER: usize = 8 + 8 + 8 + 4;
+/// Room left in a record for its key and Kafka's framing.
+const RECORD_OVERHEAD: usize = 512;
+
+impl Piece {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(PIECE_HEADER + self.bytes.len());
+        out.extend_from_slice(PIECE_MAGIC);
+        out.extend_from_slice(&self.position.to_le_bytes());
+        out.extend_from_slice(&self.committed_at.to_le_bytes());
+        out.extend_from_slice(&self.count.to_le_bytes());
+        out.extend_from_slice(&self.bytes);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Piece> {
+        let header = bytes.get(..PIECE_HEADER)?;
+        if &header[..8] != PIECE_MAGIC {
+            return None;
+        }
+        Some(Piece {
+            position: u64::from_le_bytes(header[8..16].try_into().ok()?),
+            committed_at: i64::from_le_bytes(header[16..24].try_into().ok()?),
+            count: u32::from_le_bytes(header[24..28].try_into().ok()?),
+            bytes: bytes[PIECE_HEADER..].to_vec(),
+        })
     }
 }
 
@@ -498,6 +626,50 @@ impl StateRecord {
         let json = zstd::decode_all(bytes).map_err(StateDecodeError::NotZstd)?;
         serde_json::from_slice(&json).map_err(StateDecodeError::NotRecord)
     }
+
+    /// The state topic's records (key, value) that carry this state under `key`, none over `max_bytes`:
+    /// one whole record when it fits, else pieces keyed `{key}#{generation}.{index}`, each holding a
+    /// slice of the compressed record and saying which state it belongs to and how many pieces it has.
+    /// Pieces go to the generation [`KafkaConfig::read_states`] said (then alternate): the other one
+    /// keeps the newest complete state while these are written, and compaction keeps the newest of each
+    /// key, so a reader always finds one complete state.
+    pub fn to_messages(
+        &self,
+        key: &str,
+        max_bytes: usize,
+        generation: usize,
+    ) -> std::io::Result<StateMessages> {
+        let whole = self.encode()?;
+        if whole.len() + key.len() + RECORD_OVERHEAD <= max_bytes {
+            return Ok(StateMessages { records: vec![(key.to_owned(), whole)], pieced: false });
+        }
+        let room = max_bytes.saturating_sub(key.len() + 16 + RECORD_OVERHEAD + PIECE_HEADER).max(1);
+        let count = u32::try_from(whole.len().div_ceil(room))
+            .map_err(|_| std::io::Error::other("a state of more than 4 billion pieces"))?;
+        let records = whole
+            .chunks(room)
+            .enumerate()
+            .map(|(i, bytes)| {
+                let piece = Piece {
+                    position: self.position,
+                    committed_at: self.committed_at,
+                    count,
+                    bytes: bytes.to_vec(),
+                };
+                (format!("{key}#{generation}.{i}"), piece.encode())
+            })
+            .collect();
+        Ok(StateMessages { records, pieced: true })
+    }
+}
+
+/// The state topic's records that carry one state: see [`StateRecord::to_messages`].
+#[derive(Debug)]
+pub struct StateMessages {
+    /// Key and value of each, to be produced in order.
+    pub records: Vec<(String, Vec<u8>)>,
+    /// Whether the state went in pieces (then the next state's pieces go to the other generation).
+    pub pieced: bool,
 }
 
 /// Partitions of a topic (0 when it does not exist).
@@ -684,5 +856,73 @@ mod tests {
         let back = StateRecord::decode(&bytes).unwrap();
         assert_eq!((back.position, back.state.get()), (rec.position, rec.state.get()));
         assert!(StateRecord::decode(b"{}").unwrap_err().to_string().contains("not zstd"));
+    }
+
+    /// A state record whose compressed form is about `agents` * 20 bytes (agent names that do not repeat).
+    fn state_at(position: u64, agents: usize) -> StateRecord {
+        let names: Vec<String> =
+            (0..agents).map(|i| format!("{:x}", (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))).collect();
+        StateRecord {
+            version: 1,
+            group: "g".into(),
+            topic: "events".into(),
+            partition: 3,
+            position,
+            committed_at: position as i64 * 10,
+            state: serde_json::value::to_raw_value(&serde_json::json!({ "agents": names })).unwrap(),
+        }
+    }
+
+    /// Reads `records` (key, value) as `read_states` meets them, in order, for key `k`.
+    fn gather(records: &[(String, Vec<u8>)]) -> StoredState {
+        let mut g = Gathered::default();
+        for (key, value) in records {
+            match key.rsplit_once('#').map(|(_, at)| piece_at(at).unwrap()) {
+                None => g.whole = Some(StateRecord::decode(value).unwrap()),
+                Some((generation, index)) => {
+                    g.pieces[generation].insert(index, Piece::decode(value).unwrap());
+                }
+            }
+        }
+        g.newest().unwrap()
+    }
+
+    /// Issue 13, item 10: a partition's state that outgrew one record stopped its commits. It goes in
+    /// pieces now, and a reader finds the newest complete state whatever a writer left half done.
+    #[test]
+    fn a_state_too_big_for_one_record_goes_in_pieces_and_comes_back_whole() {
+        let max = 4096;
+        let small = state_at(5, 10).to_messages("k", max, 0).unwrap();
+        assert_eq!((small.records.len(), small.records[0].0.as_str(), small.pieced), (1, "k", false));
+        let StateMessages { records: pieces, pieced } = state_at(10, 2000).to_messages("k", max, 0).unwrap();
+        assert!(pieced && pieces.len() > 3, "{} pieces", pieces.len());
+        assert!(
+            pieces.iter().all(|(k, v)| k.starts_with("k#0.") && v.len() + k.len() + RECORD_OVERHEAD <= max)
+        );
+        let back = gather(&pieces);
+        assert_eq!((back.record.as_ref().unwrap().position, back.next_generation), (10, 1));
+        assert_eq!(back.record.unwrap().state.get(), state_at(10, 2000).state.get());
+
+        // The next state goes to generation 1; its writer dies after two pieces: generation 0 still
+        // holds the newest complete state, and the next writer goes to generation 1 again.
+        let next = state_at(20, 2100).to_messages("k", max, 1).unwrap().records;
+        let mut log = pieces.clone();
+        log.extend(next[..2].iter().cloned());
+        let back = gather(&log);
+        assert_eq!((back.record.unwrap().position, back.next_generation), (10, 1));
+        // Written in full, it is the newest, and the one after goes to generation 0.
+        log.extend(next[2..].iter().cloned());
+        let back = gather(&log);
+        assert_eq!((back.record.unwrap().position, back.next_generation), (20, 0));
+        // A smaller state in generation 0 leaves pieces of the bigger one after its own: they are ignored.
+        let smaller = state_at(30, 1000).to_messages("k", max, 0).unwrap().records;
+        assert!(smaller.len() < pieces.len());
+        log.extend(smaller);
+        let back = gather(&log);
+        assert_eq!((back.record.unwrap().position, back.next_generation), (30, 1));
+        // A whole record newer than every pieced state wins.
+        log.extend(state_at(40, 10).to_messages("k", max, 1).unwrap().records);
+        assert_eq!(gather(&log).record.unwrap().position, 40);
+        assert!(Piece::decode(b"vigil.p0 and more than a header's bytes").is_none());
     }
 }
