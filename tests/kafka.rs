@@ -423,13 +423,22 @@ fn a_member_with_its_own_archive_resumes_partitions_with_their_state_from_the_st
     let run = |group: &str, name: &str, config: &Path| {
         run_kafka(&broker, "events", group, &dir.path().join(name), Some(config), "4s")
     };
-    run("moving", "a", &with_state);
-    run("pieced", "a-pieced", &in_pieces);
-    run("stuck", "a-stuck", &without_state);
+    // The three groups share nothing but the topic, so each phase runs them side by side (their group
+    // joins overlap).
+    let phase = |names: [&str; 3]| {
+        let groups = [("moving", &with_state), ("pieced", &in_pieces), ("stuck", &without_state)];
+        std::thread::scope(|s| {
+            let runs: Vec<_> = groups
+                .iter()
+                .zip(names)
+                .map(|((group, config), name)| s.spawn(move || run(group, name, config)))
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap()).collect::<Vec<_>>()
+        })
+    };
+    phase(["a", "a-pieced", "a-stuck"]);
     kafka_tool(&["produce", &broker.addr, "events", parts[1].to_str().unwrap()]);
-    let b = run("moving", "b", &with_state);
-    run("pieced", "b-pieced", &in_pieces);
-    run("stuck", "b-stuck", &without_state);
+    let b = phase(["b", "b-pieced", "b-stuck"]).swap_remove(0);
     let second_half = (lines.len() - half) as u64;
     assert_eq!(b["lines"], second_half, "B read only what A had not committed: {b}");
 
