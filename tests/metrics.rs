@@ -83,17 +83,23 @@ fn a_stdin_run_serves_its_own_counters_on_the_api_listener_while_it_runs() {
 }
 
 /// Issue 13, item 14: a slow stdin stream was not judged or archived until 4 MiB had arrived, so a
-/// critical event in a trickle waited hours. Now whole lines are taken after `batch_timeout_ms`.
+/// critical event in a trickle waited hours. Now whole lines are taken after `batch_timeout_ms`, and
+/// archived within `flush_seconds` while the pipe stays quiet (they waited for the next line before).
 #[test]
-fn a_trickle_on_stdin_is_judged_before_a_batch_fills() {
+fn a_trickle_on_stdin_is_judged_and_archived_before_a_batch_fills() {
     let dir = scratch();
     let input = dir.path().join("fleet.ndjson");
     simulate(&input, 5, "10m", 1.0, 0, 8);
     let lines: Vec<String> =
         std::fs::read_to_string(&input).unwrap().lines().take(20).map(str::to_owned).collect();
+    let config = dir.path().join("vigil.toml");
+    std::fs::write(&config, "[archive]\nflush_seconds = 1.0\n").unwrap();
+    let archive = dir.path().join("archive");
     let mut child = vigil()
-        .args(["run", "--input", "-", "--json", "--api-listen", "127.0.0.1:0", "--archive"])
-        .arg(dir.path().join("archive"))
+        .args(["run", "--input", "-", "--json", "--api-listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--archive")
+        .arg(&archive)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -111,6 +117,11 @@ fn a_trickle_on_stdin_is_judged_before_a_batch_fills() {
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(20), "20 lines on an open stdin not taken:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Nothing more comes, and the pipe stays open: the lines are archived on the flush clock anyway.
+    while parquet_files(&archive.join("events")) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(20), "20 lines on a quiet stdin not archived");
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(stdin);

@@ -31,12 +31,16 @@ pub fn run_with(
     let started = Instant::now();
     let path = cfg.input.path.clone().ok_or(PipelineError::NoInput)?;
     let mut input = open_input(&path)?;
-    // A pipe may trickle: hand over what came after `batch_timeout_ms` rather than wait for a full batch.
-    if path == Path::new("-") && cfg.input.batch_timeout_ms > 0 {
+    // A pipe may trickle: hand over what came after `batch_timeout_ms` rather than wait for a full batch,
+    // and say when it is quiet, so that what was taken is flushed on time (`flush_seconds`) rather than
+    // with the next line, which may come hours later.
+    let lingering = path == Path::new("-") && cfg.input.batch_timeout_ms > 0;
+    if lingering {
         let linger = std::time::Duration::from_millis(cfg.input.batch_timeout_ms);
+        let idle = std::time::Duration::from_secs_f64(cfg.archive.flush_seconds.clamp(0.05, 1.0));
         let reader = std::mem::replace(&mut input.reader, Box::new(std::io::empty()));
         input.reader = Box::new(
-            Lingering::new(reader, linger)
+            Lingering::new(reader, linger, idle)
                 .map_err(|source| PipelineError::Read { path: path.clone(), source })?,
         );
     }
@@ -60,6 +64,13 @@ pub fn run_with(
     loop {
         let more = match reader.next_chunk(&mut chunk, cfg.input.batch_bytes) {
             Ok(more) => more,
+            // A quiet pipe: what is due is flushed, and the wait goes on.
+            Err(e) if lingering && e.kind() == std::io::ErrorKind::TimedOut => {
+                if lane.due() {
+                    lane.flush(None)?;
+                }
+                continue;
+            }
             Err(source) => {
                 let reason = Invalid::Unreadable { offset: reader.bytes_read(), detail: source.to_string() };
                 lane.dead_letter_unreadable(lines + 1, reason);

@@ -79,7 +79,9 @@ impl<R: Read> LineReader<R> {
     }
 
     /// Fills `chunk` with whole lines, about `target_bytes` of them (at least one line unless the stream
-    /// has ended). Returns `false` once the stream is exhausted and no line was produced.
+    /// has ended). Returns `false` once the stream is exhausted and no line was produced, and a
+    /// `TimedOut` error when a lingering stream (see [`Lingering`](super::Lingering)) paused before a whole
+    /// line arrived: nothing is lost, the next call goes on from there.
     pub fn next_chunk(&mut self, chunk: &mut Chunk, target_bytes: usize) -> io::Result<bool> {
         chunk.lines.clear();
         chunk.data.clear();
@@ -138,11 +140,14 @@ impl<R: Read> LineReader<R> {
             }
             match self.fill(&mut chunk.data) {
                 Ok(()) => {}
-                // A lingering source paused: the whole lines so far make a chunk (none yet: wait on).
+                // A lingering source paused: the whole lines so far make a chunk. With none yet, the pause
+                // is handed on (what was read is kept for the next call), so the caller can flush on time.
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                     if !chunk.lines.is_empty() {
                         break;
                     }
+                    self.carry.append(&mut chunk.data);
+                    return Err(e);
                 }
                 Err(e) => return Err(e),
             }

@@ -11,25 +11,32 @@ const BLOCK: usize = 64 * 1024;
 
 /// Reads `inner` on its own thread; a `read` that has waited `linger` since the first byte it handed
 /// out after the last pause returns `TimedOut`, which [`LineReader`](super::LineReader) answers by
-/// handing over the whole lines it holds. Bytes are never lost or reordered: a pause only cuts a batch.
+/// handing over the whole lines it holds. A `read` that has waited `idle` with nothing at all returns
+/// `TimedOut` too, which `LineReader` hands on when it holds no whole line, so that the caller can do
+/// its timed work (a due flush) while the stream is quiet. Bytes are never lost or reordered: a pause
+/// only cuts a batch.
 pub struct Lingering {
     blocks: Receiver<io::Result<Vec<u8>>>,
     pending: Vec<u8>,
     at: usize,
     linger: Duration,
+    idle: Duration,
     /// When the first byte since the last pause was handed out.
     since: Option<Instant>,
 }
 
 impl std::fmt::Debug for Lingering {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lingering").field("linger", &self.linger).finish_non_exhaustive()
+        f.debug_struct("Lingering")
+            .field("linger", &self.linger)
+            .field("idle", &self.idle)
+            .finish_non_exhaustive()
     }
 }
 
 impl Lingering {
     /// Starts reading `inner` on a thread; at most a few blocks are read ahead.
-    pub fn new(mut inner: Box<dyn Read + Send>, linger: Duration) -> io::Result<Lingering> {
+    pub fn new(mut inner: Box<dyn Read + Send>, linger: Duration, idle: Duration) -> io::Result<Lingering> {
         let (tx, blocks) = mpsc::sync_channel(4);
         std::thread::Builder::new().name("vigil-stdin".into()).spawn(move || {
             loop {
@@ -50,7 +57,7 @@ impl Lingering {
                 }
             }
         })?;
-        Ok(Lingering { blocks, pending: Vec::new(), at: 0, linger, since: None })
+        Ok(Lingering { blocks, pending: Vec::new(), at: 0, linger, idle, since: None })
     }
 }
 
@@ -58,7 +65,7 @@ impl Read for Lingering {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.at == self.pending.len() {
             let block = match self.since {
-                None => self.blocks.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                None => self.blocks.recv_timeout(self.idle),
                 Some(t) => {
                     let left = self.linger.saturating_sub(t.elapsed());
                     self.blocks.recv_timeout(left)
@@ -108,7 +115,9 @@ mod tests {
     #[test]
     fn a_trickle_is_handed_over_in_whole_lines_after_the_linger() {
         let (tx, rx) = mpsc::channel();
-        let lingering = Lingering::new(Box::new(Trickle(rx)), Duration::from_millis(50)).unwrap();
+        let lingering =
+            Lingering::new(Box::new(Trickle(rx)), Duration::from_millis(50), Duration::from_secs(60))
+                .unwrap();
         let mut reader = LineReader::new(lingering, 1 << 20, 1024);
         let mut chunk = Chunk::default();
         tx.send(b"{\"a\":1}\n{\"b\":".to_vec()).unwrap();
@@ -120,6 +129,27 @@ mod tests {
         tx.send(b"2}\n".to_vec()).unwrap();
         assert!(reader.next_chunk(&mut chunk, 4 << 20).unwrap());
         assert_eq!((chunk.bytes(&chunk.lines[0]), chunk.lines[0].position), (&b"{\"b\":2}"[..], 2));
+        drop(tx);
+        assert!(!reader.next_chunk(&mut chunk, 4 << 20).unwrap());
+    }
+
+    /// An idle stdin run did not flush until its next batch: with nothing coming, the reader now says so
+    /// after `idle`, keeping a half line for later.
+    #[test]
+    fn a_quiet_stream_says_so_after_the_idle_time_and_keeps_a_half_line() {
+        let (tx, rx) = mpsc::channel();
+        let lingering =
+            Lingering::new(Box::new(Trickle(rx)), Duration::from_millis(20), Duration::from_millis(50))
+                .unwrap();
+        let mut reader = LineReader::new(lingering, 1 << 20, 1024);
+        let mut chunk = Chunk::default();
+        let quiet = |r: io::Result<bool>| r.expect_err("nothing whole yet").kind() == io::ErrorKind::TimedOut;
+        assert!(quiet(reader.next_chunk(&mut chunk, 4 << 20)));
+        tx.send(b"{\"a\":".to_vec()).unwrap();
+        assert!(quiet(reader.next_chunk(&mut chunk, 4 << 20)));
+        tx.send(b"1}\n".to_vec()).unwrap();
+        assert!(reader.next_chunk(&mut chunk, 4 << 20).unwrap());
+        assert_eq!((chunk.lines.len(), chunk.bytes(&chunk.lines[0])), (1, &b"{\"a\":1}"[..]));
         drop(tx);
         assert!(!reader.next_chunk(&mut chunk, 4 << 20).unwrap());
     }
