@@ -172,8 +172,16 @@ fn a_metrics_only_listener_serves_counters_and_no_api_and_logs_can_be_json() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(text.contains("vigil_dead_letters_total{reason=\"not_json\"} 1"), "{text}");
-    // The state's size is measured when a flush snapshots it: the next batch after `flush_seconds`.
-    std::thread::sleep(Duration::from_millis(1100));
+    // The state's size is measured when a flush snapshots it: within `flush_seconds`, the pipe quiet.
+    loop {
+        let (_, text) = get(&addr, "/metrics");
+        if sample(&text, "vigil_state_bytes").is_some_and(|b| b > 0.0) {
+            assert_eq!(sample(&text, "vigil_agents_tracked"), Some(1.0), "{text}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no state size after a flush:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     writeln!(
         stdin,
         r#"{{"event_id":"m20","ts":{},"agent_id":"a2","action":"tool.call","resource":"mcp://x"}}"#,
@@ -183,11 +191,10 @@ fn a_metrics_only_listener_serves_counters_and_no_api_and_logs_can_be_json() {
     stdin.flush().unwrap();
     loop {
         let (_, text) = get(&addr, "/metrics");
-        if sample(&text, "vigil_state_bytes").is_some_and(|b| b > 0.0) {
-            assert_eq!(sample(&text, "vigil_agents_tracked"), Some(2.0), "{text}");
+        if sample(&text, "vigil_agents_tracked") == Some(2.0) {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "no state size after a flush:\n{text}");
+        assert!(started.elapsed() < Duration::from_secs(30), "the second agent is not tracked:\n{text}");
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(get(&addr, "/healthz").0, 200);
