@@ -35,7 +35,7 @@ use vigil_schemas::{Event, Invalid};
 use crate::control::{Control, Mark};
 
 use super::classify::{Claim, DedupWindow, Horizon, admit_keyed, decode_line, within_cap};
-use super::{PipelineError, checkpoint_of, engine_state, restored_engine};
+use super::{PipelineError, checkpoint_of, restored_engine};
 use crate::config::{InputConfig, VigilConfig};
 use crate::telemetry::{BatchCounts, Outcome, Stage, Telemetry};
 
@@ -657,7 +657,7 @@ impl Lane {
         }
         let (state, bytes) = {
             let engine = crate::control::lock(&self.engine);
-            (engine_state(&engine), engine.state_bytes() as i64)
+            (engine.snapshot_json(), engine.state_bytes() as i64)
         };
         self.telemetry.state_bytes_changed(bytes - self.state_bytes);
         self.state_bytes = bytes;

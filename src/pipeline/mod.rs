@@ -273,12 +273,6 @@ pub(crate) fn checkpoint_of(archive: &Path) -> String {
     format!("the checkpoint under {}", archive.display())
 }
 
-/// The engine's state as a checkpoint stores it. Serialising the snapshot of a well-formed engine cannot
-/// fail: every key is a string.
-pub(crate) fn engine_state(engine: &Engine) -> vigil_ingest::archive::State {
-    engine.snapshot_json()
-}
-
 /// `[output] findings`: every finding also written as one NDJSON line, to a file or stdout.
 pub struct FindingsFile {
     w: Box<dyn Write + Send>,

@@ -501,10 +501,10 @@ impl Engine {
         }
         let hash = stable_hash(&[ev.agent_id.as_bytes()]);
         let i = match self.free.pop() {
+            // A forgotten agent's slot: its state was emptied when it was forgotten.
             Some(i) => {
                 self.ids[i as usize] = ev.agent_id.as_ref().into();
                 self.id_hash[i as usize] = hash;
-                self.agents[i as usize] = AgentState::default();
                 i
             }
             None => {
@@ -531,9 +531,14 @@ impl Engine {
 
     /// An agent moves from peer group `from` to `to`: the groups' agent counts follow.
     fn move_peers(&mut self, from: u16, to: u16) {
-        let old = &mut self.roles[usize::from(from)].1;
-        old.agents = old.agents.saturating_sub(1);
+        self.leave_peers(from);
         self.roles[usize::from(to)].1.agents += 1;
+    }
+
+    /// An agent leaves peer group `role` (it moved, or was forgotten).
+    fn leave_peers(&mut self, role: u16) {
+        let peers = &mut self.roles[usize::from(role)].1;
+        peers.agents = peers.agents.saturating_sub(1);
     }
 
     /// The role `[[detect.role]]` binds this agent to, if any.
@@ -739,8 +744,8 @@ impl Engine {
             if last > cutoff {
                 continue;
             }
-            let peers = &mut self.roles[usize::from(a.role)].1;
-            peers.agents = peers.agents.saturating_sub(1);
+            let role = a.role;
+            self.leave_peers(role);
             let id = std::mem::take(&mut self.ids[i]);
             self.index.remove(&id);
             self.agents[i] = AgentState::default();

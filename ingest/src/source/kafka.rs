@@ -461,11 +461,7 @@ impl KafkaConfig {
                     }
                 }
             };
-            let bad = |problem| KafkaSetupError::BadState {
-                of: format!("{}/{}", which.0, which.1),
-                at: format!("{}/{}", m.partition(), m.offset()),
-                problem,
-            };
+            let bad = |problem| bad_state(which, format!("{}/{}", m.partition(), m.offset()), problem);
             let g = found.entry(which.clone()).or_default();
             match (piece, m.payload()) {
                 // A tombstone: the state was withdrawn.
@@ -480,20 +476,19 @@ impl KafkaConfig {
                 }
             }
         }
-        let mut states = HashMap::new();
-        for (which, g) in found {
-            let of = format!("{}/{}", which.0, which.1);
-            states.insert(
-                which,
-                g.newest().map_err(|problem| KafkaSetupError::BadState {
-                    of,
-                    at: "pieces".into(),
-                    problem,
-                })?,
-            );
-        }
-        Ok(states)
+        found
+            .into_iter()
+            .map(|(which, g)| match g.newest() {
+                Ok(stored) => Ok((which, stored)),
+                Err(problem) => Err(bad_state(&which, "its pieces".into(), problem)),
+            })
+            .collect()
     }
+}
+
+/// A state on the state topic that cannot be read: whose (`topic/partition`), where, and why.
+fn bad_state(which: &(String, i32), at: String, problem: StateDecodeError) -> KafkaSetupError {
+    KafkaSetupError::BadState { of: format!("{}/{}", which.0, which.1), at, problem }
 }
 
 /// What the state topic holds for one partition.
