@@ -71,6 +71,9 @@ pub struct DetectConfig {
     /// The cumulative detector of slow rises in actions and bytes.
     #[serde(default)]
     pub slow: SlowConfig,
+    /// Drops and rises of actions against the agent's daily and weekly rhythm.
+    #[serde(default)]
+    pub rhythm: RhythmConfig,
     /// `scope_drift`: new and rare keys, and the shift of the agent's work between them.
     #[serde(default)]
     pub scope: ScopeConfig,
@@ -146,6 +149,7 @@ impl Default for DetectConfig {
             denied: SpikeConfig::denied(),
             tokens: SpikeConfig::tokens(),
             slow: SlowConfig::default(),
+            rhythm: RhythmConfig::default(),
             scope: ScopeConfig::default(),
             identity: IdentityConfig::default(),
             rate_limit_per_minute: default_rate_limit_per_minute(),
@@ -377,6 +381,59 @@ impl Default for SlowConfig {
             allowance: default_allowance(),
             threshold: default_slow_threshold(),
             max_window_score: default_max_window_score(),
+        }
+    }
+}
+
+/// The rhythm detector: each span's actions against what the agent's hour-of-day (after two days) or
+/// hour-of-week (after two weeks) profile expects (see `rhythm.rs`). A span far below the hour of the
+/// week is a `volume_drop` (the agent, or the trail of its actions, went quiet when it is usually busy;
+/// judged only with two weeks of history, so a first weekend is not one); one far
+/// above it a `volume_spike` with `"detector": "rhythm"` (three times the usual load at 01:00 is news
+/// even when it is under the daytime peaks).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RhythmConfig {
+    /// Off when false.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Standard deviations of the agent's own residual (plus Poisson noise) from the expected count
+    /// that make a drop or a rise: 5 is about one span in 3.5 million by chance.
+    #[serde(default = "default_rhythm_z")]
+    pub z: f64,
+    /// A drop is at most this share of the expected count (and the expected count at least
+    /// `volume.min_count`): a dip of a third in a large count is not an incident, however regular.
+    #[serde(default = "default_drop_ratio")]
+    pub drop_ratio: f64,
+    /// How long the hour-of-day profile remembers, in days.
+    #[serde(default = "default_day_memory_days")]
+    pub day_memory_days: f64,
+    /// How long the hour-of-week profile remembers, in weeks.
+    #[serde(default = "default_week_memory_weeks")]
+    pub week_memory_weeks: f64,
+}
+
+const fn default_rhythm_z() -> f64 {
+    5.0
+}
+const fn default_drop_ratio() -> f64 {
+    0.67
+}
+const fn default_day_memory_days() -> f64 {
+    7.0
+}
+const fn default_week_memory_weeks() -> f64 {
+    4.0
+}
+
+impl Default for RhythmConfig {
+    fn default() -> Self {
+        RhythmConfig {
+            enabled: true,
+            z: default_rhythm_z(),
+            drop_ratio: default_drop_ratio(),
+            day_memory_days: default_day_memory_days(),
+            week_memory_weeks: default_week_memory_weeks(),
         }
     }
 }
@@ -739,6 +796,8 @@ pub struct Compiled {
     pub(crate) memory_windows: f64,
     /// `data` as a volume detector.
     data: SpikeConfig,
+    /// `rhythm` in spans.
+    pub(crate) rhythm: crate::rhythm::RhythmSpec,
 }
 
 impl Compiled {
@@ -835,6 +894,13 @@ impl DetectConfig {
             "needs allowance > 0, threshold > 0, max_window_score > allowance",
             ok,
         )?;
+        let rh = &self.rhythm;
+        let ok = rh.z.is_finite()
+            && rh.z > 0.0
+            && (0.0..=1.0).contains(&rh.drop_ratio)
+            && rh.day_memory_days >= 1.0
+            && rh.week_memory_weeks >= 1.0;
+        unit("detect.rhythm", rh.z, "needs z > 0, drop_ratio in 0..=1, memories of at least 1", ok)?;
         let r = self.scope.min_rarity;
         unit("detect.scope.min_rarity", r, "must be between 0 and 1", (0.0..=1.0).contains(&r))?;
         let window_ms = (self.window_seconds as i64).saturating_mul(1000);
@@ -868,6 +934,17 @@ impl DetectConfig {
             keep_span: 1.0 - self.baseline.span_windows as f64 / memory_windows,
             memory_windows,
             data: self.data.spec(),
+            rhythm: {
+                let span_ms = window_ms.saturating_mul(self.baseline.span_windows as i64) as f64;
+                let per_hour = 3_600_000.0 / span_ms;
+                crate::rhythm::RhythmSpec {
+                    spans_per_day: 86_400_000.0 / span_ms,
+                    day_memory: (rh.day_memory_days * per_hour).max(1.0),
+                    week_memory: (rh.week_memory_weeks * per_hour).max(1.0),
+                    residual_memory: (self.baseline.memory_hours * 3_600_000.0 / span_ms).max(1.0),
+                    z: rh.z,
+                }
+            },
         })
     }
 }

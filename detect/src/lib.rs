@@ -9,12 +9,13 @@ mod engine;
 mod finding;
 mod glob;
 mod keys;
+mod rhythm;
 mod stats;
 mod tail;
 
 pub use config::{
     BaselineConfig, BudgetConfig, Compiled, ConfigError, DataConfig, DetectConfig, IdentityConfig, Period,
-    PolicyConfig, ScopeConfig, SlowConfig, SpikeConfig,
+    PolicyConfig, RhythmConfig, ScopeConfig, SlowConfig, SpikeConfig,
 };
 pub use engine::{Baseline, Engine, Measure, Output, Snapshot, Stats};
 pub use finding::{Finding, FindingKind, Severity, finding_id};

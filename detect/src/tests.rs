@@ -1149,3 +1149,66 @@ fn the_snapshot_written_straight_from_the_engine_reads_back_as_its_snapshot() {
     assert_eq!(serde_json::to_value(back).unwrap(), serde_json::to_value(engine.snapshot()).unwrap());
     assert!(raw.get().contains("\"front\"") && raw.get().contains("\"credentials\""));
 }
+
+/// Three weeks of a day-shift agent (three actions a minute from 08:00 to 20:00 UTC, one every four
+/// minutes at night), then a day whose 10:00 to 14:00 is as quiet as a night, and a night with half an
+/// hour of daytime load. `quiet_day` and `busy_night` choose which of the two happen.
+fn day_shift(quiet_day: bool, busy_night: bool) -> Vec<String> {
+    const DAY_MIN: i64 = 1440;
+    let role = r#","agent_role":"ops""#;
+    let mut lines = Vec::new();
+    for m in 0..22 * DAY_MIN {
+        let (day, minute) = (m / DAY_MIN, m % DAY_MIN);
+        let mut busy = (8 * 60..20 * 60).contains(&minute);
+        if day == 21 && quiet_day && (10 * 60..14 * 60).contains(&minute) {
+            busy = false;
+        }
+        if day == 21 && busy_night && (2 * 60..2 * 60 + 30).contains(&minute) {
+            busy = true;
+        }
+        let n = if busy { 3 } else { i64::from(m % 4 == 0) };
+        for i in 0..n {
+            lines.push(ev(
+                &format!("o{m}-{i}"),
+                m * 60_000 + i * 20_000,
+                "o1",
+                "api.call",
+                "https://ops.example/q",
+                role,
+            ));
+        }
+    }
+    lines
+}
+
+fn rhythm_findings(lines: &[String]) -> Vec<(String, i64, String)> {
+    let cfg: DetectConfig = toml::from_str("rate_limit_per_minute = 0").unwrap();
+    let mut engine = Engine::new(&cfg).unwrap();
+    let mut out = Output::default();
+    for chunk in decoded(lines.iter()).chunks(4096) {
+        engine.process(chunk, &mut out);
+    }
+    engine.finish(&mut out);
+    out.findings
+        .iter()
+        .map(|f| (format!("{} {}", f.kind.as_str(), f.severity.as_str()), f.ts, f.summary.clone()))
+        .collect()
+}
+
+#[test]
+fn a_quiet_working_day_is_a_volume_drop_and_daytime_load_at_night_a_rise() {
+    // Three ordinary weeks and an ordinary day: nothing at all.
+    assert_eq!(rhythm_findings(&day_shift(false, false)), vec![]);
+    let found = rhythm_findings(&day_shift(true, true));
+    let day21 = 21 * 86_400_000;
+    let kinds: Vec<_> = found.iter().map(|(k, ts, _)| (k.as_str(), (ts - day21) / 60_000)).collect();
+    // 02:00 falls in the span 01:52-02:08 (spans are 16 minutes on the epoch); its end is the finding's
+    // time. The quiet day shows in the first span wholly after 10:00 that is far enough below, and is
+    // said once for the four hours.
+    assert_eq!(kinds.len(), 2, "{found:#?}");
+    assert_eq!(kinds[0].0, "volume_spike high", "{found:#?}");
+    assert!((128..=160).contains(&kinds[0].1), "{found:#?}");
+    assert_eq!(kinds[1].0, "volume_drop low", "{found:#?}");
+    assert!((608..=640).contains(&kinds[1].1), "{found:#?}");
+    assert!(found[1].2.contains("hour of the week"), "{}", found[1].2);
+}

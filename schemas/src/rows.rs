@@ -18,6 +18,9 @@ pub enum FindingKind {
     VolumeSpike,
     /// Bytes per window far above the agent's baseline.
     DataSpike,
+    /// Actions per span far below what the agent's daily and weekly rhythm expects: the agent, or the
+    /// trail of its actions, went quiet when it is usually busy.
+    VolumeDrop,
     /// Over the hard actions-per-minute cap.
     RateLimit,
     /// Over the hard bytes-per-session cap.
@@ -53,6 +56,7 @@ impl FindingKind {
         FindingKind::ScopeDrift,
         FindingKind::VolumeSpike,
         FindingKind::DataSpike,
+        FindingKind::VolumeDrop,
         FindingKind::RateLimit,
         FindingKind::SessionLimit,
         FindingKind::SharedCredential,
@@ -74,6 +78,7 @@ impl FindingKind {
             FindingKind::ScopeDrift => "scope_drift",
             FindingKind::VolumeSpike => "volume_spike",
             FindingKind::DataSpike => "data_spike",
+            FindingKind::VolumeDrop => "volume_drop",
             FindingKind::RateLimit => "rate_limit",
             FindingKind::SessionLimit => "session_limit",
             FindingKind::SharedCredential => "shared_credential",

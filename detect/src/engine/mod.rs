@@ -34,6 +34,7 @@ use crate::budget::{self, Spend};
 use crate::config::{Compiled, ConfigError, DetectConfig, SpikeConfig};
 use crate::finding::{Finding, FindingKind, Severity, finding_id};
 use crate::keys::{KeyTable, PeerTable, push_generalised, stable_hash};
+use crate::rhythm::{Episode, Rhythm};
 use crate::stats::score;
 use crate::tail::{Judgement, Tail};
 

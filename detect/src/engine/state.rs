@@ -359,6 +359,9 @@ pub(super) struct AgentState {
     /// Baselines of actions, bytes, denials and tokens, per window and per span.
     #[serde(default)]
     pub(super) levels: Levels,
+    /// The daily and weekly rhythm of its actions per span, once it has been busy (see `rhythm.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) rhythm: Option<Box<Rhythm>>,
     /// Keys learned, with their long and short weights.
     pub(super) keys: KeyTable,
     /// (model+provider, provider) hashes seen (low 32 bits), inline.
@@ -395,6 +398,9 @@ impl AgentState {
                 .filter_map(|k| k.sample.as_ref())
                 .map(|s| s.text.len() + s.event_id.len())
                 .sum::<usize>();
+        }
+        if let Some(r) = &self.rhythm {
+            n += r.footprint();
         }
         if let Some((_, idx)) = &self.covered_by {
             n += idx.len() * 2;

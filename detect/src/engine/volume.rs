@@ -25,17 +25,18 @@ pub(super) fn spans(
     if pending != NO_SPAN && pending != current {
         close_span(cfg, id, agent, w, pending, found);
     }
-    let levels = &mut agent.levels;
-    if levels.pending == NO_SPAN {
-        let last = levels.last_span;
+    if agent.levels.pending == NO_SPAN {
+        let last = agent.levels.last_span;
         let gap = if last == NO_SPAN { 0 } else { (i64::from(current) - i64::from(last) - 1).max(0) as u64 };
-        for t in &mut levels.per_span {
+        for t in &mut agent.levels.per_span {
             t.learn_zeros(gap, cfg.keep_span);
         }
+        rhythm_gap(cfg, id, agent, last, gap, found);
+        let levels = &mut agent.levels;
         levels.pending = current;
         levels.span_sum = [0; SPAN_MEASURES];
     }
-    for (sum, x) in levels.span_sum.iter_mut().zip(observed) {
+    for (sum, x) in agent.levels.span_sum.iter_mut().zip(observed) {
         *sum = sum.saturating_add(x);
     }
     if start + cfg.window_ms >= (i64::from(current) + 1) * cfg.span_ms {
@@ -70,9 +71,144 @@ pub(super) fn close_span(
     for (t, x) in levels.per_span.iter_mut().zip(sums) {
         t.learn(x as f64, cfg.keep_span);
     }
+    let samples = (w.start.div_euclid(cfg.span_ms) == i64::from(index)).then_some(w);
+    rhythm_span(cfg, id, agent, index, sums[0], samples, found);
+    let levels = &mut agent.levels;
     levels.last_span = index;
     levels.pending = NO_SPAN;
     levels.span_sum = [0; SPAN_MEASURES];
+}
+
+/// The empty spans between an agent's last span and its next: each is judged (an agent silent when it
+/// is usually busy is one `volume_drop`) and learned as zero by its rhythm. After more than a week of
+/// silence the rhythm starts over: it described an agent that is not there any more.
+fn rhythm_gap(
+    cfg: &Compiled,
+    id: &str,
+    agent: &mut AgentState,
+    last: i32,
+    gap: u64,
+    found: &mut Vec<(Finding, u64)>,
+) {
+    if agent.rhythm.is_none() || gap == 0 {
+        return;
+    }
+    if gap as f64 > 7.0 * cfg.rhythm.spans_per_day {
+        agent.rhythm = None;
+        return;
+    }
+    for k in 1..=gap as i32 {
+        rhythm_span(cfg, id, agent, last.saturating_add(k), 0, None, found);
+    }
+}
+
+/// Judges one span's actions against the agent's rhythm, then learns them: a drop far below what the
+/// hour usually holds is a `volume_drop`, a rise far above it a `volume_spike` (`"detector": "rhythm"`),
+/// each said once per episode. An agent gets a rhythm with its first span of at least `volume.min_count`
+/// actions once it has been seen for a day: one that never is that busy has no drop worth reporting,
+/// and a short-lived one no rhythm.
+fn rhythm_span(
+    cfg: &Compiled,
+    id: &str,
+    agent: &mut AgentState,
+    index: i32,
+    x: u64,
+    w: Option<&Window>,
+    found: &mut Vec<(Finding, u64)>,
+) {
+    let rc = &cfg.raw.rhythm;
+    if !rc.enabled {
+        return;
+    }
+    let spec = &cfg.rhythm;
+    let volume = &cfg.raw.volume;
+    let min = volume.min_count.max(1) as f64;
+    let from = i64::from(index) * cfg.span_ms;
+    let xf = x as f64;
+    let day_windows = 86_400_000 / cfg.window_ms.max(1);
+    if agent.rhythm.is_none() && xf >= min && i64::from(agent.windows) >= day_windows {
+        agent.rhythm = Some(Box::default());
+    }
+    let Some(r) = agent.rhythm.as_deref_mut() else { return };
+    if let Some(v) = r.judge(spec, from, xf) {
+        // A drop is judged only against the same hour of the same weekday: before two weeks of
+        // history, an agent's first quiet weekend would look like one.
+        let eligible = if v.z < 0.0 {
+            v.weekly && v.expected >= min && xf <= rc.drop_ratio * v.expected
+        } else {
+            volume.enabled && xf >= min && xf >= volume.min_ratio * v.expected
+        };
+        if let Some(episode) = r.episode(spec, &v, eligible) {
+            let f = rhythm_finding(cfg, id, episode, (from, from + cfg.span_ms), x, &v, w);
+            found.push((f, bucket(cfg, from)));
+        }
+    }
+    r.learn(spec, from, xf);
+}
+
+fn rhythm_finding(
+    cfg: &Compiled,
+    agent: &str,
+    episode: Episode,
+    (from, to): (i64, i64),
+    observed: u64,
+    v: &crate::rhythm::Verdict,
+    w: Option<&Window>,
+) -> Finding {
+    let ratio = observed as f64 / v.expected.max(1.0);
+    let (kind, severity) = match episode {
+        Episode::Drop if observed == 0 => (FindingKind::VolumeDrop, Severity::Medium),
+        Episode::Drop => (FindingKind::VolumeDrop, Severity::Low),
+        Episode::Rise if ratio >= cfg.raw.volume.high_ratio => (FindingKind::VolumeSpike, Severity::High),
+        Episode::Rise => (FindingKind::VolumeSpike, Severity::Medium),
+    };
+    // One-sided normal tail of the residual.
+    let p = 0.5 * statrs::function::erf::erfc(v.z.abs() / std::f64::consts::SQRT_2);
+    let profile = if v.weekly { "hour of the week" } else { "hour of the day" };
+    let span = human_duration((to - from) / 1000);
+    let summary = match episode {
+        Episode::Drop if observed == 0 => format!(
+            "{agent} made no actions in {span} where its {profile} usually holds about {} (z = {:.1})",
+            two_digits(v.expected),
+            v.z
+        ),
+        Episode::Drop => format!(
+            "{agent} made {observed} actions in {span}, {}x what its {profile} usually holds ({}; z = {:.1})",
+            two_digits(ratio),
+            two_digits(v.expected),
+            v.z
+        ),
+        Episode::Rise => format!(
+            "{agent} made {observed} actions in {span}, {}x what its {profile} usually holds ({}; z = {:.1})",
+            two_digits(ratio),
+            two_digits(v.expected),
+            v.z
+        ),
+    };
+    let mut evidence = Map::new();
+    evidence.insert("detector".into(), json!("rhythm"));
+    evidence.insert("observed".into(), json!(observed));
+    evidence.insert("expected".into(), json!(round3(v.expected)));
+    evidence.insert("ratio".into(), json!(round3(ratio)));
+    evidence.insert("z".into(), json!(round3(v.z)));
+    evidence.insert("threshold_z".into(), json!(cfg.rhythm.z));
+    evidence.insert("usual_spread".into(), json!(round3(v.spread)));
+    evidence.insert("profile".into(), json!(if v.weekly { "hour_of_week" } else { "hour_of_day" }));
+    evidence.insert("span_seconds".into(), json!((to - from) / 1000));
+    evidence.insert("p_value".into(), json!(p));
+    Finding {
+        finding_id: String::new(),
+        kind,
+        severity,
+        agent_id: agent.to_owned(),
+        ts: to,
+        window_start: from,
+        window_end: to,
+        score: score(p),
+        summary,
+        evidence,
+        event_ids: w.map(|w| w.samples.iter().map(|(_, e)| e.clone()).collect()).unwrap_or_default(),
+    }
 }
 
 /// The cumulative detector (a CUSUM over event time): each window adds its surprise, `-log10 p` under
