@@ -65,7 +65,8 @@ pub(super) fn close_span(
             let count = counts_actions(kind);
             let memory = cfg.memory_windows / base.span_windows as f64;
             let j = levels.per_span[m].judge(sums[m] as f64, base.tail_quantile, spec.p_value, count, memory);
-            found.extend(spike(cfg, kind, spec, id, w, span, sums[m], &j).map(|f| (f, bucket(cfg, from))));
+            let key = span_key(cfg, &agent.open, kind, span);
+            found.extend(spike(cfg, kind, spec, id, w, span, sums[m], &j).map(|f| (f, key)));
         }
     }
     for (t, x) in levels.per_span.iter_mut().zip(sums) {
@@ -77,6 +78,19 @@ pub(super) fn close_span(
     levels.last_span = index;
     levels.pending = NO_SPAN;
     levels.span_sum = [0; SPAN_MEASURES];
+}
+
+/// The incident key of a finding on a span: a span reaches over two cooldown periods, so it joins an
+/// incident of its kind already open in the period of its first window, else it is keyed by the period
+/// of its last window, as a finding on that window would be. A burst seen at both time scales is one
+/// incident, whichever scale saw it first.
+fn span_key(cfg: &Compiled, open: &[OpenFinding], kind: FindingKind, (from, to): (i64, i64)) -> u64 {
+    let first = bucket(cfg, from);
+    if open.iter().any(|o| o.kind == kind && o.key == fold_key(first)) {
+        first
+    } else {
+        bucket(cfg, to - cfg.window_ms)
+    }
 }
 
 /// The empty spans between an agent's last span and its next: each is judged (an agent silent when it
@@ -140,7 +154,8 @@ fn rhythm_span(
         };
         if let Some(episode) = r.episode(spec, &v, eligible) {
             let f = rhythm_finding(cfg, id, episode, (from, from + cfg.span_ms), x, &v, w);
-            found.push((f, bucket(cfg, from)));
+            let key = span_key(cfg, &agent.open, f.kind, (from, from + cfg.span_ms));
+            found.push((f, key));
         }
     }
     r.learn(spec, from, xf);
