@@ -27,7 +27,10 @@ use crate::telemetry::Telemetry;
 pub fn expected_kinds(kind: IncidentKind) -> &'static [FindingKind] {
     match kind {
         IncidentKind::RunawayLoop => &[FindingKind::VolumeSpike, FindingKind::RateLimit],
-        IncidentKind::DataExfiltration => &[FindingKind::DataSpike, FindingKind::SessionLimit],
+        IncidentKind::DataExfiltration | IncidentKind::SlowExfiltration => {
+            &[FindingKind::DataSpike, FindingKind::SessionLimit]
+        }
+        IncidentKind::TokenLoop => &[FindingKind::TokenSpike, FindingKind::BudgetLimit],
         IncidentKind::ScopeDrift | IncidentKind::ScopeCreep => &[FindingKind::ScopeDrift],
         IncidentKind::PolicyViolation => &[FindingKind::PolicyViolation],
         IncidentKind::SharedCredential => &[FindingKind::SharedCredential],

@@ -266,6 +266,12 @@ pub enum IncidentKind {
     DeniedBurst,
     /// Over most of a day the agent drifts, more and more often, into another role's resources.
     ScopeCreep,
+    /// The agent calls its model in a loop, each call with a prompt several times the usual size: the
+    /// API budget burns (the incident users fear most).
+    TokenLoop,
+    /// Over two hours the agent reads a little more than usual, minute after minute, and ships it out:
+    /// no single minute stands out, the hours do.
+    SlowExfiltration,
     /// The upstream model turns bad for every agent behind it at once: they all reach for forbidden
     /// resources and are often denied (a poisoned or hijacked model). Injected once with
     /// `SimConfig::bad_model`, labelled for every agent behind the model; not in the cycle of [`ALL`].
@@ -276,7 +282,7 @@ pub enum IncidentKind {
 
 impl IncidentKind {
     /// All kinds, in the order incidents are assigned.
-    pub const ALL: [IncidentKind; 8] = [
+    pub const ALL: [IncidentKind; 10] = [
         IncidentKind::RunawayLoop,
         IncidentKind::DataExfiltration,
         IncidentKind::ScopeDrift,
@@ -285,6 +291,8 @@ impl IncidentKind {
         IncidentKind::ModelSwap,
         IncidentKind::DeniedBurst,
         IncidentKind::ScopeCreep,
+        IncidentKind::TokenLoop,
+        IncidentKind::SlowExfiltration,
     ];
 
     /// The wire name (as in the labels file).
@@ -298,6 +306,8 @@ impl IncidentKind {
             IncidentKind::ModelSwap => "model_swap",
             IncidentKind::DeniedBurst => "denied_burst",
             IncidentKind::ScopeCreep => "scope_creep",
+            IncidentKind::TokenLoop => "token_loop",
+            IncidentKind::SlowExfiltration => "slow_exfiltration",
             IncidentKind::BadModel => "bad_model",
         }
     }
@@ -318,6 +328,8 @@ impl IncidentKind {
             IncidentKind::ModelSwap => (0.2, 3600.0),
             IncidentKind::DeniedBurst => (0.5, 300.0),
             IncidentKind::ScopeCreep => (0.02, 72_000.0),
+            IncidentKind::TokenLoop => (0.2, 1200.0),
+            IncidentKind::SlowExfiltration => (0.03, 7200.0),
             IncidentKind::BadModel => (0.3, 1200.0),
         }
     }
@@ -617,11 +629,34 @@ fn make_event<'a>(
                 let other = &ROLES[(me + 2) % ROLES.len()];
                 resource = *rng.pick(other.resources);
             }
+            IncidentKind::TokenLoop => {
+                action = "model.call";
+                resource = role.resources[0];
+                bytes_read = None;
+                bytes_written = None;
+            }
+            IncidentKind::SlowExfiltration => {
+                // Reads about twice the role's usual size, each on its own unremarkable (the usual
+                // reads are heavy-tailed), half of them shipped to a sink.
+                if rng.chance(0.5) {
+                    action = "data.read";
+                    bytes_read = Some(rng.lognormal((2.0 * role.read_median).ln(), 0.4) as u64);
+                    bytes_written = None;
+                } else {
+                    action = "api.call";
+                    resource = *rng.pick(EXFIL_SINKS);
+                    bytes_written = Some(rng.lognormal((2.0 * role.read_median).ln(), 0.4) as u64);
+                    bytes_read = None;
+                }
+            }
             IncidentKind::SharedCredential | IncidentKind::ModelSwap => {}
         }
     }
     let model_call = action == "model.call";
-    let input_tokens = model_call.then(|| rng.lognormal(7.5, 0.8) as u64);
+    // A looping agent sends its whole growing context every time: several times the usual prompt.
+    let looping = incident.is_some_and(|i| i.kind == IncidentKind::TokenLoop);
+    let prompt = if looping { 9.5 } else { 7.5 };
+    let input_tokens = model_call.then(|| rng.lognormal(prompt, 0.8) as u64);
     let output_tokens = model_call.then(|| rng.lognormal(6.0, 0.7) as u64);
     let cost_usd =
         input_tokens.zip(output_tokens).map(|(i, o)| ((i * 3 + o * 15) as f64 / 1e6 * 1e4).round() / 1e4);
