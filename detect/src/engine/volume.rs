@@ -187,13 +187,7 @@ fn rhythm_finding(
             two_digits(v.expected),
             v.z
         ),
-        Episode::Drop => format!(
-            "{agent} made {observed} actions in {span}, {}x what its {profile} usually holds ({}; z = {:.1})",
-            two_digits(ratio),
-            two_digits(v.expected),
-            v.z
-        ),
-        Episode::Rise => format!(
+        Episode::Drop | Episode::Rise => format!(
             "{agent} made {observed} actions in {span}, {}x what its {profile} usually holds ({}; z = {:.1})",
             two_digits(ratio),
             two_digits(v.expected),
