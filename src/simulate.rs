@@ -589,15 +589,23 @@ fn make_event<'a>(
                 action = "tool.call";
                 resource = role.resources[0];
             }
-            IncidentKind::DataExfiltration => {
+            IncidentKind::DataExfiltration | IncidentKind::SlowExfiltration => {
+                // A fast one moves hundreds of megabytes a step; a slow one reads about twice the role's
+                // usual size, each step on its own unremarkable (the usual reads are heavy-tailed).
+                let (read, shipped, sigma) = if inc.kind == IncidentKind::DataExfiltration {
+                    (200e6, 150e6, 0.5)
+                } else {
+                    (2.0 * role.read_median, 2.0 * role.read_median, 0.4)
+                };
+                // Half the steps read, half ship what was read to a sink.
                 if rng.chance(0.5) {
                     action = "data.read";
-                    bytes_read = Some(rng.lognormal((200e6f64).ln(), 0.5) as u64);
+                    bytes_read = Some(rng.lognormal(f64::ln(read), sigma) as u64);
                     bytes_written = None;
                 } else {
                     action = "api.call";
                     resource = *rng.pick(EXFIL_SINKS);
-                    bytes_written = Some(rng.lognormal((150e6f64).ln(), 0.5) as u64);
+                    bytes_written = Some(rng.lognormal(f64::ln(shipped), sigma) as u64);
                     bytes_read = None;
                 }
             }
@@ -634,20 +642,6 @@ fn make_event<'a>(
                 resource = role.resources[0];
                 bytes_read = None;
                 bytes_written = None;
-            }
-            IncidentKind::SlowExfiltration => {
-                // Reads about twice the role's usual size, each on its own unremarkable (the usual
-                // reads are heavy-tailed), half of them shipped to a sink.
-                if rng.chance(0.5) {
-                    action = "data.read";
-                    bytes_read = Some(rng.lognormal((2.0 * role.read_median).ln(), 0.4) as u64);
-                    bytes_written = None;
-                } else {
-                    action = "api.call";
-                    resource = *rng.pick(EXFIL_SINKS);
-                    bytes_written = Some(rng.lognormal((2.0 * role.read_median).ln(), 0.4) as u64);
-                    bytes_read = None;
-                }
             }
             IncidentKind::SharedCredential | IncidentKind::ModelSwap => {}
         }

@@ -114,6 +114,11 @@ fn store(x: f64) -> u16 {
     (x * UNIT).round().clamp(0.0, f64::from(u16::MAX)) as u16
 }
 
+/// The variance, on the log scale, of a Poisson count whose `ln(1 + mean)` is `e`: `1 / (1 + mean)`.
+fn poisson(e: f64) -> f64 {
+    1.0 / (1.0 + e.exp_m1())
+}
+
 /// Hour of day and hour of week (Monday 00:00 = 0) of an epoch-millisecond instant, in UTC.
 fn hours(start_ms: i64) -> (usize, usize) {
     let hour = start_ms.div_euclid(3_600_000);
@@ -144,7 +149,7 @@ impl Rhythm {
     /// The residual's spread around an expectation `e`: its own variance plus the Poisson noise of
     /// the expected count.
     fn sd(&self, e: f64) -> f64 {
-        (f64::from(self.var) + VAR_FLOOR + 1.0 / (1.0 + e.exp_m1())).sqrt()
+        (f64::from(self.var) + VAR_FLOOR + poisson(e)).sqrt()
     }
 
     /// Judges a span of `x` actions starting at `start_ms` (before it is learned), or `None` while the
@@ -197,7 +202,7 @@ impl Rhythm {
             let b = 1.0
                 / (self.days(spec) - 1.0).mul_add(spec.spans_per_day, 1.0).clamp(1.0, spec.residual_memory);
             let new_mean = mean + b * (r - mean);
-            let dev = (r - new_mean).powi(2) - 1.0 / (1.0 + e.exp_m1());
+            let dev = (r - new_mean).powi(2) - poisson(e);
             self.mean = new_mean as f32;
             self.var = (f64::from(self.var) + b * (dev - f64::from(self.var))).max(0.0) as f32;
         }
