@@ -19,7 +19,7 @@ use vigil_schemas::timestamp::parse_rfc3339_ms;
 
 use crate::config::VigilConfig;
 use crate::pipeline::{Item, Lane, Taken};
-use crate::simulate::{IncidentKind, Label};
+use crate::simulate::{IncidentKind, Label, Strength};
 use crate::telemetry::Telemetry;
 
 /// The finding kinds that count as catching each kind of incident: the behavioural detector meant for
@@ -183,16 +183,50 @@ pub struct IncidentRow {
     pub kind: &'static str,
     /// Finding kinds that count as catching it.
     pub expected: Vec<&'static str>,
+    /// Over every strength.
+    #[serde(flatten)]
+    pub all: Recall,
+    /// Per strength that was injected, weakest first.
+    pub by_strength: Vec<StrengthRow>,
+}
+
+/// Recall and timing of one kind at one strength.
+#[derive(Debug, Clone, Serialize)]
+pub struct StrengthRow {
+    /// `weak`, `medium` or `strong`.
+    pub strength: &'static str,
+    /// Its recall and timing.
+    #[serde(flatten)]
+    pub recall: Recall,
+}
+
+/// How many incidents were found, and how fast.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recall {
     /// Labelled incidents.
     pub incidents: usize,
     /// Of those, detected.
     pub detected: usize,
-    /// detected / incidents; none when there were no incidents of the kind (not a perfect score).
+    /// detected / incidents; none when there were no incidents (not a perfect score).
     pub recall: Option<f64>,
     /// Mean seconds from start to the first expected finding.
     pub mean_seconds_to_detect: Option<f64>,
     /// Worst seconds from start to the first expected finding.
     pub max_seconds_to_detect: Option<f64>,
+}
+
+impl Recall {
+    /// From the delays of the incidents found, of `incidents` in all.
+    fn of(incidents: usize, delays: &[f64]) -> Recall {
+        Recall {
+            incidents,
+            detected: delays.len(),
+            recall: (incidents > 0).then(|| delays.len() as f64 / incidents as f64),
+            mean_seconds_to_detect: (!delays.is_empty())
+                .then(|| delays.iter().sum::<f64>() / delays.len() as f64),
+            max_seconds_to_detect: delays.iter().copied().reduce(f64::max),
+        }
+    }
 }
 
 /// Precision of one kind of finding.
@@ -238,6 +272,7 @@ pub fn score(
 ) -> Result<Report, String> {
     struct Incident {
         kind: IncidentKind,
+        strength: Strength,
         start: i64,
         end: i64,
         first: Option<i64>,
@@ -247,6 +282,7 @@ pub fn score(
         let t = |s: &str| parse_rfc3339_ms(s).map_err(|e| format!("label for {}: {s:?}: {e}", l.agent_id));
         by_agent.entry(l.agent_id.as_str()).or_default().push(Incident {
             kind: l.kind,
+            strength: l.strength,
             start: t(&l.start)?,
             end: t(&l.end)?,
             first: None,
@@ -280,17 +316,21 @@ pub fn score(
         .iter()
         .map(|&kind| {
             let all: Vec<&Incident> = by_agent.values().flatten().filter(|i| i.kind == kind).collect();
-            let delays: Vec<f64> =
-                all.iter().filter_map(|i| i.first.map(|t| (t - i.start) as f64 / 1000.0)).collect();
+            let recall = |of: &dyn Fn(&Incident) -> bool| {
+                let chosen: Vec<&&Incident> = all.iter().filter(|i| of(i)).collect();
+                let delays: Vec<f64> =
+                    chosen.iter().filter_map(|i| i.first.map(|t| (t - i.start) as f64 / 1000.0)).collect();
+                Recall::of(chosen.len(), &delays)
+            };
             IncidentRow {
                 kind: kind.as_str(),
                 expected: expected_kinds(kind).iter().map(|k| k.as_str()).collect(),
-                incidents: all.len(),
-                detected: delays.len(),
-                recall: (!all.is_empty()).then(|| delays.len() as f64 / all.len() as f64),
-                mean_seconds_to_detect: (!delays.is_empty())
-                    .then(|| delays.iter().sum::<f64>() / delays.len() as f64),
-                max_seconds_to_detect: delays.iter().copied().reduce(f64::max),
+                all: recall(&|_| true),
+                by_strength: Strength::ALL
+                    .into_iter()
+                    .map(|s| StrengthRow { strength: s.as_str(), recall: recall(&|i| i.strength == s) })
+                    .filter(|r| r.recall.incidents > 0)
+                    .collect(),
             }
         })
         .collect();
@@ -325,18 +365,27 @@ pub fn render(r: &Report) -> String {
         "{:<18} {:>9} {:>8} {:>7} {:>10} {:>10}  counted as",
         "incident", "incidents", "detected", "recall", "mean TTD", "max TTD"
     );
-    for i in &r.incidents {
+    let row = |o: &mut String, name: &str, r: &Recall, counted: &str| {
         let _ = writeln!(
             o,
             "{:<18} {:>9} {:>8} {:>7} {:>10} {:>10}  {}",
-            i.kind,
-            i.incidents,
-            i.detected,
-            i.recall.map_or("-".to_owned(), |r| format!("{r:.3}")),
-            secs(i.mean_seconds_to_detect),
-            secs(i.max_seconds_to_detect),
-            i.expected.join(", ")
+            name,
+            r.incidents,
+            r.detected,
+            r.recall.map_or("-".to_owned(), |r| format!("{r:.3}")),
+            secs(r.mean_seconds_to_detect),
+            secs(r.max_seconds_to_detect),
+            counted
         );
+    };
+    for i in &r.incidents {
+        row(&mut o, i.kind, &i.all, &i.expected.join(", "));
+        // A kind injected at one strength only needs no breakdown.
+        if i.by_strength.len() > 1 {
+            for s in &i.by_strength {
+                row(&mut o, &format!("  {}", s.strength), &s.recall, "");
+            }
+        }
     }
     let _ = writeln!(
         o,

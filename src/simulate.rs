@@ -2,9 +2,12 @@
 //! incidents. Same seed and parameters, same bytes.
 //!
 //! Five roles (coding, support, sales, data, ops) each have their own actions, resources, scopes, models
-//! and volumes. Agents follow a daily rhythm (busy in working hours, quiet at night), work in sessions,
-//! move heavy-tailed byte volumes, carry their own credentials, and a share of them act for a human.
-//! Incidents are injected on chosen agents and written to a labels file.
+//! and volumes. Agents follow a daily and weekly rhythm (busy in working hours, quiet at night and at
+//! weekends); most work in bursts (sessions of a few times their average rate, idle between), the rest
+//! steadily; every agent's level shifts now and then and stays shifted; a share of the fleet joins
+//! part-way through. They move heavy-tailed byte volumes, carry their own credentials, and a share of
+//! them act for a human. Incidents of graded strength are injected on chosen agents and written to a
+//! labels file.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -335,6 +338,54 @@ impl IncidentKind {
     }
 }
 
+/// How strong an injected incident is: a weak one is half as intense as a medium one, a strong one
+/// twice (events per second, and how much each event moves or burns). Speed is the kind's own: a data
+/// exfiltration is fast, a slow exfiltration slow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strength {
+    /// Half the intensity of a medium one.
+    Weak,
+    /// The kind's usual intensity (labels written before strengths existed are medium).
+    #[default]
+    Medium,
+    /// Twice the intensity of a medium one.
+    Strong,
+}
+
+impl Strength {
+    /// Every strength, weakest first.
+    pub const ALL: [Strength; 3] = [Strength::Weak, Strength::Medium, Strength::Strong];
+
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Strength::Weak => "weak",
+            Strength::Medium => "medium",
+            Strength::Strong => "strong",
+        }
+    }
+
+    /// How many times a medium incident's intensity.
+    const fn factor(self) -> f64 {
+        match self {
+            Strength::Weak => 0.5,
+            Strength::Medium => 1.0,
+            Strength::Strong => 2.0,
+        }
+    }
+
+    /// The strength of the `k`-th incident: each round of every kind has one strength, medium first,
+    /// then strong, then weak, so a fleet with a round of each holds every kind at every strength.
+    const fn of_incident(k: usize) -> Strength {
+        match (k / IncidentKind::ALL.len()) % 3 {
+            0 => Strength::Medium,
+            1 => Strength::Strong,
+            _ => Strength::Weak,
+        }
+    }
+}
+
 /// One injected incident, as written to the labels file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Label {
@@ -342,6 +393,9 @@ pub struct Label {
     pub agent_id: String,
     /// What it was.
     pub kind: IncidentKind,
+    /// How strong it was.
+    #[serde(default)]
+    pub strength: Strength,
     /// When it began (RFC 3339).
     pub start: String,
     /// When it ended (RFC 3339).
@@ -361,7 +415,8 @@ pub struct SimConfig {
     pub seed: u64,
     /// Average events per second, fleet-wide.
     pub rate: f64,
-    /// Incidents to inject (kinds cycle through [`IncidentKind::ALL`]).
+    /// Incidents to inject (kinds cycle through [`IncidentKind::ALL`], strengths through medium,
+    /// strong and weak, one per round of kinds).
     pub incidents: usize,
     /// Also inject one [`IncidentKind::BadModel`]: every agent behind one model turns bad together.
     pub bad_model: bool,
@@ -377,6 +432,64 @@ struct Agent {
     rate_per_ms: f64,
     session: u32,
     last_ms: i64,
+    /// When it starts working (after the fleet's start for the agents that join part-way).
+    joined_ms: i64,
+    /// The share of time it works in bursts (1: steadily); in a burst its rate is `1 / duty` times its
+    /// average.
+    duty: f64,
+    /// Whether it is in a burst, and until when.
+    bursting: bool,
+    phase_end_ms: i64,
+    /// Its level: a multiplier of its rate that shifts now and then and stays shifted.
+    level: f64,
+    next_shift_ms: i64,
+    /// Whether its next turn in the generator is the end of a phase, not a candidate event.
+    wake: bool,
+}
+
+/// Mean length of a burst of work, for agents that work in bursts.
+const BURST_MEAN_MS: f64 = 20.0 * 60_000.0;
+/// Mean time between an agent's level shifts, and the spread of one shift (log scale); the level stays
+/// within `LEVEL_RANGE` of the agent's first.
+const SHIFT_MEAN_MS: f64 = 4.0 * 86_400_000.0;
+const SHIFT_SIGMA: f64 = 0.3;
+const LEVEL_RANGE: (f64, f64) = (0.5, 2.0);
+/// Share of the fleet that joins part-way, within the first quarter of the span.
+const JOINING: f64 = 0.1;
+
+impl Agent {
+    /// Brings the agent's bursts and level up to `t`.
+    fn advance(&mut self, rng: &mut Rng, t: i64) {
+        if self.duty >= 1.0 {
+            (self.bursting, self.phase_end_ms) = (true, i64::MAX);
+        }
+        while t >= self.phase_end_ms {
+            self.bursting = !self.bursting;
+            let mean =
+                if self.bursting { BURST_MEAN_MS } else { BURST_MEAN_MS * (1.0 - self.duty) / self.duty };
+            self.phase_end_ms = self.phase_end_ms.saturating_add(rng.exp(mean).round().max(1.0) as i64);
+        }
+        while t >= self.next_shift_ms {
+            self.level = (self.level * rng.lognormal(0.0, SHIFT_SIGMA)).clamp(LEVEL_RANGE.0, LEVEL_RANGE.1);
+            self.next_shift_ms = self.next_shift_ms.saturating_add(rng.exp(SHIFT_MEAN_MS).round() as i64);
+        }
+    }
+
+    /// The rate at which candidate events come while the agent is in its current phase (thinned by
+    /// the rhythm): zero between bursts.
+    fn candidate_rate(&self) -> f64 {
+        if self.bursting { self.rate_per_ms * self.level / self.duty * RHYTHM_MAX } else { 0.0 }
+    }
+
+    /// Its next turn after `t`: a candidate event, or the end of its phase when that comes first (a
+    /// wake-up that emits nothing; rates are memoryless, so drawing again from there is exact).
+    fn next_turn(&mut self, rng: &mut Rng, t: i64) -> i64 {
+        let r = self.candidate_rate();
+        let next =
+            if r > 0.0 { t.saturating_add(rng.exp(1.0 / r).round().max(1.0) as i64) } else { i64::MAX };
+        self.wake = next >= self.phase_end_ms;
+        next.min(self.phase_end_ms)
+    }
 }
 
 struct Incident {
@@ -387,6 +500,8 @@ struct Incident {
     mean_gap_ms: f64,
     /// For shared credentials: whose credential.
     other: usize,
+    /// How many times a medium incident's intensity (see [`Strength`]).
+    factor: f64,
 }
 
 /// Activity multiplier by hour of day (UTC): quiet nights, busy working hours.
@@ -428,25 +543,50 @@ pub fn simulate(
                 rate_per_ms: cfg.rate * weights[i] / total / 1000.0,
                 session: 0,
                 last_ms: cfg.start_ms,
+                joined_ms: cfg.start_ms,
+                duty: 1.0,
+                bursting: false,
+                phase_end_ms: cfg.start_ms,
+                level: 1.0,
+                next_shift_ms: i64::MAX,
+                wake: true,
             }
         })
         .collect();
+    // Bursts, joins and level shifts, drawn after everything above so that those draws stay as they were.
+    let quarter = cfg.duration_ms / 4;
+    for a in &mut agents {
+        // Four agents in ten work steadily (services, pipelines), the rest in bursts (sessions).
+        a.duty = if rng.chance(0.4) { 1.0 } else { 0.25 + 0.45 * rng.f64() };
+        if rng.chance(JOINING) {
+            a.joined_ms = cfg.start_ms + (rng.f64() * quarter as f64) as i64;
+        }
+        // Before its first turn an agent is between bursts, a phase that ends when it joins; whether
+        // it starts in a burst follows its duty.
+        a.bursting = !rng.chance(a.duty);
+        a.phase_end_ms = a.joined_ms;
+        a.last_ms = a.joined_ms;
+        a.next_shift_ms = a.joined_ms + rng.exp(SHIFT_MEAN_MS).round() as i64;
+    }
     let end_ms = cfg.start_ms + cfg.duration_ms;
     let mut incidents = Vec::new();
     let mut labels = Vec::new();
     if cfg.agents > 1 {
         for k in 0..cfg.incidents {
             let kind = IncidentKind::ALL[k % IncidentKind::ALL.len()];
+            let strength = Strength::of_incident(k);
             let (rate, secs) = kind.shape();
             let len = ((secs * 1000.0) as i64).min(cfg.duration_ms / 2).max(1);
-            // Incidents start after the first quarter, so a detector has seen the agent first.
-            let earliest = cfg.start_ms + cfg.duration_ms / 4;
-            let start_ms = earliest + (rng.f64() * (end_ms - len - earliest).max(1) as f64) as i64;
             let agent = (k * 7919 + rng.below(cfg.agents)) % cfg.agents;
+            // Incidents start a quarter of the span after the fleet's start and the agent's, so a
+            // detector has seen the agent first.
+            let earliest = cfg.start_ms.max(agents[agent].joined_ms) + quarter;
+            let start_ms = earliest + (rng.f64() * (end_ms - len - earliest).max(1) as f64) as i64;
             let other = (agent + 1 + rng.below(cfg.agents - 1)) % cfg.agents;
             labels.push(Label {
                 agent_id: agents[agent].id.clone(),
                 kind,
+                strength,
                 start: format_rfc3339_ms(start_ms),
                 end: format_rfc3339_ms(start_ms + len),
             });
@@ -455,8 +595,9 @@ pub fn simulate(
                 kind,
                 start_ms,
                 end_ms: start_ms + len,
-                mean_gap_ms: 1000.0 / rate,
+                mean_gap_ms: 1000.0 / (rate * strength.factor()),
                 other,
+                factor: strength.factor(),
             });
         }
     }
@@ -470,6 +611,7 @@ pub fn simulate(
             labels.push(Label {
                 agent_id: a.id.clone(),
                 kind: IncidentKind::BadModel,
+                strength: Strength::Medium,
                 start: format_rfc3339_ms(start_ms),
                 end: format_rfc3339_ms(start_ms + len),
             });
@@ -480,15 +622,16 @@ pub fn simulate(
                 end_ms: start_ms + len,
                 mean_gap_ms: 1000.0 / rate,
                 other: i,
+                factor: 1.0,
             });
         }
     }
     // The heap holds (next time, generator): generators 0..agents are agents' normal work, the rest
-    // incidents. Normal work uses thinning against the rhythm's peak.
+    // incidents. Normal work uses thinning against the rhythm's peak; each agent's first turn is a
+    // wake-up when it joins.
     let mut heap = BinaryHeap::new();
     for (i, a) in agents.iter().enumerate() {
-        let t = cfg.start_ms + rng.exp(1.0 / (a.rate_per_ms * RHYTHM_MAX)).round() as i64;
-        heap.push(Reverse((t, i)));
+        heap.push(Reverse((a.joined_ms, i)));
     }
     for (j, inc) in incidents.iter().enumerate() {
         heap.push(Reverse((inc.start_ms, cfg.agents + j)));
@@ -505,10 +648,14 @@ pub fn simulate(
             last_progress = t;
         }
         let (agent_idx, incident) = if g < cfg.agents {
-            let a = &agents[g];
-            let next = t + rng.exp(1.0 / (a.rate_per_ms * RHYTHM_MAX)).round().max(1.0) as i64;
-            heap.push(Reverse((next, g)));
-            if !rng.chance(rhythm(t) / RHYTHM_MAX) {
+            let a = &mut agents[g];
+            let woke = a.wake;
+            a.advance(&mut rng, t);
+            let next = a.next_turn(&mut rng, t);
+            if next < end_ms {
+                heap.push(Reverse((next, g)));
+            }
+            if woke || !rng.chance(rhythm(t) / RHYTHM_MAX) {
                 continue;
             }
             (g, None)
@@ -593,9 +740,9 @@ fn make_event<'a>(
                 // A fast one moves hundreds of megabytes a step; a slow one reads about twice the role's
                 // usual size, each step on its own unremarkable (the usual reads are heavy-tailed).
                 let (read, shipped, sigma) = if inc.kind == IncidentKind::DataExfiltration {
-                    (200e6, 150e6, 0.5)
+                    (200e6 * inc.factor, 150e6 * inc.factor, 0.5)
                 } else {
-                    (2.0 * role.read_median, 2.0 * role.read_median, 0.4)
+                    (2.0 * role.read_median * inc.factor, 2.0 * role.read_median * inc.factor, 0.4)
                 };
                 // Half the steps read, half ship what was read to a sink.
                 if rng.chance(0.5) {
@@ -648,8 +795,8 @@ fn make_event<'a>(
     }
     let model_call = action == "model.call";
     // A looping agent sends its whole growing context every time: several times the usual prompt.
-    let looping = incident.is_some_and(|i| i.kind == IncidentKind::TokenLoop);
-    let prompt = if looping { 9.5 } else { 7.5 };
+    let looping = incident.filter(|i| i.kind == IncidentKind::TokenLoop);
+    let prompt = looping.map_or(7.5, |i| 9.5 + i.factor.ln());
     let input_tokens = model_call.then(|| rng.lognormal(prompt, 0.8) as u64);
     let output_tokens = model_call.then(|| rng.lognormal(6.0, 0.7) as u64);
     let cost_usd =

@@ -68,7 +68,7 @@ pub struct DetectConfig {
     /// `token_spike`: model tokens (input plus output) per window.
     #[serde(default = "SpikeConfig::tokens")]
     pub tokens: SpikeConfig,
-    /// The cumulative detector of slow rises in actions and bytes.
+    /// The cumulative detector of slow rises in actions, bytes and bytes written.
     #[serde(default)]
     pub slow: SlowConfig,
     /// Drops and rises of actions against the agent's daily and weekly rhythm.
@@ -190,6 +190,15 @@ pub struct BaselineConfig {
     /// Events an agent must have made before its baseline judges it.
     #[serde(default = "default_warmup_events")]
     pub warmup_events: u64,
+    /// Until then, each window of the agent is judged against its role's agents instead (what one of
+    /// them does in one window, learned from the windows of those that have a baseline), so a new
+    /// agent's first hour is watched too. Off when false.
+    #[serde(default = "default_true")]
+    pub peers: bool,
+    /// Windows of its agents a role's yardstick must hold before it judges a new agent: fewer say
+    /// little about how far the role's busiest windows reach.
+    #[serde(default = "default_peer_min_windows")]
+    pub peer_min_windows: u64,
 }
 
 /// Three days: long enough to hold a daily rhythm's every hour several times and a bursty agent's
@@ -211,6 +220,10 @@ const fn default_warmup_windows() -> u64 {
 const fn default_warmup_events() -> u64 {
     50
 }
+/// Four agent-hours of windows.
+const fn default_peer_min_windows() -> u64 {
+    240
+}
 
 impl Default for BaselineConfig {
     fn default() -> Self {
@@ -220,6 +233,8 @@ impl Default for BaselineConfig {
             span_windows: default_span_windows(),
             warmup_windows: default_warmup_windows(),
             warmup_events: default_warmup_events(),
+            peers: true,
+            peer_min_windows: default_peer_min_windows(),
         }
     }
 }

@@ -380,6 +380,32 @@ fn a_runaway_loop_is_a_volume_spike_in_its_first_window() {
 }
 
 #[test]
+fn a_new_agent_is_judged_against_its_roles_agents_until_it_has_a_baseline() {
+    let role = r#","agent_role":"support""#;
+    // Four support agents work for two hours, 2 to 5 actions a minute; then s9 joins, works as they do,
+    // and in its sixth minute loops: 60 actions. It has no baseline of its own (ten windows), its
+    // role's agents do.
+    let mut parts: Vec<Vec<String>> =
+        (1..=4).map(|i| steady(&format!("s{i}"), 0, 140, i + 1, TICKETS, role)).collect();
+    parts.push(steady("s9", 120, 5, 3, TICKETS, role));
+    parts.push(
+        (0..60)
+            .map(|i| ev(&format!("loop{i:02}"), 125 * 60_000 + i * 900, "s9", "tool.call", TICKETS[0], role))
+            .collect(),
+    );
+    parts.push(steady("s9", 126, 4, 3, TICKETS, role));
+    let input = merged(parts);
+    let config = "rate_limit_per_minute = 0\n[baseline]\nwarmup_windows = 10\nwarmup_events = 20\npeer_min_windows = 100\n";
+    check(
+        config,
+        &input,
+        "volume_spike high s9 @7560000 [loop00,loop01,loop02,loop03,loop04] s9 made 60 actions in 60s, 13x the usual high of a support agent (4.8); it has no baseline of its own yet (p < 1e-16)",
+    );
+    // Without the role's yardstick the loop goes unseen: s9 has no baseline of its own.
+    check(&format!("{config}peers = false\n"), &input, "");
+}
+
+#[test]
 fn nothing_is_judged_before_warm_up() {
     let role = r#","agent_role":"support""#;
     let input = merged(vec![
@@ -432,8 +458,9 @@ fn a_slow_exfiltration_under_every_window_threshold_adds_up_to_one_finding() {
         &lines.join("\n"),
         r#"
 data_spike medium d1 @173220000 [x2886-0,x2886-1,x2886-2,x2886-3] d1: a sustained rise in bytes moved, window after window above its baseline (cumulative surprise 20.1 >= 20); this window 1.1 MB, its usual high 370.7 KB
-data_spike medium d1 @173880000 [x2897-0,x2897-1,x2897-2,x2897-3] d1: a sustained rise in bytes moved, window after window above its baseline (cumulative surprise 20.6 >= 20); this window 1.2 MB, its usual high 370.7 KB
-data_spike medium d1 @175380000 [x2922-0,x2922-1,x2922-2,x2922-3] d1: a sustained rise in bytes moved, window after window above its baseline (cumulative surprise 20.5 >= 20); this window 1.2 MB, its usual high 370.7 KB
+data_spike medium d1 @174480000 [x2907-0,x2907-1,x2907-2,x2907-3] d1: a sustained rise in bytes moved, window after window above its baseline (cumulative surprise 20.5 >= 20); this window 1.2 MB, its usual high 370.7 KB
+data_spike medium d1 @175200000 [x2919-0,x2919-1,x2919-2,x2919-3] d1: a sustained rise in bytes moved, window after window above its baseline (cumulative surprise 21.1 >= 20); this window 1.3 MB, its usual high 370.7 KB
+data_spike medium d1 @176160000 [x2935-0,x2935-1,x2935-2,x2935-3] d1: a sustained rise in bytes moved, window after window above its baseline (cumulative surprise 20.1 >= 20); this window 1.2 MB, its usual high 1.0 MB
 "#,
     );
     // Without the cumulative detector the same hour raises nothing: no window, no span was enough.
@@ -441,6 +468,65 @@ data_spike medium d1 @175380000 [x2922-0,x2922-1,x2922-2,x2922-3] d1: a sustaine
         "rate_limit_per_minute = 0\n[data]\nmin_bytes = 100000\n[slow]\nenabled = false\n",
         &lines.join("\n"),
         "",
+    );
+}
+
+#[test]
+fn a_steady_trickle_out_is_found_among_the_writes_while_the_reads_hide_it() {
+    // Two days of 4 reads a minute (80-120 KB each) and a 2 KB write every five minutes; then an hour
+    // in which the agent also sends 40 KB a minute to an upload endpoint. That is a tenth more bytes
+    // moved (under the reads' noise: bytes moved raise nothing) but twenty times what it usually
+    // writes, minute after minute: the cumulative detector on bytes written finds it within minutes.
+    let base = |m: i64, i: i64| 80_000 + (m * 7 + i * 13) % 5 * 10_000;
+    let mut lines = Vec::new();
+    for m in 0..2940 {
+        for i in 0..4 {
+            let extra = format!(r#","agent_role":"data","bytes_read":{}"#, base(m, i));
+            let ts = m * 60_000 + i * 15_000;
+            lines.push(ev(
+                &format!("r{m}-{i}"),
+                ts,
+                "d1",
+                "data.read",
+                "postgres://warehouse/orders",
+                &extra,
+            ));
+        }
+        if m % 5 == 0 {
+            let extra = format!(r#","agent_role":"data","bytes_written":{}"#, 1_500 + m % 7 * 150);
+            lines.push(ev(
+                &format!("w{m}"),
+                m * 60_000 + 5_000,
+                "d1",
+                "file.write",
+                "file:///tmp/report",
+                &extra,
+            ));
+        }
+        if m >= 2880 {
+            let extra = r#","agent_role":"data","bytes_written":40000"#;
+            lines.push(ev(
+                &format!("x{m}"),
+                m * 60_000 + 40_000,
+                "d1",
+                "api.call",
+                "https://paste.example/upload",
+                extra,
+            ));
+        }
+    }
+    // The upload endpoint is new to the agent (scope drift); the bytes written are found 8 minutes in,
+    // and again in later cooldown periods while the trickle lasts. Nothing about bytes moved.
+    check(
+        "rate_limit_per_minute = 0\n",
+        &lines.join("\n"),
+        r#"
+scope_drift medium d1 @172860000 [x2880] d1 touched 1 thing new to it and rare among its 0 peers: "https://paste.example/upload"
+data_spike medium d1 @173340000 [r2888-0,r2888-1,r2888-2,x2888,r2888-3] d1: a sustained rise in bytes written or sent, window after window above its baseline (cumulative surprise 20.3 >= 20); this window 40.0 KB, its usual high 16.4 KB
+data_spike medium d1 @174000000 [r2899-0,r2899-1,r2899-2,x2899,r2899-3] d1: a sustained rise in bytes written or sent, window after window above its baseline (cumulative surprise 20.3 >= 20); this window 40.0 KB, its usual high 16.4 KB
+data_spike medium d1 @174960000 [r2915-0,r2915-1,r2915-2,x2915,r2915-3] d1: a sustained rise in bytes written or sent, window after window above its baseline (cumulative surprise 20.4 >= 20); this window 40.0 KB, its usual high 16.4 KB
+data_spike medium d1 @176160000 [r2935-0,r2935-1,r2935-2,x2935,r2935-3] d1: a sustained rise in bytes written or sent, window after window above its baseline (cumulative surprise 20.4 >= 20); this window 40.0 KB, its usual high 39.0 KB
+"#,
     );
 }
 

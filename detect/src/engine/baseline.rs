@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::{Engine, MEASURES, counts_actions};
+use super::{Engine, MEASURES};
 
 /// One agent's baseline, as learned so far.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -35,7 +35,7 @@ pub struct Baseline {
 /// One measure's baseline per window.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Measure {
-    /// `actions`, `bytes`, `denials` or `tokens`.
+    /// `actions`, `bytes` (read and written), `denials`, `tokens` or `bytes_written`.
     pub measure: &'static str,
     /// The median of the measure per window.
     pub median: f64,
@@ -47,8 +47,6 @@ pub struct Measure {
     pub threshold: f64,
 }
 
-const NAMES: [&str; MEASURES.len()] = ["actions", "bytes", "denials", "tokens"];
-
 impl Engine {
     /// What the engine has learned about `agent`, if it has seen it.
     pub fn baseline(&self, agent: &str) -> Option<Baseline> {
@@ -58,18 +56,17 @@ impl Engine {
         let base = &cfg.raw.baseline;
         let per_window = MEASURES
             .into_iter()
-            .zip(NAMES)
             .zip(&state.levels.per_window)
-            .map(|((kind, measure), tail)| {
+            .map(|(q, tail)| {
                 let j = tail.judge(
                     0.0,
                     base.tail_quantile,
-                    cfg.spike(kind).p_value,
-                    counts_actions(kind),
+                    cfg.spike(q.kind()).p_value,
+                    q.counts_actions(),
                     cfg.memory_windows,
                 );
                 Measure {
-                    measure,
+                    measure: q.name(),
                     median: round(j.median),
                     usual_high: round(j.high),
                     threshold: round(j.threshold),

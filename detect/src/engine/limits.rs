@@ -129,15 +129,16 @@ pub(super) fn check_rate(cfg: &Compiled, agent: &mut AgentState, ev: &Event<'_>)
     let minute = ev.ts_ms.div_euclid(MINUTE_MS).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32;
     // Counted in its own minute, early or late: the cap is on actions per minute of event time.
     let slot = agent.rate.slot(minute);
-    slot.count = slot.count.saturating_add(1);
-    if u64::from(slot.count) <= cap || slot.fired {
+    slot.add();
+    if u64::from(slot.count()) <= cap || slot.fired() {
         return None;
     }
-    slot.fired = true;
+    slot.fire();
+    let count = slot.count();
     let window_start = i64::from(minute) * MINUTE_MS;
     let mut evidence = Map::new();
     evidence.insert("limit_per_minute".into(), json!(cap));
-    evidence.insert("observed".into(), json!(slot.count));
+    evidence.insert("observed".into(), json!(count));
     let key = bucket(cfg, window_start);
     let mut f = event_finding(
         FindingKind::RateLimit,
@@ -148,7 +149,7 @@ pub(super) fn check_rate(cfg: &Compiled, agent: &mut AgentState, ev: &Event<'_>)
     );
     f.window_start = window_start;
     f.window_end = window_start + MINUTE_MS;
-    f.score = slot.count as f64 / cap as f64;
+    f.score = count as f64 / cap as f64;
     Some((f, key))
 }
 
@@ -163,22 +164,22 @@ pub(super) fn check_session(
     if cap == 0 || bytes == 0 {
         return None;
     }
-    let h = stable_hash(&[session.as_bytes()]) as u32;
-    let i = match agent.sessions.as_slice().iter().position(|s| s.hash == h) {
+    let h = SessionBytes::hash_of(session);
+    let i = match agent.sessions.as_slice().iter().position(|s| s.hash() == h) {
         Some(i) => i,
-        None => agent.sessions.push(SessionBytes { hash: h, bytes: 0, fired: false }),
+        None => agent.sessions.push(SessionBytes::new(h)),
     };
     let s = &mut agent.sessions.as_mut_slice()[i];
-    s.bytes = s.bytes.saturating_add(bytes);
-    if s.bytes <= cap || s.fired {
+    s.add(bytes);
+    if s.bytes() <= cap || s.fired() {
         return None;
     }
-    s.fired = true;
+    s.fire();
     let mut evidence = Map::new();
     evidence.insert("session_id".into(), json!(session));
     evidence.insert("limit_bytes".into(), json!(cap));
-    evidence.insert("observed_bytes".into(), json!(s.bytes));
-    let observed = s.bytes;
+    evidence.insert("observed_bytes".into(), json!(s.bytes()));
+    let observed = s.bytes();
     let mut f = event_finding(
         FindingKind::SessionLimit,
         Severity::High,

@@ -130,6 +130,8 @@ pub struct Engine {
     pool: Vec<Window>,
     agents: Vec<AgentState>,
     roles: Vec<(Box<str>, PeerTable)>,
+    /// Per role (same index), what one of its agents does per window.
+    peer_levels: Vec<PeerLevels>,
     role_index: HashMap<Box<str>, u16>,
     credentials: HashMap<u64, CredentialOwner>,
     /// (window end, agent) of every open window.
@@ -163,6 +165,9 @@ pub struct Snapshot {
     agents: BTreeMap<String, AgentState>,
     #[serde(default)]
     roles: Vec<(String, PeerTable)>,
+    /// Per role, what one of its agents does per window (absent in snapshots of older versions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    peer_levels: Vec<(String, PeerLevels)>,
     /// (credential hash, owner agent, first use).
     #[serde(default)]
     credentials: Vec<(u64, String, i64)>,
@@ -211,6 +216,7 @@ impl Serialize for SnapshotView<'_> {
         let mut st = ser.serialize_struct("Snapshot", 8)?;
         st.serialize_field("agents", &Agents(e))?;
         st.serialize_field("roles", &seq(e.roles.iter().map(|(n, p)| (&**n, p))))?;
+        st.serialize_field("peer_levels", &seq(e.roles.iter().map(|(n, _)| &**n).zip(&e.peer_levels)))?;
         st.serialize_field(
             "credentials",
             &seq(e.credentials.iter().map(|(h, o)| (*h, &*e.ids[o.agent as usize], o.first_ts))),
@@ -244,6 +250,7 @@ impl Engine {
             pool: Vec::new(),
             agents: Vec::new(),
             roles: Vec::new(),
+            peer_levels: Vec::new(),
             role_index: HashMap::new(),
             credentials: HashMap::new(),
             closing: BinaryHeap::new(),
@@ -354,6 +361,12 @@ impl Engine {
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
             roles: self.roles.iter().map(|(n, p)| (n.to_string(), p.clone())).collect(),
+            peer_levels: self
+                .roles
+                .iter()
+                .map(|(n, _)| n.to_string())
+                .zip(self.peer_levels.clone())
+                .collect(),
             credentials: self
                 .credentials
                 .iter()
@@ -399,10 +412,15 @@ impl Engine {
         self.next_forget = i64::MIN;
         self.closing.clear();
         self.roles.clear();
+        self.peer_levels.clear();
         self.role_index.clear();
         for (name, peers) in snapshot.roles {
             let i = self.intern_role(&name);
             self.roles[usize::from(i)].1 = peers;
+        }
+        for (name, levels) in snapshot.peer_levels {
+            let i = self.intern_role(&name);
+            self.peer_levels[usize::from(i)] = levels;
         }
         if self.roles.is_empty() {
             self.intern_role("");
@@ -488,6 +506,7 @@ impl Engine {
             return i - 1;
         }
         self.roles.push((name.into(), PeerTable::default()));
+        self.peer_levels.push(PeerLevels::default());
         self.role_index.insert(name.into(), i);
         i
     }
@@ -818,29 +837,28 @@ impl Engine {
         let mut counts = std::mem::take(&mut self.counts);
         let id = &self.ids[idx as usize];
         let bucket = bucket(cfg, start);
-        let observed = [u64::from(w.count), w.bytes(), u64::from(w.denied), w.tokens];
+        let observed = MEASURES.map(|q| q.of(&w));
         // The usual high of the agent's action count, when this window's count was surprising: the key
         // spread then learns from the window as if it had had that many actions.
         let mut spiked: Option<f64> = None;
         if warm {
-            for (m, kind) in MEASURES.into_iter().enumerate() {
-                let spec = cfg.spike(kind);
-                let count = counts_actions(kind);
+            for (m, q) in MEASURES.into_iter().enumerate() {
+                let spec = cfg.spike(q.kind());
                 let j = agent.levels.per_window[m].judge(
                     observed[m] as f64,
                     base.tail_quantile,
                     spec.p_value,
-                    count,
+                    q.counts_actions(),
                     cfg.memory_windows,
                 );
-                if m == 0 && j.p * SCALES < spec.p_value {
+                if q == Quantity::Actions && j.p * SCALES < spec.p_value {
                     spiked = Some(j.high);
                 }
                 let span = (start, start + cfg.window_ms);
-                found.extend(spike(cfg, kind, spec, id, &w, span, observed[m], &j).map(|f| (f, bucket)));
-                if m < SPAN_MEASURES {
-                    let s = &mut agent.levels.slow[m];
-                    found.extend(slow_rise(cfg, kind, id, &w, s, gap, observed[m], &j).map(|f| (f, bucket)));
+                found.extend(spike(cfg, q, spec, id, &w, span, observed[m], &j, None).map(|f| (f, bucket)));
+                if let Some(s) = CUMULATIVE.iter().position(|&i| i == m) {
+                    let s = &mut agent.levels.slow[s];
+                    found.extend(slow_rise(cfg, q, id, &w, s, gap, observed[m], &j).map(|f| (f, bucket)));
                 }
             }
             let peers = &self.roles[usize::from(agent.role)].1;
@@ -849,6 +867,31 @@ impl Engine {
             }
             if let Some(f) = new_model(cfg, id, agent, &w) {
                 found.push((f, bucket));
+            }
+            if base.peers {
+                for (t, x) in self.peer_levels[usize::from(agent.role)].per_window.iter_mut().zip(observed) {
+                    t.learn(x as f64, cfg.keep_window);
+                }
+            }
+        } else if base.peers {
+            let role = usize::from(agent.role);
+            let peers = &self.peer_levels[role].per_window;
+            if peers[0].weight() >= base.peer_min_windows as f64 {
+                let group = Some(&*self.roles[role].0);
+                for (m, q) in MEASURES.into_iter().enumerate() {
+                    let spec = cfg.spike(q.kind());
+                    let counts = q.counts_actions();
+                    let x = observed[m];
+                    let j = peers[m].judge(
+                        x as f64,
+                        base.tail_quantile,
+                        spec.p_value,
+                        counts,
+                        cfg.memory_windows,
+                    );
+                    let span = (start, start + cfg.window_ms);
+                    found.extend(spike(cfg, q, spec, id, &w, span, x, &j, group).map(|f| (f, bucket)));
+                }
             }
         }
         for (t, x) in agent.levels.per_window.iter_mut().zip(observed) {

@@ -3,12 +3,53 @@
 
 use super::*;
 
-/// Count of one agent's actions in one event-time minute, for the hard rate cap.
+/// Count of one agent's actions in one event-time minute, for the hard rate cap, as snapshots hold it.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct MinuteCount {
     pub(super) minute: i32,
     pub(super) count: u32,
     pub(super) fired: bool,
+}
+
+/// The top bit of a packed count: whether the cap's finding was said.
+const FIRED: u32 = 1 << 31;
+
+/// A [`MinuteCount`] in eight bytes instead of twelve (per-agent state is budgeted): the count saturates
+/// at 2^31 - 1 and its top bit says whether the finding was said.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct PackedMinute {
+    pub(super) minute: i32,
+    packed: u32,
+}
+
+impl PackedMinute {
+    pub(super) fn count(self) -> u32 {
+        self.packed & !FIRED
+    }
+    pub(super) fn fired(self) -> bool {
+        self.packed & FIRED != 0
+    }
+    /// Counts one more action.
+    pub(super) fn add(&mut self) {
+        if self.count() < !FIRED {
+            self.packed += 1;
+        }
+    }
+    pub(super) fn fire(&mut self) {
+        self.packed |= FIRED;
+    }
+}
+
+impl From<MinuteCount> for PackedMinute {
+    fn from(m: MinuteCount) -> Self {
+        PackedMinute { minute: m.minute, packed: m.count.min(!FIRED) | if m.fired { FIRED } else { 0 } }
+    }
+}
+
+impl From<PackedMinute> for MinuteCount {
+    fn from(m: PackedMinute) -> Self {
+        MinuteCount { minute: m.minute, count: m.count(), fired: m.fired() }
+    }
 }
 
 /// Minutes counted for the hard cap, per agent: up to four, so an event stamped a few minutes early or
@@ -17,17 +58,17 @@ pub(super) struct MinuteCount {
 /// one dropped while sparser ones are kept, so stray early or late events cannot switch the cap off.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "Vec<MinuteCount>", into = "Vec<MinuteCount>")]
-pub(super) struct Minutes(pub(super) [MinuteCount; 4]);
+pub(super) struct Minutes(pub(super) [PackedMinute; 4]);
 
 impl Minutes {
     /// The counter of `minute`, made (in place of the sparsest) if not kept.
-    pub(super) fn slot(&mut self, minute: i32) -> &mut MinuteCount {
+    pub(super) fn slot(&mut self, minute: i32) -> &mut PackedMinute {
         let slots = &mut self.0;
-        let i = match slots.iter().position(|m| m.count > 0 && m.minute == minute) {
+        let i = match slots.iter().position(|m| m.count() > 0 && m.minute == minute) {
             Some(i) => i,
             None => {
-                let i = (0..slots.len()).min_by_key(|&i| (slots[i].count, slots[i].minute)).unwrap_or(0);
-                slots[i] = MinuteCount { minute, count: 0, fired: false };
+                let i = (0..slots.len()).min_by_key(|&i| (slots[i].count(), slots[i].minute)).unwrap_or(0);
+                slots[i] = PackedMinute { minute, packed: 0 };
                 i
             }
         };
@@ -39,7 +80,7 @@ impl From<Vec<MinuteCount>> for Minutes {
     fn from(v: Vec<MinuteCount>) -> Self {
         let mut m = Minutes::default();
         for (slot, c) in m.0.iter_mut().zip(v.into_iter().filter(|c| c.count > 0)) {
-            *slot = c;
+            *slot = c.into();
         }
         m
     }
@@ -47,7 +88,7 @@ impl From<Vec<MinuteCount>> for Minutes {
 
 impl From<Minutes> for Vec<MinuteCount> {
     fn from(m: Minutes) -> Self {
-        m.0.into_iter().filter(|c| c.count > 0).collect()
+        m.0.into_iter().filter(|c| c.count() > 0).map(Into::into).collect()
     }
 }
 
@@ -251,13 +292,65 @@ impl Recent<(u32, u32)> {
     }
 }
 
-/// Bytes moved in one session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// Bytes moved in one session, as snapshots hold it.
+#[derive(Serialize, Deserialize)]
+struct SessionRepr {
+    bytes: u64,
+    hash: u32,
+    fired: bool,
+}
+
+/// Bytes moved in one session, in twelve bytes (an agent keeps four; a `u64` field would align each to
+/// sixteen): the count in two halves, and the low 31 bits of the session id's hash with the top bit
+/// saying whether the cap's finding was said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(from = "SessionRepr", into = "SessionRepr")]
 pub(super) struct SessionBytes {
-    pub(super) bytes: u64,
-    /// Low 32 bits of the session id's hash.
-    pub(super) hash: u32,
-    pub(super) fired: bool,
+    low: u32,
+    high: u32,
+    tagged: u32,
+}
+
+impl SessionBytes {
+    pub(super) fn hash_of(session: &str) -> u32 {
+        stable_hash(&[session.as_bytes()]) as u32 & !FIRED
+    }
+    pub(super) fn new(hash: u32) -> Self {
+        SessionBytes { low: 0, high: 0, tagged: hash & !FIRED }
+    }
+    pub(super) fn hash(self) -> u32 {
+        self.tagged & !FIRED
+    }
+    pub(super) fn bytes(self) -> u64 {
+        u64::from(self.high) << 32 | u64::from(self.low)
+    }
+    pub(super) fn add(&mut self, n: u64) {
+        let b = self.bytes().saturating_add(n);
+        (self.low, self.high) = (b as u32, (b >> 32) as u32);
+    }
+    pub(super) fn fired(self) -> bool {
+        self.tagged & FIRED != 0
+    }
+    pub(super) fn fire(&mut self) {
+        self.tagged |= FIRED;
+    }
+}
+
+impl From<SessionRepr> for SessionBytes {
+    fn from(r: SessionRepr) -> Self {
+        let mut s = SessionBytes::new(r.hash);
+        s.add(r.bytes);
+        if r.fired {
+            s.fire();
+        }
+        s
+    }
+}
+
+impl From<SessionBytes> for SessionRepr {
+    fn from(s: SessionBytes) -> Self {
+        SessionRepr { bytes: s.bytes(), hash: s.hash(), fired: s.fired() }
+    }
 }
 
 /// The start of an agent's last closed window, `i64::MIN` for none: an `Option<i64>` in eight bytes
@@ -290,25 +383,82 @@ impl From<LastWindow> for Option<i64> {
     }
 }
 
-/// What the volume detectors measure per window, in this order.
-pub(super) const MEASURES: [FindingKind; 4] =
-    [FindingKind::VolumeSpike, FindingKind::DataSpike, FindingKind::DeniedBurst, FindingKind::TokenSpike];
-/// Whether a measure counts actions (judged with the Poisson floor and an exponential prior tail) rather
-/// than a volume (bytes, tokens: a heavy prior tail).
-pub(super) const fn counts_actions(kind: FindingKind) -> bool {
-    matches!(kind, FindingKind::VolumeSpike | FindingKind::DeniedBurst)
+/// What the volume detectors measure per window. Bytes written are judged on their own as well as in
+/// the bytes moved: for most agents reads are far larger than writes, so a steady stream of data going
+/// out (an exfiltration paced to stay small) hides in the reads' noise but stands out among the writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Quantity {
+    Actions,
+    /// Bytes read plus written.
+    Bytes,
+    Denials,
+    /// Model tokens, input and output.
+    Tokens,
+    /// Bytes written or sent.
+    Written,
 }
-/// The measures also judged per span: actions and bytes (a burst of denials is acute; a slow one is
-/// left to the per-window judge and `scope_drift`).
-pub(super) const SPAN_MEASURES: usize = 2;
 
-/// Baselines of the measures (actions, bytes, denials, tokens) at two time scales: each window, and each span of
+impl Quantity {
+    /// The finding a surprising value is.
+    pub(super) const fn kind(self) -> FindingKind {
+        match self {
+            Quantity::Actions => FindingKind::VolumeSpike,
+            Quantity::Bytes | Quantity::Written => FindingKind::DataSpike,
+            Quantity::Denials => FindingKind::DeniedBurst,
+            Quantity::Tokens => FindingKind::TokenSpike,
+        }
+    }
+
+    /// Whether it counts actions (judged with the Poisson floor and an exponential prior tail) rather
+    /// than a volume (bytes, tokens: a heavy prior tail).
+    pub(super) const fn counts_actions(self) -> bool {
+        matches!(self, Quantity::Actions | Quantity::Denials)
+    }
+
+    /// Its name in evidence and in the baseline the control API shows.
+    pub(super) const fn name(self) -> &'static str {
+        match self {
+            Quantity::Actions => "actions",
+            Quantity::Bytes => "bytes",
+            Quantity::Denials => "denials",
+            Quantity::Tokens => "tokens",
+            Quantity::Written => "bytes_written",
+        }
+    }
+
+    /// Its value in a window.
+    pub(super) fn of(self, w: &Window) -> u64 {
+        match self {
+            Quantity::Actions => u64::from(w.count),
+            Quantity::Bytes => w.bytes(),
+            Quantity::Denials => u64::from(w.denied),
+            Quantity::Tokens => w.tokens,
+            Quantity::Written => w.bytes_written,
+        }
+    }
+}
+
+/// The measures, in the order of `Levels::per_window` (new ones are appended, so a snapshot written
+/// with fewer still restores: see `padded`).
+pub(super) const MEASURES: [Quantity; 5] =
+    [Quantity::Actions, Quantity::Bytes, Quantity::Denials, Quantity::Tokens, Quantity::Written];
+/// The measures also judged per span, as indices into `MEASURES`: actions and bytes (a burst of denials
+/// is acute, a slow one is left to the per-window judge and `scope_drift`; tokens have their budgets).
+pub(super) const SPANNED: [usize; 3] = [0, 1, 4];
+/// The measures the cumulative detector follows: actions, bytes, and bytes written, where a steady
+/// trickle out shows (no span of its own: the cumulative detector is what finds a sustained one, and
+/// an idle agent's state is budgeted).
+pub(super) const CUMULATIVE: [usize; 3] = [0, 1, 4];
+
+/// Baselines of the measures at two time scales: each window, and each span of
 /// `baseline.span_windows` windows (aligned on event time), so that a slow rise, invisible in any one
 /// window, shows in the span's sum.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct Levels {
+    #[serde(deserialize_with = "padded")]
     pub(super) per_window: [Tail; MEASURES.len()],
-    pub(super) per_span: [Tail; SPAN_MEASURES],
+    #[serde(deserialize_with = "padded")]
+    pub(super) per_span: [Tail; SPANNED.len()],
     /// The span being summed (its index: start / span length), `NO_SPAN` when none is.
     #[serde(default = "no_span")]
     pub(super) pending: i32,
@@ -316,11 +466,37 @@ pub(super) struct Levels {
     #[serde(default = "no_span")]
     pub(super) last_span: i32,
     /// The pending span's sums so far.
-    #[serde(default)]
-    pub(super) span_sum: [u64; SPAN_MEASURES],
-    /// The cumulative detector's statistic for actions and bytes (see `slow_rise`).
-    #[serde(default)]
-    pub(super) slow: [f32; SPAN_MEASURES],
+    #[serde(default, deserialize_with = "padded")]
+    pub(super) span_sum: [u64; SPANNED.len()],
+    /// The cumulative detector's statistic per measure it follows (see `slow_rise`).
+    #[serde(default, deserialize_with = "padded")]
+    pub(super) slow: [f32; CUMULATIVE.len()],
+}
+
+/// What one agent of a role does in one window, per measure: learned from the windows of the role's
+/// agents that have a baseline of their own (in the order windows close, which is fixed: see `sweep`),
+/// it is the yardstick for the agents that have none yet.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(super) struct PeerLevels {
+    #[serde(deserialize_with = "padded")]
+    pub(super) per_window: [Tail; MEASURES.len()],
+}
+
+/// Reads an array saved when there were fewer measures: the ones added since start empty.
+fn padded<'de, D, T, const N: usize>(d: D) -> Result<[T; N], D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    let saved = Vec::<T>::deserialize(d)?;
+    if saved.len() > N {
+        return Err(serde::de::Error::invalid_length(saved.len(), &"no more values than measures"));
+    }
+    let mut out: [T; N] = std::array::from_fn(|_| T::default());
+    for (o, x) in out.iter_mut().zip(saved) {
+        *o = x;
+    }
+    Ok(out)
 }
 
 pub(super) const NO_SPAN: i32 = i32::MIN;
@@ -336,8 +512,8 @@ impl Default for Levels {
             per_span: Default::default(),
             pending: NO_SPAN,
             last_span: NO_SPAN,
-            span_sum: [0; SPAN_MEASURES],
-            slow: [0.0; SPAN_MEASURES],
+            span_sum: [0; SPANNED.len()],
+            slow: [0.0; CUMULATIVE.len()],
         }
     }
 }
@@ -414,4 +590,29 @@ impl AgentState {
 pub(super) struct CredentialOwner {
     pub(super) agent: u32,
     pub(super) first_ts: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_saved_before_bytes_written_was_a_measure_restore_with_it_empty() {
+        let mut levels = Levels::default();
+        levels.per_window[1].learn(5_000.0, 0.99);
+        levels.per_span[0].learn(12.0, 0.99);
+        (levels.pending, levels.span_sum[1], levels.slow[1]) = (7, 9_000, 3.5);
+        // The shape an older version wrote: four measures per window, two followed by the cumulative
+        // detector.
+        let mut old = serde_json::to_value(&levels).unwrap();
+        for (field, len) in [("per_window", 4), ("slow", 2)] {
+            old[field].as_array_mut().unwrap().truncate(len);
+        }
+        let back: Levels = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(back, levels);
+        // More values than measures is not a snapshot of any version.
+        old["slow"] = serde_json::json!([0.0, 0.0, 0.0, 0.0]);
+        let err = serde_json::from_value::<Levels>(old).unwrap_err().to_string();
+        assert!(err.contains("no more values than measures"), "{err}");
+    }
 }

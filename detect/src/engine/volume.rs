@@ -34,10 +34,10 @@ pub(super) fn spans(
         rhythm_gap(cfg, id, agent, last, gap, found);
         let levels = &mut agent.levels;
         levels.pending = current;
-        levels.span_sum = [0; SPAN_MEASURES];
+        levels.span_sum = [0; SPANNED.len()];
     }
-    for (sum, x) in agent.levels.span_sum.iter_mut().zip(observed) {
-        *sum = sum.saturating_add(x);
+    for (sum, &m) in agent.levels.span_sum.iter_mut().zip(&SPANNED) {
+        *sum = sum.saturating_add(observed[m]);
     }
     if start + cfg.window_ms >= (i64::from(current) + 1) * cfg.span_ms {
         close_span(cfg, id, agent, w, current, found);
@@ -60,13 +60,25 @@ pub(super) fn close_span(
     if warm {
         let from = i64::from(index) * cfg.span_ms;
         let span = (from, from + cfg.span_ms);
-        for (m, kind) in MEASURES.into_iter().take(SPAN_MEASURES).enumerate() {
-            let spec = cfg.spike(kind);
-            let count = counts_actions(kind);
+        for (s, &m) in SPANNED.iter().enumerate() {
+            let q = MEASURES[m];
+            let spec = cfg.spike(q.kind());
             let memory = cfg.memory_windows / base.span_windows as f64;
-            let j = levels.per_span[m].judge(sums[m] as f64, base.tail_quantile, spec.p_value, count, memory);
-            let key = span_key(cfg, &agent.open, kind, span);
-            found.extend(spike(cfg, kind, spec, id, w, span, sums[m], &j).map(|f| (f, key)));
+            let j = levels.per_span[s].judge(
+                sums[s] as f64,
+                base.tail_quantile,
+                spec.p_value,
+                q.counts_actions(),
+                memory,
+            );
+            let key = span_key(cfg, &agent.open, q.kind(), span);
+            found.extend(spike(cfg, q, spec, id, w, span, sums[s], &j, None).map(|f| (f, key)));
+            // The span's surprise adds to the cumulative sum too: a rise too small to stand out in any
+            // one window can stand out in a quarter of an hour's total.
+            if let Some(c) = CUMULATIVE.iter().position(|&i| i == m) {
+                let sum = &mut levels.slow[c];
+                found.extend(slow_rise(cfg, q, id, w, sum, 0, sums[s], &j).map(|f| (f, key)));
+            }
         }
     }
     for (t, x) in levels.per_span.iter_mut().zip(sums) {
@@ -77,7 +89,7 @@ pub(super) fn close_span(
     let levels = &mut agent.levels;
     levels.last_span = index;
     levels.pending = NO_SPAN;
-    levels.span_sum = [0; SPAN_MEASURES];
+    levels.span_sum = [0; SPANNED.len()];
 }
 
 /// The incident key of a finding on a span: a span reaches over two cooldown periods, so it joins an
@@ -230,7 +242,7 @@ fn rhythm_finding(
 #[allow(clippy::too_many_arguments)]
 pub(super) fn slow_rise(
     cfg: &Compiled,
-    kind: FindingKind,
+    q: Quantity,
     agent: &str,
     w: &Window,
     sum: &mut f32,
@@ -250,12 +262,12 @@ pub(super) fn slow_rise(
         return None;
     }
     *sum = 0.0;
-    let mut f = window_finding(cfg, kind, Severity::Medium, agent, w);
+    let mut f = window_finding(cfg, q.kind(), Severity::Medium, agent, w);
     f.score = round3(now);
-    let (what, x, high) = if kind == FindingKind::DataSpike {
-        ("bytes moved", human_bytes(observed as f64), human_bytes(j.high))
-    } else {
-        ("actions", observed.to_string(), two_digits(j.high))
+    let (what, x, high) = match q {
+        Quantity::Bytes => ("bytes moved", human_bytes(observed as f64), human_bytes(j.high)),
+        Quantity::Written => ("bytes written or sent", human_bytes(observed as f64), human_bytes(j.high)),
+        _ => ("actions", observed.to_string(), two_digits(j.high)),
     };
     f.summary = format!(
         "{agent}: a sustained rise in {what}, window after window above its baseline (cumulative surprise \
@@ -264,6 +276,7 @@ pub(super) fn slow_rise(
     );
     let e = &mut f.evidence;
     e.insert("detector".into(), json!("cumulative"));
+    e.insert("measure".into(), json!(q.name()));
     e.insert("cumulative_score".into(), json!(round3(now)));
     e.insert("threshold".into(), json!(slow.threshold));
     e.insert("allowance".into(), json!(slow.allowance));
@@ -275,17 +288,19 @@ pub(super) fn slow_rise(
 
 /// A window (or span) far in the tail of the agent's own baseline, and big enough to matter: at least
 /// the detector's absolute floor (which only suppresses trivia) and `min_ratio` times the agent's usual
-/// high. The finding carries the evidence an analyst reads in one glance.
+/// high. The finding carries the evidence an analyst reads in one glance. `peers` names the role when
+/// the baseline is its agents' (for an agent that has none of its own yet).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn spike(
     cfg: &Compiled,
-    kind: FindingKind,
+    q: Quantity,
     spec: &SpikeConfig,
     agent: &str,
     w: &Window,
     (from, to): (i64, i64),
     observed: u64,
     j: &Judgement,
+    peers: Option<&str>,
 ) -> Option<Finding> {
     let x = observed as f64;
     let p = (j.p * SCALES).min(1.0);
@@ -298,25 +313,45 @@ pub(super) fn spike(
     let usual = j.high.max(1.0);
     let ratio = x / usual;
     let severity = if ratio >= spec.high_ratio { Severity::High } else { Severity::Medium };
-    let mut f = window_finding(cfg, kind, severity, agent, w);
+    let mut f = window_finding(cfg, q.kind(), severity, agent, w);
     (f.window_start, f.window_end, f.ts) = (from, to, to);
     f.score = score(p);
     let span = human_duration((to - from) / 1000);
-    let did = match kind {
-        FindingKind::DeniedBurst => format!("had {observed} actions denied"),
-        FindingKind::TokenSpike => format!("used {observed} model tokens"),
-        FindingKind::DataSpike => format!("moved {}", human_bytes(x)),
-        _ => format!("made {observed} actions"),
+    let bytes = matches!(q, Quantity::Bytes | Quantity::Written);
+    let did = match q {
+        Quantity::Denials => format!("had {observed} actions denied"),
+        Quantity::Tokens => format!("used {observed} model tokens"),
+        Quantity::Bytes => format!("moved {}", human_bytes(x)),
+        Quantity::Written => format!("wrote or sent {}", human_bytes(x)),
+        Quantity::Actions => format!("made {observed} actions"),
     };
-    let against = if j.high > 0.0 {
-        let usual = if kind == FindingKind::DataSpike { human_bytes(j.high) } else { two_digits(j.high) };
-        format!(", {}x its usual high of {usual}", two_digits(ratio))
-    } else {
-        "; its recent history has none".to_owned()
+    let usual = if bytes { human_bytes(j.high) } else { two_digits(j.high) };
+    let against = match (peers, j.high > 0.0) {
+        (None, true) => format!(", {}x its usual high of {usual}", two_digits(ratio)),
+        (None, false) => "; its recent history has none".to_owned(),
+        (Some(role), high) => {
+            let agent = if role.is_empty() {
+                "an agent without a role".to_owned()
+            } else {
+                format!("a {role} agent")
+            };
+            let usual = if high {
+                format!("{}x the usual high of {agent} ({usual})", two_digits(ratio))
+            } else {
+                format!("where {agent} usually has none")
+            };
+            format!(", {usual}; it has no baseline of its own yet")
+        }
     };
     let p_text = if p < 1e-16 { "p < 1e-16".to_owned() } else { format!("p = {p:.1e}") };
     f.summary = format!("{agent} {did} in {span}{against} ({p_text})");
     let e = &mut f.evidence;
+    if let Some(role) = peers {
+        // No baseline of its own yet: judged against what one agent of its role does in a window.
+        e.insert("detector".into(), json!("peers"));
+        e.insert("peer_group".into(), json!(role));
+    }
+    e.insert("measure".into(), json!(q.name()));
     e.insert("observed".into(), json!(observed));
     e.insert("span_seconds".into(), json!((to - from) / 1000));
     e.insert("baseline_median".into(), json!(round3(j.median)));
@@ -325,7 +360,7 @@ pub(super) fn spike(
     e.insert("p_value".into(), json!(p));
     e.insert("ratio".into(), json!(round3(ratio)));
     e.insert("tail_shape".into(), json!(round3(j.shape)));
-    if kind == FindingKind::DataSpike && to - from == cfg.window_ms {
+    if bytes && to - from == cfg.window_ms {
         e.insert("bytes_read".into(), json!(w.bytes_read));
         e.insert("bytes_written".into(), json!(w.bytes_written));
     }
