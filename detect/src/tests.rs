@@ -432,20 +432,18 @@ fn steady_work_raises_nothing() {
     check(BASELINE, &merged(parts), "");
 }
 
-#[test]
-fn a_slow_exfiltration_under_every_window_threshold_adds_up_to_one_finding() {
-    // Two days of 4 reads a minute, each between 80 and 120 KB; then an hour in which every read is
-    // three times larger: no single window is far enough out to be a spike, the hour is.
-    let base = |m: i64, i: i64| 80_000 + (m * 7 + i * 13) % 5 * 10_000;
+/// Two days and an hour (2,940 minutes) of agent `d1` reading from the warehouse 4 times a minute, 80 to
+/// 120 KB each, times `scale(minute)`; ids `{prefix}{minute}-{i}`.
+fn warehouse_reads(prefix: &str, scale: impl Fn(i64) -> i64) -> Vec<String> {
     let mut lines = Vec::new();
     for m in 0..2940 {
         for i in 0..4 {
-            let bytes = if m >= 2880 { 3 * base(m, i) } else { base(m, i) };
+            let bytes = (80_000 + (m * 7 + i * 13) % 5 * 10_000) * scale(m);
             let extra = format!(r#","agent_role":"data","bytes_read":{bytes}"#);
-            let ts = m * 60_000 + i * 15_000;
+            let id = format!("{prefix}{m}-{i}");
             lines.push(ev(
-                &format!("x{m}-{i}"),
-                ts,
+                &id,
+                m * 60_000 + i * 15_000,
                 "d1",
                 "data.read",
                 "postgres://warehouse/orders",
@@ -453,6 +451,14 @@ fn a_slow_exfiltration_under_every_window_threshold_adds_up_to_one_finding() {
             ));
         }
     }
+    lines
+}
+
+#[test]
+fn a_slow_exfiltration_under_every_window_threshold_adds_up_to_one_finding() {
+    // Two days of 4 reads a minute, each between 80 and 120 KB; then an hour in which every read is
+    // three times larger: no single window is far enough out to be a spike, the hour is.
+    let lines = warehouse_reads("x", |m| if m >= 2880 { 3 } else { 1 });
     check(
         "rate_limit_per_minute = 0\n[data]\nmin_bytes = 100000\n",
         &lines.join("\n"),
@@ -477,55 +483,26 @@ fn a_steady_trickle_out_is_found_among_the_writes_while_the_reads_hide_it() {
     // in which the agent also sends 40 KB a minute to an upload endpoint. That is a tenth more bytes
     // moved (under the reads' noise: bytes moved raise nothing) but twenty times what it usually
     // writes, minute after minute: the cumulative detector on bytes written finds it within minutes.
-    let base = |m: i64, i: i64| 80_000 + (m * 7 + i * 13) % 5 * 10_000;
-    let mut lines = Vec::new();
-    for m in 0..2940 {
-        for i in 0..4 {
-            let extra = format!(r#","agent_role":"data","bytes_read":{}"#, base(m, i));
-            let ts = m * 60_000 + i * 15_000;
-            lines.push(ev(
-                &format!("r{m}-{i}"),
-                ts,
-                "d1",
-                "data.read",
-                "postgres://warehouse/orders",
-                &extra,
-            ));
-        }
-        if m % 5 == 0 {
-            let extra = format!(r#","agent_role":"data","bytes_written":{}"#, 1_500 + m % 7 * 150);
-            lines.push(ev(
-                &format!("w{m}"),
-                m * 60_000 + 5_000,
-                "d1",
-                "file.write",
-                "file:///tmp/report",
-                &extra,
-            ));
-        }
-        if m >= 2880 {
-            let extra = r#","agent_role":"data","bytes_written":40000"#;
-            lines.push(ev(
-                &format!("x{m}"),
-                m * 60_000 + 40_000,
-                "d1",
-                "api.call",
-                "https://paste.example/upload",
-                extra,
-            ));
-        }
-    }
+    let writes = (0..2940).step_by(5).map(|m| {
+        let extra = format!(r#","agent_role":"data","bytes_written":{}"#, 1_500 + m % 7 * 150);
+        ev(&format!("w{m}"), m * 60_000 + 5_000, "d1", "file.write", "file:///tmp/report", &extra)
+    });
+    let uploads = (2880..2940).map(|m| {
+        let extra = r#","agent_role":"data","bytes_written":40000"#;
+        ev(&format!("x{m}"), m * 60_000 + 40_000, "d1", "api.call", "https://paste.example/upload", extra)
+    });
+    let input = merged(vec![warehouse_reads("r", |_| 1), writes.collect(), uploads.collect()]);
     // The upload endpoint is new to the agent (scope drift); the bytes written are found 8 minutes in,
     // and again in later cooldown periods while the trickle lasts. Nothing about bytes moved.
     check(
         "rate_limit_per_minute = 0\n",
-        &lines.join("\n"),
+        &input,
         r#"
 scope_drift medium d1 @172860000 [x2880] d1 touched 1 thing new to it and rare among its 0 peers: "https://paste.example/upload"
-data_spike medium d1 @173340000 [r2888-0,r2888-1,r2888-2,x2888,r2888-3] d1: a sustained rise in bytes written or sent, window after window above its baseline (cumulative surprise 20.3 >= 20); this window 40.0 KB, its usual high 16.4 KB
-data_spike medium d1 @174000000 [r2899-0,r2899-1,r2899-2,x2899,r2899-3] d1: a sustained rise in bytes written or sent, window after window above its baseline (cumulative surprise 20.3 >= 20); this window 40.0 KB, its usual high 16.4 KB
-data_spike medium d1 @174960000 [r2915-0,r2915-1,r2915-2,x2915,r2915-3] d1: a sustained rise in bytes written or sent, window after window above its baseline (cumulative surprise 20.4 >= 20); this window 40.0 KB, its usual high 16.4 KB
-data_spike medium d1 @176160000 [r2935-0,r2935-1,r2935-2,x2935,r2935-3] d1: a sustained rise in bytes written or sent, window after window above its baseline (cumulative surprise 20.4 >= 20); this window 40.0 KB, its usual high 39.0 KB
+data_spike medium d1 @173340000 [r2888-0,r2888-1,r2888-2,x2888,r2888-3] d1: a sustained rise in bytes written or sent, window after window above its baseline (cumulative surprise 20.4 >= 20); this window 40.0 KB, its usual high 11.6 KB
+data_spike medium d1 @174000000 [r2899-0,r2899-1,r2899-2,x2899,r2899-3] d1: a sustained rise in bytes written or sent, window after window above its baseline (cumulative surprise 20.4 >= 20); this window 40.0 KB, its usual high 11.6 KB
+data_spike medium d1 @174960000 [r2915-0,w2915,r2915-1,r2915-2,x2915] d1: a sustained rise in bytes written or sent, window after window above its baseline (cumulative surprise 20.6 >= 20); this window 42.0 KB, its usual high 11.6 KB
+data_spike medium d1 @176160000 [r2935-0,w2935,r2935-1,r2935-2,x2935] d1: a sustained rise in bytes written or sent, window after window above its baseline (cumulative surprise 20.5 >= 20); this window 41.8 KB, its usual high 39.0 KB
 "#,
     );
 }
