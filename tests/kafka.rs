@@ -343,7 +343,16 @@ fn the_load_generator_produces_the_fleet_keyed_by_agent_at_the_asked_rate() {
         assert!(e.1 <= ts, "{} out of order: {} after {}", ev["agent_id"], ts, e.1);
         e.1 = ts;
     }
-    assert_eq!(seen.len(), 40);
+    // Every agent of the file is in the topic (in a short fleet some agents, joining late or between
+    // bursts, make no event at all).
+    let agents: std::collections::BTreeSet<String> = want
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["agent_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert!(agents.len() >= 30, "{} agents of 40 made events", agents.len());
+    assert_eq!(seen.keys().cloned().collect::<std::collections::BTreeSet<_>>(), agents);
 }
 
 #[test]
