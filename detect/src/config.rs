@@ -193,7 +193,7 @@ pub struct BaselineConfig {
     /// Until then, each window of the agent is judged against its role's agents instead (what one of
     /// them does in one window, learned from the windows of those that have a baseline), so a new
     /// agent's first hour is watched too. Off when false.
-    #[serde(default)]
+    #[serde(default = "default_true")]
     pub peers: bool,
     /// Windows of its agents a role's yardstick must hold before it judges a new agent: fewer say
     /// little about how far the role's busiest windows reach.
@@ -233,7 +233,7 @@ impl Default for BaselineConfig {
             span_windows: default_span_windows(),
             warmup_windows: default_warmup_windows(),
             warmup_events: default_warmup_events(),
-            peers: false,
+            peers: true,
             peer_min_windows: default_peer_min_windows(),
         }
     }
