@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::{Engine, MEASURES};
+use super::{Engine, MEASURES, judge_window};
 
 /// One agent's baseline, as learned so far.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -58,13 +58,7 @@ impl Engine {
             .into_iter()
             .zip(&state.levels.per_window)
             .map(|(q, tail)| {
-                let j = tail.judge(
-                    0.0,
-                    base.tail_quantile,
-                    cfg.spike(q.kind()).p_value,
-                    q.counts_actions(),
-                    cfg.memory_windows,
-                );
+                let j = judge_window(cfg, tail, q, 0);
                 Measure {
                     measure: q.name(),
                     median: round(j.median),

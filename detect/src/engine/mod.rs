@@ -844,13 +844,7 @@ impl Engine {
         if warm {
             for (m, q) in MEASURES.into_iter().enumerate() {
                 let spec = cfg.spike(q.kind());
-                let j = agent.levels.per_window[m].judge(
-                    observed[m] as f64,
-                    base.tail_quantile,
-                    spec.p_value,
-                    q.counts_actions(),
-                    cfg.memory_windows,
-                );
+                let j = judge_window(cfg, &agent.levels.per_window[m], q, observed[m]);
                 if q == Quantity::Actions && j.p * SCALES < spec.p_value {
                     spiked = Some(j.high);
                 }
@@ -879,16 +873,8 @@ impl Engine {
             if peers[0].weight() >= base.peer_min_windows as f64 {
                 let group = Some(&*self.roles[role].0);
                 for (m, q) in MEASURES.into_iter().enumerate() {
-                    let spec = cfg.spike(q.kind());
-                    let counts = q.counts_actions();
-                    let x = observed[m];
-                    let j = peers[m].judge(
-                        x as f64,
-                        base.tail_quantile,
-                        spec.p_value,
-                        counts,
-                        cfg.memory_windows,
-                    );
+                    let (spec, x) = (cfg.spike(q.kind()), observed[m]);
+                    let j = judge_window(cfg, &peers[m], q, x);
                     let span = (start, start + cfg.window_ms);
                     found.extend(spike(cfg, q, spec, id, &w, span, x, &j, group).map(|f| (f, bucket)));
                 }

@@ -105,6 +105,12 @@ fn span_key(cfg: &Compiled, open: &[OpenFinding], kind: FindingKind, (from, to):
     }
 }
 
+/// How surprising `x` is as one window's `q` under `tail` (the agent's own baseline, or its role's).
+pub(super) fn judge_window(cfg: &Compiled, tail: &Tail, q: Quantity, x: u64) -> Judgement {
+    let p_value = cfg.spike(q.kind()).p_value;
+    tail.judge(x as f64, cfg.raw.baseline.tail_quantile, p_value, q.counts_actions(), cfg.memory_windows)
+}
+
 /// The empty spans between an agent's last span and its next: each is judged (an agent silent when it
 /// is usually busy is one `volume_drop`) and learned as zero by its rhythm. After more than a week of
 /// silence the rhythm starts over: it described an agent that is not there any more.
