@@ -500,8 +500,8 @@ struct Incident {
     mean_gap_ms: f64,
     /// For shared credentials: whose credential.
     other: usize,
-    /// How many times a medium incident's intensity (see [`Strength`]).
-    factor: f64,
+    /// How strong it is.
+    strength: Strength,
 }
 
 /// Activity multiplier by hour of day (UTC): quiet nights, busy working hours.
@@ -597,7 +597,7 @@ pub fn simulate(
                 end_ms: start_ms + len,
                 mean_gap_ms: 1000.0 / (rate * strength.factor()),
                 other,
-                factor: strength.factor(),
+                strength,
             });
         }
     }
@@ -622,7 +622,7 @@ pub fn simulate(
                 end_ms: start_ms + len,
                 mean_gap_ms: 1000.0 / rate,
                 other: i,
-                factor: 1.0,
+                strength: Strength::Medium,
             });
         }
     }
@@ -739,10 +739,11 @@ fn make_event<'a>(
             IncidentKind::DataExfiltration | IncidentKind::SlowExfiltration => {
                 // A fast one moves hundreds of megabytes a step; a slow one reads about twice the role's
                 // usual size, each step on its own unremarkable (the usual reads are heavy-tailed).
+                let f = inc.strength.factor();
                 let (read, shipped, sigma) = if inc.kind == IncidentKind::DataExfiltration {
-                    (200e6 * inc.factor, 150e6 * inc.factor, 0.5)
+                    (200e6 * f, 150e6 * f, 0.5)
                 } else {
-                    (2.0 * role.read_median * inc.factor, 2.0 * role.read_median * inc.factor, 0.4)
+                    (2.0 * role.read_median * f, 2.0 * role.read_median * f, 0.4)
                 };
                 // Half the steps read, half ship what was read to a sink.
                 if rng.chance(0.5) {
@@ -796,7 +797,7 @@ fn make_event<'a>(
     let model_call = action == "model.call";
     // A looping agent sends its whole growing context every time: several times the usual prompt.
     let looping = incident.filter(|i| i.kind == IncidentKind::TokenLoop);
-    let prompt = looping.map_or(7.5, |i| 9.5 + i.factor.ln());
+    let prompt = looping.map_or(7.5, |i| 9.5 + i.strength.factor().ln());
     let input_tokens = model_call.then(|| rng.lognormal(prompt, 0.8) as u64);
     let output_tokens = model_call.then(|| rng.lognormal(6.0, 0.7) as u64);
     let cost_usd =
