@@ -13,6 +13,9 @@ use serde_json::value::RawValue;
 
 use crate::timestamp::{self, TimestampError};
 
+mod fast;
+use fast::field_index;
+
 /// Version of the event contract this crate implements.
 pub const CONTRACT_VERSION: u32 = 1;
 
@@ -443,10 +446,6 @@ enum Top<'a> {
 
 struct TopVisitor;
 
-fn field_index(name: &str) -> Option<usize> {
-    FIELDS.iter().position(|f| f.name == name)
-}
-
 impl<'de> Visitor<'de> for TopVisitor {
     type Value = Top<'de>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -532,6 +531,15 @@ pub fn decode(bytes: &[u8], max_bytes: usize) -> Result<Event<'_>, Invalid> {
 
 /// Decodes one event from text already known to be UTF-8 (see [`decode`]; no size cap here).
 pub fn decode_str(text: &str) -> Result<Event<'_>, Invalid> {
+    if let Some(slots) = fast::scan(text) {
+        return validate(slots);
+    }
+    decode_by_serde(text)
+}
+
+/// [`decode_str`] by serde alone: every text the fast path leaves (escapes, malformed JSON, unusual
+/// shapes) is decided here, and the differential test compares the two.
+fn decode_by_serde(text: &str) -> Result<Event<'_>, Invalid> {
     let top: Top<'_> = serde_json::from_str(text).map_err(|e| Invalid::NotJson { detail: e.to_string() })?;
     match top {
         Top::Object(slots) => validate(*slots),
@@ -553,8 +561,10 @@ fn get_str<'a>(slots: &mut Slots<'a>, i: usize) -> Result<Option<Cow<'a, str>>, 
         None if spec.required => Err(Invalid::MissingField { field: spec.name }),
         None => Ok(None),
         Some(Scalar::Str(s)) => {
-            // Byte length bounds character count from above, so most strings skip the char walk.
-            let chars = if s.len() <= max { s.len().min(s.chars().count()) } else { s.chars().count() };
+            // Byte length bounds the character count from above, and a string of any bytes has a
+            // character: unless a bound needs the exact count, 0 or 1 stands for it (no char walk).
+            let exact = s.len() > max || min > 1;
+            let chars = if exact { s.chars().count() } else { s.len().min(1) };
             if chars < min {
                 Err(Invalid::InvalidValue { field: spec.name, problem: "must not be empty".into() })
             } else if chars > max {

@@ -164,3 +164,129 @@ fn a_lone_surrogate_escape_in_kept_json_is_refused() {
         assert!(decode(line.as_bytes(), 4096).is_ok(), "{line}");
     }
 }
+
+#[test]
+fn the_fast_path_knows_every_field_of_the_table() {
+    for (i, spec) in FIELDS.iter().enumerate() {
+        assert_eq!(field_index(spec.name), Some(i), "{}", spec.name);
+    }
+    assert_eq!(field_index("Event_id"), None);
+    assert_eq!(field_index(""), None);
+}
+
+/// Lines of every shape the decoder meets: ordinary events (the fast path's), and escapes, numbers of
+/// every kind, nesting, whitespace, duplicates and breakage (mostly the serde path's).
+fn shapes() -> Vec<String> {
+    let mut lines = vec![
+        GOOD.to_owned(),
+        r#"{"event_id":"evt-77-0000000001","ts":"2026-01-05T08:00:00.107Z","agent_id":"ops-agent-0409","action":"api.call","resource":"mcp://pagerduty/acknowledge","scope":"alerts:write","bytes_read":26559,"records":52,"session_id":"sess-409-0","agent_role":"ops","credential_id":"key_9fc51beb1e9a","model":"gpt-5","model_provider":"openai","intent":"restart crashed pod","trace_id":"2e9a7554c20b071f3e4153209c324187","span_id":"fe12360425b7b7b1","source":"ops-agent"}"#.to_owned(),
+        format!(" \t{GOOD}\n "),
+        GOOD.replace(',', " , ").replace(':', " : "),
+        GOOD.replace("agent-7", "agént-7 ✓"),
+        "{}".to_owned(),
+        " { } ".to_owned(),
+        "[1,2]".to_owned(),
+        String::new(),
+        format!("{GOOD} x"),
+        format!("{GOOD}{GOOD}"),
+        GOOD.replace('}', ",}"),
+        GOOD.replace("agent-7", "agent\\u002d7"),
+        GOOD.replace("agent-7", "agent\t7"),
+        GOOD.replace("\"event_id\"", "\"event\\u005fid\""),
+    ];
+    for field in [
+        r#""bytes_read":0"#,
+        r#""bytes_read":007"#,
+        r#""bytes_read":18446744073709551615"#,
+        r#""bytes_read":18446744073709551616"#,
+        r#""bytes_read":99999999999999999999"#,
+        r#""bytes_read":1e3"#,
+        r#""bytes_read":-0"#,
+        r#""bytes_read":-"#,
+        r#""bytes_read":1.0"#,
+        r#""bytes_read":1e400"#,
+        r#""cost_usd":0.1"#,
+        r#""cost_usd":0.30000000000000004"#,
+        r#""cost_usd":1.7976931348623157e308"#,
+        r#""cost_usd":12"#,
+        r#""cost_usd":-1"#,
+        r#""input_tokens":null,"output_tokens":3"#,
+        r#""outcome":"denied""#,
+        r#""outcome":true"#,
+        r#""scope":nul"#,
+        r#""scope":nullx"#,
+        r#""scope":["a"]"#,
+        r#""attributes":{"a":{"b":[1,2,{"c":"d\"e"}]},"f":-1.5e-3}"#,
+        r#""attributes":{"a":]"#,
+        r#""attributes":{"a":1]"#,
+        r#""attributes":{"a":"\ud800"}"#,
+        r#""attributes":{"a":"\x"}"#,
+        r#""attributes":"text""#,
+        r#""attributes":null"#,
+        r#""attributes":{},"attributes":{}"#,
+        r#""team":"blue","team":"red""#,
+        r#""x":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]"#,
+        r#""x":tru"#,
+        r#""x":{"k" "v"}"#,
+        r#""agent_id":"b""#,
+        "\"k\":\"a\u{1}b\"",
+    ] {
+        lines.push(with(field));
+    }
+    lines
+}
+
+/// A deterministic stream of mutations: bytes replaced, inserted or removed, from an alphabet of JSON's
+/// own punctuation and a few bytes of trouble.
+fn mutations(line: &str, seed: u64, n: usize) -> Vec<String> {
+    const ALPHABET: &[u8] = b"{}[]\":,\\ \t\n0123456789-+.eEnultrfa\x01\x7f";
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut out = Vec::new();
+    while out.len() < n {
+        let mut b = line.as_bytes().to_vec();
+        for _ in 0..1 + next() % 3 {
+            let at = next() as usize % (b.len() + 1);
+            let byte = ALPHABET[next() as usize % ALPHABET.len()];
+            match next() % 3 {
+                0 if at < b.len() => b[at] = byte,
+                1 if at < b.len() => {
+                    b.remove(at);
+                }
+                _ => b.insert(at, byte),
+            }
+        }
+        if let Ok(text) = String::from_utf8(b) {
+            out.push(text);
+        }
+    }
+    out
+}
+
+/// The fast path changes speed, never results: wherever it decides, serde decides the same, event or
+/// reason alike; and it does decide the ordinary events.
+#[test]
+fn the_fast_path_decides_as_serde_does() {
+    let mut decided = 0;
+    let mut total = 0;
+    for (k, line) in shapes().iter().enumerate() {
+        let mut texts = vec![line.clone()];
+        texts.extend(mutations(line, k as u64 + 1, 300));
+        for text in &texts {
+            total += 1;
+            let Some(slots) = fast::scan(text) else { continue };
+            decided += 1;
+            assert_eq!(validate(slots), decode_by_serde(text), "{text}");
+        }
+    }
+    for line in &shapes()[..5] {
+        assert!(fast::scan(line).is_some(), "the fast path should take {line}");
+    }
+    // Most mutations break the JSON, which only serde may judge; a good share still reach validation.
+    assert!(decided > total / 10, "the fast path decided {decided} of {total}");
+}

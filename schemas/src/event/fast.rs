@@ -1,0 +1,242 @@
+//! The decoder's fast path: one pass over the bytes of an ordinary event, no serde machinery.
+//!
+//! Nearly every event an emitter sends is a flat object of plain strings (no escapes), unsigned
+//! integers and nulls. [`scan`] sorts such an object into the same [`Slots`] the serde path builds, and
+//! gives up (`None`) at the first thing it does not handle itself: an escape, a control character, a
+//! key or value shaped in any way it does not know, malformed JSON of any kind. The caller then decodes
+//! the whole text again by the serde path, so the fast path changes speed, never results: every
+//! accepted text yields exactly the slots serde would, every error message still comes from serde and
+//! from the one `validate`. Numbers other than plain unsigned integers, and the raw text of
+//! `attributes` and unknown fields, are handed to serde_json itself on just their slice, so they parse
+//! bit for bit as the serde path parses them. A differential test (`tests.rs`) holds the two paths
+//! equal on valid, malformed and mutated lines.
+
+use std::borrow::Cow;
+
+use serde_json::value::RawValue;
+
+use super::{ATTRIBUTES, FIELDS, Scalar, Slots};
+
+/// Nesting the fast path follows inside `attributes` or an unknown field; deeper values go the serde
+/// way (whose own recursion limit then applies to the whole line).
+const MAX_DEPTH: usize = 32;
+
+/// The index of a top-level field in [`FIELDS`], by its wire name.
+pub(super) fn field_index(name: &str) -> Option<usize> {
+    Some(match name {
+        "event_id" => 0,
+        "ts" => 1,
+        "agent_id" => 2,
+        "action" => 3,
+        "resource" => 4,
+        "scope" => 5,
+        "outcome" => 6,
+        "bytes_read" => 7,
+        "bytes_written" => 8,
+        "records" => 9,
+        "session_id" => 10,
+        "agent_role" => 11,
+        "principal" => 12,
+        "credential_id" => 13,
+        "model" => 14,
+        "model_provider" => 15,
+        "input_tokens" => 16,
+        "output_tokens" => 17,
+        "cost_usd" => 18,
+        "intent" => 19,
+        "trace_id" => 20,
+        "span_id" => 21,
+        "source" => 22,
+        "attributes" => ATTRIBUTES,
+        _ => return None,
+    })
+}
+
+/// A cursor over the text; every method returns `None` to give up.
+struct Cursor<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.at).copied()
+    }
+
+    /// Skips JSON whitespace (the four bytes RFC 8259 allows) and returns the next byte.
+    fn next_token(&mut self) -> Option<u8> {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
+            self.at += 1;
+        }
+        self.peek()
+    }
+
+    fn expect(&mut self, byte: u8) -> Option<()> {
+        (self.next_token()? == byte).then(|| self.at += 1)
+    }
+
+    /// A string with no escape and no control character, at `"`: its contents.
+    fn plain_string(&mut self) -> Option<&'a str> {
+        let bytes = self.text.as_bytes();
+        let start = self.at + 1;
+        let len = bytes[start..].iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        let end = start + len;
+        if bytes[end] != b'"' {
+            return None;
+        }
+        self.at = end + 1;
+        // Both ends are ASCII quotes, so the slice lies on character boundaries.
+        self.text.get(start..end)
+    }
+
+    /// The text of a number token (its end found lexically; its grammar is serde's to check).
+    fn number_token(&mut self) -> &'a str {
+        let bytes = self.text.as_bytes();
+        let start = self.at;
+        let len = bytes[start..]
+            .iter()
+            .position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+            .unwrap_or(bytes.len() - start);
+        self.at = start + len;
+        &self.text[start..start + len]
+    }
+
+    fn literal(&mut self, word: &str) -> Option<()> {
+        self.text[self.at..].starts_with(word).then(|| self.at += word.len())
+    }
+
+    /// Skips one value of any kind and returns its text: containers by their brackets, strings by their
+    /// quotes (escapes stepped over, not checked: serde checks the slice afterwards).
+    fn any_value(&mut self, depth: usize) -> Option<&'a str> {
+        let start = self.at;
+        match self.peek()? {
+            b'"' => self.skip_string()?,
+            b'{' | b'[' => {
+                let bytes = self.text.as_bytes();
+                let mut open = 0usize;
+                loop {
+                    match *bytes.get(self.at)? {
+                        b'"' => {
+                            self.skip_string()?;
+                            continue;
+                        }
+                        b'{' | b'[' => {
+                            open += 1;
+                            if depth + open > MAX_DEPTH {
+                                return None;
+                            }
+                        }
+                        b'}' | b']' => {
+                            open -= 1;
+                            if open == 0 {
+                                self.at += 1;
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                    self.at += 1;
+                }
+            }
+            b'-' | b'0'..=b'9' => {
+                self.number_token();
+            }
+            b't' => self.literal("true")?,
+            b'f' => self.literal("false")?,
+            b'n' => self.literal("null")?,
+            _ => return None,
+        }
+        Some(&self.text[start..self.at])
+    }
+
+    /// Steps over a string at `"`, escapes included.
+    fn skip_string(&mut self) -> Option<()> {
+        let bytes = self.text.as_bytes();
+        let mut i = self.at + 1;
+        loop {
+            match *bytes.get(i)? {
+                b'"' => break,
+                b'\\' => i += 2,
+                _ => i += 1,
+            }
+        }
+        self.at = i + 1;
+        Some(())
+    }
+
+    /// One value of a contract field: a plain string borrowed, an unsigned integer, `null`, or a
+    /// number serde reads from its own token.
+    fn scalar(&mut self) -> Option<Scalar<'a>> {
+        match self.peek()? {
+            b'"' => self.plain_string().map(|s| Scalar::Str(Cow::Borrowed(s))),
+            b'n' => self.literal("null").map(|()| Scalar::Null),
+            b'0'..=b'9' | b'-' => {
+                let token = self.number_token();
+                let digits = token.as_bytes();
+                let plain = digits.iter().all(u8::is_ascii_digit)
+                    && (digits.len() == 1 || digits[0] != b'0')
+                    && digits.len() < 20;
+                if plain {
+                    // At most 19 digits: fits in a u64.
+                    Some(Scalar::U64(digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'))))
+                } else {
+                    serde_json::from_str::<Scalar<'a>>(token).ok()
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Sorts an ordinary event object into slots; `None` when the serde path must decide.
+pub(super) fn scan(text: &str) -> Option<Slots<'_>> {
+    let mut c = Cursor { text, at: 0 };
+    c.expect(b'{')?;
+    let mut slots = Slots::default();
+    if c.next_token()? == b'}' {
+        c.at += 1;
+    } else {
+        loop {
+            if c.next_token()? != b'"' {
+                return None;
+            }
+            let key = c.plain_string()?;
+            c.expect(b':')?;
+            c.next_token()?;
+            match field_index(key) {
+                Some(ATTRIBUTES) => {
+                    let raw = raw_value(&mut c)?;
+                    if slots.attributes.replace(raw).is_some() {
+                        slots.duplicate.get_or_insert("attributes");
+                    }
+                }
+                Some(i) => {
+                    let v = c.scalar()?;
+                    if slots.values[i].replace(v).is_some() {
+                        slots.duplicate.get_or_insert(FIELDS[i].name);
+                    }
+                }
+                None => {
+                    let raw = raw_value(&mut c)?;
+                    slots.extra.push((Cow::Borrowed(key), raw));
+                }
+            }
+            match c.next_token()? {
+                b',' => c.at += 1,
+                b'}' => {
+                    c.at += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    // Only whitespace may follow the object.
+    (c.next_token().is_none()).then_some(slots)
+}
+
+/// The raw text of one value, checked by serde_json on its own slice.
+fn raw_value<'a>(c: &mut Cursor<'a>) -> Option<&'a RawValue> {
+    let text = c.any_value(1)?;
+    serde_json::from_str::<&'a RawValue>(text).ok()
+}
