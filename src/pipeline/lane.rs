@@ -120,7 +120,7 @@ struct Limits {
 /// An item after the pure part of classification. Nearly every item is an event, so boxing the large
 /// variant would only add an allocation per event.
 #[allow(clippy::large_enum_variant)]
-enum Decoded<'a> {
+enum DecodedItem<'a> {
     /// At or before the checkpoint: not decoded at all.
     Skipped,
     Blank,
@@ -129,26 +129,46 @@ enum Decoded<'a> {
     Invalid(Invalid),
 }
 
-/// Decodes items (the pure part of classification; any thread).
-fn decode_items<'a>(items: &[Item<'a>], committed: u64, max: usize) -> Vec<Decoded<'a>> {
-    items
-        .iter()
-        .map(|it| {
+/// A batch of items after the pure part of classification (decoding), ready for [`Lane::take_decoded`].
+pub struct Decoded<'a>(Vec<DecodedItem<'a>>);
+
+impl std::fmt::Debug for Decoded<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoded").field("items", &self.0.len()).finish_non_exhaustive()
+    }
+}
+
+/// What decoding needs of a lane: its checkpoint's position (items at or before it are skipped, not
+/// decoded) and the size cap. A copy, so that a driver can decode the next batch on another thread
+/// while the lane judges this one; the lane's checkpoint only moves over items it has taken, so a copy
+/// made at any time decides every later item as the lane would.
+#[derive(Debug, Clone, Copy)]
+pub struct Decoder {
+    committed: u64,
+    max: usize,
+}
+
+impl Decoder {
+    /// Decodes items (pure; any thread).
+    pub fn decode<'a>(&self, items: &[Item<'a>]) -> Decoded<'a> {
+        let Decoder { committed, max } = *self;
+        let decoded = items.iter().map(|it| {
             if it.position <= committed {
-                return Decoded::Skipped;
+                return DecodedItem::Skipped;
             }
             let oversize = (it.size > max as u64).then_some(it.size);
             let line = Line { start: 0, end: it.bytes.len(), position: it.position, oversize };
             match decode_line(within_cap(it.bytes, &line, max), &line, max) {
-                None => Decoded::Blank,
+                None => DecodedItem::Blank,
                 Some(Ok(ev)) => {
                     let key = DedupWindow::key(&ev.agent_id, &ev.event_id);
-                    Decoded::Event(ev, key)
+                    DecodedItem::Event(ev, key)
                 }
-                Some(Err(reason)) => Decoded::Invalid(reason),
+                Some(Err(reason)) => DecodedItem::Invalid(reason),
             }
-        })
-        .collect()
+        });
+        Decoded(decoded.collect())
+    }
 }
 
 /// Buffers a batch's events as archive rows; returns the seconds it took.
@@ -389,27 +409,49 @@ impl Lane {
         self.engine().agents()
     }
 
+    /// What decoding needs of this lane, for a driver that decodes batches ahead on another thread.
+    pub fn decoder(&self) -> Decoder {
+        Decoder { committed: self.committed_position(), max: self.limits.max_event_bytes }
+    }
+
     /// Takes one batch of items received together at `received_ms` (UTC; also the clock the future
     /// bound is checked against): classifies each, judges the valid ones, buffers every row for the
     /// archive and fans out what the engine found. Returns what became of each item, in order.
     pub fn take(&mut self, items: &[Item<'_>], received_ms: i64) -> Result<&[Taken], PipelineError> {
-        let started = Instant::now();
-        let Limits { max_event_bytes: max, keep, skew_s, parallel } = self.limits;
-        let horizon = (skew_s > 0).then_some(Horizon { now_ms: received_ms, skew_s });
-        let committed = self.committed_position();
-        let two_threads = parallel > 0 && items.len() >= parallel;
+        let decoder = self.decoder();
         // Decoding is pure: a large batch is decoded in two halves at once.
-        let decoded = if two_threads {
+        let mut decoded = if self.two_threads(items.len()) {
             let (a, b) = items.split_at(items.len() / 2);
             std::thread::scope(|s| {
-                let second = s.spawn(|| decode_items(b, committed, max));
-                let mut first = decode_items(a, committed, max);
-                first.extend(second.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+                let second = s.spawn(|| decoder.decode(b));
+                let mut first = decoder.decode(a);
+                first.0.extend(second.join().unwrap_or_else(|p| std::panic::resume_unwind(p)).0);
                 first
             })
         } else {
-            decode_items(items, committed, max)
+            decoder.decode(items)
         };
+        self.take_decoded(items, &mut decoded, received_ms)
+    }
+
+    /// Whether a batch of `items` is large enough to be worked on two threads (`parallel_batch_items`).
+    fn two_threads(&self, items: usize) -> bool {
+        self.limits.parallel > 0 && items >= self.limits.parallel
+    }
+
+    /// [`take`](Lane::take) with the items already decoded by this lane's [`Decoder`] (`decoded` is
+    /// `items`, in order; the events are moved out of it).
+    pub fn take_decoded(
+        &mut self,
+        items: &[Item<'_>],
+        decoded: &mut Decoded<'_>,
+        received_ms: i64,
+    ) -> Result<&[Taken], PipelineError> {
+        assert_eq!(items.len(), decoded.0.len(), "a decoded batch is its items, in order");
+        let started = Instant::now();
+        let Limits { max_event_bytes: max, keep, skew_s, .. } = self.limits;
+        let horizon = (skew_s > 0).then_some(Horizon { now_ms: received_ms, skew_s });
+        let two_threads = self.two_threads(items.len());
         // What depends on the order of items (the dedup window) runs in order.
         if let Some(a) = self.archive.as_mut() {
             a.set_ingested_at(received_ms);
@@ -418,14 +460,14 @@ impl Lane {
         let mut events = Vec::with_capacity(items.len());
         let mut positions = Vec::with_capacity(items.len());
         self.taken.clear();
-        for (it, d) in items.iter().zip(decoded) {
+        for (it, d) in items.iter().zip(decoded.0.drain(..)) {
             let decided = match d {
-                Decoded::Skipped => {
+                DecodedItem::Skipped => {
                     counts.count(Outcome::Skipped);
                     self.taken.push(Taken::Skipped);
                     continue;
                 }
-                Decoded::Blank => {
+                DecodedItem::Blank => {
                     counts.count(Outcome::Blank);
                     if let Some(a) = self.archive.as_mut() {
                         a.consumed(it.position);
@@ -433,10 +475,10 @@ impl Lane {
                     self.taken.push(Taken::Blank);
                     continue;
                 }
-                Decoded::Invalid(reason) => Err(reason),
+                DecodedItem::Invalid(reason) => Err(reason),
                 // A sender's event it may not claim is refused before it can enter the dedup window.
-                Decoded::Event(ev, _) if let Err(reason) = it.claim.check(&ev) => Err(reason),
-                Decoded::Event(ev, key) => {
+                DecodedItem::Event(ev, _) if let Err(reason) = it.claim.check(&ev) => Err(reason),
+                DecodedItem::Event(ev, key) => {
                     match admit_keyed(ev, key, it.position, horizon, &mut self.dedup) {
                         // Refused when first taken, valid now: a duplicate of an event from before a restart.
                         Ok(ev) if it.refused_before.is_some() => Err(Invalid::DuplicateEventId {

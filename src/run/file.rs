@@ -5,14 +5,19 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::io::Read;
+use std::sync::mpsc::{self, Receiver, Sender};
+
 use vigil_ingest::source::{Chunk, LineReader, Lingering, open_input};
 use vigil_schemas::Invalid;
 
 use crate::config::VigilConfig;
 use crate::control::Control;
-use crate::pipeline::{FindingsFile, Item, Lane, Origin, PipelineError, RunOptions, Summary, now_ms};
+use crate::pipeline::{
+    Decoded, Decoder, FindingsFile, Item, Lane, Origin, PipelineError, RunOptions, Summary, now_ms,
+};
 use crate::progress::Progress;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Stage, Telemetry};
 
 /// Runs the whole pipeline over the configured input until it ends.
 pub fn run(cfg: &VigilConfig, opts: &RunOptions) -> Result<Summary, PipelineError> {
@@ -53,54 +58,45 @@ pub fn run_with(
     let mut lane =
         Lane::open(cfg, Origin::Named(source.clone()), outputs, telemetry.clone(), control.clone())?;
     lane.counting("line");
-    let mut reader =
+    let reader =
         LineReader::new(input.reader, cfg.input.max_event_bytes, cfg.input.dead_letter_payload_bytes);
     let mut progress = Progress::new(opts.progress, "ingest", input.size);
-    let mut chunk = Chunk::default();
     let (mut read, mut lines) = (0, 0);
     // A damaged input (a truncated .gz) is archived up to the damage and its tail dead-lettered; the run
     // then fails, so a script notices, and a rerun archives nothing twice.
     let mut unreadable = None;
-    loop {
-        let more = match reader.next_chunk(&mut chunk, cfg.input.batch_bytes) {
-            Ok(more) => more,
+    let ahead = ReadAhead::spawn(reader, lane.decoder(), cfg.input.batch_bytes, lingering)?;
+    for read_ahead in ahead.batches.iter() {
+        let batch = match read_ahead {
+            Ahead::Batch(batch) => batch,
             // A quiet pipe: what is due is flushed, and the wait goes on.
-            Err(e) if lingering && e.kind() == std::io::ErrorKind::TimedOut => {
+            Ahead::Quiet => {
                 if lane.due() {
                     lane.flush(None)?;
                 }
                 continue;
             }
-            Err(source) => {
-                let reason = Invalid::Unreadable { offset: reader.bytes_read(), detail: source.to_string() };
+            Ahead::Failed { source, offset } => {
+                let reason = Invalid::Unreadable { offset, detail: source.to_string() };
                 lane.dead_letter_unreadable(lines + 1, reason);
                 unreadable = Some(PipelineError::Read { path: path.clone(), source });
-                false
+                break;
             }
         };
-        if !more {
-            break;
-        }
+        let Batch { mut chunk, bytes_read, decode_seconds } = batch;
         if lines == 0
-            && let Some(first) = chunk.lines.first()
+            && let Some(first) = chunk.borrow_owner().lines.first()
         {
-            lane.check_input(chunk.bytes(first))?;
+            lane.check_input(chunk.borrow_owner().bytes(first))?;
         }
-        let items: Vec<Item<'_>> = chunk
-            .lines
-            .iter()
-            .map(|line| Item {
-                bytes: chunk.bytes(line),
-                size: line.oversize.unwrap_or((line.end - line.start) as u64),
-                position: line.position,
-                refused_before: None,
-                claim: Default::default(),
-            })
-            .collect();
-        lane.take(&items, now_ms())?;
-        lines += items.len() as u64;
-        telemetry.add_input_bytes(reader.bytes_read() - read);
-        read = reader.bytes_read();
+        telemetry.stage(Stage::Classify, decode_seconds);
+        lines += chunk.with_dependent_mut(|chunk, decoded| {
+            let items = items_of(chunk);
+            lane.take_decoded(&items, decoded, now_ms()).map(|taken| taken.len() as u64)
+        })?;
+        telemetry.add_input_bytes(bytes_read - read);
+        read = bytes_read;
+        ahead.recycle(chunk.into_owner());
         if lane.due() {
             lane.flush(None)?;
         }
@@ -120,4 +116,103 @@ pub fn run_with(
     let mut summary = telemetry.summary(&source);
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// The items of a chunk of lines (a file has no senders: every claim is open).
+fn items_of(chunk: &Chunk) -> Vec<Item<'_>> {
+    chunk
+        .lines
+        .iter()
+        .map(|line| Item {
+            bytes: chunk.bytes(line),
+            size: line.oversize.unwrap_or((line.end - line.start) as u64),
+            position: line.position,
+            refused_before: None,
+            claim: Default::default(),
+        })
+        .collect()
+}
+
+self_cell::self_cell!(
+    /// A chunk of whole lines and its items decoded, the events borrowing the chunk's bytes.
+    struct DecodedChunk {
+        owner: Chunk,
+        #[covariant]
+        dependent: Decoded,
+    }
+);
+
+/// A chunk read and decoded ahead.
+struct Batch {
+    chunk: DecodedChunk,
+    /// The reader's position in the decompressed stream after this chunk.
+    bytes_read: u64,
+    decode_seconds: f64,
+}
+
+/// What the reading thread hands over.
+enum Ahead {
+    Batch(Batch),
+    /// A lingering pipe paused before a whole line arrived.
+    Quiet,
+    /// Reading failed at `offset` of the decompressed stream; nothing more follows.
+    Failed {
+        source: std::io::Error,
+        offset: u64,
+    },
+}
+
+/// The reading thread: reads the next chunk of lines and decodes it (the pure part of classification)
+/// while the lane judges and archives the last, so both cores work on a file. One chunk waits in the
+/// channel besides the one being decoded, which bounds memory to three chunks; the lane gives chunks
+/// back for reuse. The thread ends at the end of the input, at a read error, or when the lane stops
+/// listening (an error on the lane's side), after the read in progress returns.
+struct ReadAhead {
+    batches: Receiver<Ahead>,
+    recycled: Sender<Chunk>,
+}
+
+impl ReadAhead {
+    fn spawn<R: Read + Send + 'static>(
+        mut reader: LineReader<R>,
+        decoder: Decoder,
+        batch_bytes: usize,
+        lingering: bool,
+    ) -> Result<ReadAhead, PipelineError> {
+        let (batches_tx, batches) = mpsc::sync_channel(1);
+        let (recycled, spare) = mpsc::channel::<Chunk>();
+        let read = move || {
+            loop {
+                let mut chunk = spare.try_recv().unwrap_or_default();
+                let next = match reader.next_chunk(&mut chunk, batch_bytes) {
+                    Ok(false) => break,
+                    Ok(true) => {
+                        let started = Instant::now();
+                        let chunk = DecodedChunk::new(chunk, |c| decoder.decode(&items_of(c)));
+                        let decode_seconds = started.elapsed().as_secs_f64();
+                        Ahead::Batch(Batch { chunk, bytes_read: reader.bytes_read(), decode_seconds })
+                    }
+                    Err(e) if lingering && e.kind() == std::io::ErrorKind::TimedOut => Ahead::Quiet,
+                    Err(source) => {
+                        let _ = batches_tx.send(Ahead::Failed { source, offset: reader.bytes_read() });
+                        break;
+                    }
+                };
+                if batches_tx.send(next).is_err() {
+                    break;
+                }
+            }
+        };
+        std::thread::Builder::new()
+            .name("vigil-read".into())
+            .spawn(read)
+            .map_err(|source| PipelineError::Read { path: "(reading thread)".into(), source })?;
+        Ok(ReadAhead { batches, recycled })
+    }
+
+    /// Gives a chunk's buffers back to the reading thread.
+    fn recycle(&self, chunk: Chunk) {
+        // The thread may have ended (the input did): the chunk is then dropped.
+        let _ = self.recycled.send(chunk);
+    }
 }
