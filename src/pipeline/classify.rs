@@ -211,20 +211,21 @@ pub fn admit<'a>(
     dedup: &mut DedupWindow,
 ) -> Result<Event<'a>, Invalid> {
     let key = DedupWindow::key(&ev.agent_id, &ev.event_id);
-    admit_keyed(ev, key, position, horizon, dedup)
+    admit_keyed(&ev, key, position, horizon, dedup)?;
+    Ok(ev)
 }
 
 /// 1973-03-03T09:46:40Z in milliseconds; as seconds, the year 5138.
 const SECONDS_LOOKALIKE_MS: i64 = 100_000_000_000;
 
-/// [`admit`] with the event_id's dedup key already computed.
-pub fn admit_keyed<'a>(
-    ev: Event<'a>,
+/// [`admit`] with the event_id's dedup key already computed, the event left where it is.
+pub fn admit_keyed(
+    ev: &Event<'_>,
     key: u64,
     position: u64,
     horizon: Option<Horizon>,
     dedup: &mut DedupWindow,
-) -> Result<Event<'a>, Invalid> {
+) -> Result<(), Invalid> {
     // A live intake (one with a clock) sees no event from before 1973: such a time is epoch seconds
     // taken as milliseconds, and would be judged and archived as 1970.
     if horizon.is_some() && ev.ts_ms < SECONDS_LOOKALIKE_MS {
@@ -249,7 +250,7 @@ pub fn admit_keyed<'a>(
             first_position,
             unit: dedup.unit,
         }),
-        None => Ok(ev),
+        None => Ok(()),
     }
 }
 
