@@ -90,9 +90,8 @@ pub fn run_with(
             lane.check_input(chunk.borrow_owner().bytes(first))?;
         }
         telemetry.stage(Stage::Classify, decode_seconds);
-        lines += chunk.with_dependent_mut(|chunk, decoded| {
-            let items = items_of(chunk);
-            lane.take_decoded(&items, decoded, now_ms()).map(|taken| taken.len() as u64)
+        lines += chunk.with_dependent_mut(|_, (items, decoded)| {
+            lane.take_decoded(items, decoded, now_ms()).map(|taken| taken.len() as u64)
         })?;
         telemetry.add_input_bytes(bytes_read - read);
         read = bytes_read;
@@ -133,12 +132,15 @@ fn items_of(chunk: &Chunk) -> Vec<Item<'_>> {
         .collect()
 }
 
+/// A chunk's items and what decoding made of them, both borrowing the chunk's bytes.
+type ItemsDecoded<'a> = (Vec<Item<'a>>, Decoded<'a>);
+
 self_cell::self_cell!(
-    /// A chunk of whole lines and its items decoded, the events borrowing the chunk's bytes.
+    /// A chunk of whole lines with its items and their decoding.
     struct DecodedChunk {
         owner: Chunk,
         #[covariant]
-        dependent: Decoded,
+        dependent: ItemsDecoded,
     }
 );
 
@@ -188,7 +190,11 @@ impl ReadAhead {
                     Ok(false) => break,
                     Ok(true) => {
                         let started = Instant::now();
-                        let chunk = DecodedChunk::new(chunk, |c| decoder.decode(&items_of(c)));
+                        let chunk = DecodedChunk::new(chunk, |c| {
+                            let items = items_of(c);
+                            let decoded = decoder.decode(&items);
+                            (items, decoded)
+                        });
                         let decode_seconds = started.elapsed().as_secs_f64();
                         Ahead::Batch(Batch { chunk, bytes_read: reader.bytes_read(), decode_seconds })
                     }
