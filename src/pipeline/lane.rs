@@ -131,7 +131,6 @@ enum DecodedItem {
 /// The events are kept apart, in item order, so that the engine and the archive read them where
 /// decoding put them: an event is about 500 bytes, and moving each once more per stage showed in
 /// profiles.
-#[derive(Default)]
 pub struct Decoded<'a> {
     items: Vec<DecodedItem>,
     events: Vec<Event<'a>>,

@@ -1,12 +1,11 @@
 //! The file driver (`vigil run` on a file or stdin): reads chunks of whole lines and hands each to the
 //! source's lane until the input ends.
 
+use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use std::io::Read;
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::time::{Duration, Instant};
 
 use vigil_ingest::source::{Chunk, LineReader, Lingering, open_input};
 use vigil_schemas::Invalid;
