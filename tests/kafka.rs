@@ -199,6 +199,13 @@ fn member_config(dir: &Path) -> std::path::PathBuf {
     path
 }
 
+/// How many records of `topic` the consumer group `group` has committed, over every partition (a
+/// partition without a commit counts as none).
+fn committed_sum(broker: &Broker, group: &str, topic: &str) -> u64 {
+    let at = kafka_tool(&["committed", &broker.addr, group, topic]);
+    at.as_object().unwrap().values().map(|v| v.as_i64().unwrap().max(0) as u64).sum()
+}
+
 /// The lines of `path`, and `n` files beside it holding them in order, in `n` equal parts (the last takes
 /// the rest), to be produced one phase at a time.
 fn split_input(path: &Path, n: usize) -> (Vec<String>, Vec<std::path::PathBuf>) {
@@ -250,36 +257,49 @@ fn two_members_split_the_partitions_and_survive_one_dying_mid_stream() {
     let config = member_config(dir.path());
     let archive = dir.path().join("archive");
     // Each member's stderr goes to a file, so a member that exits early says why.
-    let log = |idle: &str| dir.path().join(format!("member-{idle}.log"));
-    let member = |idle: &str| {
-        kafka_member(&broker, "events", "pair", &archive, Some(&config), idle)
+    let log = |name: &str| dir.path().join(format!("member-{name}.log"));
+    // Neither member has an idle exit that could fire while A's partitions wait for its session to
+    // expire (on a loaded machine that wait is long): B is stopped once the group has committed it all.
+    let member = |name: &str| {
+        kafka_member(&broker, "events", "pair", &archive, Some(&config), "1h")
             .stdout(std::process::Stdio::piped())
-            .stderr(std::fs::File::create(log(idle)).unwrap())
+            .stderr(std::fs::File::create(log(name)).unwrap())
             .spawn()
             .unwrap()
     };
     produce(0);
-    let mut a = member("60s");
+    let mut a = member("a");
     std::thread::sleep(Duration::from_secs(4));
     // B joins: a rebalance mid-stream; A hands over the partitions B gets, flushed and committed.
-    // B's idle exit must outlast A's session expiry and the rebalance after it, even on a loaded machine.
-    let b = member("30s");
+    let b = member("b");
     std::thread::sleep(Duration::from_secs(4));
     produce(1);
     std::thread::sleep(Duration::from_secs(2));
     // A dies; once its session expires B owns every partition and resumes A's from A's commits and
     // A's detector state.
     if let Some(status) = a.try_wait().unwrap() {
-        let said = std::fs::read_to_string(log("60s")).unwrap_or_default();
+        let said = std::fs::read_to_string(log("a")).unwrap_or_default();
         panic!("A should still be a member, but it exited ({status}), saying:\n{said}");
     }
     a.kill().unwrap();
     a.wait().unwrap();
     produce(2);
-    let out = b.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let total = n + bad.len() as u64;
+    // Every line consumed and committed (good ones archived, bad ones dead-lettered): A's share up to
+    // its death by A, the rest by B once the group gave it A's partitions.
+    let started = Instant::now();
+    while committed_sum(&broker, "pair", "events") < total {
+        if started.elapsed() > Duration::from_secs(300) {
+            let said = std::fs::read_to_string(log("b")).unwrap_or_default();
+            let at = kafka_tool(&["committed", &broker.addr, "pair", "events"]);
+            panic!("the group committed {at} of {total} lines in 300 s; B said:\n{said}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    ok(Command::new("kill").args(["-TERM", &b.id().to_string()]).output().unwrap());
+    let out = b.wait_with_output().unwrap();
+    assert!(out.status.success(), "B exited {:?}", out.status);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let b_lines = summary["lines"].as_u64().unwrap();
     // A read the first part alone, B the last part (at least A's partitions of it): both did work.
     assert!(
@@ -380,10 +400,8 @@ fn sigterm_stops_a_member_cleanly_with_everything_committed() {
     let total = n + bad.len() as u64;
     let started = Instant::now();
     loop {
-        let lag = kafka_tool(&["committed", &broker.addr, "term", "events"]);
-        let done: i64 = lag.as_object().unwrap().values().map(|v| v.as_i64().unwrap().max(0)).sum();
         // Consumed and partly committed; wait a moment more so the tail is read but not yet committed.
-        if done > 0 || started.elapsed() > Duration::from_secs(60) {
+        if committed_sum(&broker, "term", "events") > 0 || started.elapsed() > Duration::from_secs(60) {
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
