@@ -141,8 +141,8 @@ struct RunArgs {
     /// Consumer group. Overrides [kafka] group [default: vigil]
     #[arg(long)]
     group: Option<String>,
-    /// With Kafka: stop after no message has arrived for this long (e.g. 30s), committing everything.
-    /// Without it vigil consumes until interrupted.
+    /// With Kafka: stop once every assigned partition is read to its end and no message has arrived for
+    /// this long (e.g. 30s), committing everything. Without it vigil consumes until interrupted.
     #[arg(long)]
     idle_exit: Option<String>,
     /// Serve the control API, the gateway check, /metrics and /healthz beside the run on this address

@@ -34,13 +34,18 @@ fn produce(bootstrap: &str, from: usize, to: usize) {
     p.flush(Duration::from_secs(30)).expect("acknowledged");
 }
 
-#[test]
-fn failing_commits_and_a_broker_outage_lose_nothing() {
-    let mock = MockCluster::new(3).unwrap();
-    // The mock cluster does not create topics on request: every topic vigil uses is made here.
+/// A mock cluster of `brokers` with every topic vigil uses (it does not create topics on request).
+fn cluster(brokers: i32) -> MockCluster<'static, DefaultProducerContext> {
+    let mock = MockCluster::new(brokers).unwrap();
     for t in ["events", "events.dlq", "vigil.findings", "vigil.control", "vigil.state"] {
         mock.create_topic(t, 4, 1).unwrap();
     }
+    mock
+}
+
+#[test]
+fn failing_commits_and_a_broker_outage_lose_nothing() {
+    let mock = cluster(3);
     let bootstrap = mock.bootstrap_servers();
     produce(&bootstrap, 0, 20_000);
 
@@ -92,4 +97,33 @@ fn failing_commits_and_a_broker_outage_lose_nothing() {
     let lag = lag.snapshot();
     assert!(!lag.is_empty(), "no statistics arrived");
     assert!(lag.values().all(|&l| l == 0), "{lag:?}");
+}
+
+/// A broker slower to answer than the idle exit is long: the member's first fetches come back after the
+/// idle time has passed, and quiet is not mistaken for done. It exits only once every partition is read
+/// to its end (an idle exit that fired on the clock alone archived nothing here).
+#[test]
+fn an_idle_exit_waits_for_a_slow_broker_to_deliver_the_backlog() {
+    let mock = cluster(1);
+    let bootstrap = mock.bootstrap_servers();
+    produce(&bootstrap, 0, 5_000);
+    mock.broker_round_trip_time(1, Duration::from_millis(400)).unwrap();
+
+    let dir = common::scratch();
+    let mut cfg = VigilConfig::default();
+    cfg.archive.dir = dir.path().join("archive");
+    let mut k = KafkaConfig::new(&bootstrap, vec!["events".into()]);
+    k.group = "slow".into();
+    k.options.insert("session.timeout.ms".into(), "30000".into());
+    cfg.kafka = Some(k);
+    let stop = AtomicBool::new(false);
+    let (summary, _) = run(&cfg, &KafkaRunOptions { idle_exit: Some(Duration::from_millis(150)) }, &stop)
+        .expect("the run ends cleanly");
+    assert_eq!(summary.lines, 5_000, "{summary:?}");
+    let counts = common::archive_py("event-counts", &cfg.archive.dir, &[]);
+    assert_eq!(
+        (counts["rows"].as_u64(), counts["distinct"].as_u64()),
+        (Some(5_000), Some(5_000)),
+        "{counts}"
+    );
 }

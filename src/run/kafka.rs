@@ -39,8 +39,8 @@ const COMMIT_ATTEMPTS: u32 = 8;
 /// Options of one Kafka run beyond the config file.
 #[derive(Debug, Clone, Default)]
 pub struct KafkaRunOptions {
-    /// Stop once no message has arrived for this long while partitions are assigned (batch jobs and
-    /// tests); `None` runs until `stop`.
+    /// Stop once no message has arrived for this long while partitions are assigned and every assigned
+    /// partition is read to its log end (batch jobs and tests); `None` runs until `stop`.
     pub idle_exit: Option<Duration>,
 }
 
@@ -329,8 +329,21 @@ pub fn run_with(
         if let Some(e) = shared.failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
             break Err(PipelineError::Kafka(e));
         }
-        if stop.load(Ordering::Relaxed) || opts.idle_exit.is_some_and(|d| last_message.elapsed() >= d) {
+        if stop.load(Ordering::Relaxed) {
             break Ok(());
+        }
+        if opts.idle_exit.is_some_and(|d| last_message.elapsed() >= d) {
+            // Quiet is not done: a first fetch slower than the idle time (a loaded broker) or a backlog
+            // not yet fetched keeps the member, and the clock starts again.
+            let assigned: Vec<(String, i32)> = shared.parts().keys().cloned().collect();
+            match read_to_end(&consumer, &assigned, kafka.setup_timeout()) {
+                Ok(true) => break Ok(()),
+                Ok(false) => last_message = Instant::now(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "idle exit without knowing the partitions were read to their end");
+                    break Ok(());
+                }
+            }
         }
         // A batch run (idle exit) that the group never gives a partition is stuck, not idle: say so
         // rather than wait forever.
@@ -402,6 +415,38 @@ pub fn run_with(
     summary.elapsed = started.elapsed();
     summary.lag = shared.lag.snapshot().into_iter().map(|((t, p), l)| (format!("{t}/{p}"), l)).collect();
     Ok((summary, shared.lag.clone()))
+}
+
+/// Whether this member has read each of `assigned` up to its log end as the broker reports it now. A
+/// partition nothing was read from since it was assigned counts from the group's committed offset, or
+/// from its log start without one.
+fn read_to_end(
+    consumer: &BaseConsumer<Ctx>,
+    assigned: &[(String, i32)],
+    timeout: Duration,
+) -> Result<bool, rdkafka::error::KafkaError> {
+    if assigned.is_empty() {
+        return Ok(true);
+    }
+    let mut list = TopicPartitionList::new();
+    for (topic, partition) in assigned {
+        list.add_partition(topic, *partition);
+    }
+    let position = consumer.position()?;
+    let committed = consumer.committed_offsets(list, timeout)?;
+    let at = |l: &TopicPartitionList, t: &str, p: i32| match l.find_partition(t, p).map(|e| e.offset()) {
+        Some(Offset::Offset(o)) => Some(o),
+        _ => None,
+    };
+    for (topic, partition) in assigned {
+        let (low, high) = consumer.fetch_watermarks(topic, *partition, timeout)?;
+        let next =
+            at(&position, topic, *partition).or_else(|| at(&committed, topic, *partition)).unwrap_or(low);
+        if next.max(low) < high {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Consumer lag for a status line: the total over the assigned partitions and the one furthest behind.
