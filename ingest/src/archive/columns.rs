@@ -15,8 +15,18 @@ use vigil_schemas::rows::{ControlRecord, Finding};
 
 use super::DeadLetter;
 
+/// Rows a new table's builders have room for before they grow. Small, because a flush makes a table per
+/// event-time hour it touches: a replay of sparse history touches thousands, each of a few rows (Arrow's
+/// own default, 1,024 rows per column, made that 200 KiB per hour and gigabytes per flush). Builders
+/// double as they fill, so a busy hour pays a few reallocations.
+const START_ROWS: usize = 8;
+
+fn text() -> StringBuilder {
+    StringBuilder::with_capacity(START_ROWS, START_ROWS * 32)
+}
+
 fn ts() -> TimestampMillisecondBuilder {
-    TimestampMillisecondBuilder::new().with_timezone("UTC")
+    TimestampMillisecondBuilder::with_capacity(START_ROWS).with_timezone("UTC")
 }
 
 /// Where a row came from, stamped on every archived row.
@@ -85,33 +95,33 @@ pub struct EventColumns {
 impl Default for EventColumns {
     fn default() -> Self {
         EventColumns {
-            event_id: StringBuilder::new(),
+            event_id: text(),
             ts: ts(),
-            agent_id: StringBuilder::new(),
-            action: StringBuilder::new(),
-            resource: StringBuilder::new(),
-            scope: StringBuilder::new(),
-            outcome: StringBuilder::new(),
-            bytes_read: UInt64Builder::new(),
-            bytes_written: UInt64Builder::new(),
-            records: UInt64Builder::new(),
-            session_id: StringBuilder::new(),
-            agent_role: StringBuilder::new(),
-            principal: StringBuilder::new(),
-            credential_id: StringBuilder::new(),
-            model: StringBuilder::new(),
-            model_provider: StringBuilder::new(),
-            input_tokens: UInt64Builder::new(),
-            output_tokens: UInt64Builder::new(),
-            cost_usd: Float64Builder::new(),
-            intent: StringBuilder::new(),
-            trace_id: StringBuilder::new(),
-            span_id: StringBuilder::new(),
-            source: StringBuilder::new(),
-            attributes: StringBuilder::new(),
-            m_source: StringBuilder::new(),
-            m_partition: Int32Builder::new(),
-            m_position: UInt64Builder::new(),
+            agent_id: text(),
+            action: text(),
+            resource: text(),
+            scope: text(),
+            outcome: text(),
+            bytes_read: UInt64Builder::with_capacity(START_ROWS),
+            bytes_written: UInt64Builder::with_capacity(START_ROWS),
+            records: UInt64Builder::with_capacity(START_ROWS),
+            session_id: text(),
+            agent_role: text(),
+            principal: text(),
+            credential_id: text(),
+            model: text(),
+            model_provider: text(),
+            input_tokens: UInt64Builder::with_capacity(START_ROWS),
+            output_tokens: UInt64Builder::with_capacity(START_ROWS),
+            cost_usd: Float64Builder::with_capacity(START_ROWS),
+            intent: text(),
+            trace_id: text(),
+            span_id: text(),
+            source: text(),
+            attributes: text(),
+            m_source: text(),
+            m_partition: Int32Builder::with_capacity(START_ROWS),
+            m_position: UInt64Builder::with_capacity(START_ROWS),
             m_ingested_at: ts(),
             rows: 0,
         }
@@ -220,16 +230,16 @@ pub struct DeadLetterColumns {
 impl Default for DeadLetterColumns {
     fn default() -> Self {
         DeadLetterColumns {
-            reason: StringBuilder::new(),
-            field: StringBuilder::new(),
-            detail: StringBuilder::new(),
-            size: UInt64Builder::new(),
-            payload: BinaryBuilder::new(),
-            truncated: BooleanBuilder::new(),
-            payload_text: StringBuilder::new(),
-            m_source: StringBuilder::new(),
-            m_partition: Int32Builder::new(),
-            m_position: UInt64Builder::new(),
+            reason: text(),
+            field: text(),
+            detail: text(),
+            size: UInt64Builder::with_capacity(START_ROWS),
+            payload: BinaryBuilder::with_capacity(START_ROWS, START_ROWS * 64),
+            truncated: BooleanBuilder::with_capacity(START_ROWS),
+            payload_text: text(),
+            m_source: text(),
+            m_partition: Int32Builder::with_capacity(START_ROWS),
+            m_position: UInt64Builder::with_capacity(START_ROWS),
             m_ingested_at: ts(),
             rows: 0,
         }
@@ -293,7 +303,7 @@ fn push_strings(list: &mut ListBuilder<StringBuilder>, items: &[String]) {
 }
 
 fn string_list() -> ListBuilder<StringBuilder> {
-    ListBuilder::new(StringBuilder::new()).with_field(Arc::new(arrow_schema::Field::new(
+    ListBuilder::with_capacity(text(), START_ROWS).with_field(Arc::new(arrow_schema::Field::new(
         "item",
         arrow_schema::DataType::Utf8,
         false,
@@ -322,18 +332,18 @@ pub struct FindingColumns {
 impl Default for FindingColumns {
     fn default() -> Self {
         FindingColumns {
-            finding_id: StringBuilder::new(),
-            kind: StringBuilder::new(),
-            severity: StringBuilder::new(),
-            agent_id: StringBuilder::new(),
+            finding_id: text(),
+            kind: text(),
+            severity: text(),
+            agent_id: text(),
             ts: ts(),
             window_start: ts(),
             window_end: ts(),
-            score: Float64Builder::new(),
-            summary: StringBuilder::new(),
-            evidence: StringBuilder::new(),
+            score: Float64Builder::with_capacity(START_ROWS),
+            summary: text(),
+            evidence: text(),
             event_ids: string_list(),
-            m_source: StringBuilder::new(),
+            m_source: text(),
             m_ingested_at: ts(),
             rows: 0,
         }
@@ -424,28 +434,28 @@ pub struct ControlColumns {
 impl Default for ControlColumns {
     fn default() -> Self {
         ControlColumns {
-            record: StringBuilder::new(),
-            transition_id: StringBuilder::new(),
+            record: text(),
+            transition_id: text(),
             ts: ts(),
-            action: StringBuilder::new(),
-            scope: StringBuilder::new(),
-            agent_id: StringBuilder::new(),
-            factor: StringBuilder::new(),
-            value: StringBuilder::new(),
+            action: text(),
+            scope: text(),
+            agent_id: text(),
+            factor: text(),
+            value: text(),
             agents: string_list(),
-            from_state: StringBuilder::new(),
-            to_state: StringBuilder::new(),
-            mode: StringBuilder::new(),
-            actor: StringBuilder::new(),
-            reason: StringBuilder::new(),
-            evidence: StringBuilder::new(),
+            from_state: text(),
+            to_state: text(),
+            mode: text(),
+            actor: text(),
+            reason: text(),
+            evidence: text(),
             finding_ids: string_list(),
-            endpoint: StringBuilder::new(),
-            delivery: StringBuilder::new(),
-            attempts: UInt32Builder::new(),
-            http_status: UInt16Builder::new(),
-            detail: StringBuilder::new(),
-            m_source: StringBuilder::new(),
+            endpoint: text(),
+            delivery: text(),
+            attempts: UInt32Builder::with_capacity(START_ROWS),
+            http_status: UInt16Builder::with_capacity(START_ROWS),
+            detail: text(),
+            m_source: text(),
             m_ingested_at: ts(),
             rows: 0,
         }
