@@ -31,6 +31,11 @@ pub struct ArchiveConfig {
     /// durability follows flushes, not files. Linux only; elsewhere every file is fsynced.
     #[serde(default = "default_sync_files_each_up_to")]
     pub sync_files_each_up_to: usize,
+    /// Threads writing the files of a flush that writes more than `sync_files_each_up_to` (a replay of
+    /// sparse history: thousands of files of a few rows, each mostly Parquet's fixed cost). 1 writes them
+    /// in order on the writer thread.
+    #[serde(default = "default_write_threads")]
+    pub write_threads: usize,
     /// How event time splits the archive into directories: `hour` (`dt=…/hour=…/`, the default, for
     /// live streams queried by the hour) or `day` (`dt=…/`, for replays of history spread thin over
     /// months, which would otherwise write a file of a few rows per hour touched). Keep one setting per
@@ -87,6 +92,11 @@ pub const fn default_sync_files_each_up_to() -> usize {
     16
 }
 
+/// Both cores of a small machine: the pipeline is waiting for the flush anyway.
+pub const fn default_write_threads() -> usize {
+    2
+}
+
 impl Default for ArchiveConfig {
     fn default() -> Self {
         ArchiveConfig {
@@ -96,6 +106,7 @@ impl Default for ArchiveConfig {
             zstd_level: default_zstd_level(),
             compress_min_rows: default_compress_min_rows(),
             sync_files_each_up_to: default_sync_files_each_up_to(),
+            write_threads: default_write_threads(),
             partition: Partitioning::Hour,
         }
     }
@@ -110,6 +121,9 @@ pub enum ArchiveConfigError {
     /// `flush_seconds` is not a positive number.
     #[error("archive.flush_seconds must be a positive number of seconds, got {0}")]
     FlushSeconds(f64),
+    /// `write_threads` is zero.
+    #[error("archive.write_threads must be at least 1")]
+    WriteThreads,
     /// `zstd_level` outside 1–22.
     #[error("archive.zstd_level must be between 1 and 22, got {0}")]
     ZstdLevel(i32),
@@ -123,6 +137,9 @@ impl ArchiveConfig {
         }
         if !(self.flush_seconds.is_finite() && self.flush_seconds > 0.0) {
             return Err(ArchiveConfigError::FlushSeconds(self.flush_seconds));
+        }
+        if self.write_threads == 0 {
+            return Err(ArchiveConfigError::WriteThreads);
         }
         if !(1..=22).contains(&self.zstd_level) {
             return Err(ArchiveConfigError::ZstdLevel(self.zstd_level));

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use arrow_array::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 use vigil_schemas::Invalid;
@@ -267,6 +267,7 @@ pub struct Archive {
     flush_rows: usize,
     compress_min_rows: usize,
     sync_each_up_to: usize,
+    write_threads: usize,
     props: WriterProperties,
     events: Partitioned<EventColumns>,
     dead: Partitioned<DeadLetterColumns>,
@@ -374,6 +375,7 @@ impl Archive {
             flush_rows: cfg.flush_rows,
             compress_min_rows: cfg.compress_min_rows,
             sync_each_up_to: cfg.sync_files_each_up_to,
+            write_threads: cfg.write_threads,
             props: props.build(),
             events: Partitioned::new(cfg.partition),
             dead: Partitioned::new(cfg.partition),
@@ -504,13 +506,23 @@ impl Archive {
     /// A writer for flush jobs, to run on another thread so Parquet encoding overlaps decoding. Jobs must
     /// be written in the order they were taken, by one writer: that keeps checkpoints monotonic.
     pub fn writer(&self) -> FlushWriter {
-        let plain = self.props.clone().into_builder().set_compression(Compression::UNCOMPRESSED).build();
+        // A file of a few rows gains nothing from dictionaries or page-level statistics (its one page per
+        // column is its chunk), and each costs a share of the per-file work that dominates such files.
+        let plain = self
+            .props
+            .clone()
+            .into_builder()
+            .set_compression(Compression::UNCOMPRESSED)
+            .set_dictionary_enabled(false)
+            .set_statistics_enabled(EnabledStatistics::Chunk)
+            .build();
         FlushWriter {
             root: self.root.clone(),
             props: self.props.clone(),
             plain,
             compress_min_rows: self.compress_min_rows,
             sync_each_up_to: self.sync_each_up_to,
+            write_threads: self.write_threads,
             partition: self.events.span_ms,
             files: self.totals.files,
             bytes: self.totals.bytes,
@@ -574,6 +586,7 @@ pub struct FlushWriter {
     plain: WriterProperties,
     compress_min_rows: usize,
     sync_each_up_to: usize,
+    write_threads: usize,
     /// The span of one directory (`Partitioning::span_ms`).
     partition: i64,
     files: u64,
@@ -593,21 +606,40 @@ impl FlushWriter {
         let mut dirs = Vec::new();
         let batched = job.batches.len() > self.sync_each_up_to && cfg!(target_os = "linux");
         let mut renames = Vec::new();
-        for (table, index, batch) in &job.batches {
-            let dir = partition_dir(&self.root, table, *index, self.partition);
-            create_dirs(&self.root, &dir, &mut dirs)?;
-            let path = dir.join(&job.name);
-            let props = if batch.num_rows() < self.compress_min_rows { &self.plain } else { &self.props };
-            if batched {
-                let tmp = tmp_path(&path);
-                report.bytes += write_parquet(&tmp, &path, batch, props, false)?;
-                renames.push((tmp, path.clone()));
-            } else {
-                report.bytes += write_parquet_atomically(&path, batch, props)?;
+        if batched {
+            // Written under temporary names, on `write_threads` threads in contiguous shares (files of a
+            // few rows are mostly Parquet's fixed cost per file, which is CPU), then made durable at once.
+            let threads = self.write_threads.clamp(1, job.batches.len());
+            let share = job.batches.len().div_ceil(threads);
+            let written: Vec<Result<Vec<Written>, ArchiveError>> = std::thread::scope(|s| {
+                let handles: Vec<_> = job
+                    .batches
+                    .chunks(share)
+                    .map(|part| s.spawn(|| part.iter().map(|b| self.write_one(&job.name, b)).collect()))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect()
+            });
+            for w in written {
+                for Written { tmp, path, bytes, rows } in w? {
+                    report.bytes += bytes;
+                    report.rows += rows;
+                    report.files.push(path.clone());
+                    renames.push((tmp, path));
+                }
             }
-            report.rows += batch.num_rows() as u64;
-            report.files.push(path);
-            dirs.push(dir);
+        } else {
+            for (table, index, batch) in &job.batches {
+                let dir = partition_dir(&self.root, table, *index, self.partition);
+                create_dirs(&self.root, &dir, &mut dirs)?;
+                let path = dir.join(&job.name);
+                report.bytes += write_parquet_atomically(&path, batch, self.props_for(batch))?;
+                report.rows += batch.num_rows() as u64;
+                report.files.push(path);
+                dirs.push(dir);
+            }
         }
         if batched {
             sync_file_system(&self.root)?;
@@ -630,6 +662,36 @@ impl FlushWriter {
         write_checkpoint(&self.root, &checkpoint)?;
         report.committed_position = checkpoint.committed_position;
         Ok(report)
+    }
+}
+
+/// One file of a batched flush, written under its temporary name.
+struct Written {
+    tmp: PathBuf,
+    path: PathBuf,
+    bytes: u64,
+    rows: u64,
+}
+
+impl FlushWriter {
+    /// The properties a batch is written with: without compression under `compress_min_rows`.
+    fn props_for(&self, batch: &RecordBatch) -> &WriterProperties {
+        if batch.num_rows() < self.compress_min_rows { &self.plain } else { &self.props }
+    }
+
+    /// Writes one batch of a job under its temporary name, not synced (its directory made if missing;
+    /// a batched flush syncs the whole file system instead of each directory).
+    fn write_one(
+        &self,
+        name: &str,
+        (table, index, batch): &(&'static str, i64, RecordBatch),
+    ) -> Result<Written, ArchiveError> {
+        let dir = partition_dir(&self.root, table, *index, self.partition);
+        create_dirs(&self.root, &dir, &mut Vec::new())?;
+        let path = dir.join(name);
+        let tmp = tmp_path(&path);
+        let bytes = write_parquet(&tmp, &path, batch, self.props_for(batch), false)?;
+        Ok(Written { tmp, path, bytes, rows: batch.num_rows() as u64 })
     }
 }
 

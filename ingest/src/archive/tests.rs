@@ -194,3 +194,50 @@ fn a_table_of_a_few_rows_is_small() {
     }
     assert_eq!(t.finish().num_rows(), 5_000);
 }
+
+/// A flush of many files is written on `write_threads` threads: the same files, rows and report (in the
+/// same order) whatever the count; zero threads is refused.
+#[test]
+fn a_flush_of_many_files_is_the_same_on_one_thread_or_three() {
+    let flush = |threads: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ArchiveConfig {
+            dir: dir.path().to_owned(),
+            sync_files_each_up_to: 2,
+            write_threads: threads,
+            ..ArchiveConfig::default()
+        };
+        cfg.validate().unwrap();
+        let (mut a, _) = Archive::open(&cfg, "s", 0).unwrap();
+        // Seven hours, hour h holding h + 1 events.
+        let mut position = 0;
+        for h in 0..7i64 {
+            for _ in 0..=h {
+                position += 1;
+                let ts = h * 3_600_000 + position;
+                let line = format!(
+                    r#"{{"event_id":"e{position}","ts":{ts},"agent_id":"a","action":"x","resource":"r"}}"#
+                );
+                a.push_event(&vigil_schemas::decode(line.as_bytes(), 1024).unwrap(), position as u64);
+            }
+        }
+        let report = a.flush(no_state(), 5).unwrap();
+        let files: Vec<(String, i64)> = report
+            .files
+            .iter()
+            .map(|f| {
+                let rel = f.strip_prefix(dir.path()).unwrap().to_string_lossy().into_owned();
+                (rel, compression_and_rows(f).1)
+            })
+            .collect();
+        assert_eq!(files_under(dir.path()).len(), 7, "no temporary file left");
+        (files, report.rows, report.committed_position)
+    };
+    let one = flush(1);
+    assert_eq!(one.0.len(), 7);
+    assert_eq!(one.0[6], ("events/dt=1970-01-01/hour=06/s-0-1-28.parquet".to_owned(), 7));
+    assert_eq!((one.1, one.2), (28, 28));
+    assert_eq!(flush(3), one);
+    let zero = ArchiveConfig { write_threads: 0, ..ArchiveConfig::default() };
+    assert_eq!(zero.validate(), Err(ArchiveConfigError::WriteThreads));
+}
