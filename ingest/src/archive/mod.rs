@@ -663,17 +663,7 @@ impl FlushWriter {
         report.committed_position = checkpoint.committed_position;
         Ok(report)
     }
-}
 
-/// One file of a batched flush, written under its temporary name.
-struct Written {
-    tmp: PathBuf,
-    path: PathBuf,
-    bytes: u64,
-    rows: u64,
-}
-
-impl FlushWriter {
     /// The properties a batch is written with: without compression under `compress_min_rows`.
     fn props_for(&self, batch: &RecordBatch) -> &WriterProperties {
         if batch.num_rows() < self.compress_min_rows { &self.plain } else { &self.props }
@@ -693,6 +683,14 @@ impl FlushWriter {
         let bytes = write_parquet(&tmp, &path, batch, self.props_for(batch), false)?;
         Ok(Written { tmp, path, bytes, rows: batch.num_rows() as u64 })
     }
+}
+
+/// One file of a batched flush, written under its temporary name.
+struct Written {
+    tmp: PathBuf,
+    path: PathBuf,
+    bytes: u64,
+    rows: u64,
 }
 
 fn take_batches<T: Table>(table: &mut Partitioned<T>, out: &mut Vec<(&'static str, i64, RecordBatch)>) {
