@@ -127,3 +127,18 @@ fn an_idle_exit_waits_for_a_slow_broker_to_deliver_the_backlog() {
         "{counts}"
     );
 }
+
+/// The brokers' readiness check (`common::listens`) tells this process's listening socket from a port
+/// nobody here listens on, which is how a broker that lost the race for its port is told apart.
+#[test]
+fn the_readiness_check_sees_whose_socket_listens() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    assert!(common::listens(std::process::id(), port));
+    drop(listener);
+    assert!(!common::listens(std::process::id(), port));
+    // A connection this process makes is not a listening socket.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::TcpStream::connect(server.local_addr().unwrap()).unwrap();
+    assert!(!common::listens(std::process::id(), client.local_addr().unwrap().port()));
+}

@@ -91,33 +91,64 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts a broker and waits until it accepts connections.
+    /// Starts a broker on a free port and waits until it listens there. The port is free when picked but
+    /// can be taken before tansu binds it (tests start brokers and servers side by side): tansu then fails
+    /// to bind while a connect to the port still succeeds (someone else's listener). So readiness is
+    /// that this child's own socket listens on the port, and a lost race starts again on another port.
     pub fn start() -> Broker {
         let bin = installed("VIGIL_TANSU", "tools/bin/tansu", "Kafka broker (tansu)");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
-        let url = format!("tcp://{addr}");
-        let log =
-            std::fs::File::create(std::env::temp_dir().join(format!("vigil-tansu-{port}.log"))).unwrap();
-        let child = Command::new(bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("tansu starts");
-        let broker = Broker { child, addr };
-        let started = std::time::Instant::now();
-        while std::net::TcpStream::connect(&broker.addr).is_err() {
-            assert!(
-                started.elapsed() < std::time::Duration::from_secs(20),
-                "tansu did not listen on {}",
-                broker.addr
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let addr = format!("127.0.0.1:{port}");
+            let url = format!("tcp://{addr}");
+            let log_path = std::env::temp_dir().join(format!("vigil-tansu-{port}.log"));
+            let log = std::fs::File::create(&log_path).unwrap();
+            let child = Command::new(&bin)
+                .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+                .args(["--storage-engine", "memory://tansu/"])
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("tansu starts");
+            let mut broker = Broker { child, addr };
+            let started = std::time::Instant::now();
+            loop {
+                if listens(broker.child.id(), port) {
+                    return broker;
+                }
+                let lost = std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("AddrInUse"));
+                if lost || broker.child.try_wait().unwrap().is_some() {
+                    break; // dropped: killed and waited for; try another port
+                }
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(20),
+                    "tansu did not listen on {} (log: {})",
+                    broker.addr,
+                    log_path.display()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
         }
-        broker
+        panic!("tansu lost the race for a free port five times");
     }
+}
+
+/// Whether process `pid` holds a socket listening on TCP `port` (IPv4 or IPv6), from `/proc`.
+pub fn listens(pid: u32, port: u16) -> bool {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else { continue };
+            let at = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            if at == Some(port) && *state == "0A" {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .any(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
 }
 
 impl Drop for Broker {
