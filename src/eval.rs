@@ -45,7 +45,7 @@ pub fn expected_kinds(kind: IncidentKind) -> &'static [FindingKind] {
 /// What detection over an events file produced.
 #[derive(Debug, Default)]
 pub struct Detected {
-    /// Every finding, updates folded (one per finding_id, at its highest severity).
+    /// Every finding, updates folded (one per finding_id, at its highest severity and first time).
     pub findings: Vec<Finding>,
     /// Distinct agents seen.
     pub agents: usize,
@@ -58,7 +58,7 @@ pub struct Detected {
 }
 
 /// Detection without an archive: lines in through a detached lane, findings kept (updates folded into
-/// one per finding_id, at its highest severity).
+/// one per finding_id, at its highest severity and the time it was first found).
 #[derive(Debug)]
 pub struct Judge {
     lane: Lane,
@@ -111,8 +111,11 @@ impl Judge {
         for f in &self.lane.output().findings {
             match self.by_id.get(&f.finding_id) {
                 Some(&i) => {
+                    // An update raises the severity; the incident was detected when it was first found.
                     if f.severity > d.findings[i].severity {
+                        let first = d.findings[i].ts;
                         d.findings[i] = f.clone();
+                        d.findings[i].ts = first;
                     }
                 }
                 None => {
@@ -409,4 +412,36 @@ pub fn render(r: &Report) -> String {
         r.false_high_per_100_agent_days
     );
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_update_raises_the_severity_and_keeps_the_time_it_was_first_found() {
+        // Two days of a read a minute at 100-140 KB, then a minute of 1.2 MB (nine times the usual high: a medium data spike) and,
+        // in the same cooldown period, a minute of 60 MB (the incident updated to high).
+        let mut cfg = VigilConfig::default();
+        cfg.detect.rate_limit_per_minute = 0;
+        let mut judge = Judge::new(&cfg).unwrap();
+        let lines: Vec<String> = (0..2890i64)
+            .map(|m| {
+                let bytes = match m {
+                    2881 => 1_200_000,
+                    2883 => 60_000_000,
+                    _ => 100_000 + m % 5 * 10_000,
+                };
+                format!(
+                    r#"{{"event_id":"e{m}","ts":{},"agent_id":"d1","action":"data.read","resource":"s3://a/b","bytes_read":{bytes}}}"#,
+                    m * 60_000 + 1_000
+                )
+            })
+            .collect();
+        judge.push(&lines).unwrap();
+        let found = judge.finish().unwrap().findings;
+        assert_eq!(found.len(), 1, "one incident: {found:?}");
+        assert_eq!(found[0].severity, Severity::High, "{found:?}");
+        assert_eq!(found[0].ts, 2882 * 60_000, "first found at the end of its window: {found:?}");
+    }
 }

@@ -7,6 +7,12 @@ use crate::{DetectConfig, Engine, Output};
 /// Runs `ndjson` through an engine built from `config_toml` and compares a one-line-per-item rendering
 /// of the findings and decisions with `expect`.
 fn check(config_toml: &str, ndjson: &str, expect: &str) {
+    let got = render(&run(config_toml, ndjson));
+    assert_eq!(got.trim(), expect.trim(), "\n--- got ---\n{got}");
+}
+
+/// What an engine built from `config_toml` makes of `ndjson`, to the end of the input.
+fn run(config_toml: &str, ndjson: &str) -> Output {
     let cfg: DetectConfig = toml::from_str(config_toml).expect("test config parses");
     let mut engine = Engine::new(&cfg).expect("test config builds");
     let events: Vec<_> = ndjson
@@ -17,8 +23,7 @@ fn check(config_toml: &str, ndjson: &str, expect: &str) {
     let mut out = Output::default();
     engine.process(&events, &mut out);
     engine.finish(&mut out);
-    let got = render(&out);
-    assert_eq!(got.trim(), expect.trim(), "\n--- got ---\n{got}");
+    out
 }
 
 /// The events of fixture lines (all valid).
@@ -457,24 +462,60 @@ fn warehouse_reads(prefix: &str, scale: impl Fn(i64) -> i64) -> Vec<String> {
 #[test]
 fn a_slow_exfiltration_under_every_window_threshold_adds_up_to_one_finding() {
     // Two days of 4 reads a minute, each between 80 and 120 KB; then an hour in which every read is
-    // three times larger: no single window is far enough out to be a spike, the hour is.
+    // three times larger: no single window is far enough out to be a spike, the hour is. It is one
+    // incident: found six minutes in, and updated to high when it is still going on an hour after its
+    // incident opened (before, the sum started over after each finding: four findings that hour).
     let lines = warehouse_reads("x", |m| if m >= 2880 { 3 } else { 1 });
+    let config = "rate_limit_per_minute = 0\n[data]\nmin_bytes = 100000\n";
     check(
-        "rate_limit_per_minute = 0\n[data]\nmin_bytes = 100000\n",
+        config,
         &lines.join("\n"),
         r#"
 data_spike medium d1 @173220000 [x2886-0,x2886-1,x2886-2,x2886-3] d1: a sustained rise in bytes moved, window after window above its baseline (cumulative surprise 20.1 >= 20); this window 1.1 MB, its usual high 370.7 KB
-data_spike medium d1 @174480000 [x2907-0,x2907-1,x2907-2,x2907-3] d1: a sustained rise in bytes moved, window after window above its baseline (cumulative surprise 20.5 >= 20); this window 1.2 MB, its usual high 370.7 KB
-data_spike medium d1 @175200000 [x2919-0,x2919-1,x2919-2,x2919-3] d1: a sustained rise in bytes moved, window after window above its baseline (cumulative surprise 21.1 >= 20); this window 1.3 MB, its usual high 370.7 KB
-data_spike medium d1 @176160000 [x2935-0,x2935-1,x2935-2,x2935-3] d1: a sustained rise in bytes moved, window after window above its baseline (cumulative surprise 20.1 >= 20); this window 1.2 MB, its usual high 1.0 MB
+data_spike high d1 @176400000 [x2939-0,x2939-1,x2939-2,x2939-3] d1: a sustained rise in bytes moved, window after window above its baseline (cumulative surprise 40.0 >= 20); this window 1.3 MB, its usual high 1.0 MB; still rising 1 h after its incident opened
 "#,
     );
+    let out = run(config, &lines.join("\n"));
+    let ids: std::collections::BTreeSet<_> = out.findings.iter().map(|f| f.finding_id.as_str()).collect();
+    assert_eq!(ids.len(), 1, "the update is the same finding: {ids:?}");
+    assert_eq!(out.findings[1].evidence["rising_seconds"], 3600);
     // Without the cumulative detector the same hour raises nothing: no window, no span was enough.
     check(
         "rate_limit_per_minute = 0\n[data]\nmin_bytes = 100000\n[slow]\nenabled = false\n",
         &lines.join("\n"),
         "",
     );
+}
+
+#[test]
+fn a_reported_outlier_does_not_hide_the_next_one() {
+    // Two days of reads, then two minutes of reads thirty times larger, two hours apart. A baseline
+    // that learned the first at its full size would take 12 MB as something this agent does; it learns
+    // it as the edge of its usual instead, so the second is as surprising as the first.
+    let lines = warehouse_reads("x", |m| if m == 2800 || m == 2920 { 30 } else { 1 });
+    let out = run("rate_limit_per_minute = 0\n", &lines.join("\n"));
+    let got = render(&out);
+    let at: Vec<i64> = out.findings.iter().map(|f| f.ts / 60_000).collect();
+    assert_eq!(at, [2801, 2921], "{got}");
+}
+
+#[test]
+fn a_slow_rise_soon_after_another_data_incident_is_an_incident_of_its_own() {
+    // One minute of reads thirty times the usual size 20 minutes before the hour of triple reads: the
+    // spike is an incident, and the rise that starts in a later cooldown period is a new one, not an
+    // update of the spike's (which a rise only continues once it has been reported).
+    let lines = warehouse_reads("x", |m| match m {
+        2860 => 30,
+        m if m >= 2880 => 3,
+        _ => 1,
+    });
+    let out = run("rate_limit_per_minute = 0\n[data]\nmin_bytes = 100000\n", &lines.join("\n"));
+    let got = render(&out);
+    let spike = out.findings.iter().find(|f| f.ts <= 2861 * 60_000).expect(&got);
+    let rise = out.findings.iter().find(|f| f.evidence.get("detector") == Some(&"cumulative".into()));
+    let rise = rise.expect(&got);
+    assert_ne!(spike.finding_id, rise.finding_id, "{got}");
+    assert!(rise.ts <= 2890 * 60_000, "found within ten minutes: {got}");
 }
 
 #[test]
@@ -492,17 +533,16 @@ fn a_steady_trickle_out_is_found_among_the_writes_while_the_reads_hide_it() {
         ev(&format!("x{m}"), m * 60_000 + 40_000, "d1", "api.call", "https://paste.example/upload", extra)
     });
     let input = merged(vec![warehouse_reads("r", |_| 1), writes.collect(), uploads.collect()]);
-    // The upload endpoint is new to the agent (scope drift); the bytes written are found 8 minutes in,
-    // and again in later cooldown periods while the trickle lasts. Nothing about bytes moved.
+    // The upload endpoint is new to the agent (scope drift); the bytes written are found 6 minutes in
+    // (8 before the baselines learned a reported outlier as its threshold). The tenth more bytes moved
+    // add up too, later: the same incident (both are data), updated to high an hour after it opened.
     check(
         "rate_limit_per_minute = 0\n",
         &input,
         r#"
 scope_drift medium d1 @172860000 [x2880] d1 touched 1 thing new to it and rare among its 0 peers: "https://paste.example/upload"
-data_spike medium d1 @173340000 [r2888-0,r2888-1,r2888-2,x2888,r2888-3] d1: a sustained rise in bytes written or sent, window after window above its baseline (cumulative surprise 20.4 >= 20); this window 40.0 KB, its usual high 11.6 KB
-data_spike medium d1 @174000000 [r2899-0,r2899-1,r2899-2,x2899,r2899-3] d1: a sustained rise in bytes written or sent, window after window above its baseline (cumulative surprise 20.4 >= 20); this window 40.0 KB, its usual high 11.6 KB
-data_spike medium d1 @174960000 [r2915-0,w2915,r2915-1,r2915-2,x2915] d1: a sustained rise in bytes written or sent, window after window above its baseline (cumulative surprise 20.6 >= 20); this window 42.0 KB, its usual high 11.6 KB
-data_spike medium d1 @176160000 [r2935-0,w2935,r2935-1,r2935-2,x2935] d1: a sustained rise in bytes written or sent, window after window above its baseline (cumulative surprise 20.5 >= 20); this window 41.8 KB, its usual high 39.0 KB
+data_spike medium d1 @173220000 [r2886-0,r2886-1,r2886-2,x2886,r2886-3] d1: a sustained rise in bytes written or sent, window after window above its baseline (cumulative surprise 20.4 >= 20); this window 40.0 KB, its usual high 11.6 KB
+data_spike high d1 @176400000 [r2939-0,r2939-1,r2939-2,x2939,r2939-3] d1: a sustained rise in bytes moved, window after window above its baseline (cumulative surprise 34.0 >= 20); this window 460.0 KB, its usual high 370.7 KB; still rising 1 h after its incident opened
 "#,
     );
 }

@@ -841,18 +841,20 @@ impl Engine {
         // The usual high of the agent's action count, when this window's count was surprising: the key
         // spread then learns from the window as if it had had that many actions.
         let mut spiked: Option<f64> = None;
+        let mut learned = observed.map(|x| x as f64);
         if warm {
             for (m, q) in MEASURES.into_iter().enumerate() {
                 let spec = cfg.spike(q.kind());
                 let j = judge_window(cfg, &agent.levels.per_window[m], q, observed[m]);
+                learned[m] = robust(&j, spec.p_value, learned[m]);
                 if q == Quantity::Actions && j.p * SCALES < spec.p_value {
                     spiked = Some(j.high);
                 }
                 let span = (start, start + cfg.window_ms);
                 found.extend(spike(cfg, q, spec, id, &w, span, observed[m], &j, None).map(|f| (f, bucket)));
                 if let Some(s) = CUMULATIVE.iter().position(|&i| i == m) {
-                    let s = &mut agent.levels.slow[s];
-                    found.extend(slow_rise(cfg, q, id, &w, s, gap, observed[m], &j).map(|f| (f, bucket)));
+                    let f = slow_rise(cfg, q, id, &w, (&mut agent.levels.slow, s), gap, observed[m], &j);
+                    found.extend(f.map(|f| slow_incident(cfg, &agent.open, f, bucket)));
                 }
             }
             let peers = &self.roles[usize::from(agent.role)].1;
@@ -880,8 +882,8 @@ impl Engine {
                 }
             }
         }
-        for (t, x) in agent.levels.per_window.iter_mut().zip(observed) {
-            t.learn(x as f64, cfg.keep_window);
+        for (t, x) in agent.levels.per_window.iter_mut().zip(learned) {
+            t.learn(x, cfg.keep_window);
         }
         spans(cfg, id, agent, &w, start, observed, &mut found);
         let scope = &cfg.raw.scope;

@@ -7,6 +7,10 @@ use super::*;
 /// is multiplied by this before it is compared with a detector's p-value, so that judging twice does
 /// not double the false findings.
 pub(super) const SCALES: f64 = 2.0;
+/// How far back the cumulative detector follows an incident it keeps open (see `ongoing_key`).
+const DAY_MS: i64 = 86_400_000;
+/// Cooldown periods after which a rise still going on is high (see `slow_incident`).
+const SLOW_HIGH_PERIODS: i64 = 4;
 
 /// Sums the window into its span, and judges and learns a span once it is complete (its last window
 /// closed, or a window of a later span did): spans aligned on event time, closed in window order, so
@@ -57,6 +61,7 @@ pub(super) fn close_span(
         && u64::from(agent.events) >= base.warmup_events;
     let levels = &mut agent.levels;
     let sums = levels.span_sum;
+    let mut learned = sums.map(|x| x as f64);
     if warm {
         let from = i64::from(index) * cfg.span_ms;
         let span = (from, from + cfg.span_ms);
@@ -71,18 +76,19 @@ pub(super) fn close_span(
                 q.counts_actions(),
                 memory,
             );
+            learned[s] = robust(&j, spec.p_value, learned[s]);
             let key = span_key(cfg, &agent.open, q.kind(), span);
             found.extend(spike(cfg, q, spec, id, w, span, sums[s], &j, None).map(|f| (f, key)));
             // The span's surprise adds to the cumulative sum too: a rise too small to stand out in any
             // one window can stand out in a quarter of an hour's total.
             if let Some(c) = CUMULATIVE.iter().position(|&i| i == m) {
-                let sum = &mut levels.slow[c];
-                found.extend(slow_rise(cfg, q, id, w, sum, 0, sums[s], &j).map(|f| (f, key)));
+                let f = slow_rise(cfg, q, id, w, (&mut levels.slow, c), 0, sums[s], &j);
+                found.extend(f.map(|f| slow_incident(cfg, &agent.open, f, key)));
             }
         }
     }
-    for (t, x) in levels.per_span.iter_mut().zip(sums) {
-        t.learn(x as f64, cfg.keep_span);
+    for (t, x) in levels.per_span.iter_mut().zip(learned) {
+        t.learn(x, cfg.keep_span);
     }
     let samples = (w.start.div_euclid(cfg.span_ms) == i64::from(index)).then_some(w);
     rhythm_span(cfg, id, agent, index, sums[0], samples, found);
@@ -103,6 +109,56 @@ fn span_key(cfg: &Compiled, open: &[OpenFinding], kind: FindingKind, (from, to):
     } else {
         bucket(cfg, to - cfg.window_ms)
     }
+}
+
+/// What a baseline learns from a value it judged: the value itself, or, when it was surprising at the
+/// detector's p-value, the threshold it crossed. An outlier is one observation at the edge of the usual,
+/// not a lesson that outliers of its size are normal (which would hide the next one); a sustained new
+/// level still becomes the baseline, since each window of it raises the edge a little.
+pub(super) fn robust(j: &Judgement, p_value: f64, x: f64) -> f64 {
+    if j.p * SCALES < p_value && j.threshold.is_finite() { x.min(j.threshold) } else { x }
+}
+
+/// A finding of the cumulative detector, and whether its sum was above the threshold already (the rise
+/// it reported goes on) or has just crossed it (a new incident).
+pub(super) struct Rise {
+    finding: Finding,
+    going_on: bool,
+}
+
+/// The key of a finding of a rise that goes on: the incident of its kind still open (its latest finding
+/// at most two cooldowns before `ts`), else `fresh`. A slow rise lasts longer than a cooldown
+/// period, and it is one incident however long: each window that keeps it above the threshold folds
+/// into the incident of its first finding, which is updated when its severity rises. An incident is
+/// followed back at most a day; a rise still going after that is reported again.
+fn ongoing_key(cfg: &Compiled, open: &[OpenFinding], kind: FindingKind, ts: i64, fresh: u64) -> u64 {
+    let period = cfg.cooldown_ms.max(1);
+    let now = bucket(cfg, ts);
+    let recent = |o: &&OpenFinding| o.kind == kind && o.last_ts >= ts.saturating_sub(2 * period);
+    let Some(latest) = open.iter().filter(recent).max_by_key(|o| o.last_ts) else { return fresh };
+    (0..=DAY_MS / period)
+        .map(|k| now.wrapping_sub((k * period) as u64))
+        .find(|&key| fold_key(key) == latest.key)
+        .unwrap_or(fresh)
+}
+
+/// A finding of the cumulative detector joined to its incident (see `ongoing_key`); a rise that has
+/// gone on for `SLOW_HIGH_PERIODS` cooldown periods since its incident opened is high (an hour with the
+/// default cooldown): a trickle that does not stop is the exfiltration that matters.
+pub(super) fn slow_incident(cfg: &Compiled, open: &[OpenFinding], rise: Rise, fresh: u64) -> (Finding, u64) {
+    let mut f = rise.finding;
+    let key = if rise.going_on { ongoing_key(cfg, open, f.kind, f.ts, fresh) } else { fresh };
+    let lasted = f.ts.saturating_sub(key as i64);
+    if lasted >= SLOW_HIGH_PERIODS * cfg.cooldown_ms.max(1) {
+        f.severity = Severity::High;
+        f.summary = format!(
+            "{}; still rising {} after its incident opened",
+            f.summary,
+            human_duration(lasted / 1000)
+        );
+        f.evidence.insert("rising_seconds".into(), json!(lasted / 1000));
+    }
+    (f, key)
 }
 
 /// How surprising `x` is as one window's `q` under `tail` (the agent's own baseline, or its role's).
@@ -251,23 +307,31 @@ pub(super) fn slow_rise(
     q: Quantity,
     agent: &str,
     w: &Window,
-    sum: &mut f32,
+    (sums, c): (&mut [f32; CUMULATIVE.len()], usize),
     gap: u64,
     observed: u64,
     j: &Judgement,
-) -> Option<Finding> {
+) -> Option<Rise> {
     let slow = &cfg.raw.slow;
     if !slow.enabled {
         return None;
     }
+    // A rise goes on while this measure's sum was above the threshold already, or another measure of
+    // the same kind is above it (the reads and the uploads of one exfiltration are one incident).
+    let above = |i: usize| f64::from(sums[i]) >= slow.threshold;
+    let same_kind = |i: usize| i != c && MEASURES[CUMULATIVE[i]].kind() == q.kind();
+    let going_on = above(c) || (0..CUMULATIVE.len()).any(|i| same_kind(i) && above(i));
+    let sum = &mut sums[c];
     let surprise = score(j.p).min(slow.max_window_score);
     let drained = f64::from(*sum) - slow.allowance * gap as f64;
-    let now = (drained.max(0.0) + surprise - slow.allowance).max(0.0);
+    // Held at twice the threshold: a rise that goes on keeps its incident open (every window above the
+    // threshold folds into it), and once it stops the sum drains below the threshold within
+    // `threshold / allowance` windows.
+    let now = (drained.max(0.0) + surprise - slow.allowance).clamp(0.0, 2.0 * slow.threshold);
+    *sum = now as f32;
     if now < slow.threshold {
-        *sum = now as f32;
         return None;
     }
-    *sum = 0.0;
     let mut f = window_finding(cfg, q.kind(), Severity::Medium, agent, w);
     f.score = round3(now);
     let (what, x, high) = match q {
@@ -289,7 +353,7 @@ pub(super) fn slow_rise(
     e.insert("observed".into(), json!(observed));
     e.insert("baseline_high".into(), json!(round3(j.high)));
     e.insert("p_value".into(), json!(j.p));
-    Some(f)
+    Some(Rise { finding: f, going_on })
 }
 
 /// A window (or span) far in the tail of the agent's own baseline, and big enough to matter: at least
