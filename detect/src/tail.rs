@@ -236,6 +236,25 @@ impl Tail {
         0.0
     }
 
+    /// The share of the remembered weight at or above `x` (the bin holding `x` counted half), or `None`
+    /// when `x` is below the kept bins, where the histogram no longer knows the order of its values.
+    pub fn share_at_least(&self, x: f64) -> Option<f64> {
+        let bx = bin_of(x).filter(|&b| b >= self.lowest && self.lowest != i16::MIN)?;
+        let total = self.weight();
+        (total > 0.0).then(|| self.weight_above(bx) / total)
+    }
+
+    /// The weight of the kept bins above bin `bx`, and half of bin `bx`'s.
+    fn weight_above(&self, bx: i16) -> f64 {
+        self.bins()
+            .map(|(b, w)| match b.cmp(&bx) {
+                std::cmp::Ordering::Greater => w,
+                std::cmp::Ordering::Equal => w / 2.0,
+                std::cmp::Ordering::Less => 0.0,
+            })
+            .sum()
+    }
+
     /// How surprising `x` is: the empirical tail probability, or beyond the `1 - q` quantile the
     /// generalized Pareto tail fitted to the excesses over it, whichever is smaller. `p_value` is the
     /// detector's own, for the threshold reported in the evidence.
@@ -253,14 +272,7 @@ impl Tail {
             // Zero, or below every kept bin: not in the tail, so not surprising at all.
             None => total,
             Some(bx) if bx < self.lowest => total,
-            Some(bx) => self
-                .bins()
-                .map(|(b, w)| match b.cmp(&bx) {
-                    std::cmp::Ordering::Greater => w,
-                    std::cmp::Ordering::Equal => w / 2.0,
-                    std::cmp::Ordering::Less => 0.0,
-                })
-                .sum(),
+            Some(bx) => self.weight_above(bx),
         };
         let empirical = ((above + PRIOR) / (total + PRIOR)).min(1.0);
         let Some(t) = self.threshold_bin(q, total) else {

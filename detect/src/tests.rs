@@ -408,6 +408,34 @@ fn a_new_agent_is_judged_against_its_roles_agents_until_it_has_a_baseline() {
     );
     // Without the role's yardstick the loop goes unseen: s9 has no baseline of its own.
     check(&format!("{config}peers = false\n"), &input, "");
+    // Its evidence says where the window stands among its role's: above every one of theirs.
+    let out = run(config, &input);
+    assert_eq!(out.findings[0].evidence["peer_percentile"], 100.0, "{:?}", out.findings[0].evidence);
+}
+
+#[test]
+fn a_spike_for_the_agent_says_where_it_stands_among_its_role() {
+    let role = r#","agent_role":"support""#;
+    // Three support agents make 2 actions a minute for two hours, a fourth 15; then s1 makes 14 in one
+    // minute: seven times its own usual, but what the busy one does every minute. The finding is the
+    // agent's own; its evidence shows that for the role it is ordinary (below the busiest quarter).
+    let mut parts: Vec<Vec<String>> =
+        (1..=3).map(|i| steady(&format!("s{i}"), 0, 130, 2, TICKETS, role)).collect();
+    parts.push(steady("s4", 0, 130, 15, TICKETS, role));
+    parts.push(
+        (0..14)
+            .map(|i| ev(&format!("b{i:02}"), 130 * 60_000 + i * 4_000, "s1", "api.call", TICKETS[0], role))
+            .collect(),
+    );
+    parts.push(steady("s1", 131, 3, 2, TICKETS, role));
+    parts.push(steady("s4", 130, 4, 15, TICKETS, role));
+    let config = "rate_limit_per_minute = 0\n[baseline]\nwarmup_windows = 10\nwarmup_events = 20\npeer_min_windows = 100\n";
+    let out = run(config, &merged(parts));
+    let got = render(&out);
+    let spike = out.findings.iter().find(|f| f.agent_id == "s1").expect(&got);
+    let at = spike.evidence["peer_percentile"].as_f64().expect(&got);
+    assert!((75.0..=95.0).contains(&at), "{at}: {got}");
+    assert!(spike.evidence.get("peer_group").is_none(), "judged against its own baseline: {got}");
 }
 
 #[test]

@@ -851,7 +851,9 @@ impl Engine {
                     spiked = Some(j.high);
                 }
                 let span = (start, start + cfg.window_ms);
-                found.extend(spike(cfg, q, spec, id, &w, span, observed[m], &j, None).map(|f| (f, bucket)));
+                let f = spike(cfg, q, spec, id, &w, span, observed[m], &j, None);
+                let peers = base.peers.then(|| &self.peer_levels[usize::from(agent.role)].per_window[m]);
+                found.extend(f.map(|f| (peer_percentile(cfg, f, peers, observed[m]), bucket)));
                 if let Some(s) = CUMULATIVE.iter().position(|&i| i == m) {
                     let f = slow_rise(cfg, q, id, &w, (&mut agent.levels.slow, s), gap, observed[m], &j);
                     found.extend(f.map(|f| slow_incident(cfg, &agent.open, f, bucket)));
@@ -878,7 +880,8 @@ impl Engine {
                     let (spec, x) = (cfg.spike(q.kind()), observed[m]);
                     let j = judge_window(cfg, &peers[m], q, x);
                     let span = (start, start + cfg.window_ms);
-                    found.extend(spike(cfg, q, spec, id, &w, span, x, &j, group).map(|f| (f, bucket)));
+                    let f = spike(cfg, q, spec, id, &w, span, x, &j, group);
+                    found.extend(f.map(|f| (peer_percentile(cfg, f, Some(&peers[m]), x), bucket)));
                 }
             }
         }

@@ -161,6 +161,17 @@ pub(super) fn slow_incident(cfg: &Compiled, open: &[OpenFinding], rise: Rise, fr
     (f, key)
 }
 
+/// Adds where a window's value stands among the windows of the agent's role (`peer_percentile`: the
+/// percentage of them below it) to a finding's evidence, once the role's baseline has
+/// `baseline.peer_min_windows` of history and the value is within what it keeps.
+pub(super) fn peer_percentile(cfg: &Compiled, mut f: Finding, peers: Option<&Tail>, x: u64) -> Finding {
+    let known = peers.filter(|t| t.weight() >= cfg.raw.baseline.peer_min_windows as f64);
+    if let Some(share) = known.and_then(|t| t.share_at_least(x as f64)) {
+        f.evidence.insert("peer_percentile".into(), json!(round3(100.0 * (1.0 - share))));
+    }
+    f
+}
+
 /// How surprising `x` is as one window's `q` under `tail` (the agent's own baseline, or its role's).
 pub(super) fn judge_window(cfg: &Compiled, tail: &Tail, q: Quantity, x: u64) -> Judgement {
     let p_value = cfg.spike(q.kind()).p_value;
