@@ -142,3 +142,23 @@ fn the_readiness_check_sees_whose_socket_listens() {
     let client = std::net::TcpStream::connect(server.local_addr().unwrap()).unwrap();
     assert!(!common::listens(std::process::id(), client.local_addr().unwrap().port()));
 }
+
+/// Ports for the test servers (`common::free_port`) come from below the kernel's ephemeral range, so
+/// the local port of an outgoing connection cannot take one before its server binds it; picks side by
+/// side differ, and each is free when picked.
+#[test]
+fn free_ports_are_outside_the_range_outgoing_connections_use() {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    let ephemeral: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+    let picks: Vec<u16> = (0..20).map(|_| common::free_port()).collect();
+    let distinct: std::collections::BTreeSet<u16> = picks.iter().copied().collect();
+    assert_eq!(distinct.len(), picks.len(), "{picks:?}");
+    for p in picks {
+        assert!((10_000..ephemeral).contains(&p), "{p} (ephemeral from {ephemeral})");
+        drop(std::net::TcpListener::bind(("127.0.0.1", p)).expect("free when picked"));
+    }
+    // The ports outgoing connections get are in the ephemeral range, never among the picks' range.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::TcpStream::connect(server.local_addr().unwrap()).unwrap();
+    assert!(client.local_addr().unwrap().port() >= ephemeral);
+}

@@ -169,7 +169,7 @@ fn a_real_prometheus_scraping_a_real_member_answers_every_panel_and_rule_and_fir
         let _ = http_get(&api, &format!("/v1/check?agent_id={agent}"));
     }
 
-    let prom_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let prom_port = common::free_port();
     let prom_cfg = dir.path().join("prometheus.yml");
     std::fs::write(
         &prom_cfg,

@@ -75,10 +75,6 @@ impl Drop for Receiver {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A config with a tight rate cap (the hard-limit rule enforces by default) and one webhook endpoint.
 fn config(dir: &Path, port: u16, extra: &str) -> PathBuf {
     let path = dir.join("vigil.toml");

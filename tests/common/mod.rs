@@ -98,7 +98,7 @@ impl Broker {
     pub fn start() -> Broker {
         let bin = installed("VIGIL_TANSU", "tools/bin/tansu", "Kafka broker (tansu)");
         for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let port = free_port();
             let addr = format!("127.0.0.1:{port}");
             let url = format!("tcp://{addr}");
             let log_path = std::env::temp_dir().join(format!("vigil-tansu-{port}.log"));
@@ -131,6 +131,29 @@ impl Broker {
         }
         panic!("tansu lost the race for a free port five times");
     }
+}
+
+/// A loopback TCP port that is free now, for a server a test starts next. Taken below the kernel's
+/// ephemeral range (`ip_local_port_range`), where the kernel never picks the local port of an outgoing
+/// connection: the suite makes thousands, and a port bound to `127.0.0.1:0` and released came from that
+/// range, so any of them could take it before the server bound it (a broker once died of `AddrInUse`
+/// that way). Picks walk from a point that differs per process and per call, so tests picking side by
+/// side do not get the same port either.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let (low, high) = (10_000u32, ephemeral.clamp(10_100, 65_536));
+    let span = high - low;
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    let start = std::process::id().wrapping_mul(7_919).wrapping_add(call.wrapping_mul(104_729)) % span;
+    (0..span)
+        .map(|i| (low + (start + i) % span) as u16)
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free loopback port below the ephemeral range")
 }
 
 /// Whether process `pid` holds a socket listening on TCP `port` (IPv4 or IPv6), from `/proc`.
