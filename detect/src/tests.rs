@@ -384,6 +384,27 @@ fn a_runaway_loop_is_a_volume_spike_in_its_first_window() {
     );
 }
 
+/// Baselines after ten windows, and a role's yardstick once its agents have 100 windows between them.
+const PEERS: &str = "rate_limit_per_minute = 0\n[baseline]\nwarmup_windows = 10\nwarmup_events = 20\npeer_min_windows = 100\n";
+
+/// `n` actions of `agent` on the first ticket resource from minute `minute`, `every_ms` apart; ids
+/// `{prefix}00`, `{prefix}01`, ...
+fn burst(
+    prefix: &str,
+    agent: &str,
+    minute: i64,
+    n: i64,
+    every_ms: i64,
+    action: &str,
+    role: &str,
+) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            ev(&format!("{prefix}{i:02}"), minute * 60_000 + i * every_ms, agent, action, TICKETS[0], role)
+        })
+        .collect()
+}
+
 #[test]
 fn a_new_agent_is_judged_against_its_roles_agents_until_it_has_a_baseline() {
     let role = r#","agent_role":"support""#;
@@ -393,14 +414,10 @@ fn a_new_agent_is_judged_against_its_roles_agents_until_it_has_a_baseline() {
     let mut parts: Vec<Vec<String>> =
         (1..=4).map(|i| steady(&format!("s{i}"), 0, 140, i + 1, TICKETS, role)).collect();
     parts.push(steady("s9", 120, 5, 3, TICKETS, role));
-    parts.push(
-        (0..60)
-            .map(|i| ev(&format!("loop{i:02}"), 125 * 60_000 + i * 900, "s9", "tool.call", TICKETS[0], role))
-            .collect(),
-    );
+    parts.push(burst("loop", "s9", 125, 60, 900, "tool.call", role));
     parts.push(steady("s9", 126, 4, 3, TICKETS, role));
     let input = merged(parts);
-    let config = "rate_limit_per_minute = 0\n[baseline]\nwarmup_windows = 10\nwarmup_events = 20\npeer_min_windows = 100\n";
+    let config = PEERS;
     check(
         config,
         &input,
@@ -422,15 +439,10 @@ fn a_spike_for_the_agent_says_where_it_stands_among_its_role() {
     let mut parts: Vec<Vec<String>> =
         (1..=3).map(|i| steady(&format!("s{i}"), 0, 130, 2, TICKETS, role)).collect();
     parts.push(steady("s4", 0, 130, 15, TICKETS, role));
-    parts.push(
-        (0..14)
-            .map(|i| ev(&format!("b{i:02}"), 130 * 60_000 + i * 4_000, "s1", "api.call", TICKETS[0], role))
-            .collect(),
-    );
+    parts.push(burst("b", "s1", 130, 14, 4_000, "api.call", role));
     parts.push(steady("s1", 131, 3, 2, TICKETS, role));
     parts.push(steady("s4", 130, 4, 15, TICKETS, role));
-    let config = "rate_limit_per_minute = 0\n[baseline]\nwarmup_windows = 10\nwarmup_events = 20\npeer_min_windows = 100\n";
-    let out = run(config, &merged(parts));
+    let out = run(PEERS, &merged(parts));
     let got = render(&out);
     let spike = out.findings.iter().find(|f| f.agent_id == "s1").expect(&got);
     let at = spike.evidence["peer_percentile"].as_f64().expect(&got);
