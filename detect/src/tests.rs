@@ -1355,3 +1355,33 @@ fn a_quiet_working_day_is_a_volume_drop_and_daytime_load_at_night_a_rise() {
     assert!((608..=640).contains(&kinds[1].1), "{found:#?}");
     assert!(found[1].2.contains("hour of the week"), "{}", found[1].2);
 }
+
+#[test]
+fn a_level_shift_is_one_incident_and_then_the_baseline() {
+    // Two days of reads, then twelve hours at three times the size: one incident (the sustained rise,
+    // updated to high when it has gone on for an hour), and after that the new level is the baseline,
+    // although the baselines learn reported windows only at their thresholds.
+    let lines = warehouse_reads("x", |m| if m >= 2880 { 3 } else { 1 });
+    let more = (2940..3600).flat_map(|m| {
+        (0..4).map(move |i| {
+            let extra = format!(
+                r#","agent_role":"data","bytes_read":{}"#,
+                (80_000 + (m * 7 + i * 13) % 5 * 10_000) * 3
+            );
+            ev(
+                &format!("y{m}-{i}"),
+                m * 60_000 + i * 15_000,
+                "d1",
+                "data.read",
+                "postgres://warehouse/orders",
+                &extra,
+            )
+        })
+    });
+    let input = merged(vec![lines, more.collect()]);
+    let out = run("rate_limit_per_minute = 0\n[data]\nmin_bytes = 100000\n", &input);
+    let got = render(&out);
+    let ids: std::collections::BTreeSet<_> = out.findings.iter().map(|f| f.finding_id.as_str()).collect();
+    assert_eq!(ids.len(), 1, "{got}");
+    assert!(out.findings.iter().all(|f| f.ts <= 2941 * 60_000), "nothing after the first hour: {got}");
+}
