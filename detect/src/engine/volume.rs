@@ -7,10 +7,12 @@ use super::*;
 /// is multiplied by this before it is compared with a detector's p-value, so that judging twice does
 /// not double the false findings.
 pub(super) const SCALES: f64 = 2.0;
-/// How far back the cumulative detector follows an incident it keeps open (see `ongoing_key`).
-const DAY_MS: i64 = 86_400_000;
-/// Cooldown periods after which a rise still going on is high (see `slow_incident`).
-const SLOW_HIGH_PERIODS: i64 = 4;
+/// How many cooldown periods back the cumulative detector follows an incident it keeps open (a day at
+/// the default 15 minutes; see `ongoing_key`). A count of periods, not a time: a short cooldown must
+/// not make the search long.
+const FOLLOW_PERIODS: i64 = 96;
+/// How long a rise goes on, from the start of its incident's period, before it is high (`slow_incident`).
+const SLOW_HIGH_MS: i64 = 3_600_000;
 
 /// Sums the window into its span, and judges and learns a span once it is complete (its last window
 /// closed, or a window of a later span did): spans aligned on event time, closed in window order, so
@@ -130,26 +132,26 @@ pub(super) struct Rise {
 /// at most two cooldowns before `ts`), else `fresh`. A slow rise lasts longer than a cooldown
 /// period, and it is one incident however long: each window that keeps it above the threshold folds
 /// into the incident of its first finding, which is updated when its severity rises. An incident is
-/// followed back at most a day; a rise still going after that is reported again.
+/// followed back `FOLLOW_PERIODS` periods; a rise still going after that is reported again.
 fn ongoing_key(cfg: &Compiled, open: &[OpenFinding], kind: FindingKind, ts: i64, fresh: u64) -> u64 {
     let period = cfg.cooldown_ms.max(1);
     let now = bucket(cfg, ts);
     let recent = |o: &&OpenFinding| o.kind == kind && o.last_ts >= ts.saturating_sub(2 * period);
     let Some(latest) = open.iter().filter(recent).max_by_key(|o| o.last_ts) else { return fresh };
-    (0..=DAY_MS / period)
+    (0..=FOLLOW_PERIODS)
         .map(|k| now.wrapping_sub((k * period) as u64))
         .find(|&key| fold_key(key) == latest.key)
         .unwrap_or(fresh)
 }
 
 /// A finding of the cumulative detector joined to its incident (see `ongoing_key`); a rise that has
-/// gone on for `SLOW_HIGH_PERIODS` cooldown periods since its incident opened is high (an hour with the
-/// default cooldown): a trickle that does not stop is the exfiltration that matters.
+/// gone on for an hour since its incident opened is high: a trickle that does not stop is the
+/// exfiltration that matters.
 pub(super) fn slow_incident(cfg: &Compiled, open: &[OpenFinding], rise: Rise, fresh: u64) -> (Finding, u64) {
     let mut f = rise.finding;
     let key = if rise.going_on { ongoing_key(cfg, open, f.kind, f.ts, fresh) } else { fresh };
     let lasted = f.ts.saturating_sub(key as i64);
-    if lasted >= SLOW_HIGH_PERIODS * cfg.cooldown_ms.max(1) {
+    if lasted >= SLOW_HIGH_MS {
         f.severity = Severity::High;
         f.summary = format!(
             "{}; still rising {} after its incident opened",
