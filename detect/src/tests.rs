@@ -540,6 +540,19 @@ fn a_reported_outlier_does_not_hide_the_next_one() {
 }
 
 #[test]
+fn a_rise_is_high_for_how_long_it_went_on_not_for_where_its_cooldown_period_began() {
+    // With a cooldown of 7,000 s the period holding the rise's start began 80 minutes before it: the
+    // first finding is medium (it read "still rising 87 min" and high, for a rise six minutes old).
+    let lines = warehouse_reads("x", |m| if m >= 2880 { 3 } else { 1 });
+    let out = run(
+        "rate_limit_per_minute = 0\ncooldown_seconds = 7000\n[data]\nmin_bytes = 100000\n",
+        &lines.join("\n"),
+    );
+    let got = render(&out);
+    assert_eq!(out.findings.first().map(|f| f.severity.as_str()), Some("medium"), "{got}");
+}
+
+#[test]
 fn a_slow_rise_soon_after_another_data_incident_is_an_incident_of_its_own() {
     // One minute of reads thirty times the usual size 20 minutes before the hour of triple reads: the
     // spike is an incident, and the rise that starts in a later cooldown period is a new one, not an

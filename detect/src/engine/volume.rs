@@ -151,7 +151,7 @@ pub(super) fn slow_incident(cfg: &Compiled, open: &[OpenFinding], rise: Rise, fr
     let mut f = rise.finding;
     let key = if rise.going_on { ongoing_key(cfg, open, f.kind, f.ts, fresh) } else { fresh };
     let lasted = f.ts.saturating_sub(key as i64);
-    if lasted >= SLOW_HIGH_MS {
+    if rise.going_on && lasted >= SLOW_HIGH_MS {
         f.severity = Severity::High;
         f.summary = format!(
             "{}; still rising {} after its incident opened",
