@@ -181,7 +181,7 @@ fn a_real_prometheus_scraping_a_real_member_answers_every_panel_and_rule_and_fir
     )
     .unwrap();
     let prom_addr = format!("127.0.0.1:{prom_port}");
-    let _prom = Killed(
+    let prom = Killed(
         Command::new(prom_tool("prometheus"))
             .arg(format!("--config.file={}", prom_cfg.display()))
             .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
@@ -192,7 +192,8 @@ fn a_real_prometheus_scraping_a_real_member_answers_every_panel_and_rule_and_fir
             .unwrap(),
     );
     let started = Instant::now();
-    while std::net::TcpStream::connect(&prom_addr).is_err() {
+    // Ready when this Prometheus's own socket listens there: a connect could reach someone else's.
+    while !common::listens(prom.0.id(), prom_port) {
         assert!(started.elapsed() < Duration::from_secs(30), "Prometheus did not listen on {prom_addr}");
         std::thread::sleep(Duration::from_millis(100));
     }
