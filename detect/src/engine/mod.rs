@@ -847,7 +847,7 @@ impl Engine {
                 let spec = cfg.spike(q.kind());
                 let j = judge_window(cfg, &agent.levels.per_window[m], q, observed[m]);
                 learned[m] = robust(&j, spec.p_value, learned[m]);
-                if q == Quantity::Actions && j.p * SCALES < spec.p_value {
+                if q == Quantity::Actions && surprising(&j, spec.p_value) {
                     spiked = Some(j.high);
                 }
                 let span = (start, start + cfg.window_ms);

@@ -118,7 +118,13 @@ fn span_key(cfg: &Compiled, open: &[OpenFinding], kind: FindingKind, (from, to):
 /// not a lesson that outliers of its size are normal (which would hide the next one); a sustained new
 /// level still becomes the baseline, since each window of it raises the edge a little.
 pub(super) fn robust(j: &Judgement, p_value: f64, x: f64) -> f64 {
-    if j.p * SCALES < p_value && j.threshold.is_finite() { x.min(j.threshold) } else { x }
+    if surprising(j, p_value) && j.threshold.is_finite() { x.min(j.threshold) } else { x }
+}
+
+/// Whether a judged value is surprising at a detector's p-value, counting both time scales it is judged
+/// at (`SCALES`).
+pub(super) fn surprising(j: &Judgement, p_value: f64) -> bool {
+    j.p * SCALES < p_value
 }
 
 /// A finding of the cumulative detector, and whether its sum was above the threshold already (the rise
