@@ -3,6 +3,13 @@
 //! The crates below do the work: `vigil-schemas` (the event contract), `vigil-ingest` (sources and the
 //! archive), `vigil-detect` (the judge). This crate wires them together.
 
+/// The allocator of every program built on this crate (the binary, its tests and benchmarks, so they
+/// measure what ships): mimalloc. Parquet's writer, Arrow's builders and the engine's windows allocate
+/// and free many small buffers per file and per window, and glibc's malloc spent a third of a sparse
+/// replay's CPU in itself (docs/PERFORMANCE.md, 2026-12-03).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod audit;
 pub mod cli;
 pub mod config;

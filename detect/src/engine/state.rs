@@ -122,8 +122,9 @@ pub(super) fn read_key<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D:
 pub(super) struct WindowKey {
     pub(super) hash: u64,
     pub(super) count: u32,
-    /// For keys the agent did not know when they were touched: the earliest use, as evidence.
-    pub(super) sample: Option<Sample>,
+    /// For keys the agent did not know when they were touched: the earliest use, as evidence. Boxed:
+    /// few keys have one, and a window's keys are scanned for every event, so they are kept small.
+    pub(super) sample: Option<Box<Sample>>,
 }
 
 /// One use of something new: what it was and the event that did it.
@@ -162,7 +163,73 @@ pub(super) struct Window {
     pub(super) keys: Vec<WindowKey>,
     pub(super) models: Vec<WindowModel>,
     /// The earliest (ts, event_id) of the window.
-    pub(super) samples: Vec<(i64, String)>,
+    pub(super) samples: Samples,
+}
+
+/// The earliest few (ts, event_id) of a window, in order. The strings of emptied slots are kept for the
+/// next ones, so a window taken from the pool records its samples without allocating; only the live
+/// ones are compared, written and read back.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Samples {
+    len: usize,
+    slots: Vec<(i64, String)>,
+}
+
+impl Samples {
+    pub(super) fn iter(&self) -> std::slice::Iter<'_, (i64, String)> {
+        self.slots[..self.len].iter()
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Keeps (ts, event_id) if it is among the earliest `SAMPLES`.
+    fn add(&mut self, ts: i64, event_id: &str) {
+        if self.len == SAMPLES {
+            match self.slots.get(SAMPLES - 1) {
+                Some((t, id)) if (ts, event_id) < (*t, id.as_str()) => self.len -= 1,
+                _ => return,
+            }
+        }
+        let at = self.slots[..self.len].partition_point(|(t, id)| (*t, id.as_str()) < (ts, event_id));
+        if self.len == self.slots.len() {
+            self.slots.push((0, String::new()));
+        }
+        // The spare slot at `len` moves to `at`, the ones after it down by one.
+        self.slots[at..=self.len].rotate_right(1);
+        let slot = &mut self.slots[at];
+        slot.0 = ts;
+        slot.1.clear();
+        slot.1.push_str(event_id);
+        self.len += 1;
+    }
+
+    fn capacity_bytes(&self) -> usize {
+        self.slots.iter().map(|(_, s)| s.capacity() + std::mem::size_of::<(i64, String)>()).sum()
+    }
+}
+
+impl PartialEq for Samples {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Serialize for Samples {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Samples {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut slots = Vec::<(i64, String)>::deserialize(d)?;
+        // Written sorted and at most `SAMPLES`; a hand-edited snapshot is held to that.
+        slots.sort();
+        slots.truncate(SAMPLES);
+        Ok(Samples { len: slots.len(), slots })
+    }
 }
 
 impl Window {
@@ -176,7 +243,7 @@ impl Window {
             tokens: 0,
             keys: Vec::new(),
             models: Vec::new(),
-            samples: Vec::new(),
+            samples: Samples::default(),
         }
     }
 
@@ -208,8 +275,8 @@ impl Window {
                     }
                     self.keys.swap_remove(imax);
                 }
-                let sample =
-                    (!known()).then(|| Sample { text: text.to_owned(), ts, event_id: event_id.to_owned() });
+                let sample = (!known())
+                    .then(|| Box::new(Sample { text: text.to_owned(), ts, event_id: event_id.to_owned() }));
                 self.keys.push(WindowKey { hash, count: 1, sample });
                 return;
             }
@@ -219,7 +286,7 @@ impl Window {
         if let Some(s) = k.sample.as_mut()
             && s.earlier(ts, event_id)
         {
-            *s = Sample { text: text.to_owned(), ts, event_id: event_id.to_owned() };
+            **s = Sample { text: text.to_owned(), ts, event_id: event_id.to_owned() };
         }
     }
 
@@ -236,16 +303,7 @@ impl Window {
     }
 
     pub(super) fn sample(&mut self, ts: i64, event_id: &str) {
-        if self.samples.len() == SAMPLES {
-            match self.samples.last() {
-                Some((t, id)) if (ts, event_id) < (*t, id.as_str()) => {
-                    self.samples.pop();
-                }
-                _ => return,
-            }
-        }
-        let at = self.samples.partition_point(|(t, id)| (*t, id.as_str()) < (ts, event_id));
-        self.samples.insert(at, (ts, event_id.to_owned()));
+        self.samples.add(ts, event_id);
     }
 
     pub(super) fn bytes(&self) -> u64 {
@@ -567,7 +625,7 @@ impl AgentState {
         n += self.open_windows.capacity() * size_of::<Window>();
         for w in &self.open_windows {
             n += w.keys.capacity() * size_of::<WindowKey>() + w.models.capacity() * size_of::<WindowModel>();
-            n += w.samples.iter().map(|(_, s)| s.capacity() + size_of::<(i64, String)>()).sum::<usize>();
+            n += w.samples.capacity_bytes();
             n += w
                 .keys
                 .iter()

@@ -241,3 +241,39 @@ fn a_flush_of_many_files_is_the_same_on_one_thread_or_three() {
     let zero = ArchiveConfig { write_threads: 0, ..ArchiveConfig::default() };
     assert_eq!(zero.validate(), Err(ArchiveConfigError::WriteThreads));
 }
+
+#[test]
+fn a_prepared_table_writes_what_arrow_writer_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ArchiveConfig { dir: dir.path().to_owned(), compress_min_rows: 3, ..ArchiveConfig::default() };
+    let (mut a, _) = Archive::open(&cfg, "src", 0).unwrap();
+    let line = br#"{"event_id":"e","ts":0,"agent_id":"a","action":"x","resource":"r","model":"m"}"#;
+    let ev = vigil_schemas::decode(line, 1024).unwrap();
+    let writer = a.writer();
+    // Two rows (written plain) and five (compressed): each with the writer's prepared options and with
+    // ArrowWriter working out the schema and its metadata itself, from the same properties.
+    for rows in [2, 5] {
+        for p in 1..=rows {
+            a.push_event(&ev, p);
+        }
+        let job = a.take_flush(no_state(), 5).unwrap();
+        let (table, _, batch) = &job.batches[0];
+        assert_eq!(*table, "events");
+        // The batch is one the prepared options are used for, not the fallback.
+        assert!(
+            writer
+                .tables
+                .iter()
+                .any(|p| p.table == "events" && p.schema == batch.schema() && p.descr.is_some())
+        );
+        let props = if rows < 3 { &writer.plain } else { &writer.props };
+        let prepared = writer.options_for(table, batch);
+        let (x, y) = (dir.path().join("x.parquet"), dir.path().join("y.parquet"));
+        write_parquet(&x, &x, batch, prepared, false).unwrap();
+        write_parquet(&y, &y, batch, ArrowWriterOptions::new().with_properties(props.clone()), false)
+            .unwrap();
+        let (x, y) = (std::fs::read(&x).unwrap(), std::fs::read(&y).unwrap());
+        assert!(x.windows(12).any(|w| w == b"ARROW:schema"), "the Arrow schema is in the metadata");
+        assert_eq!(x, y, "{rows} rows");
+    }
+}
