@@ -63,9 +63,11 @@ pub struct Judgement {
     pub high: f64,
     /// The median of the baseline.
     pub median: f64,
-    /// The smallest value whose tail probability is below the detector's p-value (for evidence).
+    /// The smallest value whose tail probability is below the detector's p-value (for evidence). Worked
+    /// out only for a value below that p-value, or by [`Tail::judge_fully`]; infinite otherwise.
     pub threshold: f64,
-    /// The fitted tail's shape (negative: bounded, 0: exponential, positive: power law).
+    /// The fitted tail's shape (negative: bounded, 0: exponential, positive: power law); worked out when
+    /// `threshold` is, 0 otherwise.
     pub shape: f64,
 }
 
@@ -264,7 +266,19 @@ impl Tail {
     /// but a few more actions in one window is ordinary noise, not news.
     ///
     /// `memory` is the weight a full histogram holds (`1 / (1 - keep)`): how mature this one is.
+    ///
+    /// The tail is fitted only when `x` lies in it or is surprising: every window of every agent is
+    /// judged, nearly all are ordinary, and the fit (a logarithm per bin) was most of the cost.
     pub fn judge(&self, x: f64, q: f64, p_value: f64, count: bool, memory: f64) -> Judgement {
+        self.judge_as(x, q, p_value, count, memory, false)
+    }
+
+    /// [`Tail::judge`] with the threshold and shape worked out whatever `x` is (a baseline's report).
+    pub fn judge_fully(&self, x: f64, q: f64, p_value: f64, count: bool, memory: f64) -> Judgement {
+        self.judge_as(x, q, p_value, count, memory, true)
+    }
+
+    fn judge_as(&self, x: f64, q: f64, p_value: f64, count: bool, memory: f64, fully: bool) -> Judgement {
         let total = self.weight();
         let median = self.median(total);
         let bx = bin_of(x);
@@ -295,16 +309,27 @@ impl Tail {
         let high = lower_edge(t);
         let maturity = (total / memory).min(1.0);
         let prior = if count { 0.0 } else { PRIOR_SHAPE };
-        let gpd = Gpd::fit(self.bins().filter(|&(b, _)| b >= t), high, total, maturity, prior);
-        let mut threshold = gpd.inverse(p_value).max(high);
-        let mut p = if bx.is_some_and(|b| b > t) { empirical.min(gpd.tail(x)) } else { empirical };
-        if count && let Ok(noise) = Poisson::new(high) {
+        let fit = || Gpd::fit(self.bins().filter(|&(b, _)| b >= t), high, total, maturity, prior);
+        let in_tail = bx.is_some_and(|b| b > t);
+        let fitted = (in_tail || fully).then(fit);
+        let mut p = match fitted {
+            Some(gpd) if in_tail => empirical.min(gpd.tail(x)),
+            _ => empirical,
+        };
+        let noise = if count { Poisson::new(high).ok() } else { None };
+        if let Some(noise) = &noise {
             p = p.max(if x >= 1.0 { noise.sf(x as u64 - 1) } else { 1.0 });
-            // Only a finding needs the threshold for its evidence, and it is a search over the CDF:
-            // computing it for every window cost a quarter of the detect stage.
-            if p < p_value {
-                threshold = threshold.max(noise.inverse_cdf(1.0 - p_value) as f64 + 1.0);
-            }
+        }
+        // Only a finding (or a report) needs the threshold for its evidence.
+        let Some(gpd) = fitted.or_else(|| (p < p_value).then(fit)) else {
+            return Judgement { p, high, median, threshold: f64::INFINITY, shape: 0.0 };
+        };
+        let mut threshold = gpd.inverse(p_value).max(high);
+        if let Some(noise) = &noise
+            && p < p_value
+        {
+            // A search over the CDF: computing it for every window cost a quarter of the detect stage.
+            threshold = threshold.max(noise.inverse_cdf(1.0 - p_value) as f64 + 1.0);
         }
         Judgement { p, high, median, threshold, shape: gpd.shape }
     }
@@ -548,5 +573,40 @@ mod tests {
         }
         assert_eq!(std::mem::size_of::<Tail>(), 24);
         assert!(t.judge(x * 10.0, 0.02, 1e-5, false, MEMORY).p < 0.05);
+    }
+
+    #[test]
+    fn the_tail_is_fitted_only_when_a_value_needs_it_and_judged_the_same() {
+        let mut t = Tail::default();
+        let mut rng = 0x243F_6A88_85A3_08D3u64;
+        for _ in 0..3_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            // A heavy-tailed measure: most windows small, some ten or a hundred times larger.
+            let x =
+                [3.0, 5.0, 8.0, 40.0, 600.0][(rng % 23).min(4) as usize] * (1.0 + (rng >> 40) as f64 / 1e7);
+            t.learn(x, KEEP);
+        }
+        let (mut plain, mut surprising) = (0, 0);
+        for count in [false, true] {
+            for x in [0.0, 1.0, 4.0, 9.0, 45.0, 300.0, 700.0, 2e3, 1e4, 1e6] {
+                let (lazy, full) =
+                    (t.judge(x, 0.02, 1e-4, count, MEMORY), t.judge_fully(x, 0.02, 1e-4, count, MEMORY));
+                assert_eq!((lazy.p, lazy.high, lazy.median), (full.p, full.high, full.median), "{x}");
+                if lazy.p < 1e-4 {
+                    surprising += 1;
+                    assert_eq!((lazy.threshold, lazy.shape), (full.threshold, full.shape), "{x}");
+                } else if lazy.threshold == f64::INFINITY {
+                    // Not surprising and not in the tail: not fitted.
+                    plain += 1;
+                    assert!(full.threshold.is_finite(), "{x}");
+                } else {
+                    // In the tail though not surprising: fitted for its p, so the same.
+                    assert_eq!((lazy.threshold, lazy.shape), (full.threshold, full.shape), "{x}");
+                }
+            }
+        }
+        assert!(plain > 0 && surprising > 0, "{plain} ordinary and {surprising} surprising values");
     }
 }

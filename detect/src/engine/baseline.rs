@@ -58,7 +58,7 @@ impl Engine {
             .into_iter()
             .zip(&state.levels.per_window)
             .map(|(q, tail)| {
-                let j = judge_window(cfg, tail, q, 0);
+                let j = judge_window(cfg, tail, q, 0, true);
                 Measure {
                     measure: q.name(),
                     median: round(j.median),

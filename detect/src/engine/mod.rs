@@ -845,7 +845,7 @@ impl Engine {
         if warm {
             for (m, q) in MEASURES.into_iter().enumerate() {
                 let spec = cfg.spike(q.kind());
-                let j = judge_window(cfg, &agent.levels.per_window[m], q, observed[m]);
+                let j = judge_window(cfg, &agent.levels.per_window[m], q, observed[m], false);
                 learned[m] = robust(&j, spec.p_value, learned[m]);
                 if q == Quantity::Actions && surprising(&j, spec.p_value) {
                     spiked = Some(j.high);
@@ -878,7 +878,7 @@ impl Engine {
                 let group = Some(&*self.roles[role].0);
                 for (m, q) in MEASURES.into_iter().enumerate() {
                     let (spec, x) = (cfg.spike(q.kind()), observed[m]);
-                    let j = judge_window(cfg, &peers[m], q, x);
+                    let j = judge_window(cfg, &peers[m], q, x, false);
                     let span = (start, start + cfg.window_ms);
                     let f = spike(cfg, q, spec, id, &w, span, x, &j, group);
                     found.extend(f.map(|f| (peer_percentile(cfg, f, Some(&peers[m]), x), bucket)));

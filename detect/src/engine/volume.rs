@@ -180,10 +180,16 @@ pub(super) fn peer_percentile(cfg: &Compiled, mut f: Finding, peers: Option<&Tai
     f
 }
 
-/// How surprising `x` is as one window's `q` under `tail` (the agent's own baseline, or its role's).
-pub(super) fn judge_window(cfg: &Compiled, tail: &Tail, q: Quantity, x: u64) -> Judgement {
+/// How surprising `x` is as one window's `q` under `tail` (the agent's own baseline, or its role's);
+/// with `fully`, with the threshold worked out even when it is not surprising (see [`Tail::judge`]).
+pub(super) fn judge_window(cfg: &Compiled, tail: &Tail, q: Quantity, x: u64, fully: bool) -> Judgement {
     let p_value = cfg.spike(q.kind()).p_value;
-    tail.judge(x as f64, cfg.raw.baseline.tail_quantile, p_value, q.counts_actions(), cfg.memory_windows)
+    let (quantile, count, memory) = (cfg.raw.baseline.tail_quantile, q.counts_actions(), cfg.memory_windows);
+    if fully {
+        tail.judge_fully(x as f64, quantile, p_value, count, memory)
+    } else {
+        tail.judge(x as f64, quantile, p_value, count, memory)
+    }
 }
 
 /// The empty spans between an agent's last span and its next: each is judged (an agent silent when it
