@@ -655,6 +655,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn samples_keep_the_earliest_whatever_the_order_and_reuse_their_slots() {
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+        let mut s = Samples::default();
+        for round in 0..200 {
+            // Between rounds the window goes back to the pool: its slots are kept, its samples dropped.
+            s.clear();
+            let n = round % 13;
+            let mut all = Vec::new();
+            for i in 0..n {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                // Few distinct times, so ties are broken by the id.
+                let (ts, id) = ((rng % 4) as i64, format!("e{}-{i}", rng % 97));
+                s.add(ts, &id);
+                all.push((ts, id));
+            }
+            all.sort();
+            all.truncate(SAMPLES);
+            assert_eq!(s.iter().cloned().collect::<Vec<_>>(), all, "round {round}");
+            let back: Samples = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+            assert_eq!(back, s);
+            assert!(s.slots.len() <= SAMPLES, "{} slots", s.slots.len());
+        }
+    }
+
+    #[test]
     fn levels_saved_before_bytes_written_was_a_measure_restore_with_it_empty() {
         let mut levels = Levels::default();
         levels.per_window[1].learn(5_000.0, 0.99);

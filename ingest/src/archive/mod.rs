@@ -688,9 +688,7 @@ impl FlushWriter {
                 let dir = partition_dir(&self.root, table, *index, self.partition);
                 create_dirs(&self.root, &dir, &mut dirs)?;
                 let path = dir.join(&job.name);
-                let tmp = tmp_path(&path);
-                report.bytes += write_parquet(&tmp, &path, batch, self.options_for(table, batch), true)?;
-                fs::rename(&tmp, &path).map_err(io_err(&path))?;
+                report.bytes += write_atomically(&path, batch, self.options_for(table, batch))?;
                 report.rows += batch.num_rows() as u64;
                 report.files.push(path);
                 dirs.push(dir);
@@ -775,8 +773,16 @@ pub fn write_parquet_atomically(
     batch: &RecordBatch,
     props: &WriterProperties,
 ) -> Result<u64, ArchiveError> {
+    write_atomically(path, batch, ArrowWriterOptions::new().with_properties(props.clone()))
+}
+
+/// [`write_parquet_atomically`] with the writer's options.
+fn write_atomically(
+    path: &Path,
+    batch: &RecordBatch,
+    options: ArrowWriterOptions,
+) -> Result<u64, ArchiveError> {
     let tmp = tmp_path(path);
-    let options = ArrowWriterOptions::new().with_properties(props.clone());
     let size = write_parquet(&tmp, path, batch, options, true)?;
     fs::rename(&tmp, path).map_err(io_err(path))?;
     Ok(size)
