@@ -64,7 +64,8 @@ pub struct Judgement {
     /// The median of the baseline.
     pub median: f64,
     /// The smallest value whose tail probability is below the detector's p-value (for evidence). Worked
-    /// out only for a value below that p-value, or by [`Tail::judge_fully`]; infinite otherwise.
+    /// out for a value in the fitted tail or below that p-value, or by [`Tail::judge_fully`]; infinite
+    /// otherwise.
     pub threshold: f64,
     /// The fitted tail's shape (negative: bounded, 0: exponential, positive: power law); worked out when
     /// `threshold` is, 0 otherwise.
@@ -268,7 +269,7 @@ impl Tail {
     /// `memory` is the weight a full histogram holds (`1 / (1 - keep)`): how mature this one is.
     ///
     /// The tail is fitted only when `x` lies in it or is surprising: every window of every agent is
-    /// judged, nearly all are ordinary, and the fit (a logarithm per bin) was most of the cost.
+    /// judged, nearly all are ordinary, and the fit (a logarithm per bin) was about a third of judging.
     pub fn judge(&self, x: f64, q: f64, p_value: f64, count: bool, memory: f64) -> Judgement {
         self.judge_as(x, q, p_value, count, memory, false)
     }
