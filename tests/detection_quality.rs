@@ -86,13 +86,7 @@ fn a_week_of_500_agents_meets_the_bar_on_three_seeds() {
             "{kind}: recall {recall:.3} over medium and strong ({found} of {n}); weak {} of {}",
             weak.1, weak.0
         );
-        // Not met yet for slow exfiltration (issue 14 is open): the bytes written, judged per window, per
-        // span and cumulatively, find 6 of 9 (0 of 12 before they were a measure). What is missed is
-        // mostly agents whose own writes are large and bursty, where the uploads are under the usual
-        // high of every window and only the hour stands out. Held to what it does now, so it cannot
-        // slip back unseen.
-        let bar = if kind == "slow_exfiltration" { 0.6 } else { 0.95 };
-        assert!(recall >= bar, "{kind}: recall {recall:.3} ({found} of {n})");
+        assert!(recall >= 0.95, "{kind}: recall {recall:.3} ({found} of {n})");
         worst.insert(kind, medium.2.max(strong.2));
     }
     let per100 = false_high as f64 * 100.0 / agent_days;

@@ -377,6 +377,17 @@ pub struct SlowConfig {
     /// The most one window can add: a single extreme window is the per-window detectors' to report.
     #[serde(default = "default_max_window_score")]
     pub max_window_score: f64,
+    /// The excess detector of a steady trickle out (off when false): a CUSUM on the bytes an agent
+    /// writes or sends per span, counting what each span carries beyond the agent's usual high, in bytes.
+    /// A trickle too thin to make any span surprising, or to add surprise to the sum above, still piles
+    /// up bytes (`data_spike`, evidence `detector = "excess"`).
+    #[serde(default = "default_true")]
+    pub excess: bool,
+    /// When the excess detector reports, as a share of what one span would need beyond the usual high
+    /// to be a finding on its own: at 1, quarter-hours that each carry a third of that over the usual
+    /// high are a finding in three.
+    #[serde(default = "default_excess_interval")]
+    pub excess_interval: f64,
 }
 
 const fn default_allowance() -> f64 {
@@ -388,6 +399,9 @@ const fn default_slow_threshold() -> f64 {
 const fn default_max_window_score() -> f64 {
     5.0
 }
+const fn default_excess_interval() -> f64 {
+    1.0
+}
 
 impl Default for SlowConfig {
     fn default() -> Self {
@@ -396,6 +410,8 @@ impl Default for SlowConfig {
             allowance: default_allowance(),
             threshold: default_slow_threshold(),
             max_window_score: default_max_window_score(),
+            excess: true,
+            excess_interval: default_excess_interval(),
         }
     }
 }
@@ -909,6 +925,8 @@ impl DetectConfig {
             "needs allowance > 0, threshold > 0, max_window_score > allowance",
             ok,
         )?;
+        let i = sl.excess_interval;
+        unit("detect.slow.excess_interval", i, "must be above 0", i.is_finite() && i > 0.0)?;
         let rh = &self.rhythm;
         let ok = rh.z.is_finite()
             && rh.z > 0.0

@@ -1398,3 +1398,85 @@ fn a_level_shift_is_one_incident_and_then_the_baseline() {
     assert_eq!(ids.len(), 1, "{got}");
     assert!(out.findings.iter().all(|f| f.ts <= 2941 * 60_000), "nothing after the first hour: {got}");
 }
+
+/// Two days and an hour of `d1` writing to its lake once a minute, heavy-tailed and bursty at both time
+/// scales: 25 KB to 35 KB a write, five times that one minute in eight and twenty times one in
+/// thirty-three; a quarter-hour's writes four times larger one quarter in seven and ten times one in
+/// thirty-three; times `level(minute)`. With `upload` bytes a minute sent to a paste endpoint from
+/// minute `from` on.
+fn bursty_writer(upload: i64, from: i64, level: impl Fn(i64) -> i64) -> String {
+    let writes = (0..2940).map(|m| {
+        let span = match (m / 16 * 7919) % 100 {
+            0..=2 => 10,
+            3..=16 => 4,
+            _ => 1,
+        };
+        let minute = match (m * 7907) % 100 {
+            0..=2 => 20,
+            3..=14 => 5,
+            _ => 1,
+        };
+        let bytes = (25_000 + (m * 37) % 11 * 1_000) * span * minute * level(m);
+        let extra = format!(r#","agent_role":"data","bytes_written":{bytes}"#);
+        ev(&format!("w{m}"), m * 60_000 + 30_000, "d1", "file.write", "s3://lake/exports", &extra)
+    });
+    let uploads = (from..2940).filter(|_| upload > 0).map(|m| {
+        let extra = format!(r#","agent_role":"data","bytes_written":{upload}"#);
+        ev(&format!("x{m}"), m * 60_000 + 45_000, "d1", "api.call", "https://paste.example/upload", &extra)
+    });
+    merged(vec![writes.collect(), uploads.collect()])
+}
+
+#[test]
+fn a_trickle_under_a_bursty_writers_usual_high_piles_up_as_bytes() {
+    // The last two hours, d1 also sends a megabyte a minute to a paste endpoint. Its own minutes reach
+    // 5 MB and its quarter-hours 40 MB, with a tail heavy enough that no window and no span of the
+    // uploads is surprising, and none adds to the cumulative surprise. But most of its quarter-hours
+    // now carry more than its usual high, and the bytes beyond it pile up: 28 MB within 80 minutes,
+    // as much as one quarter-hour would need beyond that high to be a spike. (Scope drift, which would
+    // name the new endpoint, is off: this is about the bytes.)
+    let config = "rate_limit_per_minute = 0\n[scope]\nenabled = false\n";
+    let input = bursty_writer(1_000_000, 2820, |_| 1);
+    check(
+        config,
+        &input,
+        "data_spike medium d1 @173760000 [w2895,x2895] d1 wrote or sent 28.0 MB beyond its usual high of 11.9 MB per 16 min over 80 min (5 spans of 16 min): as much as one span would need beyond that high to be a finding on its own (27.9 MB)",
+    );
+    let out = run(config, &input);
+    let e = &out.findings[0].evidence;
+    assert_eq!((e["detector"].as_str(), e["spans"].as_i64()), (Some("excess"), Some(5)));
+    assert_eq!(out.findings[0].window_start, 2816 * 60_000, "the run began in the span the trickle began in");
+    // A run survives a snapshot: stopped half-way through it (minute 2870) and resumed in a fresh
+    // engine, the same finding.
+    let cfg: DetectConfig = toml::from_str(config).unwrap();
+    let lines: Vec<&str> = input.lines().collect();
+    let events: Vec<_> = decoded(lines.iter().copied());
+    let half = events.iter().position(|e| e.ts_ms >= 2870 * 60_000).unwrap();
+    let mut first = Engine::new(&cfg).unwrap();
+    let mut resumed = Output::default();
+    first.process(&events[..half], &mut resumed);
+    let snap = serde_json::to_string(&first.snapshot()).unwrap();
+    assert!(snap.contains(r#""excess":{"#), "the run is in the snapshot");
+    let mut second = Engine::new(&cfg).unwrap();
+    second.restore(serde_json::from_str(&snap).unwrap());
+    second.process(&events[half..], &mut resumed);
+    second.finish(&mut resumed);
+    assert_eq!(resumed.findings, out.findings);
+    // The writer alone raises nothing, and without the excess detector neither does the trickle.
+    check(config, &bursty_writer(0, 2820, |_| 1), "");
+    check(&format!("{config}[slow]\nexcess = false\n"), &input, "");
+}
+
+#[test]
+fn an_excess_run_reports_a_new_level_once_and_the_learned_level_ends_it() {
+    // A bursty writer whose writes are eight times larger for good from minute 2400: the new level's
+    // spans pile up beyond the old high and are reported, once; by then the baseline has learned the
+    // level (robustly, a span at a time), the run drains, and the six hours that follow raise nothing.
+    let config = "rate_limit_per_minute = 0\n[scope]\nenabled = false\n";
+    let out = run(config, &bursty_writer(0, 0, |m| if m >= 2400 { 8 } else { 1 }));
+    let got = render(&out);
+    assert_eq!(out.findings.len(), 1, "{got}");
+    let f = &out.findings[0];
+    assert_eq!(f.evidence["detector"], "excess", "{got}");
+    assert!(f.ts < 2600 * 60_000, "{got}");
+}

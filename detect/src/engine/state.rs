@@ -507,6 +507,9 @@ pub(super) const SPANNED: [usize; 3] = [0, 1, 4];
 /// trickle out shows (no span of its own: the cumulative detector is what finds a sustained one, and
 /// an idle agent's state is budgeted).
 pub(super) const CUMULATIVE: [usize; 3] = [0, 1, 4];
+/// The measure the excess detector follows (bytes written or sent), as an index into `SPANNED`.
+pub(super) const EXCESS: usize = 2;
+const _: () = assert!(matches!(MEASURES[SPANNED[EXCESS]], Quantity::Written));
 
 /// Baselines of the measures at two time scales: each window, and each span of
 /// `baseline.span_windows` windows (aligned on event time), so that a slow rise, invisible in any one
@@ -529,6 +532,31 @@ pub(super) struct Levels {
     /// The cumulative detector's statistic per measure it follows (see `slow_rise`).
     #[serde(default, deserialize_with = "padded")]
     pub(super) slow: [f32; CUMULATIVE.len()],
+    /// The excess detector's run of bytes written (see `excess_rise`), while one goes on: boxed, as
+    /// runs are rare and an idle agent's state is budgeted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) excess: Option<Box<Excess>>,
+}
+
+/// A run of the excess detector: the bytes written beyond `high` summed over the spans since `from`,
+/// against yardsticks fixed when the run began or last reported.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(super) struct Excess {
+    /// Bytes beyond `high` so far (above 0).
+    #[serde(rename = "s")]
+    pub(super) sum: f32,
+    /// The agent's usual high per span: what each span is counted beyond.
+    #[serde(rename = "h")]
+    pub(super) high: f32,
+    /// The sum at which the run is reported.
+    #[serde(rename = "i")]
+    pub(super) interval: f32,
+    /// The span the run began in.
+    #[serde(rename = "f")]
+    pub(super) from: i32,
+    /// The incident the run was reported as (its key), 0 before it was.
+    #[serde(rename = "k")]
+    pub(super) incident: u64,
 }
 
 /// What one agent of a role does in one window, per measure: learned from the windows of the role's
@@ -572,6 +600,7 @@ impl Default for Levels {
             last_span: NO_SPAN,
             span_sum: [0; SPANNED.len()],
             slow: [0.0; CUMULATIVE.len()],
+            excess: None,
         }
     }
 }
@@ -635,6 +664,9 @@ impl AgentState {
         }
         if let Some(r) = &self.rhythm {
             n += r.footprint();
+        }
+        if self.levels.excess.is_some() {
+            n += size_of::<Excess>();
         }
         if let Some((_, idx)) = &self.covered_by {
             n += idx.len() * 2;

@@ -37,6 +37,11 @@ pub(super) fn spans(
         for t in &mut agent.levels.per_span {
             t.learn_zeros(gap, cfg.keep_span);
         }
+        // An empty span carries nothing beyond the usual high: each one drains the excess run.
+        let run = &mut agent.levels.excess;
+        if run.as_mut().is_some_and(|r| !r.drain(gap)) {
+            *run = None;
+        }
         rhythm_gap(cfg, id, agent, last, gap, found);
         let levels = &mut agent.levels;
         levels.pending = current;
@@ -71,7 +76,11 @@ pub(super) fn close_span(
             let q = MEASURES[m];
             let spec = cfg.spike(q.kind());
             let memory = cfg.memory_windows / base.span_windows as f64;
-            let j = levels.per_span[s].judge(
+            // The excess detector needs the one-span threshold of the bytes written whatever the span.
+            let fully = s == EXCESS && cfg.raw.slow.enabled && cfg.raw.slow.excess;
+            let judge = if fully { Tail::judge_fully } else { Tail::judge };
+            let j = judge(
+                &levels.per_span[s],
                 sums[s] as f64,
                 base.tail_quantile,
                 spec.p_value,
@@ -86,6 +95,9 @@ pub(super) fn close_span(
             if let Some(c) = CUMULATIVE.iter().position(|&i| i == m) {
                 let f = slow_rise(cfg, q, id, w, (&mut levels.slow, c), 0, sums[s], &j);
                 found.extend(f.map(|f| slow_incident(cfg, &agent.open, f, key)));
+            }
+            if fully {
+                found.extend(excess_rise(cfg, id, w, (&mut levels.excess, &agent.open), index, sums[s], &j));
             }
         }
     }
@@ -125,6 +137,102 @@ pub(super) fn robust(j: &Judgement, p_value: f64, x: f64) -> f64 {
 /// at (`SCALES`).
 pub(super) fn surprising(j: &Judgement, p_value: f64) -> bool {
     j.p * SCALES < p_value
+}
+
+impl Excess {
+    /// `spans` empty spans: each carries nothing, so the run loses one usual high per span. Whether
+    /// anything is left.
+    pub(super) fn drain(&mut self, spans: u64) -> bool {
+        let left = f64::from(self.sum) - f64::from(self.high) * spans as f64;
+        self.sum = left.max(0.0) as f32;
+        left > 0.0
+    }
+}
+
+/// The excess detector (Page's CUSUM on the bytes themselves): each span of bytes written or sent adds
+/// what it carries beyond the agent's usual high per span (below it, it takes away; the sum never goes
+/// under zero, and empty spans drain it). When the sum reaches what one span would need beyond the
+/// usual high to be a finding on its own (times `slow.excess_interval`), a spike's worth of bytes has
+/// left, spread thin, and the run is reported.
+///
+/// The yardsticks (the usual high, the interval) are fixed when a run begins, with a span above the
+/// usual high: the baseline keeps learning the run's spans, robustly, and a yardstick that moved with
+/// every span would chase the trickle instead of measuring it. At each report the interval is taken
+/// off the sum and the yardsticks are fixed again from the baseline as it then is, so a trickle that
+/// goes on is reported again each time another interval has left, as updates of one incident (high
+/// once it has gone on for an hour, as for `slow_rise`), while a new level the baseline has learned
+/// drains the run and ends it: it is reported once, then it is the baseline.
+///
+/// Why bytes and not surprise: an agent whose own writes are large and bursty hides an upload stream
+/// under every span's usual high, so no span is surprising and the cumulative surprise stays at zero,
+/// but the bytes beyond that high still add up, quarter after quarter.
+pub(super) fn excess_rise(
+    cfg: &Compiled,
+    agent: &str,
+    w: &Window,
+    (slot, open): (&mut Option<Box<Excess>>, &[OpenFinding]),
+    index: i32,
+    observed: u64,
+    j: &Judgement,
+) -> Option<(Finding, u64)> {
+    let slow = &cfg.raw.slow;
+    let x = observed as f64;
+    let fixed = |j: &Judgement| (j.high as f32, ((j.threshold - j.high) * slow.excess_interval) as f32);
+    let usable = j.high > 0.0 && j.threshold.is_finite();
+    let run = match slot {
+        Some(run) => run,
+        None if usable && x > j.high => {
+            let (high, interval) = fixed(j);
+            slot.insert(Box::new(Excess { sum: 0.0, high, interval, from: index, incident: 0 }))
+        }
+        None => return None,
+    };
+    let (high, interval) = (f64::from(run.high), f64::from(run.interval));
+    let sum = f64::from(run.sum) + x - high;
+    if sum <= 0.0 {
+        *slot = None;
+        return None;
+    }
+    run.sum = sum as f32;
+    // A trickle is reported on a span that adds to it, and not on its first: one span that carries the
+    // interval alone is a spike, the spike detector's to judge with its floors.
+    if sum < interval || run.from == index || x <= high {
+        return None;
+    }
+    let (from, to) = (i64::from(run.from) * cfg.span_ms, (i64::from(index) + 1) * cfg.span_ms);
+    let spans = i64::from(index) - i64::from(run.from) + 1;
+    let mut f = window_finding(cfg, FindingKind::DataSpike, Severity::Medium, agent, w);
+    (f.window_start, f.window_end, f.ts) = (from, to, to);
+    f.score = round3(sum / interval);
+    let per = human_duration(cfg.span_ms / 1000);
+    f.summary = format!(
+        "{agent} wrote or sent {} beyond its usual high of {} per {per} over {}{}: as much as one span \
+         would need beyond that high to be a finding on its own ({})",
+        human_bytes(sum),
+        human_bytes(high),
+        human_duration((to - from) / 1000),
+        if spans == 1 { String::new() } else { format!(" ({spans} spans of {per})") },
+        human_bytes(interval),
+    );
+    let e = &mut f.evidence;
+    e.insert("detector".into(), json!("excess"));
+    e.insert("measure".into(), json!(Quantity::Written.name()));
+    e.insert("excess_bytes".into(), json!(sum.round()));
+    e.insert("interval_bytes".into(), json!(interval.round()));
+    e.insert("baseline_high".into(), json!(round3(high)));
+    e.insert("observed".into(), json!(observed));
+    e.insert("spans".into(), json!(spans));
+    e.insert("span_seconds".into(), json!(cfg.span_ms / 1000));
+    e.insert("p_value".into(), json!(j.p));
+    let reported = run.incident != 0;
+    let fresh = if reported { run.incident } else { span_key(cfg, open, FindingKind::DataSpike, (from, to)) };
+    let (f, key) = slow_incident(cfg, open, Rise { finding: f, going_on: reported }, fresh);
+    run.sum = (sum - interval) as f32;
+    if usable {
+        (run.high, run.interval) = fixed(j);
+    }
+    run.incident = key;
+    Some((f, key))
 }
 
 /// A finding of the cumulative detector, and whether its sum was above the threshold already (the rise
