@@ -178,7 +178,7 @@ pub(super) fn excess_rise(
     let slow = &cfg.raw.slow;
     let x = observed as f64;
     let fixed = |j: &Judgement| (j.high as f32, ((j.threshold - j.high) * slow.excess_interval) as f32);
-    let usable = j.high > 0.0 && j.threshold.is_finite();
+    let usable = j.high > 0.0 && j.threshold.is_finite() && j.threshold > j.high;
     let run = match slot {
         Some(run) => run,
         None if usable && x > j.high => {
