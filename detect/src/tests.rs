@@ -1480,3 +1480,27 @@ fn an_excess_run_reports_a_new_level_once_and_the_learned_level_ends_it() {
     assert_eq!(f.evidence["detector"], "excess", "{got}");
     assert!(f.ts < 2600 * 60_000, "{got}");
 }
+
+#[test]
+fn an_excess_run_is_the_same_in_any_order_within_the_tolerance_and_any_batch_split() {
+    let cfg: DetectConfig = toml::from_str("rate_limit_per_minute = 0\n[scope]\nenabled = false\n").unwrap();
+    let lines: Vec<String> = bursty_writer(1_000_000, 2820, |_| 1).lines().map(str::to_owned).collect();
+    let want = final_findings(&run_batches(&cfg, &lines, &[]));
+    assert_eq!(want.len(), 1, "{want:?}");
+    let lateness_ms = cfg.lateness_seconds as i64 * 1000;
+    let mut rng = Mix(5);
+    for round in 0..5 {
+        let mut arrivals: Vec<(i64, u64, &String)> = lines
+            .iter()
+            .map(|l| {
+                let ts = vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap().ts_ms;
+                (ts + rng.below(lateness_ms as u64) as i64, rng.next(), l)
+            })
+            .collect();
+        arrivals.sort();
+        let shuffled: Vec<String> = arrivals.into_iter().map(|(_, _, l)| l.clone()).collect();
+        let mut splits: Vec<usize> = (0..8).map(|_| rng.below(shuffled.len() as u64) as usize).collect();
+        splits.sort();
+        assert_eq!(final_findings(&run_batches(&cfg, &shuffled, &splits)), want, "round {round}");
+    }
+}
