@@ -206,12 +206,11 @@ pub(super) fn excess_rise(
     f.score = round3(sum / interval);
     let per = human_duration(cfg.span_ms / 1000);
     f.summary = format!(
-        "{agent} wrote or sent {} beyond its usual high of {} per {per} over {}{}: as much as one span \
-         would need beyond that high to be a finding on its own ({})",
+        "{agent} wrote or sent {} beyond its usual high of {} per {per} over {} ({spans} spans of {per}): \
+         as much as one span would need beyond that high to be a finding on its own ({})",
         human_bytes(sum),
         human_bytes(high),
         human_duration((to - from) / 1000),
-        if spans == 1 { String::new() } else { format!(" ({spans} spans of {per})") },
         human_bytes(interval),
     );
     let e = &mut f.evidence;
