@@ -1048,6 +1048,27 @@ fn run_batches(cfg: &DetectConfig, lines: &[String], splits: &[usize]) -> Output
     out
 }
 
+/// `lines` as they might arrive: each event delayed by a random amount below the tolerance, then
+/// re-sorted by arrival, so every event arrives before the watermark passes it.
+fn delayed(lines: &[String], lateness_ms: i64, rng: &mut Mix) -> Vec<String> {
+    let mut arrivals: Vec<(i64, u64, &String)> = lines
+        .iter()
+        .map(|l| {
+            let ts = vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap().ts_ms;
+            (ts + rng.below(lateness_ms as u64) as i64, rng.next(), l)
+        })
+        .collect();
+    arrivals.sort();
+    arrivals.into_iter().map(|(_, _, l)| l.clone()).collect()
+}
+
+/// `count` random batch boundaries in a stream of `len` events, ascending.
+fn cut_points(rng: &mut Mix, count: u64, len: usize) -> Vec<usize> {
+    let mut splits: Vec<usize> = (0..count).map(|_| rng.below(len as u64) as usize).collect();
+    splits.sort();
+    splits
+}
+
 #[test]
 fn any_order_within_the_tolerance_and_any_batch_split_gives_the_same_findings() {
     let cfg: DetectConfig = toml::from_str(&BASELINE.replace(
@@ -1076,20 +1097,9 @@ fn any_order_within_the_tolerance_and_any_batch_split_gives_the_same_findings() 
     let lateness_ms = cfg.lateness_seconds as i64 * 1000;
     let mut rng = Mix(11);
     for round in 0..40 {
-        // Each event is delayed by a random amount below the tolerance, then the stream is re-sorted
-        // by arrival: every event arrives before the watermark passes it.
-        let mut arrivals: Vec<(i64, u64, &String)> = lines
-            .iter()
-            .map(|l| {
-                let ts = vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap().ts_ms;
-                (ts + rng.below(lateness_ms as u64) as i64, rng.next(), l)
-            })
-            .collect();
-        arrivals.sort();
-        let shuffled: Vec<String> = arrivals.into_iter().map(|(_, _, l)| l.clone()).collect();
-        let mut splits: Vec<usize> =
-            (0..rng.below(20)).map(|_| rng.below(shuffled.len() as u64) as usize).collect();
-        splits.sort();
+        let shuffled = delayed(&lines, lateness_ms, &mut rng);
+        let cuts = rng.below(20);
+        let splits = cut_points(&mut rng, cuts, shuffled.len());
         let got = run_batches(&cfg, &shuffled, &splits);
         assert_eq!(final_findings(&got), want, "round {round}");
     }
@@ -1490,17 +1500,8 @@ fn an_excess_run_is_the_same_in_any_order_within_the_tolerance_and_any_batch_spl
     let lateness_ms = cfg.lateness_seconds as i64 * 1000;
     let mut rng = Mix(5);
     for round in 0..5 {
-        let mut arrivals: Vec<(i64, u64, &String)> = lines
-            .iter()
-            .map(|l| {
-                let ts = vigil_schemas::decode(l.as_bytes(), 1 << 20).unwrap().ts_ms;
-                (ts + rng.below(lateness_ms as u64) as i64, rng.next(), l)
-            })
-            .collect();
-        arrivals.sort();
-        let shuffled: Vec<String> = arrivals.into_iter().map(|(_, _, l)| l.clone()).collect();
-        let mut splits: Vec<usize> = (0..8).map(|_| rng.below(shuffled.len() as u64) as usize).collect();
-        splits.sort();
+        let shuffled = delayed(&lines, lateness_ms, &mut rng);
+        let splits = cut_points(&mut rng, 8, shuffled.len());
         assert_eq!(final_findings(&run_batches(&cfg, &shuffled, &splits)), want, "round {round}");
     }
 }
