@@ -76,17 +76,17 @@ pub(super) fn close_span(
             let q = MEASURES[m];
             let spec = cfg.spike(q.kind());
             let memory = cfg.memory_windows / base.span_windows as f64;
-            // The excess detector needs the one-span threshold of the bytes written whatever the span.
-            let fully = s == EXCESS && cfg.raw.slow.enabled && cfg.raw.slow.excess;
-            let judge = if fully { Tail::judge_fully } else { Tail::judge };
-            let j = judge(
-                &levels.per_span[s],
-                sums[s] as f64,
-                base.tail_quantile,
-                spec.p_value,
-                q.counts_actions(),
-                memory,
-            );
+            let x = sums[s] as f64;
+            let tail = &levels.per_span[s];
+            let mut j = tail.judge(x, base.tail_quantile, spec.p_value, q.counts_actions(), memory);
+            // The excess detector reads the one-span threshold of the bytes written when a run may start
+            // (a span above the usual high) or goes on (it may report and fix its yardsticks again), which
+            // a plain judgement leaves out for an ordinary value; judged again fully, the rest of the
+            // judgement is the same. Most spans of most agents need neither.
+            let excess = s == EXCESS && cfg.raw.slow.enabled && cfg.raw.slow.excess;
+            if excess && (x > j.high || levels.excess.is_some()) && !j.threshold.is_finite() {
+                j = tail.judge_fully(x, base.tail_quantile, spec.p_value, q.counts_actions(), memory);
+            }
             learned[s] = robust(&j, spec.p_value, learned[s]);
             let key = span_key(cfg, &agent.open, q.kind(), span);
             found.extend(spike(cfg, q, spec, id, w, span, sums[s], &j, None).map(|f| (f, key)));
@@ -96,7 +96,7 @@ pub(super) fn close_span(
                 let f = slow_rise(cfg, q, id, w, (&mut levels.slow, c), 0, sums[s], &j);
                 found.extend(f.map(|f| slow_incident(cfg, &agent.open, f, key)));
             }
-            if fully {
+            if excess {
                 found.extend(excess_rise(cfg, id, w, (&mut levels.excess, &agent.open), index, sums[s], &j));
             }
         }
