@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use vigil::config::VigilConfig;
 use vigil::run::kafka::{KafkaRunOptions, run};
 use vigil_ingest::source::kafka::KafkaConfig;
@@ -97,6 +98,55 @@ fn failing_commits_and_a_broker_outage_lose_nothing() {
     let lag = lag.snapshot();
     assert!(!lag.is_empty(), "no statistics arrived");
     assert!(lag.values().all(|&l| l == 0), "{lag:?}");
+}
+
+/// A commit the coordinator refuses for good (not one librdkafka retries) is sent again by the member
+/// with its next flush, so the offsets of partitions that then go quiet still reach their archive's
+/// position while the member runs (a refused asynchronous commit used to stay refused until new events
+/// came or the member stopped).
+#[test]
+fn a_refused_commit_is_sent_again_while_the_partitions_are_quiet() {
+    let mock = cluster(1);
+    let bootstrap = mock.bootstrap_servers();
+    produce(&bootstrap, 0, 3_000);
+
+    let dir = common::scratch();
+    let mut cfg = VigilConfig::default();
+    cfg.archive.dir = dir.path().join("archive");
+    cfg.archive.flush_seconds = 0.3;
+    let mut k = KafkaConfig::new(&bootstrap, vec!["events".into()]);
+    k.group = "refused".into();
+    cfg.kafka = Some(k);
+    mock.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_COMMIT_OFFSET_SIZE; 4],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let runner = {
+        let (cfg, stop) = (cfg.clone(), stop.clone());
+        std::thread::spawn(move || run(&cfg, &KafkaRunOptions { idle_exit: None }, &stop))
+    };
+    // The group's commits, read as another client sees them, while the member is still running.
+    let reader: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", &bootstrap).set("group.id", "refused").create().unwrap();
+    let mut partitions = TopicPartitionList::new();
+    for p in 0..4 {
+        partitions.add_partition("events", p);
+    }
+    let committed = || -> i64 {
+        let at = reader.committed_offsets(partitions.clone(), Duration::from_secs(5)).unwrap();
+        at.elements().iter().map(|e| if let Offset::Offset(o) = e.offset() { o } else { 0 }).sum()
+    };
+    let started = std::time::Instant::now();
+    let mut seen = committed();
+    while seen < 3_000 && started.elapsed() < Duration::from_secs(60) && !runner.is_finished() {
+        std::thread::sleep(Duration::from_millis(200));
+        seen = committed();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (summary, _) = runner.join().unwrap().expect("the run ends cleanly");
+    assert_eq!(summary.lines, 3_000, "{summary:?}");
+    assert_eq!(seen, 3_000, "committed while running, after the refused commits");
 }
 
 /// A broker slower to answer than the idle exit is long: the member's first fetches come back after the

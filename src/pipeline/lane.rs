@@ -107,6 +107,14 @@ pub struct Durable {
     pub state: Option<vigil_ingest::archive::State>,
 }
 
+/// A flush handed to a lane's writer thread, not yet waited for ([`Lane::begin_flush`]).
+#[derive(Debug)]
+#[must_use = "a flush begun is waited for with Lane::finish_flush"]
+pub struct Flushing {
+    state: Option<vigil_ingest::archive::State>,
+    sent: bool,
+}
+
 /// The limits `take` applies, from `[input]`.
 #[derive(Debug, Clone, Copy)]
 struct Limits {
@@ -711,18 +719,37 @@ impl Lane {
     /// Flushes and waits until the archive files and the checkpoint are durable, with a copy of the
     /// detector state the checkpoint holds when `with_state`. `None` when nothing was buffered.
     pub fn flush_and_wait(&mut self, with_state: bool) -> Result<Option<Durable>, PipelineError> {
+        let flushing = self.begin_flush(with_state)?;
+        self.finish_flush(flushing)
+    }
+
+    /// The first half of [`Lane::flush_and_wait`]: hands the flush to the writer thread and returns at
+    /// once, so that a driver with several lanes (a Kafka member's partitions) has their writers work at
+    /// the same time and waits for each with [`Lane::finish_flush`].
+    pub fn begin_flush(&mut self, with_state: bool) -> Result<Flushing, PipelineError> {
         let Some((job, state)) = self.prepare_flush(with_state)? else {
-            // Earlier flushes must be durable too before the driver acts.
-            if let Some(w) = self.writer.as_mut() {
-                w.reap(true)?;
-            }
-            return Ok(None);
+            return Ok(Flushing { state: None, sent: false });
         };
         let seq = self.mark.as_ref().map_or(0, |m| m.taken());
         let w = self.writer.as_mut().ok_or(PipelineError::WriterStopped)?;
         w.send(Job { flush: Some(job), then_remove: None, seq })?;
-        let report = w.reap(true)?.ok_or(PipelineError::WriterStopped)?;
-        Ok(Some(Durable { position: report.committed_position, state }))
+        Ok(Flushing { state, sent: true })
+    }
+
+    /// Waits until the flush [`Lane::begin_flush`] started, and every one before it, is durable.
+    /// `None` when nothing was buffered.
+    pub fn finish_flush(&mut self, flushing: Flushing) -> Result<Option<Durable>, PipelineError> {
+        let w = self.writer.as_mut();
+        if !flushing.sent {
+            // Earlier flushes must be durable too before the driver acts.
+            if let Some(w) = w {
+                w.reap(true)?;
+            }
+            return Ok(None);
+        }
+        let report =
+            w.ok_or(PipelineError::WriterStopped)?.reap(true)?.ok_or(PipelineError::WriterStopped)?;
+        Ok(Some(Durable { position: report.committed_position, state: flushing.state }))
     }
 
     fn prepare_flush(

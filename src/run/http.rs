@@ -22,12 +22,12 @@ use std::time::Duration;
 
 use rdkafka::ClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
 use tokio::sync::oneshot;
 use vigil_ingest::archive::DeadLetter;
 use vigil_ingest::journal::{self, Journal};
 use vigil_ingest::source::Line;
-use vigil_ingest::source::kafka::KafkaConfig;
+use vigil_ingest::source::kafka::{KafkaConfig, wait_delivered};
 use vigil_schemas::Invalid;
 
 use crate::config::{HttpConfig, InputConfig, VigilConfig};
@@ -207,9 +207,7 @@ impl HttpIntake {
                 }
             }
             Sink::Kafka(front) => {
-                front
-                    .producer
-                    .flush(Duration::from_secs(30))
+                wait_delivered(&front.producer, Duration::from_secs(30))
                     .map_err(|e| IntakeError::Kafka(format!("waiting for the last acknowledgements: {e}")))?;
                 Ok(self.telemetry.summary(HTTP_SOURCE))
             }

@@ -17,11 +17,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use rdkafka::client::Client;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use vigil_ingest::source::kafka::{AckContext, KafkaConfig, Lag, StateMessages, StateRecord, StoredState};
+use vigil_ingest::source::kafka::{
+    AckContext, KafkaConfig, Lag, StateMessages, StateRecord, StoredState, wait_delivered,
+};
 
 use vigil_schemas::rows::{Finding, Transition};
 
@@ -33,6 +36,8 @@ use crate::telemetry::Telemetry;
 /// With an idle exit: how long past it a member may wait for its first partition before giving up.
 const UNASSIGNED_LIMIT: Duration = Duration::from_secs(90);
 
+/// The control topic reader's fetch wait, in milliseconds (see [`ControlBus::start`]).
+const CONTROL_FETCH_WAIT_MS: &str = "100";
 /// Tries per offset commit before the run stops with an error.
 const COMMIT_ATTEMPTS: u32 = 8;
 
@@ -52,6 +57,33 @@ struct PartState {
     assigned_at: u64,
     /// Where its state goes on the state topic when it needs pieces (see `StateRecord::to_messages`).
     next_generation: usize,
+    /// The position of its last durable flush: the offset its last commit named.
+    durable_at: Option<u64>,
+    /// Whether the broker is known to have taken that commit (it was awaited). One sent ahead and not
+    /// awaited may have been refused, and nothing says so (librdkafka reports an asynchronous commit's
+    /// result to no one here): a partition that then goes quiet has it sent again, awaited.
+    confirmed: bool,
+    /// When its last commit was sent.
+    committed_when: Option<Instant>,
+}
+
+impl PartState {
+    /// Whether its last durable position was committed without the broker's answer awaited.
+    fn unconfirmed(&self) -> bool {
+        self.durable_at.is_some() && !self.confirmed
+    }
+}
+
+/// How a flush commits its offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    /// Sent and not awaited: the member goes on consuming (the periodic flush of busy partitions).
+    Ahead,
+    /// Awaited once; a refusal is said and the commit is sent again a flush period later (partitions
+    /// gone quiet after a commit sent ahead, which may have been refused).
+    Confirm,
+    /// Awaited and retried with backoff; a refusal is an error (partitions given up, the end of a run).
+    Final,
 }
 
 /// What the consumer thread and the rebalance callback share.
@@ -97,86 +129,144 @@ impl Shared {
             lane,
             assigned_at: self.epoch.load(Ordering::SeqCst),
             next_generation: stored.next_generation,
+            durable_at: None,
+            confirmed: false,
+            committed_when: None,
         })
     }
 
-    /// Makes one partition durable and commits its offset: acknowledgements first, then the archive's
-    /// files and checkpoint, then Kafka. Returns the files and bytes written.
+    /// Makes partitions durable and commits their offsets, all of them together: acknowledgements
+    /// first, then the archive's files and checkpoints (the lanes' writer threads at work at once), then
+    /// the detector states to the state topic, acknowledged, then one commit of every offset. Waiting
+    /// once for all of them instead of once per partition is what keeps a member's flush, and the end
+    /// of a batch run, from growing with its partition count. A partition with nothing new is
+    /// committed again when its last commit was not awaited (see [`Commit`]).
     fn flush(
         &self,
         consumer: &BaseConsumer<Ctx>,
-        topic: &str,
-        partition: i32,
-        st: &mut PartState,
-        mode: CommitMode,
+        parts: Vec<(&(String, i32), &mut PartState)>,
+        commit: Commit,
     ) -> Result<(), PipelineError> {
-        if !st.lane.has_uncommitted() {
+        let mut parts: Vec<_> =
+            parts.into_iter().filter(|(_, st)| st.lane.has_uncommitted() || st.unconfirmed()).collect();
+        if parts.is_empty() {
             return Ok(());
         }
         self.acknowledged("dead letters and findings")?;
         let now = now_ms();
         // The state is copied only when it also goes to the state topic.
-        let Some(durable) = st.lane.flush_and_wait(self.state_partitions > 0)? else { return Ok(()) };
-        // The state travels with the commit: produced and acknowledged before the offset moves, so the
-        // committed offset never runs ahead of the state a new owner restores.
-        if let Some(state) = durable.state {
-            let StateMessages { records, pieced } = StateRecord {
-                version: 1,
-                group: self.kafka.group.clone(),
-                topic: topic.to_owned(),
-                partition,
-                position: durable.position,
-                committed_at: now,
-                state,
-            }
-            .to_messages(
-                &self.kafka.state_key(topic, partition),
-                self.kafka.state_max_bytes,
-                st.next_generation,
-            )
-            .map_err(|e| {
-                PipelineError::Kafka(format!("compressing the state of {topic}/{partition}: {e}"))
-            })?;
-            for (key, value) in &records {
-                send(
-                    &self.producer,
-                    BaseRecord::to(&self.kafka.state_topic)
-                        .partition(partition.rem_euclid(self.state_partitions))
-                        .key(key)
-                        .payload(value),
-                )?;
-                // One piece per batch: the topic's max.message.bytes bounds a whole batch, not a record.
-                if pieced {
-                    self.acknowledged("a piece of the detector state")?;
-                }
-            }
-            self.acknowledged("the detector state")?;
-            if pieced {
-                st.next_generation = 1 - st.next_generation;
-            }
+        let with_state = self.state_partitions > 0;
+        let mut flushing = Vec::with_capacity(parts.len());
+        for (_, st) in parts.iter_mut() {
+            flushing.push(st.lane.begin_flush(with_state)?);
         }
-        // The archive's committed position is offset + 1 of the last durable record: the next offset to
-        // read, which is what Kafka commits.
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition, Offset::Offset(durable.position as i64))
-            .map_err(|e| PipelineError::Kafka(e.to_string()))?;
+        let (mut committing, mut pieced) = (Vec::new(), Vec::new());
+        for (i, ((key, st), f)) in parts.iter_mut().zip(flushing).enumerate() {
+            let (topic, partition) = (key.0.as_str(), key.1);
+            let position = match st.lane.finish_flush(f)? {
+                Some(durable) => {
+                    // The state travels with the commit: produced and acknowledged before the offset
+                    // moves, so the committed offset never runs ahead of the state a new owner restores.
+                    if let Some(state) = durable.state
+                        && self.produce_state(topic, partition, st, durable.position, state, now)?
+                    {
+                        pieced.push(i);
+                    }
+                    st.durable_at = Some(durable.position);
+                    st.confirmed = false;
+                    durable.position
+                }
+                // Nothing new: the last position again, its commit not awaited yet.
+                None => match st.durable_at {
+                    Some(at) if !st.confirmed => at,
+                    _ => continue,
+                },
+            };
+            // The archive's committed position is offset + 1 of the last durable record: the next
+            // offset to read, which is what Kafka commits.
+            tpl.add_partition_offset(topic, partition, Offset::Offset(position as i64))
+                .map_err(|e| PipelineError::Kafka(e.to_string()))?;
+            committing.push(i);
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        self.acknowledged("the detector state")?;
+        for &i in &pieced {
+            let generation = &mut parts[i].1.next_generation;
+            *generation = 1 - *generation;
+        }
+        let sent = Instant::now();
+        for &i in &committing {
+            parts[i].1.committed_when = Some(sent);
+        }
+        let mode = if commit == Commit::Ahead { CommitMode::Async } else { CommitMode::Sync };
         // A commit that fails is retried: the archive is already durable, so the worst a lost commit
         // does is make a restart skip (by the checkpoint) what Kafka redelivers.
         let mut attempt = 0;
         while let Err(e) = consumer.commit(&tpl, mode) {
+            let which = || {
+                tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect::<Vec<_>>()
+            };
+            if commit == Commit::Confirm {
+                tracing::warn!(partitions = ?which(), error = %e, "an offset commit was refused; sent again a flush period later");
+                return Ok(());
+            }
             attempt += 1;
             if attempt >= COMMIT_ATTEMPTS {
-                return Err(PipelineError::Kafka(format!("committing {topic}/{partition}: {e}")));
+                return Err(PipelineError::Kafka(format!("committing {}: {e}", which().join(", "))));
             }
             std::thread::sleep(Duration::from_millis(100 << attempt.min(4)));
+        }
+        for &i in &committing {
+            parts[i].1.confirmed = commit != Commit::Ahead;
         }
         Ok(())
     }
 
+    /// Produces one partition's detector state to the state topic (whole, or in pieces under the
+    /// partition's next generation, each piece acknowledged on its own: the topic's `max.message.bytes`
+    /// bounds a whole batch, not a record). Whether it went in pieces: the generation then moves on
+    /// once the last piece is acknowledged.
+    fn produce_state(
+        &self,
+        topic: &str,
+        partition: i32,
+        st: &PartState,
+        position: u64,
+        state: vigil_ingest::archive::State,
+        now: i64,
+    ) -> Result<bool, PipelineError> {
+        let StateMessages { records, pieced } = StateRecord {
+            version: 1,
+            group: self.kafka.group.clone(),
+            topic: topic.to_owned(),
+            partition,
+            position,
+            committed_at: now,
+            state,
+        }
+        .to_messages(&self.kafka.state_key(topic, partition), self.kafka.state_max_bytes, st.next_generation)
+        .map_err(|e| PipelineError::Kafka(format!("compressing the state of {topic}/{partition}: {e}")))?;
+        for (key, value) in &records {
+            send(
+                &self.producer,
+                BaseRecord::to(&self.kafka.state_topic)
+                    .partition(partition.rem_euclid(self.state_partitions))
+                    .key(key)
+                    .payload(value),
+            )?;
+            if pieced {
+                self.acknowledged("a piece of the detector state")?;
+            }
+        }
+        Ok(pieced)
+    }
+
     /// Waits until everything produced so far is acknowledged; any delivery that failed is an error.
     fn acknowledged(&self, what: &str) -> Result<(), PipelineError> {
-        self.producer
-            .flush(Duration::from_millis(self.kafka.ack_timeout_ms))
+        wait_delivered(&self.producer, Duration::from_millis(self.kafka.ack_timeout_ms))
             .map_err(|e| PipelineError::Kafka(format!("waiting for {what} to be acknowledged: {e}")))?;
         if let (n, Some(e)) = self.producer.context().failures()
             && n > 0
@@ -203,14 +293,17 @@ impl ConsumerContext for Ctx {
         if let Rebalance::Revoke(tpl) = rebalance {
             self.shared.epoch.fetch_add(1, Ordering::SeqCst);
             let mut parts = self.shared.parts();
-            for e in tpl.elements() {
-                let key = (e.topic().to_owned(), e.partition());
-                if let Some(mut st) = parts.remove(&key) {
-                    if let Err(err) = self.shared.flush(consumer, &key.0, key.1, &mut st, CommitMode::Sync) {
-                        self.shared.fail(format!("flushing {}/{} on revoke: {err}", key.0, key.1))
-                    }
-                    st.lane.hand_over();
-                }
+            let mut revoked: Vec<((String, i32), PartState)> = tpl
+                .elements()
+                .iter()
+                .filter_map(|e| parts.remove_entry(&(e.topic().to_owned(), e.partition())))
+                .collect();
+            let flushing = revoked.iter_mut().map(|(key, st)| (&*key, st)).collect();
+            if let Err(err) = self.shared.flush(consumer, flushing, Commit::Final) {
+                self.shared.fail(format!("flushing on revoke: {err}"))
+            }
+            for (_, st) in revoked {
+                st.lane.hand_over();
             }
         }
     }
@@ -336,7 +429,7 @@ pub fn run_with(
             // Quiet is not done: a first fetch slower than the idle time (a loaded broker) or a backlog
             // not yet fetched keeps the member, and the clock starts again.
             let assigned: Vec<(String, i32)> = shared.parts().keys().cloned().collect();
-            match read_to_end(&consumer, &assigned, kafka.setup_timeout()) {
+            match read_to_end(&consumer, shared.producer.client(), &assigned, kafka.setup_timeout()) {
                 Ok(true) => break Ok(()),
                 Ok(false) => last_message = Instant::now(),
                 Err(e) => {
@@ -394,19 +487,10 @@ pub fn run_with(
     drop(batch);
     // Whatever ended the loop, what was judged is made durable and committed.
     let mut parts = shared.parts();
-    let mut keys: Vec<(String, i32)> = parts.keys().cloned().collect();
-    keys.sort();
     // Webhooks decided before the stop go out first (within the grace), then the control log's records
     // are archived. What is left undelivered stays owed in the control log.
     let controlled = shared.control.close(Duration::from_secs_f64(shared.cfg.control.delivery_grace_seconds));
-    let mut closing = Ok(());
-    for key in keys {
-        if let Some(st) = parts.get_mut(&key)
-            && let Err(e) = shared.flush(&consumer, &key.0, key.1, st, CommitMode::Sync)
-        {
-            closing = Err(e);
-        }
-    }
+    let closing = shared.flush(&consumer, parts.iter_mut().collect(), Commit::Final);
     drop(parts);
     result?;
     closing?;
@@ -420,8 +504,14 @@ pub fn run_with(
 /// Whether this member has read each of `assigned` up to its log end as the broker reports it now. A
 /// partition nothing was read from since it was assigned counts from the group's committed offset, or
 /// from its log start without one.
-fn read_to_end(
+///
+/// The log ends are asked on `ends`, another client's connection (the producer's): on the consumer's
+/// own, each request queues behind the fetch the broker is holding open (up to `fetch.wait.max.ms`,
+/// 500 ms by default) while the partitions are quiet, which is exactly when this runs, so reading eight
+/// partitions' ends took four seconds there and takes milliseconds here.
+fn read_to_end<C: ClientContext>(
     consumer: &BaseConsumer<Ctx>,
+    ends: &Client<C>,
     assigned: &[(String, i32)],
     timeout: Duration,
 ) -> Result<bool, rdkafka::error::KafkaError> {
@@ -439,7 +529,7 @@ fn read_to_end(
         _ => None,
     };
     for (topic, partition) in assigned {
-        let (low, high) = consumer.fetch_watermarks(topic, *partition, timeout)?;
+        let (low, high) = ends.fetch_watermarks(topic, *partition, timeout)?;
         let next =
             at(&position, topic, *partition).or_else(|| at(&committed, topic, *partition)).unwrap_or(low);
         if next.max(low) < high {
@@ -500,17 +590,17 @@ fn process(
                 dead_letter(shared, m, reason)?;
             }
         }
-        if st.lane.due() {
-            shared.flush(consumer, topic, partition, st, CommitMode::Async)?;
-        }
     }
-    // Partitions with nothing new are still flushed on time, so a quiet partition's tail is committed.
-    for ((topic, partition), st) in parts.iter_mut() {
-        if st.lane.due() {
-            shared.flush(consumer, topic, *partition, st, CommitMode::Async)?;
-        }
-    }
-    Ok(())
+    // Every partition that is due, together; those with nothing new too, so a quiet partition's tail
+    // is committed on time. Then those gone quiet since their last commit, which was not awaited.
+    let due = parts.iter_mut().filter(|(_, st)| st.lane.due()).collect();
+    shared.flush(consumer, due, Commit::Ahead)?;
+    let every = Duration::from_secs_f64(shared.cfg.archive.flush_seconds);
+    let quiet = parts
+        .iter_mut()
+        .filter(|(_, st)| st.unconfirmed() && st.committed_when.is_none_or(|t| t.elapsed() >= every))
+        .collect();
+    shared.flush(consumer, quiet, Commit::Confirm)
 }
 
 /// Produces a refused message to its topic's dead-letter topic, as it came, with why in headers.
@@ -583,7 +673,11 @@ impl ControlBus {
         c.set("group.id", format!("{}.control-{member}", kafka.group))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest");
+            .set("auto.offset.reset", "earliest")
+            // Read to the end before the first event is judged, then followed: a halt decided on
+            // another member is in force here within a fetch wait, and the start does not wait 500 ms
+            // per empty fetch.
+            .set("fetch.wait.max.ms", CONTROL_FETCH_WAIT_MS);
         let consumer: BaseConsumer =
             c.create().map_err(|e| PipelineError::Kafka(format!("the control topic reader: {e}")))?;
         let mut tpl = TopicPartitionList::new();
@@ -748,8 +842,7 @@ pub fn produce_simulated(
         |t| progress.update((t - sim.start_ms) as u64, n.get(), started.elapsed()),
     )
     .map_err(|e| PipelineError::Kafka(e.to_string()))?;
-    producer
-        .flush(Duration::from_secs(60))
+    wait_delivered(&producer, Duration::from_secs(60))
         .map_err(|e| PipelineError::Kafka(format!("waiting for acknowledgements: {e}")))?;
     progress.finish();
     let n = n.get();

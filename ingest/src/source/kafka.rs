@@ -15,7 +15,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
-use rdkafka::producer::{ProducerContext, ThreadedProducer};
+use rdkafka::producer::{Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -415,9 +415,13 @@ impl KafkaConfig {
         let mut c = self.client();
         // The end of each partition is learnt from librdkafka's end-of-partition events, which also come
         // for an empty partition: no separate watermark query that a cold client might fail.
+        // A short fetch wait: the broker holds a fetch of a partition with nothing new for up to this
+        // long before it answers, and only that answer says the end is reached (the default, 500 ms, cost
+        // a second and a half before a member's first event).
         c.set("group.id", format!("{}.state-reader", self.group))
             .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true");
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", READER_FETCH_WAIT_MS);
         let consumer: BaseConsumer =
             c.create().map_err(|source| KafkaSetupError::Client { what: "the state reader", source })?;
         let mut pending: std::collections::BTreeSet<i32> =
@@ -765,6 +769,34 @@ impl ProducerContext for AckContext {
             }
         }
     }
+}
+
+/// How long the broker may hold a fetch of vigil's own internal readers (the state and control topics)
+/// when there is nothing new, in milliseconds: they read to the end before a member starts, and the end
+/// is known only from a fetch's answer.
+const READER_FETCH_WAIT_MS: &str = "20";
+
+/// Waits until everything `producer` was given is delivered or failed (its delivery reports served, so
+/// [`AckContext::failures`] counts every failure), or `timeout` passes.
+///
+/// Not rdkafka's `flush`: with a threaded producer its waiting thread polls in steps of 100 ms for events
+/// the producer's own thread has already taken, so each wait took at least 100 ms however quick the
+/// broker was, and a member waits several times per partition it commits. Here the queue's length is
+/// read in steps of 0.2 to 5 ms.
+pub fn wait_delivered<C: ProducerContext + 'static>(
+    producer: &ThreadedProducer<C>,
+    timeout: std::time::Duration,
+) -> Result<(), KafkaError> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut step = std::time::Duration::from_micros(200);
+    while producer.in_flight_count() > 0 {
+        if std::time::Instant::now() >= deadline {
+            return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
+        }
+        std::thread::sleep(step);
+        step = (step * 2).min(std::time::Duration::from_millis(5));
+    }
+    Ok(())
 }
 
 /// Consumer lag per (topic, partition), from librdkafka's statistics: how far behind the log end the
