@@ -44,23 +44,31 @@ fn cluster(brokers: i32) -> MockCluster<'static, DefaultProducerContext> {
     mock
 }
 
+/// A member's config for `group` on `bootstrap`, consuming `events`, with its archive in a scratch
+/// directory (kept alive by the returned guard).
+fn member(bootstrap: &str, group: &str) -> (tempfile::TempDir, VigilConfig) {
+    let dir = common::scratch();
+    let mut cfg = VigilConfig::default();
+    cfg.archive.dir = dir.path().join("archive");
+    let mut k = KafkaConfig::new(bootstrap, vec!["events".into()]);
+    k.group = group.into();
+    cfg.kafka = Some(k);
+    (dir, cfg)
+}
+
 #[test]
 fn failing_commits_and_a_broker_outage_lose_nothing() {
     let mock = cluster(3);
     let bootstrap = mock.bootstrap_servers();
     produce(&bootstrap, 0, 20_000);
 
-    let dir = common::scratch();
-    let mut cfg = VigilConfig::default();
-    cfg.archive.dir = dir.path().join("archive");
+    let (_dir, mut cfg) = member(&bootstrap, "faults");
     cfg.archive.flush_rows = 2_000;
     cfg.archive.flush_seconds = 0.5;
-    let mut k = KafkaConfig::new(&bootstrap, vec!["events".into()]);
-    k.group = "faults".into();
+    let k = cfg.kafka.as_mut().unwrap();
     // Frequent statistics, so the last report comes after the consumer caught up (during the idle wait).
     k.statistics_ms = 500;
     k.options.insert("session.timeout.ms".into(), "6000".into());
-    cfg.kafka = Some(k);
 
     // Offset commits fail a few times, with the errors a coordinator move gives.
     mock.request_errors(
@@ -110,13 +118,8 @@ fn a_refused_commit_is_sent_again_while_the_partitions_are_quiet() {
     let bootstrap = mock.bootstrap_servers();
     produce(&bootstrap, 0, 3_000);
 
-    let dir = common::scratch();
-    let mut cfg = VigilConfig::default();
-    cfg.archive.dir = dir.path().join("archive");
+    let (_dir, mut cfg) = member(&bootstrap, "refused");
     cfg.archive.flush_seconds = 0.3;
-    let mut k = KafkaConfig::new(&bootstrap, vec!["events".into()]);
-    k.group = "refused".into();
-    cfg.kafka = Some(k);
     mock.request_errors(
         RDKafkaApiKey::OffsetCommit,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_COMMIT_OFFSET_SIZE; 4],
@@ -159,13 +162,8 @@ fn an_idle_exit_waits_for_a_slow_broker_to_deliver_the_backlog() {
     produce(&bootstrap, 0, 5_000);
     mock.broker_round_trip_time(1, Duration::from_millis(400)).unwrap();
 
-    let dir = common::scratch();
-    let mut cfg = VigilConfig::default();
-    cfg.archive.dir = dir.path().join("archive");
-    let mut k = KafkaConfig::new(&bootstrap, vec!["events".into()]);
-    k.group = "slow".into();
-    k.options.insert("session.timeout.ms".into(), "30000".into());
-    cfg.kafka = Some(k);
+    let (_dir, mut cfg) = member(&bootstrap, "slow");
+    cfg.kafka.as_mut().unwrap().options.insert("session.timeout.ms".into(), "30000".into());
     let stop = AtomicBool::new(false);
     let (summary, _) = run(&cfg, &KafkaRunOptions { idle_exit: Some(Duration::from_millis(150)) }, &stop)
         .expect("the run ends cleanly");
