@@ -202,8 +202,9 @@ impl Shared {
             parts[i].1.committed_when = Some(sent);
         }
         let mode = if commit == Commit::Ahead { CommitMode::Async } else { CommitMode::Sync };
-        // A commit that fails is retried: the archive is already durable, so the worst a lost commit
-        // does is make a restart skip (by the checkpoint) what Kafka redelivers.
+        // A commit that fails is retried (a confirming one a flush period later): the archive is already
+        // durable, so the worst a lost commit does is make a restart skip (by the checkpoint) what Kafka
+        // redelivers.
         let mut attempt = 0;
         while let Err(e) = consumer.commit(&tpl, mode) {
             let which = || {
