@@ -686,6 +686,11 @@ impl ControlBus {
             tpl.add_partition_offset(&topic, p, Offset::Beginning)
                 .map_err(|e| PipelineError::Kafka(format!("reading {topic}: {e}")))?;
         }
+        // The topic's leaders first: a partition assigned before its leader is known waits for
+        // librdkafka's offset query timer (half a second) before its first fetch.
+        consumer
+            .fetch_metadata(Some(&topic), timeout)
+            .map_err(|e| PipelineError::Kafka(format!("reading {topic}: {e}")))?;
         consumer.assign(&tpl).map_err(|e| PipelineError::Kafka(format!("reading {topic}: {e}")))?;
         let apply = {
             let member = member.clone();

@@ -431,6 +431,11 @@ impl KafkaConfig {
             tpl.add_partition_offset(&self.state_topic, *sp, Offset::Beginning)
                 .map_err(|source| KafkaSetupError::StateRead { topic: self.state_topic.clone(), source })?;
         }
+        // The topic's leaders first: a partition assigned before its leader is known waits for
+        // librdkafka's offset query timer (half a second) before its first fetch.
+        consumer
+            .fetch_metadata(Some(&self.state_topic), timeout)
+            .map_err(|source| KafkaSetupError::StateRead { topic: self.state_topic.clone(), source })?;
         consumer
             .assign(&tpl)
             .map_err(|source| KafkaSetupError::StateRead { topic: self.state_topic.clone(), source })?;
