@@ -59,18 +59,17 @@ struct PartState {
     next_generation: usize,
     /// The position of its last durable flush: the offset its last commit named.
     durable_at: Option<u64>,
-    /// Whether the broker is known to have taken that commit (it was awaited). One sent ahead and not
-    /// awaited may have been refused, and nothing says so (librdkafka reports an asynchronous commit's
-    /// result to no one here): a partition that then goes quiet has it sent again, awaited.
-    confirmed: bool,
-    /// When its last commit was sent.
-    committed_when: Option<Instant>,
+    /// Since when that position's commit is not known to be taken: it was not sent yet, or sent ahead
+    /// and not awaited, which may have been refused with nothing to say so (librdkafka reports an
+    /// asynchronous commit's result to no one here). A partition that then goes quiet has it sent
+    /// again, awaited, a flush period later. `None` once an awaited commit of it succeeded.
+    unconfirmed_since: Option<Instant>,
 }
 
 impl PartState {
-    /// Whether its last durable position was committed without the broker's answer awaited.
+    /// Whether its last durable position is not known to be committed.
     fn unconfirmed(&self) -> bool {
-        self.durable_at.is_some() && !self.confirmed
+        self.unconfirmed_since.is_some()
     }
 }
 
@@ -130,8 +129,7 @@ impl Shared {
             assigned_at: self.epoch.load(Ordering::SeqCst),
             next_generation: stored.next_generation,
             durable_at: None,
-            confirmed: false,
-            committed_when: None,
+            unconfirmed_since: None,
         })
     }
 
@@ -174,12 +172,12 @@ impl Shared {
                         pieced.push(i);
                     }
                     st.durable_at = Some(durable.position);
-                    st.confirmed = false;
+                    st.unconfirmed_since = Some(Instant::now());
                     durable.position
                 }
                 // Nothing new: the last position again, its commit not awaited yet.
                 None => match st.durable_at {
-                    Some(at) if !st.confirmed => at,
+                    Some(at) if st.unconfirmed() => at,
                     _ => continue,
                 },
             };
@@ -199,7 +197,7 @@ impl Shared {
         }
         let sent = Instant::now();
         for &i in &committing {
-            parts[i].1.committed_when = Some(sent);
+            parts[i].1.unconfirmed_since = Some(sent);
         }
         let mode = if commit == Commit::Ahead { CommitMode::Async } else { CommitMode::Sync };
         // A commit that fails is retried (a confirming one a flush period later): the archive is already
@@ -220,8 +218,10 @@ impl Shared {
             }
             std::thread::sleep(Duration::from_millis(100 << attempt.min(4)));
         }
-        for &i in &committing {
-            parts[i].1.confirmed = commit != Commit::Ahead;
+        if commit != Commit::Ahead {
+            for &i in &committing {
+                parts[i].1.unconfirmed_since = None;
+            }
         }
         Ok(())
     }
@@ -599,7 +599,7 @@ fn process(
     let every = Duration::from_secs_f64(shared.cfg.archive.flush_seconds);
     let quiet = parts
         .iter_mut()
-        .filter(|(_, st)| st.unconfirmed() && st.committed_when.is_none_or(|t| t.elapsed() >= every))
+        .filter(|(_, st)| st.unconfirmed_since.is_some_and(|t| t.elapsed() >= every))
         .collect();
     shared.flush(consumer, quiet, Commit::Confirm)
 }
@@ -669,7 +669,6 @@ impl ControlBus {
     ) -> Result<ControlBus, PipelineError> {
         let topic = kafka.control_topic.clone();
         let member = format!("{:016x}", fastrand::u64(..));
-        let partitions = kafka.partitions(&topic, timeout)?;
         let mut c = kafka.consumer_config();
         c.set("group.id", format!("{}.control-{member}", kafka.group))
             .set("enable.auto.commit", "false")
@@ -681,16 +680,19 @@ impl ControlBus {
             .set("fetch.wait.max.ms", CONTROL_FETCH_WAIT_MS);
         let consumer: BaseConsumer =
             c.create().map_err(|e| PipelineError::Kafka(format!("the control topic reader: {e}")))?;
+        // The topic's partitions and leaders from the reader itself: a partition assigned before its
+        // leader is known waits for librdkafka's offset query timer (half a second) before its first
+        // fetch. A topic that does not exist has none.
+        let meta = consumer
+            .fetch_metadata(Some(&topic), timeout)
+            .map_err(|e| PipelineError::Kafka(format!("reading {topic}: {e}")))?;
+        let partitions =
+            meta.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len() as i32);
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions {
             tpl.add_partition_offset(&topic, p, Offset::Beginning)
                 .map_err(|e| PipelineError::Kafka(format!("reading {topic}: {e}")))?;
         }
-        // The topic's leaders first: a partition assigned before its leader is known waits for
-        // librdkafka's offset query timer (half a second) before its first fetch.
-        consumer
-            .fetch_metadata(Some(&topic), timeout)
-            .map_err(|e| PipelineError::Kafka(format!("reading {topic}: {e}")))?;
         consumer.assign(&tpl).map_err(|e| PipelineError::Kafka(format!("reading {topic}: {e}")))?;
         let apply = {
             let member = member.clone();
