@@ -419,6 +419,41 @@ fn sigterm_stops_a_member_cleanly_with_everything_committed() {
     assert_eq!(counts["rows"].as_u64(), Some(n), "{counts}");
 }
 
+/// A newly assigned partition whose archive lock another process still holds (the member the group
+/// took it from, stalled past its session and sharing the archive root) is waited for: the member
+/// takes it once it is let go, instead of stopping at once naming the holder.
+#[test]
+fn a_partition_still_locked_by_its_previous_owner_is_waited_for() {
+    let _serial = serial();
+    let broker = Broker::start();
+    let dir = scratch();
+    let (path, n, bad) = input(dir.path(), 20, "10m", 10.0, 5);
+    kafka_tool(&["create", &broker.addr, "events", "2"]);
+    kafka_tool(&["produce", &broker.addr, "events", path.to_str().unwrap()]);
+    let archive = dir.path().join("archive");
+    let locks = archive.join("_vigil/locks");
+    std::fs::create_dir_all(&locks).unwrap();
+    let held = vigil_ingest::lockfile::take(&locks.join("events-0.lock")).unwrap().expect("the lock is free");
+    let mut cmd = vigil();
+    cmd.args(["run", "--json", "--kafka", &broker.addr, "--topic", "events", "--group", "locked"])
+        .args(["--idle-exit", "2s", "--archive"])
+        .arg(&archive)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(child.try_wait().unwrap().is_none(), "the member waits for the lock instead of stopping");
+    drop(held);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    assert!(stderr.contains("still held by another process"), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["lines"], n + bad.len() as u64, "{summary}");
+    let counts = archive_py("event-counts", &archive, &[]);
+    assert_eq!(counts["rows"].as_u64(), Some(n), "{counts}");
+}
+
 #[test]
 fn a_member_with_its_own_archive_resumes_partitions_with_their_state_from_the_state_topic() {
     let _serial = serial();

@@ -153,6 +153,12 @@ pub struct KafkaConfig {
     /// topic to its end) before it gives up naming the brokers, ms.
     #[serde(default = "default_setup_timeout_ms")]
     pub setup_timeout_ms: u64,
+    /// How long a member waits for a newly assigned partition's archive lock, ms, when another process
+    /// still holds it: the member the group took the partition from, when it shares this archive root
+    /// and has not yet noticed (a stall past the session timeout). It lets go at its next poll; a
+    /// member still refused after this long stops with the holder named, as before.
+    #[serde(default = "default_lock_wait_ms")]
+    pub lock_wait_ms: u64,
     /// How often librdkafka reports statistics (consumer lag per partition), in milliseconds.
     #[serde(default = "default_statistics_ms")]
     pub statistics_ms: u64,
@@ -201,6 +207,11 @@ const fn default_ack_timeout_ms() -> u64 {
 const fn default_setup_timeout_ms() -> u64 {
     30_000
 }
+/// Longer than librdkafka's default `session.timeout.ms` (45 s): a stalled member that the group gave up
+/// on is given about as long again to notice and let go.
+const fn default_lock_wait_ms() -> u64 {
+    60_000
+}
 const fn default_statistics_ms() -> u64 {
     5_000
 }
@@ -224,6 +235,7 @@ impl KafkaConfig {
             poll_ms: default_poll_ms(),
             ack_timeout_ms: default_ack_timeout_ms(),
             setup_timeout_ms: default_setup_timeout_ms(),
+            lock_wait_ms: default_lock_wait_ms(),
             statistics_ms: default_statistics_ms(),
             create_topics: true,
             state_topic: default_state_topic(),
