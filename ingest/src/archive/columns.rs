@@ -58,6 +58,44 @@ fn batch(schema: SchemaRef, columns: Vec<ArrayRef>) -> RecordBatch {
     RecordBatch::try_new(schema, columns).expect("column builders match the schema")
 }
 
+/// The columns that say where a row of input came from (`_source`, `_partition`, `_position`,
+/// `_ingested_at`), last in the tables of what came in: events and dead letters.
+#[derive(Debug)]
+struct Provenance {
+    source: StringBuilder,
+    partition: Int32Builder,
+    position: UInt64Builder,
+    ingested_at: TimestampMillisecondBuilder,
+}
+
+impl Default for Provenance {
+    fn default() -> Self {
+        Provenance {
+            source: text(),
+            partition: Int32Builder::with_capacity(START_ROWS),
+            position: UInt64Builder::with_capacity(START_ROWS),
+            ingested_at: ts(),
+        }
+    }
+}
+
+impl Provenance {
+    fn push(&mut self, origin: Origin<'_>, position: u64) {
+        self.source.append_value(origin.source);
+        self.partition.append_value(origin.partition);
+        self.position.append_value(position);
+        self.ingested_at.append_value(origin.ingested_at);
+    }
+
+    /// Appends the four columns to a table's others.
+    fn finish_into(&mut self, columns: &mut Vec<ArrayRef>) {
+        columns.push(Arc::new(self.source.finish()));
+        columns.push(Arc::new(self.partition.finish()));
+        columns.push(Arc::new(self.position.finish()));
+        columns.push(Arc::new(self.ingested_at.finish()));
+    }
+}
+
 /// Builders for `events/`.
 #[derive(Debug)]
 pub struct EventColumns {
@@ -85,10 +123,7 @@ pub struct EventColumns {
     span_id: StringBuilder,
     source: StringBuilder,
     attributes: StringBuilder,
-    m_source: StringBuilder,
-    m_partition: Int32Builder,
-    m_position: UInt64Builder,
-    m_ingested_at: TimestampMillisecondBuilder,
+    provenance: Provenance,
     rows: usize,
 }
 
@@ -119,10 +154,7 @@ impl Default for EventColumns {
             span_id: text(),
             source: text(),
             attributes: text(),
-            m_source: text(),
-            m_partition: Int32Builder::with_capacity(START_ROWS),
-            m_position: UInt64Builder::with_capacity(START_ROWS),
-            m_ingested_at: ts(),
+            provenance: Provenance::default(),
             rows: 0,
         }
     }
@@ -155,10 +187,7 @@ impl EventColumns {
         self.span_id.append_option(ev.span_id.as_deref());
         self.source.append_option(ev.source.as_deref());
         self.attributes.append_option(ev.attributes.as_deref());
-        self.m_source.append_value(origin.source);
-        self.m_partition.append_value(origin.partition);
-        self.m_position.append_value(position);
-        self.m_ingested_at.append_value(origin.ingested_at);
+        self.provenance.push(origin, position);
         self.rows += 1;
     }
 }
@@ -174,39 +203,34 @@ impl Table for EventColumns {
     fn finish(&mut self) -> RecordBatch {
         self.rows = 0;
         let s = self;
-        batch(
-            events_schema(),
-            vec![
-                Arc::new(s.event_id.finish()),
-                Arc::new(s.ts.finish()),
-                Arc::new(s.agent_id.finish()),
-                Arc::new(s.action.finish()),
-                Arc::new(s.resource.finish()),
-                Arc::new(s.scope.finish()),
-                Arc::new(s.outcome.finish()),
-                Arc::new(s.bytes_read.finish()),
-                Arc::new(s.bytes_written.finish()),
-                Arc::new(s.records.finish()),
-                Arc::new(s.session_id.finish()),
-                Arc::new(s.agent_role.finish()),
-                Arc::new(s.principal.finish()),
-                Arc::new(s.credential_id.finish()),
-                Arc::new(s.model.finish()),
-                Arc::new(s.model_provider.finish()),
-                Arc::new(s.input_tokens.finish()),
-                Arc::new(s.output_tokens.finish()),
-                Arc::new(s.cost_usd.finish()),
-                Arc::new(s.intent.finish()),
-                Arc::new(s.trace_id.finish()),
-                Arc::new(s.span_id.finish()),
-                Arc::new(s.source.finish()),
-                Arc::new(s.attributes.finish()),
-                Arc::new(s.m_source.finish()),
-                Arc::new(s.m_partition.finish()),
-                Arc::new(s.m_position.finish()),
-                Arc::new(s.m_ingested_at.finish()),
-            ],
-        )
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(s.event_id.finish()),
+            Arc::new(s.ts.finish()),
+            Arc::new(s.agent_id.finish()),
+            Arc::new(s.action.finish()),
+            Arc::new(s.resource.finish()),
+            Arc::new(s.scope.finish()),
+            Arc::new(s.outcome.finish()),
+            Arc::new(s.bytes_read.finish()),
+            Arc::new(s.bytes_written.finish()),
+            Arc::new(s.records.finish()),
+            Arc::new(s.session_id.finish()),
+            Arc::new(s.agent_role.finish()),
+            Arc::new(s.principal.finish()),
+            Arc::new(s.credential_id.finish()),
+            Arc::new(s.model.finish()),
+            Arc::new(s.model_provider.finish()),
+            Arc::new(s.input_tokens.finish()),
+            Arc::new(s.output_tokens.finish()),
+            Arc::new(s.cost_usd.finish()),
+            Arc::new(s.intent.finish()),
+            Arc::new(s.trace_id.finish()),
+            Arc::new(s.span_id.finish()),
+            Arc::new(s.source.finish()),
+            Arc::new(s.attributes.finish()),
+        ];
+        s.provenance.finish_into(&mut columns);
+        batch(events_schema(), columns)
     }
 }
 
@@ -220,10 +244,7 @@ pub struct DeadLetterColumns {
     payload: BinaryBuilder,
     truncated: BooleanBuilder,
     payload_text: StringBuilder,
-    m_source: StringBuilder,
-    m_partition: Int32Builder,
-    m_position: UInt64Builder,
-    m_ingested_at: TimestampMillisecondBuilder,
+    provenance: Provenance,
     rows: usize,
 }
 
@@ -237,10 +258,7 @@ impl Default for DeadLetterColumns {
             payload: BinaryBuilder::with_capacity(START_ROWS, START_ROWS * 64),
             truncated: BooleanBuilder::with_capacity(START_ROWS),
             payload_text: text(),
-            m_source: text(),
-            m_partition: Int32Builder::with_capacity(START_ROWS),
-            m_position: UInt64Builder::with_capacity(START_ROWS),
-            m_ingested_at: ts(),
+            provenance: Provenance::default(),
             rows: 0,
         }
     }
@@ -256,10 +274,7 @@ impl DeadLetterColumns {
         self.payload.append_value(&d.payload);
         self.truncated.append_value(d.truncated);
         self.payload_text.append_option(std::str::from_utf8(&d.payload).ok());
-        self.m_source.append_value(origin.source);
-        self.m_partition.append_value(origin.partition);
-        self.m_position.append_value(position);
-        self.m_ingested_at.append_value(origin.ingested_at);
+        self.provenance.push(origin, position);
         self.rows += 1;
     }
 }
@@ -275,22 +290,17 @@ impl Table for DeadLetterColumns {
     fn finish(&mut self) -> RecordBatch {
         self.rows = 0;
         let s = self;
-        batch(
-            dead_letters_schema(),
-            vec![
-                Arc::new(s.reason.finish()),
-                Arc::new(s.field.finish()),
-                Arc::new(s.detail.finish()),
-                Arc::new(s.size.finish()),
-                Arc::new(s.payload.finish()),
-                Arc::new(s.truncated.finish()),
-                Arc::new(s.payload_text.finish()),
-                Arc::new(s.m_source.finish()),
-                Arc::new(s.m_partition.finish()),
-                Arc::new(s.m_position.finish()),
-                Arc::new(s.m_ingested_at.finish()),
-            ],
-        )
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(s.reason.finish()),
+            Arc::new(s.field.finish()),
+            Arc::new(s.detail.finish()),
+            Arc::new(s.size.finish()),
+            Arc::new(s.payload.finish()),
+            Arc::new(s.truncated.finish()),
+            Arc::new(s.payload_text.finish()),
+        ];
+        s.provenance.finish_into(&mut columns);
+        batch(dead_letters_schema(), columns)
     }
 }
 
