@@ -572,7 +572,14 @@ fn the_control_api_needs_its_token_and_round_trips_halts_for_agents_cohorts_and_
     assert_eq!(one.body["breaker"], "open", "{one:?}");
     let history: Vec<&str> =
         one.body["history"].as_array().unwrap().iter().map(|t| t["action"].as_str().unwrap()).collect();
-    assert_eq!(history, ["agent.halt", "cohort.halt"], "the fleet's moves are under /v1/halts: {one:?}");
+    assert_eq!(
+        history,
+        ["agent.halt", "cohort.halt", "cohort.resume"],
+        "the cohort's halt and its lifting; the fleet's moves are under /v1/halts: {one:?}"
+    );
+    // An agent outside the cohort has neither.
+    let other = call("GET", "/v1/agents/agent-3", Some(&read), "");
+    assert_eq!(other.body["history"], serde_json::json!([]), "{other:?}");
     // What is normal for it: one event seen, in a window not closed yet, so no baseline to judge by.
     let base = &one.body["baseline"];
     assert_eq!(

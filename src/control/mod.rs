@@ -26,7 +26,7 @@ use vigil_detect::{Baseline, Engine};
 use vigil_ingest::outbox::{Outbox, OutboxError};
 use vigil_respond::{Board, Command, Halt, Response, Unchanged, View};
 use vigil_schemas::Event;
-use vigil_schemas::rows::{BreakerState, ControlRecord, DeliveryOutcome, Finding, Transition};
+use vigil_schemas::rows::{Action, BreakerState, ControlRecord, DeliveryOutcome, Finding, Transition};
 
 use crate::config::VigilConfig;
 use crate::deliver::{Endpoint, Sender};
@@ -499,10 +499,23 @@ impl Control {
         self.telemetry.halts_in_force(a.len(), c.len(), f.is_some());
     }
 
+    /// Keeps `t` in the history of each agent it concerns: the agents it names, and, for a cohort's
+    /// resume (which names none), every agent whose history holds that cohort's halt as its latest
+    /// move, so an agent's history says when a cohort halt that named it was lifted. The fleet's moves
+    /// are not kept per agent: they would be in every agent's history (`/v1/halts` has them).
     fn remember(&self, t: &Transition) {
         let mut book = lock(&self.book);
-        let mut agents: Vec<&str> = t.agent_id.iter().map(String::as_str).collect();
-        agents.extend(t.agents.iter().map(String::as_str));
+        let mut agents: Vec<String> = t.agent_id.iter().chain(&t.agents).cloned().collect();
+        if t.action == Action::CohortResume {
+            let same_cohort = |x: &&Transition| {
+                matches!(x.action, Action::CohortHalt | Action::CohortResume)
+                    && (&x.factor, &x.value) == (&t.factor, &t.value)
+            };
+            let halted = book.history.iter().filter(|(_, h)| {
+                h.iter().rev().find(same_cohort).is_some_and(|x| x.action == Action::CohortHalt)
+            });
+            agents.extend(halted.map(|(agent, _)| agent.clone()));
+        }
         for a in agents {
             let h = book.history.entry(a.to_owned()).or_default();
             h.push_back(t.clone());
