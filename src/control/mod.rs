@@ -515,6 +515,8 @@ impl Control {
                 h.iter().rev().find(same_cohort).is_some_and(|x| x.action == Action::CohortHalt)
             });
             agents.extend(halted.map(|(agent, _)| agent.clone()));
+            agents.sort_unstable();
+            agents.dedup();
         }
         for a in agents {
             let h = book.history.entry(a.to_owned()).or_default();
