@@ -6,13 +6,13 @@
 //! for, and agents that no policy covers at all. Dimensions (action, resource, scope) are judged one at a
 //! time here; the engine's `policy_violation` judges each event's combination.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
 
 use arrow_array::{Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use serde::Serialize;
-use vigil_detect::{DetectConfig, GlobSet};
+use vigil_detect::{DetectConfig, Glob, GlobSet};
 use vigil_ingest::archive::scan_table;
 use vigil_schemas::timestamp::format_rfc3339_ms;
 
@@ -198,7 +198,8 @@ pub struct Review {
     pub agents: usize,
     /// Agents no policy covers.
     pub agents_without_policy: usize,
-    /// Allow-list entries never used (revoke candidates).
+    /// Allow-list entries an agent never used, one per agent and entry; each item's detail says whether
+    /// another agent the policy covers used it (if none did, it is a revoke candidate).
     pub unused_allowed: usize,
     /// Values used that no covering policy declares.
     pub used_undeclared: usize,
@@ -255,6 +256,31 @@ pub fn review(usage: &BTreeMap<String, Usage>, scanned: Scanned, cfg: &DetectCon
             .collect(),
         items: Vec::new(),
     };
+    let covers = |p: &Compiled, agent: &str, u: &Usage| {
+        p.agents.matches(agent) || u.role.as_ref().is_some_and(|r| p.roles.iter().any(|x| x == r))
+    };
+    let uses = |u: &Usage, dim: &str, glob: &Glob| {
+        let values = match dim {
+            "action" => &u.actions,
+            "resource" => &u.resources,
+            _ => &u.scopes,
+        };
+        values.keys().any(|x| glob.matches(x))
+    };
+    // Per policy, dimension and entry: how many of the agents it covers used it. An entry one agent
+    // never used is a revoke candidate only if none of them did (a role's policy serves them all).
+    let mut users: HashMap<(usize, usize, usize), usize> = HashMap::new();
+    for (agent, u) in usage {
+        for (pi, p) in policies.iter().enumerate().filter(|(_, p)| covers(p, agent, u)) {
+            for (di, (dim, _, set)) in p.dims.iter().enumerate() {
+                for (gi, glob) in set.iter().enumerate() {
+                    if uses(u, dim, glob) {
+                        *users.entry((pi, di, gi)).or_default() += 1;
+                    }
+                }
+            }
+        }
+    }
     for (agent, u) in usage {
         let item = |check, policy: Option<&str>, dimension, value: Option<&str>, detail: String| Item {
             agent_id: agent.clone(),
@@ -265,38 +291,32 @@ pub fn review(usage: &BTreeMap<String, Usage>, scanned: Scanned, cfg: &DetectCon
             value: value.map(str::to_owned),
             detail,
         };
-        let covering: Vec<&Compiled> = policies
-            .iter()
-            .filter(|p| {
-                p.agents.matches(agent) || u.role.as_ref().is_some_and(|r| p.roles.iter().any(|x| x == r))
-            })
-            .collect();
+        let covering: Vec<(usize, &Compiled)> =
+            policies.iter().enumerate().filter(|(_, p)| covers(p, agent, u)).collect();
         if covering.is_empty() {
             r.agents_without_policy += 1;
             items.push(item("no_policy", None, None, None, format!("{} events", u.events)));
         }
-        let used = [("action", &u.actions), ("resource", &u.resources), ("scope", &u.scopes)];
-        for p in &covering {
-            for (dim, patterns, set) in &p.dims {
-                let values = used.iter().find(|(d, _)| d == dim).map(|(_, v)| *v);
-                for (pattern, glob) in patterns.iter().zip(set.iter()) {
-                    if !values.is_some_and(|v| v.keys().any(|x| glob.matches(x))) {
+        for &(pi, p) in &covering {
+            for (di, (dim, patterns, set)) in p.dims.iter().enumerate() {
+                for (gi, (pattern, glob)) in patterns.iter().zip(set.iter()).enumerate() {
+                    if !uses(u, dim, glob) {
                         r.unused_allowed += 1;
-                        items.push(item(
-                            "unused_allowed",
-                            Some(p.name),
-                            Some(dim),
-                            Some(pattern),
-                            "never used".into(),
-                        ));
+                        let detail = match users.get(&(pi, di, gi)) {
+                            Some(n) => format!("never used; {n} other agent(s) of the policy did"),
+                            None => "never used by any agent the policy covers (revoke candidate)".into(),
+                        };
+                        items.push(item("unused_allowed", Some(p.name), Some(dim), Some(pattern), detail));
                     }
                 }
             }
         }
         if !covering.is_empty() {
+            let used = [("action", &u.actions), ("resource", &u.resources), ("scope", &u.scopes)];
             for (i, (dim, values)) in used.iter().enumerate() {
                 for (v, n) in values.iter() {
-                    let allowed = covering.iter().any(|p| p.dims[i].1.is_empty() || p.dims[i].2.matches(v));
+                    let allowed =
+                        covering.iter().any(|(_, p)| p.dims[i].1.is_empty() || p.dims[i].2.matches(v));
                     if !allowed {
                         r.used_undeclared += 1;
                         items.push(item("used_undeclared", None, Some(dim), Some(v), format!("{n} uses")));

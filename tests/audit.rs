@@ -96,12 +96,13 @@ fn the_review_lists_unused_undeclared_shared_unowned_and_human_backed() {
     assert_eq!(
         items,
         [
-            "s1 unused_allowed resource https://api.zendesk.com/** never used",
+            "s1 unused_allowed resource https://api.zendesk.com/** never used by any agent the policy covers (revoke candidate)",
             "s1 shared_credential credential k1 s2",
             "s1 acts_for_human principal ana@example.com ",
-            "s2 unused_allowed resource postgres://support/* never used",
-            "s2 unused_allowed resource https://api.zendesk.com/** never used",
-            "s2 unused_allowed scope tickets:* never used",
+            // s1 used these two: not revoke candidates for the role's policy.
+            "s2 unused_allowed resource postgres://support/* never used; 1 other agent(s) of the policy did",
+            "s2 unused_allowed resource https://api.zendesk.com/** never used by any agent the policy covers (revoke candidate)",
+            "s2 unused_allowed scope tickets:* never used; 1 other agent(s) of the policy did",
             "s2 used_undeclared resource postgres://hr/salaries 1 uses",
             "s2 shared_credential credential k1 s1",
             "x1 no_policy - - 1 events",
