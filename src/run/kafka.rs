@@ -22,7 +22,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use vigil_ingest::archive::ArchiveError;
+use vigil_ingest::Archive;
 use vigil_ingest::source::kafka::{
     AckContext, KafkaConfig, Lag, StateMessages, StateRecord, StoredState, wait_delivered,
 };
@@ -123,38 +123,34 @@ impl Shared {
             let from = format!("{} key {}", self.kafka.state_topic, self.kafka.state_key(topic, partition));
             (r, from)
         });
-        let started = Instant::now();
-        let wait = Duration::from_millis(self.kafka.lock_wait_ms);
-        let mut waited = false;
-        let lane = loop {
-            let origin = Origin::Kafka { topic: topic.to_owned(), partition, remote: remote.clone() };
-            let topics: Box<dyn Fanout> = Box::new(Topics {
-                producer: self.producer.clone(),
-                findings: self.kafka.findings_topic.clone(),
-            });
-            match Lane::open(&self.cfg, origin, vec![topics], self.telemetry.clone(), self.control.clone()) {
-                // The member the group took the partition from may still hold it (see `lock_wait_ms`).
-                Err(PipelineError::Archive(ArchiveError::Busy { holder, .. }))
-                    if started.elapsed() < wait =>
-                {
-                    if !std::mem::replace(&mut waited, true) {
-                        tracing::warn!(
-                            topic,
-                            partition,
-                            holder,
-                            wait_ms = self.kafka.lock_wait_ms,
-                            "the partition's archive is still held by another process; waiting for it"
-                        );
-                    }
-                    std::thread::sleep(LOCK_RETRY);
-                }
-                opened => break opened?,
+        // The member the group took the partition from may still hold it (see `lock_wait_ms`). A reserved
+        // name is left for `Lane::open` to refuse.
+        if !vigil_ingest::source::is_reserved(topic) {
+            let started = Instant::now();
+            let limits = (Duration::from_millis(self.kafka.lock_wait_ms), LOCK_RETRY);
+            let waited = Archive::wait_for_source(&self.cfg.archive, topic, partition, limits, |holder| {
+                tracing::warn!(
+                    topic,
+                    partition,
+                    holder,
+                    wait_ms = self.kafka.lock_wait_ms,
+                    "the partition's archive is still held by another process; waiting for it"
+                )
+            })?;
+            if waited {
+                let waited_ms = started.elapsed().as_millis() as u64;
+                tracing::info!(
+                    topic,
+                    partition,
+                    waited_ms,
+                    "took the partition's archive once it was let go"
+                );
             }
-        };
-        if waited {
-            let waited_ms = started.elapsed().as_millis() as u64;
-            tracing::info!(topic, partition, waited_ms, "took the partition's archive once it was let go");
         }
+        let origin = Origin::Kafka { topic: topic.to_owned(), partition, remote };
+        let topics: Box<dyn Fanout> =
+            Box::new(Topics { producer: self.producer.clone(), findings: self.kafka.findings_topic.clone() });
+        let lane = Lane::open(&self.cfg, origin, vec![topics], self.telemetry.clone(), self.control.clone())?;
         Ok(PartState {
             lane,
             assigned_at: self.epoch.load(Ordering::SeqCst),

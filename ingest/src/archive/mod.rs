@@ -318,6 +318,33 @@ impl Archive {
         Archive::open_based(cfg, topic, partition, 1)
     }
 
+    /// Waits, for up to `wait`, until no other open file holds a source partition's lock, asking again
+    /// every `every`; `held` is told who holds it the first time it is found held. The lock is not kept
+    /// (opening the source takes it). Whether it had to wait; `Busy`, naming the holder, if it is still
+    /// held after `wait`.
+    pub fn wait_for_source(
+        cfg: &ArchiveConfig,
+        source: &str,
+        partition: i32,
+        (wait, every): (std::time::Duration, std::time::Duration),
+        held: impl FnOnce(&str),
+    ) -> Result<bool, ArchiveError> {
+        let started = std::time::Instant::now();
+        let mut held = Some(held);
+        loop {
+            match lock_source(&cfg.dir, source, partition) {
+                Ok(_free) => return Ok(held.is_none()),
+                Err(ArchiveError::Busy { holder, .. }) if started.elapsed() < wait => {
+                    if let Some(say) = held.take() {
+                        say(&holder);
+                    }
+                    std::thread::sleep(every);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     fn open_based(
         cfg: &ArchiveConfig,
         source: &str,
