@@ -383,9 +383,9 @@ pub struct SlowConfig {
     /// up bytes (`data_spike`, evidence `detector = "excess"`).
     #[serde(default = "default_true")]
     pub excess: bool,
-    /// When the excess detector reports, as a share of what one span would need beyond the usual high
-    /// to be a finding on its own: at 1, quarter-hours that each carry a third of that over the usual
-    /// high are a finding in three.
+    /// When the excess detector reports, in multiples of the agent's reach (how far its spans above the
+    /// usual high go beyond it, on average): at 16, quarter-hours that each carry four reaches over the
+    /// usual high are a finding in four.
     #[serde(default = "default_excess_interval")]
     pub excess_interval: f64,
 }
@@ -400,7 +400,7 @@ const fn default_max_window_score() -> f64 {
     5.0
 }
 const fn default_excess_interval() -> f64 {
-    1.0
+    16.0
 }
 
 impl Default for SlowConfig {

@@ -53,6 +53,13 @@ const HEAVY_SHAPE: f64 = 0.25;
 const PRIOR_SHAPE: f64 = 0.5;
 /// Smallest spread of the excesses, relative to the threshold: identical bursts still leave room.
 const SPREAD_FLOOR: f64 = 0.05;
+/// How many windows' worth of excesses a bounded tail needs before it is believed in full. The moment
+/// estimate of the shape is biased low on few excesses (a handful, cut off at the largest value seen,
+/// always looks bounded), and a bounded tail is the one claim a fit can make that rules values out: a
+/// burst a little beyond a few alike would be judged impossible. So a negative shape is shrunk toward
+/// the exponential tail (shape 0) in proportion to the excesses behind it, and holds in full only from
+/// this many on.
+const BOUNDED_EXCESSES: f64 = 30.0;
 
 /// How surprising a value is, and why.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -70,6 +77,10 @@ pub struct Judgement {
     /// The fitted tail's shape (negative: bounded, 0: exponential, positive: power law); worked out when
     /// `threshold` is, 0 otherwise.
     pub shape: f64,
+    /// How far the values above `high` reach beyond it on average (the mean excess, at least a twentieth
+    /// of `high`): a yardstick of the agent's own bursts that does not depend on the tail's fitted
+    /// shape. Worked out when `threshold` is, 0 otherwise.
+    pub reach: f64,
 }
 
 /// A decayed histogram of one measure per window, on a log scale (see the module docs), in 24 bytes.
@@ -305,7 +316,7 @@ impl Tail {
                 Some(d) if p < p_value => (1..64).find(|&k| d.sf(k - 1) < p_value).unwrap_or(64) as f64,
                 _ => f64::INFINITY,
             };
-            return Judgement { p, high: 0.0, median, threshold, shape: 0.0 };
+            return Judgement { p, high: 0.0, median, threshold, shape: 0.0, reach: 0.0 };
         };
         let high = lower_edge(t);
         let maturity = (total / memory).min(1.0);
@@ -323,7 +334,7 @@ impl Tail {
         }
         // Only a finding (or a report) needs the threshold for its evidence.
         let Some(gpd) = fitted.or_else(|| (p < p_value).then(fit)) else {
-            return Judgement { p, high, median, threshold: f64::INFINITY, shape: 0.0 };
+            return Judgement { p, high, median, threshold: f64::INFINITY, shape: 0.0, reach: 0.0 };
         };
         let mut threshold = gpd.inverse(p_value).max(high);
         if let Some(noise) = &noise
@@ -332,7 +343,7 @@ impl Tail {
             // A search over the CDF: computing it for every window cost a quarter of the detect stage.
             threshold = threshold.max(noise.inverse_cdf(1.0 - p_value) as f64 + 1.0);
         }
-        Judgement { p, high, median, threshold, shape: gpd.shape }
+        Judgement { p, high, median, threshold, shape: gpd.shape, reach: gpd.reach }
     }
 }
 
@@ -345,6 +356,8 @@ struct Gpd {
     scale: f64,
     /// Hill's estimate of the tail index: the mean log-excess over `high`.
     hill: f64,
+    /// The mean excess over `high` (floored at `SPREAD_FLOOR` of it).
+    reach: f64,
 }
 
 impl Gpd {
@@ -367,12 +380,17 @@ impl Gpd {
         // degenerate fit (one bin of excesses, so almost no variance) must not give a bounded shape with
         // an enormous scale.
         let r = (m * m / v).clamp(1.0 - 2.0 * SHAPE_MAX, 1.0 - 2.0 * SHAPE_MIN);
+        let mut moments = 0.5 * (1.0 - r);
+        if moments < 0.0 {
+            moments *= (w0 / BOUNDED_EXCESSES).min(1.0);
+        }
         Gpd {
             high,
             share: w0 / total.max(w0),
-            shape: maturity * 0.5 * (1.0 - r) + (1.0 - maturity) * prior,
+            shape: maturity * moments + (1.0 - maturity) * prior,
             scale: 0.5 * m * (1.0 + r),
             hill: logs / w0,
+            reach: m,
         }
     }
 
@@ -444,6 +462,32 @@ mod tests {
         assert!(triple.p < 1e-6, "{triple:?}");
         assert!(triple.threshold > 60e6 && triple.threshold < 150e6, "{triple:?}");
         assert_eq!(usual.median, 0.0);
+    }
+
+    #[test]
+    fn a_bounded_tail_rules_a_value_out_only_on_many_excesses() {
+        // Values spread log-uniformly over 1-8 MB, never more: a bounded tail. Remembered over 270
+        // windows (a baseline of quarter-hours), about 16 windows' worth lie above the usual high; over
+        // 4,320 (of minutes), about 260. A value a quarter beyond every one seen is ruled out only by
+        // the many; both find one half beyond.
+        let judged = |memory: f64, x: f64| {
+            let mut r = Rng(11);
+            let mut t = Tail::default();
+            for _ in 0..20_000 {
+                t.learn(1e6 * (3.0 * r.f64()).exp2(), 1.0 - 1.0 / memory);
+            }
+            t.judge_fully(x, 0.02, 1e-5, false, memory)
+        };
+        let (few, many) = (judged(270.0, 10e6), judged(4320.0, 10e6));
+        assert!(few.p > 1e-4, "{few:?}");
+        assert!(many.p < 1e-5, "{many:?}");
+        assert!(
+            many.shape < few.shape && few.shape < 0.0,
+            "shrunk toward 0, still bounded: {few:?} {many:?}"
+        );
+        assert!(judged(270.0, 12e6).p < 1e-5);
+        // The reach is the mean excess whatever the shape: the same for both memories.
+        assert!((few.reach / many.reach - 1.0).abs() < 0.05, "{few:?} {many:?}");
     }
 
     #[test]

@@ -594,7 +594,7 @@ fn a_steady_trickle_out_is_found_among_the_writes_while_the_reads_hide_it() {
         &input,
         r#"
 scope_drift medium d1 @172860000 [x2880] d1 touched 1 thing new to it and rare among its 0 peers: "https://paste.example/upload"
-data_spike medium d1 @173220000 [r2886-0,r2886-1,r2886-2,x2886,r2886-3] d1: a sustained rise in bytes written or sent, window after window above its baseline (cumulative surprise 20.4 >= 20); this window 40.0 KB, its usual high 11.6 KB
+data_spike medium d1 @173220000 [r2886-0,r2886-1,r2886-2,x2886,r2886-3] d1: a sustained rise in bytes written or sent, window after window above its baseline (cumulative surprise 20.0 >= 20); this window 40.0 KB, its usual high 11.6 KB
 data_spike high d1 @176400000 [r2939-0,r2939-1,r2939-2,x2939,r2939-3] d1: a sustained rise in bytes moved, window after window above its baseline (cumulative surprise 34.0 >= 20); this window 460.0 KB, its usual high 370.7 KB; still rising 1 h after its incident opened
 "#,
     );
@@ -1443,14 +1443,14 @@ fn a_trickle_under_a_bursty_writers_usual_high_piles_up_as_bytes() {
     // 5 MB and its quarter-hours 40 MB, with a tail heavy enough that no window and no span of the
     // uploads is surprising, and none adds to the cumulative surprise. But most of its quarter-hours
     // now carry more than its usual high, and the bytes beyond it pile up: 28 MB within 80 minutes,
-    // as much as one quarter-hour would need beyond that high to be a spike. (Scope drift, which would
+    // sixteen times how far its own busy quarter-hours go beyond that high. (Scope drift, which would
     // name the new endpoint, is off: this is about the bytes.)
     let config = "rate_limit_per_minute = 0\n[scope]\nenabled = false\n";
     let input = bursty_writer(1_000_000, 2820, |_| 1);
     check(
         config,
         &input,
-        "data_spike medium d1 @173760000 [w2895,x2895] d1 wrote or sent 28.0 MB beyond its usual high of 11.9 MB per 16 min over 80 min (5 spans of 16 min): as much as one span would need beyond that high to be a finding on its own (27.9 MB)",
+        "data_spike medium d1 @173760000 [w2895,x2895] d1 wrote or sent 28.0 MB beyond its usual high of 11.9 MB per 16 min over 80 min (5 spans of 16 min): 16 times the 1.7 MB its spans above that high usually carry beyond it",
     );
     let out = run(config, &input);
     let e = &out.findings[0].evidence;

@@ -79,7 +79,7 @@ pub(super) fn close_span(
             let x = sums[s] as f64;
             let tail = &levels.per_span[s];
             let mut j = tail.judge(x, base.tail_quantile, spec.p_value, q.counts_actions(), memory);
-            // The excess detector reads the one-span threshold of the bytes written when a run may start
+            // The excess detector reads the reach of the bytes written (a tail fit) when a run may start
             // (a span above the usual high) or goes on (it may report and fix its yardsticks again), which
             // a plain judgement leaves out for an ordinary value; judged again fully, the rest of the
             // judgement is the same. Most spans of most agents need neither.
@@ -151,9 +151,15 @@ impl Excess {
 
 /// The excess detector (Page's CUSUM on the bytes themselves): each span of bytes written or sent adds
 /// what it carries beyond the agent's usual high per span (below it, it takes away; the sum never goes
-/// under zero, and empty spans drain it). When the sum reaches what one span would need beyond the
-/// usual high to be a finding on its own (times `slow.excess_interval`), a spike's worth of bytes has
-/// left, spread thin, and the run is reported.
+/// under zero, and empty spans drain it). When the sum reaches `slow.excess_interval` times the agent's
+/// reach (how far its spans above the usual high go beyond it, on average), a burst's worth of bytes
+/// many times over has left, spread thin, and the run is reported.
+///
+/// The reach, not the one-span threshold, is the unit: the threshold hangs on the tail's fitted shape,
+/// which a handful of excesses cannot pin down (see `tail::BOUNDED_EXCESSES`), while the mean excess is
+/// the plainest thing those excesses say. At the default of 16 reaches the interval is about what one
+/// span would need beyond the usual high to be a finding on its own for a tail known to be bounded, and
+/// half of it for an exponential one.
 ///
 /// The yardsticks (the usual high, the interval) are fixed when a run begins, with a span above the
 /// usual high: the baseline keeps learning the run's spans, robustly, and a yardstick that moved with
@@ -177,8 +183,8 @@ pub(super) fn excess_rise(
 ) -> Option<(Finding, u64)> {
     let slow = &cfg.raw.slow;
     let x = observed as f64;
-    let fixed = |j: &Judgement| (j.high as f32, ((j.threshold - j.high) * slow.excess_interval) as f32);
-    let usable = j.high > 0.0 && j.threshold.is_finite() && j.threshold > j.high;
+    let fixed = |j: &Judgement| (j.high as f32, (j.reach * slow.excess_interval) as f32);
+    let usable = j.high > 0.0 && j.reach > 0.0;
     let run = match slot {
         Some(run) => run,
         None if usable && x > j.high => {
@@ -207,17 +213,19 @@ pub(super) fn excess_rise(
     let per = human_duration(cfg.span_ms / 1000);
     f.summary = format!(
         "{agent} wrote or sent {} beyond its usual high of {} per {per} over {} ({spans} spans of {per}): \
-         as much as one span would need beyond that high to be a finding on its own ({})",
+         {} times the {} its spans above that high usually carry beyond it",
         human_bytes(sum),
         human_bytes(high),
         human_duration((to - from) / 1000),
-        human_bytes(interval),
+        slow.excess_interval,
+        human_bytes(interval / slow.excess_interval),
     );
     let e = &mut f.evidence;
     e.insert("detector".into(), json!("excess"));
     e.insert("measure".into(), json!(Quantity::Written.name()));
     e.insert("excess_bytes".into(), json!(sum.round()));
     e.insert("interval_bytes".into(), json!(interval.round()));
+    e.insert("reach_bytes".into(), json!((interval / slow.excess_interval).round()));
     e.insert("baseline_high".into(), json!(round3(high)));
     e.insert("observed".into(), json!(observed));
     e.insert("spans".into(), json!(spans));
