@@ -267,7 +267,7 @@ pub struct Archive {
     root: PathBuf,
     stamp: Stamp,
     flush_rows: usize,
-    compress_min_rows: usize,
+    packing: PackingRule,
     sync_each_up_to: usize,
     write_threads: usize,
     props: WriterProperties,
@@ -402,7 +402,10 @@ impl Archive {
             root,
             stamp: Stamp { source: source.to_owned(), partition, ingested_at: 0, base },
             flush_rows: cfg.flush_rows,
-            compress_min_rows: cfg.compress_min_rows,
+            packing: PackingRule {
+                compress_min_rows: cfg.compress_min_rows,
+                zstd_min_rows: cfg.zstd_min_rows,
+            },
             sync_each_up_to: cfg.sync_files_each_up_to,
             write_threads: cfg.write_threads,
             props: props.build(),
@@ -545,6 +548,8 @@ impl Archive {
             .set_dictionary_enabled(false)
             .set_statistics_enabled(EnabledStatistics::Chunk)
             .build();
+        let snappy = self.props.clone().into_builder().set_compression(Compression::SNAPPY).build();
+        let props = [plain, snappy, self.props.clone()];
         let tables = [
             (EventColumns::DIR, EventColumns::schema()),
             (FindingColumns::DIR, FindingColumns::schema()),
@@ -552,14 +557,13 @@ impl Archive {
             (DeadLetterColumns::DIR, DeadLetterColumns::schema()),
         ]
         .into_iter()
-        .map(|(table, schema)| Prepared::new(table, schema, &self.props, &plain))
+        .map(|(table, schema)| Prepared::new(table, schema, &props))
         .collect();
         FlushWriter {
             root: self.root.clone(),
-            props: self.props.clone(),
-            plain,
+            props,
             tables,
-            compress_min_rows: self.compress_min_rows,
+            packing: self.packing,
             sync_each_up_to: self.sync_each_up_to,
             write_threads: self.write_threads,
             partition: self.events.span_ms,
@@ -608,9 +612,39 @@ impl Archive {
     }
 }
 
+/// How a file is packed, by its rows: zstd's setup (a compression and a decompression context per
+/// column, in parquet-rs) costs over a millisecond per file, more than it saves on a file of a few
+/// hundred rows (a replay of sparse history writes one per hour or day touched), while Snappy's costs
+/// nothing and still halves the bytes. Files of a handful of rows are not compressed at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Packing {
+    Plain = 0,
+    Snappy = 1,
+    Zstd = 2,
+}
+
+/// The row counts at which files start to be compressed, and compressed with zstd.
+#[derive(Debug, Clone, Copy)]
+struct PackingRule {
+    compress_min_rows: usize,
+    zstd_min_rows: usize,
+}
+
+impl PackingRule {
+    fn packing(&self, rows: usize) -> Packing {
+        if rows < self.compress_min_rows {
+            Packing::Plain
+        } else if rows < self.zstd_min_rows {
+            Packing::Snappy
+        } else {
+            Packing::Zstd
+        }
+    }
+}
+
 /// What Parquet's writer works out for each file from a table's Arrow schema, worked out once per
-/// writer: the Parquet schema, and the properties (compressed, and plain for files of a few rows) with
-/// the Arrow schema already encoded into their metadata. For files of a few rows (a replay of sparse
+/// writer: the Parquet schema, and the properties (one per [`Packing`]) with the Arrow schema already
+/// encoded into their metadata. For files of a few rows (a replay of sparse
 /// history writes one per hour touched) that encoding and conversion were a tenth of each file's cost.
 /// The files are the same, byte for byte (`a_prepared_table_writes_what_arrow_writer_writes`).
 #[derive(Debug)]
@@ -618,30 +652,27 @@ struct Prepared {
     table: &'static str,
     schema: SchemaRef,
     descr: Option<SchemaDescriptor>,
-    props: WriterProperties,
-    plain: WriterProperties,
+    /// By [`Packing`].
+    props: [WriterProperties; 3],
 }
 
 impl Prepared {
-    fn new(
-        table: &'static str,
-        schema: SchemaRef,
-        props: &WriterProperties,
-        plain: &WriterProperties,
-    ) -> Self {
+    fn new(table: &'static str, schema: SchemaRef, props: &[WriterProperties; 3]) -> Self {
         let with_schema = |p: &WriterProperties| {
             let mut p = p.clone();
             add_encoded_arrow_schema_to_metadata(&schema, &mut p);
             p
         };
         // A schema Parquet cannot hold fails here and again, with its error, when a file is written.
-        let descr = ArrowSchemaConverter::new().with_coerce_types(props.coerce_types()).convert(&schema).ok();
-        Prepared { table, props: with_schema(props), plain: with_schema(plain), descr, schema }
+        let descr =
+            ArrowSchemaConverter::new().with_coerce_types(props[2].coerce_types()).convert(&schema).ok();
+        Prepared { table, props: props.each_ref().map(with_schema), descr, schema }
     }
 
-    /// The writer options for `batch` of this table: its prepared schema and properties.
-    fn options(&self, plain: bool) -> Option<ArrowWriterOptions> {
-        let props = if plain { &self.plain } else { &self.props };
+    /// The writer options for a file of this table packed as `packing`: its prepared schema and
+    /// properties.
+    fn options(&self, packing: Packing) -> Option<ArrowWriterOptions> {
+        let props = &self.props[packing as usize];
         let options = ArrowWriterOptions::new().with_properties(props.clone()).with_skip_arrow_metadata(true);
         Some(options.with_parquet_schema(self.descr.clone()?))
     }
@@ -659,12 +690,11 @@ pub struct FlushJob {
 #[derive(Debug)]
 pub struct FlushWriter {
     root: PathBuf,
-    props: WriterProperties,
-    /// `props` without compression, for files under `compress_min_rows`.
-    plain: WriterProperties,
+    /// By [`Packing`].
+    props: [WriterProperties; 3],
     /// Each table's schema and properties, prepared.
     tables: Vec<Prepared>,
-    compress_min_rows: usize,
+    packing: PackingRule,
     sync_each_up_to: usize,
     write_threads: usize,
     /// The span of one directory (`Partitioning::span_ms`).
@@ -744,14 +774,13 @@ impl FlushWriter {
         Ok(report)
     }
 
-    /// The options a batch of `table` is written with: its prepared schema and properties, without
-    /// compression under `compress_min_rows`.
+    /// The options a batch of `table` is written with: its prepared schema and properties, packed by
+    /// its rows.
     fn options_for(&self, table: &str, batch: &RecordBatch) -> ArrowWriterOptions {
-        let plain = batch.num_rows() < self.compress_min_rows;
+        let packing = self.packing.packing(batch.num_rows());
         let prepared = self.tables.iter().find(|p| p.table == table && *p.schema == *batch.schema());
-        prepared.and_then(|p| p.options(plain)).unwrap_or_else(|| {
-            let props = if plain { &self.plain } else { &self.props };
-            ArrowWriterOptions::new().with_properties(props.clone())
+        prepared.and_then(|p| p.options(packing)).unwrap_or_else(|| {
+            ArrowWriterOptions::new().with_properties(self.props[packing as usize].clone())
         })
     }
 

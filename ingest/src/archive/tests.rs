@@ -99,6 +99,7 @@ fn a_replay_of_sparse_history_writes_a_file_per_day_with_batched_syncs() {
         partition: Partitioning::Day,
         sync_files_each_up_to: 2,
         compress_min_rows: 3,
+        zstd_min_rows: 3,
         ..ArchiveConfig::default()
     };
     let (mut a, _) = Archive::open(&cfg, "old", 0).unwrap();
@@ -245,14 +246,20 @@ fn a_flush_of_many_files_is_the_same_on_one_thread_or_three() {
 #[test]
 fn a_prepared_table_writes_what_arrow_writer_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = ArchiveConfig { dir: dir.path().to_owned(), compress_min_rows: 3, ..ArchiveConfig::default() };
+    let cfg = ArchiveConfig {
+        dir: dir.path().to_owned(),
+        compress_min_rows: 3,
+        zstd_min_rows: 7,
+        ..ArchiveConfig::default()
+    };
     let (mut a, _) = Archive::open(&cfg, "src", 0).unwrap();
     let line = br#"{"event_id":"e","ts":0,"agent_id":"a","action":"x","resource":"r","model":"m"}"#;
     let ev = vigil_schemas::decode(line, 1024).unwrap();
     let writer = a.writer();
-    // Two rows (written plain) and five (compressed): each with the writer's prepared options and with
-    // ArrowWriter working out the schema and its metadata itself, from the same properties.
-    for rows in [2, 5] {
+    // Two rows (written plain), five (Snappy) and nine (zstd): each with the writer's prepared options
+    // and with ArrowWriter working out the schema and its metadata itself, from the same properties.
+    let packed = [(2, Packing::Plain), (5, Packing::Snappy), (9, Packing::Zstd)];
+    for (rows, packing) in packed {
         for p in 1..=rows {
             a.push_event(&ev, p);
         }
@@ -266,12 +273,19 @@ fn a_prepared_table_writes_what_arrow_writer_writes() {
                 .iter()
                 .any(|p| p.table == "events" && p.schema == batch.schema() && p.descr.is_some())
         );
-        let props = if rows < 3 { &writer.plain } else { &writer.props };
+        let props = &writer.props[packing as usize];
         let prepared = writer.options_for(table, batch);
         let (x, y) = (dir.path().join("x.parquet"), dir.path().join("y.parquet"));
         write_parquet(&x, &x, batch, prepared, false).unwrap();
         write_parquet(&y, &y, batch, ArrowWriterOptions::new().with_properties(props.clone()), false)
             .unwrap();
+        let (c, _) = compression_and_rows(&x);
+        let want = match packing {
+            Packing::Plain => matches!(c, Compression::UNCOMPRESSED),
+            Packing::Snappy => matches!(c, Compression::SNAPPY),
+            Packing::Zstd => matches!(c, Compression::ZSTD(_)),
+        };
+        assert!(want, "{rows} rows: {c:?}");
         let (x, y) = (std::fs::read(&x).unwrap(), std::fs::read(&y).unwrap());
         assert!(x.windows(12).any(|w| w == b"ARROW:schema"), "the Arrow schema is in the metadata");
         assert_eq!(x, y, "{rows} rows");
