@@ -85,7 +85,8 @@ fn the_extra_events_land_where_their_time_says() {
 fn files_are_zstd_with_dictionaries_only_where_values_repeat() {
     let dir = scratch();
     let input = dir.path().join("fleet.ndjson");
-    simulate(&input, 10, "5m", 10.0, 0, 1);
+    // Half an hour (about 4,900 events, one file): files under `zstd_min_rows` (1,000) are Snappy.
+    simulate(&input, 10, "30m", 10.0, 0, 1);
     let archive = dir.path().join("a");
     run_json(&input, &archive, None);
     let cols = archive_py("compression", &archive, &["events"]);
