@@ -326,6 +326,8 @@ impl ConsumerContext for Ctx {
                 .iter()
                 .filter_map(|e| parts.remove_entry(&(e.topic().to_owned(), e.partition())))
                 .collect();
+            let names: Vec<String> = revoked.iter().map(|((t, p), _)| format!("{t}/{p}")).collect();
+            tracing::info!(revoked = ?names, kept = parts.len(), "the group takes partitions back; flushing them");
             let flushing = revoked.iter_mut().map(|(key, st)| (&*key, st)).collect();
             if let Err(err) = self.shared.flush(consumer, flushing, Commit::Final) {
                 self.shared.fail(format!("flushing on revoke: {err}"))
@@ -347,6 +349,9 @@ impl ConsumerContext for Ctx {
                     .map(|e| (e.topic().to_owned(), e.partition()))
                     .filter(|k| !parts.contains_key(k))
                     .collect();
+                let names: Vec<String> = new.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+                let held = tpl.count();
+                tracing::info!(assigned = ?names, held, "the group assigns partitions");
                 // Their states from the state topic, read once for all of them, before any is judged.
                 let timeout = Duration::from_millis(self.shared.kafka.ack_timeout_ms);
                 let mut remote =
