@@ -327,7 +327,7 @@ impl ConsumerContext for Ctx {
                 .filter_map(|e| parts.remove_entry(&(e.topic().to_owned(), e.partition())))
                 .collect();
             let names: Vec<String> = revoked.iter().map(|((t, p), _)| format!("{t}/{p}")).collect();
-            tracing::info!(revoked = ?names, kept = parts.len(), "the group takes partitions back; flushing them");
+            tracing::info!(revoked = ?names, kept = parts.len(), "partitions revoked (flushed and committed first)");
             let flushing = revoked.iter_mut().map(|(key, st)| (&*key, st)).collect();
             if let Err(err) = self.shared.flush(consumer, flushing, Commit::Final) {
                 self.shared.fail(format!("flushing on revoke: {err}"))
@@ -351,7 +351,7 @@ impl ConsumerContext for Ctx {
                     .collect();
                 let names: Vec<String> = new.iter().map(|(t, p)| format!("{t}/{p}")).collect();
                 let held = tpl.count();
-                tracing::info!(assigned = ?names, held, "the group assigns partitions");
+                tracing::info!(assigned = ?names, held, "partitions assigned");
                 // Their states from the state topic, read once for all of them, before any is judged.
                 let timeout = Duration::from_millis(self.shared.kafka.ack_timeout_ms);
                 let mut remote =
