@@ -211,6 +211,8 @@ pub(super) fn excess_rise(
     (f.window_start, f.window_end, f.ts) = (from, to, to);
     f.score = round3(sum / interval);
     let per = human_duration(cfg.span_ms / 1000);
+    // The reach the run's interval was fixed from.
+    let reach = interval / slow.excess_interval;
     f.summary = format!(
         "{agent} wrote or sent {} beyond its usual high of {} per {per} over {} ({spans} spans of {per}): \
          {} times the {} its spans above that high usually carry beyond it",
@@ -218,14 +220,14 @@ pub(super) fn excess_rise(
         human_bytes(high),
         human_duration((to - from) / 1000),
         slow.excess_interval,
-        human_bytes(interval / slow.excess_interval),
+        human_bytes(reach),
     );
     let e = &mut f.evidence;
     e.insert("detector".into(), json!("excess"));
     e.insert("measure".into(), json!(Quantity::Written.name()));
     e.insert("excess_bytes".into(), json!(sum.round()));
     e.insert("interval_bytes".into(), json!(interval.round()));
-    e.insert("reach_bytes".into(), json!((interval / slow.excess_interval).round()));
+    e.insert("reach_bytes".into(), json!(reach.round()));
     e.insert("baseline_high".into(), json!(round3(high)));
     e.insert("observed".into(), json!(observed));
     e.insert("spans".into(), json!(spans));
