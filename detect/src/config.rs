@@ -57,16 +57,16 @@ pub struct DetectConfig {
     #[serde(default)]
     pub baseline: BaselineConfig,
     /// `volume_spike`: actions per window.
-    #[serde(default = "SpikeConfig::volume")]
+    #[serde(default = "SpikeConfig::volume", deserialize_with = "SpikeTable::volume")]
     pub volume: SpikeConfig,
     /// `data_spike`: bytes read plus written per window.
     #[serde(default)]
     pub data: DataConfig,
     /// `denied_burst`: denied actions per window.
-    #[serde(default = "SpikeConfig::denied")]
+    #[serde(default = "SpikeConfig::denied", deserialize_with = "SpikeTable::denied")]
     pub denied: SpikeConfig,
     /// `token_spike`: model tokens (input plus output) per window.
-    #[serde(default = "SpikeConfig::tokens")]
+    #[serde(default = "SpikeConfig::tokens", deserialize_with = "SpikeTable::tokens")]
     pub tokens: SpikeConfig,
     /// The cumulative detector of slow rises in actions, bytes and bytes written.
     #[serde(default)]
@@ -259,6 +259,41 @@ pub struct SpikeConfig {
     /// Ratio to the usual high at or above which the finding is high rather than medium.
     #[serde(default = "default_high_ratio")]
     pub high_ratio: f64,
+}
+
+/// What one `[detect.volume]`, `[detect.denied]` or `[detect.tokens]` table sets: the keys it leaves out
+/// keep that detector's own defaults (the three differ in `p_value` and `min_count`), so a table that
+/// changes one setting needs only that one.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpikeTable {
+    enabled: Option<bool>,
+    p_value: Option<f64>,
+    min_count: Option<u64>,
+    min_ratio: Option<f64>,
+    high_ratio: Option<f64>,
+}
+
+impl SpikeTable {
+    fn over<'de, D: serde::Deserializer<'de>>(d: D, defaults: SpikeConfig) -> Result<SpikeConfig, D::Error> {
+        let t = SpikeTable::deserialize(d)?;
+        Ok(SpikeConfig {
+            enabled: t.enabled.unwrap_or(defaults.enabled),
+            p_value: t.p_value.unwrap_or(defaults.p_value),
+            min_count: t.min_count.unwrap_or(defaults.min_count),
+            min_ratio: t.min_ratio.unwrap_or(defaults.min_ratio),
+            high_ratio: t.high_ratio.unwrap_or(defaults.high_ratio),
+        })
+    }
+    fn volume<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SpikeConfig, D::Error> {
+        SpikeTable::over(d, SpikeConfig::volume())
+    }
+    fn denied<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SpikeConfig, D::Error> {
+        SpikeTable::over(d, SpikeConfig::denied())
+    }
+    fn tokens<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SpikeConfig, D::Error> {
+        SpikeTable::over(d, SpikeConfig::tokens())
+    }
 }
 
 const fn default_high_ratio() -> f64 {

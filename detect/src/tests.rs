@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::{DetectConfig, Engine, Output};
+use crate::{DetectConfig, Engine, Output, SpikeConfig};
 
 /// Runs `ndjson` through an engine built from `config_toml` and compares a one-line-per-item rendering
 /// of the findings and decisions with `expect`.
@@ -285,6 +285,23 @@ fn bad_configs_are_refused_with_the_reason() {
     );
     let err = toml::from_str::<DetectConfig>("rate_limit = 5\n").unwrap_err().to_string();
     assert!(err.contains("unknown field `rate_limit`"), "{err}");
+}
+
+#[test]
+fn a_detector_table_sets_only_what_it_names() {
+    // Each of the three shares one shape but has its own defaults: what a table leaves out keeps them.
+    let cfg: DetectConfig =
+        toml::from_str("[volume]\np_value = 1e-4\n[denied]\nmin_count = 7\n[tokens]\nenabled = false\n")
+            .unwrap();
+    let (volume, denied, tokens) = (SpikeConfig::volume(), SpikeConfig::denied(), SpikeConfig::tokens());
+    assert_eq!(cfg.volume, SpikeConfig { p_value: 1e-4, ..volume });
+    assert_eq!(cfg.denied, SpikeConfig { min_count: 7, ..denied });
+    assert_eq!(cfg.tokens, SpikeConfig { enabled: false, ..tokens });
+    // An empty table is the defaults; a misspelt key is still refused, by name.
+    let cfg: DetectConfig = toml::from_str("[volume]\n").unwrap();
+    assert_eq!(cfg.volume, SpikeConfig::volume());
+    let err = toml::from_str::<DetectConfig>("[denied]\np_valeu = 1e-3\n").unwrap_err().to_string();
+    assert!(err.contains("unknown field `p_valeu`"), "{err}");
 }
 
 #[test]
