@@ -6,7 +6,9 @@
 /// The allocator of every program built on this crate (the binary, its tests and benchmarks, so they
 /// measure what ships): mimalloc. Parquet's writer, Arrow's builders and the engine's windows allocate
 /// and free many small buffers per file and per window, and glibc's malloc spent a third of a sparse
-/// replay's CPU in itself (docs/PERFORMANCE.md, 2026-12-03).
+/// replay's CPU in itself (docs/PERFORMANCE.md, 2026-12-03). Built with `no_thp`: mimalloc otherwise
+/// asks for transparent huge pages on its arenas, and each page it purges and touches again is a fresh
+/// 2 MiB page the kernel zeroes (a fifth of a sparse replay's samples; docs/PERFORMANCE.md, eighth entry).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
