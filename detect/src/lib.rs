@@ -17,7 +17,7 @@ pub use config::{
     BaselineConfig, BudgetConfig, Compiled, ConfigError, DataConfig, DetectConfig, IdentityConfig, Period,
     PolicyConfig, RhythmConfig, ScopeConfig, SlowConfig, SpikeConfig,
 };
-pub use engine::{Baseline, Engine, Measure, Output, Snapshot, Stats};
+pub use engine::{Baseline, Engine, Frozen, Measure, Output, Snapshot, Stats};
 pub use finding::{Finding, FindingKind, Severity, finding_id};
 pub use glob::{Glob, GlobSet};
 pub use keys::{generalise, stable_hash};

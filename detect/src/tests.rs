@@ -1333,6 +1333,22 @@ fn the_snapshot_written_straight_from_the_engine_reads_back_as_its_snapshot() {
     assert!(raw.get().contains("\"front\"") && raw.get().contains("\"credentials\""));
 }
 
+#[test]
+fn a_frozen_copy_writes_later_what_the_engine_wrote_when_it_was_taken() {
+    let cfg: DetectConfig = toml::from_str(BASELINE).unwrap();
+    let mut engine = Engine::new(&cfg).unwrap();
+    let lines = busy_fleet();
+    let events: Vec<_> = decoded(lines.iter());
+    let (first, rest) = events.split_at(events.len() / 2);
+    let mut out = Output::default();
+    engine.process(first, &mut out);
+    let (now, frozen) = (engine.snapshot_json(), engine.freeze());
+    // The engine goes on judging; the copy stays what it was, text for text.
+    engine.process(rest, &mut out);
+    assert_ne!(engine.snapshot_json().get(), now.get(), "the second half changed the state");
+    assert_eq!(frozen.to_json().get(), now.get());
+}
+
 /// Three weeks of a day-shift agent (three actions a minute from 08:00 to 20:00 UTC, one every four
 /// minutes at night), then a day whose 10:00 to 14:00 is as quiet as a night, and a night with half an
 /// hour of daytime load. `quiet_day` and `busy_night` choose which of the two happen.

@@ -111,8 +111,19 @@ pub struct Durable {
 #[derive(Debug)]
 #[must_use = "a flush begun is waited for with Lane::finish_flush"]
 pub struct Flushing {
-    state: Option<vigil_ingest::archive::State>,
+    state: Option<StateCopy>,
     sent: bool,
+}
+
+/// Where the writer thread leaves the JSON of the detector state it wrote into a flush's checkpoint, for
+/// a driver that asked for it ([`Lane::begin_flush`] with `with_state`).
+#[derive(Debug, Clone, Default)]
+struct StateCopy(Arc<Mutex<Option<vigil_ingest::archive::State>>>);
+
+impl StateCopy {
+    fn take(&self) -> Option<vigil_ingest::archive::State> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    }
 }
 
 /// The limits `take` applies, from `[input]`.
@@ -749,13 +760,15 @@ impl Lane {
         }
         let report =
             w.ok_or(PipelineError::WriterStopped)?.reap(true)?.ok_or(PipelineError::WriterStopped)?;
-        Ok(Some(Durable { position: report.committed_position, state: flushing.state }))
+        // The writer is done with the job, so the copy is there when one was asked for.
+        let state = flushing.state.and_then(|c| c.take());
+        Ok(Some(Durable { position: report.committed_position, state }))
     }
 
     fn prepare_flush(
         &mut self,
         with_state: bool,
-    ) -> Result<Option<(FlushJob, Option<vigil_ingest::archive::State>)>, PipelineError> {
+    ) -> Result<Option<(FlushJob, Option<StateCopy>)>, PipelineError> {
         self.last_flush = Instant::now();
         for o in &mut self.outputs {
             o.flush()?;
@@ -764,13 +777,26 @@ impl Lane {
         if !a.has_uncommitted() {
             return Ok(None);
         }
-        let (state, bytes) = {
+        // The engine's state is copied here and written as JSON by the writer thread, after the flush's
+        // files: the copy costs this thread (and the engine's lock) a fraction of the writing.
+        let (frozen, bytes) = {
             let engine = crate::control::lock(&self.engine);
-            (engine.snapshot_json(), engine.state_bytes() as i64)
+            (engine.freeze(), engine.state_bytes() as i64)
         };
         self.telemetry.state_bytes_changed(bytes - self.state_bytes);
         self.state_bytes = bytes;
-        let copy = with_state.then(|| state.clone());
+        // A driver that wants the state too (the Kafka state topic) gets the writer's text once the
+        // flush is durable.
+        let copy = with_state.then(StateCopy::default);
+        let into = copy.clone();
+        let later = move || {
+            let json = frozen.to_json();
+            if let Some(c) = into {
+                *c.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(json.clone());
+            }
+            json
+        };
+        let state = vigil_ingest::archive::FlushState::Later(Box::new(later));
         Ok(a.take_flush(state, super::now_ms()).map(|job| (job, copy)))
     }
 

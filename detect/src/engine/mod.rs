@@ -185,18 +185,31 @@ pub struct Snapshot {
     spend: Vec<(String, String, Spend)>,
 }
 
-/// An engine serialised as its [`Snapshot`] (same fields, same shapes), borrowing instead of copying.
-struct SnapshotView<'a>(&'a Engine);
+/// The parts of an engine that its [`Snapshot`] holds, borrowed from the engine itself or from a
+/// [`Frozen`] copy of them, and serialised as that snapshot (same fields, same shapes) without building
+/// one.
+struct SnapshotView<'a> {
+    ids: &'a [Box<str>],
+    agents: &'a [AgentState],
+    roles: &'a [(Box<str>, PeerTable)],
+    peer_levels: &'a [PeerLevels],
+    credentials: &'a HashMap<u64, CredentialOwner>,
+    max_ts: Option<i64>,
+    front: &'a [(u32, i64)],
+    wm: Option<i64>,
+    stats: Stats,
+    spend: &'a [(String, String, Spend)],
+}
 
 impl Serialize for SnapshotView<'_> {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        struct Agents<'a>(&'a Engine);
+        struct Agents<'a>(&'a SnapshotView<'a>);
         impl Serialize for Agents<'_> {
             fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-                let e = self.0;
+                let v = self.0;
                 ser.collect_map(
-                    e.ids.iter().zip(&e.agents).filter(|(id, _)| !id.is_empty()).map(|(id, a)| (&**id, a)),
+                    v.ids.iter().zip(v.agents).filter(|(id, _)| !id.is_empty()).map(|(id, a)| (&**id, a)),
                 )
             }
         }
@@ -211,27 +224,67 @@ impl Serialize for SnapshotView<'_> {
         fn seq<I>(items: I) -> Seq<I> {
             Seq(std::cell::RefCell::new(Some(items)))
         }
-        let e = self.0;
-        let snap_spend = e.snapshot_spend();
+        let v = self;
         let mut st = ser.serialize_struct("Snapshot", 8)?;
-        st.serialize_field("agents", &Agents(e))?;
-        st.serialize_field("roles", &seq(e.roles.iter().map(|(n, p)| (&**n, p))))?;
-        st.serialize_field("peer_levels", &seq(e.roles.iter().map(|(n, _)| &**n).zip(&e.peer_levels)))?;
+        st.serialize_field("agents", &Agents(v))?;
+        st.serialize_field("roles", &seq(v.roles.iter().map(|(n, p)| (&**n, p))))?;
+        st.serialize_field("peer_levels", &seq(v.roles.iter().map(|(n, _)| &**n).zip(v.peer_levels)))?;
         st.serialize_field(
             "credentials",
-            &seq(e.credentials.iter().map(|(h, o)| (*h, &*e.ids[o.agent as usize], o.first_ts))),
+            &seq(v.credentials.iter().map(|(h, o)| (*h, &*v.ids[o.agent as usize], o.first_ts))),
         )?;
-        st.serialize_field("max_ts", &e.max_ts)?;
-        if !e.front.is_empty() {
-            st.serialize_field("front", &seq(e.front.iter().map(|&(a, t)| (&*e.ids[a as usize], t))))?;
+        st.serialize_field("max_ts", &v.max_ts)?;
+        if !v.front.is_empty() {
+            st.serialize_field("front", &seq(v.front.iter().map(|&(a, t)| (&*v.ids[a as usize], t))))?;
         }
-        st.serialize_field("watermark", &e.wm)?;
-        st.serialize_field("stats", &e.stats)?;
-        if !snap_spend.is_empty() {
-            st.serialize_field("spend", &snap_spend)?;
+        st.serialize_field("watermark", &v.wm)?;
+        st.serialize_field("stats", &v.stats)?;
+        if !v.spend.is_empty() {
+            st.serialize_field("spend", &v.spend)?;
         }
         st.end()
     }
+}
+
+/// A copy of the parts of an engine its [`Snapshot`] holds, taken at a flush ([`Engine::freeze`]) and
+/// written as JSON later, on another thread ([`Frozen::to_json`]): the same text
+/// [`Engine::snapshot_json`] would have written at that moment. Copying a hundred thousand agents'
+/// state costs a fraction of writing it as JSON, and the thread that judges events pays only the copy.
+#[derive(Debug, Clone)]
+pub struct Frozen {
+    ids: Vec<Box<str>>,
+    agents: Vec<AgentState>,
+    roles: Vec<(Box<str>, PeerTable)>,
+    peer_levels: Vec<PeerLevels>,
+    credentials: HashMap<u64, CredentialOwner>,
+    max_ts: Option<i64>,
+    front: Vec<(u32, i64)>,
+    wm: Option<i64>,
+    stats: Stats,
+    spend: Vec<(String, String, Spend)>,
+}
+
+impl Frozen {
+    /// The copied state as a checkpoint stores it (see [`Engine::snapshot_json`]).
+    pub fn to_json(&self) -> Box<serde_json::value::RawValue> {
+        raw_json(&SnapshotView {
+            ids: &self.ids,
+            agents: &self.agents,
+            roles: &self.roles,
+            peer_levels: &self.peer_levels,
+            credentials: &self.credentials,
+            max_ts: self.max_ts,
+            front: &self.front,
+            wm: self.wm,
+            stats: self.stats,
+            spend: &self.spend,
+        })
+    }
+}
+
+fn raw_json(view: &SnapshotView<'_>) -> Box<serde_json::value::RawValue> {
+    // Every key is a string, so this cannot fail; were it to, `null` is "no state", never a wrong one.
+    serde_json::value::to_raw_value(view).unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned())
 }
 
 /// The name of role `role` (an index into the engine's roles), `None` for 0, "no role".
@@ -397,9 +450,35 @@ impl Engine {
     /// (no copy of every agent's state, no `serde_json::Value` tree on the way), which is what keeps a
     /// flush of a million agents' state within a few hundred megabytes rather than gigabytes.
     pub fn snapshot_json(&self) -> Box<serde_json::value::RawValue> {
-        // Every key is a string, so this cannot fail; were it to, `null` is "no state", never a wrong one.
-        serde_json::value::to_raw_value(&SnapshotView(self))
-            .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned())
+        let spend = self.snapshot_spend();
+        raw_json(&SnapshotView {
+            ids: &self.ids,
+            agents: &self.agents,
+            roles: &self.roles,
+            peer_levels: &self.peer_levels,
+            credentials: &self.credentials,
+            max_ts: self.max_ts,
+            front: &self.front,
+            wm: self.wm,
+            stats: self.stats,
+            spend: &spend,
+        })
+    }
+
+    /// A copy of what [`Engine::snapshot_json`] writes, to be written later (see [`Frozen`]).
+    pub fn freeze(&self) -> Frozen {
+        Frozen {
+            ids: self.ids.clone(),
+            agents: self.agents.clone(),
+            roles: self.roles.clone(),
+            peer_levels: self.peer_levels.clone(),
+            credentials: self.credentials.clone(),
+            max_ts: self.max_ts,
+            front: self.front.clone(),
+            wm: self.wm,
+            stats: self.stats,
+            spend: self.snapshot_spend(),
+        }
     }
 
     /// Replaces the state with a checkpoint's.

@@ -159,6 +159,41 @@ pub fn no_state() -> State {
     serde_json::value::RawValue::NULL.to_owned()
 }
 
+/// The detector state a flush commits: JSON already written, or a copy of the state that the writer
+/// thread writes as JSON just before the checkpoint, so that the thread judging events does not spend
+/// its time there (with a hundred thousand agents, writing their state at each flush was a fifth of a
+/// run's samples).
+pub enum FlushState {
+    /// Written already.
+    Json(State),
+    /// Written on the writer thread, once the flush's files are durable.
+    Later(Box<dyn FnOnce() -> State + Send>),
+}
+
+impl FlushState {
+    fn json(self) -> State {
+        match self {
+            FlushState::Json(s) => s,
+            FlushState::Later(write) => write(),
+        }
+    }
+}
+
+impl From<State> for FlushState {
+    fn from(s: State) -> Self {
+        FlushState::Json(s)
+    }
+}
+
+impl std::fmt::Debug for FlushState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FlushState::Json(s) => f.debug_tuple("Json").field(s).finish(),
+            FlushState::Later(_) => f.write_str("Later(..)"),
+        }
+    }
+}
+
 /// Whether a stored state is empty (`null`).
 pub fn is_no_state(s: &State) -> bool {
     s.get().trim() == "null"
@@ -522,7 +557,7 @@ impl Archive {
 
     /// Writes every buffered row to durable files, then commits the checkpoint with `state`: the same
     /// as [`Archive::take_flush`] followed by [`FlushWriter::write`] on this thread.
-    pub fn flush(&mut self, state: State, now_ms: i64) -> Result<FlushReport, ArchiveError> {
+    pub fn flush(&mut self, state: impl Into<FlushState>, now_ms: i64) -> Result<FlushReport, ArchiveError> {
         match self.take_flush(state, now_ms) {
             Some(job) => {
                 let mut writer = self.writer();
@@ -575,7 +610,7 @@ impl Archive {
     /// Takes everything buffered since the last flush as a job for a [`FlushWriter`]: the finished Arrow
     /// batches, the file name of their position range, and the checkpoint to commit after them. From
     /// here on the positions covered count as committed for this writer's bookkeeping.
-    pub fn take_flush(&mut self, state: State, now_ms: i64) -> Option<FlushJob> {
+    pub fn take_flush(&mut self, state: impl Into<FlushState>, now_ms: i64) -> Option<FlushJob> {
         let first = self.first.take()?;
         let base = self.stamp.base;
         let name = format!(
@@ -605,9 +640,11 @@ impl Archive {
                 committed_position: self.last,
                 committed_at: now_ms,
                 totals: self.totals,
-                state,
+                // Filled in by the writer, from `state`.
+                state: no_state(),
                 input_fingerprint: self.fingerprint.clone(),
             },
+            state: state.into(),
         })
     }
 }
@@ -685,6 +722,8 @@ pub struct FlushJob {
     name: String,
     batches: Vec<(&'static str, i64, RecordBatch)>,
     checkpoint: Checkpoint,
+    /// The checkpoint's detector state.
+    state: FlushState,
 }
 
 /// Writes flush jobs: Parquet files (durable, atomically named), then the checkpoint.
@@ -768,6 +807,7 @@ impl FlushWriter {
         self.files += report.files.len() as u64;
         self.bytes += report.bytes;
         let mut checkpoint = job.checkpoint;
+        checkpoint.state = job.state.json();
         checkpoint.totals.files = self.files;
         checkpoint.totals.bytes = self.bytes;
         write_checkpoint(&self.root, &checkpoint)?;
