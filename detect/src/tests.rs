@@ -1347,6 +1347,9 @@ fn a_frozen_copy_writes_later_what_the_engine_wrote_when_it_was_taken() {
     engine.process(rest, &mut out);
     assert_ne!(engine.snapshot_json().get(), now.get(), "the second half changed the state");
     assert_eq!(frozen.to_json().get(), now.get());
+    let mut streamed = Vec::new();
+    frozen.write_json(&mut streamed).unwrap();
+    assert_eq!(std::str::from_utf8(&streamed).unwrap(), now.get());
 }
 
 /// Three weeks of a day-shift agent (three actions a minute from 08:00 to 20:00 UTC, one every four

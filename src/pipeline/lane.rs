@@ -126,6 +126,23 @@ impl StateCopy {
     }
 }
 
+/// A flush's copy of the engine's state, written by the writer thread into the checkpoint as it is
+/// serialised; when the driver asked for the text too, made whole first and kept in `copy`.
+struct FrozenState {
+    frozen: vigil_detect::Frozen,
+    copy: Option<StateCopy>,
+}
+
+impl vigil_ingest::archive::StateJson for FrozenState {
+    fn write_json(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let Some(copy) = &self.copy else { return self.frozen.write_json(out).map_err(std::io::Error::from) };
+        let json = self.frozen.to_json();
+        out.write_all(json.get().as_bytes())?;
+        *copy.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(json);
+        Ok(())
+    }
+}
+
 /// The limits `take` applies, from `[input]`.
 #[derive(Debug, Clone, Copy)]
 struct Limits {
@@ -788,14 +805,7 @@ impl Lane {
         // A driver that wants the state too (the Kafka state topic) gets the writer's text once the
         // flush is durable.
         let copy = with_state.then(StateCopy::default);
-        let into = copy.clone();
-        let later = move || {
-            let json = frozen.to_json();
-            if let Some(c) = into {
-                *c.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(json.clone());
-            }
-            json
-        };
+        let later = FrozenState { frozen, copy: copy.clone() };
         let state = vigil_ingest::archive::FlushState::Later(Box::new(later));
         Ok(a.take_flush(state, super::now_ms()).map(|job| (job, copy)))
     }

@@ -185,9 +185,8 @@ pub struct Snapshot {
     spend: Vec<(String, String, Spend)>,
 }
 
-/// The parts of an engine that its [`Snapshot`] holds, borrowed from the engine itself or from a
-/// [`Frozen`] copy of them, and serialised as that snapshot (same fields, same shapes) without building
-/// one.
+/// The parts of an engine that its [`Snapshot`] holds, borrowed from a [`Frozen`] copy of them, and
+/// serialised as that snapshot (same fields, same shapes) without building one.
 struct SnapshotView<'a> {
     ids: &'a [Box<str>],
     agents: &'a [AgentState],
@@ -267,7 +266,18 @@ pub struct Frozen {
 impl Frozen {
     /// The copied state as a checkpoint stores it (see [`Engine::snapshot_json`]).
     pub fn to_json(&self) -> Box<serde_json::value::RawValue> {
-        raw_json(&SnapshotView {
+        // Every key is a string, so this cannot fail; were it to, `null` is "no state", never a wrong one.
+        serde_json::value::to_raw_value(&self.view())
+            .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned())
+    }
+
+    /// The same text as [`Frozen::to_json`], written into `out` as it is made.
+    pub fn write_json(&self, out: impl std::io::Write) -> serde_json::Result<()> {
+        serde_json::to_writer(out, &self.view())
+    }
+
+    fn view(&self) -> SnapshotView<'_> {
+        SnapshotView {
             ids: &self.ids,
             agents: &self.agents,
             roles: &self.roles,
@@ -278,13 +288,8 @@ impl Frozen {
             wm: self.wm,
             stats: self.stats,
             spend: &self.spend,
-        })
+        }
     }
-}
-
-fn raw_json(view: &SnapshotView<'_>) -> Box<serde_json::value::RawValue> {
-    // Every key is a string, so this cannot fail; were it to, `null` is "no state", never a wrong one.
-    serde_json::value::to_raw_value(view).unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned())
 }
 
 /// The name of role `role` (an index into the engine's roles), `None` for 0, "no role".
@@ -446,23 +451,11 @@ impl Engine {
         spend
     }
 
-    /// The state as a checkpoint stores it: [`Engine::snapshot`]'s JSON, written straight from the engine
-    /// (no copy of every agent's state, no `serde_json::Value` tree on the way), which is what keeps a
-    /// flush of a million agents' state within a few hundred megabytes rather than gigabytes.
+    /// The state as a checkpoint stores it: [`Engine::snapshot`]'s JSON, written from a [`Frozen`] copy
+    /// (no `BTreeMap` of owned ids, no `serde_json::Value` tree on the way). A flush does not call this:
+    /// its writer thread writes the copy straight into the checkpoint file.
     pub fn snapshot_json(&self) -> Box<serde_json::value::RawValue> {
-        let spend = self.snapshot_spend();
-        raw_json(&SnapshotView {
-            ids: &self.ids,
-            agents: &self.agents,
-            roles: &self.roles,
-            peer_levels: &self.peer_levels,
-            credentials: &self.credentials,
-            max_ts: self.max_ts,
-            front: &self.front,
-            wm: self.wm,
-            stats: self.stats,
-            spend: &spend,
-        })
+        self.freeze().to_json()
     }
 
     /// A copy of what [`Engine::snapshot_json`] writes, to be written later (see [`Frozen`]).

@@ -160,23 +160,21 @@ pub fn no_state() -> State {
 }
 
 /// The detector state a flush commits: JSON already written, or a copy of the state that the writer
-/// thread writes as JSON just before the checkpoint, so that the thread judging events does not spend
-/// its time there (with a hundred thousand agents, writing their state at each flush was a fifth of a
-/// run's samples).
+/// thread writes as JSON straight into the checkpoint file, so that the thread judging events does not
+/// spend its time there (with a hundred thousand agents, writing their state at each flush was a fifth
+/// of a run's samples) and the state's text is never held whole in memory.
 pub enum FlushState {
     /// Written already.
     Json(State),
     /// Written on the writer thread, once the flush's files are durable.
-    Later(Box<dyn FnOnce() -> State + Send>),
+    Later(Box<dyn StateJson>),
 }
 
-impl FlushState {
-    fn json(self) -> State {
-        match self {
-            FlushState::Json(s) => s,
-            FlushState::Later(write) => write(),
-        }
-    }
+/// Detector state that writes itself as JSON text (the detect crate's shape; the archive only stores
+/// it, see [`State`]).
+pub trait StateJson: Send {
+    /// Writes the state as one JSON value.
+    fn write_json(&self, out: &mut dyn io::Write) -> io::Result<()>;
 }
 
 impl From<State> for FlushState {
@@ -807,10 +805,15 @@ impl FlushWriter {
         self.files += report.files.len() as u64;
         self.bytes += report.bytes;
         let mut checkpoint = job.checkpoint;
-        checkpoint.state = job.state.json();
         checkpoint.totals.files = self.files;
         checkpoint.totals.bytes = self.bytes;
-        write_checkpoint(&self.root, &checkpoint)?;
+        match job.state {
+            FlushState::Json(state) => {
+                checkpoint.state = state;
+                write_checkpoint(&self.root, &checkpoint)?;
+            }
+            FlushState::Later(state) => write_checkpoint_with(&self.root, &checkpoint, &*state)?,
+        }
         report.committed_position = checkpoint.committed_position;
         Ok(report)
     }
@@ -980,6 +983,28 @@ fn write_checkpoint(root: &Path, c: &Checkpoint) -> Result<(), ArchiveError> {
     write_json(root, &checkpoint_path(root, &c.source, c.partition), c)
 }
 
+/// Writes checkpoint `c` with `state` in place of its `state` field, streamed into the file: the text
+/// is what [`write_checkpoint`] writes for a checkpoint holding that state's JSON.
+fn write_checkpoint_with(root: &Path, c: &Checkpoint, state: &dyn StateJson) -> Result<(), ArchiveError> {
+    let path = checkpoint_path(root, &c.source, c.partition);
+    // The checkpoint around the state is small: written with `null` for the state, then split there. The
+    // field's key is found in the text as serde writes it; inside a string every quote is escaped, so
+    // the key cannot be matched there.
+    let shell = serde_json::to_vec(&Checkpoint { state: no_state(), ..c.clone() })
+        .map_err(|source| ArchiveError::Checkpoint { path: path.clone(), source })?;
+    const KEY: &[u8] = b"\"state\":null";
+    let at = shell.windows(KEY.len()).position(|w| w == KEY).map(|i| i + KEY.len() - 4);
+    let Some(at) = at else {
+        let source = serde::ser::Error::custom("a checkpoint without its state field");
+        return Err(ArchiveError::Checkpoint { path, source });
+    };
+    write_file_durably(root, &path, |w| {
+        w.write_all(&shell[..at])?;
+        state.write_json(w)?;
+        w.write_all(&shell[at + 4..])
+    })
+}
+
 /// Which source partition's checkpoint holds the detector state sources the archive has not seen yet
 /// start from (see [`write_carry`]): a pointer, so the state is not written twice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1020,13 +1045,25 @@ pub fn read_carry(root: &Path) -> Result<Option<(Carry, State)>, ArchiveError> {
 
 /// Writes `value` as JSON at `path`: temporary file, fsync, rename, fsync of the directory.
 fn write_json(root: &Path, path: &Path, value: &impl Serialize) -> Result<(), ArchiveError> {
+    let bytes = serde_json::to_vec(value)
+        .map_err(|source| ArchiveError::Checkpoint { path: path.to_owned(), source })?;
+    write_file_durably(root, path, |w| w.write_all(&bytes))
+}
+
+/// Writes a file through `write` under a temporary name, syncs it, and renames it into place: a reader
+/// sees the old file or the whole new one.
+fn write_file_durably(
+    root: &Path,
+    path: &Path,
+    write: impl FnOnce(&mut dyn io::Write) -> io::Result<()>,
+) -> Result<(), ArchiveError> {
     let path = path.to_owned();
     let tmp = tmp_path(&path);
-    let bytes = serde_json::to_vec(value)
-        .map_err(|source| ArchiveError::Checkpoint { path: path.clone(), source })?;
     {
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-        io::Write::write_all(&mut f, &bytes).map_err(io_err(&tmp))?;
+        let f = File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut w = io::BufWriter::with_capacity(1 << 20, f);
+        write(&mut w).map_err(io_err(&tmp))?;
+        let f = w.into_inner().map_err(|e| e.into_error()).map_err(io_err(&tmp))?;
         f.sync_all().map_err(io_err(&tmp))?;
     }
     fs::rename(&tmp, &path).map_err(io_err(&path))?;
