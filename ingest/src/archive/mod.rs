@@ -1045,9 +1045,7 @@ pub fn read_carry(root: &Path) -> Result<Option<(Carry, State)>, ArchiveError> {
 
 /// Writes `value` as JSON at `path`: temporary file, fsync, rename, fsync of the directory.
 fn write_json(root: &Path, path: &Path, value: &impl Serialize) -> Result<(), ArchiveError> {
-    let bytes = serde_json::to_vec(value)
-        .map_err(|source| ArchiveError::Checkpoint { path: path.to_owned(), source })?;
-    write_file_durably(root, path, |w| w.write_all(&bytes))
+    write_file_durably(root, path, |w| serde_json::to_writer(w, value).map_err(io::Error::from))
 }
 
 /// Writes a file through `write` under a temporary name, syncs it, and renames it into place: a reader
