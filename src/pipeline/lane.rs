@@ -121,13 +121,14 @@ pub struct Flushing {
 struct StateCopy(Arc<Mutex<Option<vigil_ingest::archive::State>>>);
 
 impl StateCopy {
-    fn take(&self) -> Option<vigil_ingest::archive::State> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<vigil_ingest::archive::State>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 /// A flush's copy of the engine's state, written by the writer thread into the checkpoint as it is
 /// serialised; when the driver asked for the text too, made whole first and kept in `copy`.
+#[derive(Debug)]
 struct FrozenState {
     frozen: vigil_detect::Frozen,
     copy: Option<StateCopy>,
@@ -138,7 +139,7 @@ impl vigil_ingest::archive::StateJson for FrozenState {
         let Some(copy) = &self.copy else { return self.frozen.write_json(out).map_err(std::io::Error::from) };
         let json = self.frozen.to_json();
         out.write_all(json.get().as_bytes())?;
-        *copy.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(json);
+        *copy.slot() = Some(json);
         Ok(())
     }
 }
@@ -778,7 +779,7 @@ impl Lane {
         let report =
             w.ok_or(PipelineError::WriterStopped)?.reap(true)?.ok_or(PipelineError::WriterStopped)?;
         // The writer is done with the job, so the copy is there when one was asked for.
-        let state = flushing.state.and_then(|c| c.take());
+        let state = flushing.state.and_then(|c| c.slot().take());
         Ok(Some(Durable { position: report.committed_position, state }))
     }
 
@@ -805,8 +806,7 @@ impl Lane {
         // A driver that wants the state too (the Kafka state topic) gets the writer's text once the
         // flush is durable.
         let copy = with_state.then(StateCopy::default);
-        let later = FrozenState { frozen, copy: copy.clone() };
-        let state = vigil_ingest::archive::FlushState::Later(Box::new(later));
+        let state = FrozenState { frozen, copy: copy.clone() };
         Ok(a.take_flush(state, super::now_ms()).map(|job| (job, copy)))
     }
 

@@ -159,36 +159,19 @@ pub fn no_state() -> State {
     serde_json::value::RawValue::NULL.to_owned()
 }
 
-/// The detector state a flush commits: JSON already written, or a copy of the state that the writer
-/// thread writes as JSON straight into the checkpoint file, so that the thread judging events does not
-/// spend its time there (with a hundred thousand agents, writing their state at each flush was a fifth
-/// of a run's samples) and the state's text is never held whole in memory.
-pub enum FlushState {
-    /// Written already.
-    Json(State),
-    /// Written on the writer thread, once the flush's files are durable.
-    Later(Box<dyn StateJson>),
-}
-
-/// Detector state that writes itself as JSON text (the detect crate's shape; the archive only stores
-/// it, see [`State`]).
-pub trait StateJson: Send {
+/// The detector state a flush commits, which writes itself as JSON text (the detect crate's shape; the
+/// archive only stores it, see [`State`]): text already written, or a copy of the engine's state that
+/// the writer thread serialises straight into the checkpoint file, so that the thread judging events
+/// does not spend its time there (with a hundred thousand agents, writing their state at each flush was
+/// a fifth of a run's samples) and the state's text is never held whole in memory.
+pub trait StateJson: Send + std::fmt::Debug {
     /// Writes the state as one JSON value.
     fn write_json(&self, out: &mut dyn io::Write) -> io::Result<()>;
 }
 
-impl From<State> for FlushState {
-    fn from(s: State) -> Self {
-        FlushState::Json(s)
-    }
-}
-
-impl std::fmt::Debug for FlushState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            FlushState::Json(s) => f.debug_tuple("Json").field(s).finish(),
-            FlushState::Later(_) => f.write_str("Later(..)"),
-        }
+impl StateJson for State {
+    fn write_json(&self, out: &mut dyn io::Write) -> io::Result<()> {
+        out.write_all(self.get().as_bytes())
     }
 }
 
@@ -555,7 +538,11 @@ impl Archive {
 
     /// Writes every buffered row to durable files, then commits the checkpoint with `state`: the same
     /// as [`Archive::take_flush`] followed by [`FlushWriter::write`] on this thread.
-    pub fn flush(&mut self, state: impl Into<FlushState>, now_ms: i64) -> Result<FlushReport, ArchiveError> {
+    pub fn flush(
+        &mut self,
+        state: impl StateJson + 'static,
+        now_ms: i64,
+    ) -> Result<FlushReport, ArchiveError> {
         match self.take_flush(state, now_ms) {
             Some(job) => {
                 let mut writer = self.writer();
@@ -608,7 +595,7 @@ impl Archive {
     /// Takes everything buffered since the last flush as a job for a [`FlushWriter`]: the finished Arrow
     /// batches, the file name of their position range, and the checkpoint to commit after them. From
     /// here on the positions covered count as committed for this writer's bookkeeping.
-    pub fn take_flush(&mut self, state: impl Into<FlushState>, now_ms: i64) -> Option<FlushJob> {
+    pub fn take_flush(&mut self, state: impl StateJson + 'static, now_ms: i64) -> Option<FlushJob> {
         let first = self.first.take()?;
         let base = self.stamp.base;
         let name = format!(
@@ -642,7 +629,7 @@ impl Archive {
                 state: no_state(),
                 input_fingerprint: self.fingerprint.clone(),
             },
-            state: state.into(),
+            state: Box::new(state),
         })
     }
 }
@@ -720,8 +707,8 @@ pub struct FlushJob {
     name: String,
     batches: Vec<(&'static str, i64, RecordBatch)>,
     checkpoint: Checkpoint,
-    /// The checkpoint's detector state.
-    state: FlushState,
+    /// The checkpoint's detector state, written by the writer once the files are durable.
+    state: Box<dyn StateJson>,
 }
 
 /// Writes flush jobs: Parquet files (durable, atomically named), then the checkpoint.
@@ -807,13 +794,7 @@ impl FlushWriter {
         let mut checkpoint = job.checkpoint;
         checkpoint.totals.files = self.files;
         checkpoint.totals.bytes = self.bytes;
-        match job.state {
-            FlushState::Json(state) => {
-                checkpoint.state = state;
-                write_checkpoint(&self.root, &checkpoint)?;
-            }
-            FlushState::Later(state) => write_checkpoint_with(&self.root, &checkpoint, &*state)?,
-        }
+        write_checkpoint_with(&self.root, &checkpoint, &*job.state)?;
         report.committed_position = checkpoint.committed_position;
         Ok(report)
     }

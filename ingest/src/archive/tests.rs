@@ -294,6 +294,7 @@ fn a_prepared_table_writes_what_arrow_writer_writes() {
 
 #[test]
 fn a_state_written_into_the_checkpoint_as_it_is_made_gives_the_same_file() {
+    #[derive(Debug)]
     struct Streamed(&'static str);
     impl StateJson for Streamed {
         fn write_json(&self, out: &mut dyn io::Write) -> io::Result<()> {
