@@ -74,6 +74,9 @@ pub struct DetectConfig {
     /// Drops and rises of actions against the agent's daily and weekly rhythm.
     #[serde(default)]
     pub rhythm: RhythmConfig,
+    /// A window beyond a ceiling the agent kept reaching (any volume measure).
+    #[serde(default)]
+    pub ceiling: CeilingConfig,
     /// `scope_drift`: new and rare keys, and the shift of the agent's work between them.
     #[serde(default)]
     pub scope: ScopeConfig,
@@ -150,6 +153,7 @@ impl Default for DetectConfig {
             tokens: SpikeConfig::tokens(),
             slow: SlowConfig::default(),
             rhythm: RhythmConfig::default(),
+            ceiling: CeilingConfig::default(),
             scope: ScopeConfig::default(),
             identity: IdentityConfig::default(),
             rate_limit_per_minute: default_rate_limit_per_minute(),
@@ -500,6 +504,54 @@ impl Default for RhythmConfig {
             drop_ratio: default_drop_ratio(),
             day_memory_days: default_day_memory_days(),
             week_memory_weeks: default_week_memory_weeks(),
+        }
+    }
+}
+
+/// The ceiling detector: a window that goes beyond the most the agent did in any window lately, when
+/// that most is a ceiling it kept reaching (at least `min_windows` windows within a factor of 1.41 of
+/// it), is a finding of its measure's kind (`volume_spike`, `data_spike`, `denied_burst`,
+/// `token_spike`) at severity low, with evidence `detector = "ceiling"`, once the tail puts it below
+/// `p_value` (the volume detectors' own floors, `min_count` and `min_ratio`, still apply).
+///
+/// Why. The tail baselines judge a value by how far their fitted tail reaches, and a tail fitted to a
+/// histogram whose bins are 19% wide cannot tell a ceiling touched twenty times from a spread of values
+/// under it: a burst a seventh above a ceiling (a job that always moved 250 MB now moving 290 MB, a
+/// request rate held for an hour above anything before) comes out at p of a few in 10,000, far from
+/// the volume detectors' 1e-5. Among every window judged that p-value would be noise; among the few
+/// that break a ceiling it is news. The rule is rare by construction: most windows are not above the
+/// recent most, and most recent mosts are one-off peaks, not ceilings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CeilingConfig {
+    /// Off when false.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Tail probability (both time scales counted, as for the volume detectors) below which a window
+    /// beyond the ceiling is a finding.
+    #[serde(default = "default_ceiling_p_value")]
+    pub p_value: f64,
+    /// Windows (decayed weight, as the baseline remembers them) within a factor of 1.41 of the recent
+    /// most that make it a ceiling rather than a one-off peak.
+    #[serde(default = "default_ceiling_min_windows")]
+    pub min_windows: f64,
+}
+
+/// One in a thousand: judged only for the rare window beyond a ceiling.
+const fn default_ceiling_p_value() -> f64 {
+    1e-3
+}
+/// Ten windows: reached again and again, not once or twice.
+const fn default_ceiling_min_windows() -> f64 {
+    10.0
+}
+
+impl Default for CeilingConfig {
+    fn default() -> Self {
+        CeilingConfig {
+            enabled: true,
+            p_value: default_ceiling_p_value(),
+            min_windows: default_ceiling_min_windows(),
         }
     }
 }
@@ -860,6 +912,8 @@ pub struct Compiled {
     pub(crate) keep_span: f64,
     /// The baselines' memory in windows.
     pub(crate) memory_windows: f64,
+    /// The period over which the ceiling detector keeps the most of each measure (half the memory).
+    pub(crate) peak_period_ms: i64,
     /// `data` as a volume detector.
     data: SpikeConfig,
     /// `rhythm` in spans.
@@ -948,6 +1002,7 @@ impl DetectConfig {
             ("detect.volume.p_value", self.volume.p_value),
             ("detect.data.p_value", self.data.p_value),
             ("detect.denied.p_value", self.denied.p_value),
+            ("detect.ceiling.p_value", self.ceiling.p_value),
             ("detect.tokens.p_value", self.tokens.p_value),
         ] {
             unit(key, p, "must be above 0 and below 1", p > 0.0 && p < 1.0)?;
@@ -969,6 +1024,8 @@ impl DetectConfig {
             && rh.day_memory_days >= 1.0
             && rh.week_memory_weeks >= 1.0;
         unit("detect.rhythm", rh.z, "needs z > 0, drop_ratio in 0..=1, memories of at least 1", ok)?;
+        let w = self.ceiling.min_windows;
+        unit("detect.ceiling.min_windows", w, "must be at least 1", w.is_finite() && w >= 1.0)?;
         let r = self.scope.min_rarity;
         unit("detect.scope.min_rarity", r, "must be between 0 and 1", (0.0..=1.0).contains(&r))?;
         let window_ms = (self.window_seconds as i64).saturating_mul(1000);
@@ -1001,6 +1058,7 @@ impl DetectConfig {
             keep_window: 1.0 - 1.0 / memory_windows,
             keep_span: 1.0 - self.baseline.span_windows as f64 / memory_windows,
             memory_windows,
+            peak_period_ms: window_ms.saturating_mul(((memory_windows / 2.0) as i64).max(1)),
             data: self.data.spec(),
             rhythm: {
                 let span_ms = window_ms.saturating_mul(self.baseline.span_windows as i64) as f64;

@@ -14,8 +14,8 @@ mod stats;
 mod tail;
 
 pub use config::{
-    BaselineConfig, BudgetConfig, Compiled, ConfigError, DataConfig, DetectConfig, IdentityConfig, Period,
-    PolicyConfig, RhythmConfig, ScopeConfig, SlowConfig, SpikeConfig,
+    BaselineConfig, BudgetConfig, CeilingConfig, Compiled, ConfigError, DataConfig, DetectConfig,
+    IdentityConfig, Period, PolicyConfig, RhythmConfig, ScopeConfig, SlowConfig, SpikeConfig,
 };
 pub use engine::{Baseline, Engine, Frozen, Measure, Output, Snapshot, Stats};
 pub use finding::{Finding, FindingKind, Severity, finding_id};

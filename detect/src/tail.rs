@@ -253,9 +253,16 @@ impl Tail {
     /// The share of the remembered weight at or above `x` (the bin holding `x` counted half), or `None`
     /// when `x` is below the kept bins, where the histogram no longer knows the order of its values.
     pub fn share_at_least(&self, x: f64) -> Option<f64> {
-        let bx = bin_of(x).filter(|&b| b >= self.lowest && self.lowest != i16::MIN)?;
+        let above = self.weight_at_least(x)?;
         let total = self.weight();
-        (total > 0.0).then(|| self.weight_above(bx) / total)
+        (total > 0.0).then(|| above / total)
+    }
+
+    /// The weight remembered at or above `x` (the bin holding `x` counted half), or `None` when `x` is
+    /// below the kept bins.
+    pub fn weight_at_least(&self, x: f64) -> Option<f64> {
+        let bx = bin_of(x).filter(|&b| b >= self.lowest && self.lowest != i16::MIN)?;
+        Some(self.weight_above(bx))
     }
 
     /// The weight of the kept bins above bin `bx`, and half of bin `bx`'s.

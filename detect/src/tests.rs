@@ -491,7 +491,15 @@ fn steady_work_raises_nothing() {
     parts.push(
         steady("s2", 100, 1, 9, TICKETS, role).into_iter().map(|l| l.replace("s2-100", "s2-busy")).collect(),
     );
-    check(BASELINE, &merged(parts), "");
+    check(&format!("{BASELINE}[ceiling]\nenabled = false\n"), &merged(parts.clone()), "");
+    // s2 made exactly five actions in every minute before its busy one: the volume detector takes 14
+    // for noise (p = 8.7e-4 as a count around its usual high), the ceiling detector notes, at low,
+    // that it broke a ceiling every window had reached.
+    check(
+        BASELINE,
+        &merged(parts),
+        "volume_spike low s2 @6060000 [s2-100-0,s2-busy-0,s2-busy-1,s2-100-1,s2-busy-2] s2 made 14 actions in 60s, beyond its ceiling: the most in a window lately was 5.0, and 99 windows came within 41% of it (2.8x it; p = 8.7e-4)",
+    );
 }
 
 /// Two days and an hour (2,940 minutes) of agent `d1` reading from the warehouse 4 times a minute, 80 to
@@ -520,25 +528,28 @@ fn warehouse_reads(prefix: &str, scale: impl Fn(i64) -> i64) -> Vec<String> {
 fn a_slow_exfiltration_under_every_window_threshold_adds_up_to_one_finding() {
     // Two days of 4 reads a minute, each between 80 and 120 KB; then an hour in which every read is
     // three times larger: no single window is far enough out to be a spike, the hour is. It is one
-    // incident: found six minutes in, and updated to high when it is still going on an hour after its
-    // incident opened (before, the sum started over after each finding: four findings that hour).
+    // incident: its first window noted at low as beyond the ceiling the agent's windows kept to, then
+    // medium six minutes in, and high when it is still going on an hour after its incident opened
+    // (before, the sum started over after each finding: four findings that hour).
     let lines = warehouse_reads("x", |m| if m >= 2880 { 3 } else { 1 });
     let config = "rate_limit_per_minute = 0\n[data]\nmin_bytes = 100000\n";
     check(
         config,
         &lines.join("\n"),
         r#"
+data_spike low d1 @172860000 [x2880-0,x2880-1,x2880-2,x2880-3] d1 moved 1.2 MB in 60s, beyond its ceiling: the most in a window lately was 420.3 KB, and 2103 windows came within 41% of it (2.9x it; p = 7.2e-5)
 data_spike medium d1 @173220000 [x2886-0,x2886-1,x2886-2,x2886-3] d1: a sustained rise in bytes moved, window after window above its baseline (cumulative surprise 20.1 >= 20); this window 1.1 MB, its usual high 370.7 KB
 data_spike high d1 @176400000 [x2939-0,x2939-1,x2939-2,x2939-3] d1: a sustained rise in bytes moved, window after window above its baseline (cumulative surprise 40.0 >= 20); this window 1.3 MB, its usual high 1.0 MB; still rising 1 h after its incident opened
 "#,
     );
     let out = run(config, &lines.join("\n"));
     let ids: std::collections::BTreeSet<_> = out.findings.iter().map(|f| f.finding_id.as_str()).collect();
-    assert_eq!(ids.len(), 1, "the update is the same finding: {ids:?}");
-    assert_eq!(out.findings[1].evidence["rising_seconds"], 3600);
-    // Without the cumulative detector the same hour raises nothing: no window, no span was enough.
+    assert_eq!(ids.len(), 1, "the updates are the same finding: {ids:?}");
+    assert_eq!(out.findings[2].evidence["rising_seconds"], 3600);
+    // Without the cumulative detector (and the ceiling's note) the same hour raises nothing: no window,
+    // no span was enough.
     check(
-        "rate_limit_per_minute = 0\n[data]\nmin_bytes = 100000\n[slow]\nenabled = false\n",
+        "rate_limit_per_minute = 0\n[data]\nmin_bytes = 100000\n[slow]\nenabled = false\n[ceiling]\nenabled = false\n",
         &lines.join("\n"),
         "",
     );
@@ -566,7 +577,8 @@ fn a_rise_is_high_for_how_long_it_went_on_not_for_where_its_cooldown_period_bega
         &lines.join("\n"),
     );
     let got = render(&out);
-    assert_eq!(out.findings.first().map(|f| f.severity.as_str()), Some("medium"), "{got}");
+    let rise = out.findings.iter().find(|f| f.evidence.get("detector") == Some(&"cumulative".into()));
+    assert_eq!(rise.map(|f| f.severity.as_str()), Some("medium"), "{got}");
 }
 
 #[test]
@@ -727,10 +739,13 @@ fn denied_probing_is_a_burst() {
             .collect(),
         steady("s1", 31, 12, 3, TICKETS, role),
     ]);
+    // The twelve are also four times the three actions s1 made in each of its 30 minutes: under the
+    // volume detector's p-value, beyond a ceiling every window reached (a low note).
     check(
         BASELINE,
         &input,
-        "denied_burst high s1 @1860000 [no00,no01,no02,no03,no04] s1 had 12 actions denied in 60s; its recent history has none (p < 1e-16)",
+        "volume_spike low s1 @1860000 [no00,no01,no02,no03,no04] s1 made 12 actions in 60s, beyond its ceiling: the most in a window lately was 3.0, and 30 windows came within 41% of it (4.0x it; p = 8.2e-5)
+denied_burst high s1 @1860000 [no00,no01,no02,no03,no04] s1 had 12 actions denied in 60s; its recent history has none (p < 1e-16)",
     );
 }
 
@@ -1540,4 +1555,54 @@ fn an_excess_run_is_the_same_in_any_order_within_the_tolerance_and_any_batch_spl
         let splits = cut_points(&mut rng, 8, shuffled.len());
         assert_eq!(final_findings(&run_batches(&cfg, &shuffled, &splits)), want, "round {round}");
     }
+}
+
+#[test]
+fn a_window_beyond_a_ceiling_the_agent_kept_reaching_is_a_low_finding() {
+    // Two days of windows of 32 to 48 MB, then one of 60 MB: 1.4 times the most of any window, a most
+    // that thousands of windows came close to. The tail, whose bins are 19% wide, puts it at p = 9.5e-4,
+    // far from the data detector's 1e-5; beyond a ceiling, that is news.
+    let config = "rate_limit_per_minute = 0\n[data]\nmin_bytes = 100000\n";
+    let at = |factor: i64| warehouse_reads("x", |m| if m == 2900 { factor } else { 100 }).join("\n");
+    check(
+        config,
+        &at(150),
+        "data_spike low d1 @174060000 [x2900-0,x2900-1,x2900-2,x2900-3] d1 moved 60.0 MB in 60s, beyond its \
+         ceiling: the most in a window lately was 42.0 MB, and 2113 windows came within 41% of it (1.4x it; \
+         p = 9.5e-4)",
+    );
+    let out = run(config, &at(150));
+    let e = &out.findings[0].evidence;
+    let ceiling = e["ceiling"].as_f64().unwrap();
+    assert!((42e6..42e6 * 1.0007).contains(&ceiling), "the most, to within 0.07% above: {ceiling}");
+    assert_eq!(
+        (&e["detector"], &e["ceiling_ratio"]),
+        (&serde_json::json!("ceiling"), &serde_json::json!(1.428))
+    );
+    // Under the data detector's own floor (1.5 times the usual high of 39.9 MB) it is nothing.
+    check(config, &at(130), "");
+    // A most that few windows came near is a peak, not a ceiling; and the detector can be turned off.
+    check(&format!("{config}[ceiling]\nmin_windows = 5000.0\n"), &at(150), "");
+    check(&format!("{config}[ceiling]\nenabled = false\n"), &at(150), "");
+}
+
+#[test]
+fn only_a_window_beyond_the_recent_most_breaks_the_ceiling() {
+    // Any window in the tail counts here (p_value 0.9, one window near the most is a ceiling), so what
+    // is found is what goes beyond the most: 72 MB at minute 800; 68 MB at 1000 is under it; 74 MB at
+    // 1500 is beyond it. (Each is at least 1.5 times the usual high of 39.9 MB, the data floor.)
+    let config = "rate_limit_per_minute = 0\n[data]\nmin_bytes = 100000\n[ceiling]\np_value = 0.9\nmin_windows = 1.0\n";
+    let lines = warehouse_reads("x", |m| match m {
+        800 => 180,
+        1000 => 170,
+        1500 => 185,
+        _ => 100,
+    });
+    let out = run(config, &lines.join("\n"));
+    let found: Vec<(i64, &str)> = out
+        .findings
+        .iter()
+        .map(|f| (f.ts / 60_000 - 1, f.evidence.get("detector").and_then(|d| d.as_str()).unwrap_or("")))
+        .collect();
+    assert_eq!(found, [(800, "ceiling"), (1500, "ceiling")], "{}", render(&out));
 }

@@ -15,11 +15,11 @@ pub(super) fn covering_policies<'s>(
     agent_id: &str,
 ) -> &'s [u16] {
     let role_key = role.map(|_| agent.role);
-    let stale = agent.covered_by.as_ref().is_none_or(|(r, _)| *r != role_key);
+    let stale = agent.covered_by.as_ref().is_none_or(|c| c.role() != role_key);
     if stale {
-        agent.covered_by = Some((role_key, covering(cfg, agent_id, role)));
+        agent.covered_by = Some(Coverage::new(role_key, &covering(cfg, agent_id, role)));
     }
-    agent.covered_by.as_ref().map_or(&[], |(_, idx)| idx)
+    agent.covered_by.as_ref().map_or(&[], Coverage::policies)
 }
 
 /// The indices of the policies that cover an agent with this id and declared role.

@@ -511,7 +511,7 @@ impl Engine {
             // Coverage worked out again now, so an agent reported as covered by no policy before the
             // checkpoint is not reported again after it.
             let role = role_name(&self.roles, state.role);
-            state.covered_by = Some((role.map(|_| state.role), covering(&self.cfg, &id, role)));
+            state.covered_by = Some(Coverage::new(role.map(|_| state.role), &covering(&self.cfg, &id, role)));
             for w in &state.open_windows {
                 self.closing.push(Reverse((w.start + self.cfg.window_ms, idx)));
             }
@@ -652,7 +652,8 @@ impl Engine {
             let agent = &mut self.agents[idx as usize];
             agent.role = role;
             // Coverage for the new role at once, so an agent uncovered before and after is said once.
-            agent.covered_by = Some((Some(role), covering(&self.cfg, &ev.agent_id, Some(name))));
+            agent.covered_by =
+                Some(Coverage::new(Some(role), &covering(&self.cfg, &ev.agent_id, Some(name))));
             return None;
         }
         let agent = &self.agents[idx as usize];
@@ -696,7 +697,7 @@ impl Engine {
             let role = role_name(roles, agent.role);
             let first = agent.covered_by.is_none();
             found[0] = check_policy(cfg, agent, role, ev);
-            if first && agent.covered_by.as_ref().is_some_and(|(_, covering)| covering.is_empty()) {
+            if first && agent.covered_by.as_ref().is_some_and(|c| c.policies().is_empty()) {
                 out.uncovered.push(ev.agent_id.to_string());
                 found[4] = uncovered_finding(cfg, role, ev);
             }
@@ -901,6 +902,10 @@ impl Engine {
         for t in &mut agent.levels.per_window {
             t.learn_zeros(gap, cfg.keep_window);
         }
+        if let Some(last) = agent.last_window.get() {
+            let period = |t: i64| t.div_euclid(cfg.peak_period_ms);
+            agent.levels.peaks.pass(period(last), period(start));
+        }
         agent.windows = agent.windows.saturating_add(u32::try_from(gap + 1).unwrap_or(u32::MAX));
         agent.last_window = LastWindow(start);
         let warm =
@@ -923,10 +928,15 @@ impl Engine {
                     spiked = Some(j.high);
                 }
                 let span = (start, start + cfg.window_ms);
-                let f = spike(cfg, q, spec, id, &w, span, observed[m], &j, None);
+                let levels = &agent.levels;
+                let followed = CUMULATIVE.iter().position(|&i| i == m);
+                let f = spike(cfg, q, spec, id, &w, span, observed[m], &j, None).or_else(|| {
+                    let most = followed.map_or(0.0, |c| levels.peaks.most(c));
+                    ceiling(cfg, q, spec, id, &w, observed[m], &j, (most, &levels.per_window[m]))
+                });
                 let peers = base.peers.then(|| &self.peer_levels[usize::from(agent.role)].per_window[m]);
                 found.extend(f.map(|f| (peer_percentile(cfg, f, peers, observed[m]), bucket)));
-                if let Some(s) = CUMULATIVE.iter().position(|&i| i == m) {
+                if let Some(s) = followed {
                     let f = slow_rise(cfg, q, id, &w, (&mut agent.levels.slow, s), gap, observed[m], &j);
                     found.extend(f.map(|f| slow_incident(cfg, &agent.open, f, bucket)));
                 }
@@ -960,6 +970,7 @@ impl Engine {
         for (t, x) in agent.levels.per_window.iter_mut().zip(learned) {
             t.learn(x, cfg.keep_window);
         }
+        agent.levels.peaks.note(&observed);
         spans(cfg, id, agent, &w, start, observed, &mut found);
         let scope = &cfg.raw.scope;
         if scope.enabled {

@@ -536,6 +536,51 @@ pub(super) struct Levels {
     /// runs are rare and an idle agent's state is budgeted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) excess: Option<Box<Excess>>,
+    /// The most of each measure the ceiling detector follows in a window lately (see `ceiling`).
+    #[serde(default)]
+    pub(super) peaks: Peaks,
+}
+
+/// The most of each measure the ceiling detector follows (`CUMULATIVE`) in one window, over the current
+/// period of half the baseline's memory and the one before it (together the most of the last half to
+/// whole memory), in 12 bytes: per-agent state is budgeted, so each most is kept as `log2(1 + x)` in
+/// thousandths, rounded up (a most is known to within 0.07%, never below what it was), and the periods
+/// are those of the agent's windows, not stored.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(super) struct Peaks {
+    #[serde(rename = "n", deserialize_with = "padded")]
+    now: [u16; CUMULATIVE.len()],
+    #[serde(rename = "b", deserialize_with = "padded")]
+    before: [u16; CUMULATIVE.len()],
+}
+
+/// Thousandths of a doubling: `log2(1 + u64::MAX)` is 64, so 64,000 at most.
+const PEAK_UNIT: f64 = 1000.0;
+
+impl Peaks {
+    /// From a window of period `from` (the agent's last) to one of period `to`: the next period keeps
+    /// the last one's mosts as the ones before; a later one keeps nothing.
+    pub(super) fn pass(&mut self, from: i64, to: i64) {
+        if to == from + 1 {
+            self.before = self.now;
+            self.now = Default::default();
+        } else if to > from + 1 {
+            *self = Peaks::default();
+        }
+    }
+
+    /// The most of `CUMULATIVE[c]` in a window over the last one to two periods (0 when none).
+    pub(super) fn most(&self, c: usize) -> f64 {
+        (f64::from(self.now[c].max(self.before[c])) / PEAK_UNIT).exp2() - 1.0
+    }
+
+    /// Records a window's values (all measures, in the order of `MEASURES`).
+    pub(super) fn note(&mut self, observed: &[u64; MEASURES.len()]) {
+        for (p, &m) in self.now.iter_mut().zip(&CUMULATIVE) {
+            let code = ((observed[m] as f64).ln_1p() / std::f64::consts::LN_2 * PEAK_UNIT).ceil();
+            *p = (*p).max(code.min(f64::from(u16::MAX)) as u16);
+        }
+    }
 }
 
 /// A run of the excess detector: the bytes written beyond `high` summed over the spans since `from`,
@@ -601,6 +646,7 @@ impl Default for Levels {
             span_sum: [0; SPANNED.len()],
             slow: [0.0; CUMULATIVE.len()],
             excess: None,
+            peaks: Peaks::default(),
         }
     }
 }
@@ -639,9 +685,9 @@ pub(super) struct AgentState {
     pub(super) open: Vec<OpenFinding>,
     /// Windows not yet closed (usually one; two around a boundary within the lateness).
     pub(super) open_windows: Vec<Window>,
-    /// Indices of the policies that cover this agent, for the role they were computed with.
+    /// The policies that cover this agent, for the role they were worked out with.
     #[serde(skip)]
-    pub(super) covered_by: Option<(Option<u16>, Box<[u16]>)>,
+    pub(super) covered_by: Option<Coverage>,
 }
 
 impl AgentState {
@@ -668,10 +714,35 @@ impl AgentState {
         if self.levels.excess.is_some() {
             n += size_of::<Excess>();
         }
-        if let Some((_, idx)) = &self.covered_by {
-            n += idx.len() * 2;
+        if let Some(c) = &self.covered_by {
+            n += c.0.len() * 2;
         }
         n
+    }
+}
+
+/// The indices of the policies covering an agent and of the role they were worked out for, in one
+/// boxed slice (16 bytes inline, where a role and a slice took 24: per-agent state is budgeted): the
+/// role first (`NO_ROLE` for none; role indices stop below it, see `Engine::intern_role`), then the
+/// policies.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Coverage(Box<[u16]>);
+
+const NO_ROLE: u16 = u16::MAX;
+
+impl Coverage {
+    pub(super) fn new(role: Option<u16>, policies: &[u16]) -> Self {
+        Coverage(std::iter::once(role.unwrap_or(NO_ROLE)).chain(policies.iter().copied()).collect())
+    }
+
+    /// The role the coverage was worked out for.
+    pub(super) fn role(&self) -> Option<u16> {
+        self.0.first().copied().filter(|&r| r != NO_ROLE)
+    }
+
+    /// The policies' indices.
+    pub(super) fn policies(&self) -> &[u16] {
+        self.0.get(1..).unwrap_or(&[])
     }
 }
 
@@ -685,6 +756,35 @@ pub(super) struct CredentialOwner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peaks_hold_the_most_of_the_current_period_and_the_one_before() {
+        let window = |actions: u64| {
+            let mut o = [0; MEASURES.len()];
+            o[CUMULATIVE[0]] = actions;
+            o
+        };
+        let mut p = Peaks::default();
+        p.note(&window(7));
+        p.pass(10, 10);
+        p.note(&window(5));
+        // Kept to within 0.07%, never below.
+        let most = p.most(0);
+        assert!((7.0..7.0 * 1.0007).contains(&most), "{most}");
+        // The next period keeps the last one's most beside its own.
+        p.pass(10, 11);
+        p.note(&window(3));
+        assert_eq!(p.most(0), most);
+        // Two periods on, the 7 is forgotten; a gap of more than one period forgets both.
+        p.pass(11, 12);
+        assert!((3.0..3.01).contains(&p.most(0)), "{}", p.most(0));
+        p.pass(12, 14);
+        assert_eq!(p.most(0), 0.0);
+        p.note(&window(u64::MAX));
+        assert!(p.most(0) > 1e19);
+        let back: Peaks = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+    }
 
     #[test]
     fn samples_keep_the_earliest_whatever_the_order_and_reuse_their_slots() {

@@ -530,14 +530,8 @@ pub(super) fn spike(
     f.score = score(p);
     let span = human_duration((to - from) / 1000);
     let bytes = matches!(q, Quantity::Bytes | Quantity::Written);
-    let did = match q {
-        Quantity::Denials => format!("had {observed} actions denied"),
-        Quantity::Tokens => format!("used {observed} model tokens"),
-        Quantity::Bytes => format!("moved {}", human_bytes(x)),
-        Quantity::Written => format!("wrote or sent {}", human_bytes(x)),
-        Quantity::Actions => format!("made {observed} actions"),
-    };
-    let usual = if bytes { human_bytes(j.high) } else { two_digits(j.high) };
+    let did = did(q, observed);
+    let usual = amount(q, j.high);
     let against = match (peers, j.high > 0.0) {
         (None, true) => format!(", {}x its usual high of {usual}", two_digits(ratio)),
         (None, false) => "; its recent history has none".to_owned(),
@@ -555,8 +549,7 @@ pub(super) fn spike(
             format!(", {usual}; it has no baseline of its own yet")
         }
     };
-    let p_text = if p < 1e-16 { "p < 1e-16".to_owned() } else { format!("p = {p:.1e}") };
-    f.summary = format!("{agent} {did} in {span}{against} ({p_text})");
+    f.summary = format!("{agent} {did} in {span}{against} ({})", p_text(p));
     let e = &mut f.evidence;
     if let Some(role) = peers {
         // No baseline of its own yet: judged against what one agent of its role does in a window.
@@ -576,5 +569,75 @@ pub(super) fn spike(
         e.insert("bytes_read".into(), json!(w.bytes_read));
         e.insert("bytes_written".into(), json!(w.bytes_written));
     }
+    Some(f)
+}
+
+/// What an agent did, in a finding's words: `observed` of measure `q` in a window or span.
+fn did(q: Quantity, observed: u64) -> String {
+    match q {
+        Quantity::Denials => format!("had {observed} actions denied"),
+        Quantity::Tokens => format!("used {observed} model tokens"),
+        Quantity::Bytes => format!("moved {}", human_bytes(observed as f64)),
+        Quantity::Written => format!("wrote or sent {}", human_bytes(observed as f64)),
+        Quantity::Actions => format!("made {observed} actions"),
+    }
+}
+
+/// An amount of measure `q` (a baseline's high, a ceiling), in a finding's words.
+fn amount(q: Quantity, x: f64) -> String {
+    if matches!(q, Quantity::Bytes | Quantity::Written) { human_bytes(x) } else { two_digits(x) }
+}
+
+fn p_text(p: f64) -> String {
+    if p < 1e-16 { "p < 1e-16".to_owned() } else { format!("p = {p:.1e}") }
+}
+
+/// The ceiling detector (see `CeilingConfig`): a window beyond `most`, the most of its measure in a
+/// window lately, when the agent's baseline holds at least `ceiling.min_windows` windows within a
+/// factor of the square root of two (two of its bins) below it, is a finding of severity low once its
+/// tail probability is below `ceiling.p_value`; the volume detector's own floors still apply. Called for
+/// a window the volume detector did not report.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn ceiling(
+    cfg: &Compiled,
+    q: Quantity,
+    spec: &SpikeConfig,
+    agent: &str,
+    w: &Window,
+    observed: u64,
+    j: &Judgement,
+    (most, tail): (f64, &Tail),
+) -> Option<Finding> {
+    let c = &cfg.raw.ceiling;
+    let x = observed as f64;
+    if !c.enabled || most <= 0.0 || x <= most {
+        return None;
+    }
+    let near = tail.weight_at_least(most / std::f64::consts::SQRT_2)?;
+    if near < c.min_windows {
+        return None;
+    }
+    // Kept to within 0.07% above (see `Peaks`); the values are whole numbers.
+    let most = most.floor();
+    let loose = SpikeConfig { p_value: c.p_value, ..spec.clone() };
+    let span = (w.start, w.start + cfg.window_ms);
+    let mut f = spike(cfg, q, &loose, agent, w, span, observed, j, None)?;
+    f.severity = Severity::Low;
+    let ratio = x / most;
+    f.summary = format!(
+        "{agent} {} in {}, beyond its ceiling: the most in a window lately was {}, and {} windows came \
+         within 41% of it ({}x it; {})",
+        did(q, observed),
+        human_duration(cfg.window_ms / 1000),
+        amount(q, most),
+        near.round(),
+        two_digits(ratio),
+        p_text((j.p * SCALES).min(1.0)),
+    );
+    let e = &mut f.evidence;
+    e.insert("detector".into(), json!("ceiling"));
+    e.insert("ceiling".into(), json!(round3(most)));
+    e.insert("ceiling_windows".into(), json!(round3(near)));
+    e.insert("ceiling_ratio".into(), json!(round3(ratio)));
     Some(f)
 }
