@@ -327,8 +327,13 @@ fn agent_status(api: &ApiTarget, agent: &str, as_json: bool) -> Result<ExitCode,
         );
         let learned = b["windows"].as_u64().unwrap_or(0) > 0;
         for m in b["per_window"].as_array().into_iter().flatten().filter(|_| learned) {
+            let most = if m["most_lately"].is_null() {
+                String::new()
+            } else {
+                format!("  most lately {:>10}", number(&m["most_lately"]))
+            };
             println!(
-                "    {:<8} median {:>10}  usual high {:>10}  a finding from {:>10}",
+                "    {:<8} median {:>10}  usual high {:>10}  a finding from {:>10}{most}",
                 text(&m["measure"]),
                 number(&m["median"]),
                 number(&m["usual_high"]),

@@ -1211,7 +1211,9 @@ fn the_baseline_summary_says_what_is_normal_for_an_agent() {
     assert!((2.5..=3.5).contains(&actions.median), "{actions:?}");
     assert!(actions.threshold > 2.0 * actions.median.max(actions.usual_high), "{actions:?}");
     assert!((2.0..=3.5).contains(&actions.usual_high), "{actions:?}");
+    assert_eq!(actions.most_lately, Some(3.0), "{actions:?}");
     assert_eq!(b.per_window[2].measure, "denials");
+    assert_eq!(b.per_window[2].most_lately, None, "the ceiling detector does not follow denials");
     assert_eq!(b.per_window[2].median, 0.0, "no denials seen: {b:?}");
     assert!(b.state_bytes > 0 && b.state_bytes < 4096, "{b:?}");
 }

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::{Engine, MEASURES, judge_window};
+use super::{CUMULATIVE, Engine, MEASURES, judge_window};
 
 /// One agent's baseline, as learned so far.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -45,6 +45,11 @@ pub struct Measure {
     pub usual_high: f64,
     /// The smallest value per window that its detector would report.
     pub threshold: f64,
+    /// The most in one window lately (the last half to whole memory; to within 0.07%), for the measures
+    /// the ceiling detector follows (actions, bytes, bytes written): a window beyond it, when many came
+    /// near it, is a ceiling broken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub most_lately: Option<f64>,
 }
 
 impl Engine {
@@ -57,13 +62,16 @@ impl Engine {
         let per_window = MEASURES
             .into_iter()
             .zip(&state.levels.per_window)
-            .map(|(q, tail)| {
+            .enumerate()
+            .map(|(m, (q, tail))| {
                 let j = judge_window(cfg, tail, q, 0, true);
+                let followed = CUMULATIVE.iter().position(|&i| i == m);
                 Measure {
                     measure: q.name(),
                     median: round(j.median),
                     usual_high: round(j.high),
                     threshold: round(j.threshold),
+                    most_lately: followed.map(|c| state.levels.peaks.most(c).floor()),
                 }
             })
             .collect();

@@ -931,8 +931,8 @@ impl Engine {
                 let levels = &agent.levels;
                 let followed = CUMULATIVE.iter().position(|&i| i == m);
                 let f = spike(cfg, q, spec, id, &w, span, observed[m], &j, None).or_else(|| {
-                    let most = followed.map_or(0.0, |c| levels.peaks.most(c));
-                    ceiling(cfg, q, spec, id, &w, observed[m], &j, (most, &levels.per_window[m]))
+                    let c = followed?;
+                    ceiling(cfg, q, spec, id, &w, observed[m], &j, (&levels.peaks, c, &levels.per_window[m]))
                 });
                 let peers = base.peers.then(|| &self.peer_levels[usize::from(agent.role)].per_window[m]);
                 found.extend(f.map(|f| (peer_percentile(cfg, f, peers, observed[m]), bucket)));

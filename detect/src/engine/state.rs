@@ -577,8 +577,10 @@ impl Peaks {
     /// Records a window's values (all measures, in the order of `MEASURES`).
     pub(super) fn note(&mut self, observed: &[u64; MEASURES.len()]) {
         for (p, &m) in self.now.iter_mut().zip(&CUMULATIVE) {
-            let code = ((observed[m] as f64).ln_1p() / std::f64::consts::LN_2 * PEAK_UNIT).ceil();
-            *p = (*p).max(code.min(f64::from(u16::MAX)) as u16);
+            if observed[m] > 0 {
+                let code = ((observed[m] as f64).ln_1p() / std::f64::consts::LN_2 * PEAK_UNIT).ceil();
+                *p = (*p).max(code.min(f64::from(u16::MAX)) as u16);
+            }
         }
     }
 }

@@ -592,8 +592,8 @@ fn p_text(p: f64) -> String {
     if p < 1e-16 { "p < 1e-16".to_owned() } else { format!("p = {p:.1e}") }
 }
 
-/// The ceiling detector (see `CeilingConfig`): a window beyond `most`, the most of its measure in a
-/// window lately, when the agent's baseline holds at least `ceiling.min_windows` windows within a
+/// The ceiling detector (see `CeilingConfig`): a window beyond the most of its measure (`followed`, an
+/// index into `CUMULATIVE`) in a window lately, when the agent's baseline holds at least `ceiling.min_windows` windows within a
 /// factor of the square root of two (two of its bins) below it, is a finding of severity low once its
 /// tail probability is below `ceiling.p_value`; the volume detector's own floors still apply. Called for
 /// a window the volume detector did not report.
@@ -606,11 +606,16 @@ pub(super) fn ceiling(
     w: &Window,
     observed: u64,
     j: &Judgement,
-    (most, tail): (f64, &Tail),
+    (peaks, followed, tail): (&Peaks, usize, &Tail),
 ) -> Option<Finding> {
     let c = &cfg.raw.ceiling;
     let x = observed as f64;
-    if !c.enabled || most <= 0.0 || x <= most {
+    // The floors first: they turn away nearly every window, and cheaply.
+    if !c.enabled || observed < spec.min_count || x < spec.min_ratio * j.high {
+        return None;
+    }
+    let most = peaks.most(followed);
+    if most <= 0.0 || x <= most {
         return None;
     }
     let near = tail.weight_at_least(most / std::f64::consts::SQRT_2)?;
