@@ -74,7 +74,7 @@ pub struct DetectConfig {
     /// Drops and rises of actions against the agent's daily and weekly rhythm.
     #[serde(default)]
     pub rhythm: RhythmConfig,
-    /// A window beyond a ceiling the agent kept reaching (any volume measure).
+    /// A window beyond a ceiling the agent kept reaching (actions, bytes moved, bytes written).
     #[serde(default)]
     pub ceiling: CeilingConfig,
     /// `scope_drift`: new and rare keys, and the shift of the agent's work between them.
@@ -508,11 +508,12 @@ impl Default for RhythmConfig {
     }
 }
 
-/// The ceiling detector: a window that goes beyond the most the agent did in any window lately, when
-/// that most is a ceiling it kept reaching (at least `min_windows` windows within a factor of 1.41 of
-/// it), is a finding of its measure's kind (`volume_spike`, `data_spike`, `denied_burst`,
-/// `token_spike`) at severity low, with evidence `detector = "ceiling"`, once the tail puts it below
-/// `p_value` (the volume detectors' own floors, `min_count` and `min_ratio`, still apply).
+/// The ceiling detector: a window whose actions, bytes moved or bytes written go beyond the most the
+/// agent did in any window lately, when that most is a ceiling it kept reaching (at least `min_windows`
+/// windows within a factor of 1.41 of it), is a `volume_spike` or `data_spike` at severity low, with
+/// evidence `detector = "ceiling"`, once the tail puts it below `p_value` (the volume detectors' own
+/// floors, `min_count` and `min_ratio`, still apply). Denials and tokens are left to their detectors and
+/// budgets, as for the cumulative detector.
 ///
 /// Why. The tail baselines judge a value by how far their fitted tail reaches, and a tail fitted to a
 /// histogram whose bins are 19% wide cannot tell a ceiling touched twenty times from a spread of values

@@ -593,10 +593,10 @@ fn p_text(p: f64) -> String {
 }
 
 /// The ceiling detector (see `CeilingConfig`): a window beyond the most of its measure (`followed`, an
-/// index into `CUMULATIVE`) in a window lately, when the agent's baseline holds at least `ceiling.min_windows` windows within a
-/// factor of the square root of two (two of its bins) below it, is a finding of severity low once its
-/// tail probability is below `ceiling.p_value`; the volume detector's own floors still apply. Called for
-/// a window the volume detector did not report.
+/// index into `CUMULATIVE`) in a window lately, when the agent's baseline holds at least
+/// `ceiling.min_windows` windows within a factor of the square root of two (two of its bins) below that
+/// most, is a finding of severity low once its tail probability is below `ceiling.p_value`; the volume
+/// detector's own floors still apply. Called for a window the volume detector did not report.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn ceiling(
     cfg: &Compiled,
