@@ -472,6 +472,24 @@ mod tests {
     }
 
     #[test]
+    fn the_weight_at_or_above_a_value_counts_its_own_bin_half() {
+        // No decay: 20 windows of 400, 10 of 1,000, 70 of nothing.
+        let mut t = Tail::default();
+        for x in [400.0; 20].into_iter().chain([1000.0; 10]).chain([0.0; 70]) {
+            t.learn(x, 1.0);
+        }
+        let near = |x: f64| t.weight_at_least(x).map(|w| (w * 100.0).round() / 100.0);
+        // 1,000 falls in its own bin: half of its ten; anything between the two bins, all ten.
+        assert_eq!(near(1000.0), Some(5.0));
+        assert_eq!(near(1000.0 / std::f64::consts::SQRT_2), Some(10.0));
+        assert_eq!(near(400.0), Some(20.0));
+        assert_eq!(near(5000.0), Some(0.0));
+        // Below the kept bins (two octaves under the largest) the order of values is not known.
+        assert_eq!(near(100.0), None);
+        assert_eq!(t.share_at_least(400.0).map(|s| (s * 100.0).round() / 100.0), Some(0.2));
+    }
+
+    #[test]
     fn a_bounded_tail_rules_a_value_out_only_on_many_excesses() {
         // Values spread log-uniformly over 1-8 MB, never more: a bounded tail. Remembered over 270
         // windows (a baseline of quarter-hours), about 16 windows' worth lie above the usual high; over
