@@ -245,6 +245,13 @@ impl Serialize for SnapshotView<'_> {
     }
 }
 
+impl SnapshotView<'_> {
+    fn to_json(&self) -> Box<serde_json::value::RawValue> {
+        // Every key is a string, so this cannot fail; were it to, `null` is "no state", never a wrong one.
+        serde_json::value::to_raw_value(self).unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned())
+    }
+}
+
 /// A copy of the parts of an engine its [`Snapshot`] holds, taken at a flush ([`Engine::freeze`]) and
 /// written as JSON later, on another thread ([`Frozen::to_json`]): the same text
 /// [`Engine::snapshot_json`] would have written at that moment. Copying a hundred thousand agents'
@@ -266,9 +273,7 @@ pub struct Frozen {
 impl Frozen {
     /// The copied state as a checkpoint stores it (see [`Engine::snapshot_json`]).
     pub fn to_json(&self) -> Box<serde_json::value::RawValue> {
-        // Every key is a string, so this cannot fail; were it to, `null` is "no state", never a wrong one.
-        serde_json::value::to_raw_value(&self.view())
-            .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned())
+        self.view().to_json()
     }
 
     /// The same text as [`Frozen::to_json`], written into `out` as it is made.
@@ -451,11 +456,25 @@ impl Engine {
         spend
     }
 
-    /// The state as a checkpoint stores it: [`Engine::snapshot`]'s JSON, written from a [`Frozen`] copy
-    /// (no `BTreeMap` of owned ids, no `serde_json::Value` tree on the way). A flush does not call this:
-    /// its writer thread writes the copy straight into the checkpoint file.
+    /// The state as a checkpoint stores it: [`Engine::snapshot`]'s JSON, written from the engine as it
+    /// is (no copy of its agents, no `BTreeMap` of owned ids, no `serde_json::Value` tree on the way),
+    /// the same text a [`Frozen`] copy taken now writes. A flush does not call this: its writer thread
+    /// writes such a copy straight into the checkpoint file.
     pub fn snapshot_json(&self) -> Box<serde_json::value::RawValue> {
-        self.freeze().to_json()
+        let spend = self.snapshot_spend();
+        SnapshotView {
+            ids: &self.ids,
+            agents: &self.agents,
+            roles: &self.roles,
+            peer_levels: &self.peer_levels,
+            credentials: &self.credentials,
+            max_ts: self.max_ts,
+            front: &self.front,
+            wm: self.wm,
+            stats: self.stats,
+            spend: &spend,
+        }
+        .to_json()
     }
 
     /// A copy of what [`Engine::snapshot_json`] writes, to be written later (see [`Frozen`]).
