@@ -14,6 +14,12 @@ pub struct ArchiveConfig {
     /// Flush (write files and commit) once this many rows are buffered, all tables together.
     #[serde(default = "default_flush_rows")]
     pub flush_rows: usize,
+    /// Flush once the buffered rows would make this many files (one per table and event-time directory
+    /// touched). A live stream's flush touches a few; a replay of history spread thin touches an hour
+    /// or a day every few events, and without this bound it would hold every hour of a long replay in
+    /// memory and write them all at its end, with nothing else to overlap the writing.
+    #[serde(default = "default_flush_files")]
+    pub flush_files: usize,
     /// Flush at least this often, in seconds, while input keeps arriving (so a slow stream is archived
     /// promptly).
     #[serde(default = "default_flush_seconds")]
@@ -78,6 +84,11 @@ fn default_dir() -> PathBuf {
 pub const fn default_flush_rows() -> usize {
     250_000
 }
+/// About a second of a replay's file writing on two threads: a flush's files are written while the
+/// next ones are read and judged, and the rows held meanwhile stay a small share of memory.
+pub const fn default_flush_files() -> usize {
+    1_000
+}
 /// Ten seconds bounds how stale the archive can be behind a trickle of events.
 pub const fn default_flush_seconds() -> f64 {
     10.0
@@ -113,6 +124,7 @@ impl Default for ArchiveConfig {
         ArchiveConfig {
             dir: default_dir(),
             flush_rows: default_flush_rows(),
+            flush_files: default_flush_files(),
             flush_seconds: default_flush_seconds(),
             zstd_level: default_zstd_level(),
             compress_min_rows: default_compress_min_rows(),
@@ -130,6 +142,9 @@ pub enum ArchiveConfigError {
     /// `flush_rows` is zero.
     #[error("archive.flush_rows must be at least 1")]
     FlushRows,
+    /// `flush_files` is zero.
+    #[error("archive.flush_files must be at least 1")]
+    FlushFiles,
     /// `flush_seconds` is not a positive number.
     #[error("archive.flush_seconds must be a positive number of seconds, got {0}")]
     FlushSeconds(f64),
@@ -146,6 +161,9 @@ impl ArchiveConfig {
     pub fn validate(&self) -> Result<(), ArchiveConfigError> {
         if self.flush_rows == 0 {
             return Err(ArchiveConfigError::FlushRows);
+        }
+        if self.flush_files == 0 {
+            return Err(ArchiveConfigError::FlushFiles);
         }
         if !(self.flush_seconds.is_finite() && self.flush_seconds > 0.0) {
             return Err(ArchiveConfigError::FlushSeconds(self.flush_seconds));

@@ -254,6 +254,11 @@ impl<T: Table> Partitioned<T> {
     fn rows(&self) -> usize {
         self.parts.values().map(T::rows).sum()
     }
+
+    /// The files a flush would write for this table: one per directory touched.
+    fn files(&self) -> usize {
+        self.parts.len()
+    }
 }
 
 /// What is stamped on every row: the source partition and the ingest time.
@@ -283,6 +288,7 @@ pub struct Archive {
     root: PathBuf,
     stamp: Stamp,
     flush_rows: usize,
+    flush_files: usize,
     packing: PackingRule,
     sync_each_up_to: usize,
     write_threads: usize,
@@ -418,6 +424,7 @@ impl Archive {
             root,
             stamp: Stamp { source: source.to_owned(), partition, ingested_at: 0, base },
             flush_rows: cfg.flush_rows,
+            flush_files: cfg.flush_files,
             packing: PackingRule {
                 compress_min_rows: cfg.compress_min_rows,
                 zstd_min_rows: cfg.zstd_min_rows,
@@ -526,9 +533,14 @@ impl Archive {
         self.events.rows() + self.dead.rows() + self.findings.rows() + self.control.rows()
     }
 
-    /// Whether enough rows are buffered to flush on size.
+    /// The files a flush would write now, all tables.
+    pub fn pending_files(&self) -> usize {
+        self.events.files() + self.dead.files() + self.findings.files() + self.control.files()
+    }
+
+    /// Whether enough is buffered to flush on size: `flush_rows` rows, or rows for `flush_files` files.
     pub fn should_flush(&self) -> bool {
-        self.pending_rows() >= self.flush_rows
+        self.pending_rows() >= self.flush_rows || self.pending_files() >= self.flush_files
     }
 
     /// Whether anything was consumed since the last commit.

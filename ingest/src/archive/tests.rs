@@ -139,6 +139,39 @@ fn a_replay_of_sparse_history_writes_a_file_per_day_with_batched_syncs() {
     assert_eq!(files_under(dir.path()).len(), 4);
 }
 
+/// A replay spread thin flushes on the files it would write, not only on rows: rows for `flush_files`
+/// directories make a flush due, however few they are, and every table counts.
+#[test]
+fn rows_for_flush_files_directories_make_a_flush_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ArchiveConfig { dir: dir.path().to_owned(), flush_files: 3, ..ArchiveConfig::default() };
+    let (mut a, _) = Archive::open(&cfg, "thin", 0).unwrap();
+    let push = |a: &mut Archive, position: u64, hour: i64| {
+        let line = format!(
+            r#"{{"event_id":"e{position}","ts":{},"agent_id":"a","action":"x","resource":"r"}}"#,
+            hour * 3_600_000 + 7
+        );
+        a.push_event(&vigil_schemas::decode(line.as_bytes(), 1024).unwrap(), position);
+    };
+    // Many rows in one hour are one file: not due (flush_rows is 250,000).
+    for p in 1..=50 {
+        push(&mut a, p, 0);
+    }
+    assert_eq!((a.pending_files(), a.should_flush()), (1, false));
+    push(&mut a, 51, 5);
+    assert_eq!((a.pending_files(), a.should_flush()), (2, false));
+    // A dead letter is a file of its own table.
+    let bad = vigil_schemas::Invalid::NotJson { detail: "x".into() };
+    a.push_dead_letter(&DeadLetter::new(bad, 52, 8, b"not json", 64));
+    assert_eq!((a.pending_files(), a.should_flush()), (3, true));
+    let report = a.flush(no_state(), 5).unwrap();
+    assert_eq!((report.files.len(), report.rows), (3, 52));
+    assert_eq!((a.pending_files(), a.should_flush()), (0, false));
+    // Zero is refused with its name.
+    let err = ArchiveConfig { flush_files: 0, ..ArchiveConfig::default() }.validate().unwrap_err();
+    assert_eq!(err.to_string(), "archive.flush_files must be at least 1");
+}
+
 /// Issue 13, item 12: the temporary-file prefix of source `a` (`.a-0-`) matched source `a-0`'s
 /// temporary files, so opening `a` deleted a flush `a-0` was writing.
 #[test]
