@@ -26,6 +26,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use vigil_schemas::{Event, Outcome};
@@ -121,8 +122,10 @@ pub struct Stats {
 #[derive(Debug)]
 pub struct Engine {
     cfg: Compiled,
-    index: HashMap<Box<str>, u32>,
-    ids: Vec<Box<str>>,
+    /// Agent id to slot. Ids of up to 24 bytes are held in the table's own entries, so a lookup
+    /// compares them without a load from elsewhere in the heap; the hash is keyed per process.
+    index: HashMap<CompactString, u32, ahash::RandomState>,
+    ids: Vec<CompactString>,
     /// `stable_hash` of each id: windows closing together close in (hash, id) order, a deterministic
     /// order cheaper to sort than the ids themselves.
     id_hash: Vec<u64>,
@@ -188,7 +191,7 @@ pub struct Snapshot {
 /// The parts of an engine that its [`Snapshot`] holds, borrowed from a [`Frozen`] copy of them, and
 /// serialised as that snapshot (same fields, same shapes) without building one.
 struct SnapshotView<'a> {
-    ids: &'a [Box<str>],
+    ids: &'a [CompactString],
     agents: &'a [AgentState],
     roles: &'a [(Box<str>, PeerTable)],
     peer_levels: &'a [PeerLevels],
@@ -258,7 +261,7 @@ impl SnapshotView<'_> {
 /// state costs a fraction of writing it as JSON, and the thread that judges events pays only the copy.
 #[derive(Debug, Clone)]
 pub struct Frozen {
-    ids: Vec<Box<str>>,
+    ids: Vec<CompactString>,
     agents: Vec<AgentState>,
     roles: Vec<(Box<str>, PeerTable)>,
     peer_levels: Vec<PeerLevels>,
@@ -307,7 +310,7 @@ impl Engine {
     pub fn new(cfg: &DetectConfig) -> Result<Engine, ConfigError> {
         let mut engine = Engine {
             cfg: cfg.build()?,
-            index: HashMap::new(),
+            index: HashMap::default(),
             ids: Vec::new(),
             id_hash: Vec::new(),
             pool: Vec::new(),
@@ -347,7 +350,14 @@ impl Engine {
 
     /// Bytes of per-agent state (inline and heap, ids included), for sizing and the benchmarks.
     pub fn state_bytes(&self) -> usize {
-        let ids: usize = self.ids.iter().map(|s| 2 * s.len() + 2 * size_of::<Box<str>>() + 8).sum();
+        // Each id twice (its slot's and its index entry's: up to 24 bytes held inline, a longer one
+        // on the heap besides), and its hash.
+        let entry = size_of::<(CompactString, u32)>();
+        let ids: usize = self
+            .ids
+            .iter()
+            .map(|s| size_of::<CompactString>() + 8 + entry + if s.len() > 24 { 2 * s.len() } else { 0 })
+            .sum();
         let spend = self.spend.len() * (size_of::<((u32, u16), Spend)>() + 8);
         ids + spend + self.agents.iter().map(AgentState::footprint).sum::<usize>() + 4 * self.free.len()
     }
@@ -534,9 +544,9 @@ impl Engine {
             for w in &state.open_windows {
                 self.closing.push(Reverse((w.start + self.cfg.window_ms, idx)));
             }
-            self.index.insert(id.clone().into_boxed_str(), idx);
+            self.index.insert(CompactString::from(id.as_str()), idx);
             self.id_hash.push(stable_hash(&[id.as_bytes()]));
-            self.ids.push(id.into_boxed_str());
+            self.ids.push(CompactString::from(id));
             self.agents.push(state);
         }
         self.credentials = snapshot
@@ -614,18 +624,18 @@ impl Engine {
         let i = match self.free.pop() {
             // A forgotten agent's slot: its state was emptied when it was forgotten.
             Some(i) => {
-                self.ids[i as usize] = ev.agent_id.as_ref().into();
+                self.ids[i as usize] = CompactString::from(&*ev.agent_id);
                 self.id_hash[i as usize] = hash;
                 i
             }
             None => {
-                self.ids.push(ev.agent_id.as_ref().into());
+                self.ids.push(CompactString::from(&*ev.agent_id));
                 self.id_hash.push(hash);
                 self.agents.push(AgentState::default());
                 (self.ids.len() - 1) as u32
             }
         };
-        self.index.insert(ev.agent_id.as_ref().into(), i);
+        self.index.insert(CompactString::from(&*ev.agent_id), i);
         // The role config binds, else the first one declared.
         let bound = self.bound_role(&ev.agent_id);
         let pinned = bound.is_some();
@@ -859,7 +869,7 @@ impl Engine {
             let role = a.role;
             self.leave_peers(role);
             let id = std::mem::take(&mut self.ids[i]);
-            self.index.remove(&id);
+            self.index.remove(&*id);
             self.agents[i] = AgentState::default();
             self.free.push(i as u32);
             gone += 1;
@@ -1120,7 +1130,7 @@ impl Engine {
         let holder_id = &self.ids[holder as usize];
         let mut evidence = Map::new();
         evidence.insert("credential_id".into(), json!(credential));
-        evidence.insert("owner_agent_id".into(), json!(holder_id));
+        evidence.insert("owner_agent_id".into(), json!(holder_id.as_str()));
         evidence.insert("used_by".into(), json!(flagged_id));
         evidence.insert("principal".into(), json!(ev.principal));
         let mut f = event_finding(
