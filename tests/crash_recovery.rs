@@ -15,8 +15,9 @@ fn kill_9_mid_run_then_rerun_leaves_every_event_exactly_once() {
     let n = simulate(&input, 300, "3h", 120.0, 3, 11);
     assert!(n > 300_000, "{n}");
     let config = dir.path().join("v.toml");
-    // Small flushes, so kills land between, during and after commits.
-    std::fs::write(&config, "[archive]\nflush_rows = 15000\n").unwrap();
+    // Small flushes, so kills land between, during and after commits; parts of each flush go to the
+    // writer ahead of it, so kills also land while files opened by parts are half written.
+    std::fs::write(&config, "[archive]\nflush_rows = 15000\npart_rows = 2500\n").unwrap();
     let archive = dir.path().join("archive");
 
     // Kill at growing delays; each restart resumes from the last commit.

@@ -142,12 +142,13 @@ fn kill_9_while_consuming_loses_nothing_and_duplicates_nothing() {
     kafka_tool(&["create", &broker.addr, "events", "4"]);
     kafka_tool(&["produce", &broker.addr, "events", path.to_str().unwrap()]);
     let config = dir.path().join("v.toml");
-    // Small flushes, so kills land between, during and after commits.
+    // Small flushes, so kills land between, during and after commits, and parts ahead of each flush,
+    // so they also land while files opened by parts are half written.
     // A killed member's session expires quickly, so the restarted one is assigned quickly.
     std::fs::write(
         &config,
         format!(
-            "[archive]\nflush_rows = 8000\n[kafka]\nbrokers = \"-\"\ntopics = [\"events\"]\n\
+            "[archive]\nflush_rows = 8000\npart_rows = 1500\n[kafka]\nbrokers = \"-\"\ntopics = [\"events\"]\n\
              [kafka.options]\n\"session.timeout.ms\" = \"{SESSION_MS}\"\n"
         ),
     )
@@ -192,6 +193,7 @@ fn member_config(dir: &Path) -> std::path::PathBuf {
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/vigil.toml")).unwrap();
     let text = example
         .replace("flush_rows = 250000", "flush_rows = 5000")
+        .replace("part_rows = 65536", "part_rows = 1000")
         .replace("flush_seconds = 10.0", "flush_seconds = 1.0")
         + "\n[kafka]\nbrokers = \"-\"\ntopics = [\"events\"]\n[kafka.options]\n\"session.timeout.ms\" = \"6000\"\n";
     let path = dir.join("member.toml");

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use vigil_detect::{DetectConfig, Engine, Output};
 use vigil_ingest::archive::{
-    Archive, ArchiveConfig, ArchiveError, DeadLetter, FlushJob, FlushReport, FlushWriter,
+    Archive, ArchiveConfig, ArchiveError, DeadLetter, FlushJob, FlushReport, FlushWriter, Part,
 };
 use vigil_ingest::source::Line;
 use vigil_ingest::source::kafka::StateRecord;
@@ -627,6 +627,7 @@ impl Lane {
         drop(events);
         let judged = Instant::now();
         self.fan_out()?;
+        self.send_parts()?;
         let t = &self.telemetry;
         t.add_batch(&counts);
         t.stage(Stage::Classify, (classified - started).as_secs_f64());
@@ -643,6 +644,16 @@ impl Lane {
             }
         }
         Ok(&self.taken)
+    }
+
+    /// Hands the writer thread the rows of every directory that reached `part_rows`, to be encoded into
+    /// their files while the next batches are judged.
+    fn send_parts(&mut self) -> Result<(), PipelineError> {
+        let (Some(a), Some(w)) = (self.archive.as_mut(), self.writer.as_mut()) else { return Ok(()) };
+        for part in a.take_parts() {
+            w.send_part(part)?;
+        }
+        Ok(())
     }
 
     /// Counts one batch of findings, buffers them for the archive and hands them and the transitions to
@@ -849,6 +860,16 @@ impl Lane {
     }
 }
 
+/// Messages queued for a lane's writer thread besides the one it is on.
+const QUEUED: usize = 4;
+
+/// What the writer thread is handed, in order.
+enum Msg {
+    /// Rows to encode into a file of the coming flush.
+    Part(Part),
+    Job(Job),
+}
+
 /// One flush on its way to the writer thread.
 struct Job {
     flush: Option<FlushJob>,
@@ -860,7 +881,7 @@ struct Job {
 /// A lane's writer thread: writes each flush (Parquet encoding overlaps the next batches' judging),
 /// then removes what the flush made redundant; stops at the first error.
 struct Writer {
-    jobs: Option<SyncSender<Job>>,
+    jobs: Option<SyncSender<Msg>>,
     reports: Receiver<Result<Option<FlushReport>, ArchiveError>>,
     in_flight: usize,
     /// The batch counts of the jobs in flight, oldest first.
@@ -876,16 +897,33 @@ impl Writer {
         telemetry: Arc<Telemetry>,
         name: &str,
     ) -> Result<Writer, PipelineError> {
-        // One job queued besides the one being written bounds memory.
-        let (jobs, job_rx) = mpsc::sync_channel::<Job>(1);
+        // A few parts (or one flush, and parts) queued besides the one being written: the lane goes on
+        // judging while a flush is made durable, and memory stays bounded (a part is `part_rows` rows).
+        let (jobs, job_rx) = mpsc::sync_channel::<Msg>(QUEUED);
         let (report_tx, reports) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("vigil-writer-{name}"))
             .spawn(move || {
                 super::lower_priority(10);
-                for job in job_rx {
+                // A part that failed fails the flush it belonged to.
+                let mut failed_part = None;
+                for msg in job_rx {
+                    let job = match msg {
+                        Msg::Part(part) => {
+                            if failed_part.is_none()
+                                && let Err(e) = writer.part(part)
+                            {
+                                failed_part = Some(e);
+                            }
+                            continue;
+                        }
+                        Msg::Job(job) => job,
+                    };
                     let started = Instant::now();
-                    let mut result = job.flush.map(|j| writer.write(j)).transpose();
+                    let mut result = match failed_part.take() {
+                        Some(e) => Err(e),
+                        None => job.flush.map(|j| writer.write(j)).transpose(),
+                    };
                     if let Ok(Some(r)) = &result {
                         telemetry.flushed(r.files.len() as u64, r.bytes, started.elapsed().as_secs_f64());
                     }
@@ -913,9 +951,11 @@ impl Writer {
     }
 
     fn send(&mut self, job: Job) -> Result<(), PipelineError> {
-        self.reap(false)?;
+        // One flush written and one waiting at most, as the rows of a flush not sent in parts are
+        // held until it is written.
+        self.reap_to(1)?;
         let seq = job.seq;
-        let sent = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
+        let sent = self.jobs.as_ref().is_some_and(|j| j.send(Msg::Job(job)).is_ok());
         if !sent {
             // The writer stopped: it has sent the error that stopped it.
             return Err(self.stopped());
@@ -925,12 +965,27 @@ impl Writer {
         Ok(())
     }
 
+    /// Hands over a part; a failure to write it is reported with the flush it belongs to.
+    fn send_part(&mut self, part: Part) -> Result<(), PipelineError> {
+        self.reap(false)?;
+        if self.jobs.as_ref().is_some_and(|j| j.send(Msg::Part(part)).is_ok()) {
+            Ok(())
+        } else {
+            Err(self.stopped())
+        }
+    }
+
     /// Collects the reports of finished jobs (all of them when `wait`), failing on the first error.
     /// Returns the last report.
     fn reap(&mut self, wait: bool) -> Result<Option<FlushReport>, PipelineError> {
+        self.reap_to(if wait { 0 } else { usize::MAX })
+    }
+
+    /// Collects the reports of finished jobs, waiting until at most `most` are in flight.
+    fn reap_to(&mut self, most: usize) -> Result<Option<FlushReport>, PipelineError> {
         let mut last = None;
         while self.in_flight > 0 {
-            let report = if wait {
+            let report = if self.in_flight > most {
                 self.reports.recv().map_err(|_| PipelineError::WriterStopped)?
             } else {
                 match self.reports.try_recv() {

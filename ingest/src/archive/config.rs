@@ -20,6 +20,11 @@ pub struct ArchiveConfig {
     /// memory and write them all at its end, with nothing else to overlap the writing.
     #[serde(default = "default_flush_files")]
     pub flush_files: usize,
+    /// Rows of one table and directory that go to the writer thread as soon as they are buffered, to be
+    /// encoded into that directory's file while the input is still read; the file is finished (and
+    /// named, and made durable) at the flush as before. 0 hands everything over at the flush.
+    #[serde(default = "default_part_rows")]
+    pub part_rows: usize,
     /// Flush at least this often, in seconds, while input keeps arriving (so a slow stream is archived
     /// promptly).
     #[serde(default = "default_flush_seconds")]
@@ -89,6 +94,11 @@ pub const fn default_flush_rows() -> usize {
 pub const fn default_flush_files() -> usize {
     1_000
 }
+/// A few tens of MB of Arrow: the writer starts on a flush's largest files a quarter of the way into
+/// it, and the flush waits only for the rows after the last part.
+pub const fn default_part_rows() -> usize {
+    65_536
+}
 /// Ten seconds bounds how stale the archive can be behind a trickle of events.
 pub const fn default_flush_seconds() -> f64 {
     10.0
@@ -125,6 +135,7 @@ impl Default for ArchiveConfig {
             dir: default_dir(),
             flush_rows: default_flush_rows(),
             flush_files: default_flush_files(),
+            part_rows: default_part_rows(),
             flush_seconds: default_flush_seconds(),
             zstd_level: default_zstd_level(),
             compress_min_rows: default_compress_min_rows(),

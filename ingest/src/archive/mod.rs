@@ -13,7 +13,7 @@ mod read;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
@@ -240,25 +240,61 @@ struct Partitioned<T> {
     /// By the event-time directory (hour or day) index.
     parts: BTreeMap<i64, T>,
     span_ms: i64,
+    /// Directories whose rows went to the writer in parts since the last flush ([`Archive::take_parts`]),
+    /// and how many rows.
+    parted: BTreeSet<i64>,
+    parted_rows: usize,
 }
 
 impl<T: Table> Partitioned<T> {
     fn new(by: Partitioning) -> Self {
-        Partitioned { parts: BTreeMap::new(), span_ms: by.span_ms() }
+        Partitioned { parts: BTreeMap::new(), span_ms: by.span_ms(), parted: BTreeSet::new(), parted_rows: 0 }
     }
 
     fn at(&mut self, ts_ms: i64) -> &mut T {
         self.parts.entry(ts_ms.div_euclid(self.span_ms)).or_default()
     }
 
+    /// Rows since the last flush: buffered, and handed to the writer in parts.
     fn rows(&self) -> usize {
-        self.parts.values().map(T::rows).sum()
+        self.parts.values().map(T::rows).sum::<usize>() + self.parted_rows
     }
 
     /// The files a flush would write for this table: one per directory touched.
     fn files(&self) -> usize {
-        self.parts.len()
+        self.parts.len() + self.parted.iter().filter(|i| !self.parts.contains_key(i)).count()
     }
+
+    /// Finishes the rows of every directory holding at least `rows` as a part for the writer.
+    fn take_parts(&mut self, rows: usize, name: &str, out: &mut Vec<Part>) {
+        for (&index, cols) in &mut self.parts {
+            if cols.rows() >= rows {
+                self.parted_rows += cols.rows();
+                self.parted.insert(index);
+                out.push(Part { table: T::DIR, index, name: name.to_owned(), batch: cols.finish() });
+            }
+        }
+    }
+
+    /// Forgets the parts: their rows are committed (or abandoned) with the flush that follows them.
+    fn clear_parts(&mut self) {
+        self.parted.clear();
+        self.parted_rows = 0;
+    }
+}
+
+/// Rows of one table and directory, finished early and handed to the writer thread, which encodes
+/// them into the directory's file of the coming flush (under a temporary name until that flush): a
+/// flush of many rows is then mostly encoded by the time it is due, instead of all at once after it.
+#[derive(Debug)]
+pub struct Part {
+    table: &'static str,
+    index: i64,
+    /// The open file's name: that of a flush starting and ending at the flush's first position (the
+    /// final name is known only at the flush), so the temporary file is this source's to clear on
+    /// recovery like any other.
+    name: String,
+    batch: RecordBatch,
 }
 
 /// What is stamped on every row: the source partition and the ingest time.
@@ -289,6 +325,7 @@ pub struct Archive {
     stamp: Stamp,
     flush_rows: usize,
     flush_files: usize,
+    part_rows: usize,
     packing: PackingRule,
     sync_each_up_to: usize,
     write_threads: usize,
@@ -425,6 +462,7 @@ impl Archive {
             stamp: Stamp { source: source.to_owned(), partition, ingested_at: 0, base },
             flush_rows: cfg.flush_rows,
             flush_files: cfg.flush_files,
+            part_rows: cfg.part_rows,
             packing: PackingRule {
                 compress_min_rows: cfg.compress_min_rows,
                 zstd_min_rows: cfg.zstd_min_rows,
@@ -543,6 +581,21 @@ impl Archive {
         self.pending_rows() >= self.flush_rows || self.pending_files() >= self.flush_files
     }
 
+    /// The rows of every table and directory that has reached `part_rows` since the last take, finished
+    /// as parts for the writer thread ([`FlushWriter::part`]); none when `part_rows` is 0. Parts must
+    /// reach the writer before the flush that follows them.
+    pub fn take_parts(&mut self) -> Vec<Part> {
+        let mut out = Vec::new();
+        let Some(first) = self.first.filter(|_| self.part_rows > 0) else { return out };
+        let Stamp { source, partition, base, .. } = &self.stamp;
+        let name = format!("{source}-{partition}-{0}-{0}.parquet", first - base);
+        self.events.take_parts(self.part_rows, &name, &mut out);
+        self.dead.take_parts(self.part_rows, &name, &mut out);
+        self.findings.take_parts(self.part_rows, &name, &mut out);
+        self.control.take_parts(self.part_rows, &name, &mut out);
+        out
+    }
+
     /// Whether anything was consumed since the last commit.
     pub fn has_uncommitted(&self) -> bool {
         self.first.is_some()
@@ -592,15 +645,19 @@ impl Archive {
         .map(|(table, schema)| Prepared::new(table, schema, &props))
         .collect();
         FlushWriter {
-            root: self.root.clone(),
-            props,
-            tables,
-            packing: self.packing,
+            layout: Layout {
+                root: self.root.clone(),
+                props,
+                tables,
+                packing: self.packing,
+                partition: self.events.span_ms,
+            },
             sync_each_up_to: self.sync_each_up_to,
             write_threads: self.write_threads,
-            partition: self.events.span_ms,
             files: self.totals.files,
             bytes: self.totals.bytes,
+            open: Vec::new(),
+            open_dirs: Vec::new(),
         }
     }
 
@@ -621,6 +678,10 @@ impl Archive {
         self.totals.dead_letters += self.dead.rows() as u64;
         self.totals.findings += self.findings.rows() as u64;
         self.totals.control += self.control.rows() as u64;
+        self.events.clear_parts();
+        self.dead.clear_parts();
+        self.findings.clear_parts();
+        self.control.clear_parts();
         let mut batches = Vec::new();
         take_batches(&mut self.events, &mut batches);
         take_batches(&mut self.dead, &mut batches);
@@ -723,21 +784,43 @@ pub struct FlushJob {
     state: Box<dyn StateJson>,
 }
 
-/// Writes flush jobs: Parquet files (durable, atomically named), then the checkpoint.
+/// Where a flush's files go and how they are packed: what the threads writing a flush share.
 #[derive(Debug)]
-pub struct FlushWriter {
+struct Layout {
     root: PathBuf,
     /// By [`Packing`].
     props: [WriterProperties; 3],
     /// Each table's schema and properties, prepared.
     tables: Vec<Prepared>,
     packing: PackingRule,
-    sync_each_up_to: usize,
-    write_threads: usize,
     /// The span of one directory (`Partitioning::span_ms`).
     partition: i64,
+}
+
+/// Writes flush jobs: Parquet files (durable, atomically named), then the checkpoint.
+#[derive(Debug)]
+pub struct FlushWriter {
+    layout: Layout,
+    sync_each_up_to: usize,
+    write_threads: usize,
     files: u64,
     bytes: u64,
+    /// Files opened by parts, finished by the next flush.
+    open: Vec<OpenFile>,
+    /// Directories created for them, whose parents the flush makes durable.
+    open_dirs: Vec<PathBuf>,
+}
+
+impl Drop for FlushWriter {
+    /// Files opened by parts whose flush never came (the lane stopped without archiving, or failed) are
+    /// removed; a crash leaves them to the next open's recovery.
+    fn drop(&mut self) {
+        for o in self.open.drain(..) {
+            let OpenFile { tmp, writer, .. } = o;
+            drop(writer);
+            let _ = fs::remove_file(tmp);
+        }
+    }
 }
 
 impl FlushWriter {
@@ -749,51 +832,95 @@ impl FlushWriter {
     /// a final name before its bytes are durable; the checkpoint only after every rename is) for two
     /// syncs instead of two per file.
     pub fn write(&mut self, job: FlushJob) -> Result<FlushReport, ArchiveError> {
+        let FlushJob { name, batches: all, checkpoint, state } = job;
         let mut report = FlushReport::default();
-        let mut dirs = Vec::new();
-        let batched = job.batches.len() > self.sync_each_up_to && cfg!(target_os = "linux");
+        let mut dirs = std::mem::take(&mut self.open_dirs);
+        // The files opened by parts take the rest of their rows and are finished first, on up to
+        // `write_threads` threads (the last flush of an input is all this, with the other core idle).
+        let mut open: Vec<(OpenFile, Option<RecordBatch>)> = self.open.drain(..).map(|o| (o, None)).collect();
+        let mut batches = Vec::with_capacity(all.len());
+        for b in all {
+            match open.iter_mut().find(|(o, _)| o.table == b.0 && o.index == b.1) {
+                Some((_, rest)) => *rest = Some(b.2),
+                None => batches.push(b),
+            }
+        }
+        let finish = |(mut o, rest): (OpenFile, Option<RecordBatch>)| {
+            if let Some(rest) = rest {
+                o.write(&rest)?;
+            }
+            o.finish(&name)
+        };
+        let threads = self.write_threads.clamp(1, open.len().max(1));
+        let finished = if threads > 1 {
+            let mut shares: Vec<Vec<_>> = (0..threads).map(|_| Vec::new()).collect();
+            for (i, o) in open.into_iter().enumerate() {
+                shares[i % threads].push(o);
+            }
+            std::thread::scope(|s| {
+                let handles: Vec<_> = shares
+                    .into_iter()
+                    .map(|share| s.spawn(|| share.into_iter().map(finish).collect::<Vec<_>>()))
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect::<Result<Vec<_>, ArchiveError>>()
+            })?
+        } else {
+            open.into_iter().map(finish).collect::<Result<Vec<_>, ArchiveError>>()?
+        };
+        let batched = batches.len() + finished.len() > self.sync_each_up_to && cfg!(target_os = "linux");
         let mut renames = Vec::new();
         if batched {
             // Written under temporary names, on `write_threads` threads in contiguous shares (files of a
             // few rows are mostly Parquet's fixed cost per file, which is CPU), then made durable at once.
-            let threads = self.write_threads.clamp(1, job.batches.len());
-            let share = job.batches.len().div_ceil(threads);
+            let threads = self.write_threads.clamp(1, batches.len().max(1));
+            let share = batches.len().div_ceil(threads).max(1);
+            let layout = &self.layout;
             let written: Vec<Result<Vec<Written>, ArchiveError>> = std::thread::scope(|s| {
-                let handles: Vec<_> = job
-                    .batches
+                let handles: Vec<_> = batches
                     .chunks(share)
-                    .map(|part| s.spawn(|| part.iter().map(|b| self.write_one(&job.name, b)).collect()))
+                    .map(|part| s.spawn(|| part.iter().map(|b| layout.write_one(&name, b)).collect()))
                     .collect();
                 handles
                     .into_iter()
                     .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
                     .collect()
             });
-            for w in written {
-                for Written { tmp, path, bytes, rows } in w? {
-                    report.bytes += bytes;
-                    report.rows += rows;
-                    report.files.push(path.clone());
-                    renames.push((tmp, path));
-                }
+            let finished = finished.into_iter().map(|(w, _, _)| Ok(w));
+            for w in written.into_iter().flatten().flatten().map(Ok).chain(finished) {
+                let Written { tmp, path, bytes, rows } = w?;
+                report.bytes += bytes;
+                report.rows += rows;
+                report.files.push(path.clone());
+                renames.push((tmp, path));
             }
         } else {
-            for (table, index, batch) in &job.batches {
-                let dir = partition_dir(&self.root, table, *index, self.partition);
-                create_dirs(&self.root, &dir, &mut dirs)?;
-                let path = dir.join(&job.name);
-                report.bytes += write_atomically(&path, batch, self.options_for(table, batch))?;
+            for (Written { tmp, path, bytes, rows }, file, dir) in finished {
+                file.sync_all().map_err(io_err(&tmp))?;
+                fs::rename(&tmp, &path).map_err(io_err(&path))?;
+                report.bytes += bytes;
+                report.rows += rows;
+                report.files.push(path);
+                dirs.push(dir);
+            }
+            for (table, index, batch) in &batches {
+                let dir = partition_dir(&self.layout.root, table, *index, self.layout.partition);
+                create_dirs(&self.layout.root, &dir, &mut dirs)?;
+                let path = dir.join(&name);
+                report.bytes += write_atomically(&path, batch, self.layout.options_for(table, batch))?;
                 report.rows += batch.num_rows() as u64;
                 report.files.push(path);
                 dirs.push(dir);
             }
         }
         if batched {
-            sync_file_system(&self.root)?;
+            sync_file_system(&self.layout.root)?;
             for (tmp, path) in &renames {
                 fs::rename(tmp, path).map_err(io_err(path))?;
             }
-            sync_file_system(&self.root)?;
+            sync_file_system(&self.layout.root)?;
         } else {
             dirs.sort();
             dirs.dedup();
@@ -803,14 +930,41 @@ impl FlushWriter {
         }
         self.files += report.files.len() as u64;
         self.bytes += report.bytes;
-        let mut checkpoint = job.checkpoint;
+        let mut checkpoint = checkpoint;
         checkpoint.totals.files = self.files;
         checkpoint.totals.bytes = self.bytes;
-        write_checkpoint_with(&self.root, &checkpoint, &*job.state)?;
+        write_checkpoint_with(&self.layout.root, &checkpoint, &*state)?;
         report.committed_position = checkpoint.committed_position;
         Ok(report)
     }
 
+    /// Encodes a part into its directory's file of the coming flush, opening the file (under a
+    /// temporary name, packed by the part's rows) for the first part of that directory. Parts must
+    /// come in the order they were taken, before the flush they belong to.
+    pub fn part(&mut self, part: Part) -> Result<(), ArchiveError> {
+        let Part { table, index, name, batch } = part;
+        if let Some(o) = self.open.iter_mut().find(|o| o.table == table && o.index == index) {
+            return o.write(&batch);
+        }
+        let dir = partition_dir(&self.layout.root, table, index, self.layout.partition);
+        create_dirs(&self.layout.root, &dir, &mut self.open_dirs)?;
+        let tmp = tmp_path(&dir.join(&name));
+        let file = File::create(&tmp).map_err(io_err(&tmp))?;
+        let options = self.layout.options_for(table, &batch);
+        let writer = ArrowWriter::try_new_with_options(
+            BufWriter::with_capacity(1 << 20, file),
+            batch.schema(),
+            options,
+        )
+        .map_err(|source| ArchiveError::Parquet { path: tmp.clone(), source })?;
+        let mut open = OpenFile { table, index, dir, tmp, writer, rows: 0 };
+        let written = open.write(&batch);
+        self.open.push(open);
+        written
+    }
+}
+
+impl Layout {
     /// The options a batch of `table` is written with: its prepared schema and properties, packed by
     /// its rows.
     fn options_for(&self, table: &str, batch: &RecordBatch) -> ArrowWriterOptions {
@@ -834,6 +988,45 @@ impl FlushWriter {
         let tmp = tmp_path(&path);
         let bytes = write_parquet(&tmp, &path, batch, self.options_for(table, batch), false)?;
         Ok(Written { tmp, path, bytes, rows: batch.num_rows() as u64 })
+    }
+}
+
+/// A file of the coming flush, opened by its directory's first part and finished by the flush.
+struct OpenFile {
+    table: &'static str,
+    index: i64,
+    dir: PathBuf,
+    tmp: PathBuf,
+    writer: ArrowWriter<BufWriter<File>>,
+    rows: u64,
+}
+
+impl std::fmt::Debug for OpenFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenFile").field("tmp", &self.tmp).field("rows", &self.rows).finish_non_exhaustive()
+    }
+}
+
+impl OpenFile {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), ArchiveError> {
+        self.writer
+            .write(batch)
+            .map_err(|source| ArchiveError::Parquet { path: self.tmp.clone(), source })?;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Writes the footer: the file is whole under its temporary name, to be named `name` once durable.
+    fn finish(self, name: &str) -> Result<(Written, File, PathBuf), ArchiveError> {
+        let OpenFile { dir, tmp, writer, rows, .. } = self;
+        let perr = |source| ArchiveError::Parquet { path: tmp.clone(), source };
+        let file = writer
+            .into_inner()
+            .map_err(perr)?
+            .into_inner()
+            .map_err(|e| ArchiveError::Io { path: tmp.clone(), source: e.into_error() })?;
+        let bytes = file.metadata().map(|m| m.len()).map_err(io_err(&tmp))?;
+        Ok((Written { path: dir.join(name), tmp, bytes, rows }, file, dir))
     }
 }
 

@@ -172,6 +172,78 @@ fn rows_for_flush_files_directories_make_a_flush_due() {
     assert_eq!(err.to_string(), "archive.flush_files must be at least 1");
 }
 
+/// Rows handed over in parts are encoded into a temporary file that the flush finishes (with the rows
+/// that came after the part) and names; they count toward the flush rules meanwhile. A writer dropped
+/// before the flush removes its temporary file, and one that died leaves it to recovery.
+#[test]
+fn parts_go_into_a_temporary_file_that_their_flush_finishes_and_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ArchiveConfig {
+        dir: dir.path().to_owned(),
+        part_rows: 3,
+        flush_files: 10,
+        ..ArchiveConfig::default()
+    };
+    let (mut a, _) = Archive::open(&cfg, "thin", 0).unwrap();
+    let push = |a: &mut Archive, position: u64, hour: i64| {
+        let line = format!(
+            r#"{{"event_id":"e{position}","ts":{},"agent_id":"a","action":"x","resource":"r"}}"#,
+            hour * 3_600_000 + position as i64
+        );
+        a.push_event(&vigil_schemas::decode(line.as_bytes(), 1024).unwrap(), position);
+    };
+    for p in 1..=5 {
+        push(&mut a, p, 0);
+    }
+    push(&mut a, 6, 1);
+    let parts = a.take_parts();
+    // Hour 0 has reached three rows; hour 1 has not.
+    assert_eq!(parts.iter().map(|p| (p.index, p.batch.num_rows())).collect::<Vec<_>>(), [(0, 5)]);
+    assert!(a.take_parts().is_empty(), "a part is taken once");
+    assert_eq!((a.pending_rows(), a.pending_files()), (6, 2));
+    let mut writer = a.writer();
+    for part in parts {
+        writer.part(part).unwrap();
+    }
+    let hour0 = "events/dt=1970-01-01/hour=00";
+    assert_eq!(files_under(dir.path()), [format!("{hour0}/.thin-0-1-1.parquet.tmp")]);
+    for p in 7..=8 {
+        push(&mut a, p, 0);
+    }
+    let report = writer.write(a.take_flush(no_state(), 9).unwrap()).unwrap();
+    assert_eq!((report.files.len(), report.rows, report.committed_position), (2, 8, 8));
+    let files = files_under(dir.path());
+    assert_eq!(
+        files,
+        [format!("{hour0}/thin-0-1-8.parquet"), "events/dt=1970-01-01/hour=01/thin-0-1-8.parquet".into()]
+    );
+    let (c, rows) = compression_and_rows(&dir.path().join(&files[0]));
+    assert_eq!((c, rows), (Compression::UNCOMPRESSED, 7), "packed by the rows of its first part");
+    assert_eq!(a.pending_rows(), 0);
+
+    // A part whose flush never comes: the writer removes its file when dropped...
+    for p in 9..=11 {
+        push(&mut a, p, 0);
+    }
+    let mut writer = a.writer();
+    writer.part(a.take_parts().pop().unwrap()).unwrap();
+    assert_eq!(files_under(dir.path()).len(), 3);
+    drop(writer);
+    assert_eq!(files_under(dir.path()), files);
+    // ...and a writer that died (its process killed) leaves it to the next open's recovery.
+    for p in 12..=14 {
+        push(&mut a, p, 0);
+    }
+    let mut writer = a.writer();
+    writer.part(a.take_parts().pop().unwrap()).unwrap();
+    std::mem::forget(writer);
+    assert_eq!(files_under(dir.path()).len(), 3);
+    drop(a);
+    let (_, cp) = Archive::open(&cfg, "thin", 0).unwrap();
+    assert_eq!(cp.unwrap().committed_position, 8);
+    assert_eq!(files_under(dir.path()), files);
+}
+
 /// Issue 13, item 12: the temporary-file prefix of source `a` (`.a-0-`) matched source `a-0`'s
 /// temporary files, so opening `a` deleted a flush `a-0` was writing.
 #[test]
@@ -302,12 +374,13 @@ fn a_prepared_table_writes_what_arrow_writer_writes() {
         // The batch is one the prepared options are used for, not the fallback.
         assert!(
             writer
+                .layout
                 .tables
                 .iter()
                 .any(|p| p.table == "events" && p.schema == batch.schema() && p.descr.is_some())
         );
-        let props = &writer.props[packing as usize];
-        let prepared = writer.options_for(table, batch);
+        let props = &writer.layout.props[packing as usize];
+        let prepared = writer.layout.options_for(table, batch);
         let (x, y) = (dir.path().join("x.parquet"), dir.path().join("y.parquet"));
         write_parquet(&x, &x, batch, prepared, false).unwrap();
         write_parquet(&y, &y, batch, ArrowWriterOptions::new().with_properties(props.clone()), false)
