@@ -139,6 +139,15 @@ fn a_replay_of_sparse_history_writes_a_file_per_day_with_batched_syncs() {
     assert_eq!(files_under(dir.path()).len(), 4);
 }
 
+/// Buffers event `e<position>` at `position`, in event hour `hour` (of 1970-01-01 onwards).
+fn push(a: &mut Archive, position: u64, hour: i64) {
+    let line = format!(
+        r#"{{"event_id":"e{position}","ts":{},"agent_id":"a","action":"x","resource":"r"}}"#,
+        hour * 3_600_000 + position as i64
+    );
+    a.push_event(&vigil_schemas::decode(line.as_bytes(), 1024).unwrap(), position);
+}
+
 /// A replay spread thin flushes on the files it would write, not only on rows: rows for `flush_files`
 /// directories make a flush due, however few they are, and every table counts.
 #[test]
@@ -146,13 +155,6 @@ fn rows_for_flush_files_directories_make_a_flush_due() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = ArchiveConfig { dir: dir.path().to_owned(), flush_files: 3, ..ArchiveConfig::default() };
     let (mut a, _) = Archive::open(&cfg, "thin", 0).unwrap();
-    let push = |a: &mut Archive, position: u64, hour: i64| {
-        let line = format!(
-            r#"{{"event_id":"e{position}","ts":{},"agent_id":"a","action":"x","resource":"r"}}"#,
-            hour * 3_600_000 + 7
-        );
-        a.push_event(&vigil_schemas::decode(line.as_bytes(), 1024).unwrap(), position);
-    };
     // Many rows in one hour are one file: not due (flush_rows is 250,000).
     for p in 1..=50 {
         push(&mut a, p, 0);
@@ -185,13 +187,6 @@ fn parts_go_into_a_temporary_file_that_their_flush_finishes_and_names() {
         ..ArchiveConfig::default()
     };
     let (mut a, _) = Archive::open(&cfg, "thin", 0).unwrap();
-    let push = |a: &mut Archive, position: u64, hour: i64| {
-        let line = format!(
-            r#"{{"event_id":"e{position}","ts":{},"agent_id":"a","action":"x","resource":"r"}}"#,
-            hour * 3_600_000 + position as i64
-        );
-        a.push_event(&vigil_schemas::decode(line.as_bytes(), 1024).unwrap(), position);
-    };
     for p in 1..=5 {
         push(&mut a, p, 0);
     }
