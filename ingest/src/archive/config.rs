@@ -22,7 +22,8 @@ pub struct ArchiveConfig {
     pub flush_files: usize,
     /// Rows of one table and directory that go to the writer thread as soon as they are buffered, to be
     /// encoded into that directory's file while the input is still read; the file is finished (and
-    /// named, and made durable) at the flush as before. 0 hands everything over at the flush.
+    /// named, and made durable) at the flush as before. Such a file is packed (`compress_min_rows`,
+    /// `zstd_min_rows`) by the rows of its first part. 0 hands everything over at the flush.
     #[serde(default = "default_part_rows")]
     pub part_rows: usize,
     /// Flush at least this often, in seconds, while input keeps arriving (so a slow stream is archived
