@@ -888,9 +888,12 @@ impl FlushWriter {
                     .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
                     .collect()
             });
-            let finished = finished.into_iter().map(|(w, _, _)| Ok(w));
-            for w in written.into_iter().flatten().flatten().map(Ok).chain(finished) {
-                let Written { tmp, path, bytes, rows } = w?;
+            let mut files = Vec::with_capacity(batches.len() + finished.len());
+            for w in written {
+                files.extend(w?);
+            }
+            files.extend(finished.into_iter().map(|(w, _, _)| w));
+            for Written { tmp, path, bytes, rows } in files {
                 report.bytes += bytes;
                 report.rows += rows;
                 report.files.push(path.clone());

@@ -239,6 +239,27 @@ fn parts_go_into_a_temporary_file_that_their_flush_finishes_and_names() {
     assert_eq!(files_under(dir.path()), files);
 }
 
+/// A flush of many files (the batched path: written on several threads, synced once) that fails to write
+/// one of them fails as a whole: nothing is renamed and the checkpoint does not move.
+#[test]
+fn a_batched_flush_that_cannot_write_one_file_commits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg =
+        ArchiveConfig { dir: dir.path().to_owned(), sync_files_each_up_to: 2, ..ArchiveConfig::default() };
+    let (mut a, _) = Archive::open(&cfg, "src", 0).unwrap();
+    for (p, hour) in [(1, 0), (2, 1), (3, 2), (4, 3)] {
+        push(&mut a, p, hour);
+    }
+    // A directory where the third hour's temporary file goes: creating the file fails.
+    let blocked = dir.path().join("events/dt=1970-01-01/hour=02/.src-0-1-4.parquet.tmp");
+    std::fs::create_dir_all(&blocked).unwrap();
+    let err = a.flush(no_state(), 5).unwrap_err();
+    assert!(err.to_string().contains("hour=02"), "{err}");
+    assert!(read_checkpoint(dir.path(), "src", 0).unwrap().is_none_or(|c| c.committed_position == 0));
+    let finals: Vec<_> = files_under(dir.path()).into_iter().filter(|f| !f.contains("/.")).collect();
+    assert!(finals.is_empty(), "{finals:?}");
+}
+
 /// Issue 13, item 12: the temporary-file prefix of source `a` (`.a-0-`) matched source `a-0`'s
 /// temporary files, so opening `a` deleted a flush `a-0` was writing.
 #[test]
