@@ -602,12 +602,22 @@ impl Archive {
     }
 
     /// Writes every buffered row to durable files, then commits the checkpoint with `state`: the same
-    /// as [`Archive::take_flush`] followed by [`FlushWriter::write`] on this thread.
+    /// as [`Archive::take_flush`] followed by [`FlushWriter::write`] on this thread. Not for an archive
+    /// whose parts ([`Archive::take_parts`]) went to a writer: that writer holds their files.
     pub fn flush(
         &mut self,
         state: impl StateJson + 'static,
         now_ms: i64,
     ) -> Result<FlushReport, ArchiveError> {
+        debug_assert!(
+            [
+                self.events.parted_rows,
+                self.dead.parted_rows,
+                self.findings.parted_rows,
+                self.control.parted_rows
+            ] == [0; 4],
+            "rows taken as parts are flushed by the writer that holds them"
+        );
         match self.take_flush(state, now_ms) {
             Some(job) => {
                 let mut writer = self.writer();
