@@ -1005,6 +1005,7 @@ impl Layout {
 }
 
 /// A file of the coming flush, opened by its directory's first part and finished by the flush.
+#[derive(Debug)]
 struct OpenFile {
     table: &'static str,
     index: i64,
@@ -1012,12 +1013,6 @@ struct OpenFile {
     tmp: PathBuf,
     writer: ArrowWriter<BufWriter<File>>,
     rows: u64,
-}
-
-impl std::fmt::Debug for OpenFile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenFile").field("tmp", &self.tmp).field("rows", &self.rows).finish_non_exhaustive()
-    }
 }
 
 impl OpenFile {
