@@ -13,7 +13,7 @@ mod read;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
@@ -238,39 +238,37 @@ pub struct FlushReport {
 #[derive(Debug)]
 struct Partitioned<T> {
     /// By the event-time directory (hour or day) index.
-    parts: BTreeMap<i64, T>,
+    dirs: BTreeMap<i64, T>,
     span_ms: i64,
-    /// Directories whose rows went to the writer in parts since the last flush ([`Archive::take_parts`]),
-    /// and how many rows.
-    parted: BTreeSet<i64>,
+    /// Rows handed to the writer in parts since the last flush ([`Archive::take_parts`]).
     parted_rows: usize,
 }
 
 impl<T: Table> Partitioned<T> {
     fn new(by: Partitioning) -> Self {
-        Partitioned { parts: BTreeMap::new(), span_ms: by.span_ms(), parted: BTreeSet::new(), parted_rows: 0 }
+        Partitioned { dirs: BTreeMap::new(), span_ms: by.span_ms(), parted_rows: 0 }
     }
 
     fn at(&mut self, ts_ms: i64) -> &mut T {
-        self.parts.entry(ts_ms.div_euclid(self.span_ms)).or_default()
+        self.dirs.entry(ts_ms.div_euclid(self.span_ms)).or_default()
     }
 
     /// Rows since the last flush: buffered, and handed to the writer in parts.
     fn rows(&self) -> usize {
-        self.parts.values().map(T::rows).sum::<usize>() + self.parted_rows
+        self.dirs.values().map(T::rows).sum::<usize>() + self.parted_rows
     }
 
-    /// The files a flush would write for this table: one per directory touched.
+    /// The files a flush would write for this table: one per directory touched (a directory whose rows
+    /// all went in parts keeps its emptied builder until the flush, so it is counted too).
     fn files(&self) -> usize {
-        self.parts.len() + self.parted.iter().filter(|i| !self.parts.contains_key(i)).count()
+        self.dirs.len()
     }
 
     /// Finishes the rows of every directory holding at least `rows` as a part for the writer.
     fn take_parts(&mut self, rows: usize, name: &str, out: &mut Vec<Part>) {
-        for (&index, cols) in &mut self.parts {
+        for (&index, cols) in &mut self.dirs {
             if cols.rows() >= rows {
                 self.parted_rows += cols.rows();
-                self.parted.insert(index);
                 out.push(Part { table: T::DIR, index, name: name.to_owned(), batch: cols.finish() });
             }
         }
@@ -278,7 +276,6 @@ impl<T: Table> Partitioned<T> {
 
     /// Forgets the parts: their rows are committed (or abandoned) with the flush that follows them.
     fn clear_parts(&mut self) {
-        self.parted.clear();
         self.parted_rows = 0;
     }
 }
@@ -1047,7 +1044,7 @@ struct Written {
 }
 
 fn take_batches<T: Table>(table: &mut Partitioned<T>, out: &mut Vec<(&'static str, i64, RecordBatch)>) {
-    for (hour, mut cols) in std::mem::take(&mut table.parts) {
+    for (hour, mut cols) in std::mem::take(&mut table.dirs) {
         if cols.rows() > 0 {
             out.push((T::DIR, hour, cols.finish()));
         }
