@@ -15,7 +15,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, BufWriter};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use arrow_array::RecordBatch;
@@ -630,8 +630,9 @@ impl Archive {
     /// A writer for flush jobs, to run on another thread so Parquet encoding overlaps decoding. Jobs must
     /// be written in the order they were taken, by one writer: that keeps checkpoints monotonic.
     pub fn writer(&self) -> FlushWriter {
-        // A file of a few rows gains nothing from dictionaries or page-level statistics (its one page per
-        // column is its chunk), and each costs a share of the per-file work that dominates such files.
+        // A file of a few rows gains nothing from dictionaries, page-level statistics or an offset index
+        // (its one page per column is its chunk), and each costs a share of the per-file work that
+        // dominates such files (the offset index alone about a tenth of Parquet's).
         let plain = self
             .props
             .clone()
@@ -639,6 +640,7 @@ impl Archive {
             .set_compression(Compression::UNCOMPRESSED)
             .set_dictionary_enabled(false)
             .set_statistics_enabled(EnabledStatistics::Chunk)
+            .set_offset_index_disabled(true)
             .build();
         let snappy = self.props.clone().into_builder().set_compression(Compression::SNAPPY).build();
         let props = [plain, snappy, self.props.clone()];
@@ -962,7 +964,7 @@ impl FlushWriter {
         let file = File::create(&tmp).map_err(io_err(&tmp))?;
         let options = self.layout.options_for(table, &batch);
         let writer = ArrowWriter::try_new_with_options(
-            BufWriter::with_capacity(1 << 20, file),
+            BufWriter::with_capacity(1 << 20, Counted::new(file)),
             batch.schema(),
             options,
         )
@@ -1008,7 +1010,7 @@ struct OpenFile {
     index: i64,
     dir: PathBuf,
     tmp: PathBuf,
-    writer: ArrowWriter<BufWriter<File>>,
+    writer: ArrowWriter<BufWriter<Counted>>,
     rows: u64,
 }
 
@@ -1025,13 +1027,38 @@ impl OpenFile {
     fn finish(self, name: &str) -> Result<(Written, File, PathBuf), ArchiveError> {
         let OpenFile { dir, tmp, writer, rows, .. } = self;
         let perr = |source| ArchiveError::Parquet { path: tmp.clone(), source };
-        let file = writer
+        let Counted { file, bytes } = writer
             .into_inner()
             .map_err(perr)?
             .into_inner()
             .map_err(|e| ArchiveError::Io { path: tmp.clone(), source: e.into_error() })?;
-        let bytes = file.metadata().map(|m| m.len()).map_err(io_err(&tmp))?;
         Ok((Written { path: dir.join(name), tmp, bytes, rows }, file, dir))
+    }
+}
+
+/// A file being written, counting its bytes, so its size is known without asking the file system
+/// (a replay of sparse history writes thousands of files per flush, each a few system calls).
+#[derive(Debug)]
+struct Counted {
+    file: File,
+    bytes: u64,
+}
+
+impl Counted {
+    fn new(file: File) -> Self {
+        Counted { file, bytes: 0 }
+    }
+}
+
+impl Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
     }
 }
 
@@ -1092,11 +1119,14 @@ fn write_parquet(
     let file = File::create(tmp).map_err(io_err(tmp))?;
     // Writes of up to 1 MiB, and no more buffer than a small file needs.
     let buffer = batch.get_array_memory_size().clamp(64 << 10, 1 << 20);
-    let mut writer =
-        ArrowWriter::try_new_with_options(BufWriter::with_capacity(buffer, file), batch.schema(), options)
-            .map_err(perr)?;
+    let mut writer = ArrowWriter::try_new_with_options(
+        BufWriter::with_capacity(buffer, Counted::new(file)),
+        batch.schema(),
+        options,
+    )
+    .map_err(perr)?;
     writer.write(batch).map_err(perr)?;
-    let file = writer
+    let Counted { file, bytes } = writer
         .into_inner()
         .map_err(perr)?
         .into_inner()
@@ -1104,27 +1134,34 @@ fn write_parquet(
     if sync {
         file.sync_all().map_err(io_err(tmp))?;
     }
-    file.metadata().map(|m| m.len()).map_err(io_err(tmp))
+    Ok(bytes)
 }
 
 /// Creates `dir` and any missing parents below `root`, recording each one created in `created` (its
 /// parent's entry for it must be made durable too).
+///
+/// Tries to make `dir` first and looks at its parent only if that is missing: one system call for a
+/// directory that exists or whose parent does (nearly every file of a replay of sparse history is the
+/// first of its hour).
 fn create_dirs(root: &Path, dir: &Path, created: &mut Vec<PathBuf>) -> Result<(), ArchiveError> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    if let Some(parent) = dir.parent()
-        && parent != root
-    {
-        create_dirs(root, parent, created)?;
-    }
-    match fs::create_dir(dir) {
+    let made = match fs::create_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match dir.parent() {
+            Some(parent) if parent != root => {
+                create_dirs(root, parent, created)?;
+                fs::create_dir(dir)
+            }
+            _ => Err(e),
+        },
+        made => made,
+    };
+    match made {
         Ok(()) => {
             if let Some(parent) = dir.parent() {
                 created.push(parent.to_owned());
             }
             Ok(())
         }
+        // Something that is not a directory in its place fails when the file is made in it.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(ArchiveError::Io { path: dir.to_owned(), source: e }),
     }

@@ -239,6 +239,47 @@ fn parts_go_into_a_temporary_file_that_their_flush_finishes_and_names() {
     assert_eq!(files_under(dir.path()), files);
 }
 
+/// A flush reports the bytes of the files it wrote as they are on disk (counted while writing, not asked
+/// of the file system), on each path: files synced one by one, a batched flush, and files opened by parts.
+#[test]
+fn the_bytes_a_flush_reports_are_its_files_on_disk() {
+    let on_disk =
+        |report: &FlushReport| report.files.iter().map(|f| fs::metadata(f).unwrap().len()).sum::<u64>();
+    for (part_rows, sync_each_up_to) in [(40, 100), (40, 1), (0, 100), (0, 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ArchiveConfig {
+            dir: dir.path().to_owned(),
+            part_rows,
+            sync_files_each_up_to: sync_each_up_to,
+            ..ArchiveConfig::default()
+        };
+        let (mut a, _) = Archive::open(&cfg, "sized", 0).unwrap();
+        let mut writer = a.writer();
+        // Hour 0: 50 rows, hour 1: 30 (both stored plain), hour 2: 1,500 (zstd); with parts on, hours 0
+        // and 2 are opened by parts and finished by the flush.
+        let hours = [(0, 50), (1, 30), (2, 1_500)];
+        let mut p = 0;
+        for (hour, rows) in hours {
+            for _ in 0..rows {
+                p += 1;
+                push(&mut a, p, hour);
+                for part in a.take_parts() {
+                    writer.part(part).unwrap();
+                }
+            }
+        }
+        let report = writer.write(a.take_flush(no_state(), 9).unwrap()).unwrap();
+        let case = format!("part_rows {part_rows}, synced each up to {sync_each_up_to}");
+        assert_eq!(report.files.len(), 3, "{case}");
+        assert!(report.bytes > 0);
+        assert_eq!(report.bytes, on_disk(&report), "{case}");
+        // And the one-file path of Archive::flush.
+        push(&mut a, p + 1, 7);
+        let report = a.flush(no_state(), 10).unwrap();
+        assert_eq!((report.files.len(), report.bytes), (1, on_disk(&report)), "{case}");
+    }
+}
+
 /// A flush of many files (the batched path: written on several threads, synced once) that fails to write
 /// one of them fails as a whole: nothing is renamed and the checkpoint does not move.
 #[test]
