@@ -9,6 +9,7 @@
 
 mod columns;
 mod config;
+mod encode;
 mod read;
 #[cfg(test)]
 mod tests;
@@ -21,7 +22,7 @@ use std::path::{Path, PathBuf};
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use parquet::arrow::arrow_writer::ArrowWriterOptions;
-use parquet::arrow::{ArrowSchemaConverter, ArrowWriter, add_encoded_arrow_schema_to_metadata};
+use parquet::arrow::{ArrowSchemaConverter, add_encoded_arrow_schema_to_metadata};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::{ColumnPath, SchemaDescriptor};
@@ -32,6 +33,7 @@ use vigil_schemas::timestamp::civil_hour;
 
 pub use columns::{ControlColumns, DeadLetterColumns, EventColumns, FindingColumns, Origin, Table};
 pub use config::{ArchiveConfig, ArchiveConfigError, Partitioning};
+use encode::{FileEncoder, spread};
 pub use read::{scan_table, table_files};
 
 /// The archive's tables, by directory name.
@@ -854,53 +856,35 @@ impl FlushWriter {
                 None => batches.push(b),
             }
         }
+        // Files on threads of their own, and each file's columns on the threads left over: the last
+        // flush of an input is often one big file, with the other core idle.
+        let per_file = (self.write_threads / open.len().max(1)).max(1);
         let finish = |(mut o, rest): (OpenFile, Option<RecordBatch>)| {
             if let Some(rest) = rest {
-                o.write(&rest)?;
+                o.write(&rest, per_file)?;
             }
-            o.finish(&name)
+            o.finish(&name, per_file)
         };
-        let threads = self.write_threads.clamp(1, open.len().max(1));
-        let finished = if threads > 1 {
-            let mut shares: Vec<Vec<_>> = (0..threads).map(|_| Vec::new()).collect();
-            for (i, o) in open.into_iter().enumerate() {
-                shares[i % threads].push(o);
-            }
-            std::thread::scope(|s| {
-                let handles: Vec<_> = shares
-                    .into_iter()
-                    .map(|share| s.spawn(|| share.into_iter().map(finish).collect::<Vec<_>>()))
-                    .collect();
-                handles
-                    .into_iter()
-                    .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                    .collect::<Result<Vec<_>, ArchiveError>>()
-            })?
-        } else {
-            open.into_iter().map(finish).collect::<Result<Vec<_>, ArchiveError>>()?
-        };
+        let open = open
+            .into_iter()
+            .map(|(o, rest)| {
+                let rows = o.rows as usize + rest.as_ref().map_or(0, RecordBatch::num_rows);
+                ((o, rest), file_weight(rows))
+            })
+            .collect();
+        let finished =
+            spread(open, self.write_threads, finish).into_iter().collect::<Result<Vec<_>, ArchiveError>>()?;
         let batched = batches.len() + finished.len() > self.sync_each_up_to && cfg!(target_os = "linux");
         let mut renames = Vec::new();
         if batched {
             // Written under temporary names, on `write_threads` threads in contiguous shares (files of a
             // few rows are mostly Parquet's fixed cost per file, which is CPU), then made durable at once.
-            let threads = self.write_threads.clamp(1, batches.len().max(1));
-            let share = batches.len().div_ceil(threads).max(1);
             let layout = &self.layout;
-            let written: Vec<Result<Vec<Written>, ArchiveError>> = std::thread::scope(|s| {
-                let handles: Vec<_> = batches
-                    .chunks(share)
-                    .map(|part| s.spawn(|| part.iter().map(|b| layout.write_one(&name, b)).collect()))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                    .collect()
-            });
-            let mut files = Vec::with_capacity(batches.len() + finished.len());
-            for w in written {
-                files.extend(w?);
-            }
+            let per_file = (self.write_threads / batches.len().max(1)).max(1);
+            let work = batches.iter().map(|b| (b, file_weight(b.2.num_rows()))).collect();
+            let mut files = spread(work, self.write_threads, |b| layout.write_one(&name, b, per_file))
+                .into_iter()
+                .collect::<Result<Vec<_>, ArchiveError>>()?;
             files.extend(finished.into_iter().map(|(w, _, _)| w));
             for Written { tmp, path, bytes, rows } in files {
                 report.bytes += bytes;
@@ -921,7 +905,8 @@ impl FlushWriter {
                 let dir = partition_dir(&self.layout.root, table, *index, self.layout.partition);
                 create_dirs(&self.layout.root, &dir, &mut dirs)?;
                 let path = dir.join(&name);
-                report.bytes += write_atomically(&path, batch, self.layout.options_for(table, batch))?;
+                let options = self.layout.options_for(table, batch);
+                report.bytes += write_atomically(&path, batch, options, self.write_threads)?;
                 report.rows += batch.num_rows() as u64;
                 report.files.push(path);
                 dirs.push(dir);
@@ -956,21 +941,19 @@ impl FlushWriter {
     pub fn part(&mut self, part: Part) -> Result<(), ArchiveError> {
         let Part { table, index, name, batch } = part;
         if let Some(o) = self.open.iter_mut().find(|o| o.table == table && o.index == index) {
-            return o.write(&batch);
+            return o.write(&batch, 1);
         }
         let dir = partition_dir(&self.layout.root, table, index, self.layout.partition);
         create_dirs(&self.layout.root, &dir, &mut self.open_dirs)?;
         let tmp = tmp_path(&dir.join(&name));
         let file = File::create(&tmp).map_err(io_err(&tmp))?;
         let options = self.layout.options_for(table, &batch);
-        let writer = ArrowWriter::try_new_with_options(
-            BufWriter::with_capacity(1 << 20, Counted::new(file)),
-            batch.schema(),
-            options,
-        )
-        .map_err(|source| ArchiveError::Parquet { path: tmp.clone(), source })?;
+        let writer =
+            FileEncoder::new(BufWriter::with_capacity(1 << 20, Counted::new(file)), batch.schema(), options)
+                .map_err(|source| ArchiveError::Parquet { path: tmp.clone(), source })?;
         let mut open = OpenFile { table, index, dir, tmp, writer, rows: 0 };
-        let written = open.write(&batch);
+        // On this thread alone: parts come while the lane judges the next batches on the other core.
+        let written = open.write(&batch, 1);
         self.open.push(open);
         written
     }
@@ -993,12 +976,13 @@ impl Layout {
         &self,
         name: &str,
         (table, index, batch): &(&'static str, i64, RecordBatch),
+        threads: usize,
     ) -> Result<Written, ArchiveError> {
         let dir = partition_dir(&self.root, table, *index, self.partition);
         create_dirs(&self.root, &dir, &mut Vec::new())?;
         let path = dir.join(name);
         let tmp = tmp_path(&path);
-        let bytes = write_parquet(&tmp, &path, batch, self.options_for(table, batch), false)?;
+        let bytes = write_parquet(&tmp, &path, batch, self.options_for(table, batch), false, threads)?;
         Ok(Written { tmp, path, bytes, rows: batch.num_rows() as u64 })
     }
 }
@@ -1010,25 +994,27 @@ struct OpenFile {
     index: i64,
     dir: PathBuf,
     tmp: PathBuf,
-    writer: ArrowWriter<BufWriter<Counted>>,
+    writer: FileEncoder<BufWriter<Counted>>,
     rows: u64,
 }
 
 impl OpenFile {
-    fn write(&mut self, batch: &RecordBatch) -> Result<(), ArchiveError> {
+    /// Encodes more rows on up to `threads` threads.
+    fn write(&mut self, batch: &RecordBatch, threads: usize) -> Result<(), ArchiveError> {
         self.writer
-            .write(batch)
+            .write(batch, threads)
             .map_err(|source| ArchiveError::Parquet { path: self.tmp.clone(), source })?;
         self.rows += batch.num_rows() as u64;
         Ok(())
     }
 
-    /// Writes the footer: the file is whole under its temporary name, to be named `name` once durable.
-    fn finish(self, name: &str) -> Result<(Written, File, PathBuf), ArchiveError> {
+    /// Closes its columns on up to `threads` threads and writes the footer: the file is whole under its
+    /// temporary name, to be named `name` once durable.
+    fn finish(self, name: &str, threads: usize) -> Result<(Written, File, PathBuf), ArchiveError> {
         let OpenFile { dir, tmp, writer, rows, .. } = self;
         let perr = |source| ArchiveError::Parquet { path: tmp.clone(), source };
         let Counted { file, bytes } = writer
-            .into_inner()
+            .finish(threads)
             .map_err(perr)?
             .into_inner()
             .map_err(|e| ArchiveError::Io { path: tmp.clone(), source: e.into_error() })?;
@@ -1062,6 +1048,13 @@ impl Write for Counted {
     }
 }
 
+/// About how much work a file of `rows` rows is to write, for sharing a flush's files out to threads:
+/// its rows, and a fixed cost per file (Parquet's setup and footer, the system calls) that is about what
+/// a hundred rows take to encode.
+fn file_weight(rows: usize) -> usize {
+    rows + 100
+}
+
 /// One file of a batched flush, written under its temporary name.
 struct Written {
     tmp: PathBuf,
@@ -1091,43 +1084,42 @@ pub fn write_parquet_atomically(
     batch: &RecordBatch,
     props: &WriterProperties,
 ) -> Result<u64, ArchiveError> {
-    write_atomically(path, batch, ArrowWriterOptions::new().with_properties(props.clone()))
+    write_atomically(path, batch, ArrowWriterOptions::new().with_properties(props.clone()), 1)
 }
 
-/// [`write_parquet_atomically`] with the writer's options.
+/// [`write_parquet_atomically`] with the writer's options, its columns encoded on up to `threads`
+/// threads.
 fn write_atomically(
     path: &Path,
     batch: &RecordBatch,
     options: ArrowWriterOptions,
+    threads: usize,
 ) -> Result<u64, ArchiveError> {
     let tmp = tmp_path(path);
-    let size = write_parquet(&tmp, path, batch, options, true)?;
+    let size = write_parquet(&tmp, path, batch, options, true, threads)?;
     fs::rename(&tmp, path).map_err(io_err(path))?;
     Ok(size)
 }
 
-/// Writes one batch as a Parquet file at `tmp` (for `path`, named in errors), fsynced when `sync`.
-/// Returns the file size.
+/// Writes one batch as a Parquet file at `tmp` (for `path`, named in errors), its columns encoded on up
+/// to `threads` threads, fsynced when `sync`. Returns the file size.
 fn write_parquet(
     tmp: &Path,
     path: &Path,
     batch: &RecordBatch,
     options: ArrowWriterOptions,
     sync: bool,
+    threads: usize,
 ) -> Result<u64, ArchiveError> {
     let perr = |source| ArchiveError::Parquet { path: path.to_owned(), source };
     let file = File::create(tmp).map_err(io_err(tmp))?;
     // Writes of up to 1 MiB, and no more buffer than a small file needs.
     let buffer = batch.get_array_memory_size().clamp(64 << 10, 1 << 20);
-    let mut writer = ArrowWriter::try_new_with_options(
-        BufWriter::with_capacity(buffer, Counted::new(file)),
-        batch.schema(),
-        options,
-    )
-    .map_err(perr)?;
-    writer.write(batch).map_err(perr)?;
+    let sink = BufWriter::with_capacity(buffer, Counted::new(file));
+    let mut writer = FileEncoder::new(sink, batch.schema(), options).map_err(perr)?;
+    writer.write(batch, threads).map_err(perr)?;
     let Counted { file, bytes } = writer
-        .into_inner()
+        .finish(threads)
         .map_err(perr)?
         .into_inner()
         .map_err(|e| ArchiveError::Io { path: tmp.to_owned(), source: e.into_error() })?;

@@ -439,8 +439,8 @@ fn a_prepared_table_writes_what_arrow_writer_writes() {
         let props = &writer.layout.props[packing as usize];
         let prepared = writer.layout.options_for(table, batch);
         let (x, y) = (dir.path().join("x.parquet"), dir.path().join("y.parquet"));
-        write_parquet(&x, &x, batch, prepared, false).unwrap();
-        write_parquet(&y, &y, batch, ArrowWriterOptions::new().with_properties(props.clone()), false)
+        write_parquet(&x, &x, batch, prepared, false, 1).unwrap();
+        write_parquet(&y, &y, batch, ArrowWriterOptions::new().with_properties(props.clone()), false, 1)
             .unwrap();
         let (c, _) = compression_and_rows(&x);
         let want = match packing {
