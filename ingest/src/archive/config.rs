@@ -49,9 +49,10 @@ pub struct ArchiveConfig {
     /// durability follows flushes, not files. Linux only; elsewhere every file is fsynced.
     #[serde(default = "default_sync_files_each_up_to")]
     pub sync_files_each_up_to: usize,
-    /// Threads writing the files of a flush that writes more than `sync_files_each_up_to` (a replay of
-    /// sparse history: thousands of files of a few rows, each mostly Parquet's fixed cost). 1 writes them
-    /// in order on the writer thread.
+    /// Threads writing a flush's files: many files (a replay of sparse history: thousands of a few rows,
+    /// each mostly Parquet's fixed cost) are shared out to them, and a few big ones have their columns
+    /// encoded on them (the last flush of an input, with the lane idle). 1 writes everything in order on
+    /// the writer thread.
     #[serde(default = "default_write_threads")]
     pub write_threads: usize,
     /// How event time splits the archive into directories: `hour` (`dt=…/hour=…/`, the default, for
