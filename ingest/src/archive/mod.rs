@@ -847,7 +847,8 @@ impl FlushWriter {
         let mut report = FlushReport::default();
         let mut dirs = std::mem::take(&mut self.open_dirs);
         // The files opened by parts take the rest of their rows and are finished first, on up to
-        // `write_threads` threads (the last flush of an input is all this, with the other core idle).
+        // `write_threads` threads: files on threads of their own, and each file's columns on the threads
+        // left over (the last flush of an input is often one big file, with the lane done).
         let mut open: Vec<(OpenFile, Option<RecordBatch>)> = self.open.drain(..).map(|o| (o, None)).collect();
         let mut batches = Vec::with_capacity(all.len());
         for b in all {
@@ -856,8 +857,6 @@ impl FlushWriter {
                 None => batches.push(b),
             }
         }
-        // Files on threads of their own, and each file's columns on the threads left over: the last
-        // flush of an input is often one big file, with the other core idle.
         let per_file = (self.write_threads / open.len().max(1)).max(1);
         let finish = |(mut o, rest): (OpenFile, Option<RecordBatch>)| {
             if let Some(rest) = rest {
@@ -877,8 +876,8 @@ impl FlushWriter {
         let batched = batches.len() + finished.len() > self.sync_each_up_to && cfg!(target_os = "linux");
         let mut renames = Vec::new();
         if batched {
-            // Written under temporary names, on `write_threads` threads in contiguous shares (files of a
-            // few rows are mostly Parquet's fixed cost per file, which is CPU), then made durable at once.
+            // Written under temporary names, shared out to `write_threads` threads by rows (files of a few
+            // rows are mostly Parquet's fixed cost per file, which is CPU), then made durable at once.
             let layout = &self.layout;
             let per_file = (self.write_threads / batches.len().max(1)).max(1);
             let work = batches.iter().map(|b| (b, file_weight(b.2.num_rows()))).collect();
