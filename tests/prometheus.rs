@@ -143,14 +143,16 @@ fn a_real_prometheus_scraping_a_real_member_answers_every_panel_and_rule_and_fir
         ),
     )
     .unwrap();
-    let mut member =
+    // Killed when the test ends, pass or fail: with a long idle exit it would outlive its broker.
+    let mut member = Killed(
         kafka_member(&broker, "events", "prom", &dir.path().join("archive"), Some(&config), "600s")
             .args(["--api-listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap();
-    let api = served_address(&mut member);
+            .unwrap(),
+    );
+    let api = served_address(&mut member.0);
 
     // promtool on what vigil exposes.
     let scrape = http_get(&api, "/metrics");
