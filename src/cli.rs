@@ -535,12 +535,15 @@ fn load_with(
 }
 
 /// A run's summary: JSON on stdout for scripts, or text on stderr for a person.
+/// Written, not printed: with stdout or stderr gone (a closed pipe) the run's work is done and
+/// durable, and the exit code still says how it went; `println!` would panic.
 fn print_summary(summary: &Summary, archive: &Path, json: bool) {
-    if json {
-        println!("{}", summary_json(summary, archive));
+    use std::io::Write;
+    let _ = if json {
+        writeln!(std::io::stdout(), "{}", summary_json(summary, archive))
     } else {
-        eprint!("{}", render_summary(summary, archive));
-    }
+        write!(std::io::stderr(), "{}", render_summary(summary, archive))
+    };
 }
 
 /// A flag set by Ctrl-C or SIGTERM (a deploy, a scale-down): long-running commands then stop cleanly,

@@ -22,8 +22,15 @@ pub enum LogFormat {
 /// Installs the process's log subscriber (once; later calls do nothing).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    // A write to a stderr that is gone (a closed pipe, a full disk) is dropped: there is nowhere to say
+    // so, and tracing-subscriber's own report of it is an `eprintln!`, which panics. Inside a Kafka
+    // rebalance callback that panic left the consumer's close waiting forever: a member whose stderr
+    // reader had died could not be stopped.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .log_internal_errors(false);
     let _ = match format {
         LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),

@@ -294,6 +294,33 @@ fn a_rerun_refuses_a_resend_of_what_an_earlier_run_archived() {
     assert!(row["detail"].as_str().unwrap().contains("first seen at line 3"), "{dead}");
 }
 
+/// A run whose stderr is gone (here a full device: every write fails) logs nothing and still archives
+/// everything and exits 0. Writing a log line there made tracing-subscriber report the failure with an
+/// `eprintln!`, which panicked (exit 101); on the Kafka path that panic, inside a rebalance callback,
+/// left the member unable to stop.
+#[test]
+fn a_run_whose_stderr_is_gone_archives_everything_and_exits_0() {
+    let dir = scratch();
+    let log = dir.path().join("gateway.ndjson");
+    let lines: Vec<Vec<u8>> = (0..20).map(|i| good(&format!("e{i}"))).collect();
+    std::fs::write(&log, [lines.join(&b'\n'), b"\n".to_vec()].concat()).unwrap();
+    let archive = dir.path().join("archive");
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+    let out = vigil()
+        .args(["run", "--json", "--input"])
+        .arg(&log)
+        .arg("--archive")
+        .arg(&archive)
+        .stderr(full)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}: {}", out.status, String::from_utf8_lossy(&out.stdout));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["valid"], 20, "{summary}");
+    let rows = archive_py("rows", &archive, &["events", "event_id"]);
+    assert_eq!(rows["duckdb"].as_array().map(Vec::len), Some(20), "{rows}");
+}
+
 /// Issue 13, item 13: a truncated `.gz` archived nothing, on every rerun, although 90,047 good lines
 /// preceded the damage. Now what precedes it is archived, the unreadable tail is one dead letter with
 /// its byte offset, the run exits non-zero, and a rerun adds nothing.
