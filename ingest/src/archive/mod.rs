@@ -945,11 +945,8 @@ impl FlushWriter {
         let dir = partition_dir(&self.layout.root, table, index, self.layout.partition);
         create_dirs(&self.layout.root, &dir, &mut self.open_dirs)?;
         let tmp = tmp_path(&dir.join(&name));
-        let file = File::create(&tmp).map_err(io_err(&tmp))?;
         let options = self.layout.options_for(table, &batch);
-        let writer =
-            FileEncoder::new(BufWriter::with_capacity(1 << 20, Counted::new(file)), batch.schema(), options)
-                .map_err(|source| ArchiveError::Parquet { path: tmp.clone(), source })?;
+        let writer = create_parquet(&tmp, &tmp, batch.schema(), options, 1 << 20)?;
         let mut open = OpenFile { table, index, dir, tmp, writer, rows: 0 };
         // On this thread alone: parts come while the lane judges the next batches on the other core.
         let written = open.write(&batch, 1);
@@ -1011,12 +1008,7 @@ impl OpenFile {
     /// temporary name, to be named `name` once durable.
     fn finish(self, name: &str, threads: usize) -> Result<(Written, File, PathBuf), ArchiveError> {
         let OpenFile { dir, tmp, writer, rows, .. } = self;
-        let perr = |source| ArchiveError::Parquet { path: tmp.clone(), source };
-        let Counted { file, bytes } = writer
-            .finish(threads)
-            .map_err(perr)?
-            .into_inner()
-            .map_err(|e| ArchiveError::Io { path: tmp.clone(), source: e.into_error() })?;
+        let Counted { file, bytes } = finish_parquet(writer, threads, &tmp, &tmp)?;
         Ok((Written { path: dir.join(name), tmp, bytes, rows }, file, dir))
     }
 }
@@ -1110,22 +1102,44 @@ fn write_parquet(
     sync: bool,
     threads: usize,
 ) -> Result<u64, ArchiveError> {
-    let perr = |source| ArchiveError::Parquet { path: path.to_owned(), source };
-    let file = File::create(tmp).map_err(io_err(tmp))?;
     // Writes of up to 1 MiB, and no more buffer than a small file needs.
     let buffer = batch.get_array_memory_size().clamp(64 << 10, 1 << 20);
-    let sink = BufWriter::with_capacity(buffer, Counted::new(file));
-    let mut writer = FileEncoder::new(sink, batch.schema(), options).map_err(perr)?;
-    writer.write(batch, threads).map_err(perr)?;
-    let Counted { file, bytes } = writer
-        .finish(threads)
-        .map_err(perr)?
-        .into_inner()
-        .map_err(|e| ArchiveError::Io { path: tmp.to_owned(), source: e.into_error() })?;
+    let mut writer = create_parquet(tmp, path, batch.schema(), options, buffer)?;
+    writer.write(batch, threads).map_err(|source| ArchiveError::Parquet { path: path.to_owned(), source })?;
+    let Counted { file, bytes } = finish_parquet(writer, threads, tmp, path)?;
     if sync {
         file.sync_all().map_err(io_err(tmp))?;
     }
     Ok(bytes)
+}
+
+/// Starts a Parquet file at `tmp` (called `named` in Parquet's errors), written through a buffer of
+/// `buffer` bytes that counts them.
+fn create_parquet(
+    tmp: &Path,
+    named: &Path,
+    schema: SchemaRef,
+    options: ArrowWriterOptions,
+    buffer: usize,
+) -> Result<FileEncoder<BufWriter<Counted>>, ArchiveError> {
+    let file = File::create(tmp).map_err(io_err(tmp))?;
+    FileEncoder::new(BufWriter::with_capacity(buffer, Counted::new(file)), schema, options)
+        .map_err(|source| ArchiveError::Parquet { path: named.to_owned(), source })
+}
+
+/// Closes a file started by [`create_parquet`] (its last columns on up to `threads` threads, then the
+/// footer), everything written to `tmp`: the file, and its size.
+fn finish_parquet(
+    writer: FileEncoder<BufWriter<Counted>>,
+    threads: usize,
+    tmp: &Path,
+    named: &Path,
+) -> Result<Counted, ArchiveError> {
+    writer
+        .finish(threads)
+        .map_err(|source| ArchiveError::Parquet { path: named.to_owned(), source })?
+        .into_inner()
+        .map_err(|e| ArchiveError::Io { path: tmp.to_owned(), source: e.into_error() })
 }
 
 /// Creates `dir` and any missing parents below `root`, recording each one created in `created` (its
