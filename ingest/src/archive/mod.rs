@@ -843,7 +843,7 @@ impl FlushWriter {
     /// a final name before its bytes are durable; the checkpoint only after every rename is) for two
     /// syncs instead of two per file.
     pub fn write(&mut self, job: FlushJob) -> Result<FlushReport, ArchiveError> {
-        let FlushJob { name, batches: all, checkpoint, state } = job;
+        let FlushJob { name, batches: all, mut checkpoint, state } = job;
         let mut report = FlushReport::default();
         let mut dirs = std::mem::take(&mut self.open_dirs);
         // The files opened by parts take the rest of their rows and are finished first, on up to
@@ -926,7 +926,6 @@ impl FlushWriter {
         }
         self.files += report.files.len() as u64;
         self.bytes += report.bytes;
-        let mut checkpoint = checkpoint;
         checkpoint.totals.files = self.files;
         checkpoint.totals.bytes = self.bytes;
         write_checkpoint_with(&self.layout.root, &checkpoint, &*state)?;
