@@ -719,6 +719,9 @@ mod tests {
     fn out_of_range_values_are_refused() {
         let err = VigilConfig::parse("[archive]\nzstd_level = 40\n", Path::new("v.toml")).unwrap_err();
         assert_eq!(err.to_string(), "v.toml: archive.zstd_level must be between 1 and 22, got 40");
+        let err =
+            VigilConfig::parse("[archive]\nrandom_id_zstd_level = 0\n", Path::new("v.toml")).unwrap_err();
+        assert_eq!(err.to_string(), "v.toml: archive.random_id_zstd_level must be between 1 and 22, got 0");
         let err = VigilConfig::parse("[input]\nsource_name = \"a/b\"\n", Path::new("v.toml")).unwrap_err();
         assert!(err.to_string().contains("may only hold"), "{err}");
     }

@@ -24,7 +24,7 @@ use arrow_schema::SchemaRef;
 use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::arrow::{ArrowSchemaConverter, add_encoded_arrow_schema_to_metadata};
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesBuilder};
 use parquet::schema::types::{ColumnPath, SchemaDescriptor};
 use serde::{Deserialize, Serialize};
 use vigil_schemas::Invalid;
@@ -354,6 +354,22 @@ const UNIQUE_COLUMNS: &[&str] = &[
     "cost_usd",
 ];
 
+/// Columns of random identifiers (W3C trace context), compressed by `random_id_zstd_level`.
+const RANDOM_ID_COLUMNS: &[&str] = &["trace_id", "span_id"];
+
+/// `props` compressing every column by `all`, except the columns of random identifiers by `random_ids`.
+fn compressed(
+    mut props: WriterPropertiesBuilder,
+    all: Compression,
+    random_ids: Compression,
+) -> WriterPropertiesBuilder {
+    props = props.set_compression(all);
+    for c in RANDOM_ID_COLUMNS {
+        props = props.set_column_compression(ColumnPath::from(*c), random_ids);
+    }
+    props
+}
+
 impl Archive {
     /// Opens the archive for one source partition and recovers from an interrupted run: files of a flush
     /// that never committed, and temporary files, are removed. Returns the writer and the last checkpoint.
@@ -448,10 +464,14 @@ impl Archive {
             }
         };
         remove_uncommitted(&root, source, partition, committed, base)?;
-        let mut props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(cfg.zstd_level).unwrap_or_default()))
-            .set_created_by(format!("vigil {}", env!("CARGO_PKG_VERSION")))
-            .set_dictionary_enabled(true);
+        let zstd = |level| Compression::ZSTD(ZstdLevel::try_new(level).unwrap_or_default());
+        let mut props = compressed(
+            WriterProperties::builder()
+                .set_created_by(format!("vigil {}", env!("CARGO_PKG_VERSION")))
+                .set_dictionary_enabled(true),
+            zstd(cfg.zstd_level),
+            zstd(cfg.random_id_zstd_level),
+        );
         for c in UNIQUE_COLUMNS {
             props = props.set_column_dictionary_enabled(ColumnPath::from(*c), false);
         }
@@ -639,12 +659,12 @@ impl Archive {
             .props
             .clone()
             .into_builder()
-            .set_compression(Compression::UNCOMPRESSED)
             .set_dictionary_enabled(false)
             .set_statistics_enabled(EnabledStatistics::Chunk)
-            .set_offset_index_disabled(true)
-            .build();
-        let snappy = self.props.clone().into_builder().set_compression(Compression::SNAPPY).build();
+            .set_offset_index_disabled(true);
+        let plain = compressed(plain, Compression::UNCOMPRESSED, Compression::UNCOMPRESSED).build();
+        let snappy = self.props.clone().into_builder();
+        let snappy = compressed(snappy, Compression::SNAPPY, Compression::SNAPPY).build();
         let props = [plain, snappy, self.props.clone()];
         let tables = [
             (EventColumns::DIR, EventColumns::schema()),
