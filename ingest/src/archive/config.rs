@@ -37,7 +37,7 @@ pub struct ArchiveConfig {
     /// makes both random hex). zstd's match finder, most of the work at higher levels, finds nothing
     /// to match in random bytes; their gain is entropy coding, which level 1 does as well as any. On a
     /// simulated fleet of a million events those two columns were 5-7% smaller at level 1 than at 3
-    /// and the whole run took 8% less CPU. Set it to `zstd_level` to compress them like the rest.
+    /// and the whole run took 7% less CPU. Set it to `zstd_level` to compress them like the rest.
     #[serde(default = "default_random_id_zstd_level")]
     pub random_id_zstd_level: i32,
     /// A file with fewer rows than this is written without compression: zstd's per-column setup costs
