@@ -78,6 +78,20 @@ impl DedupWindow {
         KEY.get_or_init(RandomState::new).hash_one((agent_id, event_id))
     }
 
+    /// Reads where the table holds `keys`, and the ids their insertion would evict, and changes
+    /// nothing: the window is far larger than a core's cache, so each check is a miss, and in
+    /// [`check_key`](Self::check_key) the misses come one after another. Here the lookups of many keys
+    /// are independent, so the processor overlaps them, and the checks of those keys that follow find
+    /// the table's lines in cache. Returns how many were found (for `black_box`).
+    pub fn warm(&self, keys: &[u64]) -> usize {
+        if self.cap == 0 {
+            return 0;
+        }
+        let found = keys.iter().filter(|k| self.seen.contains_key(k)).count();
+        let evicted = if self.order.len() == self.cap { keys.len() } else { 0 };
+        found + self.order.iter().take(evicted).filter(|k| self.seen.contains_key(k)).count()
+    }
+
     /// [`check`](Self::check) by an id's [`key`](Self::key).
     pub fn check_key(&mut self, h: u64, position: u64) -> Option<u64> {
         if self.cap == 0 {
@@ -266,4 +280,27 @@ pub fn classify<'a>(
 ) -> Option<Result<Event<'a>, Invalid>> {
     decode_line(bytes, line, max_event_bytes)
         .map(|d| d.and_then(|ev| admit(ev, line.position, horizon, dedup)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DedupWindow;
+
+    #[test]
+    fn warming_the_window_finds_what_it_holds_and_changes_nothing() {
+        let mut w = DedupWindow::new(3);
+        assert_eq!(w.warm(&[1, 2]), 0, "an empty window holds nothing");
+        for (key, position) in [(1, 10), (2, 11), (3, 12)] {
+            assert_eq!(w.check_key(key, position), None);
+        }
+        // 2 is held; 9 is not; a full window would evict 1 and 2 to take two keys, and holds both.
+        assert_eq!(w.warm(&[2, 9]), 3);
+        assert_eq!(w.warm(&[9]), 1, "one key ahead would evict only the oldest");
+        assert_eq!(DedupWindow::new(0).warm(&[1]), 0, "a window of none holds none");
+        // The checks after it decide as they would have: 2 is a duplicate, 9 is new and evicts 1.
+        assert_eq!(w.check_key(2, 13), Some(11));
+        assert_eq!(w.check_key(9, 14), None);
+        assert_eq!(w.check_key(1, 15), None, "1 was evicted by 9");
+        assert_eq!(w.check_key(3, 16), Some(12));
+    }
 }

@@ -518,6 +518,14 @@ impl Lane {
         // The events refused here, by their index in `events`; taken out before judging.
         let mut refused = Vec::new();
         let mut next = 0;
+        let keys: Vec<u64> = decoded
+            .items
+            .iter()
+            .filter_map(|d| match d {
+                DecodedItem::Event(key) => Some(*key),
+                _ => None,
+            })
+            .collect();
         self.taken.clear();
         for (it, d) in items.iter().zip(decoded.items.drain(..)) {
             let decided = match d {
@@ -536,6 +544,10 @@ impl Lane {
                 }
                 DecodedItem::Invalid(reason) => Err(reason),
                 DecodedItem::Event(key) => {
+                    if next % DEDUP_AHEAD == 0 {
+                        let ahead = &keys[next..keys.len().min(next + DEDUP_AHEAD)];
+                        std::hint::black_box(self.dedup.warm(ahead));
+                    }
                     let ev = &events[next];
                     next += 1;
                     // A sender's event it may not claim is refused before it can enter the dedup window.
@@ -862,6 +874,9 @@ impl Lane {
 
 /// Messages queued for a lane's writer thread besides the one it is on.
 const QUEUED: usize = 4;
+
+/// Events whose dedup keys [`DedupWindow::warm`] looks up ahead of checking them in order.
+const DEDUP_AHEAD: usize = 32;
 
 /// What the writer thread is handed, in order.
 enum Msg {
