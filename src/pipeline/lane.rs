@@ -518,6 +518,7 @@ impl Lane {
         // The events refused here, by their index in `events`; taken out before judging.
         let mut refused = Vec::new();
         let mut next = 0;
+        // The events' dedup keys in order, for looking up the next few ahead of checking them.
         let keys: Vec<u64> = decoded
             .items
             .iter()
