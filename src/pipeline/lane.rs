@@ -159,8 +159,8 @@ enum DecodedItem {
     /// At or before the checkpoint: not decoded at all.
     Skipped,
     Blank,
-    /// A well-formed event (the next in `events`), with its event_id's dedup key.
-    Event(u64),
+    /// A well-formed event (the next in `events`; its event_id's dedup key the next in `keys`).
+    Event,
     Invalid(Invalid),
 }
 
@@ -171,6 +171,8 @@ enum DecodedItem {
 pub struct Decoded<'a> {
     items: Vec<DecodedItem>,
     events: Vec<Event<'a>>,
+    /// The events' dedup keys, in the same order: the lane looks up the next few ahead of checking them.
+    keys: Vec<u64>,
 }
 
 impl std::fmt::Debug for Decoded<'_> {
@@ -186,6 +188,7 @@ impl<'a> Decoded<'a> {
     fn append(&mut self, mut other: Decoded<'a>) {
         self.items.append(&mut other.items);
         self.events.append(&mut other.events);
+        self.keys.append(&mut other.keys);
     }
 }
 
@@ -203,8 +206,11 @@ impl Decoder {
     /// Decodes items (pure; any thread).
     pub fn decode<'a>(&self, items: &[Item<'a>]) -> Decoded<'a> {
         let Decoder { committed, max } = *self;
-        let mut out =
-            Decoded { items: Vec::with_capacity(items.len()), events: Vec::with_capacity(items.len()) };
+        let mut out = Decoded {
+            items: Vec::with_capacity(items.len()),
+            events: Vec::with_capacity(items.len()),
+            keys: Vec::with_capacity(items.len()),
+        };
         for it in items {
             let item = if it.position <= committed {
                 DecodedItem::Skipped
@@ -214,9 +220,9 @@ impl Decoder {
                 match decode_line(within_cap(it.bytes, &line, max), &line, max) {
                     None => DecodedItem::Blank,
                     Some(Ok(ev)) => {
-                        let key = DedupWindow::key(&ev.agent_id, &ev.event_id);
+                        out.keys.push(DedupWindow::key(&ev.agent_id, &ev.event_id));
                         out.events.push(ev);
-                        DecodedItem::Event(key)
+                        DecodedItem::Event
                     }
                     Some(Err(reason)) => DecodedItem::Invalid(reason),
                 }
@@ -518,15 +524,7 @@ impl Lane {
         // The events refused here, by their index in `events`; taken out before judging.
         let mut refused = Vec::new();
         let mut next = 0;
-        // The events' dedup keys in order, for looking up the next few ahead of checking them.
-        let keys: Vec<u64> = decoded
-            .items
-            .iter()
-            .filter_map(|d| match d {
-                DecodedItem::Event(key) => Some(*key),
-                _ => None,
-            })
-            .collect();
+        let keys = std::mem::take(&mut decoded.keys);
         self.taken.clear();
         for (it, d) in items.iter().zip(decoded.items.drain(..)) {
             let decided = match d {
@@ -544,7 +542,8 @@ impl Lane {
                     continue;
                 }
                 DecodedItem::Invalid(reason) => Err(reason),
-                DecodedItem::Event(key) => {
+                DecodedItem::Event => {
+                    let key = keys[next];
                     if next % DEDUP_AHEAD == 0 {
                         let ahead = &keys[next..keys.len().min(next + DEDUP_AHEAD)];
                         std::hint::black_box(self.dedup.warm(ahead));
