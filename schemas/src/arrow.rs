@@ -1,8 +1,11 @@
 //! Arrow schemas of the archive's tables. The Parquet files under `events/`, `findings/`, `control/` and
 //! `dead-letters/` carry exactly these columns; the hive partition columns `dt` and `hour` live in the
 //! directory names, not in the files.
+//!
+//! Each schema is built once and shared by every batch of its table (a replay of sparse history finishes
+//! a batch per hour touched, and the archive's writer knows a table's batches by their schema).
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
@@ -28,6 +31,11 @@ fn ingest_fields() -> [Field; 4] {
 /// Schema of `events/`: the contract's fields in contract order (`attributes` as JSON text), then the
 /// ingest columns.
 pub fn events_schema() -> SchemaRef {
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(build_events_schema);
+    SCHEMA.clone()
+}
+
+fn build_events_schema() -> SchemaRef {
     let mut fields: Vec<Field> = FIELDS
         .iter()
         .map(|f| {
@@ -47,6 +55,11 @@ pub fn events_schema() -> SchemaRef {
 
 /// Schema of `dead-letters/`: what was refused, why, and the original bytes.
 pub fn dead_letters_schema() -> SchemaRef {
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(build_dead_letters_schema);
+    SCHEMA.clone()
+}
+
+fn build_dead_letters_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("reason", DataType::Utf8, false),
         Field::new("field", DataType::Utf8, true),
@@ -64,6 +77,11 @@ pub fn dead_letters_schema() -> SchemaRef {
 
 /// Schema of `findings/`: one row per finding (see the detect crate for meanings).
 pub fn findings_schema() -> SchemaRef {
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(build_findings_schema);
+    SCHEMA.clone()
+}
+
+fn build_findings_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("finding_id", DataType::Utf8, false),
         Field::new("kind", DataType::Utf8, false),
@@ -86,6 +104,11 @@ pub fn findings_schema() -> SchemaRef {
 /// delivery outcome (`record = 'delivery'`), so the record says "halt delivered to gateway X at T" or
 /// "not delivered (reason)".
 pub fn control_schema() -> SchemaRef {
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(build_control_schema);
+    SCHEMA.clone()
+}
+
+fn build_control_schema() -> SchemaRef {
     let list = || DataType::List(Arc::new(Field::new("item", DataType::Utf8, false)));
     Arc::new(Schema::new(vec![
         Field::new("record", DataType::Utf8, false),

@@ -11,6 +11,7 @@ mod columns;
 mod config;
 mod encode;
 mod read;
+mod small;
 #[cfg(test)]
 mod tests;
 
@@ -18,6 +19,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
@@ -35,6 +37,7 @@ pub use columns::{ControlColumns, DeadLetterColumns, EventColumns, FindingColumn
 pub use config::{ArchiveConfig, ArchiveConfigError, Partitioning};
 use encode::{FileEncoder, spread};
 pub use read::{scan_table, table_files};
+use small::SmallFile;
 
 /// The archive's tables, by directory name.
 pub const TABLES: [&str; 4] = ["events", "findings", "control", "dead-letters"];
@@ -781,6 +784,9 @@ struct Prepared {
     descr: Option<SchemaDescriptor>,
     /// By [`Packing`].
     props: [WriterProperties; 3],
+    /// Its files packed plain, written straight; `None` when its schema has columns [`SmallFile`] does
+    /// not cover.
+    small: Option<SmallFile>,
 }
 
 impl Prepared {
@@ -793,7 +799,9 @@ impl Prepared {
         // A schema Parquet cannot hold fails here and again, with its error, when a file is written.
         let coerce = props[Packing::Zstd as usize].coerce_types();
         let descr = ArrowSchemaConverter::new().with_coerce_types(coerce).convert(&schema).ok();
-        Prepared { table, props: props.each_ref().map(with_schema), descr, schema }
+        let props = props.each_ref().map(with_schema);
+        let small = descr.as_ref().and_then(|d| SmallFile::new(&schema, d, &props[Packing::Plain as usize]));
+        Prepared { table, props, descr, schema, small }
     }
 
     /// The writer options for a file of this table packed as `packing`: its prepared schema and
@@ -924,8 +932,10 @@ impl FlushWriter {
                 let dir = partition_dir(&self.layout.root, table, *index, self.layout.partition);
                 create_dirs(&self.layout.root, &dir, &mut dirs)?;
                 let path = dir.join(&name);
-                let options = self.layout.options_for(table, batch);
-                report.bytes += write_atomically(&path, batch, options, self.write_threads)?;
+                let tmp = tmp_path(&path);
+                report.bytes +=
+                    self.layout.write_file(&tmp, &path, table, batch, true, self.write_threads)?;
+                fs::rename(&tmp, &path).map_err(io_err(&path))?;
                 report.rows += batch.num_rows() as u64;
                 report.files.push(path);
                 dirs.push(dir);
@@ -975,14 +985,42 @@ impl FlushWriter {
 }
 
 impl Layout {
-    /// The options a batch of `table` is written with: its prepared schema and properties, packed by
-    /// its rows.
+    /// The prepared schema and properties of `table`, if `batch` is of its schema.
+    fn prepared(&self, table: &str, batch: &RecordBatch) -> Option<&Prepared> {
+        let schema = batch.schema_ref();
+        self.tables
+            .iter()
+            .find(|p| p.table == table && (Arc::ptr_eq(&p.schema, schema) || p.schema == *schema))
+    }
+
+    /// The options a batch of `table` is written with by Parquet's writer: its prepared schema and
+    /// properties, packed by its rows.
     fn options_for(&self, table: &str, batch: &RecordBatch) -> ArrowWriterOptions {
         let packing = self.packing.packing(batch.num_rows());
-        let prepared = self.tables.iter().find(|p| p.table == table && *p.schema == *batch.schema());
-        prepared.and_then(|p| p.options(packing)).unwrap_or_else(|| {
+        self.prepared(table, batch).and_then(|p| p.options(packing)).unwrap_or_else(|| {
             ArrowWriterOptions::new().with_properties(self.props[packing as usize].clone())
         })
+    }
+
+    /// Writes `batch` of `table` as a Parquet file at `tmp` (for `path`, named in errors), fsynced when
+    /// `sync`: a file packed plain straight ([`SmallFile`]) when its columns are covered, any other by
+    /// Parquet's writer, its columns on up to `threads` threads. Returns the file size.
+    fn write_file(
+        &self,
+        tmp: &Path,
+        path: &Path,
+        table: &str,
+        batch: &RecordBatch,
+        sync: bool,
+        threads: usize,
+    ) -> Result<u64, ArchiveError> {
+        let plain = self.packing.packing(batch.num_rows()) == Packing::Plain;
+        let small =
+            self.prepared(table, batch).and_then(|p| p.small.as_ref()).filter(|s| plain && s.covers(batch));
+        match small {
+            Some(small) => write_small(tmp, small, batch, sync),
+            None => write_parquet(tmp, path, batch, self.options_for(table, batch), sync, threads),
+        }
     }
 
     /// Writes one batch of a job under its temporary name, not synced (its directory made if missing;
@@ -997,7 +1035,7 @@ impl Layout {
         create_dirs(&self.root, &dir, &mut Vec::new())?;
         let path = dir.join(name);
         let tmp = tmp_path(&path);
-        let bytes = write_parquet(&tmp, &path, batch, self.options_for(table, batch), false, threads)?;
+        let bytes = self.write_file(&tmp, &path, table, batch, false, threads)?;
         Ok(Written { tmp, path, bytes, rows: batch.num_rows() as u64 })
     }
 }
@@ -1130,6 +1168,19 @@ fn write_parquet(
         file.sync_all().map_err(io_err(tmp))?;
     }
     Ok(bytes)
+}
+
+/// Writes a small file at `tmp`, fsynced when `sync`. Returns its size.
+fn write_small(tmp: &Path, small: &SmallFile, batch: &RecordBatch, sync: bool) -> Result<u64, ArchiveError> {
+    // The values and a few kilobytes of schema and metadata (the Arrow schema among them).
+    let mut bytes = Vec::with_capacity(16 << 10);
+    small.write(batch, &mut bytes);
+    let mut file = File::create(tmp).map_err(io_err(tmp))?;
+    file.write_all(&bytes).map_err(io_err(tmp))?;
+    if sync {
+        file.sync_all().map_err(io_err(tmp))?;
+    }
+    Ok(bytes.len() as u64)
 }
 
 /// Starts a Parquet file at `tmp` (called `named` in Parquet's errors), written through a buffer of

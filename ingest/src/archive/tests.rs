@@ -454,10 +454,26 @@ fn a_prepared_table_writes_what_arrow_writer_writes() {
             };
             assert!(want, "{rows} rows, {}: {c:?}", column.column_path());
         }
-        let (x, y) = (std::fs::read(&x).unwrap(), std::fs::read(&y).unwrap());
+        // What the flush writes: a file packed plain straight, the others by Parquet's writer.
+        let z = dir.path().join("z.parquet");
+        writer.layout.write_file(&z, &z, table, batch, false, 1).unwrap();
+        let (x, y, z) = (std::fs::read(&x).unwrap(), std::fs::read(&y).unwrap(), std::fs::read(&z).unwrap());
         assert!(x.windows(12).any(|w| w == b"ARROW:schema"), "the Arrow schema is in the metadata");
         assert_eq!(x, y, "{rows} rows");
+        assert_eq!(z, y, "{rows} rows, as the flush writes them");
     }
+    // Events and dead letters are written straight when packed plain; findings and control records
+    // (lists of ids) by Parquet's writer.
+    let straight: Vec<_> = writer.layout.tables.iter().map(|p| (p.table, p.small.is_some())).collect();
+    assert_eq!(
+        straight,
+        [
+            (EventColumns::DIR, true),
+            (FindingColumns::DIR, false),
+            (ControlColumns::DIR, false),
+            (DeadLetterColumns::DIR, true)
+        ]
+    );
 }
 
 #[test]
