@@ -89,6 +89,45 @@ fn stages(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // A file of a few rows (a replay of sparse history writes one per hour touched): Parquet's writer
+    // against the archive's straight writer, the same bytes from each, in memory.
+    let mut few = EventColumns::default();
+    for (i, e) in events.iter().take(11).enumerate() {
+        few.push(e, origin, i as u64);
+    }
+    let few = few.finish();
+    let schema = few.schema();
+    let mut plain = parquet::file::properties::WriterProperties::builder()
+        .set_dictionary_enabled(false)
+        .set_statistics_enabled(parquet::file::properties::EnabledStatistics::Chunk)
+        .set_offset_index_disabled(true)
+        .build();
+    parquet::arrow::add_encoded_arrow_schema_to_metadata(&schema, &mut plain);
+    let descr = parquet::arrow::ArrowSchemaConverter::new().convert(&schema).unwrap();
+    let small = vigil_ingest::archive::SmallFile::new(&schema, &descr, &plain).unwrap();
+    let options = || {
+        parquet::arrow::arrow_writer::ArrowWriterOptions::new()
+            .with_properties(plain.clone())
+            .with_skip_arrow_metadata(true)
+    };
+    let with_parquet = || {
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new_with_options(Vec::new(), schema.clone(), options()).unwrap();
+        w.write(&few).unwrap();
+        w.into_inner().unwrap()
+    };
+    let straight = || {
+        let mut out = Vec::new();
+        small.write(&few, &mut out);
+        out
+    };
+    assert!(with_parquet() == straight(), "the same file both ways");
+    let mut g = c.benchmark_group("small_file");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("parquet_writer", |b| b.iter(|| black_box(with_parquet())));
+    g.bench_function("straight", |b| b.iter(|| black_box(straight())));
+    g.finish();
     eprintln!("(input: {} events, {:.0} bytes/event)", lines.len(), bytes as f64 / lines.len() as f64);
 }
 

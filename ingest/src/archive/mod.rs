@@ -11,7 +11,7 @@ mod columns;
 mod config;
 mod encode;
 mod read;
-mod small;
+pub mod small;
 #[cfg(test)]
 mod tests;
 
@@ -37,7 +37,7 @@ pub use columns::{ControlColumns, DeadLetterColumns, EventColumns, FindingColumn
 pub use config::{ArchiveConfig, ArchiveConfigError, Partitioning};
 use encode::{FileEncoder, spread};
 pub use read::{scan_table, table_files};
-use small::SmallFile;
+pub use small::SmallFile;
 
 /// The archive's tables, by directory name.
 pub const TABLES: [&str; 4] = ["events", "findings", "control", "dead-letters"];

@@ -1,9 +1,11 @@
 //! Files of a few rows, written without Parquet's column writers.
 //!
 //! A replay of sparse history writes one file per hour touched, most of a few rows, and such a file costs
-//! Parquet's writer about 85 µs of CPU for the events table's 28 columns whatever it holds: a column
-//! writer, an encoder, metrics and a page builder made and torn down per column, and the footer built
-//! through its metadata types. That fixed cost, not the rows, was what such a replay spent its time on.
+//! Parquet's writer tens of microseconds of CPU for the events table's 28 columns whatever it holds: a
+//! column writer, an encoder, metrics and a page builder made and torn down per column, and the footer
+//! built through its metadata types. That fixed cost, not the rows, was what such a replay spent its
+//! time on; written straight, a tenth of it is left (`cargo bench --bench stages -- small_file`, figures
+//! in docs/PERFORMANCE.md).
 //! [`SmallFile`] writes the same file straight from the Arrow arrays: per column one v1 data page of
 //! PLAIN values (RLE definition levels for a nullable one), uncompressed, the chunk statistics Parquet's
 //! writer would make (the same minimum, maximum, null and NaN counts, truncation of long values, size
@@ -194,7 +196,7 @@ struct Leaf {
 
 /// A table's files of a few rows: what is the same in all of them, encoded once.
 #[derive(Debug)]
-pub(super) struct SmallFile {
+pub struct SmallFile {
     leaves: Vec<Leaf>,
     /// The file metadata's first fields: the format version and the schema.
     head: Vec<u8>,
@@ -209,7 +211,7 @@ pub(super) struct SmallFile {
 impl SmallFile {
     /// The table's small files as `props` would have Parquet's writer write them; `None` when the schema
     /// or the properties ask for something this writer does not cover.
-    pub(super) fn new(schema: &Schema, descr: &SchemaDescriptor, props: &WriterProperties) -> Option<Self> {
+    pub fn new(schema: &Schema, descr: &SchemaDescriptor, props: &WriterProperties) -> Option<Self> {
         if props.writer_version() != WriterVersion::PARQUET_1_0
             || props.sorting_columns().is_some()
             || descr.num_columns() != schema.fields().len()
@@ -281,13 +283,13 @@ impl SmallFile {
 
     /// Whether `batch` (of the table's schema) can be written as one of these files: one row group (not
     /// none), and no nulls in a required column (Parquet's writer has its own answer to those).
-    pub(super) fn covers(&self, batch: &RecordBatch) -> bool {
+    pub fn covers(&self, batch: &RecordBatch) -> bool {
         (1..=self.max_rows).contains(&batch.num_rows())
             && batch.columns().iter().zip(&self.leaves).all(|(c, leaf)| leaf.optional || c.null_count() == 0)
     }
 
     /// Appends the whole file for `batch` (which [`SmallFile::covers`]) to `out`.
-    pub(super) fn write(&self, batch: &RecordBatch, out: &mut Vec<u8>) {
+    pub fn write(&self, batch: &RecordBatch, out: &mut Vec<u8>) {
         let base = out.len();
         out.extend_from_slice(b"PAR1");
         let rows = batch.num_rows();
