@@ -192,6 +192,8 @@ struct Leaf {
     utf8: bool,
     /// The column chunk metadata's first fields (type, encodings, path, codec), the same in every file.
     head: Vec<u8>,
+    /// Parquet's writer starts another page past this many bytes: such a column is not covered.
+    page_bytes: usize,
 }
 
 /// A table's files of a few rows: what is the same in all of them, encoded once.
@@ -204,7 +206,7 @@ pub struct SmallFile {
     tail: Vec<u8>,
     /// Statistics longer than this many bytes are cut (Parquet's `statistics_truncate_length`).
     truncate: Option<usize>,
-    /// More rows than this go in several row groups: not covered.
+    /// More rows than this go in several row groups or pages: not covered.
     max_rows: usize,
 }
 
@@ -248,7 +250,15 @@ impl SmallFile {
             varint(f.out, path.parts()[0].len() as u64);
             f.out.extend_from_slice(path.parts()[0].as_bytes());
             f.i32(4, 0); // UNCOMPRESSED
-            leaves.push(Leaf { values, optional: column.max_def_level() == 1, signed, utf8, head });
+            let page_bytes = props.column_data_page_size_limit(path);
+            leaves.push(Leaf {
+                values,
+                optional: column.max_def_level() == 1,
+                signed,
+                utf8,
+                head,
+                page_bytes,
+            });
         }
         let mut head = Vec::new();
         let mut f = Fields::new(&mut head);
@@ -277,15 +287,19 @@ impl SmallFile {
             order.end();
         }
         f.end();
-        let max_rows = props.max_row_group_row_count().unwrap_or(usize::MAX);
+        let max_rows =
+            props.max_row_group_row_count().unwrap_or(usize::MAX).min(props.data_page_row_count_limit());
         Some(SmallFile { leaves, head, tail, truncate: props.statistics_truncate_length(), max_rows })
     }
 
-    /// Whether `batch` (of the table's schema) can be written as one of these files: one row group (not
-    /// none), and no nulls in a required column (Parquet's writer has its own answer to those).
+    /// Whether `batch` (of the table's schema) is one of these files: one row group (not none) of one page
+    /// per column, and no nulls in a required column (Parquet's writer has its own answer to those).
     pub fn covers(&self, batch: &RecordBatch) -> bool {
         (1..=self.max_rows).contains(&batch.num_rows())
-            && batch.columns().iter().zip(&self.leaves).all(|(c, leaf)| leaf.optional || c.null_count() == 0)
+            && batch.columns().iter().zip(&self.leaves).all(|(c, leaf)| {
+                (leaf.optional || c.null_count() == 0)
+                    && page_bytes(c.as_ref(), leaf.values) < leaf.page_bytes
+            })
     }
 
     /// Appends the whole file for `batch` (which [`SmallFile::covers`]) to `out`.
@@ -425,6 +439,26 @@ struct Stats {
     nans: Option<u64>,
     /// For byte array columns: the bytes of their values.
     unencoded: Option<u64>,
+}
+
+/// At least the bytes of a column's page (its values, and its levels at their largest).
+fn page_bytes(array: &dyn Array, values: Values) -> usize {
+    let rows = array.len();
+    let levels = 4 + 10 + rows.div_ceil(8);
+    levels
+        + match values {
+            Values::Boolean => rows.div_ceil(8),
+            Values::Int32 | Values::UInt16 | Values::UInt32 => 4 * rows,
+            Values::Int64 | Values::UInt64 | Values::Timestamp(_) | Values::Float64 => 8 * rows,
+            Values::Utf8 => {
+                let o = array.as_string::<i32>().value_offsets();
+                4 * rows + (o[rows] - o[0]) as usize
+            }
+            Values::Binary => {
+                let o = array.as_binary::<i32>().value_offsets();
+                4 * rows + (o[rows] - o[0]) as usize
+            }
+        }
 }
 
 /// Definition levels of a nullable column (1 for a value, 0 for a null) in the RLE/bit-packing hybrid,
@@ -894,6 +928,24 @@ mod tests {
             check(&every_type(rows));
         }
         check(&every_type(40).slice(3, 30));
+        // A column past a page's bytes, or more rows than a page's: Parquet's writer makes more pages of
+        // them, so they are left to it; just under the limit, one page each way.
+        let big = |rows: usize, bytes: usize| {
+            batch(vec![(
+                "payload",
+                Arc::new(BinaryArray::from_iter_values((0..rows).map(|i| vec![i as u8; bytes]))),
+                false,
+            )])
+        };
+        check(&big(2, 500_000));
+        let over = big(3, 500_000);
+        let descr = ArrowSchemaConverter::new().convert(&over.schema()).unwrap();
+        let small = SmallFile::new(&over.schema(), &descr, &plain_props(&over.schema())).unwrap();
+        assert!(!small.covers(&over));
+        let mut props = plain_props(&over.schema());
+        props = props.into_builder().set_data_page_row_count_limit(2).build();
+        let small = SmallFile::new(&over.schema(), &descr, &props).unwrap();
+        assert!(small.covers(&big(2, 10)) && !small.covers(&big(3, 10)));
         // No rows: Parquet's writer writes no row group; such a file is left to it.
         let none = every_type(0);
         let descr = ArrowSchemaConverter::new().convert(&none.schema()).unwrap();
