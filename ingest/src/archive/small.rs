@@ -309,11 +309,12 @@ impl SmallFile {
         let rows = batch.num_rows();
         let mut chunks = Vec::with_capacity(self.leaves.len());
         let mut page = Vec::new();
+        let mut levels = Levels::default();
         for (leaf, array) in self.leaves.iter().zip(batch.columns()) {
             page.clear();
             let nulls = if leaf.optional { array.null_count() } else { 0 };
             if leaf.optional {
-                definition_levels(&mut page, array.as_ref());
+                definition_levels(&mut page, array.as_ref(), &mut levels);
             }
             let stats = plain_values(&mut page, array.as_ref(), leaf.values);
             let offset = out.len() - base;
@@ -461,33 +462,108 @@ fn page_bytes(array: &dyn Array, values: Values) -> usize {
         }
 }
 
-/// Definition levels of a nullable column (1 for a value, 0 for a null) in the RLE/bit-packing hybrid,
-/// after their length: one run when every row is alike, bit-packed otherwise (LSB first, as Arrow's
-/// validity bitmap).
-fn definition_levels(page: &mut Vec<u8>, array: &dyn Array) {
+/// Definition levels of a nullable column (1 for a value, 0 for a null) after their length, in the
+/// RLE/bit-packing hybrid as Parquet's writer chooses its runs ([`Levels`]).
+fn definition_levels(page: &mut Vec<u8>, array: &dyn Array, levels: &mut Levels) {
     let at = page.len();
     page.extend_from_slice(&[0; 4]);
-    let rows = array.len();
-    let nulls = array.null_count();
-    if nulls == 0 || nulls == rows {
-        varint(page, (rows as u64) << 1);
-        page.push(u8::from(nulls == 0));
-    } else {
-        let groups = rows.div_ceil(8);
-        varint(page, (groups as u64) << 1 | 1);
-        for g in 0..groups {
-            let mut byte = 0u8;
-            for bit in 0..8 {
-                let row = g * 8 + bit;
-                if row < rows && array.is_valid(row) {
-                    byte |= 1 << bit;
-                }
-            }
-            page.push(byte);
-        }
+    match array.nulls() {
+        None => (0..array.len()).for_each(|_| levels.put(page, 1)),
+        Some(nulls) => nulls.iter().for_each(|valid| levels.put(page, u8::from(valid))),
     }
+    levels.finish(page);
     let len = (page.len() - at - 4) as u32;
     page[at..at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// The RLE/bit-packing hybrid of one-bit values with the runs Parquet's writer picks: values go in
+/// groups of eight; a group that only repeats the value before it starts (or continues) a run of that
+/// value, written as its count once it ends; other groups are bit-packed together, up to 63 groups to a
+/// run. At the end a short tail is a run if it repeats one value, else packed, padded with zeros.
+#[derive(Default)]
+struct Levels {
+    /// Values not yet written: whole groups of a bit-packed run, then the group being filled.
+    pending: Vec<u8>,
+    /// The last value, and how many times in a row it came since the last group was packed.
+    value: u8,
+    repeats: usize,
+}
+
+impl Levels {
+    const GROUP: usize = 8;
+
+    fn put(&mut self, out: &mut Vec<u8>, v: u8) {
+        if v == self.value {
+            self.repeats += 1;
+            if self.repeats > Self::GROUP {
+                return; // a run goes on
+            }
+        } else {
+            if self.repeats >= Self::GROUP {
+                self.run(out);
+            }
+            self.value = v;
+            self.repeats = 1;
+        }
+        self.pending.push(v);
+        if self.pending.len().is_multiple_of(Self::GROUP) {
+            self.group_done(out);
+        }
+    }
+
+    /// A group is full: it starts a run if it is one repeated value (the packed groups before it are
+    /// written), else it stays packed (written once the run holds 63 groups).
+    fn group_done(&mut self, out: &mut Vec<u8>) {
+        if self.repeats >= Self::GROUP {
+            self.pending.truncate(self.pending.len() - Self::GROUP);
+            if !self.pending.is_empty() {
+                self.packed(out);
+            }
+            return;
+        }
+        if self.pending.len() / Self::GROUP + 1 >= 64 {
+            self.packed(out);
+        }
+        self.repeats = 0;
+    }
+
+    fn run(&mut self, out: &mut Vec<u8>) {
+        varint(out, (self.repeats as u64) << 1);
+        out.push(self.value);
+        self.pending.clear();
+        self.repeats = 0;
+    }
+
+    fn packed(&mut self, out: &mut Vec<u8>) {
+        out.push(((self.pending.len() / Self::GROUP) as u8) << 1 | 1);
+        for group in self.pending.chunks(Self::GROUP) {
+            out.push(group.iter().enumerate().fold(0, |byte, (bit, &v)| byte | v << bit));
+        }
+        self.pending.clear();
+    }
+
+    /// Writes what is pending and starts afresh, for the next column.
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        self.end(out);
+        self.value = 0;
+    }
+
+    fn end(&mut self, out: &mut Vec<u8>) {
+        if self.pending.is_empty() && self.repeats == 0 {
+            return;
+        }
+        let tail = self.pending.len() % Self::GROUP;
+        let one_value = self.pending.len() == tail && (self.repeats == tail || tail == 0);
+        if self.repeats > 0 && one_value {
+            self.run(out);
+        } else {
+            self.pending.resize(self.pending.len().next_multiple_of(Self::GROUP), 0);
+            if !self.pending.is_empty() {
+                self.packed(out);
+            }
+            self.repeats = 0;
+        }
+    }
 }
 
 /// Appends the column's non-null values PLAIN-encoded and returns their statistics.
@@ -924,7 +1000,8 @@ mod tests {
     /// written as Parquet's writer writes it; no rows are left to that writer.
     #[test]
     fn a_small_file_is_what_arrow_writer_writes() {
-        for rows in [1, 2, 7, 8, 9, 17, 63, 200] {
+        // 600 rows: bit-packed levels longer than one run of 63 groups.
+        for rows in [1, 2, 7, 8, 9, 17, 63, 200, 600] {
             check(&every_type(rows));
         }
         check(&every_type(40).slice(3, 30));
@@ -951,5 +1028,70 @@ mod tests {
         let descr = ArrowSchemaConverter::new().convert(&none.schema()).unwrap();
         let small = SmallFile::new(&none.schema(), &descr, &plain_props(&none.schema())).unwrap();
         assert!(!small.covers(&none));
+    }
+
+    /// Random batches (seeded, so a failure repeats): random nulls, lengths around the statistics limit,
+    /// characters of one to four bytes, extremes and NaNs; each is written as Parquet's writer writes it.
+    #[test]
+    fn random_small_files_are_what_arrow_writer_writes() {
+        let chars = ['a', 'z', '~', 'é', 'ÿ', '€', '\u{FFFF}', '😀', '\u{10FFFF}', '\0'];
+        for seed in 0..200 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let rows = if seed % 10 == 0 { rng.usize(500..700) } else { rng.usize(1..40) };
+            // Some batches nearly all nulls, some nearly none: long runs of each.
+            let nulls = [4, 60, 128, 250][seed as usize % 4];
+            let null = |rng: &mut fastrand::Rng| rng.u8(..) < nulls;
+            let text = |rng: &mut fastrand::Rng| {
+                let len = [0, 1, 5, 60, 61, 62, 63, 64, 65, 66, 70][rng.usize(..11)];
+                let mut s = String::new();
+                while s.len() < len {
+                    s.push(chars[rng.usize(..chars.len())]);
+                }
+                s
+            };
+            let floats = [
+                f64::NAN,
+                -f64::NAN,
+                0.0,
+                -0.0,
+                f64::INFINITY,
+                f64::NEG_INFINITY,
+                1.5,
+                -7.25,
+                f64::MIN_POSITIVE,
+            ];
+            let mut strings = Vec::new();
+            let mut bins = Vec::new();
+            let mut ints = Vec::new();
+            let mut u64s = Vec::new();
+            let mut f64s = Vec::new();
+            let mut flags = Vec::new();
+            for _ in 0..rows {
+                strings.push((!null(&mut rng)).then(|| text(&mut rng)));
+                bins.push((!null(&mut rng)).then(|| {
+                    let len = [0, 3, 64, 65, 66][rng.usize(..5)];
+                    (0..len).map(|_| [0, 1, 0xfe, 0xff][rng.usize(..4)]).collect::<Vec<u8>>()
+                }));
+                ints.push(
+                    (!null(&mut rng)).then(|| [i32::MIN, -1, 0, 1, i32::MAX, rng.i32(..)][rng.usize(..6)]),
+                );
+                u64s.push([0, 1, u64::MAX, 1 << 63, rng.u64(..)][rng.usize(..5)]);
+                f64s.push((!null(&mut rng)).then(|| floats[rng.usize(..floats.len())]));
+                flags.push((!null(&mut rng)).then(|| rng.bool()));
+            }
+            let b = batch(vec![
+                ("s", Arc::new(StringArray::from(strings)), true),
+                (
+                    "bin",
+                    Arc::new(BinaryArray::from(bins.iter().map(|b| b.as_deref()).collect::<Vec<_>>())),
+                    true,
+                ),
+                ("i32", Arc::new(Int32Array::from(ints)), true),
+                ("u64", Arc::new(UInt64Array::from(u64s)), false),
+                ("f64", Arc::new(Float64Array::from(f64s)), true),
+                ("flag", Arc::new(BooleanArray::from(flags)), true),
+            ]);
+            check(&b);
+        }
     }
 }
