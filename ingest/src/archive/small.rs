@@ -467,11 +467,19 @@ fn page_bytes(array: &dyn Array, values: Values) -> usize {
 fn definition_levels(page: &mut Vec<u8>, array: &dyn Array, levels: &mut Levels) {
     let at = page.len();
     page.extend_from_slice(&[0; 4]);
+    let (rows, nulls) = (array.len(), array.null_count());
     match array.nulls() {
-        None => (0..array.len()).for_each(|_| levels.put(page, 1)),
-        Some(nulls) => nulls.iter().for_each(|valid| levels.put(page, u8::from(valid))),
+        Some(valid) if nulls != 0 && nulls != rows => {
+            valid.iter().for_each(|v| levels.put(page, u8::from(v)));
+            levels.finish(page);
+        }
+        // One value throughout (the usual case in a file of a few rows): the one run the state machine
+        // would end up writing.
+        _ => {
+            varint(page, (rows as u64) << 1);
+            page.push(u8::from(nulls == 0));
+        }
     }
-    levels.finish(page);
     let len = (page.len() - at - 4) as u32;
     page[at..at + 4].copy_from_slice(&len.to_le_bytes());
 }
