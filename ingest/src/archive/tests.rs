@@ -517,3 +517,62 @@ fn a_state_written_into_the_checkpoint_as_it_is_made_gives_the_same_file() {
         assert_eq!((back.source.as_str(), back.state.get()), (source, state));
     }
 }
+
+/// Each row's `_position`, in the file's order.
+fn positions(path: &Path) -> Vec<u64> {
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let column = batch.column_by_name("_position").unwrap();
+        let column = column.as_any().downcast_ref::<arrow_array::UInt64Array>().unwrap();
+        out.extend(column.values().iter().copied());
+    }
+    out
+}
+
+/// Rows of hours that come interleaved (a stream at an hour's turn, late events) are each hour's rows
+/// in the order they came, whether they reach the writer in parts taken between batches or at the
+/// flush: one set of builders holds them all, with the hour of each run.
+#[test]
+fn interleaved_hours_keep_each_hours_rows_in_the_order_they_came() {
+    // Hour of each position: runs of one, of a few, and a long one.
+    let hours: Vec<i64> = (1..=60u64)
+        .map(|p| {
+            if p % 7 == 0 || (20..26).contains(&p) {
+                1
+            } else if p % 3 == 0 {
+                2
+            } else {
+                0
+            }
+        })
+        .collect();
+    // 20: hour 0 goes in parts, the thinner hours span the batches its parts finished (joined at the flush).
+    for part_rows in [0, 4, 9, 20] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ArchiveConfig { dir: dir.path().to_owned(), part_rows, ..ArchiveConfig::default() };
+        let (mut a, _) = Archive::open(&cfg, "mix", 0).unwrap();
+        let mut writer = a.writer();
+        for (i, &hour) in hours.iter().enumerate() {
+            push(&mut a, i as u64 + 1, hour);
+            // Parts taken every five rows, as a lane takes them between batches.
+            if i % 5 == 4 {
+                for part in a.take_parts() {
+                    writer.part(part).unwrap();
+                }
+            }
+        }
+        let report = writer.write(a.take_flush(no_state(), 9).unwrap()).unwrap();
+        assert_eq!((report.files.len(), report.rows), (3, 60), "part_rows {part_rows}");
+        for hour in 0..3 {
+            let want: Vec<u64> = (1..=60).filter(|&p| hours[p as usize - 1] == hour).collect();
+            let path = dir.path().join(format!("events/dt=1970-01-01/hour={hour:02}/mix-0-1-60.parquet"));
+            assert_eq!(positions(&path), want, "hour {hour}, part_rows {part_rows}");
+        }
+    }
+}
