@@ -312,8 +312,31 @@ impl<T: Table> Partitioned<T> {
             }
             self.pending.insert(index, 0);
         }
-        // Finished rows wholly handed over are let go here, with the parts' (once written).
-        self.done.retain(|(_, runs)| runs.iter().any(|&(d, _)| d != TAKEN));
+        // What is left of the finished rows is copied out of them (rows of other directories at a turn
+        // of the hour: few), so the rows handed over go with their parts once written, not at the flush.
+        for (batch, runs) in std::mem::take(&mut self.done) {
+            let kept: usize = runs.iter().filter(|&&(d, _)| d != TAKEN).map(|&(_, n)| n).sum();
+            if kept == batch.num_rows() {
+                self.done.push((batch, runs));
+            } else if kept > 0 {
+                let (mut rows, mut kept_runs, mut at) =
+                    (Vec::with_capacity(kept), Vec::<(i64, usize)>::new(), 0);
+                for (d, n) in runs {
+                    if d != TAKEN {
+                        rows.extend((at..at + n).map(|r| r as u32));
+                        match kept_runs.last_mut() {
+                            Some((last, m)) if *last == d => *m += n,
+                            _ => kept_runs.push((d, n)),
+                        }
+                    }
+                    at += n;
+                }
+                let rest =
+                    arrow_select::take::take_record_batch(&batch, &arrow_array::UInt32Array::from(rows))
+                        .expect("the rows taken are the batch's own");
+                self.done.push((rest, kept_runs));
+            }
+        }
     }
 
     /// Forgets the parts: their rows are committed (or abandoned) with the flush that follows them.
