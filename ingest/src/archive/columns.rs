@@ -15,10 +15,10 @@ use vigil_schemas::rows::{ControlRecord, Finding};
 
 use super::DeadLetter;
 
-/// Rows a new table's builders have room for before they grow. Small, because a flush makes a table per
-/// event-time hour it touches: a replay of sparse history touches thousands, each of a few rows (Arrow's
-/// own default, 1,024 rows per column, made that 200 KiB per hour and gigabytes per flush). Builders
-/// double as they fill, so a busy hour pays a few reallocations.
+/// Rows a new table's builders have room for before they grow. They double as they fill, and Arrow's
+/// `finish` leaves them empty, so this only sizes a table's first rows; it is small because it once sized
+/// a set of builders per event-time hour touched (the archive now keeps one set per table: see
+/// `Partitioned`).
 const START_ROWS: usize = 8;
 
 fn text() -> StringBuilder {
