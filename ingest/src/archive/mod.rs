@@ -319,21 +319,14 @@ impl<T: Table> Partitioned<T> {
             if kept == batch.num_rows() {
                 self.done.push((batch, runs));
             } else if kept > 0 {
-                let (mut rows, mut kept_runs, mut at) =
-                    (Vec::with_capacity(kept), Vec::<(i64, usize)>::new(), 0);
-                for (d, n) in runs {
-                    if d != TAKEN {
-                        rows.extend((at..at + n).map(|r| r as u32));
-                        match kept_runs.last_mut() {
-                            Some((last, m)) if *last == d => *m += n,
-                            _ => kept_runs.push((d, n)),
-                        }
+                let rest = copy_runs(&batch, &runs, |d| d != TAKEN);
+                let mut kept_runs = Vec::<(i64, usize)>::new();
+                for (d, n) in runs.into_iter().filter(|&(d, _)| d != TAKEN) {
+                    match kept_runs.last_mut() {
+                        Some((last, m)) if *last == d => *m += n,
+                        _ => kept_runs.push((d, n)),
                     }
-                    at += n;
                 }
-                let rest =
-                    arrow_select::take::take_record_batch(&batch, &arrow_array::UInt32Array::from(rows))
-                        .expect("the rows taken are the batch's own");
                 self.done.push((rest, kept_runs));
             }
         }
@@ -358,30 +351,15 @@ impl<T: Table> Partitioned<T> {
     /// runs are marked taken. The builders must have been finished.
     fn gather(&mut self, index: i64) -> Vec<RecordBatch> {
         let mut out = Vec::new();
-        let mut rows: Vec<u32> = Vec::new();
         for (batch, runs) in &mut self.done {
-            let (mut at, mut first, mut count) = (0, None, 0);
-            rows.clear();
-            for (d, n) in runs.iter_mut() {
-                if *d == index {
-                    first.get_or_insert((at, *n));
-                    count += 1;
-                    rows.extend((at..at + *n).map(|r| r as u32));
-                    *d = TAKEN;
-                }
-                at += *n;
+            let mine: Vec<(usize, usize)> =
+                spans(runs).filter(|&(d, _, _)| d == index).map(|(_, at, n)| (at, n)).collect();
+            match mine[..] {
+                [] => continue,
+                [(at, n)] => out.push(batch.slice(at, n)),
+                _ => out.push(copy_runs(batch, runs, |d| d == index)),
             }
-            match (first, count) {
-                (Some((at, n)), 1) => out.push(batch.slice(at, n)),
-                (Some(_), _) => out.push(
-                    arrow_select::take::take_record_batch(
-                        batch,
-                        &arrow_array::UInt32Array::from(rows.clone()),
-                    )
-                    .expect("the rows taken are the batch's own"),
-                ),
-                (None, _) => {}
-            }
+            runs.iter_mut().filter(|(d, _)| *d == index).for_each(|(d, _)| *d = TAKEN);
         }
         out
     }
@@ -401,6 +379,25 @@ impl<T: Table> Partitioned<T> {
 
 /// The directory index of runs already handed over (no event time is that far in the past).
 const TAKEN: i64 = i64::MIN;
+
+/// Each run as (directory, first row, rows).
+fn spans(runs: &[(i64, usize)]) -> impl Iterator<Item = (i64, usize, usize)> + '_ {
+    runs.iter().scan(0, |at, &(d, n)| {
+        *at += n;
+        Some((d, *at - n, n))
+    })
+}
+
+/// The rows of `batch` in the runs whose directory `pick` keeps, in order, copied into a batch of their
+/// own.
+fn copy_runs(batch: &RecordBatch, runs: &[(i64, usize)], pick: impl Fn(i64) -> bool) -> RecordBatch {
+    let rows: Vec<u32> = spans(runs)
+        .filter(|&(d, _, _)| pick(d))
+        .flat_map(|(_, at, n)| (at..at + n).map(|r| r as u32))
+        .collect();
+    arrow_select::take::take_record_batch(batch, &arrow_array::UInt32Array::from(rows))
+        .expect("the rows taken are the batch's own")
+}
 
 /// Rows of one table and directory, finished early and handed to the writer thread, which encodes
 /// them into the directory's file of the coming flush (under a temporary name until that flush): a
@@ -1069,10 +1066,9 @@ impl FlushWriter {
                 let dir = partition_dir(&self.layout.root, table, *index, self.layout.partition);
                 create_dirs(&self.layout.root, &dir, &mut dirs)?;
                 let path = dir.join(&name);
-                let tmp = tmp_path(&path);
-                report.bytes +=
-                    self.layout.write_file(&tmp, &path, table, batch, true, self.write_threads)?;
-                fs::rename(&tmp, &path).map_err(io_err(&path))?;
+                report.bytes += write_atomically(&path, |tmp| {
+                    self.layout.write_file(tmp, &path, table, batch, true, self.write_threads)
+                })?;
                 report.rows += batch.num_rows() as u64;
                 report.files.push(path);
                 dirs.push(dir);
@@ -1261,19 +1257,18 @@ pub fn write_parquet_atomically(
     batch: &RecordBatch,
     props: &WriterProperties,
 ) -> Result<u64, ArchiveError> {
-    write_atomically(path, batch, ArrowWriterOptions::new().with_properties(props.clone()), 1)
+    let options = ArrowWriterOptions::new().with_properties(props.clone());
+    write_atomically(path, |tmp| write_parquet(tmp, path, batch, options, true, 1))
 }
 
-/// [`write_parquet_atomically`] with the writer's options, its columns encoded on up to `threads`
-/// threads.
+/// Writes the file at `path` through `write` (which fsyncs it) under its temporary name, then names it.
+/// Returns the file size.
 fn write_atomically(
     path: &Path,
-    batch: &RecordBatch,
-    options: ArrowWriterOptions,
-    threads: usize,
+    write: impl FnOnce(&Path) -> Result<u64, ArchiveError>,
 ) -> Result<u64, ArchiveError> {
     let tmp = tmp_path(path);
-    let size = write_parquet(&tmp, path, batch, options, true, threads)?;
+    let size = write(&tmp)?;
     fs::rename(&tmp, path).map_err(io_err(path))?;
     Ok(size)
 }
