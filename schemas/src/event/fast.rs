@@ -1,7 +1,11 @@
 //! The decoder's fast path: one pass over the bytes of an ordinary event, no serde machinery.
 //!
 //! Nearly every event an emitter sends is a flat object of plain strings (no escapes), unsigned
-//! integers and nulls. [`scan`] sorts such an object into the same [`Slots`] the serde path builds, and
+//! integers and nulls. [`event`] decodes a valid one straight into an [`Event`]: keys compared with the
+//! fields expected next (emitters write fields in one order), each value checked as it is read by the
+//! one [`set_field`]; at anything else (an error to name, a duplicate, a missing field, an escape) it
+//! gives up, and the line is decoded again by [`scan`] and validation, which name the reason.
+//! [`scan`] sorts such an object into the same [`Slots`] the serde path builds, and
 //! gives up (`None`) at the first thing it does not handle itself: an escape, a control character, a
 //! key or value shaped in any way it does not know, malformed JSON of any kind. The caller then decodes
 //! the whole text again by the serde path, so the fast path changes speed, never results: every
@@ -15,7 +19,7 @@ use std::borrow::Cow;
 
 use serde_json::value::RawValue;
 
-use super::{ATTRIBUTES, FIELDS, Scalar, Slots};
+use super::{ATTRIBUTES, Event, FIELD_COUNT, FIELDS, Scalar, Slots, merge_attributes, set_field};
 
 /// Nesting the fast path follows inside `attributes` or an unknown field; deeper values go the serde
 /// way (whose own recursion limit then applies to the whole line).
@@ -263,6 +267,155 @@ pub(super) fn scan(text: &str) -> Option<Slots<'_>> {
     }
     // Only whitespace may follow the object.
     (c.next_token().is_none()).then_some(slots)
+}
+
+/// An ordinary event decoded straight into an [`Event`], each value checked as it is read (by the same
+/// [`set_field`] the other paths use); `None` for anything else, which [`scan`] and validation then decide
+/// (and name the reason for). It accepts only what those accept, and gives the same event: no [`Slots`]
+/// in between, and keys matched by their expected order rather than scanned and looked up.
+pub(super) fn event(text: &str) -> Option<Event<'_>> {
+    let mut c = Cursor { text, at: 0 };
+    c.expect(b'{')?;
+    let mut ev = Event::default();
+    // Fields met (a second one is a duplicate) and fields given a value (not `null`), by index.
+    let (mut met, mut valued) = (0u32, 0u32);
+    let mut attributes = None;
+    let mut extra = Vec::new();
+    let mut next = 0;
+    loop {
+        if c.next_token()? != b'"' {
+            return None;
+        }
+        let key = match c.expected_key(next) {
+            Some(i) => Ok(i),
+            None => {
+                let key = c.plain_string()?;
+                field_index(key).ok_or(key)
+            }
+        };
+        c.expect(b':')?;
+        c.next_token()?;
+        match key {
+            Ok(i) => {
+                let bit = 1u32 << i;
+                if met & bit != 0 {
+                    return None;
+                }
+                met |= bit;
+                next = i + 1;
+                if i == ATTRIBUTES {
+                    attributes = Some(raw_value(&mut c)?);
+                } else {
+                    match c.scalar()? {
+                        Scalar::Null => {}
+                        v => {
+                            set_field(&mut ev, i, v).ok()?;
+                            valued |= bit;
+                        }
+                    }
+                }
+            }
+            Err(key) => extra.push((Cow::Borrowed(key), raw_value(&mut c)?)),
+        }
+        match c.next_token()? {
+            b',' => c.at += 1,
+            b'}' => {
+                c.at += 1;
+                break;
+            }
+            _ => return None,
+        }
+    }
+    if c.next_token().is_some() || valued & REQUIRED != REQUIRED {
+        return None;
+    }
+    ev.attributes = merge_attributes(attributes, &extra).ok()?;
+    Some(ev)
+}
+
+/// The bits of the required fields, by index in [`FIELDS`].
+const REQUIRED: u32 = {
+    let mut bits = 0;
+    let mut i = 0;
+    while i < FIELD_COUNT {
+        if FIELDS[i].required {
+            bits |= 1 << i;
+        }
+        i += 1;
+    }
+    bits
+};
+
+/// A field's name in quotes, as the first 16 bytes of text at a key would hold it: two little-endian
+/// words, the mask of the bytes that count, and its length.
+#[derive(Clone, Copy)]
+struct QuotedName {
+    words: [u64; 2],
+    masks: [u64; 2],
+    len: usize,
+}
+
+const fn quoted(name: &str) -> QuotedName {
+    let name = name.as_bytes();
+    assert!(name.len() + 2 <= 16, "a field name of up to 14 bytes");
+    let (mut bytes, mut mask) = ([0u8; 16], [0u8; 16]);
+    bytes[0] = b'"';
+    bytes[name.len() + 1] = b'"';
+    let mut i = 0;
+    while i < name.len() + 2 {
+        if i > 0 && i <= name.len() {
+            bytes[i] = name[i - 1];
+        }
+        mask[i] = 0xff;
+        i += 1;
+    }
+    QuotedName {
+        words: [word(&bytes, 0), word(&bytes, 8)],
+        masks: [word(&mask, 0), word(&mask, 8)],
+        len: name.len() + 2,
+    }
+}
+
+const fn word(bytes: &[u8; 16], at: usize) -> u64 {
+    let mut w = 0u64;
+    let mut i = 0;
+    while i < 8 {
+        w |= (bytes[at + i] as u64) << (8 * i);
+        i += 1;
+    }
+    w
+}
+
+/// Every field's quoted name, by index in [`FIELDS`] (`attributes` last).
+const QUOTED: [QuotedName; FIELD_COUNT + 1] = {
+    let mut names = [QuotedName { words: [0; 2], masks: [0; 2], len: 0 }; FIELD_COUNT + 1];
+    let mut i = 0;
+    while i <= FIELD_COUNT {
+        names[i] = quoted(FIELDS[i].name);
+        i += 1;
+    }
+    names
+};
+
+/// How many fields, from the one expected next, a key is compared with before it is read the long way:
+/// emitters write fields in one order, leaving out the optional ones they do not have.
+const LOOKAHEAD: usize = 4;
+
+impl Cursor<'_> {
+    /// At `"`: the index of the key here if it is one of the `LOOKAHEAD` fields from `from` on in the
+    /// table's order, stepping over it (quotes included); `None` (nothing consumed) otherwise.
+    fn expected_key(&mut self, from: usize) -> Option<usize> {
+        let bytes = self.text.as_bytes().get(self.at..self.at + 16)?;
+        let (lo, hi) = bytes.split_at(8);
+        let words = [u64::from_le_bytes(lo.try_into().ok()?), u64::from_le_bytes(hi.try_into().ok()?)];
+        let to = (from + LOOKAHEAD).min(QUOTED.len());
+        let i = (from..to).find(|&i| {
+            let q = &QUOTED[i];
+            words[0] & q.masks[0] == q.words[0] && words[1] & q.masks[1] == q.words[1]
+        })?;
+        self.at += QUOTED[i].len;
+        Some(i)
+    }
 }
 
 /// The raw text of one value, checked by serde_json on its own slice.

@@ -531,6 +531,9 @@ pub fn decode(bytes: &[u8], max_bytes: usize) -> Result<Event<'_>, Invalid> {
 
 /// Decodes one event from text already known to be UTF-8 (see [`decode`]; no size cap here).
 pub fn decode_str(text: &str) -> Result<Event<'_>, Invalid> {
+    if let Some(ev) = fast::event(text) {
+        return Ok(ev);
+    }
     if let Some(slots) = fast::scan(text) {
         return validate(slots);
     }
@@ -554,51 +557,123 @@ fn take<'a>(slots: &mut Slots<'a>, i: usize) -> Option<Scalar<'a>> {
     }
 }
 
-fn get_str<'a>(slots: &mut Slots<'a>, i: usize) -> Result<Option<Cow<'a, str>>, Invalid> {
+/// A string field's value, held to the field's length bounds.
+#[inline(always)]
+fn string_of<'a>(i: usize, v: Scalar<'a>) -> Result<Cow<'a, str>, Invalid> {
     let spec = &FIELDS[i];
     let FieldType::String { min, max } = spec.ty else { unreachable!("{} is a string field", spec.name) };
-    match take(slots, i) {
-        None if spec.required => Err(Invalid::MissingField { field: spec.name }),
-        None => Ok(None),
-        Some(Scalar::Str(s)) => {
-            // Byte length bounds the character count from above, and a string of any bytes has a
-            // character: unless a bound needs the exact count, 0 or 1 stands for it (no char walk).
-            let exact = s.len() > max || min > 1;
-            let chars = if exact { s.chars().count() } else { s.len().min(1) };
-            if chars < min {
-                Err(Invalid::InvalidValue { field: spec.name, problem: "must not be empty".into() })
-            } else if chars > max {
-                Err(Invalid::InvalidValue {
-                    field: spec.name,
-                    problem: format!("{chars} characters, at most {max} allowed"),
-                })
-            } else {
-                Ok(Some(s))
-            }
-        }
-        Some(other) => {
-            Err(Invalid::WrongType { field: spec.name, expected: "string", got: other.type_name() })
-        }
+    let Scalar::Str(s) = v else {
+        return Err(Invalid::WrongType { field: spec.name, expected: "string", got: v.type_name() });
+    };
+    // Byte length bounds the character count from above, and a string of any bytes has a character:
+    // unless a bound needs the exact count, 0 or 1 stands for it (no char walk).
+    let exact = s.len() > max || min > 1;
+    let chars = if exact { s.chars().count() } else { s.len().min(1) };
+    if chars < min {
+        Err(Invalid::InvalidValue { field: spec.name, problem: "must not be empty".into() })
+    } else if chars > max {
+        Err(Invalid::InvalidValue {
+            field: spec.name,
+            problem: format!("{chars} characters, at most {max} allowed"),
+        })
+    } else {
+        Ok(s)
     }
 }
 
-fn get_u64(slots: &mut Slots<'_>, i: usize) -> Result<Option<u64>, Invalid> {
+/// An unsigned integer field's value.
+fn unsigned_of(i: usize, v: Scalar<'_>) -> Result<u64, Invalid> {
     let field = FIELDS[i].name;
-    match take(slots, i) {
-        None => Ok(None),
-        Some(Scalar::U64(v)) => Ok(Some(v)),
-        Some(Scalar::I64(v)) => {
+    match v {
+        Scalar::U64(v) => Ok(v),
+        Scalar::I64(v) => {
             Err(Invalid::InvalidValue { field, problem: format!("{v} is negative; must be ≥ 0") })
         }
         // 3.0 is an unsigned integer in JSON Schema's eyes; 3.5 is not.
         // Every whole number below 2^64 fits (1.8e19 included).
-        Some(Scalar::F64(v)) if v >= 0.0 && v.fract() == 0.0 && v < 18_446_744_073_709_551_616.0 => {
-            Ok(Some(v as u64))
-        }
-        Some(other) => {
-            Err(Invalid::WrongType { field, expected: "unsigned integer", got: other.type_name() })
-        }
+        Scalar::F64(v) if v >= 0.0 && v.fract() == 0.0 && v < 18_446_744_073_709_551_616.0 => Ok(v as u64),
+        other => Err(Invalid::WrongType { field, expected: "unsigned integer", got: other.type_name() }),
     }
+}
+
+fn timestamp_of(v: Scalar<'_>) -> Result<i64, Invalid> {
+    match v {
+        Scalar::Str(t) => timestamp::parse_rfc3339_ms(&t)
+            .map_err(|problem| Invalid::BadTimestamp { problem, got: shorten(&t) }),
+        Scalar::U64(v) => timestamp::check_epoch_ms(i128::from(v))
+            .map_err(|problem| Invalid::BadTimestamp { problem, got: v.to_string() }),
+        Scalar::I64(v) => timestamp::check_epoch_ms(i128::from(v))
+            .map_err(|problem| Invalid::BadTimestamp { problem, got: v.to_string() }),
+        other => Err(Invalid::WrongType {
+            field: "ts",
+            expected: "RFC 3339 string or integer epoch milliseconds",
+            got: other.type_name(),
+        }),
+    }
+}
+
+fn outcome_of(v: Scalar<'_>) -> Result<Outcome, Invalid> {
+    match v {
+        Scalar::Str(o) => match &*o {
+            "success" => Ok(Outcome::Success),
+            "failure" => Ok(Outcome::Failure),
+            "denied" => Ok(Outcome::Denied),
+            _ => Err(Invalid::InvalidValue {
+                field: "outcome",
+                problem: format!("{} is not one of success, failure, denied", shorten(&o)),
+            }),
+        },
+        other => Err(Invalid::WrongType { field: "outcome", expected: "string", got: other.type_name() }),
+    }
+}
+
+fn cost_of(v: Scalar<'_>) -> Result<f64, Invalid> {
+    let negative = |v: &dyn fmt::Display| Invalid::InvalidValue {
+        field: "cost_usd",
+        problem: format!("{v} is negative; must be ≥ 0"),
+    };
+    match v {
+        Scalar::U64(v) => Ok(v as f64),
+        Scalar::F64(v) if v >= 0.0 => Ok(v),
+        Scalar::F64(v) => Err(negative(&v)),
+        Scalar::I64(v) => Err(negative(&v)),
+        other => Err(Invalid::WrongType { field: "cost_usd", expected: "number", got: other.type_name() }),
+    }
+}
+
+/// Sets field `i` (an index into [`FIELDS`], not `attributes`) of `ev` from a value that is not `null`,
+/// or says why the value does not fit. The one place a field's value is checked: the serde path and the
+/// fast path's two ways (through [`Slots`], and straight into an event) all come here. Inlined: the
+/// straight path then writes each value into the event in place and never builds the error it drops.
+#[inline(always)]
+fn set_field<'a>(ev: &mut Event<'a>, i: usize, v: Scalar<'a>) -> Result<(), Invalid> {
+    match i {
+        0 => ev.event_id = string_of(i, v)?,
+        1 => ev.ts_ms = timestamp_of(v)?,
+        2 => ev.agent_id = string_of(i, v)?,
+        3 => ev.action = string_of(i, v)?,
+        4 => ev.resource = string_of(i, v)?,
+        5 => ev.scope = Some(string_of(i, v)?),
+        6 => ev.outcome = outcome_of(v)?,
+        7 => ev.bytes_read = Some(unsigned_of(i, v)?),
+        8 => ev.bytes_written = Some(unsigned_of(i, v)?),
+        9 => ev.records = Some(unsigned_of(i, v)?),
+        10 => ev.session_id = Some(string_of(i, v)?),
+        11 => ev.agent_role = Some(string_of(i, v)?),
+        12 => ev.principal = Some(string_of(i, v)?),
+        13 => ev.credential_id = Some(string_of(i, v)?),
+        14 => ev.model = Some(string_of(i, v)?),
+        15 => ev.model_provider = Some(string_of(i, v)?),
+        16 => ev.input_tokens = Some(unsigned_of(i, v)?),
+        17 => ev.output_tokens = Some(unsigned_of(i, v)?),
+        18 => ev.cost_usd = Some(cost_of(v)?),
+        19 => ev.intent = Some(string_of(i, v)?),
+        20 => ev.trace_id = Some(string_of(i, v)?),
+        21 => ev.span_id = Some(string_of(i, v)?),
+        22 => ev.source = Some(string_of(i, v)?),
+        _ => unreachable!("field {i} is not a scalar field of the contract"),
+    }
+    Ok(())
 }
 
 fn shorten(s: &str) -> String {
@@ -608,111 +683,22 @@ fn shorten(s: &str) -> String {
     }
 }
 
+/// The event in `slots`, or the first thing wrong with it: a duplicate field, then each field in the
+/// table's order (missing when required, or a value that does not fit), then `attributes`.
 fn validate<'a>(mut slots: Slots<'a>) -> Result<Event<'a>, Invalid> {
     if let Some(field) = slots.duplicate {
         return Err(Invalid::DuplicateField { field });
     }
-    let s = &mut slots;
-    let event_id = get_str(s, 0)?.unwrap_or_default();
-    let ts_ms = match take(s, 1) {
-        None => return Err(Invalid::MissingField { field: "ts" }),
-        Some(Scalar::Str(t)) => timestamp::parse_rfc3339_ms(&t)
-            .map_err(|problem| Invalid::BadTimestamp { problem, got: shorten(&t) })?,
-        Some(Scalar::U64(v)) => timestamp::check_epoch_ms(i128::from(v))
-            .map_err(|problem| Invalid::BadTimestamp { problem, got: v.to_string() })?,
-        Some(Scalar::I64(v)) => timestamp::check_epoch_ms(i128::from(v))
-            .map_err(|problem| Invalid::BadTimestamp { problem, got: v.to_string() })?,
-        Some(other) => {
-            return Err(Invalid::WrongType {
-                field: "ts",
-                expected: "RFC 3339 string or integer epoch milliseconds",
-                got: other.type_name(),
-            });
+    let mut ev = Event::default();
+    for (i, spec) in FIELDS[..FIELD_COUNT].iter().enumerate() {
+        match take(&mut slots, i) {
+            Some(v) => set_field(&mut ev, i, v)?,
+            None if spec.required => return Err(Invalid::MissingField { field: spec.name }),
+            None => {}
         }
-    };
-    let agent_id = get_str(s, 2)?.unwrap_or_default();
-    let action = get_str(s, 3)?.unwrap_or_default();
-    let resource = get_str(s, 4)?.unwrap_or_default();
-    let scope = get_str(s, 5)?;
-    let outcome = match take(s, 6) {
-        None => Outcome::Success,
-        Some(Scalar::Str(o)) => match &*o {
-            "success" => Outcome::Success,
-            "failure" => Outcome::Failure,
-            "denied" => Outcome::Denied,
-            _ => {
-                return Err(Invalid::InvalidValue {
-                    field: "outcome",
-                    problem: format!("{} is not one of success, failure, denied", shorten(&o)),
-                });
-            }
-        },
-        Some(other) => {
-            return Err(Invalid::WrongType { field: "outcome", expected: "string", got: other.type_name() });
-        }
-    };
-    let bytes_read = get_u64(s, 7)?;
-    let bytes_written = get_u64(s, 8)?;
-    let records = get_u64(s, 9)?;
-    let session_id = get_str(s, 10)?;
-    let agent_role = get_str(s, 11)?;
-    let principal = get_str(s, 12)?;
-    let credential_id = get_str(s, 13)?;
-    let model = get_str(s, 14)?;
-    let model_provider = get_str(s, 15)?;
-    let input_tokens = get_u64(s, 16)?;
-    let output_tokens = get_u64(s, 17)?;
-    let cost_usd = match take(s, 18) {
-        None => None,
-        Some(Scalar::U64(v)) => Some(v as f64),
-        Some(Scalar::F64(v)) if v >= 0.0 => Some(v),
-        Some(Scalar::F64(v)) => {
-            return Err(Invalid::InvalidValue {
-                field: "cost_usd",
-                problem: format!("{v} is negative; must be ≥ 0"),
-            });
-        }
-        Some(Scalar::I64(v)) => {
-            return Err(Invalid::InvalidValue {
-                field: "cost_usd",
-                problem: format!("{v} is negative; must be ≥ 0"),
-            });
-        }
-        Some(other) => {
-            return Err(Invalid::WrongType { field: "cost_usd", expected: "number", got: other.type_name() });
-        }
-    };
-    let intent = get_str(s, 19)?;
-    let trace_id = get_str(s, 20)?;
-    let span_id = get_str(s, 21)?;
-    let source = get_str(s, 22)?;
-    let attributes = merge_attributes(slots.attributes, &slots.extra)?;
-    Ok(Event {
-        event_id,
-        ts_ms,
-        agent_id,
-        action,
-        resource,
-        scope,
-        outcome,
-        bytes_read,
-        bytes_written,
-        records,
-        session_id,
-        agent_role,
-        principal,
-        credential_id,
-        model,
-        model_provider,
-        input_tokens,
-        output_tokens,
-        cost_usd,
-        intent,
-        trace_id,
-        span_id,
-        source,
-        attributes,
-    })
+    }
+    ev.attributes = merge_attributes(slots.attributes, &slots.extra)?;
+    Ok(ev)
 }
 
 /// Builds the `attributes` text: the emitter's `attributes` object as sent (borrowed when there are no

@@ -272,21 +272,33 @@ fn mutations(line: &str, seed: u64, n: usize) -> Vec<String> {
 /// reason alike; and it does decide the ordinary events.
 #[test]
 fn the_fast_path_decides_as_serde_does() {
-    let mut decided = 0;
-    let mut total = 0;
+    let (mut decided, mut straight, mut total) = (0, 0, 0);
     for (k, line) in shapes().iter().enumerate() {
         let mut texts = vec![line.clone()];
         texts.extend(mutations(line, k as u64 + 1, 300));
         for text in &texts {
             total += 1;
+            let by_serde = decode_by_serde(text);
+            assert_eq!(decode_str(text), by_serde, "{text}");
+            if let Some(ev) = fast::event(text) {
+                straight += 1;
+                assert_eq!(Ok(ev), by_serde, "decoded straight: {text}");
+            }
             let Some(slots) = fast::scan(text) else { continue };
             decided += 1;
-            assert_eq!(validate(slots), decode_by_serde(text), "{text}");
+            assert_eq!(validate(slots), by_serde, "{text}");
         }
     }
     for line in &shapes()[..5] {
         assert!(fast::scan(line).is_some(), "the fast path should take {line}");
+        if decode_by_serde(line).is_ok() {
+            assert!(fast::event(line).is_some(), "the fast path should decode {line} straight");
+        }
     }
+    // Fields in any order, some left out, unknown ones among them: still decoded straight.
+    let reordered = r#"{"source":"s","agent_id":"a","team":"x","ts":1767600000000,"event_id":"e","resource":"r","action":"x.y","attributes":{"k":1}}"#;
+    assert_eq!(fast::event(reordered).map(Ok), Some(decode_by_serde(reordered)));
+    assert!(straight > total / 20, "decoded straight {straight} of {total}");
     // Most mutations break the JSON, which only serde may judge; a good share still reach validation.
     assert!(decided > total / 10, "the fast path decided {decided} of {total}");
 }
