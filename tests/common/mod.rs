@@ -88,6 +88,8 @@ pub struct Broker {
     child: std::process::Child,
     /// `127.0.0.1:PORT`.
     pub addr: String,
+    /// Its log, removed with it unless the test is failing (then it is kept, for the failure's reader).
+    log: PathBuf,
 }
 
 impl Broker {
@@ -110,7 +112,7 @@ impl Broker {
                 .stderr(log)
                 .spawn()
                 .expect("tansu starts");
-            let mut broker = Broker { child, addr };
+            let mut broker = Broker { child, addr, log: log_path.clone() };
             let started = std::time::Instant::now();
             loop {
                 if listens(broker.child.id(), port) {
@@ -178,6 +180,9 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 

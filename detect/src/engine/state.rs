@@ -172,6 +172,9 @@ pub(super) struct Window {
 #[derive(Debug, Clone, Default)]
 pub(super) struct Samples {
     len: usize,
+    /// Once all `SAMPLES` slots are live, the time of the latest: an event after it cannot be among
+    /// the earliest and is turned away here, without reading the slots (another cache line).
+    latest: i64,
     slots: Vec<(i64, String)>,
 }
 
@@ -186,6 +189,9 @@ impl Samples {
 
     /// Keeps (ts, event_id) if it is among the earliest `SAMPLES`.
     fn add(&mut self, ts: i64, event_id: &str) {
+        if self.len == SAMPLES && ts > self.latest {
+            return;
+        }
         if self.len == SAMPLES {
             match self.slots.get(SAMPLES - 1) {
                 Some((t, id)) if (ts, event_id) < (*t, id.as_str()) => self.len -= 1,
@@ -203,6 +209,9 @@ impl Samples {
         slot.1.clear();
         slot.1.push_str(event_id);
         self.len += 1;
+        if self.len == SAMPLES {
+            self.latest = self.slots[SAMPLES - 1].0;
+        }
     }
 
     fn capacity_bytes(&self) -> usize {
@@ -228,7 +237,8 @@ impl<'de> Deserialize<'de> for Samples {
         // Written sorted and at most `SAMPLES`; a hand-edited snapshot is held to that.
         slots.sort();
         slots.truncate(SAMPLES);
-        Ok(Samples { len: slots.len(), slots })
+        let latest = slots.last().map_or(0, |s| s.0);
+        Ok(Samples { len: slots.len(), latest, slots })
     }
 }
 
