@@ -49,7 +49,7 @@ pub(super) fn window_finding(
         score: 0.0,
         summary: String::new(),
         evidence: Map::new(),
-        event_ids: w.samples.iter().map(|(_, e)| e.clone()).collect(),
+        event_ids: w.samples.event_ids(),
     }
 }
 

@@ -432,7 +432,7 @@ fn rhythm_finding(
         score: score(p),
         summary,
         evidence,
-        event_ids: w.map(|w| w.samples.iter().map(|(_, e)| e.clone()).collect()).unwrap_or_default(),
+        event_ids: w.map(|w| w.samples.event_ids()).unwrap_or_default(),
     }
 }
 
