@@ -14,6 +14,7 @@ use vigil_schemas::rows::{
 use crate::breaker::{Breaker, Closed, Open, Trip};
 use crate::config::{ConfigError, RespondConfig};
 use crate::view::{Factors, Halt, View, factor_of, set_factor};
+use compact_str::CompactString;
 
 const HOUR_MS: i64 = 3_600_000;
 const MINUTE_MS: i64 = 60_000;
@@ -110,7 +111,7 @@ pub enum Unchanged {
 #[derive(Debug, Default, Clone)]
 struct AgentEntry {
     breaker: Breaker,
-    factors: Factors,
+    factors: Seen,
     /// Findings that count towards `repeated_findings`: (event time, finding id).
     recent: VecDeque<(i64, String)>,
     /// Halt times within the last hour, for the flap guard.
@@ -126,6 +127,38 @@ struct AgentEntry {
     /// The halt whose activity was flagged last, and the severity it was flagged at: one finding per
     /// halt, raised once when the activity outlasts the grace.
     activity: Option<(String, Severity)>,
+}
+
+/// An agent's factors as the board compares them for every event: held inline (values of up to 24
+/// bytes), so the usual "same model, same provider" check reads no heap string.
+#[derive(Debug, Default, Clone)]
+struct Seen([Option<CompactString>; 3]);
+
+impl Seen {
+    fn index(f: Factor) -> usize {
+        match f {
+            Factor::Model => 0,
+            Factor::Provider => 1,
+            Factor::Issuer => 2,
+        }
+    }
+
+    fn get(&self, f: Factor) -> Option<&str> {
+        self.0[Seen::index(f)].as_deref()
+    }
+
+    fn set(&mut self, f: Factor, value: &str) {
+        self.0[Seen::index(f)] = Some(value.into());
+    }
+
+    /// As the view and the response hold them.
+    fn to_factors(&self) -> Factors {
+        let mut out = Factors::default();
+        for &f in Factor::ALL {
+            set_factor(&mut out, f, self.get(f).map(str::to_owned));
+        }
+        out
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -148,7 +181,9 @@ enum Key {
 #[derive(Debug, Clone)]
 pub struct Board {
     cfg: RespondConfig,
-    agents: HashMap<String, AgentEntry>,
+    /// By agent id: ids of up to 24 bytes held inline and hashed by aHash (keyed afresh per process),
+    /// as the engine's agent index is: this map is looked up for every event.
+    agents: HashMap<CompactString, AgentEntry, ahash::RandomState>,
     cohorts: BTreeMap<(Factor, String), CohortEntry>,
     fleet: Option<Open>,
     /// Trips within the fleet window: (event time, agent).
@@ -227,7 +262,7 @@ impl Board {
         cfg.validate()?;
         Ok(Board {
             cfg: cfg.clone(),
-            agents: HashMap::new(),
+            agents: HashMap::default(),
             cohorts: BTreeMap::new(),
             fleet: None,
             fleet_trips: VecDeque::new(),
@@ -295,7 +330,7 @@ impl Board {
             let agent = ev.agent_id.as_ref();
             let entry = match self.agents.get_mut(agent) {
                 Some(e) => e,
-                None => self.agents.entry(agent.to_owned()).or_default(),
+                None => self.agents.entry(agent.into()).or_default(),
             };
             entry.events += 1;
             entry.first_seen = Some(entry.first_seen.map_or(ev.ts_ms, |t| t.min(ev.ts_ms)));
@@ -307,11 +342,8 @@ impl Board {
             // The usual case: the same model and provider as last time, no issuer to read.
             if entry.shown
                 && ev.attributes.is_none()
-                && ev.model.as_deref().is_none_or(|m| factor_of(&entry.factors, Factor::Model) == Some(m))
-                && ev
-                    .model_provider
-                    .as_deref()
-                    .is_none_or(|p| factor_of(&entry.factors, Factor::Provider) == Some(p))
+                && ev.model.as_deref().is_none_or(|m| entry.factors.get(Factor::Model) == Some(m))
+                && ev.model_provider.as_deref().is_none_or(|p| entry.factors.get(Factor::Provider) == Some(p))
             {
                 last = Some(agent);
                 continue;
@@ -321,22 +353,23 @@ impl Board {
             let mut changed = false;
             for (i, f) in [Factor::Model, Factor::Provider].into_iter().enumerate() {
                 if let Some(v) = seen[i]
-                    && factor_of(&entry.factors, f) != Some(v)
+                    && entry.factors.get(f) != Some(v)
                 {
-                    set_factor(&mut entry.factors, f, Some(v.to_owned()));
+                    entry.factors.set(f, v);
                     changed = true;
                 }
             }
             if let Some(v) = issuer(ev)
-                && factor_of(&entry.factors, Factor::Issuer) != Some(v.as_str())
+                && entry.factors.get(Factor::Issuer) != Some(v.as_str())
             {
-                set_factor(&mut entry.factors, Factor::Issuer, Some(v));
+                entry.factors.set(Factor::Issuer, &v);
                 changed = true;
             }
             if changed || !entry.shown {
                 entry.shown = true;
-                self.view.set_factors(agent, entry.factors.clone());
-                out.factors.push((agent.to_owned(), entry.factors.clone()));
+                let factors = entry.factors.to_factors();
+                self.view.set_factors(agent, factors.clone());
+                out.factors.push((agent.to_owned(), factors));
             }
         }
     }
@@ -399,7 +432,7 @@ impl Board {
             return;
         }
         let cfg = &self.cfg;
-        let entry = self.agents.entry(f.agent_id.clone()).or_default();
+        let entry = self.agents.entry(f.agent_id.as_str().into()).or_default();
         if entry.spent_until.is_some_and(|t| f.ts <= t) {
             return;
         }
@@ -472,7 +505,7 @@ impl Board {
     fn trip_agent(&mut self, agent: &str, mut d: Decision<'_>, out: &mut Response) -> bool {
         let operator = matches!(d.actor, Actor::Operator(_));
         let max_halts = self.cfg.max_halts_per_hour as usize;
-        let entry = self.agents.entry(agent.to_owned()).or_default();
+        let entry = self.agents.entry(agent.into()).or_default();
         let pinned_before = matches!(&entry.breaker, Breaker::Open(o) if o.pinned);
         let stronger = match &entry.breaker {
             Breaker::Open(o) => d.mode > o.trip.mode || (operator && !o.pinned),
@@ -519,8 +552,8 @@ impl Board {
     }
 
     fn cohort_rule(&mut self, f: &Finding, out: &mut Response) {
-        let Some(entry) = self.agents.get(&f.agent_id) else { return };
-        let factors = entry.factors.clone();
+        let Some(entry) = self.agents.get(f.agent_id.as_str()) else { return };
+        let factors = entry.factors.to_factors();
         let cfg = self.cfg.cohort.clone();
         let window = (cfg.window_seconds as i64).saturating_mul(1000);
         for &factor in &cfg.factors {
@@ -539,7 +572,7 @@ impl Board {
                 self.cohorts.iter().any(|((f, v), other)| {
                     other.open.as_ref().is_some_and(|o| o.trip.mode >= mode)
                         && (*f, v.as_str()) != (factor, value)
-                        && self.agents.get(agent).and_then(|e| factor_of(&e.factors, *f)) == Some(v.as_str())
+                        && self.agents.get(agent).and_then(|e| e.factors.get(*f)) == Some(v.as_str())
                 })
             };
             let Some(c) = self.cohorts.get(&key) else { continue };
@@ -800,7 +833,7 @@ impl Board {
         };
         match (&cmd.verb, &cmd.target) {
             (Verb::Halt, Target::Agent(agent)) => {
-                if let Some(Breaker::Open(o)) = self.agents.get(agent).map(|e| &e.breaker)
+                if let Some(Breaker::Open(o)) = self.agents.get(agent.as_str()).map(|e| &e.breaker)
                     && o.pinned
                     && o.trip.mode == Mode::Enforce
                 {
@@ -809,7 +842,7 @@ impl Board {
                 self.trip_agent(agent, d, out);
             }
             (Verb::Resume, Target::Agent(agent)) => {
-                let entry = self.agents.entry(agent.clone()).or_default();
+                let entry = self.agents.entry(agent.as_str().into()).or_default();
                 let from = entry.breaker.state();
                 if from == BreakerState::Closed {
                     return Err(Unchanged::NotHalted);
@@ -849,7 +882,7 @@ impl Board {
                 };
                 drop(o);
                 for agent in self.view.members(*factor, value) {
-                    if let Some(e) = self.agents.get_mut(&agent) {
+                    if let Some(e) = self.agents.get_mut(agent.as_str()) {
                         e.spent_until = e.spent_until.max(Some(cmd.ts));
                     }
                 }
@@ -910,7 +943,7 @@ impl Board {
                 let Some(agent) = &t.agent_id else { return false };
                 let cooldown = self.cfg.cooldown_seconds.max(self.cfg.min_open_seconds) as i64 * 1000;
                 let quiet = self.cfg.quiet_seconds as i64 * 1000;
-                let entry = self.agents.entry(agent.clone()).or_default();
+                let entry = self.agents.entry(agent.as_str().into()).or_default();
                 match t.to {
                     BreakerState::Open => {
                         let since = match &entry.breaker {

@@ -32,10 +32,12 @@ pub struct Halt {
 /// The halts in force; see the module docs.
 #[derive(Debug, Default, Clone)]
 pub struct View {
-    agents: HashMap<String, Halt>,
-    cohorts: HashMap<(Factor, String), Halt>,
+    /// aHash (keyed afresh per process), as the board's agent map: `verdict` looks an agent up for every
+    /// event once anything is halted, and every gateway check does.
+    agents: HashMap<String, Halt, ahash::RandomState>,
+    cohorts: HashMap<(Factor, String), Halt, ahash::RandomState>,
     fleet: Option<Halt>,
-    factors: HashMap<String, Factors>,
+    factors: HashMap<String, Factors, ahash::RandomState>,
 }
 
 fn factor_index(f: Factor) -> usize {
