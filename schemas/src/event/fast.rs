@@ -123,6 +123,18 @@ impl<'a> Cursor<'a> {
         self.text.get(start..end)
     }
 
+    /// After an object member: steps over the `,` before the next (`false`) or the `}` that closes the
+    /// object (`true`); `None` at anything else.
+    fn closes_object(&mut self) -> Option<bool> {
+        let closes = match self.next_token()? {
+            b',' => false,
+            b'}' => true,
+            _ => return None,
+        };
+        self.at += 1;
+        Some(closes)
+    }
+
     /// The text of a number token (its end found lexically; its grammar is serde's to check).
     fn number_token(&mut self) -> &'a str {
         let bytes = self.text.as_bytes();
@@ -255,13 +267,8 @@ pub(super) fn scan(text: &str) -> Option<Slots<'_>> {
                     slots.extra.push((Cow::Borrowed(key), raw));
                 }
             }
-            match c.next_token()? {
-                b',' => c.at += 1,
-                b'}' => {
-                    c.at += 1;
-                    break;
-                }
-                _ => return None,
+            if c.closes_object()? {
+                break;
             }
         }
     }
@@ -317,13 +324,8 @@ pub(super) fn event(text: &str) -> Option<Event<'_>> {
             }
             Err(key) => extra.push((Cow::Borrowed(key), raw_value(&mut c)?)),
         }
-        match c.next_token()? {
-            b',' => c.at += 1,
-            b'}' => {
-                c.at += 1;
-                break;
-            }
-            _ => return None,
+        if c.closes_object()? {
+            break;
         }
     }
     if c.next_token().is_some() || valued & REQUIRED != REQUIRED {
