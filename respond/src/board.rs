@@ -13,7 +13,7 @@ use vigil_schemas::rows::{
 
 use crate::breaker::{Breaker, Closed, Open, Trip};
 use crate::config::{ConfigError, RespondConfig};
-use crate::view::{Factors, Halt, View, factor_of, set_factor};
+use crate::view::{Factors, Halt, View, factor_index, factor_of, set_factor};
 use compact_str::CompactString;
 
 const HOUR_MS: i64 = 3_600_000;
@@ -135,20 +135,12 @@ struct AgentEntry {
 struct Seen([Option<CompactString>; 3]);
 
 impl Seen {
-    fn index(f: Factor) -> usize {
-        match f {
-            Factor::Model => 0,
-            Factor::Provider => 1,
-            Factor::Issuer => 2,
-        }
-    }
-
     fn get(&self, f: Factor) -> Option<&str> {
-        self.0[Seen::index(f)].as_deref()
+        self.0[factor_index(f)].as_deref()
     }
 
     fn set(&mut self, f: Factor, value: &str) {
-        self.0[Seen::index(f)] = Some(value.into());
+        self.0[factor_index(f)] = Some(value.into());
     }
 
     /// As the view and the response hold them.

@@ -40,7 +40,8 @@ pub struct View {
     factors: HashMap<String, Factors, ahash::RandomState>,
 }
 
-fn factor_index(f: Factor) -> usize {
+/// Where `f` sits in [`Factors`] (and in the board's inline copies).
+pub(crate) fn factor_index(f: Factor) -> usize {
     match f {
         Factor::Model => 0,
         Factor::Provider => 1,
