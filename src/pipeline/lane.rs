@@ -184,7 +184,39 @@ impl std::fmt::Debug for Decoded<'_> {
     }
 }
 
+/// The emptied vectors of a judged batch, kept to decode another batch into ([`Decoder::decode_into`]):
+/// a batch's events are megabytes, and a new vector for each batch was fresh memory, faulted in page
+/// by page and handed back to the system after it.
+#[derive(Default)]
+pub struct Spare {
+    items: Vec<DecodedItem>,
+    events: Vec<Event<'static>>,
+    keys: Vec<u64>,
+}
+
+impl std::fmt::Debug for Spare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spare").field("events", &self.events.capacity()).finish_non_exhaustive()
+    }
+}
+
+/// An emptied vector of events, its buffer kept for events that borrow from other bytes: the collect
+/// is done in place (the element type is the same but for its lifetime, and there is no element).
+fn emptied<'b>(mut events: Vec<Event<'_>>) -> Vec<Event<'b>> {
+    events.clear();
+    events.into_iter().map(|_| unreachable!("the vector is empty")).collect()
+}
+
 impl<'a> Decoded<'a> {
+    /// Takes the batch's vectors, emptied, to decode another batch into.
+    pub fn spare(&mut self) -> Spare {
+        let mut items = std::mem::take(&mut self.items);
+        let mut keys = std::mem::take(&mut self.keys);
+        items.clear();
+        keys.clear();
+        Spare { items, events: emptied(std::mem::take(&mut self.events)), keys }
+    }
+
     fn append(&mut self, mut other: Decoded<'a>) {
         self.items.append(&mut other.items);
         self.events.append(&mut other.events);
@@ -205,12 +237,18 @@ pub struct Decoder {
 impl Decoder {
     /// Decodes items (pure; any thread).
     pub fn decode<'a>(&self, items: &[Item<'a>]) -> Decoded<'a> {
+        self.decode_into(items, Spare::default())
+    }
+
+    /// [`Decoder::decode`] into the vectors of a batch judged before.
+    pub fn decode_into<'a>(&self, items: &[Item<'a>], spare: Spare) -> Decoded<'a> {
         let Decoder { committed, max } = *self;
-        let mut out = Decoded {
-            items: Vec::with_capacity(items.len()),
-            events: Vec::with_capacity(items.len()),
-            keys: Vec::with_capacity(items.len()),
-        };
+        let Spare { items: mut decoded_items, events, mut keys } = spare;
+        let mut events = emptied(events);
+        decoded_items.reserve(items.len());
+        events.reserve(items.len());
+        keys.reserve(items.len());
+        let mut out = Decoded { items: decoded_items, events, keys };
         for it in items {
             let item = if it.position <= committed {
                 DecodedItem::Skipped
@@ -524,7 +562,7 @@ impl Lane {
         // The events refused here, by their index in `events`; taken out before judging.
         let mut refused = Vec::new();
         let mut next = 0;
-        let keys = std::mem::take(&mut decoded.keys);
+        let mut keys = std::mem::take(&mut decoded.keys);
         self.taken.clear();
         for (it, d) in items.iter().zip(decoded.items.drain(..)) {
             let decided = match d {
@@ -636,7 +674,12 @@ impl Lane {
         if let Some(c) = &self.control {
             c.judge(&events, &mut self.out.findings, &mut self.transitions)?;
         }
-        drop(events);
+        // Emptied, the vectors go back into the batch: a driver that recycles batches decodes the next
+        // into them (`Decoded::spare`).
+        events.clear();
+        decoded.events = events;
+        keys.clear();
+        decoded.keys = keys;
         let judged = Instant::now();
         self.fan_out()?;
         self.send_parts()?;
@@ -1048,5 +1091,36 @@ impl Drop for Writer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_emptied_vector_of_events_keeps_its_buffer_for_the_next_batch() {
+        let line =
+            br#"{"event_id":"e","ts":1767600000000,"agent_id":"a","action":"x","resource":"r"}"#.to_vec();
+        let mut events = vec![vigil_schemas::decode(&line, 1 << 20).unwrap()];
+        events.reserve(100);
+        let (capacity, buffer) = (events.capacity(), events.as_ptr() as usize);
+        let spare: Vec<Event<'static>> = emptied(events);
+        assert_eq!((spare.len(), spare.capacity(), spare.as_ptr() as usize), (0, capacity, buffer));
+        // And through a batch: decoded into, spared, decoded into again.
+        let decoder = Decoder { committed: 0, max: 1 << 20 };
+        let item = Item {
+            bytes: &line,
+            size: line.len() as u64,
+            position: 1,
+            refused_before: None,
+            claim: Default::default(),
+        };
+        let items = [item];
+        let mut first = decoder.decode(&items);
+        assert_eq!(first.events.len(), 1);
+        let buffer = first.events.as_ptr() as usize;
+        let second = decoder.decode_into(&items, first.spare());
+        assert_eq!((second.events.len(), second.events.as_ptr() as usize), (1, buffer));
     }
 }

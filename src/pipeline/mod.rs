@@ -21,7 +21,7 @@ use vigil_schemas::rows::{Finding, Transition};
 
 pub(crate) use classify::within_cap;
 pub use classify::{Claim, DedupWindow, Horizon, Sender, classify};
-pub use lane::{Decoded, Decoder, Durable, Fanout, Flushing, Item, Lane, Origin, Taken};
+pub use lane::{Decoded, Decoder, Durable, Fanout, Flushing, Item, Lane, Origin, Spare, Taken};
 
 use crate::telemetry::Telemetry;
 

@@ -13,7 +13,7 @@ use vigil_schemas::Invalid;
 use crate::config::VigilConfig;
 use crate::control::Control;
 use crate::pipeline::{
-    Decoded, Decoder, FindingsFile, Item, Lane, Origin, PipelineError, RunOptions, Summary, now_ms,
+    Decoded, Decoder, FindingsFile, Item, Lane, Origin, PipelineError, RunOptions, Spare, Summary, now_ms,
 };
 use crate::progress::Progress;
 use crate::telemetry::{Stage, Telemetry};
@@ -94,7 +94,8 @@ pub fn run_with(
         })?;
         telemetry.add_input_bytes(bytes_read - read);
         read = bytes_read;
-        ahead.recycle(chunk.into_owner());
+        let spare = chunk.with_dependent_mut(|_, (_, decoded)| decoded.spare());
+        ahead.recycle(chunk.into_owner(), spare);
         if lane.due() {
             lane.flush(None)?;
         }
@@ -170,7 +171,7 @@ enum Ahead {
 /// listening (an error on the lane's side), after the read in progress returns.
 struct ReadAhead {
     batches: Receiver<Ahead>,
-    recycled: Sender<Chunk>,
+    recycled: Sender<(Chunk, Spare)>,
 }
 
 impl ReadAhead {
@@ -181,17 +182,17 @@ impl ReadAhead {
         lingering: bool,
     ) -> Result<ReadAhead, PipelineError> {
         let (batches_tx, batches) = mpsc::sync_channel(1);
-        let (recycled, spare) = mpsc::channel::<Chunk>();
+        let (recycled, spares) = mpsc::channel::<(Chunk, Spare)>();
         let read = move || {
             loop {
-                let mut chunk = spare.try_recv().unwrap_or_default();
+                let (mut chunk, spare) = spares.try_recv().unwrap_or_default();
                 let next = match reader.next_chunk(&mut chunk, batch_bytes) {
                     Ok(false) => break,
                     Ok(true) => {
                         let started = Instant::now();
                         let chunk = DecodedChunk::new(chunk, |c| {
                             let items = items_of(c);
-                            let decoded = decoder.decode(&items);
+                            let decoded = decoder.decode_into(&items, spare);
                             (items, decoded)
                         });
                         let decode_seconds = started.elapsed().as_secs_f64();
@@ -215,9 +216,9 @@ impl ReadAhead {
         Ok(ReadAhead { batches, recycled })
     }
 
-    /// Gives a chunk's buffers back to the reading thread.
-    fn recycle(&self, chunk: Chunk) {
-        // The thread may have ended (the input did): the chunk is then dropped.
-        let _ = self.recycled.send(chunk);
+    /// Gives a chunk's buffers, and those its decoding filled, back to the reading thread.
+    fn recycle(&self, chunk: Chunk, spare: Spare) {
+        // The thread may have ended (the input did): they are then dropped.
+        let _ = self.recycled.send((chunk, spare));
     }
 }
