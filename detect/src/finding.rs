@@ -11,8 +11,14 @@ pub fn finding_id(kind: FindingKind, agent_id: &str, window_start: i64, key: &st
         h.update((part.len() as u64).to_be_bytes());
         h.update(part);
     }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = h.finalize();
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    let mut id = String::with_capacity(32);
+    for &b in &digest[..16] {
+        id.push(char::from(HEX[usize::from(b >> 4)]));
+        id.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    id
 }
 
 #[cfg(test)]

@@ -25,6 +25,21 @@ pub struct Glob {
     /// backtracking over several stars is exponential in the worst case (two non-trailing `**` made an
     /// 8 KB resource match at 5 per second), the state set is linear in the text.
     steps: Option<Vec<Step>>,
+    shape: Shape,
+}
+
+/// The shapes allow-lists are nearly always written in, matched without walking the tokens (every
+/// event is matched against its agent's allow-lists).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// No wildcard: the text is the prefix.
+    Exact,
+    /// The prefix, then `**`: anything under it.
+    Under,
+    /// The prefix, then `*`: anything without a `/` after it.
+    Level,
+    /// Anything else: the tokens or the steps.
+    General,
 }
 
 /// One step of a pattern matched a character at a time.
@@ -99,7 +114,13 @@ impl Glob {
                 })
                 .collect()
         });
-        Glob { text: pattern.to_owned(), tokens, prefix, steps }
+        let shape = match tokens.as_slice() {
+            [] | [Token::Literal(_)] => Shape::Exact,
+            [Token::DoubleStar] | [Token::Literal(_), Token::DoubleStar] => Shape::Under,
+            [Token::Star] | [Token::Literal(_), Token::Star] => Shape::Level,
+            _ => Shape::General,
+        };
+        Glob { text: pattern.to_owned(), tokens, prefix, steps, shape }
     }
 
     /// The pattern as written.
@@ -109,11 +130,16 @@ impl Glob {
 
     /// Whether `text` matches the whole pattern.
     pub fn matches(&self, text: &str) -> bool {
-        text.starts_with(&self.prefix)
-            && match &self.steps {
+        let Some(rest) = text.strip_prefix(self.prefix.as_str()) else { return false };
+        match self.shape {
+            Shape::Exact => rest.is_empty(),
+            Shape::Under => true,
+            Shape::Level => !rest.as_bytes().contains(&b'/'),
+            Shape::General => match &self.steps {
                 Some(steps) => match_steps(steps, text),
                 None => match_tokens(&self.tokens, text),
-            }
+            },
+        }
     }
 }
 
@@ -244,11 +270,32 @@ mod tests {
             ("**/x/**", "a/x/b", true),
             ("?*?", "ab", true),
             ("?*?", "a", false),
+            ("s3://b/**", "s3://c/x", false),
+            ("s3://b/**", "s3://b", false),
+            ("postgres://crm/*", "postgres://crm", false),
+            ("postgres://crm/*", "postgres://crm/a/", false),
+            ("exact", "exac", false),
+            ("", "x", false),
+            ("*", "", true),
+            ("**", "", true),
         ] {
             assert_eq!(Glob::new(pattern).matches(text), want, "{pattern:?} vs {text:?}");
             // Both matchers agree, whatever the number of stars.
             let g = Glob::new(pattern);
             assert_eq!(match_tokens(&g.tokens, text), want, "backtracking: {pattern:?} vs {text:?}");
+        }
+        // The cases above go through each shape's own path.
+        for (pattern, shape) in [
+            ("exact", Shape::Exact),
+            ("", Shape::Exact),
+            ("s3://b/**", Shape::Under),
+            ("**", Shape::Under),
+            ("postgres://crm/*", Shape::Level),
+            ("*", Shape::Level),
+            ("s3://b/**/*.csv", Shape::General),
+            ("data.?ead", Shape::General),
+        ] {
+            assert_eq!(Glob::new(pattern).shape, shape, "{pattern:?}");
         }
     }
 

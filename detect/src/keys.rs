@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
+use vigil_schemas::swar;
 
 /// A 64-bit hash of byte strings, stable across versions and platforms (snapshots store it): eight bytes
 /// at a time, multiply-rotate, with a final avalanche. Not for hash tables facing adversaries; keys here
@@ -50,15 +51,26 @@ pub fn generalise(resource: &str, depth: usize) -> String {
 }
 
 /// [`generalise`] into a reused buffer (the hot path). Every delimiter is ASCII, so the text is
-/// searched byte by byte and every cut falls on a character boundary.
+/// searched byte by byte and every cut falls on a character boundary. One pass, and no further than
+/// the cut: a URI's query is never read when its path is cut before it.
 pub fn push_generalised(out: &mut String, resource: &str, depth: usize) {
-    let bytes = resource.as_bytes();
-    let r = &resource[..bytes.iter().position(|&b| b == b'?' || b == b'#').unwrap_or(bytes.len())];
-    let rb = r.as_bytes();
-    let Some(scheme) = rb.windows(3).position(|w| w == b"://") else {
+    let b = resource.as_bytes();
+    // The scheme's "://" is the first ':' followed by "//" before any '?' or '#'; without one, the
+    // search stops where the query or fragment begins (or at the end).
+    let mut i = 0;
+    let scheme = loop {
+        i = first_of(b, i, [b':', b'?', b'#']);
+        match b.get(i) {
+            Some(b':') if b[i + 1..].starts_with(b"//") => break Some(i),
+            Some(b':') => i += 1,
+            _ => break None,
+        }
+    };
+    let Some(scheme) = scheme else {
         // Not a URI: segments are separated by '/' or ':'; the first `depth + 1` are kept.
+        let r = &resource[..i];
         let (mut seg_start, mut kept) = (0, 0);
-        for (i, &b) in rb.iter().enumerate() {
+        for (i, &b) in r.as_bytes().iter().enumerate() {
             if b == b'/' || b == b':' {
                 out.push_str(&r[seg_start..i]);
                 if kept == depth {
@@ -72,23 +84,28 @@ pub fn push_generalised(out: &mut String, resource: &str, depth: usize) {
         out.push_str(&r[seg_start..]);
         return;
     };
-    let after = scheme + 3;
-    let auth_end = rb[after..].iter().position(|&b| b == b'/').map_or(rb.len(), |j| after + j);
-    let from = out.len();
-    out.push_str(&r[..auth_end]);
-    out[from..].make_ascii_lowercase();
+    // Scheme and authority, then whole path segments: `cut` is always at a '/', a '?', a '#' or the end.
+    let ends = [b'/', b'?', b'#'];
+    let auth_end = first_of(b, scheme + 3, ends);
+    let mut cut = auth_end;
     let mut kept = 0;
-    let mut rest = &r[auth_end..];
-    while let Some(stripped) = rest.strip_prefix('/') {
-        if kept == depth {
-            break;
-        }
-        let seg_end = stripped.as_bytes().iter().position(|&b| b == b'/').unwrap_or(stripped.len());
-        out.push('/');
-        out.push_str(&stripped[..seg_end]);
-        kept += usize::from(seg_end > 0 || seg_end == stripped.len());
-        rest = &stripped[seg_end..];
+    while kept < depth && b.get(cut) == Some(&b'/') {
+        let seg_end = first_of(b, cut + 1, ends);
+        // An empty segment (a doubled '/') is kept but not counted, unless it is the last.
+        kept += usize::from(seg_end > cut + 1 || b.get(seg_end) != Some(&b'/'));
+        cut = seg_end;
     }
+    let from = out.len();
+    out.push_str(&resource[..cut]);
+    if swar::has_ascii_uppercase(&b[..auth_end]) {
+        out[from..from + auth_end].make_ascii_lowercase();
+    }
+}
+
+/// The index of the first byte of `b[from..]` that is one of `bytes`, else `b.len()`.
+#[inline]
+fn first_of(b: &[u8], from: usize, bytes: [u8; 3]) -> usize {
+    swar::find_any3(&b[from..], bytes).map_or(b.len(), |j| from + j)
 }
 
 /// One learned key: how much of the agent's activity went to it, over a long and a short memory.

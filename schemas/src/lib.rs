@@ -12,6 +12,7 @@
 pub mod arrow;
 pub mod event;
 pub mod rows;
+pub mod swar;
 pub mod timestamp;
 
 pub use event::{

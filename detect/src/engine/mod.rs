@@ -718,20 +718,30 @@ impl Engine {
             self.overflow(ev, out);
             return;
         };
+        // A check's finding is moved into its slot only when there is one: assigning the returned
+        // option itself copied its few hundred bytes for every check of every event.
         let mut found: [Option<(Finding, u64)>; 5] = [None, None, None, None, None];
-        found[3] = self.check_role(idx, ev);
+        if let Some(f) = self.check_role(idx, ev) {
+            found[3] = Some(f);
+        }
         {
             let Engine { cfg, agents, roles, .. } = self;
             let agent = &mut agents[idx as usize];
             let role = role_name(roles, agent.role);
             let first = agent.covered_by.is_none();
-            found[0] = check_policy(cfg, agent, role, ev);
+            if let Some(f) = check_policy(cfg, agent, role, ev) {
+                found[0] = Some(f);
+            }
             if first && agent.covered_by.as_ref().is_some_and(|c| c.policies().is_empty()) {
                 out.uncovered.push(ev.agent_id.to_string());
                 found[4] = uncovered_finding(cfg, role, ev);
             }
-            found[1] = check_rate(cfg, agent, ev);
-            found[2] = check_session(cfg, agent, ev);
+            if let Some(f) = check_rate(cfg, agent, ev) {
+                found[1] = Some(f);
+            }
+            if let Some(f) = check_session(cfg, agent, ev) {
+                found[2] = Some(f);
+            }
         }
         let credential = self.check_credential(idx, ev);
         if !self.cfg.budgets.is_empty()
@@ -739,10 +749,12 @@ impl Engine {
         {
             self.check_budgets(idx, ev, out);
         }
-        // Taken slot by slot: moving the array into an iterator would copy all five slots (about a
-        // kilobyte) for every event, though nearly all are empty.
+        // Taken slot by slot, and only a full one: moving the array into an iterator would copy all five
+        // slots for every event, though nearly all are empty, and `take` copies the slot it empties.
         for slot in &mut found {
-            if let Some((f, key)) = slot.take() {
+            if slot.is_some()
+                && let Some((f, key)) = slot.take()
+            {
                 self.emit(idx, f, key, out);
             }
         }
@@ -808,18 +820,25 @@ impl Engine {
             let provider = ev.model_provider.as_deref().unwrap_or("");
             let h = stable_hash(&[model.as_bytes(), provider.as_bytes()]);
             if !models.contains(h as u32) {
-                let text =
-                    if provider.is_empty() { model.to_owned() } else { format!("{model} ({provider})") };
-                let sample = Sample { text, ts: ev.ts_ms, event_id: ev.event_id.to_string() };
+                // Written only when kept: most events of a model not learned yet are not its earliest.
+                let sample = || Sample {
+                    text: if provider.is_empty() {
+                        model.to_owned()
+                    } else {
+                        format!("{model} ({provider})")
+                    },
+                    ts: ev.ts_ms,
+                    event_id: ev.event_id.to_string(),
+                };
                 if let Some(m) = w.models.iter_mut().find(|m| m.hash == h) {
                     if m.sample.earlier(ev.ts_ms, &ev.event_id) {
-                        m.sample = sample;
+                        m.sample = sample();
                     }
                 } else if w.models.len() < MAX_MODELS {
                     w.models.push(WindowModel {
                         hash: h,
                         provider: stable_hash(&[provider.as_bytes()]),
-                        sample,
+                        sample: sample(),
                     });
                 }
             }
@@ -1151,7 +1170,6 @@ impl Engine {
     /// Folds a finding into its incident and emits what is new: the finding, an update of the open one
     /// whose severity rose, or nothing.
     fn emit(&mut self, idx: u32, mut f: Finding, key: u64, out: &mut Output) {
-        f.finding_id = finding_id(f.kind, &f.agent_id, key as i64, "");
         let agent = &mut self.agents[idx as usize];
         let folded_key = fold_key(key);
         if let Some(open) = agent.open.iter_mut().find(|o| o.kind == f.kind && o.key == folded_key) {
@@ -1184,6 +1202,8 @@ impl Engine {
                 folded: 0,
             });
         }
+        // Derived only for what is emitted: most findings fold into an incident already open.
+        f.finding_id = finding_id(f.kind, &f.agent_id, key as i64, "");
         self.stats.findings += 1;
         out.findings.push(f);
     }

@@ -19,6 +19,8 @@ use std::borrow::Cow;
 
 use serde_json::value::RawValue;
 
+use crate::swar;
+
 use super::{ATTRIBUTES, Event, FIELD_COUNT, FIELDS, Scalar, Slots, merge_attributes, set_field};
 
 /// Nesting the fast path follows inside `attributes` or an unknown field; deeper values go the serde
@@ -56,35 +58,13 @@ pub(super) fn field_index(name: &str) -> Option<usize> {
     })
 }
 
-/// Eight copies of one byte.
-const fn splat(b: u8) -> u64 {
-    0x0101_0101_0101_0101 * b as u64
-}
-
 /// The offset of the first `"`, `\\` or control character in `bytes`, eight bytes at a time.
-///
-/// For each of the three tests, `(x - splat(n)) & !x & splat(0x80)` sets the top bit of every byte of
-/// `x` below `n` (for the quote and backslash, `x` is the word XORed with them, so "below 1" is
-/// "equal"); a borrow can also set bits in bytes after a true one, never before it, so the lowest bit
-/// set across the three is exactly the first byte that matches.
 fn string_end(bytes: &[u8]) -> Option<usize> {
-    let mut chunks = bytes.chunks_exact(8);
-    let mut at = 0;
-    for c in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(c);
-        let x = u64::from_le_bytes(word);
-        let (q, b) = (x ^ splat(b'"'), x ^ splat(b'\\'));
-        let found = ((q.wrapping_sub(splat(1)) & !q)
-            | (b.wrapping_sub(splat(1)) & !b)
-            | (x.wrapping_sub(splat(0x20)) & !x))
-            & splat(0x80);
-        if found != 0 {
-            return Some(at + (found.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
-    }
-    chunks.remainder().iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20).map(|i| at + i)
+    swar::find(
+        bytes,
+        |x| swar::equal(x, b'"') | swar::equal(x, b'\\') | swar::below(x, 0x20),
+        |b| b == b'"' || b == b'\\' || b < 0x20,
+    )
 }
 
 /// A cursor over the text; every method returns `None` to give up.
