@@ -123,6 +123,11 @@ fn centre(b: i16) -> f64 {
 }
 
 impl Tail {
+    /// A value read from the tail's bytes (the engine reads ahead: `AgentState::warm`).
+    pub(crate) fn warm(&self) -> u64 {
+        u64::from(self.slots[0]) ^ self.lowest as u64
+    }
+
     fn weight_of(&self, slot: usize) -> f64 {
         f64::from(self.scale) * f64::from(self.slots[slot]) / QUANTA
     }

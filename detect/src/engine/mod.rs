@@ -63,6 +63,12 @@ const SAMPLES: usize = 5;
 const MAX_MODELS: usize = 4;
 /// Closed window buffers kept for reuse.
 const POOL: usize = 4096;
+/// Events (or windows closing) whose agents' states are read ahead together (`AgentState::warm_event`): the
+/// cache misses of that many overlap.
+const WARM_GROUP: usize = 16;
+/// Below this many agents their states (~700 bytes each) fit in a core's L2 cache, and reading ahead
+/// only costs: at 1,000 agents it made the detect bench a quarter slower, at 10,000 a third faster.
+const WARM_FROM_AGENTS: usize = 2048;
 /// Open incidents remembered per agent and kind (a late event may land in the previous period).
 const OPEN_PER_KIND: usize = 2;
 
@@ -160,6 +166,8 @@ pub struct Engine {
     counts: Vec<(u64, u32)>,
     /// Spend per (agent, budget index) in the current period, for `budget_limit`.
     spend: HashMap<(u32, u16), Spend>,
+    /// From how many agents on their states are read ahead (`WARM_FROM_AGENTS`; tests change it).
+    pub(crate) warm_from: usize,
 }
 
 /// A serialisable copy of the engine's state, taken with the source positions it reflects.
@@ -333,6 +341,7 @@ impl Engine {
             found: Vec::new(),
             counts: Vec::new(),
             spend: HashMap::new(),
+            warm_from: WARM_FROM_AGENTS,
         };
         engine.intern_role("");
         Ok(engine)
@@ -582,9 +591,32 @@ impl Engine {
 
     /// Judges a batch of events in order, appending to `out`.
     pub fn process(&mut self, events: &[Event<'_>], out: &mut Output) {
-        for ev in events {
-            self.judge(ev, out);
+        let ahead = self.agents.len() >= self.warm_from;
+        for group in events.chunks(WARM_GROUP) {
+            if ahead {
+                let idx = group.iter().map(|ev| self.index.get(&*ev.agent_id).copied());
+                std::hint::black_box(self.warm(idx, false));
+            }
+            for ev in group {
+                self.judge(ev, out);
+            }
         }
+    }
+
+    /// Reads the states of a group of agents ahead, a link at a time for all of them, for judging an
+    /// event or for `closing` a window (`AgentState::warm_event`); changes nothing. Indices that name no
+    /// agent are passed over.
+    fn warm(&self, group: impl Iterator<Item = Option<u32>>, closing: bool) -> u64 {
+        let mut idx = [u32::MAX; WARM_GROUP];
+        for (slot, i) in idx.iter_mut().zip(group) {
+            *slot = i.unwrap_or(u32::MAX);
+        }
+        let agents = || idx.iter().filter_map(|&i| self.agents.get(i as usize));
+        let xor = |a: u64, b: u64| a ^ b;
+        let first = if closing { AgentState::warm_close } else { AgentState::warm_event };
+        let mut x = agents().map(first).fold(0, xor);
+        x ^= agents().map(|a| a.warm_buffers(closing)).fold(0, xor);
+        x ^ agents().map(AgentState::warm_window_keys).fold(0, xor)
     }
 
     /// Closes every open window, as if the watermark had passed them all: the end of a finite input.
@@ -862,8 +894,14 @@ impl Engine {
             let (x, y) = (a.1 as usize, b.1 as usize);
             a.0.cmp(&b.0).then(hashes[x].cmp(&hashes[y])).then_with(|| ids[x].cmp(&ids[y]))
         });
-        for &(end, idx) in &due {
-            self.close(idx, end - self.cfg.window_ms, out);
+        let ahead = self.agents.len() >= self.warm_from;
+        for group in due.chunks(WARM_GROUP) {
+            if ahead {
+                std::hint::black_box(self.warm(group.iter().map(|&(_, idx)| Some(idx)), true));
+            }
+            for &(end, idx) in group {
+                self.close(idx, end - self.cfg.window_ms, out);
+            }
         }
         self.due = due;
         if self.cfg.forget_ms > 0 && w >= self.next_forget {

@@ -708,6 +708,49 @@ pub(super) struct AgentState {
     pub(super) covered_by: Option<Coverage>,
 }
 
+/// Reading ahead. At thousands of agents an event's state is not in cache, and what judging it reads
+/// is a chain (the index's bucket, the agent's state, the buffers it points to, the open window's keys),
+/// each a miss the core waits out before it knows the next address. The engine reads a group of events'
+/// states a link at a time first, for all of them: the misses of one link overlap, and the events are
+/// then judged from cache. Plain reads whose values go to `black_box` (the workspace forbids the
+/// `unsafe` a prefetch instruction needs); they change nothing.
+impl AgentState {
+    /// The first link for judging an event: the state's fields it reads, and its buffers' addresses.
+    pub(super) fn warm_event(&self) -> u64 {
+        let mut x = u64::from(self.role) ^ self.last_credential ^ self.rate.0[0].minute as u64;
+        x ^= u64::from(self.sessions.len) ^ u64::from(self.models.len) ^ self.open_windows.len() as u64;
+        x ^ self.covered_by.as_ref().map_or(0, |c| c.0.len() as u64)
+    }
+
+    /// The first link for closing a window: the baselines, the counts, and the buffers' addresses.
+    pub(super) fn warm_close(&self) -> u64 {
+        let mut x = u64::from(self.windows) ^ u64::from(self.events) ^ self.last_window.0 as u64;
+        x ^= self.levels.per_window.iter().chain(&self.levels.per_span).map(Tail::warm).fold(0, |a, b| a ^ b);
+        x ^ self.levels.pending as u64 ^ self.open_windows.len() as u64 ^ self.keys.keys.len() as u64
+    }
+
+    /// The next link: what the buffers hold (the policies covering it, the open windows, and to close
+    /// one, the learned keys).
+    pub(super) fn warm_buffers(&self, closing: bool) -> u64 {
+        let mut x = self.covered_by.as_ref().map_or(0, |c| u64::from(c.0[0]));
+        for w in &self.open_windows {
+            x ^= u64::from(w.count) ^ w.keys.len() as u64 ^ w.samples.latest as u64;
+        }
+        if closing {
+            // One key in each cache line of the learned keys (12 bytes each).
+            x ^= self.keys.keys.iter().step_by(5).map(|k| u64::from(k.hash)).fold(0, |a, b| a ^ b);
+        }
+        x
+    }
+
+    /// The last link: the open windows' keys, one in each cache line (24 bytes each), all of which an
+    /// event's key is compared with.
+    pub(super) fn warm_window_keys(&self) -> u64 {
+        let keys = self.open_windows.iter().flat_map(|w| w.keys.iter().step_by(2));
+        keys.map(|k| k.hash).fold(0, |a, b| a ^ b)
+    }
+}
+
 impl AgentState {
     /// Bytes this state holds, inline and on the heap (an estimate that counts capacities).
     pub(super) fn footprint(&self) -> usize {
