@@ -1101,13 +1101,19 @@ fn cut_points(rng: &mut Mix, count: u64, len: usize) -> Vec<usize> {
     splits
 }
 
-#[test]
-fn any_order_within_the_tolerance_and_any_batch_split_gives_the_same_findings() {
-    let cfg: DetectConfig = toml::from_str(&BASELINE.replace(
+/// The baseline config with a rate cap of 30 a minute and `vault://**` sensitive: every detector the
+/// busy fleet trips.
+fn capped_config() -> DetectConfig {
+    toml::from_str(&BASELINE.replace(
         "rate_limit_per_minute = 0",
         "rate_limit_per_minute = 30\nsensitive_resources = [\"vault://**\"]",
     ))
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn any_order_within_the_tolerance_and_any_batch_split_gives_the_same_findings() {
+    let cfg = capped_config();
     let lines = busy_fleet();
     let reference = run_batches(&cfg, &lines, &[]);
     let want = final_findings(&reference);
@@ -1141,11 +1147,7 @@ fn any_order_within_the_tolerance_and_any_batch_split_gives_the_same_findings() 
 /// same findings, statistics and state with it as without, whatever the batches.
 #[test]
 fn reading_states_ahead_changes_nothing() {
-    let cfg: DetectConfig = toml::from_str(&BASELINE.replace(
-        "rate_limit_per_minute = 0",
-        "rate_limit_per_minute = 30\nsensitive_resources = [\"vault://**\"]",
-    ))
-    .unwrap();
+    let cfg = capped_config();
     let lines = busy_fleet();
     let events: Vec<_> = decoded(lines.iter());
     let judge = |warm_from: usize, batch: usize| {

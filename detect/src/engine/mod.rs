@@ -63,8 +63,8 @@ const SAMPLES: usize = 5;
 const MAX_MODELS: usize = 4;
 /// Closed window buffers kept for reuse.
 const POOL: usize = 4096;
-/// Events (or windows closing) whose agents' states are read ahead together (`AgentState::warm_event`): the
-/// cache misses of that many overlap.
+/// Events (or windows closing) whose agents' states are read ahead together (`Engine::warm`): the cache
+/// misses of that many overlap.
 const WARM_GROUP: usize = 16;
 /// Below this many agents their states (~700 bytes each) fit in a core's L2 cache, and reading ahead
 /// only costs: at 1,000 agents it made the detect bench a quarter slower, at 10,000 a third faster.
@@ -604,8 +604,8 @@ impl Engine {
     }
 
     /// Reads the states of a group of agents ahead, a link at a time for all of them, for judging an
-    /// event or for `closing` a window (`AgentState::warm_event`); changes nothing. Indices that name no
-    /// agent are passed over.
+    /// event or for `closing` a window (`AgentState::warm_event` or `warm_close`, then `warm_buffers`,
+    /// then `warm_window_keys`); changes nothing. Indices that name no agent are passed over.
     fn warm(&self, group: impl Iterator<Item = Option<u32>>, closing: bool) -> u64 {
         let mut idx = [u32::MAX; WARM_GROUP];
         for (slot, i) in idx.iter_mut().zip(group) {
