@@ -23,8 +23,7 @@
 //! per detector family (`volume`, `scope`, `model`, `limits`), and `evidence.rs` how findings
 //! are worded.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
@@ -144,7 +143,7 @@ pub struct Engine {
     role_index: HashMap<Box<str>, u16>,
     credentials: HashMap<u64, CredentialOwner>,
     /// (window end, agent) of every open window.
-    closing: BinaryHeap<Reverse<(i64, u32)>>,
+    closing: Closing,
     /// The newest event time not behind the watermark.
     max_ts: Option<i64>,
     /// The newest event time of the `watermark_quorum` newest agents, newest first (see [`Engine::watermark`]).
@@ -327,7 +326,7 @@ impl Engine {
             peer_levels: Vec::new(),
             role_index: HashMap::new(),
             credentials: HashMap::new(),
-            closing: BinaryHeap::new(),
+            closing: Closing::default(),
             max_ts: None,
             front: Vec::new(),
             floor: None,
@@ -551,7 +550,7 @@ impl Engine {
             let role = role_name(&self.roles, state.role);
             state.covered_by = Some(Coverage::new(role.map(|_| state.role), &covering(&self.cfg, &id, role)));
             for w in &state.open_windows {
-                self.closing.push(Reverse((w.start + self.cfg.window_ms, idx)));
+                self.closing.push(w.start + self.cfg.window_ms, idx);
             }
             self.index.insert(CompactString::from(id.as_str()), idx);
             self.id_hash.push(stable_hash(&[id.as_bytes()]));
@@ -622,7 +621,7 @@ impl Engine {
     /// Closes every open window, as if the watermark had passed them all: the end of a finite input.
     /// Events for those windows that arrive afterwards are late.
     pub fn finish(&mut self, out: &mut Output) {
-        if let Some(end) = self.closing.iter().map(|Reverse((end, _))| *end).max() {
+        if let Some(end) = self.closing.last_end() {
             self.floor = Some(self.floor.map_or(end, |f| f.max(end)));
             self.update_watermark();
         }
@@ -800,8 +799,8 @@ impl Engine {
             self.advance(idx, ev.ts_ms);
             self.accumulate(idx, ev);
         }
-        if let (Some(w), Some(Reverse((end, _)))) = (self.watermark(), self.closing.peek())
-            && *end <= w
+        if let (Some(w), Some(end)) = (self.watermark(), self.closing.first_end())
+            && end <= w
         {
             self.sweep(out);
         }
@@ -823,7 +822,7 @@ impl Engine {
                     None => Window::new(start),
                 };
                 agent.open_windows.push(w);
-                closing.push(Reverse((start.saturating_add(cfg.window_ms), idx)));
+                closing.push(start.saturating_add(cfg.window_ms), idx);
                 agent.open_windows.len() - 1
             }
         };
@@ -882,13 +881,7 @@ impl Engine {
         let Some(w) = self.watermark() else { return };
         let mut due = std::mem::take(&mut self.due);
         due.clear();
-        while let Some(&Reverse((end, idx))) = self.closing.peek() {
-            if end > w {
-                break;
-            }
-            self.closing.pop();
-            due.push((end, idx));
-        }
+        self.closing.take_through(w, &mut due);
         let (ids, hashes) = (&self.ids, &self.id_hash);
         due.sort_unstable_by(|a, b| {
             let (x, y) = (a.1 as usize, b.1 as usize);

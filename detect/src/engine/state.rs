@@ -708,6 +708,51 @@ pub(super) struct AgentState {
     pub(super) covered_by: Option<Coverage>,
 }
 
+/// The open windows by the time they end, each end with the agents whose window ends then. Ends are
+/// aligned on the window length, so few are open at once (about the lateness and skew over the window
+/// length): adding one and finding the first are lookups in a map of a handful, where a heap of every
+/// open window was a walk over log2(n) scattered entries for each window opened and closed.
+#[derive(Debug, Default)]
+pub(super) struct Closing {
+    by_end: BTreeMap<i64, Vec<u32>>,
+    /// Emptied lists, kept for the next ends.
+    spare: Vec<Vec<u32>>,
+}
+
+impl Closing {
+    pub(super) fn push(&mut self, end: i64, agent: u32) {
+        let spare = &mut self.spare;
+        self.by_end.entry(end).or_insert_with(|| spare.pop().unwrap_or_default()).push(agent);
+    }
+
+    /// The earliest end of an open window.
+    pub(super) fn first_end(&self) -> Option<i64> {
+        self.by_end.first_key_value().map(|(&end, _)| end)
+    }
+
+    /// The latest end of an open window.
+    pub(super) fn last_end(&self) -> Option<i64> {
+        self.by_end.last_key_value().map(|(&end, _)| end)
+    }
+
+    /// Moves every (end, agent) whose end is at or before `w` to `due`, in no particular order.
+    pub(super) fn take_through(&mut self, w: i64, due: &mut Vec<(i64, u32)>) {
+        while let Some(first) = self.by_end.first_entry() {
+            if *first.key() > w {
+                break;
+            }
+            let (end, mut agents) = first.remove_entry();
+            due.extend(agents.iter().map(|&agent| (end, agent)));
+            agents.clear();
+            self.spare.push(agents);
+        }
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.by_end.clear();
+    }
+}
+
 /// Reading ahead. At thousands of agents an event's state is not in cache, and what judging it reads
 /// is a chain (the index's bucket, the agent's state, the buffers it points to, the open window's keys),
 /// each a miss the core waits out before it knows the next address. The engine reads a group of events'
