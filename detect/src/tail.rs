@@ -123,7 +123,7 @@ fn centre(b: i16) -> f64 {
 }
 
 impl Tail {
-    /// A value read from the tail's bytes (the engine reads ahead: `AgentState::warm`).
+    /// A value read from the tail's bytes (the engine reads ahead: `AgentState::warm_close`).
     pub(crate) fn warm(&self) -> u64 {
         u64::from(self.slots[0]) ^ self.lowest as u64
     }

@@ -777,7 +777,7 @@ impl AgentState {
     /// The next link: what the buffers hold (the policies covering it, the open windows, and to close
     /// one, the learned keys).
     pub(super) fn warm_buffers(&self, closing: bool) -> u64 {
-        let mut x = self.covered_by.as_ref().map_or(0, |c| u64::from(c.0[0]));
+        let mut x = self.covered_by.as_ref().and_then(|c| c.0.first()).map_or(0, |&p| u64::from(p));
         for w in &self.open_windows {
             x ^= u64::from(w.count) ^ w.keys.len() as u64 ^ w.samples.latest as u64;
         }
