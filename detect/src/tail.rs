@@ -22,6 +22,8 @@
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{DiscreteCDF, Poisson};
 
+use crate::stats::round_unsigned;
+
 /// Histogram bins per doubling of the value: a bin is 19% wide. (Three per octave lost a third of the
 /// NAB score: the tail fit reads excesses at bin centres, and coarser bins blur them.)
 const BINS_PER_OCTAVE: f64 = 4.0;
@@ -111,7 +113,8 @@ impl Default for Tail {
 }
 
 fn bin_of(x: f64) -> Option<i16> {
-    (x >= 1.0).then(|| (BINS_PER_OCTAVE * x.log2()).floor().min(f64::from(i16::MAX - BINS as i16)) as i16)
+    // Not negative, so the cast's truncation is the floor (without `floor`'s libm call).
+    (x >= 1.0).then(|| (BINS_PER_OCTAVE * x.log2()).min(f64::from(i16::MAX - BINS as i16)) as i16)
 }
 
 fn lower_edge(b: i16) -> f64 {
@@ -158,11 +161,11 @@ impl Tail {
             scale *= 2.0;
             m /= 2.0;
             for x in &mut self.slots {
-                *x = (f64::from(*x) / 2.0).round() as u16;
+                *x = round_unsigned(f64::from(*x) / 2.0) as u16;
             }
         }
         self.scale = scale as f32;
-        self.slots[slot] = m.round() as u16;
+        self.slots[slot] = round_unsigned(m) as u16;
     }
 
     /// Moves the window of bins up by `k` (what leaves it merges into `below`) or down by `-k` (what

@@ -35,7 +35,7 @@ use crate::config::{Compiled, ConfigError, DetectConfig, SpikeConfig};
 use crate::finding::{Finding, FindingKind, Severity, finding_id};
 use crate::keys::{KeyTable, PeerTable, push_generalised, stable_hash};
 use crate::rhythm::{Episode, Rhythm};
-use crate::stats::score;
+use crate::stats::{round_unsigned, score};
 use crate::tail::{Judgement, Tail};
 
 mod baseline;
@@ -1068,9 +1068,9 @@ impl Engine {
             let scale = spiked.map_or(1.0, |high| (high.max(1.0) / f64::from(w.count.max(1))).min(1.0));
             counts.clear();
             counts.extend(
-                w.keys.iter().map(|k| (k.hash, ((f64::from(k.count) * scale).round() as u32).max(1))),
+                w.keys.iter().map(|k| (k.hash, (round_unsigned(f64::from(k.count) * scale) as u32).max(1))),
             );
-            let total = ((f64::from(w.count) * scale).round() as u32).max(1);
+            let total = (round_unsigned(f64::from(w.count) * scale) as u32).max(1);
             let seen = agent.events as f64;
             let n = f64::from(total);
             let keep = |memory: u64| ((1.0 - 1.0 / memory as f64).powf(n)).min(seen / (seen + n));
