@@ -160,8 +160,9 @@ impl Tail {
         while m > QUANTA {
             scale *= 2.0;
             m /= 2.0;
+            // Half of each, rounded half up as `round` would: (x + 1) / 2 in integers, exactly.
             for x in &mut self.slots {
-                *x = round_unsigned(f64::from(*x) / 2.0) as u16;
+                *x = ((u32::from(*x) + 1) >> 1) as u16;
             }
         }
         self.scale = scale as f32;
@@ -446,6 +447,13 @@ impl Gpd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn halving_a_slot_in_integers_rounds_as_round_does() {
+        for x in 0..=u16::MAX {
+            assert_eq!(((u32::from(x) + 1) >> 1) as u16, (f64::from(x) / 2.0).round() as u16, "{x}");
+        }
+    }
 
     /// SplitMix64: deterministic test data with no dependency.
     struct Rng(u64);
