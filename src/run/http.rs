@@ -495,7 +495,7 @@ impl JournaledLane {
                 Taken::Skipped | Taken::Accepted => (Verdict::Accepted, journal::Verdict::Accepted, x.bytes),
                 Taken::Blank => (Verdict::Blank, journal::Verdict::Blank, x.bytes),
                 Taken::Refused(reason) => {
-                    let journaled = match reason {
+                    let journaled = match &**reason {
                         Invalid::TooLarge { .. } => journal::Verdict::TooLarge { size: x.size },
                         Invalid::NotPermitted { .. } => journal::Verdict::NotPermitted,
                         Invalid::DuplicateEventId { first_position, .. } => {
