@@ -722,6 +722,23 @@ mod tests {
         let err =
             VigilConfig::parse("[archive]\nrandom_id_zstd_level = 0\n", Path::new("v.toml")).unwrap_err();
         assert_eq!(err.to_string(), "v.toml: archive.random_id_zstd_level must be between 1 and 22, got 0");
+        let err = VigilConfig::parse(
+            "[archive]\ntext_statistics = [\"agent_id\", \"sesion_id\"]\n",
+            Path::new("v.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("v.toml: archive.text_statistics: \"sesion_id\" is not a text column of the archive (text columns: event_id, agent_id, action, resource,"),
+            "{err}"
+        );
+        assert!(
+            err.contains(", session_id,") && err.contains(", finding_id,") && err.contains(", reason,"),
+            "{err}"
+        );
+        let cfg = VigilConfig::parse("[archive]\ntext_statistics = [\"session_id\"]\n", Path::new("v.toml"))
+            .unwrap();
+        assert_eq!(cfg.archive.text_statistics, ["session_id"]);
         let err = VigilConfig::parse("[input]\nsource_name = \"a/b\"\n", Path::new("v.toml")).unwrap_err();
         assert!(err.to_string().contains("may only hold"), "{err}");
     }

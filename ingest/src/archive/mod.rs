@@ -445,7 +445,12 @@ pub struct Archive {
     packing: PackingRule,
     sync_each_up_to: usize,
     write_threads: usize,
+    /// The properties of a zstd file (a Snappy or plain one is made from them), statistics for every
+    /// column: `unsummarised` takes them off where the writer applies them.
     props: WriterProperties,
+    /// The text columns written without min/max statistics (not in `text_statistics`), in zstd and
+    /// Snappy files; a plain file keeps every column's (its writer computes them at no cost to speak of).
+    unsummarised: Vec<ColumnPath>,
     events: Partitioned<EventColumns>,
     dead: Partitioned<DeadLetterColumns>,
     findings: Partitioned<FindingColumns>,
@@ -473,6 +478,23 @@ const UNIQUE_COLUMNS: &[&str] = &[
 
 /// Columns of random identifiers (W3C trace context), compressed by `random_id_zstd_level`.
 const RANDOM_ID_COLUMNS: &[&str] = &["trace_id", "span_id"];
+
+/// The text columns of every table, each name once (the tables share some), in schema order.
+pub(crate) fn text_columns() -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let schemas = [
+        EventColumns::schema(),
+        FindingColumns::schema(),
+        ControlColumns::schema(),
+        DeadLetterColumns::schema(),
+    ];
+    for f in schemas.iter().flat_map(|s| s.fields().iter()) {
+        if f.data_type() == &arrow_schema::DataType::Utf8 && !out.contains(f.name()) {
+            out.push(f.name().clone());
+        }
+    }
+    out
+}
 
 /// `props` compressing every column by `all`, except the columns of random identifiers by `random_ids`.
 fn compressed(
@@ -605,6 +627,11 @@ impl Archive {
             },
             sync_each_up_to: cfg.sync_files_each_up_to,
             write_threads: cfg.write_threads,
+            unsummarised: text_columns()
+                .into_iter()
+                .filter(|c| !cfg.text_statistics.contains(c))
+                .map(ColumnPath::from)
+                .collect(),
             props: props.build(),
             events: Partitioned::new(cfg.partition),
             dead: Partitioned::new(cfg.partition),
@@ -780,9 +807,16 @@ impl Archive {
             .set_statistics_enabled(EnabledStatistics::Chunk)
             .set_offset_index_disabled(true);
         let plain = compressed(plain, Compression::UNCOMPRESSED, Compression::UNCOMPRESSED).build();
-        let snappy = self.props.clone().into_builder();
+        let summarised = |mut b: WriterPropertiesBuilder| {
+            for c in &self.unsummarised {
+                b = b.set_column_statistics_enabled(c.clone(), EnabledStatistics::None);
+            }
+            b
+        };
+        let snappy = summarised(self.props.clone().into_builder());
         let snappy = compressed(snappy, Compression::SNAPPY, Compression::SNAPPY).build();
-        let props = [plain, snappy, self.props.clone()];
+        let zstd = summarised(self.props.clone().into_builder()).build();
+        let props = [plain, snappy, zstd];
         let tables = [
             (EventColumns::DIR, EventColumns::schema()),
             (FindingColumns::DIR, FindingColumns::schema()),

@@ -576,3 +576,68 @@ fn interleaved_hours_keep_each_hours_rows_in_the_order_they_came() {
         }
     }
 }
+
+/// Whether each column of a Parquet file's first row group has min/max statistics, by name.
+fn columns_with_min_max(path: &Path) -> Vec<(String, bool)> {
+    let reader = parquet::file::reader::SerializedFileReader::new(File::open(path).unwrap()).unwrap();
+    let meta = parquet::file::reader::FileReader::metadata(&reader);
+    let group = meta.row_group(0);
+    group
+        .columns()
+        .iter()
+        .map(|c| {
+            let min_max =
+                c.statistics().is_some_and(|s| s.min_bytes_opt().is_some() && s.max_bytes_opt().is_some());
+            (c.column_path().string(), min_max)
+        })
+        .collect()
+}
+
+#[test]
+fn only_the_text_columns_named_have_min_max_statistics_in_a_compressed_file() {
+    for (named, snappy) in [(None, false), (Some(vec!["resource".to_owned()]), false), (None, true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ArchiveConfig {
+            dir: dir.path().to_owned(),
+            compress_min_rows: 2,
+            zstd_min_rows: if snappy { 100 } else { 2 },
+            ..ArchiveConfig::default()
+        };
+        if let Some(named) = &named {
+            cfg.text_statistics = named.clone();
+        }
+        let (mut a, _) = Archive::open(&cfg, "st", 0).unwrap();
+        for p in 1..=5 {
+            push(&mut a, p, 0);
+        }
+        let report = a.flush(no_state(), 5).unwrap();
+        assert_eq!(report.files.len(), 1);
+        let file = dir.path().join("events/dt=1970-01-01/hour=00/st-0-1-5.parquet");
+        let (c, _) = compression_and_rows(&file);
+        assert!(if snappy { c == Compression::SNAPPY } else { matches!(c, Compression::ZSTD(_)) }, "{c:?}");
+        let stats = columns_with_min_max(&file);
+        let has = |name: &str| stats.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{name}")).1;
+        // Numbers and times always; of the text columns, those named.
+        assert!(has("ts") && has("_position") && has("_ingested_at"), "{stats:?}");
+        let text = ["event_id", "agent_id", "action", "resource", "_source"];
+        let want: Vec<bool> = text.iter().map(|c| cfg.text_statistics.iter().any(|n| n == c)).collect();
+        assert_eq!(text.map(has).to_vec(), want, "{stats:?}");
+    }
+}
+
+#[test]
+fn a_file_written_plain_keeps_every_columns_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ArchiveConfig { dir: dir.path().to_owned(), ..ArchiveConfig::default() };
+    let (mut a, _) = Archive::open(&cfg, "pl", 0).unwrap();
+    for p in 1..=3 {
+        push(&mut a, p, 0);
+    }
+    a.flush(no_state(), 3).unwrap();
+    let file = dir.path().join("events/dt=1970-01-01/hour=00/pl-0-1-3.parquet");
+    assert_eq!(compression_and_rows(&file), (Compression::UNCOMPRESSED, 3));
+    let stats = columns_with_min_max(&file);
+    for name in ["event_id", "agent_id", "action", "resource", "ts"] {
+        assert!(stats.iter().any(|(n, m)| n == name && *m), "{name}: {stats:?}");
+    }
+}
