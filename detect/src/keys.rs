@@ -67,44 +67,33 @@ pub fn generalise(resource: &str, depth: usize) -> String {
     out
 }
 
-/// [`generalise`] into a reused buffer (the hot path). Every delimiter is ASCII, so the text is
-/// searched as bytes (eight at a time, `swar`) and every cut falls on a character boundary. One pass,
-/// and no further than the cut: a URI's query is never read when its path is cut before it.
-pub fn push_generalised(out: &mut String, resource: &str, depth: usize) {
-    let b = resource.as_bytes();
+/// Where a resource's generalised form ends.
+enum Cut {
+    /// A URI: the form is `resource[..cut]`, its first `authority` bytes lower-cased.
+    Uri { cut: usize, authority: usize },
+    /// Not a URI: the form is made of the segments of `resource[..end]`.
+    Other { end: usize },
+}
+
+/// Searches the resource for its cut. Every delimiter is ASCII, so the text is searched as bytes (eight
+/// at a time, `swar`) and every cut falls on a character boundary. One pass, and no further than the
+/// cut: a URI's query is never read when its path is cut before it.
+fn cut_of(b: &[u8], depth: usize) -> Cut {
     // The scheme's "://" is the first ':' followed by "//" before any '?' or '#'; without one, the
     // search stops where the query or fragment begins (or at the end).
     let mut i = 0;
     let scheme = loop {
         i = first_of(b, i, [b':', b'?', b'#']);
         match b.get(i) {
-            Some(b':') if b[i + 1..].starts_with(b"//") => break Some(i),
+            Some(b':') if b[i + 1..].starts_with(b"//") => break i,
             Some(b':') => i += 1,
-            _ => break None,
+            _ => return Cut::Other { end: i },
         }
-    };
-    let Some(scheme) = scheme else {
-        // Not a URI: segments are separated by '/' or ':'; the first `depth + 1` are kept.
-        let r = &resource[..i];
-        let (mut seg_start, mut kept) = (0, 0);
-        for (i, &b) in r.as_bytes().iter().enumerate() {
-            if b == b'/' || b == b':' {
-                out.push_str(&r[seg_start..i]);
-                if kept == depth {
-                    return;
-                }
-                out.push('/');
-                kept += 1;
-                seg_start = i + 1;
-            }
-        }
-        out.push_str(&r[seg_start..]);
-        return;
     };
     // Scheme and authority, then whole path segments: `cut` is always at a '/', a '?', a '#' or the end.
     let ends = [b'/', b'?', b'#'];
-    let auth_end = first_of(b, scheme + 3, ends);
-    let mut cut = auth_end;
+    let authority = first_of(b, scheme + 3, ends);
+    let mut cut = authority;
     let mut kept = 0;
     while kept < depth && b.get(cut) == Some(&b'/') {
         let seg_end = first_of(b, cut + 1, ends);
@@ -112,10 +101,57 @@ pub fn push_generalised(out: &mut String, resource: &str, depth: usize) {
         kept += usize::from(seg_end > cut + 1 || b.get(seg_end) != Some(&b'/'));
         cut = seg_end;
     }
-    let from = out.len();
-    out.push_str(&resource[..cut]);
-    if swar::has_ascii_uppercase(&b[..auth_end]) {
-        out[from..from + auth_end].make_ascii_lowercase();
+    Cut::Uri { cut, authority }
+}
+
+/// Appends the generalised form of `resource`, cut at `c`, to `out`.
+fn push_cut(out: &mut String, resource: &str, depth: usize, c: Cut) {
+    match c {
+        Cut::Uri { cut, authority } => {
+            let from = out.len();
+            out.push_str(&resource[..cut]);
+            if swar::has_ascii_uppercase(&resource.as_bytes()[..authority]) {
+                out[from..from + authority].make_ascii_lowercase();
+            }
+        }
+        Cut::Other { end } => {
+            // Not a URI: segments are separated by '/' or ':'; the first `depth + 1` are kept.
+            let r = &resource[..end];
+            let (mut seg_start, mut kept) = (0, 0);
+            for (i, &b) in r.as_bytes().iter().enumerate() {
+                if b == b'/' || b == b':' {
+                    out.push_str(&r[seg_start..i]);
+                    if kept == depth {
+                        return;
+                    }
+                    out.push('/');
+                    kept += 1;
+                    seg_start = i + 1;
+                }
+            }
+            out.push_str(&r[seg_start..]);
+        }
+    }
+}
+
+/// [`generalise`] into a reused buffer.
+pub fn push_generalised(out: &mut String, resource: &str, depth: usize) {
+    push_cut(out, resource, depth, cut_of(resource.as_bytes(), depth));
+}
+
+/// [`generalise`] without a copy where the form is a prefix of the resource (a URI whose authority
+/// holds no capital: the usual case), else written into `scratch` (the hot path: the form is only
+/// hashed).
+pub fn generalised<'a>(scratch: &'a mut String, resource: &'a str, depth: usize) -> &'a str {
+    match cut_of(resource.as_bytes(), depth) {
+        Cut::Uri { cut, authority } if !swar::has_ascii_uppercase(&resource.as_bytes()[..authority]) => {
+            &resource[..cut]
+        }
+        c => {
+            scratch.clear();
+            push_cut(scratch, resource, depth, c);
+            scratch
+        }
     }
 }
 
@@ -347,6 +383,12 @@ mod tests {
                 push_generalised(&mut fast, &r, depth);
                 reference(&mut slow, &r, depth);
                 assert_eq!(fast, slow, "{r:?} at depth {depth}");
+                let mut scratch = String::from("left over");
+                assert_eq!(
+                    generalised(&mut scratch, &r, depth),
+                    &slow["kept ".len()..],
+                    "{r:?} at depth {depth}"
+                );
             }
         }
     }

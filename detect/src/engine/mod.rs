@@ -33,7 +33,7 @@ use vigil_schemas::{Event, Outcome};
 use crate::budget::{self, Spend};
 use crate::config::{Compiled, ConfigError, DetectConfig, SpikeConfig};
 use crate::finding::{Finding, FindingKind, Severity, finding_id};
-use crate::keys::{KeyTable, PeerTable, push_generalised, stable_hash};
+use crate::keys::{KeyTable, PeerTable, generalised, stable_hash};
 use crate::rhythm::{Episode, Rhythm};
 use crate::stats::{round_unsigned, score};
 use crate::tail::{Judgement, Tail};
@@ -838,9 +838,8 @@ impl Engine {
         w.sample(ev.ts_ms, &ev.event_id);
         let scope_cfg = &cfg.raw.scope;
         if scope_cfg.enabled {
-            scratch.clear();
-            push_generalised(scratch, &ev.resource, scope_cfg.resource_depth);
-            let h = stable_hash(&[b"r", scratch.as_bytes()]);
+            let key = generalised(scratch, &ev.resource, scope_cfg.resource_depth);
+            let h = stable_hash(&[b"r", key.as_bytes()]);
             w.touch(h, scope_cfg.max_window_keys, || keys.contains(h), &ev.resource, ev.ts_ms, &ev.event_id);
             if let Some(scope) = ev.scope.as_deref() {
                 let h = stable_hash(&[b"s", scope.as_bytes()]);
