@@ -1,24 +1,17 @@
 //! What the engine says: the finding rows (defined with the contract in `vigil-schemas`)
 //! and how a finding's id is derived.
 
-use sha2::{Digest, Sha256};
 pub use vigil_schemas::rows::{Finding, FindingKind, Severity};
 
-/// Derives a finding id from what identifies the incident: 32 hex characters of SHA-256.
+/// Derives a finding id from what identifies the incident: 32 hex characters of SHA-256
+/// ([`vigil_schemas::rows::row_id`]).
 pub fn finding_id(kind: FindingKind, agent_id: &str, window_start: i64, key: &str) -> String {
-    let mut h = Sha256::new();
-    for part in [kind.as_str().as_bytes(), agent_id.as_bytes(), &window_start.to_be_bytes(), key.as_bytes()] {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part);
-    }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = h.finalize();
-    let mut id = String::with_capacity(32);
-    for &b in &digest[..16] {
-        id.push(char::from(HEX[usize::from(b >> 4)]));
-        id.push(char::from(HEX[usize::from(b & 15)]));
-    }
-    id
+    vigil_schemas::rows::row_id(&[
+        kind.as_str().as_bytes(),
+        agent_id.as_bytes(),
+        &window_start.to_be_bytes(),
+        key.as_bytes(),
+    ])
 }
 
 #[cfg(test)]
@@ -28,7 +21,7 @@ mod tests {
     #[test]
     fn finding_ids_are_stable_and_unambiguous() {
         let a = finding_id(FindingKind::RateLimit, "agent-1", 60_000, "");
-        assert_eq!(a.len(), 32);
+        assert_eq!(a, "c83ef269e28aa416933ac7ae47bab793");
         assert_eq!(a, finding_id(FindingKind::RateLimit, "agent-1", 60_000, ""));
         assert_ne!(a, finding_id(FindingKind::RateLimit, "agent-1", 120_000, ""));
         assert_ne!(a, finding_id(FindingKind::PolicyViolation, "agent-1", 60_000, ""));

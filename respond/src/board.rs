@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
 use vigil_schemas::Event;
 use vigil_schemas::rows::{
     Action, Actor, BreakerState, Factor, Finding, FindingKind, Mode, Rule, Scope, Severity, Transition,
+    row_id,
 };
 
 use crate::breaker::{Breaker, Closed, Open, Trip};
@@ -188,16 +188,6 @@ pub struct Board {
     /// When each breaker last moved (by key), so a transition read back late (another member's, from the
     /// control topic) never undoes a newer one.
     changed: HashMap<String, i64>,
-}
-
-/// A 32-hex-digit id from the parts that identify a decision.
-pub(crate) fn make_id(parts: &[&[u8]]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update((p.len() as u64).to_be_bytes());
-        h.update(p);
-    }
-    h.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn halt_action(scope: Scope, mode: Mode) -> Action {
@@ -393,7 +383,7 @@ impl Board {
             evidence.insert("action".into(), json!(ev.action));
             evidence.insert("resource".into(), json!(ev.resource));
             out.findings.push(Finding {
-                finding_id: make_id(&[
+                finding_id: row_id(&[
                     FindingKind::HaltedAgentActivity.as_str().as_bytes(),
                     agent.as_bytes(),
                     halt.transition_id.as_bytes(),
@@ -597,7 +587,7 @@ impl Board {
             );
             let window_start = f.ts.div_euclid(window.max(1)) * window.max(1);
             out.findings.push(Finding {
-                finding_id: make_id(&[
+                finding_id: row_id(&[
                     FindingKind::CohortAnomaly.as_str().as_bytes(),
                     factor.as_str().as_bytes(),
                     value.as_bytes(),
@@ -1046,7 +1036,7 @@ fn transition(
         Some(c) => c.to_owned(),
         None => d.finding_ids.join(","),
     };
-    let transition_id = make_id(&[
+    let transition_id = row_id(&[
         action.as_str().as_bytes(),
         d.mode.as_str().as_bytes(),
         key.as_bytes(),

@@ -459,7 +459,7 @@ impl Lane {
     pub fn check_input(&mut self, first_line: &[u8]) -> Result<(), PipelineError> {
         let Some(a) = self.archive.as_mut() else { return Ok(()) };
         let digest = Sha256::digest(first_line);
-        let fingerprint: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let fingerprint = vigil_schemas::rows::hex(&digest[..16]);
         match a.fingerprint() {
             Some(seen) if seen != fingerprint && a.committed_position() > 0 => {
                 Err(PipelineError::OtherInput {
