@@ -75,7 +75,7 @@ pub struct ArchiveConfig {
     /// carries a subset of agents), finding and transition ids. The other text columns (actions,
     /// resources, intents, trace ids...) span their whole range in every row group, so their statistics
     /// let no reader skip anything, and computing them costs Parquet's writer a comparison of every
-    /// value: 5.5% of a run's instructions for the text columns left out by default. Numbers and times
+    /// value: 5.8% of a run's instructions for the text columns left out by default. Numbers and times
     /// always have statistics, and so does every column of a file under `compress_min_rows` (written
     /// straight, where they cost nothing to speak of). Add a column to have its statistics written
     /// (e.g. `session_id` where session ids are issued in order).
