@@ -134,8 +134,10 @@ pub struct Engine {
     /// `stable_hash` of each id: windows closing together close in (hash, id) order, a deterministic
     /// order cheaper to sort than the ids themselves.
     id_hash: Vec<u64>,
-    /// Window buffers of closed windows, reused so a busy fleet does not allocate per window.
-    pool: Vec<Window>,
+    /// Window buffers of closed windows, reused so a busy fleet does not allocate per window. Boxed,
+    /// as in an agent's open windows: a window goes to an agent and back by its pointer.
+    #[allow(clippy::vec_box)]
+    pool: Vec<Box<Window>>,
     agents: Vec<AgentState>,
     roles: Vec<(Box<str>, PeerTable)>,
     /// Per role (same index), what one of its agents does per window.
@@ -819,7 +821,7 @@ impl Engine {
                         w.start = start;
                         w
                     }
-                    None => Window::new(start),
+                    None => Box::new(Window::new(start)),
                 };
                 agent.open_windows.push(w);
                 closing.push(start.saturating_add(cfg.window_ms), idx);
@@ -971,9 +973,9 @@ impl Engine {
         let agent = &mut self.agents[idx as usize];
         let Some(pos) = agent.open_windows.iter().position(|w| w.start == start) else { return };
         let w = agent.open_windows.swap_remove(pos);
-        if agent.open_windows.is_empty() {
+        if agent.open_windows.is_empty() && agent.open_windows.spilled() {
             // An idle agent holds no window buffers.
-            agent.open_windows = Vec::new();
+            agent.open_windows = OpenWindows::new();
         }
         self.stats.windows += 1;
         let cfg = &self.cfg;

@@ -701,12 +701,18 @@ pub(super) struct AgentState {
     pub(super) rate: Minutes,
     /// Open incidents.
     pub(super) open: Vec<OpenFinding>,
-    /// Windows not yet closed (usually one; two around a boundary within the lateness).
-    pub(super) open_windows: Vec<Window>,
+    /// Windows not yet closed (usually one; two around a boundary within the lateness), each boxed and
+    /// the boxes held inline: opening and closing a window moves a pointer, not the window's ~270
+    /// bytes (twice each way, through the pool), and reaching it is one hop from the state, as when the
+    /// windows themselves lay in a vector's buffer.
+    pub(super) open_windows: OpenWindows,
     /// The policies that cover this agent, for the role they were worked out with.
     #[serde(skip)]
     pub(super) covered_by: Option<Coverage>,
 }
+
+/// An agent's open windows (see [`AgentState::open_windows`]); serialised as a list of windows.
+pub(super) type OpenWindows = smallvec::SmallVec<[Box<Window>; 2]>;
 
 /// The open windows by the time they end, each end with the agents whose window ends then. Ends are
 /// aligned on the window length, so few are open at once (about the lateness and skew over the window
@@ -803,8 +809,11 @@ impl AgentState {
         let mut n = size_of::<AgentState>();
         n += self.keys.keys.capacity() * size_of::<crate::keys::Learned>();
         n += self.open.capacity() * size_of::<OpenFinding>();
-        n += self.open_windows.capacity() * size_of::<Window>();
+        if self.open_windows.spilled() {
+            n += self.open_windows.capacity() * size_of::<Box<Window>>();
+        }
         for w in &self.open_windows {
+            n += size_of::<Window>();
             n += w.keys.capacity() * size_of::<WindowKey>() + w.models.capacity() * size_of::<WindowModel>();
             n += w.samples.heap_bytes();
             n += w
