@@ -1171,6 +1171,54 @@ fn reading_states_ahead_changes_nothing() {
     }
 }
 
+/// Judging a group of events read ahead reuses the slots looked up for it; an agent forgotten in the
+/// middle of a group (and its slot taken by a newcomer) must not have its later events judged as the
+/// newcomer's. Agents come and go all through, each returning after it was forgotten, with new ones
+/// arriving beside it: the same findings, statistics and state with reading ahead as without.
+#[test]
+fn agents_forgotten_and_slots_reused_mid_group_are_judged_as_themselves() {
+    let cfg: DetectConfig = toml::from_str("forget_idle_hours = 1\nrate_limit_per_minute = 1\n").unwrap();
+    let mut parts = vec![steady("steady", 0, 400, 4, TICKETS, "")];
+    for i in 0..60 {
+        // "r{i}" works two minutes, then comes back a little over an hour later, at an offset that walks
+        // through the forget scan's period (every 7.5 minutes): some come back in the very group of
+        // events in which the scan forgets them, a newcomer "n{i}" just before them.
+        let first = i * 3;
+        parts.push(steady(&format!("r{i}"), first, 2, 2, TICKETS, ""));
+        let back = (first + 2) * 60_000 + 3_600_000 + i * 9_000;
+        parts.push(vec![
+            ev(&format!("n{i}-a"), back - 1, &format!("n{i}"), "data.read", TICKETS[0], ""),
+            ev(&format!("r{i}-a"), back, &format!("r{i}"), "data.read", TICKETS[0], ""),
+            ev(&format!("r{i}-b"), back + 1, &format!("r{i}"), "data.read", TICKETS[0], ""),
+        ]);
+    }
+    let lines = merged(parts);
+    let events: Vec<_> = decoded(lines.lines());
+    let judge = |warm_from: usize, batch: usize| {
+        let mut engine = Engine::new(&cfg).unwrap();
+        engine.warm_from = warm_from;
+        let mut out = Output::default();
+        for b in events.chunks(batch) {
+            engine.process(b, &mut out);
+        }
+        engine.finish(&mut out);
+        let snapshot: serde_json::Value = serde_json::from_str(engine.snapshot_json().get()).unwrap();
+        let state = ["agents", "stats"].map(|k| snapshot[k].to_string());
+        (render(&out), format!("{:?}", engine.stats()), state)
+    };
+    let without = judge(usize::MAX, 4096);
+    // Each "r" agent found by the hard cap before it was forgotten and after it came back.
+    assert!(without.1.contains("forgotten: 152"), "{}", without.1);
+    assert!(
+        without.0.contains("r59 @10650000") && without.0.contains("r59 @14871001 [r59-b]"),
+        "{}",
+        without.0
+    );
+    for batch in [16, 100, 4096] {
+        assert_eq!(judge(0, batch), without, "batches of {batch}");
+    }
+}
+
 #[test]
 fn snapshots_carry_open_windows_and_baselines() {
     let cfg: DetectConfig = toml::from_str(BASELINE).unwrap();

@@ -593,13 +593,25 @@ impl Engine {
     /// Judges a batch of events in order, appending to `out`.
     pub fn process(&mut self, events: &[Event<'_>], out: &mut Output) {
         let ahead = self.agents.len() >= self.warm_from;
+        let mut slots = [None; WARM_GROUP];
         for group in events.chunks(WARM_GROUP) {
-            if ahead {
-                let idx = group.iter().map(|ev| self.index.get(&*ev.agent_id).copied());
-                std::hint::black_box(self.warm(idx, false));
+            if !ahead {
+                for ev in group {
+                    self.judge(ev, None, out);
+                }
+                continue;
             }
-            for ev in group {
-                self.judge(ev, out);
+            for (slot, ev) in slots.iter_mut().zip(group) {
+                *slot = self.index.get(&*ev.agent_id).copied();
+            }
+            std::hint::black_box(self.warm(slots.iter().copied(), false));
+            // The slots looked up to read ahead are the agents' while none is forgotten (a sweep in the
+            // group may forget idle agents and a new agent then reuse a slot): judged without a second
+            // lookup until then.
+            let forgotten = self.stats.forgotten;
+            for (ev, &slot) in group.iter().zip(&slots) {
+                let known = slot.filter(|_| self.stats.forgotten == forgotten);
+                self.judge(ev, known, out);
             }
         }
     }
@@ -745,9 +757,10 @@ impl Engine {
         Some((f, bucket(&self.cfg, ev.ts_ms)))
     }
 
-    fn judge(&mut self, ev: &Event<'_>, out: &mut Output) {
+    /// Judges one event; `known` is its agent's slot when the caller has just looked it up.
+    fn judge(&mut self, ev: &Event<'_>, known: Option<u32>, out: &mut Output) {
         self.stats.events += 1;
-        let Some(idx) = self.agent_index(ev) else {
+        let Some(idx) = known.or_else(|| self.agent_index(ev)) else {
             self.overflow(ev, out);
             return;
         };
