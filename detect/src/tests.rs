@@ -1143,6 +1143,28 @@ fn any_order_within_the_tolerance_and_any_batch_split_gives_the_same_findings() 
     }
 }
 
+/// Findings, statistics and state after judging `events` in batches of `batch`, the states read ahead
+/// from `warm_from` agents on (`usize::MAX`: never).
+fn judged_reading_ahead(
+    cfg: &DetectConfig,
+    events: &[vigil_schemas::Event<'_>],
+    warm_from: usize,
+    batch: usize,
+) -> (String, String, [String; 5]) {
+    let mut engine = Engine::new(cfg).unwrap();
+    engine.warm_from = warm_from;
+    let mut out = Output::default();
+    for b in events.chunks(batch) {
+        engine.process(b, &mut out);
+    }
+    engine.finish(&mut out);
+    // The snapshot's parts in a fixed order (its fleet-wide maps come in hash order, which differs
+    // between any two engines).
+    let snapshot: serde_json::Value = serde_json::from_str(engine.snapshot_json().get()).unwrap();
+    let state = ["agents", "max_ts", "front", "watermark", "stats"].map(|k| snapshot[k].to_string());
+    (render(&out), format!("{:?}", engine.stats()), state)
+}
+
 /// Reading agents' states ahead (what a fleet of thousands does) only reads: the same events give the
 /// same findings, statistics and state with it as without, whatever the batches.
 #[test]
@@ -1150,20 +1172,7 @@ fn reading_states_ahead_changes_nothing() {
     let cfg = capped_config();
     let lines = busy_fleet();
     let events: Vec<_> = decoded(lines.iter());
-    let judge = |warm_from: usize, batch: usize| {
-        let mut engine = Engine::new(&cfg).unwrap();
-        engine.warm_from = warm_from;
-        let mut out = Output::default();
-        for b in events.chunks(batch) {
-            engine.process(b, &mut out);
-        }
-        engine.finish(&mut out);
-        // The snapshot's parts in a fixed order (its fleet-wide maps come in hash order, which differs
-        // between any two engines).
-        let snapshot: serde_json::Value = serde_json::from_str(engine.snapshot_json().get()).unwrap();
-        let state = ["agents", "max_ts", "front", "watermark", "stats"].map(|k| snapshot[k].to_string());
-        (render(&out), format!("{:?}", engine.stats()), state)
-    };
+    let judge = |warm_from: usize, batch: usize| judged_reading_ahead(&cfg, &events, warm_from, batch);
     let without = judge(usize::MAX, 4096);
     assert!(without.0.contains("volume_spike"), "{}", without.0);
     for batch in [1, 7, 16, 4096] {
@@ -1194,18 +1203,7 @@ fn agents_forgotten_and_slots_reused_mid_group_are_judged_as_themselves() {
     }
     let lines = merged(parts);
     let events: Vec<_> = decoded(lines.lines());
-    let judge = |warm_from: usize, batch: usize| {
-        let mut engine = Engine::new(&cfg).unwrap();
-        engine.warm_from = warm_from;
-        let mut out = Output::default();
-        for b in events.chunks(batch) {
-            engine.process(b, &mut out);
-        }
-        engine.finish(&mut out);
-        let snapshot: serde_json::Value = serde_json::from_str(engine.snapshot_json().get()).unwrap();
-        let state = ["agents", "stats"].map(|k| snapshot[k].to_string());
-        (render(&out), format!("{:?}", engine.stats()), state)
-    };
+    let judge = |warm_from: usize, batch: usize| judged_reading_ahead(&cfg, &events, warm_from, batch);
     let without = judge(usize::MAX, 4096);
     // Each "r" agent found by the hard cap before it was forgotten and after it came back.
     assert!(without.1.contains("forgotten: 152"), "{}", without.1);
