@@ -463,7 +463,8 @@ pub struct InputConfig {
     pub max_future_seconds: u64,
     /// Batches of at least this many items use a second core: their lines are decoded on two threads,
     /// and their rows are built for the archive while the engine judges them (0: one thread always).
-    /// The same input gives the same findings and archive either way.
+    /// A file run decodes on its own reading thread, and builds rows beside the engine only with more
+    /// than three cores. The same input gives the same findings and archive either way.
     #[serde(default = "default_parallel_batch_items")]
     pub parallel_batch_items: usize,
     /// From stdin: whole lines that arrived are judged and archived after at most this many milliseconds,

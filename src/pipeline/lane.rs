@@ -153,6 +153,9 @@ struct Limits {
     skew_s: u64,
     /// `parallel_batch_items`.
     parallel: usize,
+    /// Whether a large batch's archive rows are built on a second thread while the engine judges it
+    /// (see [`Lane::decoded_ahead`]).
+    rows_beside: bool,
 }
 
 /// An item after the pure part of classification (its event, if any, is in [`Decoded::events`]).
@@ -429,6 +432,7 @@ impl Lane {
                 keep: input.dead_letter_payload_bytes,
                 skew_s: input.max_future_seconds,
                 parallel: input.parallel_batch_items,
+                rows_beside: true,
             },
             outputs,
             telemetry,
@@ -506,6 +510,15 @@ impl Lane {
         self.dedup.counting(unit);
     }
 
+    /// Says that this lane's batches are decoded ahead on a thread of the driver's own (the file
+    /// driver's reading thread). With the lane's thread and its writer's that makes three busy threads,
+    /// so a batch's archive rows are built beside the engine only on a machine with more cores than
+    /// that: on two, the scoped thread per batch gained no wall time and cost 1.5-2% of a run's CPU
+    /// (docs/PERFORMANCE.md, stop 42). What is archived and found is the same either way.
+    pub fn decoded_ahead(&mut self) {
+        self.limits.rows_beside = std::thread::available_parallelism().is_ok_and(|n| n.get() > 3);
+    }
+
     /// Agents the engine holds state for.
     pub fn agents(&self) -> usize {
         self.engine().agents()
@@ -553,7 +566,7 @@ impl Lane {
         let started = Instant::now();
         let Limits { max_event_bytes: max, keep, skew_s, .. } = self.limits;
         let horizon = (skew_s > 0).then_some(Horizon { now_ms: received_ms, skew_s });
-        let two_threads = self.two_threads(items.len());
+        let two_threads = self.two_threads(items.len()) && self.limits.rows_beside;
         // What depends on the order of items (the dedup window) runs in order.
         if let Some(a) = self.archive.as_mut() {
             a.set_ingested_at(received_ms);

@@ -65,6 +65,7 @@ pub fn run_with(
     // then fails, so a script notices, and a rerun archives nothing twice.
     let mut unreadable = None;
     let ahead = ReadAhead::spawn(reader, lane.decoder(), cfg.input.batch_bytes, lingering)?;
+    lane.decoded_ahead();
     for read_ahead in ahead.batches.iter() {
         let batch = match read_ahead {
             Ahead::Batch(batch) => batch,
