@@ -8,6 +8,8 @@ pub(super) fn severity_for(cfg: &Compiled, base: Severity, resource: &str) -> Se
 }
 
 /// The policies covering an agent under its bound role (`role`, its name), worked out once per role.
+/// `#[inline]`, as the per-event checks below: as a call it cost 0.7% of the detect bench's instructions.
+#[inline]
 pub(super) fn covering_policies<'s>(
     cfg: &Compiled,
     agent: &'s mut AgentState,
