@@ -17,6 +17,7 @@
 //! Only the lane calls `Engine::process`.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -956,6 +957,11 @@ struct Job {
 struct Writer {
     jobs: Option<SyncSender<Msg>>,
     reports: Receiver<Result<Option<FlushReport>, ArchiveError>>,
+    /// Set while the lane waits for the writer (for a report, or for room in the queue): the lane's
+    /// core is then idle, so the parts the writer takes meanwhile are encoded on all its threads. The
+    /// writer is otherwise a step behind the lane (a few parts queued while it is busy judging), and at
+    /// the end of an input those parts, on one thread, were most of the wait for the last flush.
+    waiting: Arc<AtomicBool>,
     in_flight: usize,
     /// The batch counts of the jobs in flight, oldest first.
     seqs: std::collections::VecDeque<u64>,
@@ -974,6 +980,8 @@ impl Writer {
         // judging while a flush is made durable, and memory stays bounded (a part is `part_rows` rows).
         let (jobs, job_rx) = mpsc::sync_channel::<Msg>(QUEUED);
         let (report_tx, reports) = mpsc::channel();
+        let waiting = Arc::new(AtomicBool::new(false));
+        let hurried = waiting.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vigil-writer-{name}"))
             .spawn(move || {
@@ -984,7 +992,7 @@ impl Writer {
                     let job = match msg {
                         Msg::Part(part) => {
                             if failed_part.is_none()
-                                && let Err(e) = writer.part(part)
+                                && let Err(e) = writer.part(part, hurried.load(Ordering::Relaxed))
                             {
                                 failed_part = Some(e);
                             }
@@ -1016,6 +1024,7 @@ impl Writer {
         Ok(Writer {
             jobs: Some(jobs),
             reports,
+            waiting,
             in_flight: 0,
             seqs: Default::default(),
             mark: None,
@@ -1028,8 +1037,7 @@ impl Writer {
         // held until it is written.
         self.reap_to(1)?;
         let seq = job.seq;
-        let sent = self.jobs.as_ref().is_some_and(|j| j.send(Msg::Job(job)).is_ok());
-        if !sent {
+        if !self.queue(Msg::Job(job)) {
             // The writer stopped: it has sent the error that stopped it.
             return Err(self.stopped());
         }
@@ -1041,11 +1049,25 @@ impl Writer {
     /// Hands over a part; a failure to write it is reported with the flush it belongs to.
     fn send_part(&mut self, part: Part) -> Result<(), PipelineError> {
         self.reap(false)?;
-        if self.jobs.as_ref().is_some_and(|j| j.send(Msg::Part(part)).is_ok()) {
-            Ok(())
-        } else {
-            Err(self.stopped())
+        if self.queue(Msg::Part(part)) { Ok(()) } else { Err(self.stopped()) }
+    }
+
+    /// Queues a message, waiting for room if the queue is full; `false` if the writer stopped.
+    fn queue(&self, msg: Msg) -> bool {
+        let Some(jobs) = self.jobs.as_ref() else { return false };
+        match jobs.try_send(msg) {
+            Ok(()) => true,
+            Err(mpsc::TrySendError::Disconnected(_)) => false,
+            Err(mpsc::TrySendError::Full(msg)) => self.waiting_for(|| jobs.send(msg).is_ok()),
         }
+    }
+
+    /// Runs `wait` (a blocking call on the writer) with the writer told the lane is waiting.
+    fn waiting_for<R>(&self, wait: impl FnOnce() -> R) -> R {
+        self.waiting.store(true, Ordering::Relaxed);
+        let r = wait();
+        self.waiting.store(false, Ordering::Relaxed);
+        r
     }
 
     /// Collects the reports of finished jobs (all of them when `wait`), failing on the first error.
@@ -1059,7 +1081,7 @@ impl Writer {
         let mut last = None;
         while self.in_flight > 0 {
             let report = if self.in_flight > most {
-                self.reports.recv().map_err(|_| PipelineError::WriterStopped)?
+                self.waiting_for(|| self.reports.recv()).map_err(|_| PipelineError::WriterStopped)?
             } else {
                 match self.reports.try_recv() {
                     Ok(r) => r,

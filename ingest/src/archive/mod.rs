@@ -1133,10 +1133,16 @@ impl FlushWriter {
     /// Encodes a part into its directory's file of the coming flush, opening the file (under a
     /// temporary name, packed by the part's rows) for the first part of that directory. Parts must
     /// come in the order they were taken, before the flush they belong to.
-    pub fn part(&mut self, part: Part) -> Result<(), ArchiveError> {
+    ///
+    /// A part is encoded on this thread alone, as parts come while the lane judges the next batches on
+    /// the other core; `hurried` (the lane is waiting for the writer: its input ended, or a Kafka member
+    /// commits) spreads its columns over `write_threads` threads, as a flush's are. The file is the same
+    /// either way.
+    pub fn part(&mut self, part: Part, hurried: bool) -> Result<(), ArchiveError> {
+        let threads = if hurried { self.write_threads } else { 1 };
         let Part { table, index, name, batch } = part;
         if let Some(o) = self.open.iter_mut().find(|o| o.table == table && o.index == index) {
-            return o.write(&batch, 1);
+            return o.write(&batch, threads);
         }
         let dir = partition_dir(&self.layout.root, table, index, self.layout.partition);
         create_dirs(&self.layout.root, &dir, &mut self.open_dirs)?;
@@ -1144,8 +1150,7 @@ impl FlushWriter {
         let options = self.layout.options_for(table, &batch);
         let writer = create_parquet(&tmp, &tmp, batch.schema(), options, 1 << 20)?;
         let mut open = OpenFile { table, index, dir, tmp, writer, rows: 0 };
-        // On this thread alone: parts come while the lane judges the next batches on the other core.
-        let written = open.write(&batch, 1);
+        let written = open.write(&batch, threads);
         self.open.push(open);
         written
     }

@@ -198,7 +198,7 @@ fn parts_go_into_a_temporary_file_that_their_flush_finishes_and_names() {
     assert_eq!((a.pending_rows(), a.pending_files()), (6, 2));
     let mut writer = a.writer();
     for part in parts {
-        writer.part(part).unwrap();
+        writer.part(part, false).unwrap();
     }
     let hour0 = "events/dt=1970-01-01/hour=00";
     assert_eq!(files_under(dir.path()), [format!("{hour0}/.thin-0-1-1.parquet.tmp")]);
@@ -221,7 +221,7 @@ fn parts_go_into_a_temporary_file_that_their_flush_finishes_and_names() {
         push(&mut a, p, 0);
     }
     let mut writer = a.writer();
-    writer.part(a.take_parts().pop().unwrap()).unwrap();
+    writer.part(a.take_parts().pop().unwrap(), false).unwrap();
     assert_eq!(files_under(dir.path()).len(), 3);
     drop(writer);
     assert_eq!(files_under(dir.path()), files);
@@ -230,7 +230,7 @@ fn parts_go_into_a_temporary_file_that_their_flush_finishes_and_names() {
         push(&mut a, p, 0);
     }
     let mut writer = a.writer();
-    writer.part(a.take_parts().pop().unwrap()).unwrap();
+    writer.part(a.take_parts().pop().unwrap(), false).unwrap();
     std::mem::forget(writer);
     assert_eq!(files_under(dir.path()).len(), 3);
     drop(a);
@@ -264,7 +264,7 @@ fn the_bytes_a_flush_reports_are_its_files_on_disk() {
                 p += 1;
                 push(&mut a, p, hour);
                 for part in a.take_parts() {
-                    writer.part(part).unwrap();
+                    writer.part(part, false).unwrap();
                 }
             }
         }
@@ -563,7 +563,7 @@ fn interleaved_hours_keep_each_hours_rows_in_the_order_they_came() {
             // Parts taken every five rows, as a lane takes them between batches.
             if i % 5 == 4 {
                 for part in a.take_parts() {
-                    writer.part(part).unwrap();
+                    writer.part(part, false).unwrap();
                 }
             }
         }
@@ -640,4 +640,35 @@ fn a_file_written_plain_keeps_every_columns_statistics() {
     for name in ["event_id", "agent_id", "action", "resource", "ts"] {
         assert!(stats.iter().any(|(n, m)| n == name && *m), "{name}: {stats:?}");
     }
+}
+
+/// Parts written hurried (their columns on `write_threads` threads, while the lane waits) make the same
+/// file, byte for byte, as parts written on the writer's thread alone.
+#[test]
+fn hurried_parts_write_the_same_file() {
+    let mut files = Vec::new();
+    for hurried in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        // Parts of 5,000 rows: over the rows from which a batch's columns are spread over threads.
+        let cfg = ArchiveConfig { dir: dir.path().to_owned(), part_rows: 5_000, ..ArchiveConfig::default() };
+        let (mut a, _) = Archive::open(&cfg, "same", 0).unwrap();
+        let mut writer = a.writer();
+        let mut parts = 0;
+        for p in 1..=12_000 {
+            push(&mut a, p, 0);
+            if p % 1_000 == 0 {
+                for part in a.take_parts() {
+                    writer.part(part, hurried).unwrap();
+                    parts += 1;
+                }
+            }
+        }
+        writer.write(a.take_flush(no_state(), 9).unwrap()).unwrap();
+        assert_eq!(parts, 2, "hurried {hurried}");
+        let names = files_under(dir.path());
+        let bytes: Vec<Vec<u8>> = names.iter().map(|n| fs::read(dir.path().join(n)).unwrap()).collect();
+        files.push((names, bytes));
+    }
+    assert_eq!(files[0].0, files[1].0);
+    assert!(files[0].1 == files[1].1, "the same bytes");
 }
