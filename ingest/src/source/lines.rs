@@ -262,19 +262,21 @@ impl<R: Read> LineReader<R> {
 mod tests {
     use super::*;
 
+    /// A reader that hands out at most `.1` bytes at a time, to cross every boundary.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.len().min(buf.len()).min(self.1);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
     /// Reads everything with a given chunk target and renders `position:text[!size]` per line.
     fn lines_of(input: &[u8], max_line: usize, target: usize) -> Vec<String> {
-        // A reader that hands out 7 bytes at a time, to cross every boundary.
-        struct Trickle<'a>(&'a [u8]);
-        impl Read for Trickle<'_> {
-            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-                let n = self.0.len().min(buf.len()).min(7);
-                buf[..n].copy_from_slice(&self.0[..n]);
-                self.0 = &self.0[n..];
-                Ok(n)
-            }
-        }
-        let mut r = LineReader::new(Trickle(input), max_line, 3);
+        let mut r = LineReader::new(Trickle(input, 7), max_line, 3);
         let mut chunk = Chunk::default();
         let mut out = Vec::new();
         while r.next_chunk(&mut chunk, target).unwrap() {
@@ -318,17 +320,8 @@ mod tests {
     /// end where its last fill did: a short chunk after a long one shows none of the long one's bytes.
     #[test]
     fn a_reused_chunk_holds_only_what_was_read_into_it() {
-        struct Dribble<'a>(&'a [u8]);
-        impl Read for Dribble<'_> {
-            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-                let n = self.0.len().min(buf.len()).min(4);
-                buf[..n].copy_from_slice(&self.0[..n]);
-                self.0 = &self.0[n..];
-                Ok(n)
-            }
-        }
         let input = format!("{}\nb\nc\n{}\nd", "a".repeat(50), "e".repeat(30));
-        let mut r = LineReader::new(Dribble(input.as_bytes()), 100, 3);
+        let mut r = LineReader::new(Trickle(input.as_bytes(), 4), 100, 3);
         let mut chunk = Chunk::default();
         let mut chunks = Vec::new();
         // A target of one byte: a chunk is the lines the last read completed.
