@@ -919,6 +919,39 @@ pub struct Compiled {
     data: SpikeConfig,
     /// `rhythm` in spans.
     pub(crate) rhythm: crate::rhythm::RhythmSpec,
+    /// How much of the key tables' weight a window of `n` events keeps, over their long and short
+    /// memories.
+    pub(crate) keys_long: Decay,
+    pub(crate) keys_short: Decay,
+}
+
+/// `(1 - 1/memory)^n`, what a memory of `memory` events keeps over `n` more, looked up for the `n` most
+/// windows have: every closed window decays its agent's key table by two of these, and `powf` was most of
+/// what libm cost a quiet fleet's closes. The table holds the same `powf` results, so what it gives is
+/// the same to the bit.
+#[derive(Debug, Clone)]
+pub(crate) struct Decay {
+    base: f64,
+    table: Vec<f64>,
+}
+
+impl Decay {
+    /// Window sizes with a kept power: a quiet agent's windows hold a few events, a busy one's dozens.
+    const UPTO: u32 = 256;
+
+    pub(crate) fn new(memory: u64) -> Decay {
+        let base = 1.0 - 1.0 / memory as f64;
+        Decay { base, table: (0..=Decay::UPTO).map(|n| base.powf(f64::from(n))).collect() }
+    }
+
+    /// `(1 - 1/memory)^n`.
+    #[inline]
+    pub(crate) fn over(&self, n: u32) -> f64 {
+        match self.table.get(n as usize) {
+            Some(&k) => k,
+            None => self.base.powf(f64::from(n)),
+        }
+    }
 }
 
 impl Compiled {
@@ -1072,6 +1105,8 @@ impl DetectConfig {
                     z: rh.z,
                 }
             },
+            keys_long: Decay::new(self.scope.long_memory_events),
+            keys_short: Decay::new(self.scope.short_memory_events),
         })
     }
 }

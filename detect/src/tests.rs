@@ -1688,3 +1688,17 @@ fn only_a_window_beyond_the_recent_most_breaks_the_ceiling() {
         .collect();
     assert_eq!(found, [(800, "ceiling"), (1500, "ceiling")], "{}", render(&out));
 }
+
+/// The key tables' decay looked up from a table is `powf`'s to the bit, inside the table and past it,
+/// for the default memories and odd ones.
+#[test]
+fn key_decay_looked_up_is_powf_to_the_bit() {
+    for memory in [1u64, 2, 7, 200, 5_000, 50_000, u64::from(u32::MAX)] {
+        let decay = crate::config::Decay::new(memory);
+        let base = 1.0 - 1.0 / memory as f64;
+        for n in (0..600u32).chain([1_000, 65_535, u32::MAX]) {
+            let want = base.powf(f64::from(n));
+            assert_eq!(decay.over(n).to_bits(), want.to_bits(), "memory {memory}, n {n}");
+        }
+    }
+}

@@ -1087,14 +1087,8 @@ impl Engine {
             let total = (round_unsigned(f64::from(w.count) * scale) as u32).max(1);
             let seen = agent.events as f64;
             let n = f64::from(total);
-            let keep = |memory: u64| ((1.0 - 1.0 / memory as f64).powf(n)).min(seen / (seen + n));
-            agent.keys.learn(
-                &counts,
-                total,
-                keep(scope.long_memory_events),
-                keep(scope.short_memory_events),
-                scope.max_keys,
-            );
+            let keep = |decay: &crate::config::Decay| decay.over(total).min(seen / (seen + n));
+            agent.keys.learn(&counts, total, keep(&cfg.keys_long), keep(&cfg.keys_short), scope.max_keys);
             let judged_events = u64::from(agent.events).saturating_sub(base.warmup_events);
             if warm
                 && scope.divergence > 0.0
