@@ -69,12 +69,8 @@ impl Filled {
     }
 
     fn extend_from_slice(&mut self, bytes: &[u8]) {
-        let end = self.len + bytes.len();
-        if end > self.buf.len() {
-            self.buf.resize(end, 0);
-        }
-        self.buf[self.len..end].copy_from_slice(bytes);
-        self.len = end;
+        self.room(bytes.len()).copy_from_slice(bytes);
+        self.grow(bytes.len());
     }
 
     fn push(&mut self, byte: u8) {
