@@ -959,8 +959,9 @@ struct Writer {
     reports: Receiver<Result<Option<FlushReport>, ArchiveError>>,
     /// Set while the lane waits for the writer (for a report, or for room in the queue): the lane's
     /// core is then idle, so the parts the writer takes meanwhile are encoded on all its threads. The
-    /// writer is otherwise a step behind the lane (a few parts queued while it is busy judging), and at
-    /// the end of an input those parts, on one thread, were most of the wait for the last flush.
+    /// writer otherwise runs a few parts behind the lane (they queue while the lane judges the next
+    /// batches), and at the end of an input those parts, on one thread, were most of the wait for the
+    /// last flush.
     waiting: Arc<AtomicBool>,
     in_flight: usize,
     /// The batch counts of the jobs in flight, oldest first.
